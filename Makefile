@@ -1,0 +1,36 @@
+# weightcli: every target sets itself up from nothing (make install creates .venv).
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint typecheck pytest samples bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: install
+	@bash scripts/demo.sh
+
+test: install lint typecheck pytest
+
+lint: install
+	$(BIN)/ruff check weightcli tests scripts
+	$(BIN)/ruff format --check weightcli tests scripts
+
+typecheck: install
+	$(BIN)/mypy
+
+pytest: install
+	$(BIN)/python -m pytest -q
+
+samples: install
+	$(BIN)/python scripts/make_samples.py sample_models
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,3 @@
+from weightcli.cli import main
+
+main()

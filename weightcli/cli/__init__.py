@@ -1,0 +1,69 @@
+"""The command-line interface: a thin click layer over the library.
+
+Library errors (``WeightcliError``) become one line on stderr and exit code 2;
+``--debug`` (anywhere on the command line) shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from weightcli import __version__
+from weightcli.errors import WeightcliError
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class WeightcliGroup(click.Group):
+    """Turns library errors into one line on stderr and their exit code (2)."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        debug = "--debug" in (*ctx.protected_args, *ctx.args) or bool(ctx.params.get("debug"))
+        try:
+            return super().invoke(ctx)
+        except WeightcliError as exc:
+            if debug:
+                raise
+            click.echo(f"weightcli: error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=WeightcliGroup, context_settings=CONTEXT)
+@click.version_option(__version__, "-V", "--version", prog_name="weightcli")
+@click.option("--debug", is_flag=True, help="Show a traceback for errors (for bug reports).")
+def cli(debug: bool) -> None:
+    """Weight surgery on saved TensorFlow/Keras models.
+
+    Reads Keras .h5 (Keras 1/2/3, full model or weights only), Keras 3 .keras and
+    .weights.h5, TensorFlow SavedModel directories and TF checkpoints. Transforms
+    rewrite only the tensors they change and write a new checkpoint of the same
+    format.
+
+    \b
+    Exit codes: 0 success; 1 a check failed (verify, diff found differences,
+    inspect --fail-on-nonfinite); 2 usage or input error.
+
+    \b
+    Examples:
+      weightcli inspect model.h5
+      weightcli clip model.keras --nonfinite zero -o repaired.keras
+      weightcli diff old.h5 new.h5 --atol 1e-6
+    """
+
+
+def _register() -> None:
+    from weightcli.cli import inspect_cmd
+
+    cli.add_command(inspect_cmd.inspect)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point."""
+    cli.main(args=argv, prog_name="weightcli")

@@ -1,0 +1,244 @@
+"""Rendering results: rich tables for people, JSON for scripts. No computation here."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from collections import defaultdict
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from weightcli.inspection import InspectResult, TensorReport
+from weightcli.stores.base import StoreMeta
+
+
+def console(stderr: bool = False) -> Console:
+    """A console that does not squeeze tables to 80 columns when output is a pipe or CI log."""
+    stream = sys.stderr if stderr else sys.stdout
+    width = None
+    if not stream.isatty():
+        width = int(os.environ.get("COLUMNS", "0") or 0) or 180
+    return Console(file=stream, width=width, soft_wrap=False, highlight=False)
+
+
+def fmt_num(x: float | None, digits: int = 4) -> str:
+    if x is None:
+        return "-"
+    if x == 0:
+        return "0"
+    if not math.isfinite(x):
+        return str(x)
+    if abs(x) >= 1e5 or abs(x) < 1e-3:
+        return f"{x:.{digits - 1}e}"
+    return f"{x:.{digits}g}"
+
+
+def fmt_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def fmt_shape(shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def header_lines(path: Any, meta: StoreMeta) -> list[str]:
+    lines = [f"[bold]{path}[/bold]  {meta.format_label}"]
+    bits = []
+    if meta.writer:
+        bits.append(f"written by {meta.writer}")
+    if meta.model_class:
+        bits.append(
+            f"model {meta.model_class}" + (f" '{meta.model_name}'" if meta.model_name else "")
+        )
+    for key, value in meta.extra.items():
+        bits.append(f"{key} {value}")
+    if bits:
+        lines.append("  " + ", ".join(bits))
+    for record in meta.history:
+        changed = record.get("changed", [])
+        lines.append(
+            f"  history: {record.get('time', '?')} weightcli {record.get('version', '?')} "
+            f"{record.get('command', '?')} ({len(changed)} tensors changed) from {record.get('source', '?')}"
+        )
+    return lines
+
+
+def _bad(n: int) -> Text:
+    return Text(str(n), style="bold red") if n else Text("0")
+
+
+def inspect_table(result: InspectResult, layers: bool) -> Table:
+    title = None
+    table = Table(title=title, show_lines=False, header_style="bold")
+    if layers:
+        return _layer_table(result, table)
+    with_stats = any(t.stats for t in result.tensors)
+    table.add_column("Tensor")
+    table.add_column("Shape")
+    table.add_column("DType")
+    table.add_column("Params", justify="right")
+    table.add_column("Bytes", justify="right")
+    if with_stats:
+        for col in ("Min", "Max", "Mean", "Std", "Max |x|", "Zeros %", "NaN", "Inf"):
+            table.add_column(col, justify="right")
+    last_layer: object = object()
+    for rep in result.tensors:
+        t = rep.info
+        layer = t.layer if not t.optimizer else "(optimizer)"
+        if layer != last_layer:
+            if last_layer is not None and table.row_count:
+                table.add_section()
+            label = f"{layer}" + (f" [dim]{t.layer_class}[/dim]" if t.layer_class else "")
+            if layer:
+                table.add_row(f"[bold cyan]{label}[/bold cyan]")
+            last_layer = layer
+        name = t.name + (f" [dim](x{len(t.copies) + 1} copies)[/dim]" if t.copies else "")
+        row: list[Any] = [
+            "  " + name,
+            fmt_shape(t.shape),
+            t.dtype,
+            f"{t.size:,}",
+            fmt_bytes(t.nbytes),
+        ]
+        if with_stats:
+            s = rep.stats
+            if s is None:
+                row += ["-"] * 8
+            else:
+                row += [
+                    fmt_num(s.min),
+                    fmt_num(s.max),
+                    fmt_num(s.mean),
+                    fmt_num(s.std),
+                    fmt_num(s.abs_max),
+                    f"{s.zeros_pct:.1f}",
+                    _bad(s.nan),
+                    _bad(s.inf),
+                ]
+        table.add_row(*row)
+    return table
+
+
+def _layer_table(result: InspectResult, table: Table) -> Table:
+    table.add_column("Layer")
+    table.add_column("Class")
+    table.add_column("Tensors", justify="right")
+    table.add_column("Params", justify="right")
+    table.add_column("Bytes", justify="right")
+    table.add_column("Max |x|", justify="right")
+    table.add_column("NaN", justify="right")
+    table.add_column("Inf", justify="right")
+    groups: dict[str, list[TensorReport]] = defaultdict(list)
+    for rep in result.tensors:
+        key = (
+            "(optimizer)"
+            if rep.info.optimizer
+            else (rep.info.layer or rep.info.name.rsplit("/", 1)[0])
+        )
+        groups[key].append(rep)
+    for layer, reps in groups.items():
+        absmax = [r.stats.abs_max for r in reps if r.stats and r.stats.abs_max is not None]
+        table.add_row(
+            layer,
+            reps[0].info.layer_class or "",
+            str(len(reps)),
+            f"{sum(r.info.size for r in reps):,}",
+            fmt_bytes(sum(r.info.nbytes for r in reps)),
+            fmt_num(max(absmax)) if absmax else "-",
+            _bad(sum(r.stats.nan for r in reps if r.stats)),
+            _bad(sum(r.stats.inf for r in reps if r.stats)),
+        )
+    return table
+
+
+def totals(reports: list[TensorReport]) -> dict[str, Any]:
+    by_dtype: dict[str, dict[str, int]] = defaultdict(
+        lambda: {"tensors": 0, "params": 0, "bytes": 0}
+    )
+    for rep in reports:
+        d = by_dtype[rep.info.dtype]
+        d["tensors"] += 1
+        d["params"] += rep.info.size
+        d["bytes"] += rep.info.nbytes
+    return {
+        "tensors": len(reports),
+        "params": sum(r.info.size for r in reports),
+        "bytes": sum(r.info.nbytes for r in reports),
+        "by_dtype": dict(by_dtype),
+    }
+
+
+def footer_line(reports: list[TensorReport]) -> str:
+    t = totals(reports)
+    parts = ", ".join(
+        f"{k}: {v['tensors']} tensors {fmt_bytes(v['bytes'])}" for k, v in t["by_dtype"].items()
+    )
+    return f"{t['tensors']} tensors, {t['params']:,} parameters, {fmt_bytes(t['bytes'])}" + (
+        f" ({parts})" if parts else ""
+    )
+
+
+def print_inspect(result: InspectResult, layers: bool) -> None:
+    out = console()
+    for line in header_lines(result.path, result.store_meta):  # type: ignore[arg-type]
+        out.print(line)
+    if result.tensors:
+        out.print(inspect_table(result, layers))
+    else:
+        out.print("  (no tensors)")
+    out.print(footer_line(result.tensors))
+
+
+def inspect_json(result: InspectResult) -> dict[str, Any]:
+    meta: StoreMeta = result.store_meta  # type: ignore[assignment]
+    tensors = []
+    for rep in result.tensors:
+        t = rep.info
+        item: dict[str, Any] = {
+            "name": t.name,
+            "path": t.path,
+            "layer": t.layer,
+            "layer_class": t.layer_class,
+            "kind": t.kind,
+            "dtype": t.dtype,
+            "shape": list(t.shape),
+            "params": t.size,
+            "bytes": t.nbytes,
+            "optimizer": t.optimizer,
+        }
+        if t.copies:
+            item["copies"] = [t.path, *t.copies]
+        if rep.stats is not None:
+            item["stats"] = rep.stats.to_json()
+        tensors.append(item)
+    return {
+        "path": str(result.path),
+        "format": meta.format,
+        "writer": meta.writer,
+        "model_class": meta.model_class,
+        "model_name": meta.model_name,
+        "history": meta.history,
+        "tensors": tensors,
+        "totals": totals(result.tensors),
+    }
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, allow_nan=False, default=_json_default) + "\n")
+    sys.stdout.flush()
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

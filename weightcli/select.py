@@ -1,0 +1,78 @@
+"""Which tensors a command touches: globs on canonical names, layer classes, kinds.
+
+Default: every floating-point model weight; optimizer state and integer tensors
+only when asked.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from weightcli.errors import UsageError
+from weightcli.tensor import TensorInfo
+
+
+@dataclass(frozen=True)
+class Selection:
+    select: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    layer_types: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = ()
+    include_optimizer: bool = False
+    floats_only: bool = True
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def explicit(self) -> bool:
+        """True when the user named tensors (globs or kinds), not just the defaults."""
+        return bool(self.select or self.kinds)
+
+    def matches(self, t: TensorInfo) -> bool:
+        if t.optimizer and not self.include_optimizer:
+            return False
+        if self.floats_only and not t.is_float:
+            return False
+        if self.select and not any(match(t.name, g) for g in self.select):
+            return False
+        if any(match(t.name, g) for g in self.exclude):
+            return False
+        if self.layer_types and (t.layer_class or "") not in self.layer_types:
+            return False
+        return not (self.kinds and t.kind not in self.kinds)
+
+
+def match(name: str, pattern: str) -> bool:
+    """Glob on a canonical name; a pattern without wildcards also matches a name prefix (a layer)."""
+    if fnmatch.fnmatchcase(name, pattern):
+        return True
+    if not any(c in pattern for c in "*?["):
+        return name.startswith(pattern.rstrip("/") + "/")
+    return False
+
+
+def split_list(values: Sequence[str]) -> tuple[str, ...]:
+    """``("Dense,Conv2D", "BatchNormalization")`` -> each name once."""
+    out: list[str] = []
+    for v in values:
+        out.extend(p.strip() for p in v.split(",") if p.strip())
+    return tuple(dict.fromkeys(out))
+
+
+def apply(
+    tensors: Sequence[TensorInfo], sel: Selection, has_config: bool, what: str = "the selection"
+) -> list[TensorInfo]:
+    """The selected tensors; a selection that matches nothing is an error naming some that exist."""
+    if sel.layer_types and not has_config and not any(t.layer_class for t in tensors):
+        raise UsageError(
+            "--layer-type needs layer classes, and this file records none (no model config)"
+        )
+    chosen = [t for t in tensors if sel.matches(t)]
+    if not chosen:
+        candidates = [t.name for t in tensors if sel.include_optimizer or not t.optimizer]
+        if not candidates:
+            raise UsageError(f"{what} matches no tensor: the file holds no model weights")
+        shown = ", ".join(candidates[:6]) + (", ..." if len(candidates) > 6 else "")
+        raise UsageError(f"{what} matches no tensor; tensors here include: {shown}")
+    return chosen

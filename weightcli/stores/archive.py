@@ -1,0 +1,163 @@
+"""Keras 3 ``.keras`` archives: a zip of ``metadata.json``, ``config.json`` and
+``model.weights.h5``.
+
+Reading opens the weights member through the zip (no extraction when it is
+stored uncompressed, as Keras writes it). Patching copies every other member's
+bytes unchanged, with its original zip metadata, and replaces only the weights
+member with its patched copy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from weightcli.errors import CorruptError, InputError
+from weightcli.stores.base import Patcher, StoreMeta
+from weightcli.stores.hdf5 import H5Patcher, H5Store, temp_beside
+from weightcli.tensor import TensorInfo
+
+WEIGHTS = "model.weights.h5"
+FORMAT = "keras-archive"
+LABEL = "Keras 3 archive (.keras)"
+
+
+def is_keras_archive(zf: zipfile.ZipFile) -> bool:
+    names = set(zf.namelist())
+    return "config.json" in names and WEIGHTS in names
+
+
+class ArchiveStore(H5Store):
+    """A ``.keras`` archive, read through its ``model.weights.h5`` member."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            self._zip = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise CorruptError(f"{path}: damaged zip archive: {exc}") from exc
+        if not is_keras_archive(self._zip):
+            self._zip.close()
+            raise InputError(
+                f"{path}: a zip file, but not a Keras archive (no config.json and {WEIGHTS})"
+            )
+        try:
+            config = json.loads(self._zip.read("config.json"))
+            metadata = (
+                json.loads(self._zip.read("metadata.json"))
+                if "metadata.json" in self._zip.namelist()
+                else {}
+            )
+        except (ValueError, zipfile.BadZipFile, OSError) as exc:
+            self._zip.close()
+            raise CorruptError(f"{path}: unreadable config.json/metadata.json: {exc}") from exc
+        self._extracted: Path | None = None
+        member = self._zip.getinfo(WEIGHTS)
+        try:
+            if member.compress_type == zipfile.ZIP_STORED:
+                src: Any = self._zip.open(member)
+            else:
+                fd, name = tempfile.mkstemp(suffix=".weights.h5")
+                with os.fdopen(fd, "wb") as out, self._zip.open(member) as inp:
+                    shutil.copyfileobj(inp, out, 1 << 20)
+                self._extracted = Path(name)
+                src = name
+            super().__init__(path, src=src, config=config, label=f"{path}:{WEIGHTS}")
+        except (zipfile.BadZipFile, OSError) as exc:
+            self.close()
+            raise CorruptError(f"{path}: damaged archive member {WEIGHTS}: {exc}") from exc
+        except BaseException:
+            self.close()
+            raise
+        self.kind = FORMAT
+        version = metadata.get("keras_version")
+        self.meta = StoreMeta(
+            format=FORMAT,
+            format_label=LABEL,
+            writer=f"Keras {version}" if version else None,
+            model_class=config.get("class_name"),
+            model_name=(config.get("config") or {}).get("name"),
+            has_config=True,
+            history=self.meta.history,
+            extra={"saved": metadata.get("date_saved")} if metadata.get("date_saved") else {},
+        )
+
+    def _meta(self) -> StoreMeta:
+        meta = super()._meta()
+        return meta
+
+    def copy_source_to(self, dest: Path) -> None:
+        with self._zip.open(WEIGHTS) as inp, open(dest, "wb") as out:
+            shutil.copyfileobj(inp, out, 1 << 20)
+
+    def supports_dtype(self, dtype: str) -> str | None:
+        return None
+
+    def patch(self, out: Path, retype: dict[str, str] | None = None) -> Patcher:
+        return ArchivePatcher(self, out, retype or {})
+
+    def close(self) -> None:
+        try:
+            if getattr(self, "_file", None) is not None and self._file.id.valid:
+                self._file.close()
+        finally:
+            self._zip.close()
+            if self._extracted is not None:
+                self._extracted.unlink(missing_ok=True)
+
+
+class ArchivePatcher(Patcher):
+    """Patches the weights member in a temporary file, then writes a new zip beside OUT."""
+
+    def __init__(self, store: ArchiveStore, out: Path, retype: dict[str, str]) -> None:
+        super().__init__()
+        self.store = store
+        self.out = out
+        self.zip_tmp = temp_beside(out)
+        h5_tmp = temp_beside(out, ".h5")
+        try:
+            self.inner = H5Patcher(store, out, retype, tmp=h5_tmp)
+        except BaseException:
+            self.zip_tmp.unlink(missing_ok=True)
+            h5_tmp.unlink(missing_ok=True)
+            raise
+
+    def begin(self, info: TensorInfo, dtype: str) -> None:
+        self.inner.begin(info, dtype)
+
+    def write(self, info: TensorInfo, start: int, block: Any) -> None:
+        self.inner.write(info, start, block)
+
+    def set_history(self, history: list[dict[str, Any]]) -> None:
+        self.inner.set_history(history)
+
+    def _commit(self) -> None:
+        self.inner.close_file()
+        src = self.store._zip
+        with zipfile.ZipFile(self.zip_tmp, "w") as dst:
+            for member in src.infolist():
+                info = zipfile.ZipInfo(member.filename, date_time=member.date_time)
+                info.compress_type = member.compress_type
+                info.external_attr = member.external_attr
+                info.create_system = member.create_system
+                info.comment = member.comment
+                info.extra = member.extra
+                with dst.open(info, "w", force_zip64=member.file_size > 2**31 - 1) as out:
+                    if member.filename == WEIGHTS:
+                        with open(self.inner.tmp, "rb") as inp:
+                            shutil.copyfileobj(inp, out, 1 << 20)
+                    else:
+                        with src.open(member) as inp:
+                            shutil.copyfileobj(inp, out, 1 << 20)
+        self.inner.tmp.unlink(missing_ok=True)
+        os.replace(self.zip_tmp, self.out)
+
+    def _abort(self) -> None:
+        try:
+            self.inner.abort()
+        finally:
+            self.zip_tmp.unlink(missing_ok=True)

@@ -1,0 +1,432 @@
+"""The HDF5 family: Keras legacy ``.h5`` (full model and weights-only, Keras 1/2/3),
+Keras 3 ``.weights.h5``, and any other HDF5 file.
+
+Which layout a file has is decided from its content (root attributes and groups),
+never from its name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import h5py
+import numpy as np
+
+from weightcli.dtypes import BFLOAT16, to_numpy
+from weightcli.errors import CorruptError, OutputError
+from weightcli.stores import h5util, naming
+from weightcli.stores.base import Patcher, Store, StoreMeta
+from weightcli.tensor import TensorInfo
+
+LEGACY_FULL = "keras-h5"
+LEGACY_WEIGHTS = "keras-h5-weights"
+KERAS3_WEIGHTS = "keras3-weights-h5"
+GENERIC = "hdf5"
+
+LABELS = {
+    LEGACY_FULL: "Keras legacy HDF5 (full model)",
+    LEGACY_WEIGHTS: "Keras legacy HDF5 (weights only)",
+    KERAS3_WEIGHTS: "Keras 3 weights (.weights.h5)",
+    GENERIC: "HDF5 (no Keras layout)",
+}
+
+
+def classify(f: h5py.File) -> str:
+    """Which HDF5 layout ``f`` has."""
+    mw = f.get("model_weights", getclass=False) if "model_weights" in f else None
+    if isinstance(mw, h5py.Group) and h5util.read_attr(mw, "layer_names") is not None:
+        return LEGACY_FULL
+    if h5util.read_attr(f, "layer_names") is not None:
+        return LEGACY_WEIGHTS
+    layers = f.get("layers") if "layers" in f else None
+    if isinstance(layers, h5py.Group) and (
+        "vars" in f
+        or any(isinstance(layers[k], h5py.Group) and "vars" in layers[k] for k in layers)
+    ):
+        return KERAS3_WEIGHTS
+    if "layers" in f and "vars" in f:
+        return KERAS3_WEIGHTS
+    return GENERIC
+
+
+class H5Store(Store):
+    """Any HDF5-family checkpoint. ``config`` is an archive's ``config.json``, when there is one."""
+
+    def __init__(
+        self,
+        path: Path,
+        src: str | os.PathLike[str] | BinaryIO | None = None,
+        config: dict[str, Any] | None = None,
+        label: str | None = None,
+    ) -> None:
+        self.path = path
+        self.label = label or str(path)
+        self._file = h5util.open_h5(src if src is not None else path, self.label)
+        self._size = h5util.file_size(self._file) or (path.stat().st_size if path.is_file() else 0)
+        self._archive_config = config
+        self.kind = classify(self._file)
+        self._datasets: dict[str, h5py.Dataset] = {}
+        try:
+            self._tensors = self._list()
+        except (OSError, KeyError, ValueError) as exc:
+            self._file.close()
+            raise CorruptError(
+                f"{self.label}: damaged HDF5 structure: {h5util.first_line(exc)}"
+            ) from exc
+        self.meta = self._meta()
+
+    # -- listing ---------------------------------------------------------------------------
+
+    def _config(self) -> Any:
+        if self._archive_config is not None:
+            return self._archive_config
+        return naming.parse_json(h5util.read_attr(self._file, "model_config"))
+
+    def _meta(self) -> StoreMeta:
+        f = self._file
+        config = self._config()
+        version = (
+            naming.decode(f.attrs.get("keras_version")) if "keras_version" in f.attrs else None
+        )
+        backend = naming.decode(f.attrs.get("backend")) if "backend" in f.attrs else None
+        writer = None
+        if version:
+            writer = f"Keras {version}" + (f" ({backend} backend)" if backend else "")
+        meta = StoreMeta(
+            format=self.kind,
+            format_label=LABELS[self.kind],
+            writer=writer,
+            has_config=isinstance(config, dict),
+        )
+        if isinstance(config, dict):
+            meta.model_class = config.get("class_name")
+            meta.model_name = naming.model_name_of(config)
+        raw = f.attrs.get(h5util.HISTORY_ATTR)
+        if raw is not None:
+            parsed = naming.parse_json(raw)
+            if isinstance(parsed, list):
+                meta.history = parsed
+        return meta
+
+    def _info(
+        self,
+        name: str,
+        path: str,
+        ds: h5py.Dataset,
+        layer: str | None,
+        optimizer: bool,
+        classes: dict[str, str],
+        kind: str | None = None,
+    ) -> TensorInfo:
+        self._datasets[path] = ds
+        return TensorInfo(
+            name=name,
+            path=path,
+            dtype=h5util.dtype_name(ds),
+            shape=tuple(int(d) for d in ds.shape),
+            kind=kind or ("optimizer" if optimizer else naming.kind_of(name)),
+            layer=layer,
+            layer_class=classes.get(layer) if layer else None,
+            optimizer=optimizer,
+        )
+
+    def _list(self) -> list[TensorInfo]:
+        if self.kind in (LEGACY_FULL, LEGACY_WEIGHTS):
+            return self._list_legacy()
+        if self.kind == KERAS3_WEIGHTS:
+            return self._list_keras3()
+        return self._list_generic()
+
+    def _numeric(self, ds: h5py.Dataset) -> bool:
+        return ds.dtype.kind in "fiub" or ds.attrs.get("dtype") in ("bfloat16", b"bfloat16")
+
+    def _list_generic(self) -> list[TensorInfo]:
+        out = []
+        for path, ds in h5util.datasets(self._file, self._size):
+            if self._numeric(ds):
+                out.append(self._info(path.lstrip("/"), path, ds, None, False, {}))
+        return out
+
+    def _list_legacy(self) -> list[TensorInfo]:
+        f = self._file
+        root = f["model_weights"] if self.kind == LEGACY_FULL else f
+        classes = naming.layer_classes(self._config())
+        weights: list[tuple[str, str, h5py.Dataset, str | None]] = []
+        seen: set[str] = set()
+        for layer in naming.decode(h5util.read_attr(root, "layer_names")) or []:
+            if layer not in root:
+                continue
+            group = root[layer]
+            for wname in naming.decode(h5util.read_attr(group, "weight_names")) or []:
+                path = f"{group.name}/{wname}"
+                ds = h5util.get_dataset(f, path, self._size)
+                if ds is None:
+                    raise CorruptError(
+                        f"{self.label}: layer {layer!r} lists weight {wname!r} that is missing"
+                    )
+                name = naming.strip_suffix(wname)
+                if "/" not in name:  # Keras 1: `dense_1_W`
+                    owner: str | None = layer
+                else:
+                    owner = naming.owning_layer(name.split("/")[:-1], classes, layer)
+                weights.append((name, path, ds, owner))
+                seen.add(path)
+            # Datasets the layer does not list still are tensors of the file: show them.
+            for path, ds in h5util.datasets(group, self._size):
+                if path not in seen and self._numeric(ds):
+                    rel = path[len(group.name) + 1 :]
+                    weights.append((f"{layer}/{naming.strip_suffix(rel)}", path, ds, layer))
+                    seen.add(path)
+        config = self._config()
+        model_name = naming.model_name_of(config)
+        root_name = naming.strip_common_root([w[0] for w in weights], model_name, classes)
+        out = []
+        for name, path, ds, owner in weights:
+            if root_name:
+                name = name[len(root_name) + 1 :]
+            out.append(self._info(name, path, ds, owner, False, classes))
+        if "optimizer_weights" in f and isinstance(f["optimizer_weights"], h5py.Group):
+            opt = f["optimizer_weights"]
+            for path, ds in h5util.datasets(opt, self._size):
+                rel = naming.strip_suffix(path[len(opt.name) + 1 :])
+                out.append(self._info(f"optimizer/{rel}", path, ds, None, True, classes))
+        # Anything else numeric outside the Keras groups (rare; hand-edited files).
+        for path, ds in h5util.datasets(f, self._size):
+            if (
+                path not in self._datasets
+                and self._numeric(ds)
+                and not path.startswith("/optimizer_weights/")
+            ):
+                if self.kind == LEGACY_FULL and path.startswith("/model_weights/"):
+                    continue
+                out.append(self._info(path.lstrip("/"), path, ds, None, False, classes))
+        return out
+
+    def _auto_names(self) -> dict[str, str]:
+        """Keras 3 group name -> layer name, by replaying Keras's naming of the top-level layers."""
+        config = self._config()
+        if not isinstance(config, dict) or not isinstance(config.get("config"), dict):
+            return {}
+        layers = config["config"].get("layers") or []
+        if config.get("class_name") == "Sequential":
+            layers = [entry for entry in layers if entry.get("class_name") != "InputLayer"]
+        used: dict[str, int] = {}
+        out: dict[str, str] = {}
+        for entry in layers:
+            base = naming.to_snake_case(entry.get("class_name", ""))
+            if base in used:
+                used[base] += 1
+                auto = f"{base}_{used[base]}"
+            else:
+                used[base] = 0
+                auto = base
+            name = (entry.get("config") or {}).get("name")
+            if isinstance(name, str):
+                out[auto] = name
+        return out
+
+    def _list_keras3(self) -> list[TensorInfo]:
+        f = self._file
+        config = self._config()
+        classes = naming.layer_classes(config)
+        configs = naming.layer_configs(config)
+        auto = self._auto_names()
+        out: list[TensorInfo] = []
+        model_vars: list[tuple[str, str, h5py.Dataset, str | None]] = []
+        for path, obj in h5util.walk(f, self._size):
+            if not (isinstance(obj, h5py.Group) and path.endswith("/vars")):
+                continue
+            members = sorted(
+                (k for k in obj if isinstance(obj[k], h5py.Dataset)),
+                key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0, k),
+            )
+            if not members:
+                continue
+            owner = path[: -len("/vars")]
+            if owner == "/optimizer" or owner.startswith("/optimizer/"):
+                for k in members:
+                    ds = obj[k]
+                    h5util.check_dataset(ds, self._size)
+                    out.append(self._info(f"optimizer/{k}", f"{path}/{k}", ds, None, True, classes))
+                continue
+            chain = self._layer_chain(owner, auto)
+            layer = chain[-1] if chain else None
+            layer_class = classes.get(layer) if layer else None
+            last = owner.rsplit("/", 1)[-1]
+            if layer_class is None:
+                layer_class = naming.class_from_group(last)
+            if last == "cell" and len(chain) >= 2:
+                parent_class = classes.get(chain[-2]) or naming.class_from_group(
+                    owner.split("/")[-2]
+                )
+                layer_class = f"{parent_class}Cell" if parent_class else None
+            names = naming.keras3_var_names(layer_class, len(members), configs.get(layer or ""))
+            prefix = "/".join(chain)
+            for i, k in enumerate(members):
+                ds = obj[k]
+                h5util.check_dataset(ds, self._size)
+                var = names[i] if names else k
+                name = f"{prefix}/{var}" if prefix else var
+                model_vars.append((name, f"{path}/{k}", ds, layer))
+                if layer and layer_class and layer not in classes:
+                    classes[layer] = layer_class
+        for name, path, ds, layer in model_vars:
+            out.append(self._info(name, path, ds, layer, False, classes))
+        return out
+
+    def _layer_chain(self, owner: str, auto: dict[str, str]) -> list[str]:
+        """Names of the layer groups from the root down to ``owner`` (``/layers/a/layers/b``)."""
+        f = self._file
+        parts = [p for p in owner.split("/") if p]
+        chain: list[str] = []
+        for i in range(len(parts)):
+            prefix = "/" + "/".join(parts[: i + 1])
+            vars_path = prefix + "/vars"
+            if parts[i] == "layers" or vars_path not in f:
+                continue
+            vars_group = f[vars_path]
+            name = (
+                naming.decode(vars_group.attrs.get("name")) if "name" in vars_group.attrs else None
+            )
+            if not name:
+                name = auto.get(parts[i], parts[i]) if i == 1 else parts[i]
+            chain.append(str(name))
+        return chain
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def tensors(self) -> list[TensorInfo]:
+        return list(self._tensors)
+
+    def read(
+        self, info: TensorInfo, start: int | None = None, stop: int | None = None
+    ) -> np.ndarray:
+        ds = self._datasets[info.path]
+        try:
+            return h5util.read_dataset(ds, info.dtype, start, stop)
+        except OSError as exc:
+            raise CorruptError(
+                f"{self.label}: cannot read {info.name} (truncated file?): {h5util.first_line(exc)}"
+            ) from exc
+
+    def supports_dtype(self, dtype: str) -> str | None:
+        if dtype == "bfloat16" and self.kind in (LEGACY_FULL, LEGACY_WEIGHTS):
+            return "legacy Keras .h5 files cannot hold bfloat16: Keras would read the raw bits back as integers"
+        return None
+
+    def close(self) -> None:
+        self._file.close()
+
+    def patch(self, out: Path, retype: dict[str, str] | None = None) -> Patcher:
+        return H5Patcher(self, out, retype or {})
+
+    def copy_source_to(self, dest: Path) -> None:
+        """Copy the container's bytes to ``dest`` (the HDF5 file itself)."""
+        shutil.copyfile(self.path, dest)
+
+
+def temp_beside(out: Path, suffix: str = "") -> Path:
+    """A fresh temporary path in OUT's folder, so the final rename stays on one filesystem."""
+    folder = out.parent
+    if not folder.is_dir():
+        raise OutputError(f"{out}: output folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise OutputError(f"{out}: output folder {folder} is not writable")
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=f"{suffix}.tmp", dir=folder)
+    os.close(fd)
+    return Path(name)
+
+
+def copy_attrs(src: h5py.HLObject, dst: h5py.HLObject) -> None:
+    for key in src.attrs:
+        dst.attrs.create(key, src.attrs[key], dtype=src.attrs.get_id(key).dtype)
+
+
+class H5Patcher(Patcher):
+    """Writes a patched copy of an HDF5 checkpoint.
+
+    Same dtypes: the file is copied byte for byte and only the changed datasets are
+    overwritten in place. A dtype change (``quantize --dtype``): the copy is rebuilt
+    object by object with HDF5's own object copy (``H5Ocopy``: data and attributes
+    as they were), and only the retyped datasets are created anew, so the file
+    shrinks.
+    """
+
+    def __init__(
+        self, store: H5Store, out: Path, retype: dict[str, str], tmp: Path | None = None
+    ) -> None:
+        super().__init__()
+        self.store = store
+        self.out = out
+        self.tmp = tmp or temp_beside(out)
+        self.retype = retype
+        try:
+            if retype:
+                self._rebuild()
+            else:
+                store.copy_source_to(self.tmp)
+            self.f = h5py.File(self.tmp, "r+")
+        except BaseException:
+            self.tmp.unlink(missing_ok=True)
+            raise
+
+    def _rebuild(self) -> None:
+        src = self.store._file
+        with h5py.File(self.tmp, "w") as dst:
+            copy_attrs(src, dst)
+            self._copy_group(src, dst)
+
+    def _copy_group(self, src: h5py.Group, dst: h5py.Group) -> None:
+        for name in src:
+            obj = src[name]
+            path = obj.name
+            if isinstance(obj, h5py.Dataset) and path in self.retype:
+                new_dtype = self.retype[path]
+                stored = np.dtype("uint16") if new_dtype == "bfloat16" else to_numpy(new_dtype)
+                ds = dst.create_dataset(name, shape=obj.shape, dtype=stored)
+                copy_attrs(obj, ds)
+                if new_dtype == "bfloat16":
+                    ds.attrs["dtype"] = "bfloat16"
+                elif "dtype" in ds.attrs and naming.decode(ds.attrs["dtype"]) == "bfloat16":
+                    del ds.attrs["dtype"]
+            elif isinstance(obj, h5py.Group) and any(p.startswith(path + "/") for p in self.retype):
+                sub = dst.create_group(name)
+                copy_attrs(obj, sub)
+                self._copy_group(obj, sub)
+            else:
+                src.copy(obj, dst, name=name)
+
+    def begin(self, info: TensorInfo, dtype: str) -> None:
+        if dtype != info.dtype and self.retype.get(info.path) != dtype:
+            raise ValueError(f"{info.name}: dtype change to {dtype} was not planned")
+
+    def write(self, info: TensorInfo, start: int, block: np.ndarray) -> None:
+        ds = self.f[info.path]
+        if block.dtype == BFLOAT16:
+            block = block.view(np.uint16) if ds.dtype.itemsize == 2 else block.astype(ds.dtype)
+        if ds.shape == ():
+            ds[()] = block
+        else:
+            ds[start : start + len(block)] = block
+
+    def set_history(self, history: list[dict[str, Any]]) -> None:
+        self.f.attrs[h5util.HISTORY_ATTR] = json.dumps(history)
+
+    def close_file(self) -> None:
+        if self.f.id.valid:
+            self.f.close()
+
+    def _commit(self) -> None:
+        self.close_file()
+        os.replace(self.tmp, self.out)
+
+    def _abort(self) -> None:
+        try:
+            self.close_file()
+        finally:
+            self.tmp.unlink(missing_ok=True)

@@ -1,0 +1,243 @@
+"""Canonical tensor names, kinds and layer classes, from what Keras files record.
+
+Rules (documented in the README, "Canonical names"):
+
+* A weight's canonical name is the variable name the writer recorded, without the
+  TensorFlow ``:0`` suffix (``dense_1/kernel:0`` -> ``dense_1/kernel``).
+* When every model weight's name has at least three parts and all start with the
+  same part, that part is the model's own name (Keras 3 Sequential models and
+  SavedModel exports write ``mlp/dense_1/kernel``) and is dropped, so one model
+  gets the same names in every format.
+* Keras 3 ``.weights.h5`` / ``.keras`` store no variable names, only their order
+  (``layers/<x>/vars/<i>``). The names come from the layer class (from the
+  archive's config, or else from the group name, which Keras derives from the
+  class): see ``KERAS3_VARS``. Layers not listed there, or whose number of
+  variables does not fit, keep the index: ``<layer>/<i>``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+# Variable names of common Keras 3 layers, in the order Keras creates them.
+KERAS3_VARS: dict[str, list[str]] = {
+    "Dense": ["kernel", "bias"],
+    "EinsumDense": ["kernel", "bias"],
+    "Conv1D": ["kernel", "bias"],
+    "Conv2D": ["kernel", "bias"],
+    "Conv3D": ["kernel", "bias"],
+    "Conv1DTranspose": ["kernel", "bias"],
+    "Conv2DTranspose": ["kernel", "bias"],
+    "Conv3DTranspose": ["kernel", "bias"],
+    "DepthwiseConv1D": ["kernel", "bias"],
+    "DepthwiseConv2D": ["kernel", "bias"],
+    "SeparableConv1D": ["depthwise_kernel", "pointwise_kernel", "bias"],
+    "SeparableConv2D": ["depthwise_kernel", "pointwise_kernel", "bias"],
+    "BatchNormalization": ["gamma", "beta", "moving_mean", "moving_variance"],
+    "LayerNormalization": ["gamma", "beta"],
+    "GroupNormalization": ["gamma", "beta"],
+    "Embedding": ["embeddings"],
+    "PReLU": ["alpha"],
+    "LSTMCell": ["kernel", "recurrent_kernel", "bias"],
+    "GRUCell": ["kernel", "recurrent_kernel", "bias"],
+    "SimpleRNNCell": ["kernel", "recurrent_kernel", "bias"],
+    "Normalization": ["mean", "variance", "count"],
+}
+
+# Keras 1 stored weights as `<layer>_W`, `<layer>_b`, ...: their kinds.
+KERAS1_SUFFIX = {
+    "W": "kernel",
+    "b": "bias",
+    "U": "recurrent_kernel",
+    "gamma": "gamma",
+    "beta": "beta",
+    "running_mean": "moving_mean",
+    "running_std": "moving_variance",
+}
+
+KNOWN_KINDS = {
+    "kernel",
+    "bias",
+    "gamma",
+    "beta",
+    "moving_mean",
+    "moving_variance",
+    "embeddings",
+    "recurrent_kernel",
+    "depthwise_kernel",
+    "pointwise_kernel",
+    "alpha",
+    "mean",
+    "variance",
+    "count",
+}
+
+
+def strip_suffix(name: str) -> str:
+    """``dense_1/kernel:0`` -> ``dense_1/kernel``."""
+    return re.sub(r":\d+$", "", name)
+
+
+def kind_of(name: str) -> str:
+    """The kind of a weight from its canonical name (last part, Keras 1 suffixes mapped)."""
+    last = name.rsplit("/", 1)[-1]
+    if last in KNOWN_KINDS:
+        return last
+    m = re.match(r".*?_(W|b|U|gamma|beta|running_mean|running_std)(_[a-z])?$", last)
+    if m:
+        return KERAS1_SUFFIX[m.group(1)]
+    return last
+
+
+def to_snake_case(name: str) -> str:
+    """Keras's own rule for naming a layer after its class (``Conv2D`` -> ``conv2d``)."""
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    name = re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+    return name
+
+
+SNAKE_TO_CLASS = {to_snake_case(c): c for c in KERAS3_VARS} | {
+    "lstm": "LSTM",
+    "gru": "GRU",
+    "simple_rnn": "SimpleRNN",
+    "re_lu": "ReLU",
+}
+
+
+def class_from_group(group_name: str) -> str | None:
+    """Guess a layer class from a Keras 3 group name (``dense_3`` -> ``Dense``)."""
+    base = re.sub(r"_\d+$", "", group_name)
+    return SNAKE_TO_CLASS.get(base)
+
+
+def keras3_var_names(
+    layer_class: str | None, count: int, config: dict[str, Any] | None
+) -> list[str] | None:
+    """Names of a Keras 3 layer's ``vars/0..count-1``, or None when the rule does not apply."""
+    if layer_class is None or layer_class not in KERAS3_VARS:
+        return None
+    names = list(KERAS3_VARS[layer_class])
+    cfg = config or {}
+    if layer_class == "BatchNormalization" or layer_class.endswith("Normalization"):
+        if layer_class != "Normalization":
+            if cfg.get("scale") is False:
+                names.remove("gamma")
+            if cfg.get("center") is False:
+                names.remove("beta")
+    elif cfg.get("use_bias") is False and "bias" in names:
+        names.remove("bias")
+    if len(names) == count:
+        return names
+    if count < len(names) and "bias" in names and count == len(names) - 1 and not cfg:
+        # use_bias=False without a config to say so: the bias is the one missing.
+        return [n for n in names if n != "bias"]
+    return None
+
+
+def strip_common_root(
+    names: list[str], model_name: str | None = None, layers: Iterable[str] = ()
+) -> str | None:
+    """The shared first part to drop from ``names`` (the model's own name), if any.
+
+    With ``model_name`` (from the model config) the part is dropped only when it is
+    that name; without one, when every name has at least three parts.
+    """
+    if not names:
+        return None
+    parts = [n.split("/") for n in names]
+    if any(len(p) < (2 if model_name else 3) for p in parts):
+        return None
+    first = {p[0] for p in parts}
+    root = first.pop() if len(first) == 1 else None
+    if root is not None and model_name is not None and root != model_name:
+        return None
+    if root is not None and root in set(layers):
+        return None  # a layer's own name (a single wrapper layer), not the model's
+    return root
+
+
+def decode(value: Any) -> Any:
+    """HDF5 attribute values as Python strings / lists of strings."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, list):
+        return [decode(v) for v in value]
+    return value
+
+
+def walk_config(config: Any) -> Iterator[dict[str, Any]]:
+    """Every layer entry (``{"class_name", "config"}``) in a Keras model config, nested ones too."""
+    if isinstance(config, dict):
+        if "class_name" in config and isinstance(config.get("config"), dict):
+            yield config
+        for value in config.values():
+            yield from walk_config(value)
+    elif isinstance(config, list):
+        for value in config:
+            yield from walk_config(value)
+
+
+def layer_classes(config: Any) -> dict[str, str]:
+    """Map layer name -> class name for every layer a model config mentions (not the model itself)."""
+    out: dict[str, str] = {}
+    for entry in walk_config(config):
+        if entry is config:
+            continue
+        name = entry["config"].get("name")
+        if isinstance(name, str) and entry["class_name"] not in ("DTypePolicy", "Policy"):
+            out.setdefault(name, entry["class_name"])
+    return out
+
+
+def model_name_of(config: Any) -> str | None:
+    """The model's own name in a Keras model config (Keras 1 Sequential configs are a bare list)."""
+    if isinstance(config, dict) and isinstance(config.get("config"), dict):
+        name = config["config"].get("name")
+        return name if isinstance(name, str) else None
+    return None
+
+
+def layer_configs(config: Any) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for entry in walk_config(config):
+        name = entry["config"].get("name")
+        if isinstance(name, str):
+            out.setdefault(name, entry["config"])
+    return out
+
+
+def parse_json(text: Any) -> Any:
+    if text is None:
+        return None
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def owning_layer(parts: Iterable[str], known: dict[str, str], fallback: str | None) -> str | None:
+    """The deepest part of a weight's name that is a layer the config knows, else ``fallback``."""
+    found = None
+    for part in parts:
+        if part in known:
+            found = part
+    return found or fallback
+
+
+OPTIMIZER_NAMES = re.compile(
+    r"(^|/)(Adam|adam|SGD|sgd|RMSprop|rmsprop|Adagrad|adagrad|Adadelta|Adamax|Nadam|Ftrl|AdamW|adamw)"
+    r"(/|$)|(^|/)(beta[12]_power|global_step)$|/(Adam|Adam_1|Momentum|RMSProp|RMSProp_1)$"
+)
+
+
+def looks_like_optimizer(name: str) -> bool:
+    """TF1-style optimizer variables (``w/Adam``, ``beta1_power``, ``global_step``)."""
+    return bool(OPTIMIZER_NAMES.search(name))

@@ -1,0 +1,46 @@
+"""TensorInfo: what a store knows about one tensor, without reading its data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from weightcli.dtypes import is_float, itemsize
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor of a checkpoint.
+
+    ``name`` is the canonical name a Keras user recognises (``dense_1/kernel``),
+    the same whichever format holds the model. ``path`` says where the store finds
+    it (an HDF5 path or a checkpoint key); ``copies`` lists further paths that hold
+    the same variable (Keras 3 SavedModel exports store each variable twice).
+    """
+
+    name: str
+    path: str
+    dtype: str
+    shape: tuple[int, ...]
+    kind: str
+    layer: str | None = None
+    layer_class: str | None = None
+    optimizer: bool = False
+    copies: tuple[str, ...] = field(default=())
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * itemsize(self.dtype)
+
+    @property
+    def is_float(self) -> bool:
+        return is_float(self.dtype)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
