@@ -12,3 +12,18 @@ $W inspect sample_models/cnn.keras
 
 step inspect sample_models/mlp_nan.h5 --fail-on-nonfinite
 $W inspect sample_models/mlp_nan.h5 --fail-on-nonfinite || echo "(exit $?: NaN/Inf found, as planted)"
+
+step clip sample_models/mlp_nan.h5 --nonfinite zero -o "$OUT/mlp_repaired.h5"
+$W clip sample_models/mlp_nan.h5 --nonfinite zero -o "$OUT/mlp_repaired.h5"
+
+step scale sample_models/cnn.keras 0.5 --layer-type Dense -o "$OUT/cnn_scaled.keras"
+$W scale sample_models/cnn.keras 0.5 --layer-type Dense -o "$OUT/cnn_scaled.keras"
+
+step quantize sample_models/cnn.keras --bits 8 -o "$OUT/cnn_q8.keras"
+$W quantize sample_models/cnn.keras --bits 8 -o "$OUT/cnn_q8.keras"
+
+step apply examples/repair_and_quantize.toml sample_models/mlp_nan.h5 -o "$OUT/mlp_fixed.h5"
+$W apply examples/repair_and_quantize.toml sample_models/mlp_nan.h5 -o "$OUT/mlp_fixed.h5"
+
+step inspect "$OUT/mlp_fixed.h5" --fail-on-nonfinite --layers
+$W inspect "$OUT/mlp_fixed.h5" --fail-on-nonfinite --layers

@@ -242,3 +242,133 @@ def _json_default(o: Any) -> Any:
     if hasattr(o, "item"):
         return o.item()
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+# -- transforms -------------------------------------------------------------------------------
+
+
+def finite_or_none(x: Any) -> Any:
+    """JSON has no Infinity/NaN: such values become null (documented in the README)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: finite_or_none(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [finite_or_none(v) for v in x]
+    return x
+
+
+def _figure_text(fig: dict[str, Any]) -> str:
+    if "factor" in fig:
+        return f"x{fmt_num(fig['factor'])}"
+    if "clipped" in fig and fig["min"] is None and fig["max"] is None:
+        return f"repaired {fig['repaired']} NaN/Inf"
+    if "clipped" in fig:
+        bounds = (
+            f"[{fmt_num(fig['min'])}, {fmt_num(fig['max'])}]"
+            if fig["min"] is not None or fig["max"] is not None
+            else ""
+        )
+        text = f"clipped {fig['clipped_pct']:.2f}% {bounds}".strip()
+        if fig["repaired"]:
+            text += f", repaired {fig['repaired']}"
+        return text
+    if "dtype" in fig:
+        return f"-> {fig['dtype']}, SQNR {fmt_num(fig['sqnr_db'], 3)} dB, max err {fmt_num(fig['max_abs_error'])}"
+    if "bits" in fig:
+        scale = (
+            fmt_num(fig["scale_min"])
+            if fig["scale_min"] == fig["scale_max"]
+            else f"{fmt_num(fig['scale_min'])}..{fmt_num(fig['scale_max'])}"
+        )
+        return (
+            f"{fig['bits']}-bit, scale {scale}, SQNR {fmt_num(fig['sqnr_db'], 3)} dB, "
+            f"max err {fmt_num(fig['max_abs_error'])}"
+        )
+    return ""
+
+
+def _arrow(a: float | None, b: float | None) -> str:
+    return f"{fmt_num(a)} -> {fmt_num(b)}"
+
+
+def print_transform(result: Any) -> None:
+    out = console()
+    table = Table(header_style="bold")
+    for col, justify in (
+        ("Tensor", "left"),
+        ("Shape", "left"),
+        ("Mean before -> after", "right"),
+        ("Std before -> after", "right"),
+        ("Max |x| before -> after", "right"),
+        ("Changed %", "right"),
+        ("Max |change|", "right"),
+        ("Transform", "left"),
+    ):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for c in result.changes:
+        pct = 100.0 * c.changed / c.info.size if c.info.size else 0.0
+        name = c.info.name + (
+            f" [dim]({c.info.dtype} -> {c.out_dtype})[/dim]" if c.out_dtype != c.info.dtype else ""
+        )
+        table.add_row(
+            name,
+            fmt_shape(c.info.shape),
+            _arrow(c.before.mean, c.after.mean),
+            _arrow(c.before.std, c.after.std),
+            _arrow(c.before.abs_max, c.after.abs_max),
+            f"{pct:.1f}",
+            fmt_num(c.max_change),
+            "; ".join(t for t in (_figure_text(f) for f in c.figures) if t),
+        )
+    out.print(table)
+    where = f"wrote {result.output}" if result.output else "dry run: nothing written"
+    out.print(
+        f"{len(result.changes)} of {result.total_tensors} tensors changed ({result.selected} selected), "
+        f"{fmt_bytes(result.bytes_written)} written, {result.elapsed:.2f} s; {where}"
+    )
+
+
+def transform_json(result: Any) -> dict[str, Any]:
+    tensors = []
+    for c in result.changes:
+        tensors.append(
+            {
+                "name": c.info.name,
+                "shape": list(c.info.shape),
+                "dtype": c.info.dtype,
+                "out_dtype": c.out_dtype,
+                "before": {
+                    "mean": c.before.mean,
+                    "std": c.before.std,
+                    "abs_max": c.before.abs_max,
+                    "nan": c.before.nan,
+                    "inf": c.before.inf,
+                },
+                "after": {
+                    "mean": c.after.mean,
+                    "std": c.after.std,
+                    "abs_max": c.after.abs_max,
+                    "nan": c.after.nan,
+                    "inf": c.after.inf,
+                },
+                "changed": c.changed,
+                "changed_pct": 100.0 * c.changed / c.info.size if c.info.size else 0.0,
+                "max_change": c.max_change,
+                "figures": c.figures,
+            }
+        )
+    return finite_or_none(
+        {
+            "source": str(result.source),
+            "output": str(result.output) if result.output else None,
+            "dry_run": result.output is None,
+            "changed": len(result.changes),
+            "selected": result.selected,
+            "total": result.total_tensors,
+            "bytes_written": result.bytes_written,
+            "elapsed_s": result.elapsed,
+            "tensors": tensors,
+            "history": result.record,
+        }
+    )

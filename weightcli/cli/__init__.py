@@ -25,6 +25,12 @@ class WeightcliGroup(click.Group):
         debug = "--debug" in (*ctx.protected_args, *ctx.args) or bool(ctx.params.get("debug"))
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            if debug:
+                raise
+            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+            click.echo(f"weightcli: error: {exc.format_message()}{hint}", err=True)
+            ctx.exit(2)
         except WeightcliError as exc:
             if debug:
                 raise
@@ -56,9 +62,11 @@ def cli(debug: bool) -> None:
 
 
 def _register() -> None:
-    from weightcli.cli import inspect_cmd
+    from weightcli.cli import inspect_cmd, transform_cmds
 
     cli.add_command(inspect_cmd.inspect)
+    for cmd in transform_cmds.COMMANDS:
+        cli.add_command(cmd)
 
 
 _register()

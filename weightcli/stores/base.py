@@ -125,8 +125,12 @@ class Store(abc.ABC):
             yield start, self.read(info, start, stop)
 
     @abc.abstractmethod
-    def patch(self, out: Path) -> Patcher:
-        """A patcher writing a copy of this checkpoint to ``out``."""
+    def patch(self, out: Path, retype: dict[str, str] | None = None) -> Patcher:
+        """A patcher writing a copy of this checkpoint to ``out``.
+
+        ``retype`` maps tensor paths to the dtype they will be stored in, when a
+        transform changes it.
+        """
 
     def supports_dtype(self, dtype: str) -> str | None:
         """None when the format can store ``dtype``, else the reason it cannot."""

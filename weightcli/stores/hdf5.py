@@ -316,7 +316,10 @@ class H5Store(Store):
 
     def supports_dtype(self, dtype: str) -> str | None:
         if dtype == "bfloat16" and self.kind in (LEGACY_FULL, LEGACY_WEIGHTS):
-            return "legacy Keras .h5 files cannot hold bfloat16: Keras would read the raw bits back as integers"
+            return (
+                "the legacy .h5 loaders (Keras 2 and Keras 3's legacy path) do not understand bfloat16; "
+                "use --dtype float16, or a .keras / .weights.h5 file"
+            )
         return None
 
     def close(self) -> None:
@@ -337,8 +340,14 @@ def temp_beside(out: Path, suffix: str = "") -> Path:
         raise OutputError(f"{out}: output folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
         raise OutputError(f"{out}: output folder {folder} is not writable")
-    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=f"{suffix}.tmp", dir=folder)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=f"{suffix}.tmp", dir=folder)
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot write in {folder}: {exc.strerror or exc}") from exc
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(name, 0o666 & ~umask)  # mkstemp makes 0600; an output is an ordinary file
     return Path(name)
 
 
@@ -387,7 +396,8 @@ class H5Patcher(Patcher):
             path = obj.name
             if isinstance(obj, h5py.Dataset) and path in self.retype:
                 new_dtype = self.retype[path]
-                stored = np.dtype("uint16") if new_dtype == "bfloat16" else to_numpy(new_dtype)
+                # bfloat16 as Keras 3 writes it: an opaque 2-byte type marked dtype="bfloat16".
+                stored = to_numpy(new_dtype)
                 ds = dst.create_dataset(name, shape=obj.shape, dtype=stored)
                 copy_attrs(obj, ds)
                 if new_dtype == "bfloat16":
@@ -407,8 +417,8 @@ class H5Patcher(Patcher):
 
     def write(self, info: TensorInfo, start: int, block: np.ndarray) -> None:
         ds = self.f[info.path]
-        if block.dtype == BFLOAT16:
-            block = block.view(np.uint16) if ds.dtype.itemsize == 2 else block.astype(ds.dtype)
+        if block.dtype == BFLOAT16 and ds.dtype.kind != "V":
+            block = block.astype(ds.dtype)
         if ds.shape == ():
             ds[()] = block
         else:

@@ -1,0 +1,78 @@
+"""Property tests of the pure transforms (hypothesis)."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from weightcli.transforms import clip as clipmod
+from weightcli.transforms import quantize as qmod
+from weightcli.transforms.scale import scale
+
+finite32 = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False, width=32)
+tensors = arrays(np.float32, st.tuples(st.integers(1, 6), st.integers(1, 5)), elements=finite32)
+any32 = arrays(
+    np.float32,
+    st.integers(1, 40),
+    elements=st.floats(allow_nan=True, allow_infinity=True, width=32),
+)
+
+
+@given(tensors)
+def test_scale_by_one_is_identity(x: np.ndarray) -> None:
+    np.testing.assert_array_equal(scale(x, 1.0), x)
+    assert scale(x, 1.0).dtype == x.dtype
+
+
+@given(tensors, st.floats(-100, 100, allow_nan=False))
+def test_scale_matches_numpy(x: np.ndarray, f: float) -> None:
+    np.testing.assert_array_equal(scale(x, f), x * np.float32(f))
+
+
+@given(any32, st.floats(-10, 0), st.floats(0, 10), st.sampled_from(["zero", "clip"]))
+def test_clip_bounded_and_idempotent(x: np.ndarray, lo: float, hi: float, mode: str) -> None:
+    y, _, repaired = clipmod.clip(x, lo, hi, mode)
+    assert np.isfinite(y).all()
+    assert (y >= np.float32(lo)).all() and (y <= np.float32(hi)).all()
+    assert repaired == int((~np.isfinite(x)).sum())
+    z, clipped, rep2 = clipmod.clip(y, lo, hi, mode)
+    np.testing.assert_array_equal(z, y)
+    assert clipped == 0 and rep2 == 0
+
+
+@given(any32)
+def test_clip_keep_leaves_nonfinite(x: np.ndarray) -> None:
+    y, _, repaired = clipmod.clip(x, -1.0, 1.0, "keep")
+    bad = ~np.isfinite(x)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(x))
+    np.testing.assert_array_equal(y[bad & ~np.isnan(x)], x[bad & ~np.isnan(x)])
+    assert repaired == 0
+
+
+@settings(max_examples=200)
+@given(tensors, st.integers(2, 16), st.sampled_from(qmod.SCHEMES), st.sampled_from([None, 0, 1]))
+def test_quantization_error_at_most_half_step_and_stable(
+    x: np.ndarray, bits: int, scheme: str, axis
+) -> None:
+    lo, hi = qmod.reduce_minmax(x, axis)
+    s, z = qmod.params(lo, hi, bits, scheme)
+    shape = () if axis is None else qmod.channel_shape(x.ndim, axis)
+    s, z = s.reshape(shape), z.reshape(shape)
+    y = qmod.fake_quantize(x, s, z, bits, scheme)
+    assert y.dtype == x.dtype
+    err = np.abs(y.astype(np.float64) - x.astype(np.float64))
+    # Half a step, plus float32 rounding of the dequantized value.
+    bound = np.broadcast_to(s / 2, x.shape) + np.abs(x.astype(np.float64)) * 2e-7 + 1e-30
+    assert (err <= bound * (1 + 1e-6)).all()
+    # Quantize-dequantize is stable: doing it again with the same grid changes nothing
+    # beyond float32 rounding.
+    y2 = qmod.fake_quantize(y, s, z, bits, scheme)
+    np.testing.assert_allclose(y2, y, rtol=0, atol=float(np.max(s)) * 1e-3 + 1e-30)
+
+
+@given(st.integers(2, 16))
+def test_symmetric_range(bits: int) -> None:
+    lo, hi = qmod.qrange(bits, "symmetric")
+    assert lo == -hi and hi == 2 ** (bits - 1) - 1

@@ -1,0 +1,117 @@
+"""Bad transform requests: one clear line on stderr, exit 2, nothing written, input untouched."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+from conftest import SAMPLES, run
+from test_bad_input import assert_clean_error
+
+SRC = SAMPLES / "mlp_keras3.h5"
+
+
+def sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["scale", SRC, "abc"],
+        ["scale", SRC, "nan"],
+        ["scale", SRC, "inf"],
+        ["scale", SRC, "-inf"],
+        ["scale", SRC],
+        ["scale", SRC, "--by-type", "Dense=nan"],
+        ["scale", SRC, "--by-type", "Dense"],
+        ["clip", SRC, "--min", "1", "--max", "-1"],
+        ["clip", SRC, "--min", "nan"],
+        ["clip", SRC],
+        ["clip", SRC, "--abs-max", "1", "--percentile", "99"],
+        ["clip", SRC, "--percentile", "0"],
+        ["clip", SRC, "--percentile", "101"],
+        ["clip", SRC, "--sigma", "-1"],
+        ["quantize", SRC, "--bits", "0"],
+        ["quantize", SRC, "--bits", "1"],
+        ["quantize", SRC, "--bits", "33"],
+        ["quantize", SRC, "--axis", "5"],
+        ["quantize", SRC, "--dtype", "bfloat16"],
+        ["scale", SAMPLES / "mlp_tfkeras_weights.h5", "2", "--layer-type", "Dense"],
+        ["scale", SRC, "2", "-s", "no_such_layer*"],
+        ["quantize", SRC, "-s", "*/bias", "--kind", "kernel"],
+    ],
+    ids=lambda a: " ".join(str(x) for x in a[2:]) if isinstance(a, list) else str(a),
+)
+def test_bad_requests(args: list, tmp_path: Path) -> None:
+    src = Path(args[1])
+    before = sha(src)
+    out = tmp_path / "out.h5"
+    assert_clean_error(run(*args, "-o", out))
+    assert not out.exists() and os.listdir(tmp_path) == []
+    assert sha(src) == before
+
+
+def test_no_match_lists_names(tmp_path: Path) -> None:
+    res = run("scale", SRC, "2", "-s", "nope", "-o", tmp_path / "o.h5")
+    assert_clean_error(res, "matches no tensor", "dense_1/kernel")
+
+
+def test_missing_output_folder(tmp_path: Path) -> None:
+    assert_clean_error(
+        run("scale", SRC, "2", "-o", tmp_path / "no" / "such" / "o.h5"), "does not exist"
+    )
+
+
+def test_existing_output_needs_force(tmp_path: Path) -> None:
+    out = tmp_path / "o.h5"
+    out.write_bytes(b"precious")
+    assert_clean_error(run("scale", SRC, "2", "-o", out), "already exists", "--force")
+    assert out.read_bytes() == b"precious"
+    assert run("scale", SRC, "2", "-o", out, "--force").code == 0
+    assert out.read_bytes() != b"precious"
+
+
+def test_output_equal_to_input_needs_in_place(tmp_copy) -> None:
+    p = tmp_copy(SRC)
+    before = sha(p)
+    assert_clean_error(run("scale", p, "2", "-o", p), "--in-place")
+    assert sha(p) == before
+
+
+def test_read_only_output_folder(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        folder = Path("/proc")  # root ignores permission bits; /proc refuses new files even to root
+    else:
+        folder = tmp_path / "ro"
+        folder.mkdir()
+        folder.chmod(0o555)
+    assert_clean_error(run("scale", SRC, "2", "-o", folder / "o.h5"))
+
+
+def test_missing_input(tmp_path: Path) -> None:
+    assert_clean_error(
+        run("scale", tmp_path / "none.h5", "2", "-o", tmp_path / "o.h5"), "no such file"
+    )
+
+
+def test_bad_recipes(tmp_path: Path) -> None:
+    cases = {
+        "notoml.toml": "this is = = not toml",
+        "empty.toml": "",
+        "unknown.toml": '[[step]]\ncommand = "rotate"\n',
+        "badkey.toml": '[[step]]\ncommand = "scale"\nfactor = 2\nfactr = 3\n',
+        "badnum.toml": '[[step]]\ncommand = "scale"\nfactor = "two"\n',
+        "badclip.toml": '[[step]]\ncommand = "clip"\nmin = 1\nmax = 0\n',
+    }
+    for name, text in cases.items():
+        r = tmp_path / name
+        r.write_text(text)
+        out = tmp_path / "o.h5"
+        assert_clean_error(run("apply", r, SRC, "-o", out))
+        assert not out.exists(), name
+    assert_clean_error(
+        run("apply", tmp_path / "missing.toml", SRC, "-o", tmp_path / "o.h5"), "not found"
+    )

@@ -1,0 +1,245 @@
+"""The transform pipeline: stream tensors from a source store, through the steps,
+into a patched copy of the container.
+
+Each tensor is read in blocks. Steps that need statistics first get their passes
+(earlier steps re-applied on the fly, so every step sees its real input); the last
+pass transforms and writes. A tensor that fits in one block is read once. Only
+changed tensors are written; everything else in the container keeps its bytes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from weightcli import __version__
+from weightcli.errors import OutputError, UnsupportedError, UsageError
+from weightcli.select import apply as apply_selection
+from weightcli.stats import RunningStats, TensorStats
+from weightcli.steps import Step, TensorOp
+from weightcli.stores.base import BLOCK_ELEMS, Store, row_blocks
+from weightcli.tensor import TensorInfo
+
+
+@dataclass
+class TensorChange:
+    info: TensorInfo
+    out_dtype: str
+    before: TensorStats
+    after: TensorStats
+    changed: int
+    max_change: float
+    figures: list[dict[str, Any]]
+
+
+@dataclass
+class TransformResult:
+    source: Path
+    output: Path | None
+    changes: list[TensorChange]
+    selected: int
+    total_tensors: int
+    bytes_written: int
+    elapsed: float
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_output(src: Path, out: Path | None, in_place: bool, force: bool) -> Path:
+    """Where to write, enforcing the refusal rules (no silent overwrite, no OUT == IN)."""
+    if in_place:
+        if out is not None and not _same(src, out):
+            raise UsageError(
+                "--in-place writes over the input: do not also give a different -o/--output"
+            )
+        return src
+    if out is None:
+        raise UsageError("give -o/--output OUT (or --in-place to overwrite the input)")
+    if _same(src, out):
+        raise UsageError(f"{out}: output is the input; use --in-place to overwrite it")
+    if (out.exists() or out.is_symlink()) and not force:
+        raise OutputError(f"{out}: already exists; use --force to overwrite it")
+    if not out.parent.exists():
+        raise OutputError(f"{out}: output folder {out.parent} does not exist")
+    if not os.access(out.parent, os.W_OK):
+        raise OutputError(f"{out}: output folder {out.parent} is not writable")
+    return out
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def digest(path: Path) -> str:
+    """sha256 of a file, or of a directory's files (relative names and contents, sorted)."""
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        if path.is_dir():
+            h.update(str(f.relative_to(path)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+class _Blocks:
+    """Blocks of one tensor; read once and kept when the tensor is a single block."""
+
+    def __init__(self, store: Store, info: TensorInfo) -> None:
+        self.store = store
+        self.info = info
+        self.single = len(list(row_blocks(info.shape, BLOCK_ELEMS))) == 1
+        self._cache: list[tuple[int, np.ndarray]] | None = None
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+        if self._cache is not None:
+            return iter(self._cache)
+        if self.single:
+            self._cache = list(self.store.blocks(self.info))
+            return iter(self._cache)
+        return self.store.blocks(self.info)
+
+
+def plan(store: Store, steps: Sequence[Step]) -> list[tuple[TensorInfo, list[TensorOp]]]:
+    """Which tensors each step touches; a step that selects nothing is an error."""
+    tensors = store.tensors()
+    for i, step in enumerate(steps):
+        chosen = [t for t in tensors if step.selects(t)]
+        if not chosen:
+            what = f"step {i + 1} ({step.command})" if len(steps) > 1 else "the selection"
+            apply_selection(
+                tensors, step.selection, store.meta.has_config, what
+            )  # raises with names
+            raise UsageError(
+                f"{what} matches no tensor it can change (1-D tensors need an explicit --select)"
+            )
+    out = []
+    for t in tensors:
+        ops = [op for s in steps if s.selects(t) and (op := s.op(t)) is not None]
+        if ops:
+            out.append((t, ops))
+    return out
+
+
+def run(
+    store: Store,
+    steps: Sequence[Step],
+    out: Path | None,
+    command: Sequence[str],
+    dry_run: bool = False,
+) -> TransformResult:
+    """Apply ``steps`` to ``store`` and write the patched copy to ``out`` (nothing when ``dry_run``)."""
+    started = time.perf_counter()
+    work = plan(store, steps)
+    retype = {t.path: ops[-1].out_dtype for t, ops in work if ops[-1].out_dtype != t.dtype}
+    for dtype in sorted(set(retype.values())):
+        reason = store.supports_dtype(dtype)
+        if reason:
+            raise UnsupportedError(f"{store.path}: cannot store {dtype}: {reason}")
+    changes: list[TensorChange] = []
+    selected = 0
+    patcher = None if dry_run or out is None else store.patch(out, retype)
+    try:
+        for info, ops in work:
+            blocks = _Blocks(store, info)
+            store.check(info)
+            for k, op in enumerate(ops):
+                pass_no = 0
+                while op.passes > pass_no:
+                    for start, block in blocks:
+                        y = block
+                        for prev in ops[:k]:
+                            y = prev.apply(start, y, count=False)
+                        op.observe(pass_no, start, y)
+                    if not op.end_pass(pass_no):
+                        break
+                    pass_no += 1
+            out_dtype = ops[-1].out_dtype
+            if patcher is not None:
+                patcher.begin(info, out_dtype)
+            before, after = RunningStats(), RunningStats()
+            n_changed = 0
+            max_change = 0.0
+            for start, block in blocks:
+                y = block
+                for op in ops:
+                    y = op.apply(start, y)
+                before.update(block)
+                after.update(y)
+                before_n = n_changed
+                n_changed, max_change = _count_changes(block, y, n_changed, max_change)
+                # The copy already holds the original bytes: a block that did not change
+                # (same values, same dtype) needs no write.
+                if patcher is not None and (n_changed > before_n or out_dtype != info.dtype):
+                    patcher.write(info, start, y)
+            if n_changed or out_dtype != info.dtype:
+                changes.append(
+                    TensorChange(
+                        info,
+                        out_dtype,
+                        before.result(),
+                        after.result(),
+                        n_changed,
+                        max_change,
+                        [op.figures() for op in ops],
+                    )
+                )
+            selected += 1
+        record = {
+            "tool": "weightcli",
+            "version": __version__,
+            "time": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "command": " ".join(["weightcli", *command]),
+            "steps": [s.describe() for s in steps],
+            "source": store.path.name,
+            "source_sha256": digest(store.path) if not dry_run else None,
+            "changed": [c.info.name for c in changes],
+        }
+        if patcher is not None:
+            patcher.set_history([*store.meta.history, record])
+            patcher.commit()
+    except BaseException:
+        if patcher is not None:
+            patcher.abort()
+        raise
+    written = (
+        sum(c.info.size * np.dtype(_np(c.out_dtype)).itemsize for c in changes) if patcher else 0
+    )
+    return TransformResult(
+        source=store.path,
+        output=None if dry_run else out,
+        changes=changes,
+        selected=selected,
+        total_tensors=len(store.tensors()),
+        bytes_written=written,
+        elapsed=time.perf_counter() - started,
+        record=record,
+    )
+
+
+def _np(dtype: str) -> Any:
+    from weightcli.dtypes import to_numpy
+
+    return to_numpy(dtype)
+
+
+def _count_changes(x: np.ndarray, y: np.ndarray, n: int, worst: float) -> tuple[int, float]:
+    xw = x.astype(np.float64)
+    yw = y.astype(np.float64)
+    same = (xw == yw) | (np.isnan(xw) & np.isnan(yw))
+    n += int(x.size - np.count_nonzero(same))
+    both = np.isfinite(xw) & np.isfinite(yw)
+    if both.any():
+        worst = max(worst, float(np.abs(yw - xw)[both].max()))
+    return n, worst

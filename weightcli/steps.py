@@ -1,0 +1,428 @@
+"""Steps: a transform bound to its selection and parameters, planned per tensor.
+
+A step makes one ``TensorOp`` per tensor it touches. An op may need passes over
+the tensor before it can transform it (per-tensor percentiles, sigma bounds,
+per-channel quantization ranges): ``passes`` says how many, ``observe`` sees each
+block of each pass, and ``apply`` transforms one block. The pipeline streams the
+blocks; ops never read files.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from weightcli.dtypes import BFLOAT16, to_numpy
+from weightcli.select import Selection
+from weightcli.stats import RunningStats
+from weightcli.tensor import TensorInfo
+from weightcli.transforms import clip as clipmod
+from weightcli.transforms import quantize as qmod
+from weightcli.transforms import scale as scalemod
+
+# Tensors up to this many elements get an exact percentile in memory; larger ones
+# are located by histogram passes (bounded memory).
+EXACT_PERCENTILE_ELEMS = 1 << 24
+HIST_BINS = 1 << 16
+
+
+class TensorOp:
+    """One step applied to one tensor."""
+
+    passes = 0
+
+    def __init__(self, info: TensorInfo) -> None:
+        self.info = info
+
+    @property
+    def out_dtype(self) -> str:
+        return self.info.dtype
+
+    def observe(self, pass_no: int, start: int, block: np.ndarray) -> None:  # noqa: B027
+        """See one block during statistics pass ``pass_no``."""
+
+    def end_pass(self, pass_no: int) -> bool:
+        """Close a statistics pass; False when no further pass is needed."""
+        return pass_no + 1 < self.passes
+
+    def apply(self, start: int, block: np.ndarray, count: bool = True) -> np.ndarray:
+        """Transform one block; ``count`` is False on statistics passes (no figures recorded)."""
+        raise NotImplementedError
+
+    def figures(self) -> dict[str, Any]:
+        return {}
+
+
+class Step:
+    """A transform with its own selection."""
+
+    command = "step"
+
+    def __init__(self, selection: Selection) -> None:
+        self.selection = selection
+
+    def selects(self, info: TensorInfo) -> bool:
+        return self.selection.matches(info)
+
+    def op(self, info: TensorInfo) -> TensorOp | None:
+        raise NotImplementedError
+
+    def params(self) -> dict[str, Any]:
+        return {}
+
+    def describe(self) -> dict[str, Any]:
+        return {"command": self.command, **self.params(), **selection_params(self.selection)}
+
+
+def selection_params(sel: Selection) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in ("select", "exclude", "layer_types", "kinds"):
+        value = getattr(sel, key)
+        if value:
+            out[key] = list(value)
+    if sel.include_optimizer:
+        out["include_optimizer"] = True
+    return out
+
+
+# -- scale ------------------------------------------------------------------------------------
+
+
+class _ScaleOp(TensorOp):
+    def __init__(self, info: TensorInfo, factor: float) -> None:
+        super().__init__(info)
+        self.factor = factor
+
+    def apply(self, start: int, block: np.ndarray, count: bool = True) -> np.ndarray:
+        return scalemod.scale(block, self.factor)
+
+    def figures(self) -> dict[str, Any]:
+        return {"factor": self.factor}
+
+
+@dataclass
+class ScaleStep(Step):
+    """Multiply by ``factor``; ``by_type``/``by_layer`` override it per layer class / layer glob."""
+
+    selection: Selection
+    factor: float | None = None
+    by_type: dict[str, float] = field(default_factory=dict)
+    by_layer: dict[str, float] = field(default_factory=dict)
+    command = "scale"
+
+    def __post_init__(self) -> None:
+        for f in [self.factor, *self.by_type.values(), *self.by_layer.values()]:
+            if f is not None:
+                scalemod.check_factor(f)
+        if self.factor is None and not self.by_type and not self.by_layer:
+            raise ValueError("give a FACTOR, --by-type TYPE=F or --by-layer GLOB=F")
+
+    def factor_for(self, info: TensorInfo) -> float | None:
+        factor = self.factor
+        if info.layer_class and info.layer_class in self.by_type:
+            factor = self.by_type[info.layer_class]
+        layer = info.layer or info.name.rsplit("/", 1)[0]
+        for pattern, f in self.by_layer.items():
+            if fnmatch.fnmatchcase(layer, pattern) or fnmatch.fnmatchcase(info.name, pattern):
+                factor = f
+        return factor
+
+    def selects(self, info: TensorInfo) -> bool:
+        return self.selection.matches(info) and self.factor_for(info) is not None
+
+    def op(self, info: TensorInfo) -> TensorOp | None:
+        factor = self.factor_for(info)
+        return _ScaleOp(info, factor) if factor is not None else None
+
+    def params(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.factor is not None:
+            out["factor"] = self.factor
+        if self.by_type:
+            out["by_type"] = self.by_type
+        if self.by_layer:
+            out["by_layer"] = self.by_layer
+        return out
+
+
+# -- clip -------------------------------------------------------------------------------------
+
+
+class _ClipOp(TensorOp):
+    def __init__(self, info: TensorInfo, step: ClipStep) -> None:
+        super().__init__(info)
+        self.step = step
+        self.lo = step.min
+        self.hi = step.max
+        self.clipped = 0
+        self.repaired = 0
+        self.passes = 1 if (step.percentile is not None or step.sigma is not None) else 0
+        self._stats = RunningStats()
+        self._exact: list[np.ndarray] = []
+        self._hist: np.ndarray | None = None
+        self._hist_top = 0.0
+        if step.abs_max is not None:
+            self.lo, self.hi = -step.abs_max, step.abs_max
+
+    def observe(self, pass_no: int, start: int, block: np.ndarray) -> None:
+        if pass_no == 0:
+            self._stats.update(block)
+            if self.step.percentile is not None and self.info.size <= EXACT_PERCENTILE_ELEMS:
+                self._exact.append(block)
+        elif self._hist is not None:
+            a = np.abs(block[np.isfinite(block)].astype(np.float64))
+            h, _ = np.histogram(a, bins=HIST_BINS, range=(0.0, self._hist_top))
+            self._hist += h
+
+    def end_pass(self, pass_no: int) -> bool:
+        step = self.step
+        if pass_no == 0:
+            s = self._stats.result()
+            if step.sigma is not None:
+                if s.mean is None or s.std is None:
+                    self.lo = self.hi = None
+                else:
+                    self.lo, self.hi = clipmod.sigma_bounds(s.mean, s.std, step.sigma)
+                return False
+            assert step.percentile is not None
+            if self._exact:
+                both = np.concatenate([b.ravel() for b in self._exact])
+                bound = clipmod.abs_percentile(both, step.percentile)
+                self._exact = []
+                self.lo, self.hi = -bound, bound
+                return False
+            self._hist_top = float(s.abs_max or 0.0)
+            self._finite = s.count - s.nonfinite
+            self._hist = np.zeros(HIST_BINS, np.int64)
+            self.passes = 2
+            return True
+        # Histogram pass: the bin holding the wanted rank, linearly interpolated.
+        assert self._hist is not None and step.percentile is not None
+        rank = step.percentile / 100.0 * max(self._finite - 1, 0)
+        cum = np.cumsum(self._hist)
+        i = int(np.searchsorted(cum, rank, side="right"))
+        width = self._hist_top / HIST_BINS
+        before = cum[i - 1] if i > 0 else 0
+        inside = self._hist[min(i, HIST_BINS - 1)] or 1
+        bound = (min(i, HIST_BINS - 1) + (rank - before) / inside) * width
+        self.lo, self.hi = -bound, bound
+        return False
+
+    def apply(self, start: int, block: np.ndarray, count: bool = True) -> np.ndarray:
+        y, c, r = clipmod.clip(block, self.lo, self.hi, self.step.nonfinite)
+        if count:
+            self.clipped += c
+            self.repaired += r
+        return y
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "min": self.lo,
+            "max": self.hi,
+            "clipped": self.clipped,
+            "clipped_pct": 100.0 * self.clipped / self.info.size if self.info.size else 0.0,
+            "repaired": self.repaired,
+        }
+
+
+@dataclass
+class ClipStep(Step):
+    selection: Selection
+    min: float | None = None
+    max: float | None = None
+    abs_max: float | None = None
+    percentile: float | None = None
+    sigma: float | None = None
+    nonfinite: str = "keep"
+    command = "clip"
+
+    def __post_init__(self) -> None:
+        modes = [
+            self.min is not None or self.max is not None,
+            self.abs_max is not None,
+            self.percentile is not None,
+            self.sigma is not None,
+        ]
+        if sum(modes) > 1:
+            raise ValueError("choose one of --min/--max, --abs-max, --percentile or --sigma")
+        if sum(modes) == 0 and self.nonfinite == "keep":
+            raise ValueError(
+                "nothing to do: give bounds (--min/--max, --abs-max, --percentile, --sigma) or --nonfinite"
+            )
+        clipmod.check_bounds(self.min, self.max)
+        if self.abs_max is not None and not (math.isfinite(self.abs_max) and self.abs_max >= 0):
+            raise ValueError(f"--abs-max must be a finite number >= 0, got {self.abs_max}")
+        if self.percentile is not None and not (0 < self.percentile <= 100):
+            raise ValueError(f"--percentile must be in (0, 100], got {self.percentile}")
+        if self.sigma is not None and not (math.isfinite(self.sigma) and self.sigma > 0):
+            raise ValueError(f"--sigma must be a finite number > 0, got {self.sigma}")
+        if self.nonfinite not in clipmod.NONFINITE:
+            raise ValueError(f"--nonfinite must be one of {', '.join(clipmod.NONFINITE)}")
+
+    def op(self, info: TensorInfo) -> TensorOp | None:
+        return _ClipOp(info, self)
+
+    def params(self) -> dict[str, Any]:
+        keys = ("min", "max", "abs_max", "percentile", "sigma")
+        out: dict[str, Any] = {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+        out["nonfinite"] = self.nonfinite
+        return out
+
+
+# -- quantize ---------------------------------------------------------------------------------
+
+
+class _QuantOp(TensorOp):
+    passes = 1
+
+    def __init__(self, info: TensorInfo, step: QuantizeStep) -> None:
+        super().__init__(info)
+        self.step = step
+        if step.granularity == "per-tensor":
+            self.axis: int | None = None
+        elif step.axis is not None:
+            if not -info.ndim <= step.axis < info.ndim:
+                raise ValueError(
+                    f"{info.name}: --axis {step.axis} is out of range for shape {info.shape}"
+                )
+            self.axis = step.axis % info.ndim
+        else:
+            self.axis = qmod.channel_axis(info.layer_class, info.kind, info.ndim)
+        n = info.shape[self.axis] if self.axis is not None else 1
+        self.lo = np.full(n, np.inf)
+        self.hi = np.full(n, -np.inf)
+        self.signal = 0.0
+        self.noise = 0.0
+        self.max_err = 0.0
+
+    def observe(self, pass_no: int, start: int, block: np.ndarray) -> None:
+        lo, hi = qmod.reduce_minmax(block, self.axis)
+        if self.axis == 0:
+            self.lo[start : start + len(lo)] = lo
+            self.hi[start : start + len(hi)] = hi
+        else:
+            self.lo = np.minimum(self.lo, lo)
+            self.hi = np.maximum(self.hi, hi)
+
+    def end_pass(self, pass_no: int) -> bool:
+        lo = np.where(np.isfinite(self.lo), self.lo, 0.0)
+        hi = np.where(np.isfinite(self.hi), self.hi, 0.0)
+        self.scale, self.zero = qmod.params(lo, hi, self.step.bits, self.step.scheme)
+        return False
+
+    def _bcast(self, v: np.ndarray, start: int, rows: int) -> np.ndarray:
+        if self.axis is None:
+            return v.reshape(())
+        if self.axis == 0:
+            v = v[start : start + rows]
+        return v.reshape(qmod.channel_shape(self.info.ndim, self.axis))
+
+    def apply(self, start: int, block: np.ndarray, count: bool = True) -> np.ndarray:
+        rows = len(block) if block.ndim else 1
+        y = qmod.fake_quantize(
+            block,
+            self._bcast(self.scale, start, rows),
+            self._bcast(self.zero, start, rows),
+            self.step.bits,
+            self.step.scheme,
+        )
+        if count:
+            self._measure(block, y)
+        return y
+
+    def _measure(self, x: np.ndarray, y: np.ndarray) -> None:
+        xw = x.astype(np.float64)
+        ok = np.isfinite(xw)
+        err = np.where(ok, y.astype(np.float64) - xw, 0.0)
+        self.signal += float(np.square(np.where(ok, xw, 0.0)).sum())
+        self.noise += float(np.square(err).sum())
+        if err.size:
+            self.max_err = max(self.max_err, float(np.abs(err).max()))
+
+    def figures(self) -> dict[str, Any]:
+        scale = np.asarray(self.scale)
+        return {
+            "bits": self.step.bits,
+            "scheme": self.step.scheme,
+            "axis": self.axis,
+            "scale_min": float(scale.min()),
+            "scale_max": float(scale.max()),
+            "sqnr_db": qmod.sqnr_db(self.signal, self.noise),
+            "max_abs_error": self.max_err,
+            "half_step_max": float(scale.max()) / 2,
+        }
+
+
+class _CastOp(_QuantOp):
+    passes = 0
+
+    def __init__(self, info: TensorInfo, step: QuantizeStep) -> None:
+        TensorOp.__init__(self, info)
+        self.step = step
+        self.signal = self.noise = self.max_err = 0.0
+
+    @property
+    def out_dtype(self) -> str:
+        assert self.step.dtype is not None
+        return self.step.dtype
+
+    def apply(self, start: int, block: np.ndarray, count: bool = True) -> np.ndarray:
+        target = (
+            BFLOAT16 if self.step.dtype == "bfloat16" else to_numpy(self.step.dtype or "float16")
+        )
+        y = block.astype(target)
+        if count:
+            self._measure(block, y)
+        return y
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "dtype": self.step.dtype,
+            "sqnr_db": qmod.sqnr_db(self.signal, self.noise),
+            "max_abs_error": self.max_err,
+        }
+
+
+@dataclass
+class QuantizeStep(Step):
+    selection: Selection
+    bits: int = 8
+    scheme: str = "symmetric"
+    granularity: str = "per-channel"
+    axis: int | None = None
+    dtype: str | None = None
+    command = "quantize"
+
+    def __post_init__(self) -> None:
+        qmod.qrange(self.bits, self.scheme)
+        if self.granularity not in ("per-channel", "per-tensor"):
+            raise ValueError("--granularity must be per-channel or per-tensor")
+        if self.dtype not in (None, "float16", "bfloat16"):
+            raise ValueError("--dtype must be float16 or bfloat16")
+
+    def selects(self, info: TensorInfo) -> bool:
+        if not self.selection.matches(info):
+            return False
+        # Biases, normalisation parameters and other 1-D tensors only when named.
+        return info.ndim >= 2 or self.selection.explicit
+
+    def op(self, info: TensorInfo) -> TensorOp | None:
+        if self.dtype is not None:
+            return _CastOp(info, self) if info.dtype != self.dtype else None
+        return _QuantOp(info, self)
+
+    def params(self) -> dict[str, Any]:
+        if self.dtype is not None:
+            return {"dtype": self.dtype}
+        out: dict[str, Any] = {
+            "bits": self.bits,
+            "scheme": self.scheme,
+            "granularity": self.granularity,
+        }
+        if self.axis is not None:
+            out["axis"] = self.axis
+        return out

@@ -1,0 +1,73 @@
+"""Clip values to bounds and repair NaN/Inf.
+
+``nonfinite`` says what happens to NaN and Inf:
+
+* ``keep``: left as they are (neither clipped nor counted);
+* ``zero``: NaN and +-Inf become 0;
+* ``clip``: NaN becomes 0, +Inf the upper bound and -Inf the lower bound (0 where
+  that side has no bound).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+NONFINITE = ("keep", "zero", "clip")
+
+
+def check_bounds(lo: float | None, hi: float | None) -> None:
+    for name, v in (("--min", lo), ("--max", hi)):
+        if v is not None and not math.isfinite(v):
+            raise ValueError(f"{name} must be a finite number, got {v}")
+    if lo is not None and hi is not None and lo > hi:
+        raise ValueError(f"--min {lo} is above --max {hi}")
+
+
+def clip(
+    x: np.ndarray, lo: float | None, hi: float | None, nonfinite: str = "keep"
+) -> tuple[np.ndarray, int, int]:
+    """Clip ``x`` to [lo, hi]; returns (result, elements clipped, elements repaired)."""
+    if nonfinite not in NONFINITE:
+        raise ValueError(f"nonfinite must be one of {NONFINITE}")
+    y = np.array(x, copy=True)
+    if y.dtype.kind != "f" and y.dtype.name != "bfloat16":
+        wide = y
+        finite = np.ones(y.shape, bool)
+    else:
+        wide = y.astype(np.float64) if y.dtype.itemsize < 4 or y.dtype.name == "bfloat16" else y
+        finite = np.isfinite(wide)
+    clipped = 0
+    if lo is not None:
+        below = finite & (wide < lo)
+        clipped += int(below.sum())
+        wide = np.where(below, lo, wide)
+    if hi is not None:
+        above = finite & (wide > hi)
+        clipped += int(above.sum())
+        wide = np.where(above, hi, wide)
+    repaired = 0
+    if nonfinite != "keep" and not finite.all():
+        nan = np.isnan(wide)
+        pos = np.isposinf(wide)
+        neg = np.isneginf(wide)
+        repaired = int(nan.sum() + pos.sum() + neg.sum())
+        wide = np.where(nan, 0.0, wide)
+        if nonfinite == "zero":
+            wide = np.where(pos | neg, 0.0, wide)
+        else:
+            wide = np.where(pos, hi if hi is not None else 0.0, wide)
+            wide = np.where(neg, lo if lo is not None else 0.0, wide)
+    return np.asarray(wide).astype(x.dtype, copy=False), clipped, repaired
+
+
+def sigma_bounds(mean: float, std: float, k: float) -> tuple[float, float]:
+    """[mean - k*std, mean + k*std]."""
+    return mean - k * std, mean + k * std
+
+
+def abs_percentile(x: np.ndarray, p: float) -> float:
+    """The ``p``-th percentile of |x| over the finite elements (0 when there are none)."""
+    a = np.abs(x[np.isfinite(x)].astype(np.float64))
+    return float(np.percentile(a, p)) if a.size else 0.0

@@ -1,0 +1,111 @@
+"""Fake quantization: quantize to ``bits``-bit integers, then dequantize to the input dtype.
+
+Symmetric: q in [-(2^(b-1) - 1), 2^(b-1) - 1], zero point 0, scale = max|x| / qmax.
+Asymmetric: q in [0, 2^b - 1], range [min(x, 0), max(x, 0)], scale = range / (2^b - 1),
+integer zero point. Either way every value within the range is reproduced to within
+half a step (scale / 2).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+SCHEMES = ("symmetric", "asymmetric")
+
+
+def qrange(bits: int, scheme: str) -> tuple[int, int]:
+    if not 2 <= bits <= 16:
+        raise ValueError(f"bits must be between 2 and 16, got {bits}")
+    if scheme == "symmetric":
+        q = 2 ** (bits - 1) - 1
+        return -q, q
+    if scheme == "asymmetric":
+        return 0, 2**bits - 1
+    raise ValueError(f"scheme must be one of {SCHEMES}")
+
+
+def params(lo: np.ndarray, hi: np.ndarray, bits: int, scheme: str) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, zero_point) arrays from per-channel (or scalar) min and max."""
+    qmin, qmax = qrange(bits, scheme)
+    lo = np.minimum(np.asarray(lo, np.float64), 0.0)
+    hi = np.maximum(np.asarray(hi, np.float64), 0.0)
+    if scheme == "symmetric":
+        absmax = np.maximum(-lo, hi)
+        scale = absmax / qmax
+        zero = np.zeros_like(scale)
+    else:
+        scale = (hi - lo) / (qmax - qmin)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            zero = np.clip(np.round(qmin - lo / np.where(scale > 0, scale, 1.0)), qmin, qmax)
+    scale = np.where(scale > 0, scale, 1.0)  # an all-zero channel: any scale reproduces it
+    return scale, zero
+
+
+def fake_quantize(
+    x: np.ndarray, scale: np.ndarray, zero: np.ndarray, bits: int, scheme: str
+) -> np.ndarray:
+    """Quantize-dequantize ``x`` with broadcastable ``scale``/``zero``; returns ``x``'s dtype.
+
+    NaN stays NaN; +-Inf saturate to the ends of the range.
+    """
+    qmin, qmax = qrange(bits, scheme)
+    wide = x.astype(np.float64)
+    q = np.clip(np.round(wide / scale) + zero, qmin, qmax)
+    out = (q - zero) * scale
+    out = np.where(np.isnan(wide), np.nan, out)
+    return out.astype(x.dtype)
+
+
+def channel_shape(ndim: int, axis: int) -> tuple[int, ...]:
+    """Shape that broadcasts a per-channel vector along ``axis`` of an ``ndim`` tensor."""
+    shape = [1] * ndim
+    shape[axis] = -1
+    return tuple(shape)
+
+
+def reduce_minmax(x: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (or whole-tensor with axis None) min and max over finite values."""
+    wide = x.astype(np.float64)
+    finite = np.isfinite(wide)
+    lo_src = np.where(finite, wide, np.inf)
+    hi_src = np.where(finite, wide, -np.inf)
+    if axis is None:
+        return np.asarray(lo_src.min(initial=np.inf)), np.asarray(hi_src.max(initial=-np.inf))
+    axes = tuple(i for i in range(x.ndim) if i != axis % x.ndim)
+    return lo_src.min(axis=axes, initial=np.inf), hi_src.max(axis=axes, initial=-np.inf)
+
+
+def sqnr_db(signal: float, noise: float) -> float:
+    """Signal-to-quantization-noise ratio in dB from sums of squares (inf when exact)."""
+    if noise == 0:
+        return math.inf
+    if signal == 0:
+        return -math.inf
+    return 10.0 * math.log10(signal / noise)
+
+
+# Output-channel axis of each Keras layer's kernel, by layer class.
+# Keras lays kernels out as (..., in, out): the last axis. Transposed convolutions
+# store (..., out, in): the second last. Depthwise kernels (h, w, in, multiplier):
+# each input channel owns its filters, so the input axis (second last). Embedding
+# tables are quantized per row (token).
+CHANNEL_AXIS = {
+    "Conv1DTranspose": -2,
+    "Conv2DTranspose": -2,
+    "Conv3DTranspose": -2,
+    "DepthwiseConv1D": -2,
+    "DepthwiseConv2D": -2,
+    "Embedding": 0,
+}
+
+
+def channel_axis(layer_class: str | None, kind: str, ndim: int) -> int | None:
+    """The per-channel axis for a tensor; None for scalars and 1-D tensors (per-tensor)."""
+    if ndim < 2:
+        return None
+    if kind == "depthwise_kernel":
+        return ndim - 2
+    axis = CHANNEL_AXIS.get(layer_class or "", -1)
+    return axis % ndim

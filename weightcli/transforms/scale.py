@@ -1,0 +1,21 @@
+"""Multiply by a factor."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def check_factor(factor: float) -> float:
+    """A factor must be a finite number."""
+    if not math.isfinite(factor):
+        raise ValueError(f"factor must be a finite number, got {factor}")
+    return factor
+
+
+def scale(x: np.ndarray, factor: float) -> np.ndarray:
+    """``x * factor`` in ``x``'s own dtype (computed in float64 for half-precision inputs)."""
+    if x.dtype.itemsize < 4:
+        return (x.astype(np.float64) * factor).astype(x.dtype)
+    return (x * x.dtype.type(factor)).astype(x.dtype, copy=False)
