@@ -13,6 +13,12 @@ $W inspect sample_models/cnn.keras
 step inspect sample_models/mlp_nan.h5 --fail-on-nonfinite
 $W inspect sample_models/mlp_nan.h5 --fail-on-nonfinite || echo "(exit $?: NaN/Inf found, as planted)"
 
+step inspect sample_models/mlp_export --no-stats
+$W inspect sample_models/mlp_export --no-stats
+
+step scale sample_models/mlp_export 2 -s logits -o "$OUT/mlp_export_x2"
+$W scale sample_models/mlp_export 2 -s logits -o "$OUT/mlp_export_x2"
+
 step clip sample_models/mlp_nan.h5 --nonfinite zero -o "$OUT/mlp_repaired.h5"
 $W clip sample_models/mlp_nan.h5 --nonfinite zero -o "$OUT/mlp_repaired.h5"
 

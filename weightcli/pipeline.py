@@ -64,7 +64,9 @@ def resolve_output(src: Path, out: Path | None, in_place: bool, force: bool) -> 
         raise UsageError("give -o/--output OUT (or --in-place to overwrite the input)")
     if _same(src, out):
         raise UsageError(f"{out}: output is the input; use --in-place to overwrite it")
-    if (out.exists() or out.is_symlink()) and not force:
+    # A TF checkpoint output is a prefix: its files are OUT.index and OUT.data-*.
+    taken = out.exists() or out.is_symlink() or out.with_name(out.name + ".index").exists()
+    if taken and not force:
         raise OutputError(f"{out}: already exists; use --force to overwrite it")
     if not out.parent.exists():
         raise OutputError(f"{out}: output folder {out.parent} does not exist")

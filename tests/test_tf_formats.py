@@ -1,0 +1,325 @@
+"""SavedModels and TF checkpoints: native reader and writer against TensorFlow itself."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REAL, ROOT, SAMPLES, run
+from test_bad_input import assert_clean_error
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+SAMPLE_TF = [
+    SAMPLES / "mlp_export",
+    SAMPLES / "mlp_tfsave",
+    SAMPLES / "mlp_tfkeras_savedmodel",
+    SAMPLES / "mlp_ckpt" / "ckpt",
+]
+REAL_TF = (
+    [
+        REAL / "cartpole_keras_savedmodel_2shards",
+        REAL / "tfserving_half_plus_two_tf1",
+        REAL / "tfserving_half_plus_two_tf2",
+        REAL / "golf_tf2_object_checkpoint" / "ckpt-1",
+        REAL / "golf_tf2_object_checkpoint",
+        REAL / "tf2onnx_regression_tf1_checkpoint" / "model",
+    ]
+    if REAL.is_dir()
+    else []
+)
+
+
+def prefix_of(path: Path) -> str:
+    from weightcli.stores.tfbundle import find_prefix
+
+    return (
+        str(path / "variables" / "variables")
+        if (path / "saved_model.pb").exists()
+        else str(find_prefix(path))
+    )
+
+
+@pytest.mark.parametrize("path", SAMPLE_TF + REAL_TF, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_native_reader_equals_tensorflow(path: Path) -> None:
+    import tensorflow as tf
+
+    from weightcli.stores.tfbundle import Bundle
+
+    prefix = prefix_of(path)
+    reader = tf.train.load_checkpoint(prefix)
+    shapes = reader.get_variable_to_shape_map()
+    dtypes = reader.get_variable_to_dtype_map()
+    bundle = Bundle(Path(prefix))
+    assert set(bundle.entries) == set(shapes)
+    for key, e in bundle.entries.items():
+        bundle.check(e)
+        want = reader.get_tensor(key)
+        assert list(e.shape) == list(shapes[key]), key
+        if e.dtype == "string":
+            assert dtypes[key] == tf.string
+            got = bundle.read_strings(e)
+            assert got == [want] if np.ndim(want) == 0 else list(np.ravel(want)), key
+        else:
+            assert dtypes[key].name == e.dtype, key
+            got = np.frombuffer(bundle.read_bytes(e), dtype=want.dtype).reshape(want.shape)
+            np.testing.assert_array_equal(got, want, err_msg=key)
+
+
+@pytest.mark.parametrize("path", SAMPLE_TF + REAL_TF, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_inspect_stats_match_tensorflow(path: Path) -> None:
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(prefix_of(path))
+    doc = run("inspect", path, "--all", "--json").json()
+    assert doc["tensors"]
+    for t in doc["tensors"]:
+        if t["dtype"] == "string":
+            continue
+        want = reader.get_tensor(t["path"]).astype(np.float64)
+        assert t["stats"]["max"] == pytest.approx(float(want.max()))
+        assert t["stats"]["mean"] == pytest.approx(float(want.mean()))
+        for c in t.get("copies", [])[1:]:
+            np.testing.assert_array_equal(reader.get_tensor(c), reader.get_tensor(t["path"]))
+
+
+def names(path: Path) -> dict[str, tuple]:
+    doc = run("inspect", path, "--no-stats", "--json").json()
+    return {t["name"]: (tuple(t["shape"]), t["dtype"]) for t in doc["tensors"]}
+
+
+def test_canonical_names_agree_with_h5() -> None:
+    h5 = names(SAMPLES / "mlp.keras")
+    assert names(SAMPLES / "mlp_export") == h5
+    assert names(SAMPLES / "mlp_tfsave") == h5
+    assert names(SAMPLES / "mlp_ckpt" / "ckpt") == h5
+    assert names(SAMPLES / "mlp_tfkeras_savedmodel") == names(SAMPLES / "mlp_tfkeras.h5")
+
+
+def test_export_copies_grouped() -> None:
+    doc = run("inspect", SAMPLES / "mlp_export", "--no-stats", "--json").json()
+    kernel = next(t for t in doc["tensors"] if t["name"] == "logits/kernel")
+    assert len(kernel["copies"]) == 2
+    assert {c.split("/")[0] for c in kernel["copies"]} == {"variables", "_all_variables"}
+
+
+def test_layer_type_where_recorded() -> None:
+    doc = run(
+        "inspect",
+        SAMPLES / "mlp_tfkeras_savedmodel",
+        "--layer-type",
+        "Dense",
+        "--json",
+        "--no-stats",
+    ).json()
+    assert len(doc["tensors"]) == 6
+    assert_clean_error(
+        run("inspect", SAMPLES / "mlp_export", "--layer-type", "Dense"), "--layer-type"
+    )
+
+
+def files_sha(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def serve(path: Path, x: np.ndarray) -> np.ndarray:
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(path))
+    fn = loaded.signatures["serving_default"]
+    (arg,) = fn.structured_input_signature[1].keys()
+    out = fn(**{arg: tf.constant(x)})
+    return next(iter(out.values())).numpy()
+
+
+@pytest.mark.parametrize("name", ["mlp_export", "mlp_tfsave", "mlp_tfkeras_savedmodel"])
+def test_scaled_savedmodel_serves_doubled_logits(name: str, tmp_path: Path) -> None:
+    import tensorflow as tf
+    from kerasutil import mlp_input
+
+    src = SAMPLES / name
+    before = files_sha(src)
+    out = tmp_path / "out"
+    res = run("scale", src, "2", "-s", "logits", "-o", out, "--json")
+    assert res.code == 0, res.err
+    x = mlp_input()
+    np.testing.assert_allclose(serve(out, x), 2 * serve(src, x), rtol=1e-5, atol=1e-6)
+    # TensorFlow's own reader sees the new values, in every copy.
+    old = tf.train.load_checkpoint(str(src / "variables" / "variables"))
+    new = tf.train.load_checkpoint(str(out / "variables" / "variables"))
+    doc = run("inspect", out, "--json", "--no-stats").json()
+    for t in doc["tensors"]:
+        for key in t.get("copies", [t["path"]]):
+            factor = 2 if t["name"].startswith("logits/") else 1
+            np.testing.assert_array_equal(
+                new.get_tensor(key), old.get_tensor(key) * np.float32(factor)
+            )
+    # Only the variables bundle changed; everything else keeps its bytes.
+    after = files_sha(out)
+    assert files_sha(src) == before
+    changed = {k for k in before if before[k] != after.get(k)}
+    assert changed <= {"variables/variables.index", "variables/variables.data-00000-of-00001"}
+    assert set(after) - set(before) == {"assets.extra/weightcli_history.json"}
+    assert "history:" in run("inspect", out, "--no-stats").out
+
+
+def test_half_plus_two_tf1_and_tf2(tmp_path: Path) -> None:
+    if not REAL.is_dir():
+        pytest.skip("needs ../shared/real_models")
+    import tensorflow as tf
+
+    x = np.array([[1.0], [2.0], [5.0]], dtype="float32")
+    for case in ("tfserving_half_plus_two_tf1", "tfserving_half_plus_two_tf2"):
+        src = REAL / case
+        out = tmp_path / case
+        assert run("scale", src, "2", "-s", "a", "-o", out).code == 0
+        loaded = tf.saved_model.load(str(out))
+        y = loaded.signatures["serving_default"](x=tf.constant(x))
+        y = next(iter(y.values())).numpy()
+        np.testing.assert_allclose(y.ravel(), (x * 1.0 + 2.0).ravel())  # 0.5 * 2 = 1
+        assert (out / "assets" / "foo.txt").read_bytes() == (
+            src / "assets" / "foo.txt"
+        ).read_bytes()
+
+
+def test_two_shard_savedmodel(tmp_path: Path) -> None:
+    if not REAL.is_dir():
+        pytest.skip("needs ../shared/real_models")
+    import tensorflow as tf
+
+    src = REAL / "cartpole_keras_savedmodel_2shards"
+    out = tmp_path / "cp"
+    assert run("clip", src, "--abs-max", "0.05", "-o", out).code == 0
+    r = tf.train.load_checkpoint(str(out / "variables" / "variables"))
+    k = r.get_tensor("layer_with_weights-1/kernel/.ATTRIBUTES/VARIABLE_VALUE")
+    assert np.abs(k).max() <= 0.05 + 1e-8
+    # Optimizer slots untouched.
+    o = tf.train.load_checkpoint(str(src / "variables" / "variables"))
+    key = "layer_with_weights-1/kernel/.OPTIMIZER_SLOT/optimizer/m/.ATTRIBUTES/VARIABLE_VALUE"
+    np.testing.assert_array_equal(r.get_tensor(key), o.get_tensor(key))
+    assert (out / "variables" / "variables.data-00000-of-00002").read_bytes() == (
+        src / "variables" / "variables.data-00000-of-00002"
+    ).read_bytes()
+
+
+def test_tf_checkpoint_prefix_roundtrip(tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    src = SAMPLES / "mlp_ckpt" / "ckpt"
+    out = tmp_path / "new"
+    assert run("quantize", src, "--bits", "4", "-o", out).code == 0
+    assert (tmp_path / "new.index").is_file()
+    assert (tmp_path / "new.weightcli_history.json").is_file()
+    a = tf.train.load_checkpoint(str(src))
+    b = tf.train.load_checkpoint(str(out))
+    key = "model/optimizer/_trainable_variables/0/.ATTRIBUTES/VARIABLE_VALUE"
+    w, q = a.get_tensor(key), b.get_tensor(key)
+    assert len(np.unique(q[:, 0])) <= 15 and not np.array_equal(w, q)
+    assert np.abs(q - w).max() <= np.abs(w).max(axis=0).max() / 7 / 2 * 1.0001
+    # Existing prefix needs --force.
+    assert_clean_error(run("scale", src, "2", "-o", out), "already exists")
+
+
+def test_written_index_accepted_by_tensorflow_writer_oracle(tmp_path: Path) -> None:
+    # A bundle written by TensorFlow's SaveV2, patched by weightcli, read back by TensorFlow.
+    import tensorflow as tf
+
+    prefix = str(tmp_path / "raw")
+    names = [f"layer_{i}/kernel" for i in range(40)] + ["step"]
+    values = [np.full((3, 5), i, "float32") for i in range(40)] + [np.array(7, "int64")]
+    tf.raw_ops.SaveV2(
+        prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names), tensors=values
+    )
+    out = tmp_path / "patched"
+    assert run("scale", prefix, "0.5", "-s", "layer_3*", "-o", out).code == 0
+    r = tf.train.load_checkpoint(str(out))
+    np.testing.assert_array_equal(r.get_tensor("layer_3/kernel"), np.full((3, 5), 1.5, "float32"))
+    np.testing.assert_array_equal(r.get_tensor("layer_39/kernel"), np.full((3, 5), 19.5, "float32"))
+    np.testing.assert_array_equal(r.get_tensor("layer_4/kernel"), np.full((3, 5), 4, "float32"))
+    assert r.get_tensor("step") == 7
+
+
+def test_dtype_change_refused(tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    assert_clean_error(
+        run("quantize", SAMPLES / "mlp_export", "--dtype", "float16", "-o", out), "dtype"
+    )
+    assert not out.exists()
+
+
+def test_no_tensorflow_import_for_tf_formats(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from weightcli.cli import cli\n"
+        f"for i, p in enumerate({[str(p) for p in SAMPLE_TF]!r}):\n"
+        "    for args in (['inspect', p], ['scale', p, '2', '-o', f'{sys.argv[1]}/s{i}'],\n"
+        "                 ['clip', p, '--abs-max', '0.1', '-o', f'{sys.argv[1]}/c{i}'],\n"
+        "                 ['quantize', p, '-o', f'{sys.argv[1]}/q{i}']):\n"
+        "        r = CliRunner().invoke(cli, args)\n"
+        "        assert r.exit_code == 0, (args, r.output)\n"
+        "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, cwd=ROOT)
+
+
+# -- bad input -----------------------------------------------------------------------------
+
+
+def test_missing_data_shard(tmp_copy) -> None:
+    p = tmp_copy(SAMPLES / "mlp_export")
+    (p / "variables" / "variables.data-00000-of-00001").unlink()
+    assert_clean_error(run("inspect", p), "shard missing")
+
+
+def test_truncated_data_shard(tmp_copy) -> None:
+    p = tmp_copy(SAMPLES / "mlp_export")
+    shard = p / "variables" / "variables.data-00000-of-00001"
+    shard.write_bytes(shard.read_bytes()[:1000])
+    assert_clean_error(run("inspect", p), "truncated")
+
+
+def test_truncated_index(tmp_copy) -> None:
+    p = tmp_copy(SAMPLES / "mlp_export")
+    idx = p / "variables" / "variables.index"
+    idx.write_bytes(idx.read_bytes()[:-20])
+    assert_clean_error(run("inspect", p))
+
+
+def test_flipped_byte_names_the_tensor(tmp_copy, tmp_path: Path) -> None:
+    p = tmp_copy(SAMPLES / "mlp_tfkeras_savedmodel")
+    doc = run("inspect", p, "--json", "--no-stats", "-s", "dense_2/kernel").json()
+    key = doc["tensors"][0]["path"]
+    from weightcli.stores.tfbundle import Bundle
+
+    e = Bundle(p / "variables" / "variables").entries[key]
+    shard = p / "variables" / "variables.data-00000-of-00001"
+    data = bytearray(shard.read_bytes())
+    data[e.proto.offset + 17] ^= 0x40
+    shard.write_bytes(bytes(data))
+    assert run("inspect", p, "--no-stats").code == 0  # metadata needs no data
+    assert_clean_error(run("inspect", p), "checksum mismatch", key)
+    assert_clean_error(run("scale", p, "2", "-o", tmp_path / "o"), "checksum mismatch")
+
+
+def test_session_bundle_is_not_a_savedmodel() -> None:
+    if not REAL.is_dir():
+        pytest.skip("needs ../shared/real_models")
+    assert_clean_error(run("inspect", REAL / "tfserving_legacy_session_bundle"), "SessionBundle")
+
+
+def test_directory_with_several_checkpoints_and_no_state(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        for f in (SAMPLES / "mlp_ckpt").iterdir():
+            shutil.copyfile(f, tmp_path / f.name.replace("ckpt", name))
+    assert_clean_error(run("inspect", tmp_path), "name one prefix")

@@ -1,0 +1,632 @@
+"""TensorFlow SavedModels and TF checkpoints, read and patched without TensorFlow.
+
+A TF checkpoint is a TensorBundle: ``prefix.index`` (a sorted table of
+BundleEntryProto: dtype, shape, shard, offset, size, crc32c) and
+``prefix.data-NNNNN-of-MMMMM`` shards of raw little-endian bytes. A SavedModel
+directory holds one under ``variables/variables`` plus ``saved_model.pb``.
+
+Names: checkpoint keys are object-graph paths, not names. The checkpoint's own
+``_CHECKPOINTABLE_OBJECT_GRAPH`` (a TrackableObjectGraph) maps each key to a node;
+the same node id in saved_model.pb's SavedObjectGraph carries the variable's name
+(``dense_1/kernel``), and the checkpoint records it too (``full_name``). A variable
+the model reaches only through its optimizer (or metrics, or the save counter),
+and every ``.OPTIMIZER_SLOT``, is optimizer state. Keys that hold the same
+variable (Keras 3 ``export`` stores each twice) are grouped: one tensor, its
+copies counted, every copy rewritten alike. TF1 bundles have no object graph:
+their keys are the names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import google_crc32c
+import numpy as np
+
+from weightcli.dtypes import to_numpy
+from weightcli.errors import CorruptError, InputError, OutputError, UnsupportedError
+from weightcli.stores import naming, tfproto, tftable
+from weightcli.stores.base import Patcher, Store, StoreMeta
+from weightcli.tensor import TensorInfo
+
+DTYPES = {
+    1: "float32",
+    2: "float64",
+    3: "int32",
+    4: "uint8",
+    5: "int16",
+    6: "int8",
+    7: "string",
+    9: "int64",
+    10: "bool",
+    14: "bfloat16",
+    17: "uint16",
+    19: "float16",
+    22: "uint32",
+    23: "uint64",
+}
+OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
+VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+# Edges of the object graph that lead away from the model's own weights.
+NON_MODEL_EDGES = {
+    "optimizer",
+    "keras_api",
+    "_metrics",
+    "metrics",
+    "save_counter",
+    "_self_unconditional_checkpoint_dependencies",
+}
+HISTORY_FILE = "weightcli_history.json"
+
+
+def shard_name(prefix: Path, shard: int, num: int) -> Path:
+    return prefix.with_name(f"{prefix.name}.data-{shard:05d}-of-{num:05d}")
+
+
+@dataclass
+class Entry:
+    key: str
+    raw: bytes  # the serialized BundleEntryProto as stored
+    proto: Any
+
+    @property
+    def dtype(self) -> str:
+        return DTYPES.get(self.proto.dtype, f"dtype{self.proto.dtype}")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(d.size) for d in self.proto.shape.dim)
+
+
+class Bundle:
+    """One TensorBundle (``prefix.index`` + data shards)."""
+
+    def __init__(self, prefix: Path) -> None:
+        self.prefix = prefix
+        self.index_path = prefix.with_name(prefix.name + ".index")
+        label = str(self.index_path)
+        try:
+            data = self.index_path.read_bytes()
+        except OSError as exc:
+            raise InputError(f"{label}: cannot be read: {exc.strerror or exc}") from exc
+        self.header_raw = b""
+        self.entries: dict[str, Entry] = {}
+        for key, value in tftable.read_table(data, label):
+            if key == b"":
+                self.header_raw = value
+                continue
+            proto = tfproto.BundleEntryProto()
+            try:
+                proto.ParseFromString(value)
+            except Exception as exc:
+                raise CorruptError(f"{label}: damaged entry for {key!r}") from exc
+            name = key.decode("utf-8", "replace")
+            if len(proto.slices):
+                raise UnsupportedError(
+                    f"{label}: {name} is a partitioned (sliced) variable: not supported"
+                )
+            self.entries[name] = Entry(name, value, proto)
+        header = tfproto.BundleHeaderProto()
+        header.ParseFromString(self.header_raw)
+        if header.endianness != 0:
+            raise UnsupportedError(f"{label}: big-endian checkpoints are not supported")
+        self.num_shards = max(1, int(header.num_shards))
+        self._files: dict[int, BinaryIO] = {}
+        sizes: dict[int, int] = {}
+        for shard in range(self.num_shards):
+            path = shard_name(prefix, shard, self.num_shards)
+            if not path.is_file():
+                raise CorruptError(f"{path}: data shard missing")
+            sizes[shard] = path.stat().st_size
+        for e in self.entries.values():
+            end = e.proto.offset + e.proto.size
+            if e.proto.shard_id >= self.num_shards or end > sizes[e.proto.shard_id]:
+                raise CorruptError(
+                    f"{label}: tensor {e.key} lies beyond the end of its data shard (truncated?)"
+                )
+
+    def file(self, shard: int) -> BinaryIO:
+        if shard not in self._files:
+            self._files[shard] = open(shard_name(self.prefix, shard, self.num_shards), "rb")  # noqa: SIM115
+        return self._files[shard]
+
+    def read_bytes(self, e: Entry, start: int = 0, length: int | None = None) -> bytes:
+        f = self.file(e.proto.shard_id)
+        f.seek(e.proto.offset + start)
+        n = e.proto.size - start if length is None else length
+        data = f.read(n)
+        if len(data) != n:
+            raise CorruptError(f"{self.prefix}: tensor {e.key} is truncated")
+        return data
+
+    def check(self, e: Entry) -> None:
+        """Verify a tensor's crc32c as TensorFlow does (masked crc of its bytes).
+
+        For string tensors TensorFlow checksums each length as a little-endian uint32
+        (uint64 past 4 GiB), not as the varint it stores, then the stored 4-byte
+        checksum of the lengths, then the bytes.
+        """
+        if e.dtype == "string":
+            crc = _string_crc(self.read_bytes(e), e)
+            if tftable.mask(crc) != e.proto.crc32c:
+                raise CorruptError(
+                    f"{self.prefix}: checksum mismatch in tensor {e.key} (damaged data shard)"
+                )
+            return
+        crc = 0
+        done = 0
+        step = 1 << 24
+        while done < e.proto.size:
+            chunk = self.read_bytes(e, done, min(step, e.proto.size - done))
+            crc = google_crc32c.extend(crc, chunk)
+            done += len(chunk)
+        if tftable.mask(crc) != e.proto.crc32c:
+            raise CorruptError(
+                f"{self.prefix}: checksum mismatch in tensor {e.key} (damaged data shard)"
+            )
+
+    def read_strings(self, e: Entry) -> list[bytes]:
+        """A string tensor: varint lengths, a 4-byte checksum of them, then the bytes."""
+        data = self.read_bytes(e)
+        n = int(np.prod(e.shape, dtype=np.int64)) if e.shape else 1
+        lengths = []
+        pos = 0
+        for _ in range(n):
+            length, pos = tftable.varint(data, pos)
+            lengths.append(length)
+        pos += 4
+        out = []
+        for length in lengths:
+            out.append(data[pos : pos + length])
+            pos += length
+        return out
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+
+def _string_crc(data: bytes, e: Entry) -> int:
+    n = int(np.prod(e.shape, dtype=np.int64)) if e.shape else 1
+    crc = 0
+    pos = 0
+    for _ in range(n):
+        length, pos = tftable.varint(data, pos)
+        width = 4 if length <= 0xFFFFFFFF else 8
+        crc = google_crc32c.extend(crc, length.to_bytes(width, "little"))
+    return google_crc32c.extend(crc, data[pos:])
+
+
+def find_prefix(path: Path) -> Path:
+    """The checkpoint prefix a path names: a prefix, its .index or a shard, or a folder."""
+    name = path.name
+    if path.suffix == ".index" and path.is_file():
+        return path.with_name(name[: -len(".index")])
+    if ".data-" in name and path.is_file():
+        return path.with_name(name.split(".data-")[0])
+    if path.is_dir():
+        state = path / "checkpoint"
+        if state.is_file():
+            for line in state.read_text(errors="replace").splitlines():
+                if line.startswith("model_checkpoint_path:"):
+                    target = line.split(":", 1)[1].strip().strip('"')
+                    p = Path(target) if os.path.isabs(target) else path / target
+                    return p
+        indexes = sorted(path.glob("*.index"))
+        if len(indexes) == 1:
+            return indexes[0].with_name(indexes[0].name[: -len(".index")])
+        if indexes:
+            raise InputError(
+                f"{path}: holds {len(indexes)} checkpoints and no 'checkpoint' file: name one prefix"
+            )
+        raise InputError(f"{path}: no checkpoint index in this directory")
+    return path
+
+
+class TFStore(Store):
+    """A SavedModel directory or a TF checkpoint."""
+
+    def __init__(self, path: Path, kind: str) -> None:
+        self.path = path
+        self.kind = kind
+        self.saved_object_graph: Any = None
+        self.keras_classes: dict[str, str] = {}
+        writer = None
+        tags: list[str] = []
+        if kind == "savedmodel":
+            if not (path / "saved_model.pb").is_file():
+                raise UnsupportedError(
+                    f"{path}: only binary saved_model.pb is supported (found saved_model.pbtxt)"
+                )
+            sm = tfproto.SavedModel()
+            try:
+                sm.ParseFromString((path / "saved_model.pb").read_bytes())
+            except Exception as exc:
+                raise CorruptError(f"{path}/saved_model.pb: damaged protobuf") from exc
+            if sm.meta_graphs:
+                mg = sm.meta_graphs[0]
+                tags = list(mg.meta_info_def.tags)
+                if mg.meta_info_def.tensorflow_version:
+                    writer = f"TensorFlow {mg.meta_info_def.tensorflow_version}"
+                if mg.HasField("object_graph_def") and len(mg.object_graph_def.nodes):
+                    self.saved_object_graph = mg.object_graph_def
+                    self._user_object_classes()
+            self._keras_metadata()
+            prefix = path / "variables" / "variables"
+            if not prefix.with_name("variables.index").is_file():
+                raise CorruptError(f"{path}: SavedModel without variables/variables.index")
+        else:
+            prefix = find_prefix(path)
+            if not prefix.with_name(prefix.name + ".index").is_file():
+                raise InputError(f"{path}: no checkpoint index {prefix}.index")
+        self.prefix = prefix
+        self.bundle = Bundle(prefix)
+        self._tensors, self._entries = self._name_tensors()
+        self.meta = StoreMeta(
+            format=kind,
+            format_label="TensorFlow SavedModel"
+            if kind == "savedmodel"
+            else "TensorFlow checkpoint",
+            writer=writer,
+            has_config=bool(self.keras_classes),
+            history=self._read_history(),
+            extra={"tags": ",".join(tags)} if tags else {},
+        )
+        if kind == "tf-checkpoint":
+            self.meta.extra["prefix"] = str(prefix)
+        if self.bundle.num_shards > 1:
+            self.meta.extra["shards"] = self.bundle.num_shards
+
+    # -- names -------------------------------------------------------------------------------
+
+    def _user_object_classes(self) -> None:
+        for node in self.saved_object_graph.nodes:
+            meta = (
+                naming.parse_json(node.user_object.metadata) if node.user_object.metadata else None
+            )
+            if isinstance(meta, dict) and meta.get("class_name") and meta.get("name"):
+                self.keras_classes.setdefault(meta["name"], meta["class_name"])
+
+    def _keras_metadata(self) -> None:
+        p = self.path / "keras_metadata.pb"
+        if not p.is_file():
+            return
+        md = tfproto.SavedMetadata()
+        try:
+            md.ParseFromString(p.read_bytes())
+        except Exception:
+            return
+        for node in md.nodes:
+            meta = naming.parse_json(node.metadata)
+            if isinstance(meta, dict) and meta.get("class_name") and meta.get("name"):
+                self.keras_classes.setdefault(meta["name"], meta["class_name"])
+
+    def _object_graph(self) -> Any:
+        e = self.bundle.entries.get(OBJECT_GRAPH_KEY)
+        if e is None:
+            return None
+        self.bundle.check(e)
+        (blob,) = self.bundle.read_strings(e)
+        tog = tfproto.TrackableObjectGraph()
+        try:
+            tog.ParseFromString(blob)
+        except Exception as exc:
+            raise CorruptError(f"{self.prefix}: damaged object graph") from exc
+        return tog
+
+    def _name_tensors(self) -> tuple[list[TensorInfo], dict[str, Entry]]:
+        entries = self.bundle.entries
+        tog = self._object_graph()
+        by_key: dict[str, tuple[int, Any]] = {}
+        model_nodes: set[int] = set()
+        if tog is not None and len(tog.nodes):
+            for node_id, node in enumerate(tog.nodes):
+                for attr in node.attributes:
+                    by_key[attr.checkpoint_key] = (node_id, attr)
+            stack = [0]
+            while stack:
+                n = stack.pop()
+                if n in model_nodes or n >= len(tog.nodes):
+                    continue
+                model_nodes.add(n)
+                stack.extend(
+                    c.node_id for c in tog.nodes[n].children if c.local_name not in NON_MODEL_EDGES
+                )
+        records: list[dict[str, Any]] = []
+        for key, e in entries.items():
+            if key == OBJECT_GRAPH_KEY:
+                continue
+            var_name = None
+            optimizer = False
+            if key in by_key:
+                node_id, attr = by_key[key]
+                if self.saved_object_graph is not None and node_id < len(
+                    self.saved_object_graph.nodes
+                ):
+                    var_name = self.saved_object_graph.nodes[node_id].variable.name or None
+                var_name = var_name or attr.full_name or None
+                optimizer = ".OPTIMIZER_SLOT" in key or node_id not in model_nodes
+            elif tog is None:
+                var_name = key
+                optimizer = naming.looks_like_optimizer(key)
+            else:
+                optimizer = True  # a key the object graph does not describe
+            fallback = key[: -len(VALUE_SUFFIX)] if key.endswith(VALUE_SUFFIX) else key
+            records.append(
+                {
+                    "key": key,
+                    "name": naming.strip_suffix(var_name) if var_name else None,
+                    "fallback": fallback,
+                    "optimizer": optimizer,
+                    "entry": e,
+                }
+            )
+        # Group the keys holding one variable (same scoped name, dtype and shape).
+        groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+        for r in records:
+            e = r["entry"]
+            if r["name"] and "/" in r["name"] and tog is not None:
+                groups[(r["name"], e.dtype, e.shape, r["optimizer"])].append(r)
+            else:
+                groups[("key", r["key"])].append(r)
+        merged = []
+        for members in groups.values():
+            # The serving signature reads `variables/<i>`; list that copy first.
+            members.sort(key=lambda r: (r["key"].startswith("_all_variables/"), r["key"]))
+            merged.append((members[0], tuple(m["key"] for m in members[1:])))
+        # Unique names; where two distinct variables share one, use their keys.
+        counts: dict[str, int] = defaultdict(int)
+        for r, _ in merged:
+            counts[r["name"] or ""] += 1
+        for r, _ in merged:
+            if not r["name"] or counts[r["name"]] > 1:
+                r["name"] = r["fallback"]
+        model_names = [r["name"] for r, _ in merged if not r["optimizer"]]
+        root = (
+            naming.strip_common_root(model_names, None, self.keras_classes)
+            if tog is not None
+            else None
+        )
+        tensors = []
+        by_path: dict[str, Entry] = {}
+        for r, copies in sorted(merged, key=lambda m: (m[0]["optimizer"], m[0]["key"])):
+            name = r["name"]
+            if root and not r["optimizer"] and name.startswith(root + "/"):
+                name = name[len(root) + 1 :]
+            e = r["entry"]
+            parts = name.split("/")
+            layer = parts[-2] if len(parts) >= 2 and not r["optimizer"] else None
+            tensors.append(
+                TensorInfo(
+                    name=name,
+                    path=r["key"],
+                    dtype=e.dtype,
+                    shape=e.shape,
+                    kind="optimizer" if r["optimizer"] else naming.kind_of(name),
+                    layer=layer,
+                    layer_class=self.keras_classes.get(layer or ""),
+                    optimizer=r["optimizer"],
+                    copies=copies,
+                )
+            )
+            by_path[r["key"]] = e
+            for c in copies:
+                by_path[c] = entries[c]
+        if OBJECT_GRAPH_KEY in entries:
+            e = entries[OBJECT_GRAPH_KEY]
+            tensors.append(
+                TensorInfo(
+                    OBJECT_GRAPH_KEY,
+                    OBJECT_GRAPH_KEY,
+                    "string",
+                    e.shape,
+                    "object_graph",
+                    optimizer=True,
+                )
+            )
+            by_path[OBJECT_GRAPH_KEY] = e
+        return tensors, by_path
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def _history_path(self, root: Path | None = None) -> Path:
+        if self.kind == "savedmodel":
+            return (root or self.path) / "assets.extra" / HISTORY_FILE
+        prefix = root or self.prefix
+        return prefix.with_name(prefix.name + "." + HISTORY_FILE)
+
+    def _read_history(self) -> list[dict[str, Any]]:
+        p = self._history_path()
+        if not p.is_file():
+            return []
+        parsed = naming.parse_json(p.read_text(errors="replace"))
+        return parsed if isinstance(parsed, list) else []
+
+    def tensors(self) -> list[TensorInfo]:
+        return list(self._tensors)
+
+    def entry(self, key: str) -> Entry:
+        return self._entries[key]
+
+    def read(
+        self, info: TensorInfo, start: int | None = None, stop: int | None = None
+    ) -> np.ndarray:
+        e = self._entries[info.path]
+        if info.dtype == "string":
+            return np.array(self.bundle.read_strings(e), dtype=object).reshape(info.shape)
+        dt = to_numpy(info.dtype)
+        if not info.shape:
+            return np.frombuffer(self.bundle.read_bytes(e), dtype=dt).reshape(())
+        rows = info.shape[0]
+        start = 0 if start is None else start
+        stop = rows if stop is None else stop
+        row_bytes = (e.proto.size // rows) if rows else 0
+        data = self.bundle.read_bytes(e, start * row_bytes, (stop - start) * row_bytes)
+        return np.frombuffer(data, dtype=dt).reshape((stop - start, *info.shape[1:]))
+
+    def check(self, info: TensorInfo) -> None:
+        for key in (info.path, *info.copies):
+            self.bundle.check(self._entries[key])
+
+    def supports_dtype(self, dtype: str) -> str | None:
+        return "the graph fixes every variable's dtype and shape: a TensorFlow checkpoint edit may change values only"
+
+    def patch(self, out: Path, retype: dict[str, str] | None = None) -> Patcher:
+        if retype:
+            raise UnsupportedError(f"{self.path}: {self.supports_dtype('')}")
+        return TFPatcher(self, out)
+
+    def close(self) -> None:
+        self.bundle.close()
+
+
+def open_tf_store(path: Path, kind: str) -> TFStore:
+    return TFStore(path, kind)
+
+
+def _copy(src: str | Path, dst: str | Path) -> None:
+    shutil.copyfile(src, dst)
+    shutil.copymode(src, dst)
+
+
+class TFPatcher(Patcher):
+    """A copy of the SavedModel directory (or checkpoint files) with patched data shards
+    and a rewritten index (new crc32c for the changed tensors, new block checksums).
+    Everything else keeps its bytes. Built in a temporary folder beside OUT, then
+    renamed into place (for a checkpoint prefix: the shards first, the index last).
+    """
+
+    def __init__(self, store: TFStore, out: Path) -> None:
+        super().__init__()
+        self.store = store
+        self.out = out
+        folder = out.parent
+        if not folder.is_dir():
+            raise OutputError(f"{out}: output folder {folder} does not exist")
+        try:
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=folder))
+        except OSError as exc:
+            raise OutputError(f"{out}: cannot write in {folder}: {exc.strerror or exc}") from exc
+        self.changed: set[str] = set()
+        self._files: dict[int, BinaryIO] = {}
+        try:
+            if store.kind == "savedmodel":
+                self.root = self.tmp / "model"
+                shutil.copytree(store.path, self.root, copy_function=_copy)
+                self.new_prefix = self.root / "variables" / "variables"
+            else:
+                self.root = self.tmp
+                b = store.bundle
+                self.new_prefix = self.tmp / out.name
+                for shard in range(b.num_shards):
+                    _copy(
+                        shard_name(b.prefix, shard, b.num_shards),
+                        shard_name(self.new_prefix, shard, b.num_shards),
+                    )
+                _copy(b.index_path, self.new_prefix.with_name(self.new_prefix.name + ".index"))
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
+
+    def _file(self, shard: int) -> BinaryIO:
+        if shard not in self._files:
+            b = self.store.bundle
+            self._files[shard] = open(shard_name(self.new_prefix, shard, b.num_shards), "r+b")  # noqa: SIM115
+        return self._files[shard]
+
+    def begin(self, info: TensorInfo, dtype: str) -> None:
+        if dtype != info.dtype:
+            raise UnsupportedError(f"{info.name}: {self.store.supports_dtype(dtype)}")
+
+    def write(self, info: TensorInfo, start: int, block: np.ndarray) -> None:
+        data = np.ascontiguousarray(block, dtype=to_numpy(info.dtype)).tobytes()
+        for key in (info.path, *info.copies):
+            e = self.store.entry(key)
+            row_bytes = e.proto.size // info.shape[0] if info.shape else 0
+            f = self._file(e.proto.shard_id)
+            f.seek(e.proto.offset + start * row_bytes)
+            f.write(data)
+            self.changed.add(key)
+
+    def set_history(self, history: list[dict[str, Any]]) -> None:
+        p = self.store._history_path(
+            self.root if self.store.kind == "savedmodel" else self.new_prefix
+        )
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(history, indent=1) + "\n")
+
+    def _rewrite_index(self) -> None:
+        for f in self._files.values():
+            f.flush()
+            f.close()
+        self._files.clear()
+        b = self.store.bundle
+        rows: list[tuple[bytes, bytes]] = [(b"", b.header_raw)]
+        for key in sorted(b.entries, key=lambda k: k.encode()):
+            e = b.entries[key]
+            value = e.raw
+            if key in self.changed:
+                with open(shard_name(self.new_prefix, e.proto.shard_id, b.num_shards), "rb") as f:
+                    f.seek(e.proto.offset)
+                    crc = 0
+                    left = e.proto.size
+                    while left:
+                        chunk = f.read(min(left, 1 << 24))
+                        crc = google_crc32c.extend(crc, chunk)
+                        left -= len(chunk)
+                proto = tfproto.BundleEntryProto()
+                proto.CopyFrom(e.proto)
+                proto.crc32c = tftable.mask(crc)
+                value = proto.SerializeToString(deterministic=True)
+            rows.append((key.encode(), value))
+        rows.sort(key=lambda kv: kv[0])
+        self.new_prefix.with_name(self.new_prefix.name + ".index").write_bytes(
+            tftable.write_table(rows)
+        )
+
+    def _commit(self) -> None:
+        self._rewrite_index()
+        if self.store.kind == "savedmodel":
+            _replace_dir(self.root, self.out)
+        else:
+            b = self.store.bundle
+            files = [shard_name(self.new_prefix, s, b.num_shards) for s in range(b.num_shards)]
+            hist = self.store._history_path(self.new_prefix)
+            if hist.exists():
+                files.append(hist)
+            files.append(self.new_prefix.with_name(self.new_prefix.name + ".index"))
+            for f in files:
+                os.replace(f, self.out.parent / f.name)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _abort(self) -> None:
+        for f in self._files.values():
+            f.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _replace_dir(new: Path, out: Path) -> None:
+    """Move ``new`` to ``out``, replacing an existing ``out`` (kept aside until the move succeeded)."""
+    old = None
+    if out.exists() or out.is_symlink():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    try:
+        os.replace(new, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old, out)
+        raise
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
