@@ -33,3 +33,12 @@ $W apply examples/repair_and_quantize.toml sample_models/mlp_nan.h5 -o "$OUT/mlp
 
 step inspect "$OUT/mlp_fixed.h5" --fail-on-nonfinite --layers
 $W inspect "$OUT/mlp_fixed.h5" --fail-on-nonfinite --layers
+
+step diff "$OUT/cnn_q8.keras" sample_models/cnn.keras --atol 0.01
+$W diff "$OUT/cnn_q8.keras" sample_models/cnn.keras --atol 0.01
+
+step verify "$OUT/mlp_repaired.h5" --reference sample_models/mlp_keras3.h5 --no-load
+$W verify "$OUT/mlp_repaired.h5" --reference sample_models/mlp_keras3.h5 --no-load
+
+step verify "$OUT/mlp_repaired.h5"
+$W verify "$OUT/mlp_repaired.h5"

@@ -372,3 +372,139 @@ def transform_json(result: Any) -> dict[str, Any]:
             "history": result.record,
         }
     )
+
+
+# -- diff -------------------------------------------------------------------------------------
+
+
+def _shape_dtype(t: Any) -> str:
+    return f"{fmt_shape(t.shape)} {t.dtype}" if t is not None else "-"
+
+
+def print_diff(result: Any, all_rows: bool) -> None:
+    from weightcli.compare import IDENTICAL, ORDER
+
+    out = console()
+    rows = sorted(result.rows, key=lambda r: (ORDER.index(r.status), r.name))
+    shown = [r for r in rows if all_rows or r.status != IDENTICAL]
+    if shown:
+        table = Table(header_style="bold")
+        for col, justify in (
+            ("Tensor", "left"),
+            ("Status", "left"),
+            ("A", "left"),
+            ("B", "left"),
+            ("Max |a-b|", "right"),
+            ("Mean |a-b|", "right"),
+            ("Rel L2", "right"),
+            ("Cosine", "right"),
+            ("Beyond tol %", "right"),
+        ):
+            table.add_column(col, justify=justify)  # type: ignore[arg-type]
+        for r in shown:
+            style = "green" if r.status in ("identical", "within tolerance") else "bold red"
+            table.add_row(
+                r.name,
+                Text(r.status, style=style),
+                _shape_dtype(r.a),
+                _shape_dtype(r.b),
+                fmt_num(r.max_abs),
+                fmt_num(r.mean_abs),
+                fmt_num(r.rel_l2),
+                fmt_num(r.cosine, 7),
+                fmt_num(r.beyond_pct) if r.beyond_pct is not None else "-",
+            )
+        out.print(table)
+    out.print(diff_verdict(result))
+
+
+def diff_verdict(result: Any) -> str:
+    counts = result.counts()
+    total = len(result.rows)
+    tol = (
+        "exact"
+        if result.atol == 0 and result.rtol == 0
+        else f"atol {result.atol:g}, rtol {result.rtol:g}"
+    )
+    what = "structure" if result.structure else tol
+    detail = ", ".join(f"{n} {s}" for s, n in counts.items())
+    if result.equal:
+        return f"EQUAL: {total} tensors ({detail}; {what})"
+    bad = sum(n for s, n in counts.items() if s not in ("identical", "within tolerance"))
+    return f"DIFFERENT: {bad} of {total} tensors differ ({detail}; {what})"
+
+
+def diff_json(result: Any) -> dict[str, Any]:
+    tensors = []
+    for r in result.rows:
+        tensors.append(
+            {
+                "name": r.name,
+                "status": r.status,
+                "a": {"path": r.a.path, "shape": list(r.a.shape), "dtype": r.a.dtype}
+                if r.a
+                else None,
+                "b": {"path": r.b.path, "shape": list(r.b.shape), "dtype": r.b.dtype}
+                if r.b
+                else None,
+                "max_abs": r.max_abs,
+                "mean_abs": r.mean_abs,
+                "rel_l2": r.rel_l2,
+                "cosine": r.cosine,
+                "beyond": r.beyond,
+                "beyond_pct": r.beyond_pct,
+            }
+        )
+    return finite_or_none(
+        {
+            "a": result.a,
+            "b": result.b,
+            "equal": result.equal,
+            "verdict": diff_verdict(result),
+            "atol": result.atol,
+            "rtol": result.rtol,
+            "nan_equal": result.nan_equal,
+            "structure": result.structure,
+            "counts": result.counts(),
+            "tensors": tensors,
+        }
+    )
+
+
+# -- verify -----------------------------------------------------------------------------------
+
+STATUS_STYLE = {"PASS": "green", "WARN": "yellow", "FAIL": "bold red", "SKIP": "dim"}
+
+
+def print_verify(result: Any) -> None:
+    out = console()
+    out.print(f"[bold]{result.path}[/bold]")
+    table = Table(header_style="bold")
+    table.add_column("Check")
+    table.add_column("Result")
+    table.add_column("Detail")
+    for c in result.checks:
+        table.add_row(c.name, Text(c.status, style=STATUS_STYLE.get(c.status, "")), c.detail)
+    out.print(table)
+    n_fail = sum(c.status == "FAIL" for c in result.checks)
+    n_warn = sum(c.status == "WARN" for c in result.checks)
+    verdict = "FAILED" if n_fail else "OK"
+    out.print(f"{verdict}: {len(result.checks)} checks, {n_fail} failed, {n_warn} warnings")
+
+
+def verify_json(result: Any) -> dict[str, Any]:
+    return finite_or_none(
+        {
+            "path": result.path,
+            "ok": not result.failed,
+            "checks": [
+                {
+                    "name": c.name,
+                    "status": c.status,
+                    "detail": c.detail,
+                    **({"data": c.data} if c.data else {}),
+                }
+                for c in result.checks
+            ],
+        }
+    )

@@ -13,7 +13,7 @@ import click
 from weightcli import __version__
 from weightcli.errors import WeightcliError
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow, if a command loads it
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -62,10 +62,10 @@ def cli(debug: bool) -> None:
 
 
 def _register() -> None:
-    from weightcli.cli import inspect_cmd, transform_cmds
+    from weightcli.cli import compare_cmds, inspect_cmd, transform_cmds
 
     cli.add_command(inspect_cmd.inspect)
-    for cmd in transform_cmds.COMMANDS:
+    for cmd in [*transform_cmds.COMMANDS, *compare_cmds.COMMANDS]:
         cli.add_command(cmd)
 
 

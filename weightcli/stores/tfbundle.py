@@ -472,6 +472,13 @@ class TFStore(Store):
         data = self.bundle.read_bytes(e, start * row_bytes, (stop - start) * row_bytes)
         return np.frombuffer(data, dtype=dt).reshape((stop - start, *info.shape[1:]))
 
+    def read_copy(self, info: TensorInfo, key: str) -> np.ndarray:
+        """One stored copy of a variable (``key`` is ``info.path`` or one of ``info.copies``)."""
+        e = self._entries[key]
+        return np.frombuffer(self.bundle.read_bytes(e), dtype=to_numpy(info.dtype)).reshape(
+            info.shape
+        )
+
     def check(self, info: TensorInfo) -> None:
         for key in (info.path, *info.copies):
             self.bundle.check(self._entries[key])

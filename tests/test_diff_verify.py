@@ -1,0 +1,318 @@
+"""diff and verify: verdicts and exit codes on deliberately broken checkpoints."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from conftest import SAMPLES, run
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_bad_input import assert_clean_error
+
+MLP = SAMPLES / "mlp_keras3.h5"
+
+
+def check(doc: dict, name: str) -> dict:
+    return next(c for c in doc["checks"] if c["name"] == name)
+
+
+# -- diff -------------------------------------------------------------------------------------
+
+
+def test_identical_files_exit_zero() -> None:
+    res = run("diff", MLP, MLP)
+    assert res.code == 0 and "EQUAL" in res.out
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("mlp_keras3.h5", "mlp_export"),
+        ("mlp_keras3.h5", "mlp.keras"),
+        ("mlp.keras", "mlp_tfsave"),
+        ("mlp.weights.h5", "mlp_ckpt/ckpt"),
+        ("mlp_tfkeras.h5", "mlp_tfkeras_savedmodel"),
+        ("mlp_tfkeras.h5", "mlp_tfkeras_weights.h5"),
+        ("cnn_keras3.h5", "cnn.weights.h5"),
+    ],
+)
+def test_formats_of_one_model_are_equal(a: str, b: str) -> None:
+    res = run("diff", SAMPLES / a, SAMPLES / b, "--json")
+    doc = res.json()
+    assert res.code == 0, doc["verdict"]
+    assert doc["equal"] and all(t["status"] == "identical" for t in doc["tensors"])
+    assert len(doc["tensors"]) >= 6
+
+
+def test_different_models_exit_one() -> None:
+    res = run("diff", SAMPLES / "mlp_keras3.h5", SAMPLES / "mlp_tfkeras.h5")
+    assert res.code == 1 and "DIFFERENT" in res.out
+
+
+def test_quantized_within_and_outside_tolerance(tmp_path: Path) -> None:
+    q = tmp_path / "q.keras"
+    assert run("quantize", SAMPLES / "mlp.keras", "-o", q).code == 0
+    doc = run("diff", q, SAMPLES / "mlp.keras", "--json").json()
+    worst = max(t["max_abs"] for t in doc["tensors"])
+    assert run("diff", q, SAMPLES / "mlp.keras", "--atol", str(worst * 1.01)).code == 0
+    assert run("diff", q, SAMPLES / "mlp.keras", "--atol", str(worst * 0.5)).code == 1
+
+
+def test_structure_reads_no_data(monkeypatch, tmp_path: Path) -> None:
+    from weightcli.stores.hdf5 import H5Store
+
+    def boom(*a, **k):
+        raise AssertionError("read tensor data")
+
+    monkeypatch.setattr(H5Store, "read", boom)
+    res = run("diff", MLP, SAMPLES / "mlp.keras", "--structure", "--json")
+    assert res.code == 0 and res.json()["structure"] is True
+
+
+def renamed_copy(src: Path, dst: Path, old: str, new: str) -> None:
+    """A legacy .h5 in which layer ``old`` is renamed ``new`` (group, layer_names, weight_names)."""
+    shutil.copyfile(src, dst)
+    with h5py.File(dst, "r+") as f:
+        root = f.get("model_weights", f)
+        root.move(old, new)
+        g = root[new]
+        g.move(old, new)
+
+        def text(v: object) -> str:
+            return v.decode() if isinstance(v, bytes) else str(v)
+
+        g.attrs["weight_names"] = [
+            text(w).replace(old, new).encode() for w in g.attrs["weight_names"]
+        ]
+        root.attrs["layer_names"] = [
+            text(n).replace(old, new).encode() for n in root.attrs["layer_names"]
+        ]
+
+
+def test_map_renames(tmp_path: Path) -> None:
+    src = SAMPLES / "mlp_tfkeras_weights.h5"
+    renamed = tmp_path / "renamed.h5"
+    renamed_copy(src, renamed, "dense_2", "hidden_2")
+    doc = run("diff", renamed, src, "--json").json()
+    assert doc["counts"] == {"identical": 4, "only in A": 2, "only in B": 2}
+    assert run("diff", renamed, src, "--map", "hidden_*=dense_*").code == 0
+    assert run("diff", renamed, src, "--map", "hidden_2/=dense_2/").code == 0
+    assert_clean_error(run("diff", renamed, src, "--map", "nonsense"), "OLD=NEW")
+
+
+def test_nan_handling(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+    x = np.array([1.0, np.nan, np.inf], "float32")
+    for p in (a, b):
+        with h5py.File(p, "w") as f:
+            f["w"] = x
+    assert run("diff", a, b).code == 1  # NaN equals nothing, as in numpy
+    assert run("diff", a, b, "--nan-equal").code == 0
+
+
+def _h5(path: Path, arrays: dict[str, np.ndarray]) -> Path:
+    with h5py.File(path, "w") as f:
+        for k, v in arrays.items():
+            f[k] = v
+    return path
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.lists(st.floats(-1000, 1000), min_size=1, max_size=20),
+    st.lists(st.floats(-0.01, 0.01), min_size=20, max_size=20),
+    st.sampled_from([0.0, 1e-6, 1e-3, 1e-2]),
+    st.sampled_from([0.0, 1e-6, 1e-3]),
+    st.booleans(),
+)
+def test_verdicts_agree_with_numpy_allclose(values, noise, atol, rtol, nan_equal) -> None:
+    import tempfile
+
+    b = np.array(values, "float32")
+    a = (b + np.array(noise[: len(b)], "float32")).astype("float32")
+    if len(b) > 2:
+        a[1] = b[1] = np.nan
+    with tempfile.TemporaryDirectory() as d:
+        pa = _h5(Path(d) / "a.h5", {"t": a})
+        pb = _h5(Path(d) / "b.h5", {"t": b})
+        args = ["diff", pa, pb, "--atol", atol, "--rtol", rtol, "--json"] + (
+            ["--nan-equal"] if nan_equal else []
+        )
+        res = run(*args)
+    want = bool(np.allclose(a, b, rtol=rtol, atol=atol, equal_nan=nan_equal))
+    assert res.json()["equal"] is want and res.code == (0 if want else 1)
+    close = np.isclose(
+        a.astype(np.float64), b.astype(np.float64), rtol=rtol, atol=atol, equal_nan=nan_equal
+    )
+    assert res.json()["tensors"][0]["beyond"] == int((~close).sum())
+
+
+# -- verify -----------------------------------------------------------------------------------
+
+
+def test_verify_sound_model_passes() -> None:
+    res = run("verify", SAMPLES / "cnn.keras", "--json")
+    doc = res.json()
+    assert res.code == 0, doc
+    assert check(doc, "loads")["status"] == "PASS"
+    assert check(doc, "forward pass")["status"] == "PASS"
+
+
+def test_verify_planted_nan_fails() -> None:
+    res = run("verify", SAMPLES / "mlp_nan.h5", "--no-load", "--json")
+    assert res.code == 1
+    c = check(res.json(), "finite")
+    assert c["status"] == "FAIL" and c["data"]["tensors"] == ["dense_2/kernel"]
+    res = run("verify", SAMPLES / "mlp_nan.h5", "--json")
+    assert check(res.json(), "forward pass")["status"] == "FAIL"
+
+
+def test_reinitialised_layer_flagged_by_name(tmp_path: Path) -> None:
+    p = tmp_path / "reinit.h5"
+    shutil.copyfile(MLP, p)
+    with h5py.File(p, "r+") as f:
+        ds = f["model_weights/dense_2/mlp/dense_2/kernel"]
+        w = ds[()]
+        ds[...] = np.random.default_rng(5).normal(0, w.std(), w.shape).astype("float32")
+    res = run("verify", p, "--reference", MLP, "--no-load", "--json")
+    assert res.code == 1
+    c = check(res.json(), "not re-initialised")
+    assert c["status"] == "FAIL" and c["data"]["tensors"] == ["dense_2/kernel"]
+    # A fine-tune-sized change is not flagged.
+    q = tmp_path / "q.h5"
+    assert run("quantize", MLP, "--bits", "4", "-o", q).code == 0
+    assert (
+        check(
+            run("verify", q, "--reference", MLP, "--no-load", "--json").json(), "not re-initialised"
+        )["status"]
+        == "PASS"
+    )
+
+
+def test_renamed_layer_in_weights_only_file(tmp_path: Path) -> None:
+    p = tmp_path / "renamed.h5"
+    renamed_copy(SAMPLES / "mlp_tfkeras_weights.h5", p, "dense_2", "dense_9")
+    res = run("verify", p, "--architecture", SAMPLES / "mlp_tfkeras.h5", "--json")
+    assert res.code == 1
+    c = check(res.json(), "loads")
+    assert c["status"] == "FAIL" and "dense_2" in c["detail"] and "dense_9" in c["detail"]
+    ok = run(
+        "verify",
+        SAMPLES / "mlp_tfkeras_weights.h5",
+        "--architecture",
+        SAMPLES / "mlp_tfkeras.h5",
+        "--json",
+    )
+    assert ok.code == 0 and check(ok.json(), "forward pass")["status"] == "PASS"
+    k3 = run(
+        "verify", SAMPLES / "mlp.weights.h5", "--architecture", SAMPLES / "mlp.keras", "--json"
+    )
+    assert k3.code == 0, k3.out
+
+
+def test_weights_only_without_architecture_skips_load() -> None:
+    res = run("verify", SAMPLES / "mlp.weights.h5", "--json")
+    assert res.code == 0 and check(res.json(), "loads")["status"] == "SKIP"
+
+
+def test_truncated_file_exit_two(tmp_path: Path) -> None:
+    p = tmp_path / "t.h5"
+    p.write_bytes(MLP.read_bytes()[:5000])
+    assert_clean_error(run("verify", p))
+
+
+def test_flipped_byte_in_savedmodel_shard(tmp_copy) -> None:
+    p = tmp_copy(SAMPLES / "mlp_export")
+    shard = p / "variables" / "variables.data-00000-of-00001"
+    data = bytearray(shard.read_bytes())
+    data[200] ^= 0x01
+    shard.write_bytes(bytes(data))
+    res = run("verify", p, "--no-load", "--json")
+    assert res.code == 1
+    c = check(res.json(), "readable")
+    assert c["status"] == "FAIL" and "checksum mismatch" in c["detail"]
+    assert any("/" in t for t in c["data"]["tensors"])  # names the tensor
+
+
+def test_export_copies_disagreeing_fail(tmp_copy) -> None:
+    # Rewrite one copy through weightcli's own patcher-free route: TensorFlow's SaveV2 oracle.
+    import tensorflow as tf
+
+    p = tmp_copy(SAMPLES / "mlp_export")
+    prefix = str(p / "variables" / "variables")
+    r = tf.train.load_checkpoint(prefix)
+    keys = sorted(r.get_variable_to_shape_map())
+    tensors = [r.get_tensor(k) for k in keys]
+    i = keys.index("_all_variables/0/.ATTRIBUTES/VARIABLE_VALUE")
+    tensors[i] = tensors[i] * 2
+    tf.raw_ops.SaveV2(
+        prefix=prefix, tensor_names=keys, shape_and_slices=[""] * len(keys), tensors=tensors
+    )
+    res = run("verify", p, "--no-load", "--json")
+    assert res.code == 1
+    assert check(res.json(), "copies agree")["status"] == "FAIL"
+    assert (
+        check(run("verify", SAMPLES / "mlp_export", "--no-load", "--json").json(), "copies agree")[
+            "status"
+        ]
+        == "PASS"
+    )
+
+
+def test_quantized_copy_within_and_outside_output_tolerance(tmp_path: Path) -> None:
+    q = tmp_path / "q.keras"
+    assert run("quantize", SAMPLES / "cnn.keras", "-o", q).code == 0
+    good = run("verify", q, "--reference", SAMPLES / "cnn.keras", "--atol", "0.05", "--json")
+    assert good.code == 0, good.out
+    c = check(good.json(), "outputs match reference")
+    assert c["status"] == "PASS" and c["data"]["top1_agreement"] is not None
+    bad = run("verify", q, "--reference", SAMPLES / "cnn.keras", "--atol", "1e-7", "--rtol", "0")
+    assert bad.code == 1
+    cos = run(
+        "verify",
+        q,
+        "--reference",
+        SAMPLES / "cnn.keras",
+        "--atol",
+        "1",
+        "--min-cosine",
+        "0.9999999999",
+    )
+    assert cos.code == 1
+
+
+def test_savedmodel_against_its_h5(tmp_path: Path) -> None:
+    res = run("verify", SAMPLES / "mlp_export", "--reference", MLP, "--json")
+    doc = res.json()
+    assert res.code == 0, doc
+    assert check(doc, "loads")["detail"].startswith("loaded with tf.saved_model.load")
+    assert check(doc, "outputs match reference")["status"] == "PASS"
+
+
+def test_verify_input_file(tmp_path: Path) -> None:
+    res = run("verify", SAMPLES / "mlp.keras", "--input", SAMPLES / "mlp_calibration.npy", "--json")
+    assert res.code == 0 and "(64, 3)" in check(res.json(), "forward pass")["detail"]
+    bad = tmp_path / "x.npy"
+    np.save(bad, np.zeros((2, 7), "float32"))
+    assert run("verify", SAMPLES / "mlp.keras", "--input", bad).code == 1
+
+
+def test_verify_no_load_never_imports_tensorflow() -> None:
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    code = (
+        "import sys\nfrom click.testing import CliRunner\nfrom weightcli.cli import cli\n"
+        f"r = CliRunner().invoke(cli, ['verify', {str(SAMPLES / 'mlp_export')!r}, '--no-load', '--reference', {str(MLP)!r}])\n"
+        "assert r.exit_code == 0, r.output\n"
+        f"r = CliRunner().invoke(cli, ['diff', {str(SAMPLES / 'mlp_export')!r}, {str(MLP)!r}])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "assert 'tensorflow' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

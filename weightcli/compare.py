@@ -1,0 +1,208 @@
+"""``diff``: compare two checkpoints tensor by tensor, matched by canonical name.
+
+Tolerance has numpy's meaning: an element pair is close when
+``|a - b| <= atol + rtol * |b|`` (B is the reference), computed by ``np.isclose``
+itself. NaN is close to nothing unless ``nan_equal``; infinities are close only
+to the same infinity. Tensors are read as aligned block pairs, so memory stays
+bounded by a block whatever their size.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from weightcli.errors import UsageError
+from weightcli.select import Selection
+from weightcli.stores import Store
+from weightcli.tensor import TensorInfo
+
+IDENTICAL = "identical"
+WITHIN = "within tolerance"
+DIFFERS = "differs"
+ONLY_A = "only in A"
+ONLY_B = "only in B"
+SHAPE = "shape differs"
+DTYPE = "dtype differs"
+EQUAL_STATUSES = {IDENTICAL, WITHIN}
+# Table order: the worst first.
+ORDER = [SHAPE, DTYPE, DIFFERS, ONLY_A, ONLY_B, WITHIN, IDENTICAL]
+
+
+@dataclass
+class TensorDiff:
+    name: str
+    status: str
+    a: TensorInfo | None
+    b: TensorInfo | None
+    max_abs: float | None = None
+    mean_abs: float | None = None
+    rel_l2: float | None = None
+    cosine: float | None = None
+    beyond: int | None = None
+    size: int = 0
+
+    @property
+    def beyond_pct(self) -> float | None:
+        if self.beyond is None or not self.size:
+            return None
+        return 100.0 * self.beyond / self.size
+
+
+@dataclass
+class DiffResult:
+    a: str
+    b: str
+    atol: float
+    rtol: float
+    nan_equal: bool
+    structure: bool
+    rows: list[TensorDiff] = field(default_factory=list)
+
+    @property
+    def equal(self) -> bool:
+        return all(r.status in EQUAL_STATUSES for r in self.rows)
+
+    def __bool__(self) -> bool:
+        return self.equal
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.rows:
+            out[r.status] = out.get(r.status, 0) + 1
+        return out
+
+
+def parse_map(spec: str) -> tuple[str, str]:
+    old, sep, new = spec.partition("=")
+    if not sep or not old:
+        raise UsageError(f"--map takes OLD=NEW, got {spec!r}")
+    if old.count("*") != new.count("*"):
+        raise UsageError(f"--map {spec}: OLD and NEW need the same number of '*'")
+    return old, new
+
+
+def rename(name: str, maps: Sequence[tuple[str, str]]) -> str:
+    """Apply the first matching ``--map``: globs with ``*`` (captured in order), else a prefix."""
+    for old, new in maps:
+        if "*" in old:
+            pattern = "^" + "(.*?)".join(re.escape(p) for p in old.split("*")) + "$"
+            m = re.match(pattern, name)
+            if m:
+                out = new
+                for g in m.groups():
+                    out = out.replace("*", g, 1)
+                return out
+        elif name.startswith(old):
+            return new + name[len(old) :]
+    return name
+
+
+class _Acc:
+    """Streaming difference metrics for one tensor pair."""
+
+    def __init__(self, atol: float, rtol: float, nan_equal: bool) -> None:
+        self.atol, self.rtol, self.nan_equal = atol, rtol, nan_equal
+        self.identical = True
+        self.beyond = 0
+        self.max_abs = 0.0
+        self.sum_abs = 0.0
+        self.n = 0
+        self.dd = 0.0
+        self.aa = 0.0
+        self.bb = 0.0
+        self.ab = 0.0
+
+    def update(self, a: np.ndarray, b: np.ndarray) -> None:
+        if a.dtype.kind not in "fiub" and a.dtype.name != "bfloat16":
+            same = np.array_equal(a, b)
+            self.identical &= same
+            self.beyond += 0 if same else a.size
+            return
+        x = np.asarray(a, dtype=np.float64)
+        y = np.asarray(b, dtype=np.float64)
+        if self.identical:
+            eq = (x == y) | (np.isnan(x) & np.isnan(y) & self.nan_equal)
+            self.identical = bool(eq.all()) and a.dtype == b.dtype
+        close = np.isclose(x, y, rtol=self.rtol, atol=self.atol, equal_nan=self.nan_equal)
+        self.beyond += int(close.size - np.count_nonzero(close))
+        ok = np.isfinite(x) & np.isfinite(y)
+        if not ok.all():
+            x, y = x[ok], y[ok]
+        d = np.abs(x - y)
+        if d.size:
+            self.max_abs = max(self.max_abs, float(d.max()))
+            self.sum_abs += float(d.sum())
+        self.n += d.size
+        self.dd += float(np.dot(d.ravel(), d.ravel()))
+        self.aa += float(np.dot(x.ravel(), x.ravel()))
+        self.bb += float(np.dot(y.ravel(), y.ravel()))
+        self.ab += float(np.dot(x.ravel(), y.ravel()))
+
+    def finish(self, row: TensorDiff) -> None:
+        row.beyond = self.beyond
+        row.max_abs = self.max_abs
+        row.mean_abs = self.sum_abs / self.n if self.n else 0.0
+        if self.bb > 0:
+            row.rel_l2 = math.sqrt(self.dd / self.bb)
+        else:
+            row.rel_l2 = 0.0 if self.dd == 0 else math.inf
+        if self.aa > 0 and self.bb > 0:
+            row.cosine = self.ab / math.sqrt(self.aa * self.bb)
+        elif self.aa == 0 and self.bb == 0:
+            row.cosine = 1.0
+        else:
+            row.cosine = 0.0
+
+
+def diff_stores(
+    sa: Store,
+    sb: Store,
+    sel: Selection,
+    maps: Sequence[tuple[str, str]] = (),
+    atol: float = 0.0,
+    rtol: float = 0.0,
+    nan_equal: bool = False,
+    structure: bool = False,
+) -> DiffResult:
+    """Compare every selected tensor of A with B's tensor of the same (mapped) name."""
+    for v, n in ((atol, "--atol"), (rtol, "--rtol")):
+        if not (math.isfinite(v) and v >= 0):
+            raise UsageError(f"{n} must be a finite number >= 0, got {v}")
+    ta = {rename(t.name, maps): t for t in sa.tensors() if sel.matches(t) and t.dtype != "string"}
+    tb = {t.name: t for t in sb.tensors() if sel.matches(t) and t.dtype != "string"}
+    result = DiffResult(str(sa.path), str(sb.path), atol, rtol, nan_equal, structure)
+    for name in list(ta) + [n for n in tb if n not in ta]:
+        a, b = ta.get(name), tb.get(name)
+        if a is None:
+            result.rows.append(TensorDiff(name, ONLY_B, None, b, size=b.size if b else 0))
+            continue
+        if b is None:
+            result.rows.append(TensorDiff(name, ONLY_A, a, None, size=a.size))
+            continue
+        row = TensorDiff(name, IDENTICAL, a, b, size=a.size)
+        if a.shape != b.shape:
+            row.status = SHAPE
+        elif structure:
+            row.status = DTYPE if a.dtype != b.dtype else IDENTICAL
+        else:
+            sa.check(a)
+            sb.check(b)
+            acc = _Acc(atol, rtol, nan_equal)
+            for (_, xa), (_, xb) in zip(sa.blocks(a), sb.blocks(b), strict=True):
+                acc.update(xa, xb)
+            acc.finish(row)
+            if a.dtype != b.dtype:
+                row.status = DTYPE
+            elif acc.identical:
+                row.status = IDENTICAL
+            elif acc.beyond == 0:
+                row.status = WITHIN
+            else:
+                row.status = DIFFERS
+        result.rows.append(row)
+    return result

@@ -1,0 +1,315 @@
+"""Checks that need the framework: load a checkpoint with Keras / TensorFlow and run it.
+
+The only module that imports TensorFlow, and only inside its functions, so no
+other command pays for the import.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from weightcli.errors import InputError, UsageError
+from weightcli.select import Selection
+from weightcli.stores import Store, open_store
+from weightcli.verify import FAIL, PASS, SKIP, Check, _names
+
+FULL_MODEL = {"keras-h5", "keras-archive"}
+WEIGHTS_ONLY = {"keras-h5-weights", "keras3-weights-h5"}
+
+
+@dataclass
+class Runnable:
+    """A loaded model: named inputs (name -> (shape with None, dtype)) and a call."""
+
+    how: str
+    inputs: dict[str, tuple[tuple[int | None, ...], str]]
+    call: Callable[[dict[str, np.ndarray]], list[np.ndarray]]
+
+
+def _quiet_tf() -> None:
+    """Import TensorFlow and Keras once, without their start-up chatter on stderr.
+
+    absl prints some lines before TF_CPP_MIN_LOG_LEVEL applies, so file descriptor 2
+    is pointed at /dev/null for the import only; Python exceptions still propagate.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+    if "tensorflow" in sys.modules and "keras" in sys.modules:
+        return
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            import keras  # noqa: F401
+            import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _keras_runnable(model: Any, how: str) -> Runnable:
+    inputs = {}
+    for i, t in enumerate(model.inputs):
+        name = getattr(t, "name", None) or f"input_{i}"
+        name = name.split(":")[0]
+        inputs[name] = (tuple(t.shape), str(getattr(t.dtype, "name", t.dtype)))
+    names = list(inputs)
+
+    def call(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        args = [feed[n] for n in names]
+        out = model(args[0] if len(args) == 1 else args, training=False)
+        outs = (
+            out
+            if isinstance(out, list | tuple)
+            else list(out.values())
+            if isinstance(out, dict)
+            else [out]
+        )
+        return [np.asarray(o) for o in outs]
+
+    return Runnable(how, inputs, call)
+
+
+def _load_keras_full(path: Path, writer: str | None) -> Runnable:
+    _quiet_tf()
+    import keras
+
+    try:
+        return _keras_runnable(
+            keras.models.load_model(path, compile=False), "keras.models.load_model"
+        )
+    except Exception as first:
+        if writer and writer.startswith("Keras 2"):
+            try:
+                import tf_keras
+
+                model = tf_keras.models.load_model(path, compile=False)
+                return _keras_runnable(model, "tf_keras.models.load_model")
+            except ImportError:
+                pass
+        raise first
+
+
+def _load_savedmodel(path: Path) -> Runnable:
+    _quiet_tf()
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(path))
+    sigs = dict(loaded.signatures)
+    if "serving_default" not in sigs:
+        raise LookupError(f"no serving_default signature (signatures: {', '.join(sigs) or 'none'})")
+    fn = sigs["serving_default"]
+    spec = fn.structured_input_signature[1]
+    inputs = {
+        k: (tuple(v.shape.as_list()) if v.shape.rank is not None else (None,), v.dtype.name)
+        for k, v in spec.items()
+    }
+
+    def call(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        out = fn(**{k: tf.constant(v) for k, v in feed.items()})
+        return [np.asarray(out[k]) for k in sorted(out)]
+
+    call.keepalive = loaded  # type: ignore[attr-defined]
+    return Runnable("tf.saved_model.load + serving_default", inputs, call)
+
+
+def weights_match(arch: Store, weights: Store) -> list[str]:
+    """Per-layer mismatches between an architecture's weights and a weights-only file."""
+    sel = Selection(floats_only=False)
+    want = {t.name: t for t in arch.tensors() if sel.matches(t)}
+    have = {t.name: t for t in weights.tensors() if sel.matches(t)}
+    problems = []
+    for name, t in want.items():
+        h = have.get(name)
+        if h is None:
+            problems.append(f"{name}: missing in the weights file")
+        elif h.shape != t.shape:
+            problems.append(
+                f"{name}: shape {h.shape} in the weights, {t.shape} in the architecture"
+            )
+    problems += [f"{name}: not in the architecture" for name in have if name not in want]
+    return problems
+
+
+def load(path: Path, store: Store, architecture: Path | None) -> tuple[Runnable | None, Check]:
+    """Load ``path`` with its framework; the check says how, or why it did not load."""
+    fmt = store.meta.format
+    try:
+        if fmt in FULL_MODEL:
+            r = _load_keras_full(path, store.meta.writer)
+            return r, Check("loads", PASS, f"loaded with {r.how}")
+        if fmt in WEIGHTS_ONLY:
+            if architecture is None:
+                return None, Check(
+                    "loads",
+                    SKIP,
+                    "a weights-only file: give --architecture MODEL (a full model file) to load it",
+                )
+            with open_store(architecture) as arch:
+                problems = weights_match(arch, store)
+                arch_writer = arch.meta.writer
+                if arch.meta.format not in FULL_MODEL:
+                    raise UsageError(
+                        f"{architecture}: --architecture needs a full model file (.h5 or .keras)"
+                    )
+            if problems:
+                layers = sorted({p.split("/")[0] for p in problems})
+                return None, Check(
+                    "loads",
+                    FAIL,
+                    f"weights do not fit the architecture in layers {_names(layers)}: {_names(problems, 3)}",
+                    {"problems": problems},
+                )
+            loaded = _load_weights_into(architecture, arch_writer, path)
+            return loaded, Check(
+                "loads",
+                PASS,
+                f"weights loaded into the architecture of {architecture.name} with {loaded.how}",
+            )
+        if fmt == "savedmodel":
+            r = _load_savedmodel(path)
+            return r, Check("loads", PASS, f"loaded with {r.how}")
+        return None, Check(
+            "loads", SKIP, f"a {store.meta.format_label} holds no graph to load: static checks only"
+        )
+    except (UsageError, InputError):
+        raise
+    except Exception as exc:  # the framework's own verdict on the file
+        msg = str(exc).strip().splitlines()
+        return None, Check("loads", FAIL, f"{type(exc).__name__}: {msg[0] if msg else ''}"[:300])
+
+
+def _load_weights_into(architecture: Path, writer: str | None, weights: Path) -> Runnable:
+    _quiet_tf()
+    import keras
+
+    try:
+        model = keras.models.load_model(architecture, compile=False)
+        model.load_weights(weights)
+        return _keras_runnable(model, "keras load_weights")
+    except Exception:
+        if not (writer and writer.startswith("Keras 2")):
+            raise
+        import tf_keras
+
+        model = tf_keras.models.load_model(architecture, compile=False)
+        model.load_weights(weights)
+        return _keras_runnable(model, "tf_keras load_weights")
+
+
+def make_inputs(
+    r: Runnable, seed: int, batch: int, input_file: Path | None
+) -> dict[str, np.ndarray]:
+    """A deterministic input from the model's input signature, or the arrays of ``input_file``."""
+    if input_file is not None:
+        return _read_inputs(r, input_file)
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for name, (shape, dtype) in r.inputs.items():
+        dims = [batch if i == 0 else (d if d is not None else 8) for i, d in enumerate(shape)] or [
+            batch
+        ]
+        if "int" in dtype:
+            feed[name] = rng.integers(0, 8, size=dims).astype(dtype)
+        else:
+            feed[name] = rng.normal(size=dims).astype(dtype if "float" in dtype else "float32")
+    return feed
+
+
+def _read_inputs(r: Runnable, path: Path) -> dict[str, np.ndarray]:
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read as .npy/.npz: {exc}") from exc
+    names = list(r.inputs)
+    if isinstance(data, np.ndarray):
+        if len(names) != 1:
+            raise UsageError(
+                f"{path}: the model has {len(names)} inputs ({', '.join(names)}): give a .npz with one array each"
+            )
+        return {names[0]: data}
+    arrays = {k: data[k] for k in data.files}
+    if len(arrays) == 1 and len(names) == 1:
+        return {names[0]: next(iter(arrays.values()))}
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise UsageError(
+            f"{path}: no array for model input(s) {', '.join(missing)} (it has {', '.join(arrays)})"
+        )
+    return {n: arrays[n] for n in names}
+
+
+def adapt(feed: dict[str, np.ndarray], r: Runnable) -> dict[str, np.ndarray]:
+    """The same inputs for another model: by name, or by position when the names differ."""
+    if set(feed) == set(r.inputs) or len(feed) != len(r.inputs):
+        return feed
+    return dict(zip(r.inputs, feed.values(), strict=True))
+
+
+def run(r: Runnable, feed: dict[str, np.ndarray]) -> tuple[list[np.ndarray] | None, Check]:
+    feed = adapt(feed, r)
+    try:
+        outs = r.call(feed)
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()
+        return None, Check(
+            "forward pass", FAIL, f"{type(exc).__name__}: {msg[0] if msg else ''}"[:300]
+        )
+    bad = [i for i, o in enumerate(outs) if not np.isfinite(o).all()]
+    shapes = ", ".join(str(tuple(o.shape)) for o in outs)
+    if bad:
+        return outs, Check(
+            "forward pass", FAIL, f"output {bad[0]} holds NaN/Inf (outputs {shapes})"
+        )
+    return outs, Check("forward pass", PASS, f"finite outputs {shapes}")
+
+
+def compare_outputs(
+    outs: list[np.ndarray],
+    refs: list[np.ndarray],
+    atol: float,
+    rtol: float,
+    min_cosine: float | None,
+) -> Check:
+    """Outputs against the reference's on the same input: allclose(atol, rtol) and cosine."""
+    if len(outs) != len(refs) or any(o.shape != r.shape for o, r in zip(outs, refs, strict=False)):
+        return Check("outputs match reference", FAIL, "the outputs differ in number or shape")
+    worst: dict[str, Any] = {}
+    ok = True
+    for o, r in zip(outs, refs, strict=True):
+        x, y = o.astype(np.float64), r.astype(np.float64)
+        d = np.abs(x - y)
+        max_abs = float(d.max()) if d.size else 0.0
+        ny = float(np.linalg.norm(y))
+        rel = float(np.linalg.norm(x - y)) / ny if ny else (0.0 if max_abs == 0 else float("inf"))
+        nx = float(np.linalg.norm(x))
+        cos = (
+            float((x.ravel() @ y.ravel()) / (nx * ny)) if nx and ny else (1.0 if nx == ny else 0.0)
+        )
+        close = bool(np.allclose(x, y, rtol=rtol, atol=atol))
+        top1 = None
+        if x.ndim == 2 and x.shape[1] >= 2:
+            top1 = float((x.argmax(1) == y.argmax(1)).mean())
+        ok &= close and (min_cosine is None or cos >= min_cosine)
+        if not worst or max_abs > worst["max_abs"]:
+            worst = {
+                "max_abs": max_abs,
+                "rel_error": rel,
+                "cosine": cos,
+                "top1_agreement": top1,
+                "allclose": close,
+            }
+    detail = f"max |diff| {worst['max_abs']:.3g}, relative error {worst['rel_error']:.3g}, cosine {worst['cosine']:.6f}"
+    if worst["top1_agreement"] is not None:
+        detail += f", top-1 agreement {100 * worst['top1_agreement']:.1f}%"
+    detail += f" (atol {atol:g}, rtol {rtol:g}" + (
+        f", min cosine {min_cosine:g})" if min_cosine is not None else ")"
+    )
+    return Check("outputs match reference", PASS if ok else FAIL, detail, worst)
