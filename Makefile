@@ -20,8 +20,8 @@ demo: install
 test: install lint typecheck pytest
 
 lint: install
-	$(BIN)/ruff check weightcli tests scripts
-	$(BIN)/ruff format --check weightcli tests scripts
+	$(BIN)/ruff check weightcli tests scripts benchmarks
+	$(BIN)/ruff format --check weightcli tests scripts benchmarks
 
 typecheck: install
 	$(BIN)/mypy

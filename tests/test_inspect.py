@@ -71,7 +71,12 @@ def test_inspect_matches_h5py(path: Path, tmp_path: Path) -> None:
             continue
         want = oracle_stats(np.asarray(data))
         for key, value in want.items():
-            assert t["stats"][key] == pytest.approx(value, rel=1e-9, abs=1e-12), (p, key)
+            if key in ("mean", "std"):
+                # Documented precision: about 1e-6 relative (float32 sums per slice).
+                scale = float(np.abs(data.astype(np.float64)).max()) or 1.0
+                assert t["stats"][key] == pytest.approx(value, rel=1e-5, abs=1e-6 * scale), (p, key)
+            else:
+                assert t["stats"][key] == value, (p, key)  # exact: min, max, counts
 
 
 def test_no_stats_reads_no_data_and_has_no_stats_key() -> None:

@@ -10,8 +10,11 @@ changed tensors are written; everything else in the container keeps its bytes.
 from __future__ import annotations
 
 import datetime as dt
+import glob
 import hashlib
+import math
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -85,7 +88,14 @@ def _same(a: Path, b: Path) -> bool:
 def digest(path: Path) -> str:
     """sha256 of a file, or of a directory's files (relative names and contents, sorted)."""
     h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+    else:  # a TF checkpoint prefix: its index and data shards
+        files = sorted(path.parent.glob(glob.escape(path.name) + ".index")) + sorted(
+            path.parent.glob(glob.escape(path.name) + ".data-*")
+        )
     for f in files:
         if path.is_dir():
             h.update(str(f.relative_to(path)).encode() + b"\0")
@@ -93,6 +103,30 @@ def digest(path: Path) -> str:
             while chunk := fh.read(1 << 22):
                 h.update(chunk)
     return h.hexdigest()
+
+
+class _Digest(threading.Thread):
+    """sha256 of a path in a background thread (hashlib releases the GIL on large updates)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(daemon=True)
+        self.path = path
+        self.value: str | None = None
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.value = digest(self.path)
+        except BaseException as exc:  # reported by result()
+            self.error = exc
+
+    def result(self) -> str:
+        self.join()
+        if self.error is not None:
+            raise self.error
+        assert self.value is not None
+        return self.value
 
 
 class _Blocks:
@@ -144,6 +178,8 @@ def run(
     """Apply ``steps`` to ``store`` and write the patched copy to ``out`` (nothing when ``dry_run``)."""
     started = time.perf_counter()
     work = plan(store, steps)
+    # The source's sha256 (for the history) is computed on the other core meanwhile.
+    hasher = _Digest(store.path) if not dry_run else None
     retype = {t.path: ops[-1].out_dtype for t, ops in work if ops[-1].out_dtype != t.dtype}
     for dtype in sorted(set(retype.values())):
         reason = store.supports_dtype(dtype)
@@ -170,7 +206,7 @@ def run(
             out_dtype = ops[-1].out_dtype
             if patcher is not None:
                 patcher.begin(info, out_dtype)
-            before, after = RunningStats(), RunningStats()
+            before, after = RunningStats(count_zeros=False), RunningStats(count_zeros=False)
             n_changed = 0
             max_change = 0.0
             for start, block in blocks:
@@ -205,7 +241,7 @@ def run(
             "command": " ".join(["weightcli", *command]),
             "steps": [s.describe() for s in steps],
             "source": store.path.name,
-            "source_sha256": digest(store.path) if not dry_run else None,
+            "source_sha256": hasher.result() if hasher else None,
             "changed": [c.info.name for c in changes],
         }
         if patcher is not None:
@@ -237,6 +273,14 @@ def _np(dtype: str) -> Any:
 
 
 def _count_changes(x: np.ndarray, y: np.ndarray, n: int, worst: float) -> tuple[int, float]:
+    """Elements that changed and the largest finite |change|, accumulated over blocks."""
+    if x.dtype.kind == "f" and x.dtype.itemsize >= 4:
+        d = np.subtract(y, x, dtype=x.dtype)
+        if d.size == 0:
+            return n, worst
+        lo, hi = float(d.min()), float(d.max())
+        if math.isfinite(lo) and math.isfinite(hi):  # no NaN/Inf on either side
+            return n + int(np.count_nonzero(d != 0)), max(worst, -lo, hi)
     xw = x.astype(np.float64)
     yw = y.astype(np.float64)
     same = (xw == yw) | (np.isnan(xw) & np.isnan(yw))

@@ -39,10 +39,22 @@ class TensorStats:
         return d
 
 
-class RunningStats:
-    """Accumulates :class:`TensorStats` over blocks of one tensor."""
+# Slices of a block processed at once in the fast path: small enough to stay in cache.
+SLICE = 1 << 16
 
-    def __init__(self) -> None:
+
+class RunningStats:
+    """Accumulates :class:`TensorStats` over blocks of one tensor.
+
+    Fast path (no NaN/Inf in the block, found from its min and max, which NaN and Inf
+    would poison): per cache-sized slice, numpy's pairwise sum and the sum of squares
+    (one BLAS dot; the sum of squared deviations instead where the mean dominates, so
+    nothing cancels), merged across slices in float64 with Chan's formula. Mean and
+    std are good to about 1e-6 relative; min, max and the counts are exact.
+    """
+
+    def __init__(self, count_zeros: bool = True) -> None:
+        self.count_zeros = count_zeros
         self.count = 0
         self.finite = 0
         self.mean = 0.0
@@ -54,6 +66,18 @@ class RunningStats:
         self.nan = 0
         self.inf = 0
 
+    def _merge(self, n: int, mean: float, m2: float) -> None:
+        total = self.finite + n
+        delta = mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += m2 + delta * delta * self.finite * n / total
+        self.finite = total
+
+    def _bounds(self, lo: float, hi: float) -> None:
+        self.lo = min(self.lo, lo)
+        self.hi = max(self.hi, hi)
+        self.abs_max = max(self.abs_max, abs(lo), abs(hi))
+
     def update(self, block: np.ndarray) -> None:
         a = np.asarray(block)
         if a.dtype.kind not in "fiub" and a.dtype.name != "bfloat16":
@@ -63,39 +87,47 @@ class RunningStats:
         self.count += a.size
         if a.size == 0:
             return
-        if a.dtype.kind == "f" or a.dtype.name == "bfloat16":
-            x = (
-                a.astype(np.float64, copy=False)
-                if a.dtype.itemsize < 4 or a.dtype.name == "bfloat16"
-                else a
-            )
-            nan = np.isnan(x)
-            inf = np.isinf(x)
-            n_nan = int(nan.sum())
-            n_inf = int(inf.sum())
-            self.nan += n_nan
-            self.inf += n_inf
-            if n_nan or n_inf:
-                x = x[~(nan | inf)]
+        flat = a.reshape(-1)
+        if flat.dtype.kind != "f" or flat.dtype.itemsize < 4:
+            work = np.float64 if flat.dtype.kind in "iu" else np.float32
         else:
-            x = a
-        self.zeros += int(np.count_nonzero(x == 0))
-        n = x.size
-        if n == 0:
+            work = flat.dtype.type
+        lo = float(flat.min())
+        hi = float(flat.max())
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            self._slow(flat)
             return
-        x64 = x.astype(np.float64, copy=False)
-        bmean = float(x64.mean())
-        bm2 = float(((x64 - bmean) ** 2).sum())
-        lo = float(x64.min())
-        hi = float(x64.max())
-        total = self.finite + n
-        delta = bmean - self.mean
-        self.mean += delta * n / total
-        self.m2 += bm2 + delta * delta * self.finite * n / total
-        self.finite = total
-        self.lo = min(self.lo, lo)
-        self.hi = max(self.hi, hi)
-        self.abs_max = max(self.abs_max, abs(lo), abs(hi))
+        self._bounds(lo, hi)
+        if self.count_zeros:
+            self.zeros += int(np.count_nonzero(flat == 0))
+        for i in range(0, flat.size, SLICE):
+            c = flat[i : i + SLICE]
+            if c.dtype != work:
+                c = c.astype(work)
+            n = c.size
+            mean = float(c.sum()) / n  # numpy's pairwise summation
+            sq = float(np.dot(c, c))
+            m2 = sq - n * mean * mean
+            if mean * mean > 1e-2 * (sq / n) or m2 < 0:
+                # The mean dominates: sum squared deviations instead (no cancellation).
+                d = c - c.dtype.type(mean)
+                m2 = float(np.dot(d, d))
+            self._merge(n, mean, m2)
+
+    def _slow(self, flat: np.ndarray) -> None:
+        x = flat.astype(np.float64)
+        nan = np.isnan(x)
+        inf = np.isinf(x)
+        self.nan += int(nan.sum())
+        self.inf += int(inf.sum())
+        x = x[~(nan | inf)]
+        if self.count_zeros:
+            self.zeros += int(np.count_nonzero(x == 0))
+        if x.size == 0:
+            return
+        mean = float(x.mean())
+        self._merge(x.size, mean, float(((x - mean) ** 2).sum()))
+        self._bounds(float(x.min()), float(x.max()))
 
     def result(self) -> TensorStats:
         if self.finite == 0:

@@ -359,11 +359,17 @@ def copy_attrs(src: h5py.HLObject, dst: h5py.HLObject) -> None:
 class H5Patcher(Patcher):
     """Writes a patched copy of an HDF5 checkpoint.
 
-    Same dtypes: the file is copied byte for byte and only the changed datasets are
-    overwritten in place. A dtype change (``quantize --dtype``): the copy is rebuilt
-    object by object with HDF5's own object copy (``H5Ocopy``: data and attributes
-    as they were), and only the retyped datasets are created anew, so the file
-    shrinks.
+    Same dtypes, source a plain file: each changed tensor's new bytes are written at
+    its dataset's offset in the output (contiguous HDF5 datasets are raw bytes at a
+    known place), and every byte range nobody wrote is copied from the source with
+    ``copy_file_range`` at commit. Every output byte is written once, as ``cp``
+    would; the result is the source's bytes with only the changed datasets replaced.
+    A dataset that is not contiguous (chunked, compressed) switches to the general
+    route: the rest of the copy is completed and h5py writes in place.
+
+    A dtype change (``quantize --dtype``): the copy is rebuilt object by object with
+    HDF5's own object copy (``H5Ocopy``: data and attributes as they were), and only
+    the retyped datasets are created anew, so the file shrinks.
     """
 
     def __init__(
@@ -374,13 +380,23 @@ class H5Patcher(Patcher):
         self.out = out
         self.tmp = tmp or temp_beside(out)
         self.retype = retype
+        self.f: h5py.File | None = None
+        self.fd: int | None = None
+        self.written: list[tuple[int, int]] = []
+        self.offsets: dict[str, int] = {}
         try:
             if retype:
                 self._rebuild()
+                self.f = h5py.File(self.tmp, "r+")
+            elif store.path.is_file() and type(store) is H5Store:
+                self.src_size = store.path.stat().st_size
+                self.fd = os.open(self.tmp, os.O_WRONLY)
+                os.ftruncate(self.fd, self.src_size)
             else:
                 store.copy_source_to(self.tmp)
-            self.f = h5py.File(self.tmp, "r+")
+                self.f = h5py.File(self.tmp, "r+")
         except BaseException:
+            self._close()
             self.tmp.unlink(missing_ok=True)
             raise
 
@@ -414,22 +430,77 @@ class H5Patcher(Patcher):
     def begin(self, info: TensorInfo, dtype: str) -> None:
         if dtype != info.dtype and self.retype.get(info.path) != dtype:
             raise ValueError(f"{info.name}: dtype change to {dtype} was not planned")
+        if self.fd is not None:
+            ds = self.store._datasets[info.path]
+            offset = ds.id.get_offset()
+            if offset is None or ds.compression or ds.chunks is not None:
+                self._complete()
+            else:
+                self.offsets[info.path] = int(offset)
 
     def write(self, info: TensorInfo, start: int, block: np.ndarray) -> None:
-        ds = self.f[info.path]
-        if block.dtype == BFLOAT16 and ds.dtype.kind != "V":
-            block = block.astype(ds.dtype)
-        if ds.shape == ():
-            ds[()] = block
+        ds = self.store._datasets[info.path] if self.fd is not None else None
+        if self.fd is not None and ds is not None:
+            data = np.ascontiguousarray(
+                block, dtype=ds.dtype if block.dtype != BFLOAT16 else block.dtype
+            )
+            row = ds.dtype.itemsize * (
+                int(np.prod(ds.shape[1:], dtype=np.int64)) if ds.ndim > 1 else 1
+            )
+            at = self.offsets[info.path] + (start * row if ds.shape else 0)
+            self._pwrite(data, at)
+            return
+        assert self.f is not None
+        target = self.f[info.path]
+        if block.dtype == BFLOAT16 and target.dtype.kind != "V":
+            block = block.astype(target.dtype)
+        if target.shape == ():
+            target[()] = block
         else:
-            ds[start : start + len(block)] = block
+            target[start : start + len(block)] = block
+
+    def _pwrite(self, data: np.ndarray, at: int) -> None:
+        assert self.fd is not None
+        raw = memoryview(data).cast("B")
+        done = 0
+        while done < len(raw):
+            done += os.pwrite(self.fd, raw[done:], at + done)
+        self.written.append((at, at + len(raw)))
+
+    def _complete(self) -> None:
+        """Fill every byte range not written from the source; continue with h5py."""
+        if self.fd is None:
+            return
+        gaps = []
+        pos = 0
+        for a, b in sorted(self.written):
+            if a > pos:
+                gaps.append((pos, a))
+            pos = max(pos, b)
+        if pos < self.src_size:
+            gaps.append((pos, self.src_size))
+        with open(self.store.path, "rb") as src:
+            for a, b in gaps:
+                _copy_range(src.fileno(), self.fd, a, b - a)
+        os.close(self.fd)
+        self.fd = None
+        self.f = h5py.File(self.tmp, "r+")
 
     def set_history(self, history: list[dict[str, Any]]) -> None:
+        self._complete()
+        assert self.f is not None
         self.f.attrs[h5util.HISTORY_ATTR] = json.dumps(history)
 
-    def close_file(self) -> None:
-        if self.f.id.valid:
+    def _close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        if self.f is not None and self.f.id.valid:
             self.f.close()
+
+    def close_file(self) -> None:
+        self._complete()
+        self._close()
 
     def _commit(self) -> None:
         self.close_file()
@@ -437,6 +508,24 @@ class H5Patcher(Patcher):
 
     def _abort(self) -> None:
         try:
-            self.close_file()
+            self._close()
         finally:
             self.tmp.unlink(missing_ok=True)
+
+
+def _copy_range(src: int, dst: int, offset: int, count: int) -> None:
+    """Copy ``count`` bytes at ``offset`` from one file to the same offset in another."""
+    done = 0
+    try:
+        while done < count:
+            n = os.copy_file_range(src, dst, count - done, offset + done, offset + done)
+            if n == 0:
+                break
+            done += n
+    except OSError:
+        pass  # no in-kernel copy here (another filesystem, an old kernel): copy by hand
+    while done < count:
+        chunk = os.pread(src, min(1 << 22, count - done), offset + done)
+        if not chunk:
+            raise CorruptError(f"source shrank while being copied (at byte {offset + done})")
+        done += os.pwrite(dst, chunk, offset + done)
