@@ -461,7 +461,7 @@ class H5Patcher(Patcher):
 
     def _pwrite(self, data: np.ndarray, at: int) -> None:
         assert self.fd is not None
-        raw = memoryview(data).cast("B")
+        raw = np.ascontiguousarray(data).reshape(-1).view(np.uint8).data
         done = 0
         while done < len(raw):
             done += os.pwrite(self.fd, raw[done:], at + done)
