@@ -10,11 +10,10 @@ changed tensors are written; everything else in the container keeps its bytes.
 from __future__ import annotations
 
 import datetime as dt
-import glob
-import hashlib
 import math
 import os
-import threading
+import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from weightcli import __version__
+from weightcli.digest import digest  # noqa: F401 - part of this module's API
 from weightcli.errors import OutputError, UnsupportedError, UsageError
 from weightcli.select import apply as apply_selection
 from weightcli.stats import RunningStats, TensorStats
@@ -85,48 +85,42 @@ def _same(a: Path, b: Path) -> bool:
         return False
 
 
-def digest(path: Path) -> str:
-    """sha256 of a file, or of a directory's files (relative names and contents, sorted)."""
-    h = hashlib.sha256()
-    if path.is_file():
-        files = [path]
-    elif path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file())
-    else:  # a TF checkpoint prefix: its index and data shards
-        files = sorted(path.parent.glob(glob.escape(path.name) + ".index")) + sorted(
-            path.parent.glob(glob.escape(path.name) + ".data-*")
-        )
-    for f in files:
-        if path.is_dir():
-            h.update(str(f.relative_to(path)).encode() + b"\0")
-        with open(f, "rb") as fh:
-            while chunk := fh.read(1 << 22):
-                h.update(chunk)
-    return h.hexdigest()
+_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
-class _Digest(threading.Thread):
-    """sha256 of a path in a background thread (hashlib releases the GIL on large updates)."""
+class _Digest:
+    """sha256 of a path, computed by a child process on the other core meanwhile.
+
+    A process rather than a thread: the main thread's many short numpy calls and the
+    hash would take turns at the GIL.
+    """
 
     def __init__(self, path: Path) -> None:
-        super().__init__(daemon=True)
         self.path = path
-        self.value: str | None = None
-        self.error: BaseException | None = None
-        self.start()
-
-    def run(self) -> None:
-        try:
-            self.value = digest(self.path)
-        except BaseException as exc:  # reported by result()
-            self.error = exc
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "weightcli.digest", str(path)],
+            env={
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join(
+                    filter(None, [_PACKAGE_ROOT, os.environ.get("PYTHONPATH")])
+                ),
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     def result(self) -> str:
-        self.join()
-        if self.error is not None:
-            raise self.error
-        assert self.value is not None
-        return self.value
+        out, err = self.proc.communicate()
+        if self.proc.returncode != 0:
+            last = err.strip().splitlines()[-1:] or ["unknown error"]
+            raise OSError(f"{self.path}: cannot hash the source: {last[0]}")
+        return out.strip()
+
+    def cancel(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 class _Blocks:
@@ -213,10 +207,8 @@ def run(
                 y = block
                 for op in ops:
                     y = op.apply(start, y)
-                before.update(block)
-                after.update(y)
                 before_n = n_changed
-                n_changed, max_change = _count_changes(block, y, n_changed, max_change)
+                n_changed, max_change = _summarize(block, y, before, after, n_changed, max_change)
                 # The copy already holds the original bytes: a block that did not change
                 # (same values, same dtype) needs no write.
                 if patcher is not None and (n_changed > before_n or out_dtype != info.dtype):
@@ -248,6 +240,8 @@ def run(
             patcher.set_history([*store.meta.history, record])
             patcher.commit()
     except BaseException:
+        if hasher is not None:
+            hasher.cancel()
         if patcher is not None:
             patcher.abort()
         raise
@@ -270,6 +264,23 @@ def _np(dtype: str) -> Any:
     from weightcli.dtypes import to_numpy
 
     return to_numpy(dtype)
+
+
+# The summary (statistics before and after, changes) reads each block in slices of
+# this many elements, so the three passes over a slice hit the cache.
+SUMMARY_SLICE = 1 << 18
+
+
+def _summarize(
+    x: np.ndarray, y: np.ndarray, before: RunningStats, after: RunningStats, n: int, worst: float
+) -> tuple[int, float]:
+    fx, fy = x.reshape(-1), y.reshape(-1)
+    for i in range(0, max(fx.size, 1), SUMMARY_SLICE):
+        xs, ys = fx[i : i + SUMMARY_SLICE], fy[i : i + SUMMARY_SLICE]
+        before.update(xs)
+        after.update(ys)
+        n, worst = _count_changes(xs, ys, n, worst)
+    return n, worst
 
 
 def _count_changes(x: np.ndarray, y: np.ndarray, n: int, worst: float) -> tuple[int, float]:

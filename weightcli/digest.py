@@ -1,0 +1,35 @@
+"""sha256 of a checkpoint's bytes (for the history record). Imports nothing heavy, so it
+can run as ``python -m weightcli.digest PATH`` beside a transform."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import sys
+from pathlib import Path
+
+
+def checkpoint_files(path: Path) -> list[Path]:
+    """A file; a directory's files, sorted; or a TF checkpoint prefix's index and shards."""
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file())
+    stem = glob.escape(path.name)
+    return sorted(path.parent.glob(stem + ".index")) + sorted(path.parent.glob(stem + ".data-*"))
+
+
+def digest(path: Path) -> str:
+    """sha256 over the files (for a directory, each relative name too, then its bytes)."""
+    h = hashlib.sha256()
+    for f in checkpoint_files(path):
+        if path.is_dir():
+            h.update(str(f.relative_to(path)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+if __name__ == "__main__":
+    print(digest(Path(sys.argv[1])))
