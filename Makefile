@@ -32,5 +32,9 @@ pytest: install
 samples: install
 	$(BIN)/python scripts/make_samples.py sample_models
 
+bench: install
+	$(BIN)/python benchmarks/make_data.py
+	cd benchmarks && ../$(BIN)/python run.py
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

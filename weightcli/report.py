@@ -77,67 +77,94 @@ def _bad(n: int) -> Text:
     return Text(str(n), style="bold red") if n else Text("0")
 
 
+def table(
+    headers: list[tuple[str, str]],
+    rows: list[list[Any]],
+    section_ends: set[int] | None = None,
+    wrap_last: bool = False,
+) -> Table:
+    """A rich table whose column widths are computed here from the cells: rich then skips
+    measuring every cell, which dominates rendering time on models with hundreds of
+    tensors. ``headers`` are (title, justify); ``wrap_last`` lets the last column wrap."""
+    t = Table(header_style="bold")
+    widths = []
+    for j, (title, _) in enumerate(headers):
+        cells = [r[j] for r in rows if j < len(r)]
+        widths.append(
+            max([len(title), *(len(c.plain if isinstance(c, Text) else str(c)) for c in cells)])
+        )
+    fits = sum(widths) + 3 * len(widths) + 1 <= console().width
+    for j, (title, justify) in enumerate(headers):
+        widest = widths[j]
+        if not fits or (wrap_last and j == len(headers) - 1):
+            t.add_column(title, justify=justify)  # type: ignore[arg-type]
+        else:
+            t.add_column(title, justify=justify, width=widest, no_wrap=True)  # type: ignore[arg-type]
+    ends = section_ends or set()
+    for i, r in enumerate(rows):
+        t.add_row(*r, end_section=i in ends)
+    return t
+
+
 def inspect_table(result: InspectResult, layers: bool) -> Table:
-    title = None
-    table = Table(title=title, show_lines=False, header_style="bold")
     if layers:
-        return _layer_table(result, table)
+        return _layer_table(result)
     with_stats = any(t.stats for t in result.tensors)
-    table.add_column("Tensor")
-    table.add_column("Shape")
-    table.add_column("DType")
-    table.add_column("Params", justify="right")
-    table.add_column("Bytes", justify="right")
+    headers = [
+        ("Layer", "left"),
+        ("Tensor", "left"),
+        ("Shape", "left"),
+        ("DType", "left"),
+        ("Params", "right"),
+        ("Bytes", "right"),
+    ]
     if with_stats:
-        for col in ("Min", "Max", "Mean", "Std", "Max |x|", "Zeros %", "NaN", "Inf"):
-            table.add_column(col, justify="right")
-    last_layer: object = object()
+        headers += [
+            (c, "right") for c in ("Min", "Max", "Mean", "Std", "Max |x|", "Zeros %", "NaN", "Inf")
+        ]
+    rows: list[list[Any]] = []
+    ends: set[int] = set()
+    last: object = object()
     for rep in result.tensors:
         t = rep.info
-        layer = t.layer if not t.optimizer else "(optimizer)"
-        if layer != last_layer:
-            if last_layer is not None and table.row_count:
-                table.add_section()
-            label = f"{layer}" + (f" [dim]{t.layer_class}[/dim]" if t.layer_class else "")
-            if layer:
-                table.add_row(f"[bold cyan]{label}[/bold cyan]")
-            last_layer = layer
-        name = t.name + (f" [dim](x{len(t.copies) + 1} copies)[/dim]" if t.copies else "")
+        layer = "(optimizer)" if t.optimizer else (t.layer or "")
+        if layer != last and rows:
+            ends.add(len(rows) - 1)
+        label = Text("")
+        if layer != last:
+            label = Text(layer, style="bold cyan")
+            if t.layer_class:
+                label.append(f" {t.layer_class}", style="dim")
+            last = layer
+        name = t.name + (f" (x{len(t.copies) + 1} copies)" if t.copies else "")
         row: list[Any] = [
-            "  " + name,
+            label,
+            name,
             fmt_shape(t.shape),
             t.dtype,
             f"{t.size:,}",
             fmt_bytes(t.nbytes),
         ]
         if with_stats:
-            s = rep.stats
-            if s is None:
+            st = rep.stats
+            if st is None:
                 row += ["-"] * 8
             else:
                 row += [
-                    fmt_num(s.min),
-                    fmt_num(s.max),
-                    fmt_num(s.mean),
-                    fmt_num(s.std),
-                    fmt_num(s.abs_max),
-                    f"{s.zeros_pct:.1f}",
-                    _bad(s.nan),
-                    _bad(s.inf),
+                    fmt_num(st.min),
+                    fmt_num(st.max),
+                    fmt_num(st.mean),
+                    fmt_num(st.std),
+                    fmt_num(st.abs_max),
+                    f"{st.zeros_pct:.1f}",
+                    _bad(st.nan),
+                    _bad(st.inf),
                 ]
-        table.add_row(*row)
-    return table
+        rows.append(row)
+    return table(headers, rows, ends)
 
 
-def _layer_table(result: InspectResult, table: Table) -> Table:
-    table.add_column("Layer")
-    table.add_column("Class")
-    table.add_column("Tensors", justify="right")
-    table.add_column("Params", justify="right")
-    table.add_column("Bytes", justify="right")
-    table.add_column("Max |x|", justify="right")
-    table.add_column("NaN", justify="right")
-    table.add_column("Inf", justify="right")
+def _layer_table(result: InspectResult) -> Table:
     groups: dict[str, list[TensorReport]] = defaultdict(list)
     for rep in result.tensors:
         key = (
@@ -146,19 +173,32 @@ def _layer_table(result: InspectResult, table: Table) -> Table:
             else (rep.info.layer or rep.info.name.rsplit("/", 1)[0])
         )
         groups[key].append(rep)
+    rows = []
     for layer, reps in groups.items():
         absmax = [r.stats.abs_max for r in reps if r.stats and r.stats.abs_max is not None]
-        table.add_row(
-            layer,
-            reps[0].info.layer_class or "",
-            str(len(reps)),
-            f"{sum(r.info.size for r in reps):,}",
-            fmt_bytes(sum(r.info.nbytes for r in reps)),
-            fmt_num(max(absmax)) if absmax else "-",
-            _bad(sum(r.stats.nan for r in reps if r.stats)),
-            _bad(sum(r.stats.inf for r in reps if r.stats)),
+        rows.append(
+            [
+                layer,
+                reps[0].info.layer_class or "",
+                str(len(reps)),
+                f"{sum(r.info.size for r in reps):,}",
+                fmt_bytes(sum(r.info.nbytes for r in reps)),
+                fmt_num(max(absmax)) if absmax else "-",
+                _bad(sum(r.stats.nan for r in reps if r.stats)),
+                _bad(sum(r.stats.inf for r in reps if r.stats)),
+            ]
         )
-    return table
+    headers = [
+        ("Layer", "left"),
+        ("Class", "left"),
+        ("Tensors", "right"),
+        ("Params", "right"),
+        ("Bytes", "right"),
+        ("Max |x|", "right"),
+        ("NaN", "right"),
+        ("Inf", "right"),
+    ]
+    return table(headers, rows)
 
 
 def totals(reports: list[TensorReport]) -> dict[str, Any]:

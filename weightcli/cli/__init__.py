@@ -6,6 +6,7 @@ Library errors (``WeightcliError``) become one line on stderr and exit code 2;
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import click
@@ -18,8 +19,32 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow, if a command l
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
+# Each command's module is imported only when that command runs (start-up time).
+COMMANDS = {
+    "inspect": "weightcli.cli.inspect_cmd:inspect",
+    "scale": "weightcli.cli.transform_cmds:scale",
+    "clip": "weightcli.cli.transform_cmds:clip",
+    "quantize": "weightcli.cli.transform_cmds:quantize",
+    "apply": "weightcli.cli.transform_cmds:apply_cmd",
+    "diff": "weightcli.cli.compare_cmds:diff",
+    "verify": "weightcli.cli.compare_cmds:verify",
+}
+
+
 class WeightcliGroup(click.Group):
-    """Turns library errors into one line on stderr and their exit code (2)."""
+    """Loads commands lazily; turns library errors into one line on stderr and exit code 2."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        command = getattr(importlib.import_module(module), attr)
+        assert isinstance(command, click.Command)
+        return command
 
     def invoke(self, ctx: click.Context) -> object:
         debug = "--debug" in (*ctx.protected_args, *ctx.args) or bool(ctx.params.get("debug"))
@@ -59,17 +84,6 @@ def cli(debug: bool) -> None:
       weightcli clip model.keras --nonfinite zero -o repaired.keras
       weightcli diff old.h5 new.h5 --atol 1e-6
     """
-
-
-def _register() -> None:
-    from weightcli.cli import compare_cmds, inspect_cmd, transform_cmds
-
-    cli.add_command(inspect_cmd.inspect)
-    for cmd in [*transform_cmds.COMMANDS, *compare_cmds.COMMANDS]:
-        cli.add_command(cmd)
-
-
-_register()
 
 
 def main(argv: list[str] | None = None) -> None:

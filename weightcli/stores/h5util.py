@@ -83,6 +83,45 @@ def walk(group: h5py.Group, size_limit: int) -> Iterator[tuple[str, h5py.Group |
             yield from walk(obj, size_limit)
 
 
+def index(f: h5py.File, size_limit: int) -> dict[str, h5py.Dataset]:
+    """Every dataset of the file by absolute path, in one C-level pass (H5Lvisit, H5Ovisit).
+
+    Soft and external links are refused; hard links only lead to the objects listed.
+    """
+    bad: list[tuple[str, str]] = []
+
+    def on_link(name: bytes, info: Any) -> None:
+        if info.type == h5py.h5l.TYPE_EXTERNAL:
+            bad.append(
+                (
+                    name.decode("utf-8", "replace"),
+                    "external links are refused (they point outside the file)",
+                )
+            )
+        elif info.type == h5py.h5l.TYPE_SOFT:
+            bad.append(
+                (name.decode("utf-8", "replace"), "soft links are refused in a weights file")
+            )
+
+    f.id.links.visit(on_link, info=True)
+    if bad:
+        name, why = bad[0]
+        raise UnsupportedError(f"/{name}: {why}")
+    names: list[str] = []
+
+    def on_object(name: bytes, info: Any) -> None:
+        if info.type == h5py.h5o.TYPE_DATASET:
+            names.append(name.decode("utf-8", "replace"))
+
+    h5py.h5o.visit(f.id, on_object, info=True)
+    out: dict[str, h5py.Dataset] = {}
+    for name in names:
+        ds = f["/" + name]
+        check_dataset(ds, size_limit)
+        out["/" + name] = ds
+    return out
+
+
 def datasets(group: h5py.Group, size_limit: int) -> Iterator[tuple[str, h5py.Dataset]]:
     for path, obj in walk(group, size_limit):
         if isinstance(obj, h5py.Dataset):

@@ -72,6 +72,7 @@ class H5Store(Store):
         self.kind = classify(self._file)
         self._datasets: dict[str, h5py.Dataset] = {}
         try:
+            self._index = h5util.index(self._file, self._size)
             self._tensors = self._list()
         except (OSError, KeyError, ValueError) as exc:
             self._file.close()
@@ -145,9 +146,13 @@ class H5Store(Store):
     def _numeric(self, ds: h5py.Dataset) -> bool:
         return ds.dtype.kind in "fiub" or ds.attrs.get("dtype") in ("bfloat16", b"bfloat16")
 
+    def _under(self, group: h5py.Group) -> list[tuple[str, h5py.Dataset]]:
+        prefix = group.name.rstrip("/") + "/"
+        return [(p, ds) for p, ds in self._index.items() if p.startswith(prefix)]
+
     def _list_generic(self) -> list[TensorInfo]:
         out = []
-        for path, ds in h5util.datasets(self._file, self._size):
+        for path, ds in self._index.items():
             if self._numeric(ds):
                 out.append(self._info(path.lstrip("/"), path, ds, None, False, {}))
         return out
@@ -164,7 +169,7 @@ class H5Store(Store):
             group = root[layer]
             for wname in naming.decode(h5util.read_attr(group, "weight_names")) or []:
                 path = f"{group.name}/{wname}"
-                ds = h5util.get_dataset(f, path, self._size)
+                ds = self._index.get(path)
                 if ds is None:
                     raise CorruptError(
                         f"{self.label}: layer {layer!r} lists weight {wname!r} that is missing"
@@ -177,7 +182,7 @@ class H5Store(Store):
                 weights.append((name, path, ds, owner))
                 seen.add(path)
             # Datasets the layer does not list still are tensors of the file: show them.
-            for path, ds in h5util.datasets(group, self._size):
+            for path, ds in self._under(group):
                 if path not in seen and self._numeric(ds):
                     rel = path[len(group.name) + 1 :]
                     weights.append((f"{layer}/{naming.strip_suffix(rel)}", path, ds, layer))
@@ -192,11 +197,11 @@ class H5Store(Store):
             out.append(self._info(name, path, ds, owner, False, classes))
         if "optimizer_weights" in f and isinstance(f["optimizer_weights"], h5py.Group):
             opt = f["optimizer_weights"]
-            for path, ds in h5util.datasets(opt, self._size):
+            for path, ds in self._under(opt):
                 rel = naming.strip_suffix(path[len(opt.name) + 1 :])
                 out.append(self._info(f"optimizer/{rel}", path, ds, None, True, classes))
         # Anything else numeric outside the Keras groups (rare; hand-edited files).
-        for path, ds in h5util.datasets(f, self._size):
+        for path, ds in self._index.items():
             if (
                 path not in self._datasets
                 and self._numeric(ds)
@@ -231,27 +236,25 @@ class H5Store(Store):
         return out
 
     def _list_keras3(self) -> list[TensorInfo]:
-        f = self._file
         config = self._config()
         classes = naming.layer_classes(config)
         configs = naming.layer_configs(config)
         auto = self._auto_names()
         out: list[TensorInfo] = []
         model_vars: list[tuple[str, str, h5py.Dataset, str | None]] = []
-        for path, obj in h5util.walk(f, self._size):
-            if not (isinstance(obj, h5py.Group) and path.endswith("/vars")):
-                continue
+        groups: dict[str, list[str]] = {}
+        for p in self._index:
+            parent, _, leaf = p.rpartition("/")
+            if parent.endswith("/vars"):
+                groups.setdefault(parent, []).append(leaf)
+        for path, leaves in groups.items():
             members = sorted(
-                (k for k in obj if isinstance(obj[k], h5py.Dataset)),
-                key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0, k),
+                leaves, key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0, k)
             )
-            if not members:
-                continue
             owner = path[: -len("/vars")]
             if owner == "/optimizer" or owner.startswith("/optimizer/"):
                 for k in members:
-                    ds = obj[k]
-                    h5util.check_dataset(ds, self._size)
+                    ds = self._index[f"{path}/{k}"]
                     out.append(self._info(f"optimizer/{k}", f"{path}/{k}", ds, None, True, classes))
                 continue
             chain = self._layer_chain(owner, auto)
@@ -268,8 +271,7 @@ class H5Store(Store):
             names = naming.keras3_var_names(layer_class, len(members), configs.get(layer or ""))
             prefix = "/".join(chain)
             for i, k in enumerate(members):
-                ds = obj[k]
-                h5util.check_dataset(ds, self._size)
+                ds = self._index[f"{path}/{k}"]
                 var = names[i] if names else k
                 name = f"{prefix}/{var}" if prefix else var
                 model_vars.append((name, f"{path}/{k}", ds, layer))
