@@ -60,7 +60,9 @@ def run_case(case: Case) -> None:
             os.sync()
             case.results[n].append(measure(case.contenders[n]))
     case.clean()
-    print(f"  {case.name}: " + ", ".join(f"{n} {med_wall(case, n):.3f} s" for n in names), flush=True)
+    print(
+        f"  {case.name}: " + ", ".join(f"{n} {med_wall(case, n):.3f} s" for n in names), flush=True
+    )
 
 
 def med_wall(case: Case, n: str) -> float:
@@ -85,21 +87,48 @@ def cases() -> list[Case]:
     o = OUT
     smcli = str(BIN / "saved_model_cli")
     return [
-        Case("inspect --no-stats, ResNet50 .h5", {"weightcli": [W, "inspect", str(r_h5), "--no-stats"], "h5ls -r": ["h5ls", "-r", str(r_h5)]}),
-        Case("inspect, ResNet50 .h5", {"weightcli": [W, "inspect", str(r_h5)], "h5ls -r": ["h5ls", "-r", str(r_h5)]}),
-        Case("inspect --no-stats, ResNet50 .keras", {"weightcli": [W, "inspect", str(r_keras), "--no-stats"]}),
+        Case(
+            "inspect --no-stats, ResNet50 .h5",
+            {
+                "weightcli": [W, "inspect", str(r_h5), "--no-stats"],
+                "h5ls -r": ["h5ls", "-r", str(r_h5)],
+            },
+        ),
+        Case(
+            "inspect, ResNet50 .h5",
+            {"weightcli": [W, "inspect", str(r_h5)], "h5ls -r": ["h5ls", "-r", str(r_h5)]},
+        ),
+        Case(
+            "inspect --no-stats, ResNet50 .keras",
+            {"weightcli": [W, "inspect", str(r_keras), "--no-stats"]},
+        ),
         Case(
             "inspect --no-stats, ResNet50 SavedModel",
-            {"weightcli": [W, "inspect", str(r_sm), "--no-stats"], "saved_model_cli": [smcli, "show", "--all", "--dir", str(r_sm)]},
+            {
+                "weightcli": [W, "inspect", str(r_sm), "--no-stats"],
+                "saved_model_cli": [smcli, "show", "--all", "--dir", str(r_sm)],
+            },
         ),
         Case(
             "inspect, ResNet50 SavedModel",
-            {"weightcli": [W, "inspect", str(r_sm)], "saved_model_cli": [smcli, "show", "--all", "--dir", str(r_sm)]},
+            {
+                "weightcli": [W, "inspect", str(r_sm)],
+                "saved_model_cli": [smcli, "show", "--all", "--dir", str(r_sm)],
+            },
         ),
         Case(
             "scale kernels x0.5, ResNet50 .h5",
             {
-                "weightcli": [W, "scale", str(r_h5), "0.5", "--kind", "kernel", "-o", str(o / "r_w.h5")],
+                "weightcli": [
+                    W,
+                    "scale",
+                    str(r_h5),
+                    "0.5",
+                    "--kind",
+                    "kernel",
+                    "-o",
+                    str(o / "r_w.h5"),
+                ],
                 "cp": ["cp", str(r_h5), str(o / "r_cp.h5")],
                 "tutorial": [PY, str(HERE / "tutorial_scale.py"), str(r_h5), str(o / "r_t.h5")],
             },
@@ -108,7 +137,16 @@ def cases() -> list[Case]:
         Case(
             "scale kernels x0.5, ResNet50 SavedModel",
             {
-                "weightcli": [W, "scale", str(r_sm), "0.5", "--kind", "kernel", "-o", str(o / "r_sm_w")],
+                "weightcli": [
+                    W,
+                    "scale",
+                    str(r_sm),
+                    "0.5",
+                    "--kind",
+                    "kernel",
+                    "-o",
+                    str(o / "r_sm_w"),
+                ],
                 "cp -r": ["cp", "-r", str(r_sm), str(o / "r_sm_cp")],
             },
             [o / "r_sm_w", o / "r_sm_cp"],
@@ -117,15 +155,38 @@ def cases() -> list[Case]:
             "verify --no-load, ResNet50 SavedModel",
             {
                 "weightcli": [W, "verify", str(r_sm), "--no-load"],
-                "tf.train.load_checkpoint loop": [PY, str(HERE / "tf_checkpoint_loop.py"), str(r_sm / "variables" / "variables")],
+                "tf.train.load_checkpoint loop": [
+                    PY,
+                    str(HERE / "tf_checkpoint_loop.py"),
+                    str(r_sm / "variables" / "variables"),
+                ],
             },
         ),
-        Case("inspect --no-stats, 1 GB .h5", {"weightcli": [W, "inspect", str(g1), "--no-stats"], "h5ls -r": ["h5ls", "-r", str(g1)]}),
-        Case("inspect, 1 GB .h5", {"weightcli": [W, "inspect", str(g1)], "cp": ["cp", str(g1), str(o / "g_cp.h5")]}, [o / "g_cp.h5"]),
+        Case(
+            "inspect --no-stats, 1 GB .h5",
+            {
+                "weightcli": [W, "inspect", str(g1), "--no-stats"],
+                "h5ls -r": ["h5ls", "-r", str(g1)],
+            },
+        ),
+        Case(
+            "inspect, 1 GB .h5",
+            {"weightcli": [W, "inspect", str(g1)], "cp": ["cp", str(g1), str(o / "g_cp.h5")]},
+            [o / "g_cp.h5"],
+        ),
         Case(
             "scale kernels x0.5, 1 GB .h5",
             {
-                "weightcli": [W, "scale", str(g1), "0.5", "--kind", "kernel", "-o", str(o / "g_s.h5")],
+                "weightcli": [
+                    W,
+                    "scale",
+                    str(g1),
+                    "0.5",
+                    "--kind",
+                    "kernel",
+                    "-o",
+                    str(o / "g_s.h5"),
+                ],
                 "cp": ["cp", str(g1), str(o / "g_cp.h5")],
                 "read+write floor": [PY, str(HERE / "floor.py"), str(g1), str(o / "g_f.h5")],
             },
@@ -133,29 +194,51 @@ def cases() -> list[Case]:
         ),
         Case(
             "clip --abs-max 0.01, 1 GB .h5",
-            {"weightcli": [W, "clip", str(g1), "--abs-max", "0.01", "-o", str(o / "g_c.h5")], "cp": ["cp", str(g1), str(o / "g_cp.h5")]},
+            {
+                "weightcli": [W, "clip", str(g1), "--abs-max", "0.01", "-o", str(o / "g_c.h5")],
+                "cp": ["cp", str(g1), str(o / "g_cp.h5")],
+            },
             [o / "g_c.h5", o / "g_cp.h5"],
         ),
         Case(
             "quantize 8-bit per-channel, 1 GB .h5",
-            {"weightcli": [W, "quantize", str(g1), "-o", str(o / "g_q.h5")], "cp": ["cp", str(g1), str(o / "g_cp.h5")]},
+            {
+                "weightcli": [W, "quantize", str(g1), "-o", str(o / "g_q.h5")],
+                "cp": ["cp", str(g1), str(o / "g_cp.h5")],
+            },
             [o / "g_q.h5", o / "g_cp.h5"],
         ),
         Case(
             "diff two 1 GB .h5 (atol 1e-6)",
-            {"weightcli": [W, "diff", str(g1), str(g1b), "--atol", "1e-6"], "h5diff -d 1e-6": ["h5diff", "-d", "1e-6", str(g1), str(g1b)]},
+            {
+                "weightcli": [W, "diff", str(g1), str(g1b), "--atol", "1e-6"],
+                "h5diff -d 1e-6": ["h5diff", "-d", "1e-6", str(g1), str(g1b)],
+            },
         ),
-        Case("inspect --no-stats, 1.6 GB tensor", {"weightcli": [W, "inspect", str(huge), "--no-stats"]}),
+        Case(
+            "inspect --no-stats, 1.6 GB tensor",
+            {"weightcli": [W, "inspect", str(huge), "--no-stats"]},
+        ),
         Case("inspect, 1.6 GB tensor", {"weightcli": [W, "inspect", str(huge)]}),
-        Case("scale, 1.6 GB tensor", {"weightcli": [W, "scale", str(huge), "0.5", "-o", str(o / "h_s.h5")]}, [o / "h_s.h5"]),
+        Case(
+            "scale, 1.6 GB tensor",
+            {"weightcli": [W, "scale", str(huge), "0.5", "-o", str(o / "h_s.h5")]},
+            [o / "h_s.h5"],
+        ),
         Case(
             "clip --percentile 99.9, 1.6 GB tensor",
             {"weightcli": [W, "clip", str(huge), "--percentile", "99.9", "-o", str(o / "h_c.h5")]},
             [o / "h_c.h5"],
         ),
-        Case("quantize per-channel, 1.6 GB tensor", {"weightcli": [W, "quantize", str(huge), "-o", str(o / "h_q.h5")]}, [o / "h_q.h5"]),
+        Case(
+            "quantize per-channel, 1.6 GB tensor",
+            {"weightcli": [W, "quantize", str(huge), "-o", str(o / "h_q.h5")]},
+            [o / "h_q.h5"],
+        ),
         Case("diff, 1.6 GB tensor with itself", {"weightcli": [W, "diff", str(huge), str(huge)]}),
-        Case("verify --no-load, 1.6 GB tensor", {"weightcli": [W, "verify", str(huge), "--no-load"]}),
+        Case(
+            "verify --no-load, 1.6 GB tensor", {"weightcli": [W, "verify", str(huge), "--no-load"]}
+        ),
     ]
 
 
@@ -170,9 +253,29 @@ def versions() -> str:
     import h5py
     import numpy
 
-    tf_version = ver([PY, "-c", "import os; os.environ['TF_CPP_MIN_LOG_LEVEL']='3'; import tensorflow as t, keras as k; print(t.__version__, k.__version__)"])
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), platform.processor())
-    mem = next((l.split(":", 1)[1].strip() for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")), "?")
+    tf_version = ver(
+        [
+            PY,
+            "-c",
+            "import os; os.environ['TF_CPP_MIN_LOG_LEVEL']='3'; import tensorflow as t, keras as k; print(t.__version__, k.__version__)",
+        ]
+    )
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/meminfo").read_text().splitlines()
+            if ln.startswith("MemTotal")
+        ),
+        "?",
+    )
     return "\n".join(
         [
             f"- machine: {os.cpu_count()} cores ({cpu}), {mem} memory, {platform.system()} {platform.release()}",
@@ -197,8 +300,21 @@ def main() -> None:
 
 def write_results(done: list[Case]) -> None:
     by = {c.name: c for c in done}
-    lines = ["# Benchmark results", "", "Generated by `make bench` (benchmarks/run.py). " + (__doc__ or "").split("\n\n")[1].replace("\n", " "), "", versions(), ""]
-    lines += ["## Every case", "", "| case | contender | median wall (s) | median peak RSS (MiB) | ratio to weightcli's (wall, pairwise median) |", "|---|---|---:|---:|---:|"]
+    lines = [
+        "# Benchmark results",
+        "",
+        "Generated by `make bench` (benchmarks/run.py). "
+        + (__doc__ or "").split("\n\n")[1].replace("\n", " "),
+        "",
+        versions(),
+        "",
+    ]
+    lines += [
+        "## Every case",
+        "",
+        "| case | contender | median wall (s) | median peak RSS (MiB) | ratio to weightcli's (wall, pairwise median) |",
+        "|---|---|---:|---:|---:|",
+    ]
     for c in done:
         for n in c.contenders:
             r = "" if n == "weightcli" else f"{ratio(c, 'weightcli', n):.3f}x"
@@ -219,17 +335,42 @@ def write_results(done: list[Case]) -> None:
         c = by["scale kernels x0.5, ResNet50 .h5"]
         s = 1 / ratio(c, "weightcli", "tutorial")
         m = 1 / ratio(c, "weightcli", "tutorial", "rss")
-        target("", "ResNet50 .h5 scale at least 12x faster than the tutorial route", s >= 12, f"{s:.1f}x faster")
-        target("", "ResNet50 .h5 scale at least 10x less peak memory than the tutorial route", m >= 10, f"{m:.1f}x less")
+        target(
+            "",
+            "ResNet50 .h5 scale at least 12x faster than the tutorial route",
+            s >= 12,
+            f"{s:.1f}x faster",
+        )
+        target(
+            "",
+            "ResNet50 .h5 scale at least 10x less peak memory than the tutorial route",
+            m >= 10,
+            f"{m:.1f}x less",
+        )
     if have("inspect --no-stats, ResNet50 SavedModel", "inspect, ResNet50 SavedModel"):
         for n in ("inspect --no-stats, ResNet50 SavedModel", "inspect, ResNet50 SavedModel"):
             x = ratio(by[n], "weightcli", "saved_model_cli")
             mem = ratio(by[n], "weightcli", "saved_model_cli", "rss")
-            target("", f"SavedModel `{n.split(',')[0]}` at most 1/5 of saved_model_cli's wall time", x <= 0.2, f"{x:.3f}x")
-            target("", f"SavedModel `{n.split(',')[0]}` at most 1/4 of saved_model_cli's peak memory", mem <= 0.25, f"{mem:.3f}x")
+            target(
+                "",
+                f"SavedModel `{n.split(',')[0]}` at most 1/5 of saved_model_cli's wall time",
+                x <= 0.2,
+                f"{x:.3f}x",
+            )
+            target(
+                "",
+                f"SavedModel `{n.split(',')[0]}` at most 1/4 of saved_model_cli's peak memory",
+                mem <= 0.25,
+                f"{mem:.3f}x",
+            )
     if have("scale kernels x0.5, ResNet50 SavedModel"):
         x = ratio(by["scale kernels x0.5, ResNet50 SavedModel"], "weightcli", "cp -r")
-        target("", "ResNet50 SavedModel scale within 1.5x of copying the directory", x <= 1.5, f"{x:.2f}x cp -r")
+        target(
+            "",
+            "ResNet50 SavedModel scale within 1.5x of copying the directory",
+            x <= 1.5,
+            f"{x:.2f}x cp -r",
+        )
     if have("diff two 1 GB .h5 (atol 1e-6)"):
         x = ratio(by["diff two 1 GB .h5 (atol 1e-6)"], "weightcli", "h5diff -d 1e-6")
         target("", "diff of two 1 GB files no slower than h5diff -d", x <= 1.0, f"{x:.2f}x h5diff")
@@ -239,10 +380,17 @@ def write_results(done: list[Case]) -> None:
     nostats = [c for c in done if "--no-stats" in c.name]
     if nostats:
         worst = max(med_wall(c, "weightcli") for c in nostats)
-        target("", "inspect --no-stats under 0.5 s on every case", worst < 0.5, f"worst {worst:.3f} s")
+        target(
+            "", "inspect --no-stats under 0.5 s on every case", worst < 0.5, f"worst {worst:.3f} s"
+        )
     worst_mem = max(med_rss(c, "weightcli") for c in done)
     worst_case = max(done, key=lambda c: med_rss(c, "weightcli")).name
-    target("", "peak memory of every weightcli command under 300 MiB", worst_mem < 300, f"worst {worst_mem:.0f} MiB ({worst_case})")
+    target(
+        "",
+        "peak memory of every weightcli command under 300 MiB",
+        worst_mem < 300,
+        f"worst {worst_mem:.0f} MiB ({worst_case})",
+    )
     (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {HERE / 'RESULTS.md'}")
 
