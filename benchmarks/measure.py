@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import time
 from dataclasses import dataclass
@@ -40,12 +41,19 @@ def measure(
     )
     proc = psutil.Process(popen.pid)
     peak = 0
-    while popen.poll() is None:
+    # Poll the whole tree (children such as a hashing process count too) until the
+    # command ends, then take the kernel's exact high-water mark of the command itself
+    # (wait4's ru_maxrss), which polling can miss between samples.
+    while True:
+        pid, status, usage = os.wait4(popen.pid, os.WNOHANG)
+        if pid:
+            break
         peak = max(peak, tree_rss(proc))
         time.sleep(POLL)
     wall = time.perf_counter() - start
+    popen.returncode = os.waitstatus_to_exitcode(status)
     err = popen.stderr.read().decode(errors="replace") if popen.stderr else ""
-    popen.wait()
+    peak = max(peak, int(usage.ru_maxrss) * 1024)
     if popen.returncode not in (0, 1):
         raise RuntimeError(f"{' '.join(cmd)} exited {popen.returncode}: {err[-2000:]}")
     return Measurement(wall, peak, popen.returncode)

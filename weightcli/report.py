@@ -334,8 +334,7 @@ def _arrow(a: float | None, b: float | None) -> str:
 
 def print_transform(result: Any) -> None:
     out = console()
-    table = Table(header_style="bold")
-    for col, justify in (
+    headers = [
         ("Tensor", "left"),
         ("Shape", "left"),
         ("Mean before -> after", "right"),
@@ -344,24 +343,27 @@ def print_transform(result: Any) -> None:
         ("Changed %", "right"),
         ("Max |change|", "right"),
         ("Transform", "left"),
-    ):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    ]
+    rows = []
     for c in result.changes:
         pct = 100.0 * c.changed / c.info.size if c.info.size else 0.0
         name = c.info.name + (
-            f" [dim]({c.info.dtype} -> {c.out_dtype})[/dim]" if c.out_dtype != c.info.dtype else ""
+            f" ({c.info.dtype} -> {c.out_dtype})" if c.out_dtype != c.info.dtype else ""
         )
-        table.add_row(
-            name,
-            fmt_shape(c.info.shape),
-            _arrow(c.before.mean, c.after.mean),
-            _arrow(c.before.std, c.after.std),
-            _arrow(c.before.abs_max, c.after.abs_max),
-            f"{pct:.1f}",
-            fmt_num(c.max_change),
-            "; ".join(t for t in (_figure_text(f) for f in c.figures) if t),
+        rows.append(
+            [
+                name,
+                fmt_shape(c.info.shape),
+                _arrow(c.before.mean, c.after.mean),
+                _arrow(c.before.std, c.after.std),
+                _arrow(c.before.abs_max, c.after.abs_max),
+                f"{pct:.1f}",
+                fmt_num(c.max_change),
+                "; ".join(t for t in (_figure_text(f) for f in c.figures) if t),
+            ]
         )
-    out.print(table)
+    if rows:
+        out.print(table(headers, rows, wrap_last=True))
     where = f"wrote {result.output}" if result.output else "dry run: nothing written"
     out.print(
         f"{len(result.changes)} of {result.total_tensors} tensors changed ({result.selected} selected), "

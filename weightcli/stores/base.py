@@ -16,9 +16,9 @@ import numpy as np
 
 from weightcli.tensor import TensorInfo
 
-# Largest block handed out at once, in elements (float32: 16 MiB). Bounds memory
-# whatever the model size.
-BLOCK_ELEMS = 4 * 1024 * 1024
+# Largest block handed out at once, in elements (float32: 4 MiB). Bounds memory
+# whatever the model size; large enough that per-call overhead stays negligible.
+BLOCK_ELEMS = 256 * 1024
 
 
 @dataclass
