@@ -102,6 +102,10 @@ def rename(name: str, maps: Sequence[tuple[str, str]]) -> str:
     return name
 
 
+# Elements compared at once: float64 copies of two slices stay in cache.
+SLICE = 1 << 16
+
+
 class _Acc:
     """Streaming difference metrics for one tensor pair."""
 
@@ -123,11 +127,60 @@ class _Acc:
             self.identical &= same
             self.beyond += 0 if same else a.size
             return
+        fa, fb = a.reshape(-1), b.reshape(-1)
+        for i in range(0, max(fa.size, 1), SLICE):
+            self._slice(fa[i : i + SLICE], fb[i : i + SLICE])
+
+    def _slice(self, a: np.ndarray, b: np.ndarray) -> None:
+        if a.size == 0:
+            return
+        if a.dtype == b.dtype and a.dtype.kind == "f" and np.array_equal(a, b):
+            lo, hi = a.min(), a.max()
+            if np.isfinite(lo) and np.isfinite(hi):
+                # Identical and finite: no difference; only the norms for cosine/L2.
+                x = a.astype(np.float64)
+                sq = float(np.dot(x, x))
+                self.n += a.size
+                self.aa += sq
+                self.bb += sq
+                self.ab += sq
+                return
+        # Work in the tensors' own float dtype when they share one, as np.isclose does
+        # (atol and rtol are weak scalars); otherwise in float64.
+        same = a.dtype == b.dtype and a.dtype.kind == "f" and a.dtype.itemsize >= 4
+        work = a.dtype if same else np.dtype(np.float64)
+        x = np.asarray(a, dtype=work)
+        y = np.asarray(b, dtype=work)
+        if (
+            np.isfinite(x.min())
+            and np.isfinite(x.max())
+            and np.isfinite(y.min())
+            and np.isfinite(y.max())
+        ):
+            # All finite: numpy's rule |a - b| <= atol + rtol * |b|, exactly as np.isclose computes it.
+            d = x - y
+            ad = np.abs(d)
+            if self.identical:
+                self.identical = not ad.any() and a.dtype == b.dtype
+            limit = self.atol + self.rtol * np.abs(y) if self.rtol else work.type(self.atol)
+            self.beyond += int(np.count_nonzero(ad > limit))
+            self.max_abs = max(self.max_abs, float(ad.max()))
+            self.sum_abs += float(ad.sum(dtype=np.float64))
+            self.n += x.size
+            self.dd += float(np.dot(d, d))
+            self.aa += float(np.dot(x, x))
+            self.bb += float(np.dot(y, y))
+            self.ab += float(np.dot(x, y))
+            return
         x = np.asarray(a, dtype=np.float64)
         y = np.asarray(b, dtype=np.float64)
+        self._general(x, y, a.dtype == b.dtype)
+
+    def _general(self, x: np.ndarray, y: np.ndarray, same_dtype: bool) -> None:
+        """Slices holding NaN or Inf: np.isclose itself decides."""
         if self.identical:
             eq = (x == y) | (np.isnan(x) & np.isnan(y) & self.nan_equal)
-            self.identical = bool(eq.all()) and a.dtype == b.dtype
+            self.identical = bool(eq.all()) and same_dtype
         close = np.isclose(x, y, rtol=self.rtol, atol=self.atol, equal_nan=self.nan_equal)
         self.beyond += int(close.size - np.count_nonzero(close))
         ok = np.isfinite(x) & np.isfinite(y)

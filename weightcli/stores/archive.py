@@ -9,9 +9,11 @@ member with its patched copy.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
+import struct
 import tempfile
 import zipfile
 from pathlib import Path
@@ -25,6 +27,62 @@ from weightcli.tensor import TensorInfo
 WEIGHTS = "model.weights.h5"
 FORMAT = "keras-archive"
 LABEL = "Keras 3 archive (.keras)"
+
+
+class Window(io.RawIOBase):
+    """A read-only file over bytes [start, start + size) of another file, by pread.
+
+    h5py reads the stored (uncompressed) weights member through this: zipfile's own
+    member stream restarts from the member's beginning on every backward seek, which
+    HDF5 makes constantly.
+    """
+
+    def __init__(self, path: Path, start: int, size: int) -> None:
+        super().__init__()
+        self._fd = os.open(path, os.O_RDONLY)
+        self._start = start
+        self._size = size
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        n = max(0, min(len(view), self._size - self._pos))
+        if n == 0:
+            return 0
+        data = os.pread(self._fd, n, self._start + self._pos)
+        view[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._fd)
+        super().close()
+
+
+def member_data_offset(path: Path, info: zipfile.ZipInfo) -> int:
+    """Where a member's bytes start: after its local header, file name and extra field."""
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        header = f.read(30)
+    if len(header) < 30 or header[:4] != b"PK\x03\x04":
+        raise CorruptError(f"{path}: damaged zip local header for {info.filename}")
+    name_len, extra_len = struct.unpack("<HH", header[26:30])
+    return info.header_offset + 30 + name_len + extra_len
 
 
 def is_keras_archive(zf: zipfile.ZipFile) -> bool:
@@ -56,10 +114,12 @@ class ArchiveStore(H5Store):
             self._zip.close()
             raise CorruptError(f"{path}: unreadable config.json/metadata.json: {exc}") from exc
         self._extracted: Path | None = None
+        self._window: Window | None = None
         member = self._zip.getinfo(WEIGHTS)
         try:
             if member.compress_type == zipfile.ZIP_STORED:
-                src: Any = self._zip.open(member)
+                src: Any = Window(path, member_data_offset(path, member), member.file_size)
+                self._window = src
             else:
                 fd, name = tempfile.mkstemp(suffix=".weights.h5")
                 with os.fdopen(fd, "wb") as out, self._zip.open(member) as inp:
@@ -106,6 +166,8 @@ class ArchiveStore(H5Store):
                 self._file.close()
         finally:
             self._zip.close()
+            if self._window is not None:
+                self._window.close()
             if self._extracted is not None:
                 self._extracted.unlink(missing_ok=True)
 

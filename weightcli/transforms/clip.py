@@ -31,6 +31,15 @@ def clip(
     """Clip ``x`` to [lo, hi]; returns (result, elements clipped, elements repaired)."""
     if nonfinite not in NONFINITE:
         raise ValueError(f"nonfinite must be one of {NONFINITE}")
+    if x.dtype.kind == "f" and x.dtype.itemsize >= 4 and x.size:
+        lo_x, hi_x = x.min(), x.max()
+        if np.isfinite(lo_x) and np.isfinite(hi_x):  # no NaN/Inf: clip in the tensor's dtype
+            y = np.clip(
+                x,
+                x.dtype.type(lo) if lo is not None else None,
+                x.dtype.type(hi) if hi is not None else None,
+            )
+            return y, int(np.count_nonzero(y != x)), 0
     y = np.array(x, copy=True)
     if y.dtype.kind != "f" and y.dtype.name != "bfloat16":
         wide = y

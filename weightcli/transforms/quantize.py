@@ -52,10 +52,14 @@ def fake_quantize(
     """
     qmin, qmax = qrange(bits, scheme)
     wide = x.astype(np.float64)
-    q = np.clip(np.round(wide / scale) + zero, qmin, qmax)
-    out = (q - zero) * scale
-    out = np.where(np.isnan(wide), np.nan, out)
-    return out.astype(x.dtype)
+    q = np.round(wide / scale)
+    q += zero
+    np.clip(q, qmin, qmax, out=q)
+    q -= zero
+    q *= scale
+    if not (x.dtype.kind == "f" and np.isfinite(x.min()) and np.isfinite(x.max())):
+        q = np.where(np.isnan(wide), np.nan, q)
+    return q.astype(x.dtype)
 
 
 def channel_shape(ndim: int, axis: int) -> tuple[int, ...]:
@@ -67,6 +71,12 @@ def channel_shape(ndim: int, axis: int) -> tuple[int, ...]:
 
 def reduce_minmax(x: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel (or whole-tensor with axis None) min and max over finite values."""
+    if x.dtype.kind == "f" and x.size and np.isfinite(x.min()) and np.isfinite(x.max()):
+        # No NaN/Inf: reduce in the tensor's own dtype (exact: min and max only pick values).
+        if axis is None:
+            return np.asarray(float(x.min())), np.asarray(float(x.max()))
+        axes = tuple(i for i in range(x.ndim) if i != axis % x.ndim)
+        return x.min(axis=axes).astype(np.float64), x.max(axis=axes).astype(np.float64)
     wide = x.astype(np.float64)
     finite = np.isfinite(wide)
     lo_src = np.where(finite, wide, np.inf)
