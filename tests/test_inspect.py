@@ -146,8 +146,9 @@ def test_select_and_exclude() -> None:
 
 def test_several_paths_one_json_line_each() -> None:
     res = run("inspect", SAMPLES / "mlp.keras", SAMPLES / "cnn.keras", "--json", "--no-stats")
-    docs = res.lines()
+    *docs, summary = res.lines()
     assert [d["format"] for d in docs] == ["keras-archive", "keras-archive"]
+    assert summary == {"summary": summary["summary"]} and summary["summary"]["models"] == 2
 
 
 def test_no_tensorflow_import_for_hdf5_family() -> None:

@@ -56,8 +56,14 @@ class TransformResult:
     record: dict[str, Any] = field(default_factory=dict)
 
 
-def resolve_output(src: Path, out: Path | None, in_place: bool, force: bool) -> Path:
-    """Where to write, enforcing the refusal rules (no silent overwrite, no OUT == IN)."""
+def resolve_output(
+    src: Path, out: Path | None, in_place: bool, force: bool, mkdirs: bool = False
+) -> Path:
+    """Where to write, enforcing the refusal rules (no silent overwrite, no OUT == IN).
+
+    ``mkdirs`` creates missing parent folders (batch runs mirroring a tree below
+    --output-dir); otherwise a missing output folder is an error.
+    """
     if in_place:
         if out is not None and not _same(src, out):
             raise UsageError(
@@ -73,7 +79,9 @@ def resolve_output(src: Path, out: Path | None, in_place: bool, force: bool) -> 
     if taken and not force:
         raise OutputError(f"{out}: already exists; use --force to overwrite it")
     if not out.parent.exists():
-        raise OutputError(f"{out}: output folder {out.parent} does not exist")
+        if not mkdirs:
+            raise OutputError(f"{out}: output folder {out.parent} does not exist")
+        out.parent.mkdir(parents=True, exist_ok=True)
     if not os.access(out.parent, os.W_OK):
         raise OutputError(f"{out}: output folder {out.parent} is not writable")
     return out

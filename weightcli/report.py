@@ -97,7 +97,7 @@ def table(
     for j, (title, justify) in enumerate(headers):
         widest = widths[j]
         if not fits or (wrap_last and j == len(headers) - 1):
-            t.add_column(title, justify=justify)  # type: ignore[arg-type]
+            t.add_column(title, justify=justify, overflow="fold")  # type: ignore[arg-type]
         else:
             t.add_column(title, justify=justify, width=widest, no_wrap=True)  # type: ignore[arg-type]
     ends = section_ends or set()

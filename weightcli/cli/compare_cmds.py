@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from functools import partial
+from pathlib import Path
+
 import click
 
+from weightcli.batch import Item
+from weightcli.cli.batching import batch_options, is_batch, run_batch
 from weightcli.cli.options import debug_option, json_option, make_selection
 from weightcli.compare import diff_stores, parse_map
 from weightcli.report import diff_json, print_diff, print_json, print_verify, verify_json
 from weightcli.stores import open_store
-from weightcli.verify import VerifyOptions, verify_path
+from weightcli.tasks import verify_task
+from weightcli.verify import VerifyOptions
 
 
 @click.command()
@@ -95,7 +101,7 @@ def diff(
 
 
 @click.command()
-@click.argument("path", type=click.Path(path_type=str))
+@click.argument("paths", nargs=-1, required=True, metavar="PATH...")
 @click.option(
     "--reference",
     metavar="REF",
@@ -134,10 +140,11 @@ def diff(
 @click.option(
     "--min-cosine", type=float, help="Output comparison: also require this cosine similarity."
 )
+@batch_options
 @json_option
 @debug_option
 def verify(
-    path: str,
+    paths: tuple[str, ...],
     reference: str | None,
     architecture: str | None,
     no_load: bool,
@@ -147,6 +154,9 @@ def verify(
     atol: float,
     rtol: float,
     min_cosine: float | None,
+    recursive: bool,
+    jobs: int | None,
+    progress: bool | None,
     as_json: bool,
     debug: bool,
 ) -> None:
@@ -158,7 +168,8 @@ def verify(
     shapes and dtypes, and no tensor that looks re-initialised. Unless --no-load:
     the model loads (Keras for .h5/.keras, --architecture for weights-only files,
     tf.saved_model.load for SavedModels), runs on a deterministic input with finite
-    outputs, and with --reference its outputs match the reference's.
+    outputs, and with --reference its outputs match the reference's. Several PATHs
+    (or -r DIR) are verified in parallel workers and end with a summary.
 
     Exit 0 when no check failed, 1 when one failed, 2 when verification could not run.
 
@@ -167,17 +178,26 @@ def verify(
       weightcli verify model.keras
       weightcli verify repaired.h5 --reference original.h5 --atol 1e-3
       weightcli verify weights.h5 --architecture model.h5 --no-load --json
+      weightcli verify -r exports/ --no-load
     """
     opts = VerifyOptions(
         reference, architecture, no_load, seed, batch, input_file, atol, rtol, min_cosine
     )
-    result = verify_path(path, opts)
+    task = partial(verify_task, opts)
+    if is_batch(paths, recursive):
+        code = run_batch(
+            paths, recursive, jobs, progress, as_json, debug, task, print_verify, verify_json
+        )
+        if code:
+            raise SystemExit(code)
+        return
+    code, result = task(Item(Path(paths[0])))
     if as_json:
         print_json(verify_json(result))
     else:
         print_verify(result)
-    if result.failed:
-        raise SystemExit(1)
+    if code:
+        raise SystemExit(code)
 
 
 COMMANDS = [diff, verify]

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from functools import partial
+from pathlib import Path
+
 import click
 
+from weightcli.batch import Item
+from weightcli.cli.batching import batch_options, is_batch, run_batch
 from weightcli.cli.options import debug_option, json_option, make_selection, selection_options
-from weightcli.inspection import inspect_store
 from weightcli.report import inspect_json, print_inspect, print_json
-from weightcli.stores import open_store
+from weightcli.tasks import inspect_task
 
 
 @click.command()
@@ -25,6 +29,7 @@ from weightcli.stores import open_store
     is_flag=True,
     help="Exit 1 when any selected tensor holds NaN or Inf (for CI).",
 )
+@batch_options
 @json_option
 @debug_option
 def inspect(
@@ -38,14 +43,18 @@ def inspect(
     no_stats: bool,
     show_all: bool,
     fail_on_nonfinite: bool,
+    recursive: bool,
+    jobs: int | None,
+    progress: bool | None,
     as_json: bool,
     debug: bool,
-) -> int:
+) -> None:
     """Show what a checkpoint holds: tensors grouped by layer, with statistics.
 
     PATH is any supported checkpoint: .h5, .keras, .weights.h5, a SavedModel
-    directory, or a TF checkpoint prefix. With --json, one JSON object per model
-    on its own line (schema in the README).
+    directory, or a TF checkpoint prefix. Several PATHs, or directories with
+    --recursive, run in parallel workers and end with a summary table. With
+    --json, one JSON object per model on its own line (schema in the README).
 
     \b
     Examples:
@@ -53,22 +62,32 @@ def inspect(
       weightcli inspect model.keras --layers --no-stats
       weightcli inspect saved_model/ -s 'dense*' --json
       weightcli inspect ckpt.h5 --fail-on-nonfinite   # exit 1 on NaN/Inf
+      weightcli inspect -r checkpoints/ --fail-on-nonfinite --json
     """
     sel = make_selection(
         select, exclude, layer_types, kinds, include_optimizer or show_all, floats_only=False
     )
-    failed = False
-    for path in paths:
-        with open_store(path) as store:
-            result = inspect_store(store, sel, with_stats=not no_stats)
-        if as_json:
-            print_json(inspect_json(result))
-        else:
-            print_inspect(result, layers)
-        if fail_on_nonfinite and result.nonfinite:
-            failed = True
-            if not as_json:
-                click.echo(f"weightcli: {path}: {result.nonfinite} NaN/Inf values", err=True)
-    if failed:
-        raise SystemExit(1)
-    return 0
+    task = partial(inspect_task, sel, not no_stats, fail_on_nonfinite)
+    if is_batch(paths, recursive):
+        code = run_batch(
+            paths,
+            recursive,
+            jobs,
+            progress,
+            as_json,
+            debug,
+            task,
+            partial(print_inspect, layers=layers),
+            inspect_json,
+        )
+        if code:
+            raise SystemExit(code)
+        return
+    code, result = task(Item(Path(paths[0])))
+    if as_json:
+        print_json(inspect_json(result))
+    else:
+        print_inspect(result, layers)
+    if code:
+        click.echo(f"weightcli: {paths[0]}: {result.nonfinite} NaN/Inf values", err=True)
+        raise SystemExit(code)

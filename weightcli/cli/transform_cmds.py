@@ -4,26 +4,36 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import click
 
-from weightcli import pipeline, recipe
+from weightcli import recipe
+from weightcli.batch import Item, discover, plan_outputs
+from weightcli.cli.batching import batch_options, is_batch, run_batch
 from weightcli.cli.options import debug_option, json_option, make_selection, selection_options
 from weightcli.errors import UsageError
 from weightcli.report import print_json, print_transform, transform_json
 from weightcli.steps import ClipStep, QuantizeStep, ScaleStep, Step
-from weightcli.stores import open_store
+from weightcli.tasks import transform_task
 
 F = Callable[..., Any]
 
 
 def output_options(f: F) -> F:
     f = click.option("--dry-run", is_flag=True, help="Report everything, write nothing.")(f)
-    f = click.option("--force", is_flag=True, help="Overwrite an existing OUT.")(f)
+    f = click.option("--force", is_flag=True, help="Overwrite existing outputs.")(f)
     f = click.option(
-        "--in-place", is_flag=True, help="Overwrite the input (atomically, via a temporary file)."
+        "--in-place",
+        is_flag=True,
+        help="Overwrite the input(s) (atomically, via a temporary file).",
+    )(f)
+    f = click.option(
+        "--output-dir",
+        type=click.Path(path_type=Path),
+        help="With several inputs: write each below DIR, mirroring its place in the input tree.",
     )(f)
     f = click.option(
         "-o",
@@ -31,6 +41,7 @@ def output_options(f: F) -> F:
         type=click.Path(path_type=Path),
         help="Where to write the new checkpoint (same format as IN).",
     )(f)
+    f = batch_options(f)
     return f
 
 
@@ -41,32 +52,49 @@ def finite(value: float | None, name: str) -> float | None:
 
 
 def execute(
-    path: str,
+    paths: tuple[str, ...],
     steps: Callable[[], list[Step]],
-    output: Path | None,
-    in_place: bool,
-    force: bool,
-    dry_run: bool,
-    as_json: bool,
+    opts: dict[str, Any],
     command: str,
 ) -> None:
+    """Run the steps on one input (errors are one line, exit 2) or on many (a batch)."""
     try:
         built = steps()
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    src = Path(path)
-    with open_store(src) as store:
-        out = None if dry_run else pipeline.resolve_output(src, output, in_place, force)
-        if dry_run and output is None and not in_place:
-            pass
-        try:
-            result = pipeline.run(store, built, out, [command, path], dry_run=dry_run)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from exc
-    if as_json:
-        print_json(transform_json(result))
-    else:
-        print_transform(result)
+    output, output_dir = opts["output"], opts["output_dir"]
+    in_place, force, dry_run = opts["in_place"], opts["force"], opts["dry_run"]
+    if not is_batch(paths, opts["recursive"], output_dir):
+        task = partial(transform_task, built, None, output, in_place, force, dry_run, command)
+        _, result = task(Item(Path(paths[0])))
+        print_json(transform_json(result)) if opts["as_json"] else print_transform(result)
+        return
+    if output is not None:
+        raise UsageError("-o/--output names one output; with several inputs use --output-dir DIR")
+    if in_place and output_dir is not None:
+        raise UsageError("--in-place and --output-dir exclude each other")
+    items = discover(list(paths), opts["recursive"])
+    outputs = None
+    if not in_place and not dry_run:
+        if output_dir is None:
+            raise UsageError(
+                "with several inputs, give --output-dir DIR (or --in-place, or --dry-run)"
+            )
+        outputs = plan_outputs(items, output_dir, force)
+    task = partial(transform_task, built, outputs, None, in_place, force, dry_run, command)
+    code = run_batch(
+        items,
+        False,
+        opts["jobs"],
+        opts["progress"],
+        opts["as_json"],
+        opts["debug"],
+        task,
+        print_transform,
+        transform_json,
+    )
+    if code:
+        raise SystemExit(code)
 
 
 def parse_pairs(values: tuple[str, ...], option: str) -> dict[str, float]:
@@ -83,9 +111,20 @@ def parse_pairs(values: tuple[str, ...], option: str) -> dict[str, float]:
     return out
 
 
+def split_factor(args: tuple[str, ...]) -> tuple[tuple[str, ...], float | None]:
+    """``scale IN... [FACTOR]``: a last argument that is not an existing path is FACTOR."""
+    if len(args) >= 2:
+        last = Path(args[-1])
+        if not (last.exists() or last.with_name(last.name + ".index").exists()):
+            try:
+                return args[:-1], float(args[-1])
+            except ValueError:
+                raise UsageError(f"FACTOR must be a number, got {args[-1]!r}") from None
+    return args, None
+
+
 @click.command()
-@click.argument("path", type=click.Path(path_type=str))
-@click.argument("factor", required=False, type=float)
+@click.argument("args", nargs=-1, required=True, metavar="IN... [FACTOR]")
 @click.option(
     "--by-type",
     multiple=True,
@@ -103,8 +142,7 @@ def parse_pairs(values: tuple[str, ...], option: str) -> dict[str, float]:
 @json_option
 @debug_option
 def scale(
-    path: str,
-    factor: float | None,
+    args: tuple[str, ...],
     by_type: tuple[str, ...],
     by_layer: tuple[str, ...],
     select: tuple[str, ...],
@@ -112,25 +150,23 @@ def scale(
     layer_types: tuple[str, ...],
     kinds: tuple[str, ...],
     include_optimizer: bool,
-    output: Path | None,
-    in_place: bool,
-    force: bool,
-    dry_run: bool,
-    as_json: bool,
-    debug: bool,
+    **opts: Any,
 ) -> None:
     """Multiply selected tensors by FACTOR (0 zeroes them).
 
     Default selection: every floating-point model weight. --by-type and --by-layer
     give other factors to some layers (the last matching rule wins); without
-    FACTOR only the layers they name are scaled.
+    FACTOR only the layers they name are scaled. With several inputs (or -r DIR),
+    write them below --output-dir.
 
     \b
     Examples:
       weightcli scale model.h5 0.5 -o half.h5
       weightcli scale model.keras 2 -s logits -o sharper.keras
       weightcli scale model.h5 --by-type Conv2D=0.9 --by-type Dense=1.1 -o out.h5
+      weightcli scale -r models/ 0.5 --output-dir halved/
     """
+    paths, factor = split_factor(args)
     sel = make_selection(select, exclude, layer_types, kinds, include_optimizer)
 
     def steps() -> list[Step]:
@@ -143,11 +179,11 @@ def scale(
             )
         ]
 
-    execute(path, steps, output, in_place, force, dry_run, as_json, "scale")
+    execute(paths, steps, opts, "scale")
 
 
 @click.command()
-@click.argument("path", type=click.Path(path_type=str))
+@click.argument("paths", nargs=-1, required=True, metavar="IN...")
 @click.option("--min", "lo", type=float, help="Lower bound.")
 @click.option("--max", "hi", type=float, help="Upper bound.")
 @click.option("--abs-max", type=float, metavar="A", help="Symmetric bounds [-A, A].")
@@ -170,7 +206,7 @@ def scale(
 @json_option
 @debug_option
 def clip(
-    path: str,
+    paths: tuple[str, ...],
     lo: float | None,
     hi: float | None,
     abs_max: float | None,
@@ -182,12 +218,7 @@ def clip(
     layer_types: tuple[str, ...],
     kinds: tuple[str, ...],
     include_optimizer: bool,
-    output: Path | None,
-    in_place: bool,
-    force: bool,
-    dry_run: bool,
-    as_json: bool,
-    debug: bool,
+    **opts: Any,
 ) -> None:
     """Clip selected tensors to bounds, and/or repair NaN and Inf.
 
@@ -198,6 +229,7 @@ def clip(
       weightcli clip model.h5 --nonfinite zero -o repaired.h5
       weightcli clip model.keras --abs-max 1.0 -o clipped.keras
       weightcli clip model.h5 --percentile 99.9 --kind kernel -o tamed.h5
+      weightcli clip -r checkpoints/ --nonfinite zero --output-dir repaired/
     """
     sel = make_selection(select, exclude, layer_types, kinds, include_optimizer)
 
@@ -214,11 +246,11 @@ def clip(
             )
         ]
 
-    execute(path, steps, output, in_place, force, dry_run, as_json, "clip")
+    execute(paths, steps, opts, "clip")
 
 
 @click.command()
-@click.argument("path", type=click.Path(path_type=str))
+@click.argument("paths", nargs=-1, required=True, metavar="IN...")
 @click.option("--bits", type=int, default=8, show_default=True, help="Integer width, 2..16.")
 @click.option(
     "--scheme",
@@ -245,7 +277,7 @@ def clip(
 @json_option
 @debug_option
 def quantize(
-    path: str,
+    paths: tuple[str, ...],
     bits: int,
     scheme: str,
     granularity: str,
@@ -256,12 +288,7 @@ def quantize(
     layer_types: tuple[str, ...],
     kinds: tuple[str, ...],
     include_optimizer: bool,
-    output: Path | None,
-    in_place: bool,
-    force: bool,
-    dry_run: bool,
-    as_json: bool,
-    debug: bool,
+    **opts: Any,
 ) -> None:
     """Fake-quantize selected tensors (quantize, then dequantize to their own dtype).
 
@@ -276,6 +303,7 @@ def quantize(
       weightcli quantize model.h5 -o q8.h5
       weightcli quantize model.keras --bits 4 --scheme asymmetric -o q4.keras
       weightcli quantize model.keras --dtype float16 -o half.keras
+      weightcli quantize -r models/ --output-dir quantized/ -j 2
     """
     sel = make_selection(select, exclude, layer_types, kinds, include_optimizer)
 
@@ -286,25 +314,16 @@ def quantize(
             )
         ]
 
-    execute(path, steps, output, in_place, force, dry_run, as_json, "quantize")
+    execute(paths, steps, opts, "quantize")
 
 
 @click.command(name="apply")
 @click.argument("recipe_path", metavar="RECIPE.toml", type=click.Path(path_type=Path))
-@click.argument("path", type=click.Path(path_type=str))
+@click.argument("paths", nargs=-1, required=True, metavar="IN...")
 @output_options
 @json_option
 @debug_option
-def apply_cmd(
-    recipe_path: Path,
-    path: str,
-    output: Path | None,
-    in_place: bool,
-    force: bool,
-    dry_run: bool,
-    as_json: bool,
-    debug: bool,
-) -> None:
+def apply_cmd(recipe_path: Path, paths: tuple[str, ...], **opts: Any) -> None:
     """Apply a recipe's steps (scale, clip, quantize) in one pass and one write.
 
     The recipe format is in the README and examples/repair_and_quantize.toml.
@@ -313,10 +332,9 @@ def apply_cmd(
     Examples:
       weightcli apply examples/repair_and_quantize.toml model.h5 -o fixed.h5
       weightcli apply recipe.toml saved_model/ -o patched_model/ --dry-run
+      weightcli apply recipe.toml -r models/ --output-dir fixed/
     """
-    execute(
-        path, lambda: recipe.load(recipe_path), output, in_place, force, dry_run, as_json, "apply"
-    )
+    execute(paths, lambda: recipe.load(recipe_path), opts, "apply")
 
 
 COMMANDS = [scale, clip, quantize, apply_cmd]

@@ -1,0 +1,189 @@
+"""Many models in one run: discovery by content, mirrored outputs, parallel workers.
+
+Discovery (``--recursive``): a directory holding ``saved_model.pb`` is one model
+(nothing below it is searched); a ``.index`` whose bytes end with the table magic
+names one TF checkpoint prefix (one model, whatever its number of shards); any other
+file is a model when its content says HDF5 or Keras archive. Everything else (data
+shards, ``checkpoint`` state files, other files, hidden names) is skipped. A file
+that looks like a model but is broken is kept, so that its failure is reported.
+
+Each model runs in a worker process (``jobs`` of them); outcomes come back in input
+order, and one model failing never stops the others.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from weightcli.errors import OutputError, UsageError, WeightcliError
+from weightcli.stores import HDF5_SIGNATURE, TABLE_MAGIC, ZIP_SIGNATURE
+
+
+@dataclass(frozen=True)
+class Item:
+    """One model to process; ``root`` is the directory it was found under (for mirroring)."""
+
+    path: Path
+    root: Path | None = None
+
+    @property
+    def relative(self) -> Path:
+        return self.path.relative_to(self.root) if self.root is not None else Path(self.path.name)
+
+
+@dataclass
+class Outcome:
+    path: str
+    code: int
+    elapsed: float
+    result: Any = None
+    error: str | None = None
+    size: int = 0
+
+
+def model_size(path: Path) -> int:
+    from weightcli.digest import checkpoint_files
+
+    try:
+        return sum(f.stat().st_size for f in checkpoint_files(path))
+    except OSError:
+        return 0
+
+
+def _sniff(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if head == HDF5_SIGNATURE:
+                return True
+            if head.startswith(ZIP_SIGNATURE):
+                try:
+                    with zipfile.ZipFile(path) as zf:
+                        names = set(zf.namelist())
+                    return "config.json" in names and "model.weights.h5" in names
+                except (zipfile.BadZipFile, OSError):
+                    return path.suffix == ".keras"  # a damaged archive: report it
+            if path.suffix == ".index":
+                f.seek(-8, os.SEEK_END)
+                return f.read(8) == TABLE_MAGIC
+    except OSError:
+        return False
+    return False
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    for folder, dirs, files in os.walk(root):
+        here = Path(folder)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        if "saved_model.pb" in files:
+            dirs[:] = []
+            yield here
+            continue
+        for name in sorted(files):
+            if name.startswith(".") or ".data-" in name or name == "checkpoint":
+                continue
+            p = here / name
+            if _sniff(p):
+                yield p.with_name(name[: -len(".index")]) if name.endswith(".index") else p
+
+
+def discover(paths: Sequence[str], recursive: bool) -> list[Item]:
+    """The models named by ``paths`` (directories searched when ``recursive``)."""
+    items: list[Item] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir() and recursive and not (p / "saved_model.pb").is_file():
+            found = sorted((Item(m, p) for m in _walk(p)), key=lambda it: it.relative.parts)
+            if not found:
+                raise UsageError(f"{p}: no checkpoint found below this directory")
+            items += found
+        else:
+            items.append(Item(p))
+    seen: set[Path] = set()
+    unique = []
+    for it in items:
+        key = it.path.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(it)
+    return unique
+
+
+def plan_outputs(items: Sequence[Item], output_dir: Path, force: bool) -> dict[Path, Path]:
+    """Input path -> output path below ``output_dir``, mirroring each input's place in its tree."""
+    if not output_dir.is_dir():
+        raise OutputError(f"{output_dir}: --output-dir must be an existing directory")
+    out: dict[Path, Path] = {}
+    taken: dict[Path, Path] = {}
+    for it in items:
+        target = output_dir / it.relative
+        if target in taken:
+            raise UsageError(f"{it.path} and {taken[target]} would both be written to {target}")
+        taken[target] = it.path
+        out[it.path] = target
+    return out
+
+
+def _call(task: Callable[[Item], tuple[int, Any]], item: Item, debug: bool) -> Outcome:
+    started = time.perf_counter()
+    size = model_size(item.path)
+    try:
+        code, result = task(item)
+        return Outcome(str(item.path), code, time.perf_counter() - started, result, size=size)
+    except WeightcliError as exc:
+        return Outcome(
+            str(item.path), exc.exit_code, time.perf_counter() - started, error=str(exc), size=size
+        )
+    except Exception as exc:  # a bug in weightcli: keep going, report it in full
+        detail = traceback.format_exc() if debug else f"{type(exc).__name__}: {exc}"
+        return Outcome(
+            str(item.path),
+            2,
+            time.perf_counter() - started,
+            error=f"internal error: {detail}",
+            size=size,
+        )
+
+
+@dataclass
+class Runner:
+    """Runs a task over items, ``jobs`` processes at a time, yielding outcomes in input order."""
+
+    task: Callable[[Item], tuple[int, Any]]
+    jobs: int = 1
+    debug: bool = False
+    on_done: Callable[[Outcome], None] | None = field(default=None)
+
+    def run(self, items: Sequence[Item]) -> Iterator[Outcome]:
+        if self.jobs <= 1 or len(items) <= 1:
+            for it in items:
+                outcome = _call(self.task, it, self.debug)
+                if self.on_done:
+                    self.on_done(outcome)
+                yield outcome
+            return
+        with ProcessPoolExecutor(max_workers=min(self.jobs, len(items))) as pool:
+            futures: list[Future[Outcome]] = [
+                pool.submit(_call, self.task, it, self.debug) for it in items
+            ]
+            if self.on_done:
+                for fut in futures:
+                    fut.add_done_callback(
+                        lambda f: self.on_done(f.result()) if self.on_done else None
+                    )
+            for fut in futures:
+                yield fut.result()
+
+
+def default_jobs() -> int:
+    return max(
+        1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )
