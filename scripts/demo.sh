@@ -34,6 +34,9 @@ $W apply examples/repair_and_quantize.toml sample_models/mlp_nan.h5 -o "$OUT/mlp
 step inspect "$OUT/mlp_fixed.h5" --fail-on-nonfinite --layers
 $W inspect "$OUT/mlp_fixed.h5" --fail-on-nonfinite --layers
 
+step scale sample_models/mlp.keras --by-activation --calibration sample_models/mlp_calibration.npy -o "$OUT/mlp_calibrated.keras"
+$W scale sample_models/mlp.keras --by-activation --calibration sample_models/mlp_calibration.npy -o "$OUT/mlp_calibrated.keras"
+
 step diff "$OUT/cnn_q8.keras" sample_models/cnn.keras --atol 0.01
 $W diff "$OUT/cnn_q8.keras" sample_models/cnn.keras --atol 0.01
 

@@ -550,3 +550,53 @@ def verify_json(result: Any) -> dict[str, Any]:
             ],
         }
     )
+
+
+# -- scale --by-activation ------------------------------------------------------------------
+
+
+def print_activation(plan: Any) -> None:
+    rows = []
+    for lp in plan.layers:
+        rows.append(
+            [
+                lp.layer,
+                lp.layer_class,
+                lp.activation or "linear",
+                fmt_num(lp.stat_before),
+                fmt_num(lp.factor) if lp.scaled else "-",
+                fmt_num(lp.stat_after),
+                lp.note,
+            ]
+        )
+    headers = [
+        ("Layer", "left"),
+        ("Class", "left"),
+        ("Activation", "left"),
+        (f"{plan.stat} before", "right"),
+        ("Factor", "right"),
+        (f"{plan.stat} after", "right"),
+        ("Note", "left"),
+    ]
+    out = console()
+    out.print(table(headers, rows, wrap_last=True))
+    scaled = sum(lp.scaled for lp in plan.layers)
+    out.print(
+        f"target {plan.stat} {fmt_num(plan.target)}: {scaled} of {len(plan.layers)} layers scaled"
+    )
+
+
+def activation_json(plan: Any) -> list[dict[str, Any]]:
+    return [
+        {
+            "layer": lp.layer,
+            "layer_class": lp.layer_class,
+            "activation": lp.activation,
+            "stat_before": lp.stat_before,
+            "factor": lp.factor if lp.scaled else None,
+            "stat_after": lp.stat_after,
+            "scaled": lp.scaled,
+            "note": lp.note or None,
+        }
+        for lp in plan.layers
+    ]

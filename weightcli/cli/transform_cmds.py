@@ -126,6 +126,42 @@ def split_factor(args: tuple[str, ...]) -> tuple[tuple[str, ...], float | None]:
 @click.command()
 @click.argument("args", nargs=-1, required=True, metavar="IN... [FACTOR]")
 @click.option(
+    "--by-activation",
+    is_flag=True,
+    help="Factors from calibration activations: each layer's output lands on --target.",
+)
+@click.option(
+    "--calibration",
+    type=click.Path(path_type=Path),
+    help="With --by-activation: inputs as .npy, or .npz with one array per model input.",
+)
+@click.option(
+    "--target",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="With --by-activation: the statistic each layer should reach.",
+)
+@click.option(
+    "--stat",
+    type=click.Choice(["mean-abs", "rms", "p99"]),
+    default="mean-abs",
+    show_default=True,
+    help="With --by-activation: the statistic of a layer's output.",
+)
+@click.option(
+    "--batch-size",
+    type=int,
+    default=32,
+    show_default=True,
+    help="With --by-activation: calibration batch size.",
+)
+@click.option(
+    "--architecture",
+    type=click.Path(path_type=Path),
+    help="With --by-activation on a weights-only file: a full model file.",
+)
+@click.option(
     "--by-type",
     multiple=True,
     metavar="CLASS=F",
@@ -143,6 +179,12 @@ def split_factor(args: tuple[str, ...]) -> tuple[tuple[str, ...], float | None]:
 @debug_option
 def scale(
     args: tuple[str, ...],
+    by_activation: bool,
+    calibration: Path | None,
+    target: float,
+    stat: str,
+    batch_size: int,
+    architecture: Path | None,
     by_type: tuple[str, ...],
     by_layer: tuple[str, ...],
     select: tuple[str, ...],
@@ -165,9 +207,23 @@ def scale(
       weightcli scale model.keras 2 -s logits -o sharper.keras
       weightcli scale model.h5 --by-type Conv2D=0.9 --by-type Dense=1.1 -o out.h5
       weightcli scale -r models/ 0.5 --output-dir halved/
+      weightcli scale model.keras --by-activation --calibration x.npy -o calibrated.keras
     """
     paths, factor = split_factor(args)
     sel = make_selection(select, exclude, layer_types, kinds, include_optimizer)
+    if by_activation:
+        if factor is not None or by_type or by_layer:
+            raise UsageError(
+                "--by-activation computes the factors: give no FACTOR, --by-type or --by-layer"
+            )
+        if calibration is None:
+            raise UsageError("--by-activation needs --calibration DATA (.npy or .npz)")
+        if is_batch(paths, opts["recursive"], opts["output_dir"]):
+            raise UsageError("--by-activation works on one model at a time")
+        by_activation_run(
+            Path(paths[0]), sel, calibration, target, stat, batch_size, architecture, opts
+        )
+        return
 
     def steps() -> list[Step]:
         return [
@@ -335,6 +391,47 @@ def apply_cmd(recipe_path: Path, paths: tuple[str, ...], **opts: Any) -> None:
       weightcli apply recipe.toml -r models/ --output-dir fixed/
     """
     execute(paths, lambda: recipe.load(recipe_path), opts, "apply")
+
+
+def by_activation_run(
+    path: Path,
+    sel: Any,
+    calibration: Path,
+    target: float,
+    stat: str,
+    batch_size: int,
+    architecture: Path | None,
+    opts: dict[str, Any],
+) -> None:
+    from weightcli import activation, pipeline
+    from weightcli.report import activation_json, print_activation
+    from weightcli.stores import open_store
+
+    with open_store(path) as store:
+        out = (
+            None
+            if opts["dry_run"]
+            else pipeline.resolve_output(path, opts["output"], opts["in_place"], opts["force"])
+        )
+        model = activation.load_keras(path, store, architecture)
+        plan, inputs = activation.plan(model, store, sel, calibration, target, stat, batch_size)
+        if not plan.factors:
+            print_activation(plan)
+            raise UsageError("no selected layer could be scaled (see the notes above)")
+        step = activation.ActivationStep(plan, calibration.name)
+        result = pipeline.run(
+            store, [step], out, ["scale", str(path), "--by-activation"], dry_run=opts["dry_run"]
+        )
+    if out is not None:
+        with open_store(out) as written:
+            activation.measure_after(out, written, architecture, plan, inputs, batch_size)
+    else:
+        activation.measure_live(model, plan, inputs, batch_size)
+    if opts["as_json"]:
+        print_json({**transform_json(result), "activation": activation_json(plan)})
+    else:
+        print_transform(result)
+        print_activation(plan)
 
 
 COMMANDS = [scale, clip, quantize, apply_cmd]

@@ -1,0 +1,281 @@
+"""``scale --by-activation``: per-layer factors from the activations a model produces on
+calibration data, so each selected layer's typical output lands on a target.
+
+The model runs in Keras (imported here, lazily); the factors are then written by the
+ordinary surgery pipeline (a scale step per layer), so only the changed kernels and
+biases are rewritten and the history is recorded. Each layer is measured with the
+earlier layers already scaled, so every layer lands on the target, not only the first.
+
+Statistics of a layer's output ``y`` over all calibration samples: ``mean-abs`` =
+mean |y|, ``rms`` = sqrt(mean y^2), ``p99`` = 99th percentile of |y|.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from weightcli.errors import InputError, UnsupportedError, UsageError
+from weightcli.select import Selection
+from weightcli.steps import ScaleStep
+from weightcli.stores import Store
+
+STATS = ("mean-abs", "rms", "p99")
+# Activations f with f(c x) = c f(x) for c > 0: scaling the kernel and bias by c scales
+# the layer's output by c exactly.
+HOMOGENEOUS = {None, "linear", "relu", "leaky_relu"}
+
+
+@dataclass
+class LayerPlan:
+    layer: str
+    layer_class: str
+    activation: str | None
+    stat_before: float | None = None
+    factor: float = 1.0
+    stat_after: float | None = None
+    note: str = ""
+    scaled: bool = False
+
+
+@dataclass
+class ActivationPlan:
+    target: float
+    stat: str
+    layers: list[LayerPlan] = field(default_factory=list)
+
+    @property
+    def factors(self) -> dict[str, float]:
+        return {p.layer: p.factor for p in self.layers if p.scaled}
+
+
+def load_calibration(
+    path: Path, input_names: list[str], input_shapes: list[tuple[Any, ...]]
+) -> list[np.ndarray]:
+    """The calibration arrays, one per model input, checked against the input signature."""
+    if not path.is_file():
+        raise InputError(f"{path}: calibration data not found")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: calibration file is empty")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read calibration data as .npy/.npz: {exc}") from exc
+    if isinstance(data, np.ndarray):
+        if len(input_names) != 1:
+            raise UsageError(
+                f"{path}: the model has {len(input_names)} inputs: give a .npz with one array per input name"
+            )
+        arrays = [data]
+    else:
+        files = list(data.files)
+        if len(files) == 1 and len(input_names) == 1:
+            arrays = [data[files[0]]]
+        else:
+            missing = [n for n in input_names if n not in files]
+            if missing:
+                raise UsageError(
+                    f"{path}: no array for model input(s) {', '.join(missing)} (it has {', '.join(files)})"
+                )
+            arrays = [data[n] for n in input_names]
+    n = None
+    for name, arr, shape in zip(input_names, arrays, input_shapes, strict=True):
+        if arr.dtype.kind not in "fiub":
+            raise UsageError(
+                f"{path}: calibration data for {name} has dtype {arr.dtype}, not numbers"
+            )
+        if arr.size == 0 or arr.ndim == 0:
+            raise UsageError(f"{path}: calibration data for {name} is empty")
+        want = tuple(shape[1:])
+        got = tuple(arr.shape[1:])
+        if len(got) != len(want) or any(
+            w is not None and w != g for w, g in zip(want, got, strict=True)
+        ):
+            raise UsageError(
+                f"{path}: calibration data for {name} has samples of shape {got}; the model expects {want}"
+            )
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise UsageError(f"{path}: calibration data for {name} holds NaN or Inf")
+        if n is not None and arr.shape[0] != n:
+            raise UsageError(f"{path}: inputs have different numbers of samples")
+        n = arr.shape[0]
+    return arrays
+
+
+def _statistic(kind: str, outputs: list[np.ndarray]) -> float:
+    y = np.concatenate([np.abs(o.astype(np.float64)).ravel() for o in outputs])
+    if kind == "mean-abs":
+        return float(y.mean())
+    if kind == "rms":
+        return float(math.sqrt(float(np.mean(y * y))))
+    return float(np.percentile(y, 99))
+
+
+def _activation(layer: Any) -> str | None:
+    act = layer.get_config().get("activation")
+    if act is None or isinstance(act, str):
+        return act
+    if isinstance(act, dict):
+        return str(act.get("config", {}).get("name") or act.get("class_name"))
+    return str(getattr(act, "__name__", act))
+
+
+def _measure(model: Any, layer: Any, inputs: list[np.ndarray], batch_size: int, stat: str) -> float:
+    import keras
+
+    probe = keras.Model(model.inputs, layer.output)
+    outs = []
+    n = inputs[0].shape[0]
+    for start in range(0, n, batch_size):
+        batch = [a[start : start + batch_size] for a in inputs]
+        out = probe(batch, training=False)  # a functional model: inputs as a list
+        outs.append(np.asarray(out))
+    return _statistic(stat, outs)
+
+
+def load_keras(path: Path, store: Store, architecture: Path | None) -> Any:
+    """The Keras model to calibrate (full-model files, or weights into --architecture)."""
+    from weightcli.framework import FULL_MODEL, WEIGHTS_ONLY, _quiet_tf
+
+    fmt = store.meta.format
+    if fmt in ("savedmodel", "tf-checkpoint"):
+        raise UnsupportedError(
+            f"{path}: a {store.meta.format_label} exposes no Keras layers, so intermediate activations cannot be "
+            "measured; use the model's .keras or .h5 file"
+        )
+    _quiet_tf()
+    import keras
+
+    try:
+        if fmt in FULL_MODEL:
+            return keras.models.load_model(path, compile=False)
+        if fmt in WEIGHTS_ONLY:
+            if architecture is None:
+                raise UsageError(
+                    f"{path}: a weights-only file: give --architecture MODEL (a full model file)"
+                )
+            model = keras.models.load_model(architecture, compile=False)
+            model.load_weights(path)
+            return model
+    except (UsageError, UnsupportedError):
+        raise
+    except Exception as exc:
+        raise InputError(
+            f"{path}: Keras could not load the model: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+        ) from exc
+    raise UnsupportedError(f"{path}: {store.meta.format_label} has no model to run")
+
+
+def plan(
+    model: Any,
+    store: Store,
+    sel: Selection,
+    calibration: Path,
+    target: float,
+    stat: str,
+    batch_size: int,
+) -> tuple[ActivationPlan, list[np.ndarray]]:
+    """Measure and scale each selected layer in forward order, in the live model."""
+    if not (math.isfinite(target) and target > 0):
+        raise UsageError(f"--target must be a finite number > 0, got {target}")
+    if stat not in STATS:
+        raise UsageError(f"--stat must be one of {', '.join(STATS)}")
+    if batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    names = [t.name.split(":")[0] for t in model.inputs]
+    shapes = [tuple(t.shape) for t in model.inputs]
+    inputs = load_calibration(calibration, names, shapes)
+    tensors = {t.name: t for t in store.tensors()}
+    result = ActivationPlan(target, stat)
+    for layer in _forward_layers(model):
+        kernel = tensors.get(f"{layer.name}/kernel")
+        if kernel is None or not sel.matches(kernel):
+            continue
+        act = _activation(layer)
+        lp = LayerPlan(layer.name, type(layer).__name__, act)
+        result.layers.append(lp)
+        named = any(
+            layer.name == g.split("/")[0] or g.rstrip("/*") == layer.name for g in sel.select
+        )
+        if act not in HOMOGENEOUS and not named:
+            lp.note = f"activation {act} is not positively homogeneous: not scaled (select it explicitly to scale)"
+            lp.stat_before = _measure(model, layer, inputs, batch_size, stat)
+            continue
+        lp.stat_before = _measure(model, layer, inputs, batch_size, stat)
+        if lp.stat_before == 0:
+            lp.note = "dead layer (statistic 0): not scaled"
+            continue
+        lp.factor = target / lp.stat_before
+        lp.scaled = True
+        if act not in HOMOGENEOUS:
+            lp.note = (
+                f"activation {act} is not positively homogeneous: the target is approached, not met"
+            )
+        for w in layer.weights:
+            if w.path.endswith("/kernel") or w.path.endswith("/bias"):
+                w.assign(np.asarray(w) * np.asarray(lp.factor, dtype=np.asarray(w).dtype))
+    if not result.layers:
+        raise UsageError("the selection matches no layer with a kernel")
+    return result, inputs
+
+
+def _forward_layers(model: Any) -> list[Any]:
+    """Layers in forward (topological) order, nested models flattened."""
+    out = []
+    for layer in model.layers:
+        inner = getattr(layer, "layers", None)
+        if inner:
+            out += _forward_layers(layer)
+        else:
+            out.append(layer)
+    return out
+
+
+def measure_after(
+    path: Path,
+    store: Store,
+    architecture: Path | None,
+    result: ActivationPlan,
+    inputs: list[np.ndarray],
+    batch_size: int,
+) -> None:
+    """Statistic of every planned layer, measured again on the written model."""
+    model = load_keras(path, store, architecture)
+    by_name = {layer.name: layer for layer in _forward_layers(model)}
+    for lp in result.layers:
+        lp.stat_after = _measure(model, by_name[lp.layer], inputs, batch_size, result.stat)
+
+
+def measure_live(
+    model: Any, result: ActivationPlan, inputs: list[np.ndarray], batch_size: int
+) -> None:
+    """For --dry-run: the statistics after scaling, on the scaled model in memory."""
+    by_name = {layer.name: layer for layer in _forward_layers(model)}
+    for lp in result.layers:
+        lp.stat_after = _measure(model, by_name[lp.layer], inputs, batch_size, result.stat)
+
+
+class ActivationStep(ScaleStep):
+    """The scale step that writes an activation plan: exact per-layer factors on kernel and bias."""
+
+    def __init__(self, result: ActivationPlan, calibration: str) -> None:
+        factors = result.factors
+        super().__init__(
+            Selection(select=tuple(factors), kinds=("kernel", "bias")), by_layer=factors
+        )
+        self.result = result
+        self.calibration = calibration
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "by_activation": {
+                "target": self.result.target,
+                "stat": self.result.stat,
+                "calibration": self.calibration,
+            },
+            "factors": self.result.factors,
+        }
