@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import h5py
 import numpy as np
+from conftest import extract_weights
 
 
 def objects(path: Path | str) -> dict[str, tuple[str, dict[str, bytes], bytes | None]]:
@@ -38,12 +38,7 @@ def _raw(value: object) -> bytes:
 
 
 def weights_file(path: Path, tmp: Path) -> Path:
-    if zipfile.is_zipfile(path):
-        out = tmp / (path.name + ".w.h5")
-        with zipfile.ZipFile(path) as zf:
-            out.write_bytes(zf.read("model.weights.h5"))
-        return out
-    return path
+    return extract_weights(path, tmp)
 
 
 def differing(a: Path, b: Path, tmp: Path) -> set[str]:

@@ -42,6 +42,33 @@ def is_batch(paths: tuple[str, ...], recursive: bool, output_dir: Path | None = 
     return len(paths) > 1 or recursive or output_dir is not None
 
 
+def run_command(
+    paths: tuple[str, ...],
+    recursive: bool,
+    jobs: int | None,
+    progress: bool | None,
+    as_json: bool,
+    debug: bool,
+    task: Callable[[Item], tuple[int, Any]],
+    render: Callable[[Any], None],
+    to_json: Callable[[Any], dict[str, Any]],
+    explain: Callable[[Any], str] | None = None,
+) -> None:
+    """One model (errors are one line, exit 2) or a batch; exits with the worst outcome."""
+    if is_batch(paths, recursive):
+        code = run_batch(paths, recursive, jobs, progress, as_json, debug, task, render, to_json)
+    else:
+        code, result = task(Item(Path(paths[0])))
+        if as_json:
+            print_json(to_json(result))
+        else:
+            render(result)
+        if code and explain is not None:
+            click.echo(f"weightcli: {paths[0]}: {explain(result)}", err=True)
+    if code:
+        raise SystemExit(code)
+
+
 def run_batch(
     paths: tuple[str, ...] | list[Item],
     recursive: bool,

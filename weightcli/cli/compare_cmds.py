@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
 
 import click
 
-from weightcli.batch import Item
-from weightcli.cli.batching import batch_options, is_batch, run_batch
+from weightcli.cli.batching import batch_options, run_command
 from weightcli.cli.options import debug_option, json_option, make_selection
 from weightcli.compare import diff_stores, parse_map
 from weightcli.report import diff_json, print_diff, print_json, print_verify, verify_json
@@ -184,20 +182,7 @@ def verify(
         reference, architecture, no_load, seed, batch, input_file, atol, rtol, min_cosine
     )
     task = partial(verify_task, opts)
-    if is_batch(paths, recursive):
-        code = run_batch(
-            paths, recursive, jobs, progress, as_json, debug, task, print_verify, verify_json
-        )
-        if code:
-            raise SystemExit(code)
-        return
-    code, result = task(Item(Path(paths[0])))
-    if as_json:
-        print_json(verify_json(result))
-    else:
-        print_verify(result)
-    if code:
-        raise SystemExit(code)
+    run_command(paths, recursive, jobs, progress, as_json, debug, task, print_verify, verify_json)
 
 
 COMMANDS = [diff, verify]

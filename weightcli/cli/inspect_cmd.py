@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
 
 import click
 
-from weightcli.batch import Item
-from weightcli.cli.batching import batch_options, is_batch, run_batch
+from weightcli.cli.batching import batch_options, run_command
 from weightcli.cli.options import debug_option, json_option, make_selection, selection_options
-from weightcli.report import inspect_json, print_inspect, print_json
+from weightcli.report import inspect_json, print_inspect
 from weightcli.tasks import inspect_task
 
 
@@ -68,26 +66,8 @@ def inspect(
         select, exclude, layer_types, kinds, include_optimizer or show_all, floats_only=False
     )
     task = partial(inspect_task, sel, not no_stats, fail_on_nonfinite)
-    if is_batch(paths, recursive):
-        code = run_batch(
-            paths,
-            recursive,
-            jobs,
-            progress,
-            as_json,
-            debug,
-            task,
-            partial(print_inspect, layers=layers),
-            inspect_json,
-        )
-        if code:
-            raise SystemExit(code)
-        return
-    code, result = task(Item(Path(paths[0])))
-    if as_json:
-        print_json(inspect_json(result))
-    else:
-        print_inspect(result, layers)
-    if code:
-        click.echo(f"weightcli: {paths[0]}: {result.nonfinite} NaN/Inf values", err=True)
-        raise SystemExit(code)
+    render = partial(print_inspect, layers=layers)
+    explain = lambda r: f"{r.nonfinite} NaN/Inf values"  # noqa: E731
+    run_command(
+        paths, recursive, jobs, progress, as_json, debug, task, render, inspect_json, explain
+    )
