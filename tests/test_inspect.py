@@ -135,6 +135,8 @@ def test_fail_on_nonfinite() -> None:
     (t,) = doc["tensors"]
     assert t["stats"]["nan"] == 1 and t["stats"]["inf"] == 2
     assert run("inspect", SAMPLES / "mlp_keras3.h5", "--fail-on-nonfinite").code == 0
+    res = run("inspect", SAMPLES / "mlp_nan.h5", "--fail-on-nonfinite", "--no-stats")
+    assert res.code == 2 and "--no-stats" in res.err
 
 
 def test_select_and_exclude() -> None:
