@@ -8,6 +8,7 @@ import click
 
 from weightcli.cli.batching import batch_options, run_command
 from weightcli.cli.options import debug_option, json_option, make_selection, selection_options
+from weightcli.errors import UsageError
 from weightcli.report import inspect_json, print_inspect
 from weightcli.tasks import inspect_task
 
@@ -62,6 +63,8 @@ def inspect(
       weightcli inspect ckpt.h5 --fail-on-nonfinite   # exit 1 on NaN/Inf
       weightcli inspect -r checkpoints/ --fail-on-nonfinite --json
     """
+    if fail_on_nonfinite and no_stats:
+        raise UsageError("--fail-on-nonfinite needs the statistics: drop --no-stats")
     sel = make_selection(
         select, exclude, layer_types, kinds, include_optimizer or show_all, floats_only=False
     )
