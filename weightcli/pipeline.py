@@ -220,7 +220,6 @@ def run(
     try:
         for info, ops in work:
             blocks = _Blocks(store, info)
-            store.check(info)
             for k, op in enumerate(ops):
                 pass_no = 0
                 while op.passes > pass_no:

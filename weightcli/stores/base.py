@@ -137,7 +137,11 @@ class Store(abc.ABC):
         return None
 
     def check(self, info: TensorInfo) -> None:  # noqa: B027 - optional hook
-        """Verify a tensor's integrity (checksums) where the format has any; raise CorruptError."""
+        """Verify every stored copy of a tensor (checksums) where the format has any.
+
+        ``blocks`` already verifies the copy it streams, so callers that read a
+        tensor's data need this only for the other copies (``verify``).
+        """
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release file handles."""

@@ -23,6 +23,7 @@ import os
 import shutil
 import tempfile
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -33,7 +34,7 @@ import numpy as np
 from weightcli.dtypes import to_numpy
 from weightcli.errors import CorruptError, InputError, OutputError, UnsupportedError
 from weightcli.stores import naming, tfproto, tftable
-from weightcli.stores.base import Patcher, Store, StoreMeta
+from weightcli.stores.base import BLOCK_ELEMS, Patcher, Store, StoreMeta, row_blocks
 from weightcli.tensor import TensorInfo
 
 DTYPES = {
@@ -471,6 +472,29 @@ class TFStore(Store):
         row_bytes = (e.proto.size // rows) if rows else 0
         data = self.bundle.read_bytes(e, start * row_bytes, (stop - start) * row_bytes)
         return np.frombuffer(data, dtype=dt).reshape((stop - start, *info.shape[1:]))
+
+    def blocks(
+        self, info: TensorInfo, max_elems: int = BLOCK_ELEMS
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Blocks of the tensor's primary copy, its crc32c verified on the way (one read)."""
+        e = self._entries[info.path]
+        if info.dtype == "string":
+            self.bundle.check(e)
+            yield 0, self.read(info)
+            return
+        dt = to_numpy(info.dtype)
+        rows = info.shape[0] if info.shape else 1
+        row_bytes = e.proto.size // rows if rows else 0
+        crc = 0
+        for start, stop in row_blocks(info.shape, max_elems):
+            raw = self.bundle.read_bytes(e, start * row_bytes, (stop - start) * row_bytes)
+            crc = google_crc32c.extend(crc, raw)
+            block = np.frombuffer(raw, dtype=dt)
+            yield start, block.reshape((stop - start, *info.shape[1:]) if info.shape else ())
+        if tftable.mask(crc) != e.proto.crc32c:
+            raise CorruptError(
+                f"{self.prefix}: checksum mismatch in tensor {e.key} (damaged data shard)"
+            )
 
     def read_copy(self, info: TensorInfo, key: str) -> np.ndarray:
         """One stored copy of a variable (``key`` is ``info.path`` or one of ``info.copies``)."""
