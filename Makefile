@@ -33,6 +33,7 @@ samples: install
 	$(BIN)/python scripts/make_samples.py sample_models
 
 bench: install
+	@command -v h5diff >/dev/null || echo "note: h5ls/h5diff not found (apt-get install hdf5-tools); those baselines are skipped"
 	$(BIN)/python benchmarks/make_data.py
 	cd benchmarks && ../$(BIN)/python run.py
 
