@@ -18,7 +18,6 @@ import time
 import traceback
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -170,10 +169,10 @@ class Runner:
                     self.on_done(outcome)
                 yield outcome
             return
+        from concurrent.futures import ProcessPoolExecutor  # only batch runs pay for it
+
         with ProcessPoolExecutor(max_workers=min(self.jobs, len(items))) as pool:
-            futures: list[Future[Outcome]] = [
-                pool.submit(_call, self.task, it, self.debug) for it in items
-            ]
+            futures = [pool.submit(_call, self.task, it, self.debug) for it in items]
             if self.on_done:
                 for fut in futures:
                     fut.add_done_callback(

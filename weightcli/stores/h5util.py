@@ -48,9 +48,10 @@ def file_size(f: h5py.File) -> int:
 
 def check_dataset(ds: h5py.Dataset, size_limit: int) -> None:
     """Refuse external, virtual and shape-bomb datasets."""
-    if ds.is_virtual:
+    dcpl = ds.id.get_create_plist()
+    if dcpl.get_layout() == h5py.h5d.VIRTUAL:
         raise UnsupportedError(f"{ds.name}: virtual datasets are not supported in a weights file")
-    if ds.id.get_create_plist().get_external_count() > 0:
+    if dcpl.get_external_count() > 0:
         raise UnsupportedError(f"{ds.name}: external datasets (data outside the file) are refused")
     declared = (
         int(np.prod(ds.shape, dtype=np.int64)) * ds.dtype.itemsize

@@ -147,7 +147,18 @@ class H5Store(Store):
         return ds.dtype.kind in "fiub" or ds.attrs.get("dtype") in ("bfloat16", b"bfloat16")
 
     def _under(self, group: h5py.Group) -> list[tuple[str, h5py.Dataset]]:
-        prefix = group.name.rstrip("/") + "/"
+        """Datasets below ``group`` (indexed once by their first path parts)."""
+        if not hasattr(self, "_by_top"):
+            self._by_top: dict[str, list[tuple[str, h5py.Dataset]]] = {}
+            for p, ds in self._index.items():
+                parts = p.split("/")
+                for depth in (2, 3):
+                    if len(parts) > depth:
+                        self._by_top.setdefault("/".join(parts[:depth]), []).append((p, ds))
+        name = group.name.rstrip("/")
+        if name.count("/") <= 2:
+            return self._by_top.get(name, [])
+        prefix = name + "/"
         return [(p, ds) for p, ds in self._index.items() if p.startswith(prefix)]
 
     def _list_generic(self) -> list[TensorInfo]:
