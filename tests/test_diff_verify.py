@@ -315,3 +315,17 @@ def test_verify_no_load_never_imports_tensorflow() -> None:
         "assert 'tensorflow' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_keras1_file_fails_to_load_with_a_clear_reason() -> None:
+    from conftest import REAL
+
+    if not REAL.is_dir():
+        pytest.skip("needs ../shared/real_models")
+    res = run(
+        "verify", REAL / "dl4j_keras1_lstm_full_model" / "simple_lstm_tf_keras_1_model.h5", "--json"
+    )
+    assert res.code == 1
+    c = check(res.json(), "loads")
+    assert c["status"] == "FAIL" and "Keras 1.2.2" in c["detail"]
+    assert check(res.json(), "readable")["status"] == "PASS"

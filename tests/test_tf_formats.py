@@ -324,3 +324,11 @@ def test_directory_with_several_checkpoints_and_no_state(tmp_path: Path) -> None
         for f in (SAMPLES / "mlp_ckpt").iterdir():
             shutil.copyfile(f, tmp_path / f.name.replace("ckpt", name))
     assert_clean_error(run("inspect", tmp_path), "name one prefix")
+
+
+def test_bytes_written_counts_every_copy(tmp_path: Path) -> None:
+    doc = run(
+        "scale", SAMPLES / "mlp_export", "2", "-s", "logits", "-o", tmp_path / "o", "--json"
+    ).json()
+    # logits/kernel (16x3) and logits/bias (3), float32, each stored twice.
+    assert doc["bytes_written"] == 2 * 4 * (16 * 3 + 3)

@@ -183,7 +183,10 @@ def load(path: Path, store: Store, architecture: Path | None) -> tuple[Runnable 
         raise
     except Exception as exc:  # the framework's own verdict on the file
         msg = str(exc).strip().splitlines()
-        return None, Check("loads", FAIL, f"{type(exc).__name__}: {msg[0] if msg else ''}"[:300])
+        detail = f"{type(exc).__name__}: {msg[0] if msg else ''}"[:300]
+        if (store.meta.writer or "").startswith("Keras 1."):
+            detail = f"written by {store.meta.writer}, which neither Keras 3 nor tf-keras loads ({detail})"
+        return None, Check("loads", FAIL, detail)
 
 
 def _load_weights_into(architecture: Path, writer: str | None, weights: Path) -> Runnable:

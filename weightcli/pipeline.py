@@ -279,9 +279,12 @@ def run(
         if patcher is not None:
             patcher.abort()
         raise
-    written = (
-        sum(c.info.size * np.dtype(_np(c.out_dtype)).itemsize for c in changes) if patcher else 0
-    )
+    # Every stored copy of a changed variable is rewritten (Keras 3 exports keep two).
+    each = [
+        c.info.size * np.dtype(_np(c.out_dtype)).itemsize * (1 + len(c.info.copies))
+        for c in changes
+    ]
+    written = sum(each) if patcher else 0
     return TransformResult(
         source=store.path,
         output=None if dry_run else out,
