@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 from conftest import SAMPLES, run
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from test_bad_input import assert_clean_error
 
@@ -122,6 +122,8 @@ def _h5(path: Path, arrays: dict[str, np.ndarray]) -> Path:
 
 
 @settings(max_examples=25, deadline=None)
+# Found by hypothesis: a slice holding NaN must be judged in float32 too, like numpy.
+@example([1e-05, 0.0, 0.0], [-0.009999999999999998] + [0.0] * 19, 0.01, 0.0, True)
 @given(
     st.lists(st.floats(-1000, 1000), min_size=1, max_size=20),
     st.lists(st.floats(-0.01, 0.01), min_size=20, max_size=20),

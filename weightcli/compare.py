@@ -172,17 +172,18 @@ class _Acc:
             self.bb += float(np.dot(y, y))
             self.ab += float(np.dot(x, y))
             return
-        x = np.asarray(a, dtype=np.float64)
-        y = np.asarray(b, dtype=np.float64)
         self._general(x, y, a.dtype == b.dtype)
 
-    def _general(self, x: np.ndarray, y: np.ndarray, same_dtype: bool) -> None:
-        """Slices holding NaN or Inf: np.isclose itself decides."""
+    def _general(self, xw: np.ndarray, yw: np.ndarray, same_dtype: bool) -> None:
+        """Slices holding NaN or Inf: np.isclose itself decides, in the same working dtype
+        as the fast path (numpy computes in float32 for float32 tensors)."""
         if self.identical:
-            eq = (x == y) | (np.isnan(x) & np.isnan(y) & self.nan_equal)
+            eq = (xw == yw) | (np.isnan(xw) & np.isnan(yw) & self.nan_equal)
             self.identical = bool(eq.all()) and same_dtype
-        close = np.isclose(x, y, rtol=self.rtol, atol=self.atol, equal_nan=self.nan_equal)
+        close = np.isclose(xw, yw, rtol=self.rtol, atol=self.atol, equal_nan=self.nan_equal)
         self.beyond += int(close.size - np.count_nonzero(close))
+        x = xw.astype(np.float64)
+        y = yw.astype(np.float64)
         ok = np.isfinite(x) & np.isfinite(y)
         if not ok.all():
             x, y = x[ok], y[ok]

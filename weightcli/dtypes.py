@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
-import ml_dtypes
+from functools import cache
+
 import numpy as np
 
-BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 FLOAT_NAMES = {"float16", "bfloat16", "float32", "float64"}
+
+
+@cache
+def bfloat16() -> np.dtype:
+    """numpy's view of bfloat16 (ml_dtypes, imported on first use)."""
+    import ml_dtypes
+
+    return np.dtype(ml_dtypes.bfloat16)
 
 
 def to_numpy(name: str) -> np.dtype:
     """The numpy dtype for a weightcli dtype name."""
     if name == "bfloat16":
-        return BFLOAT16
+        return bfloat16()
     return np.dtype(name)
 
 
 def name_of(dtype: np.dtype) -> str:
     """The weightcli name of a numpy dtype (``bfloat16`` included)."""
-    if dtype == BFLOAT16:
+    if dtype.name == "bfloat16":
         return "bfloat16"
     if dtype.kind in "SUO":
         return "string"
@@ -36,4 +44,6 @@ def itemsize(name: str) -> int:
 
 
 def finfo_max(name: str) -> float:
+    import ml_dtypes
+
     return float(ml_dtypes.finfo(to_numpy(name)).max)

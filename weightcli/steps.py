@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from weightcli.dtypes import BFLOAT16, to_numpy
+from weightcli.dtypes import to_numpy
 from weightcli.select import Selection
 from weightcli.stats import RunningStats
 from weightcli.tensor import TensorInfo
@@ -380,9 +380,7 @@ class _CastOp(_QuantOp):
         return self.step.dtype
 
     def apply(self, start: int, block: np.ndarray, count: bool = True) -> np.ndarray:
-        target = (
-            BFLOAT16 if self.step.dtype == "bfloat16" else to_numpy(self.step.dtype or "float16")
-        )
+        target = to_numpy(self.step.dtype or "float16")
         y = block.astype(target)
         if count:
             self._measure(block, y)

@@ -14,7 +14,7 @@ from typing import Any, BinaryIO
 import h5py
 import numpy as np
 
-from weightcli.dtypes import BFLOAT16, name_of
+from weightcli.dtypes import bfloat16, name_of
 from weightcli.errors import CorruptError, UnsupportedError
 
 # A dataset may declare at most this many bytes beyond what the file could hold.
@@ -179,6 +179,6 @@ def read_dataset(ds: h5py.Dataset, dtype: str, start: int | None, stop: int | No
         arr = ds[()]
     else:
         arr = ds[start:stop]
-    if dtype == "bfloat16" and arr.dtype != BFLOAT16:
-        arr = arr.view(BFLOAT16) if arr.dtype.itemsize == 2 else arr.astype(BFLOAT16)
+    if dtype == "bfloat16" and arr.dtype.name != "bfloat16":
+        arr = arr.view(bfloat16()) if arr.dtype.itemsize == 2 else arr.astype(bfloat16())
     return np.asarray(arr)

@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 import h5py
 import numpy as np
 
-from weightcli.dtypes import BFLOAT16, to_numpy
+from weightcli.dtypes import to_numpy
 from weightcli.errors import CorruptError, OutputError
 from weightcli.stores import h5util, naming
 from weightcli.stores.base import Patcher, Store, StoreMeta
@@ -455,7 +455,7 @@ class H5Patcher(Patcher):
         ds = self.store._datasets[info.path] if self.fd is not None else None
         if self.fd is not None and ds is not None:
             data = np.ascontiguousarray(
-                block, dtype=ds.dtype if block.dtype != BFLOAT16 else block.dtype
+                block, dtype=ds.dtype if block.dtype.name != "bfloat16" else block.dtype
             )
             row = ds.dtype.itemsize * (
                 int(np.prod(ds.shape[1:], dtype=np.int64)) if ds.ndim > 1 else 1
@@ -465,7 +465,7 @@ class H5Patcher(Patcher):
             return
         assert self.f is not None
         target = self.f[info.path]
-        if block.dtype == BFLOAT16 and target.dtype.kind != "V":
+        if block.dtype.name == "bfloat16" and target.dtype.kind != "V":
             block = block.astype(target.dtype)
         if target.shape == ():
             target[()] = block
