@@ -16,7 +16,7 @@ import numpy as np
 
 from weightcli.tensor import TensorInfo
 
-# Largest block handed out at once, in elements (float32: 4 MiB). Bounds memory
+# Largest block handed out at once, in elements (float32: 1 MiB). Bounds memory
 # whatever the model size; large enough that per-call overhead stays negligible.
 BLOCK_ELEMS = 256 * 1024
 
