@@ -24,9 +24,9 @@ from weightcli.transforms import clip as clipmod
 from weightcli.transforms import quantize as qmod
 from weightcli.transforms import scale as scalemod
 
-# Tensors up to this many elements get an exact percentile in memory; larger ones
-# are located by histogram passes (bounded memory).
-EXACT_PERCENTILE_ELEMS = 1 << 24
+# Tensors up to this many elements (16 MiB of float32) get an exact percentile in
+# memory; larger ones are located by histogram passes (bounded memory).
+EXACT_PERCENTILE_ELEMS = 1 << 22
 HIST_BINS = 1 << 16
 
 

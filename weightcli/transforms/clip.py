@@ -77,6 +77,10 @@ def sigma_bounds(mean: float, std: float, k: float) -> tuple[float, float]:
 
 
 def abs_percentile(x: np.ndarray, p: float) -> float:
-    """The ``p``-th percentile of |x| over the finite elements (0 when there are none)."""
-    a = np.abs(x[np.isfinite(x)].astype(np.float64))
-    return float(np.percentile(a, p)) if a.size else 0.0
+    """The ``p``-th percentile of |x| over the finite elements (0 when there are none).
+
+    Computed in the tensor's own dtype (|x| is exact there), partitioning in place, so
+    memory stays at one copy of the tensor.
+    """
+    a = np.abs(x[np.isfinite(x)])
+    return float(np.percentile(a, p, overwrite_input=True)) if a.size else 0.0
