@@ -146,10 +146,6 @@ class ArchiveStore(H5Store):
             extra={"saved": metadata.get("date_saved")} if metadata.get("date_saved") else {},
         )
 
-    def _meta(self) -> StoreMeta:
-        meta = super()._meta()
-        return meta
-
     def copy_source_to(self, dest: Path) -> None:
         with self._zip.open(WEIGHTS) as inp, open(dest, "wb") as out:
             shutil.copyfileobj(inp, out, 1 << 20)
