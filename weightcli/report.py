@@ -10,9 +10,12 @@ from collections import defaultdict
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from weightcli import grid
+from weightcli.grid import Grid
 from weightcli.inspection import InspectResult, TensorReport
 from weightcli.stores.base import StoreMeta
 
@@ -52,7 +55,7 @@ def fmt_shape(shape: tuple[int, ...]) -> str:
 
 
 def header_lines(path: Any, meta: StoreMeta) -> list[str]:
-    lines = [f"[bold]{path}[/bold]  {meta.format_label}"]
+    lines = [f"[bold]{escape(str(path))}[/bold]  {escape(meta.format_label)}"]
     bits = []
     if meta.writer:
         bits.append(f"written by {meta.writer}")
@@ -63,12 +66,15 @@ def header_lines(path: Any, meta: StoreMeta) -> list[str]:
     for key, value in meta.extra.items():
         bits.append(f"{key} {value}")
     if bits:
-        lines.append("  " + ", ".join(bits))
+        lines.append("  " + escape(", ".join(bits)))
     for record in meta.history:
         changed = record.get("changed", [])
         lines.append(
-            f"  history: {record.get('time', '?')} weightcli {record.get('version', '?')} "
-            f"{record.get('command', '?')} ({len(changed)} tensors changed) from {record.get('source', '?')}"
+            escape(
+                f"  history: {record.get('time', '?')} weightcli {record.get('version', '?')} "
+                f"{record.get('command', '?')} ({len(changed)} tensors changed) "
+                f"from {record.get('source', '?')}"
+            )
         )
     return lines
 
@@ -81,32 +87,12 @@ def table(
     headers: list[tuple[str, str]],
     rows: list[list[Any]],
     section_ends: set[int] | None = None,
-    wrap_last: bool = False,
-) -> Table:
-    """A rich table whose column widths are computed here from the cells: rich then skips
-    measuring every cell, which dominates rendering time on models with hundreds of
-    tensors. ``headers`` are (title, justify); ``wrap_last`` lets the last column wrap."""
-    t = Table(header_style="bold")
-    widths = []
-    for j, (title, _) in enumerate(headers):
-        cells = [r[j] for r in rows if j < len(r)]
-        widths.append(
-            max([len(title), *(len(c.plain if isinstance(c, Text) else str(c)) for c in cells)])
-        )
-    fits = sum(widths) + 3 * len(widths) + 1 <= console().width
-    for j, (title, justify) in enumerate(headers):
-        widest = widths[j]
-        if not fits or (wrap_last and j == len(headers) - 1):
-            t.add_column(title, justify=justify, overflow="fold")  # type: ignore[arg-type]
-        else:
-            t.add_column(title, justify=justify, width=widest, no_wrap=True)  # type: ignore[arg-type]
-    ends = section_ends or set()
-    for i, r in enumerate(rows):
-        t.add_row(*r, end_section=i in ends)
-    return t
+) -> Grid | Table:
+    """A table of ``rows`` under ``headers`` ((title, justify) pairs), sized for stdout."""
+    return grid.table(headers, rows, console().width, section_ends)
 
 
-def inspect_table(result: InspectResult, layers: bool) -> Table:
+def inspect_table(result: InspectResult, layers: bool) -> Grid | Table:
     if layers:
         return _layer_table(result)
     with_stats = any(t.stats for t in result.tensors)
@@ -164,7 +150,7 @@ def inspect_table(result: InspectResult, layers: bool) -> Table:
     return table(headers, rows, ends)
 
 
-def _layer_table(result: InspectResult) -> Table:
+def _layer_table(result: InspectResult) -> Grid | Table:
     groups: dict[str, list[TensorReport]] = defaultdict(list)
     for rep in result.tensors:
         key = (
@@ -363,11 +349,12 @@ def print_transform(result: Any) -> None:
             ]
         )
     if rows:
-        out.print(table(headers, rows, wrap_last=True))
+        out.print(table(headers, rows))
     where = f"wrote {result.output}" if result.output else "dry run: nothing written"
     out.print(
         f"{len(result.changes)} of {result.total_tensors} tensors changed ({result.selected} selected), "
-        f"{fmt_bytes(result.bytes_written)} written, {result.elapsed:.2f} s; {where}"
+        f"{fmt_bytes(result.bytes_written)} written, {result.elapsed:.2f} s; {where}",
+        markup=False,
     )
 
 
@@ -430,8 +417,7 @@ def print_diff(result: Any, all_rows: bool) -> None:
     rows = sorted(result.rows, key=lambda r: (ORDER.index(r.status), r.name))
     shown = [r for r in rows if all_rows or r.status != IDENTICAL]
     if shown:
-        table = Table(header_style="bold")
-        for col, justify in (
+        headers = [
             ("Tensor", "left"),
             ("Status", "left"),
             ("A", "left"),
@@ -441,22 +427,24 @@ def print_diff(result: Any, all_rows: bool) -> None:
             ("Rel L2", "right"),
             ("Cosine", "right"),
             ("Beyond tol %", "right"),
-        ):
-            table.add_column(col, justify=justify)  # type: ignore[arg-type]
+        ]
+        rows = []
         for r in shown:
             style = "green" if r.status in ("identical", "within tolerance") else "bold red"
-            table.add_row(
-                r.name,
-                Text(r.status, style=style),
-                _shape_dtype(r.a),
-                _shape_dtype(r.b),
-                fmt_num(r.max_abs),
-                fmt_num(r.mean_abs),
-                fmt_num(r.rel_l2),
-                fmt_num(r.cosine, 7),
-                fmt_num(r.beyond_pct) if r.beyond_pct is not None else "-",
+            rows.append(
+                [
+                    r.name,
+                    Text(r.status, style=style),
+                    _shape_dtype(r.a),
+                    _shape_dtype(r.b),
+                    fmt_num(r.max_abs),
+                    fmt_num(r.mean_abs),
+                    fmt_num(r.rel_l2),
+                    fmt_num(r.cosine, 7),
+                    fmt_num(r.beyond_pct) if r.beyond_pct is not None else "-",
+                ]
             )
-        out.print(table)
+        out.print(table(headers, rows))
     out.print(diff_verdict(result))
 
 
@@ -520,14 +508,12 @@ STATUS_STYLE = {"PASS": "green", "WARN": "yellow", "FAIL": "bold red", "SKIP": "
 
 def print_verify(result: Any) -> None:
     out = console()
-    out.print(f"[bold]{result.path}[/bold]")
-    table = Table(header_style="bold")
-    table.add_column("Check")
-    table.add_column("Result")
-    table.add_column("Detail")
-    for c in result.checks:
-        table.add_row(c.name, Text(c.status, style=STATUS_STYLE.get(c.status, "")), c.detail)
-    out.print(table)
+    out.print(f"[bold]{escape(str(result.path))}[/bold]")
+    rows = [
+        [c.name, Text(c.status, style=STATUS_STYLE.get(c.status, "")), c.detail]
+        for c in result.checks
+    ]
+    out.print(table([("Check", "left"), ("Result", "left"), ("Detail", "left")], rows))
     n_fail = sum(c.status == "FAIL" for c in result.checks)
     n_warn = sum(c.status == "WARN" for c in result.checks)
     verdict = "FAILED" if n_fail else "OK"
@@ -579,7 +565,7 @@ def print_activation(plan: Any) -> None:
         ("Note", "left"),
     ]
     out = console()
-    out.print(table(headers, rows, wrap_last=True))
+    out.print(table(headers, rows))
     scaled = sum(lp.scaled for lp in plan.layers)
     out.print(
         f"target {plan.stat} {fmt_num(plan.target)}: {scaled} of {len(plan.layers)} layers scaled"

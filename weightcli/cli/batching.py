@@ -144,7 +144,6 @@ def print_summary(outcomes: list[Outcome]) -> None:
         table(
             [("Model", "left"), ("Outcome", "left"), ("Time", "right"), ("Error", "left")],
             rows,
-            wrap_last=True,
         )
     )
     counts = ", ".join(f"{sum(o.code == c for o in outcomes)} {OUTCOME[c]}" for c in (0, 1, 2))
