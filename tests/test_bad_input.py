@@ -52,6 +52,18 @@ def test_truncated_h5(tmp_path: Path, keep: float) -> None:
     assert_clean_error(res)
 
 
+def test_data_cut_off_is_a_clean_error(tmp_path: Path) -> None:
+    p = tmp_path / "cut.h5"
+    with h5py.File(p, "w") as f:
+        f["small"] = np.ones(4, "f4")
+        f["big"] = np.ones((512, 512), "f4")
+        offset = f["big"].id.get_offset()
+    data = p.read_bytes()
+    assert offset + 512 * 512 * 4 <= len(data)
+    p.write_bytes(data[: offset + 1000])
+    assert_clean_error(run("inspect", p), "truncated")
+
+
 def test_h5_without_tensors_is_an_empty_table(tmp_path: Path) -> None:
     p = tmp_path / "empty.h5"
     with h5py.File(p, "w") as f:

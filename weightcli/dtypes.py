@@ -24,6 +24,7 @@ def to_numpy(name: str) -> np.dtype:
     return np.dtype(name)
 
 
+@cache
 def name_of(dtype: np.dtype) -> str:
     """The weightcli name of a numpy dtype (``bfloat16`` included)."""
     if dtype.name == "bfloat16":

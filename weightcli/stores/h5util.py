@@ -7,8 +7,9 @@ dataset whose declared size dwarfs the file, so each of those is refused.
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import h5py
@@ -46,45 +47,64 @@ def file_size(f: h5py.File) -> int:
         return 0
 
 
-def check_dataset(ds: h5py.Dataset, size_limit: int) -> None:
-    """Refuse external, virtual and shape-bomb datasets."""
-    dcpl = ds.id.get_create_plist()
-    if dcpl.get_layout() == h5py.h5d.VIRTUAL:
-        raise UnsupportedError(f"{ds.name}: virtual datasets are not supported in a weights file")
+@dataclass(eq=False)
+class Dset:
+    """One dataset as the stores need it, read once when the file is indexed.
+
+    Built from HDF5's low-level handles (h5py ``Dataset`` objects cost far more on
+    files with hundreds of tensors); ``dataset`` makes one when it is needed.
+    """
+
+    name: str
+    id: Any  # h5py.h5d.DatasetID
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    marker: str | None  # Keras 3's ``dtype`` attribute ("bfloat16" for bfloat16 data)
+    offset: int | None  # contiguous, unfiltered, allocated data: where its bytes start
+    _dataset: h5py.Dataset | None = None
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def dtype_name(self) -> str:
+        """The dtype, honouring Keras 3's ``dtype="bfloat16"`` marker."""
+        return "bfloat16" if self.marker == "bfloat16" else name_of(self.dtype)
+
+    @property
+    def dataset(self) -> h5py.Dataset:
+        if self._dataset is None:
+            self._dataset = h5py.Dataset(self.id)
+        return self._dataset
+
+
+def describe(dsid: Any, name: str, size_limit: int) -> Dset:
+    """A :class:`Dset` for an open dataset, refusing external, virtual and shape-bomb ones."""
+    dcpl = dsid.get_create_plist()
+    layout = dcpl.get_layout()
+    if layout == h5py.h5d.VIRTUAL:
+        raise UnsupportedError(f"{name}: virtual datasets are not supported in a weights file")
     if dcpl.get_external_count() > 0:
-        raise UnsupportedError(f"{ds.name}: external datasets (data outside the file) are refused")
-    declared = (
-        int(np.prod(ds.shape, dtype=np.int64)) * ds.dtype.itemsize
-        if ds.shape
-        else ds.dtype.itemsize
-    )
+        raise UnsupportedError(f"{name}: external datasets (data outside the file) are refused")
+    shape = tuple(int(d) for d in dsid.shape)
+    dtype = dsid.dtype
+    declared = math.prod(shape) * dtype.itemsize
     if declared > SHAPE_BOMB_MIN and declared > size_limit * SHAPE_BOMB_FACTOR:
         raise UnsupportedError(
-            f"{ds.name}: declares {declared} bytes in a file of {size_limit} bytes (shape bomb refused)"
+            f"{name}: declares {declared} bytes in a file of {size_limit} bytes (shape bomb refused)"
         )
+    marker = None
+    if h5py.h5a.exists(dsid, b"dtype"):
+        raw = h5py.AttributeManager(h5py.Dataset(dsid)).get("dtype")
+        marker = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    offset = None
+    if layout == h5py.h5d.CONTIGUOUS and dcpl.get_nfilters() == 0:
+        offset = dsid.get_offset()
+    return Dset(name, dsid, shape, dtype, marker, None if offset is None else int(offset))
 
 
-def walk(group: h5py.Group, size_limit: int) -> Iterator[tuple[str, h5py.Group | h5py.Dataset]]:
-    """Every object below ``group`` (depth first, names sorted), refusing links out of the tree."""
-    for name in group:
-        link = group.get(name, getlink=True)
-        full = f"{group.name.rstrip('/')}/{name}"
-        if isinstance(link, h5py.ExternalLink):
-            raise UnsupportedError(
-                f"{full}: external links are refused (they point outside the file)"
-            )
-        if isinstance(link, h5py.SoftLink):
-            raise UnsupportedError(f"{full}: soft links are refused in a weights file")
-        obj = group[name]
-        if isinstance(obj, h5py.Dataset):
-            check_dataset(obj, size_limit)
-            yield full, obj
-        elif isinstance(obj, h5py.Group):
-            yield full, obj
-            yield from walk(obj, size_limit)
-
-
-def index(f: h5py.File, size_limit: int) -> dict[str, h5py.Dataset]:
+def index(f: h5py.File, size_limit: int) -> dict[str, Dset]:
     """Every dataset of the file by absolute path, in one C-level pass (H5Lvisit, H5Ovisit).
 
     Soft and external links are refused; hard links only lead to the objects listed.
@@ -115,61 +135,38 @@ def index(f: h5py.File, size_limit: int) -> dict[str, h5py.Dataset]:
             names.append(name.decode("utf-8", "replace"))
 
     h5py.h5o.visit(f.id, on_object, info=True)
-    out: dict[str, h5py.Dataset] = {}
+    out: dict[str, Dset] = {}
     for name in names:
-        ds = f["/" + name]
-        check_dataset(ds, size_limit)
-        out["/" + name] = ds
+        path = "/" + name
+        out[path] = describe(h5py.h5d.open(f.id, path.encode()), path, size_limit)
     return out
-
-
-def datasets(group: h5py.Group, size_limit: int) -> Iterator[tuple[str, h5py.Dataset]]:
-    for path, obj in walk(group, size_limit):
-        if isinstance(obj, h5py.Dataset):
-            yield path, obj
-
-
-def get_dataset(f: h5py.File, path: str, size_limit: int) -> h5py.Dataset | None:
-    """The dataset at ``path``, following only hard links; None when absent."""
-    node: Any = f
-    parts = [p for p in path.split("/") if p]
-    for i, part in enumerate(parts):
-        if not isinstance(node, h5py.Group) or part not in node:
-            return None
-        link = node.get(part, getlink=True)
-        if isinstance(link, h5py.ExternalLink | h5py.SoftLink):
-            raise UnsupportedError(
-                f"/{'/'.join(parts[: i + 1])}: links are refused in a weights file"
-            )
-        node = node[part]
-    if not isinstance(node, h5py.Dataset):
-        return None
-    check_dataset(node, size_limit)
-    return node
 
 
 def read_attr(obj: h5py.HLObject, name: str) -> Any:
     """An attribute, reassembling the ``name0``, ``name1``, ... chunks Keras splits large ones into."""
-    if name in obj.attrs:
-        return obj.attrs[name]
-    if f"{name}0" not in obj.attrs:
-        return None
+    value = _attr(obj, name)
+    if value is not None or not h5py.h5a.exists(obj.id, f"{name}0".encode()):
+        return value
     parts: list[Any] = []
     i = 0
-    while f"{name}{i}" in obj.attrs:
-        parts.extend(list(obj.attrs[f"{name}{i}"]))
+    while (part := _attr(obj, f"{name}{i}")) is not None:
+        parts.extend(list(part))
         i += 1
     return parts
 
 
-def dtype_name(ds: h5py.Dataset) -> str:
-    """The dtype of a dataset, honouring Keras 3's ``dtype="bfloat16"`` marker."""
-    marker = ds.attrs.get("dtype")
-    if isinstance(marker, bytes):
-        marker = marker.decode()
-    if marker == "bfloat16":
-        return "bfloat16"
-    return name_of(ds.dtype)
+def _attr(obj: h5py.HLObject, name: str) -> Any:
+    """One attribute as h5py's ``attrs[name]`` gives it, None when absent. Fixed-size
+    strings and numbers are read through the low-level API (far cheaper per call)."""
+    key = name.encode()
+    if not h5py.h5a.exists(obj.id, key):
+        return None
+    aid = h5py.h5a.open(obj.id, key)
+    if aid.dtype.kind not in "Sfiub" or aid.get_space().get_simple_extent_type() == h5py.h5s.NULL:
+        return obj.attrs[name]
+    arr = np.empty(aid.shape, dtype=aid.dtype)
+    aid.read(arr)
+    return arr[()] if arr.ndim == 0 else arr
 
 
 def read_dataset(ds: h5py.Dataset, dtype: str, start: int | None, stop: int | None) -> np.ndarray:
@@ -182,3 +179,32 @@ def read_dataset(ds: h5py.Dataset, dtype: str, start: int | None, stop: int | No
     if dtype == "bfloat16" and arr.dtype.name != "bfloat16":
         arr = arr.view(bfloat16()) if arr.dtype.itemsize == 2 else arr.astype(bfloat16())
     return np.asarray(arr)
+
+
+def read_direct(
+    fd: int, base: int, size: int, ds: Dset, start: int | None, stop: int | None
+) -> np.ndarray | None:
+    """Rows [start, stop) of a contiguous dataset, read straight from the file with ``pread``
+    (the HDF5 file is bytes [base, base + size) of ``fd``). None when HDF5 must do the
+    reading: chunked or filtered data, no data written yet, or a type needing conversion."""
+    bf16 = ds.marker == "bfloat16" and ds.dtype.itemsize == 2
+    if ds.offset is None or not (bf16 or (ds.dtype.kind in "fiub" and ds.dtype.isnative)):
+        return None
+    rows = ds.shape[0] if ds.shape else 1
+    lo = 0 if start is None or not ds.shape else max(0, min(start, rows))
+    hi = rows if stop is None or not ds.shape else max(lo, min(stop, rows))
+    row_bytes = math.prod(ds.shape[1:]) * ds.dtype.itemsize if ds.shape else ds.dtype.itemsize
+    arr = np.empty(
+        (hi - lo, *ds.shape[1:]) if ds.shape else (), dtype=np.uint16 if bf16 else ds.dtype
+    )
+    view = arr.reshape(-1).view(np.uint8).data
+    at = ds.offset + lo * row_bytes
+    if at + len(view) > size:
+        raise OSError(f"file ends at byte {size}: data missing")
+    done = 0
+    while done < len(view):
+        n = os.preadv(fd, [view[done:]], base + at + done)
+        if n == 0:
+            raise OSError(f"file ends at byte {at + done}: data missing")
+        done += n
+    return arr.view(bfloat16()) if bf16 else arr

@@ -8,6 +8,7 @@ never from its name.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -67,15 +68,17 @@ class H5Store(Store):
         self.path = path
         self.label = label or str(path)
         self._file = h5util.open_h5(src if src is not None else path, self.label)
+        # Contiguous data is read straight from the file (pread), bypassing HDF5.
+        self._raw = self._raw_source(src if src is not None else path)
         self._size = h5util.file_size(self._file) or (path.stat().st_size if path.is_file() else 0)
         self._archive_config = config
         self.kind = classify(self._file)
-        self._datasets: dict[str, h5py.Dataset] = {}
+        self._datasets: dict[str, h5util.Dset] = {}
         try:
             self._index = h5util.index(self._file, self._size)
             self._tensors = self._list()
         except (OSError, KeyError, ValueError) as exc:
-            self._file.close()
+            self.close()
             raise CorruptError(
                 f"{self.label}: damaged HDF5 structure: {h5util.first_line(exc)}"
             ) from exc
@@ -84,9 +87,12 @@ class H5Store(Store):
     # -- listing ---------------------------------------------------------------------------
 
     def _config(self) -> Any:
+        """The model config (parsed once; callers must not modify it)."""
         if self._archive_config is not None:
             return self._archive_config
-        return naming.parse_json(h5util.read_attr(self._file, "model_config"))
+        if not hasattr(self, "_parsed_config"):
+            self._parsed_config = naming.parse_json(h5util.read_attr(self._file, "model_config"))
+        return self._parsed_config
 
     def _meta(self) -> StoreMeta:
         f = self._file
@@ -118,7 +124,7 @@ class H5Store(Store):
         self,
         name: str,
         path: str,
-        ds: h5py.Dataset,
+        ds: h5util.Dset,
         layer: str | None,
         optimizer: bool,
         classes: dict[str, str],
@@ -128,8 +134,8 @@ class H5Store(Store):
         return TensorInfo(
             name=name,
             path=path,
-            dtype=h5util.dtype_name(ds),
-            shape=tuple(int(d) for d in ds.shape),
+            dtype=ds.dtype_name,
+            shape=ds.shape,
             kind=kind or ("optimizer" if optimizer else naming.kind_of(name)),
             layer=layer,
             layer_class=classes.get(layer) if layer else None,
@@ -143,13 +149,13 @@ class H5Store(Store):
             return self._list_keras3()
         return self._list_generic()
 
-    def _numeric(self, ds: h5py.Dataset) -> bool:
-        return ds.dtype.kind in "fiub" or ds.attrs.get("dtype") in ("bfloat16", b"bfloat16")
+    def _numeric(self, ds: h5util.Dset) -> bool:
+        return ds.dtype.kind in "fiub" or ds.marker == "bfloat16"
 
-    def _under(self, group: h5py.Group) -> list[tuple[str, h5py.Dataset]]:
+    def _under(self, group: h5py.Group) -> list[tuple[str, h5util.Dset]]:
         """Datasets below ``group`` (indexed once by their first path parts)."""
         if not hasattr(self, "_by_top"):
-            self._by_top: dict[str, list[tuple[str, h5py.Dataset]]] = {}
+            self._by_top: dict[str, list[tuple[str, h5util.Dset]]] = {}
             for p, ds in self._index.items():
                 parts = p.split("/")
                 for depth in (2, 3):
@@ -172,7 +178,7 @@ class H5Store(Store):
         f = self._file
         root = f["model_weights"] if self.kind == LEGACY_FULL else f
         classes = naming.layer_classes(self._config())
-        weights: list[tuple[str, str, h5py.Dataset, str | None]] = []
+        weights: list[tuple[str, str, h5util.Dset, str | None]] = []
         seen: set[str] = set()
         for layer in naming.decode(h5util.read_attr(root, "layer_names")) or []:
             if layer not in root:
@@ -252,7 +258,7 @@ class H5Store(Store):
         configs = naming.layer_configs(config)
         auto = self._auto_names()
         out: list[TensorInfo] = []
-        model_vars: list[tuple[str, str, h5py.Dataset, str | None]] = []
+        model_vars: list[tuple[str, str, h5util.Dset, str | None]] = []
         groups: dict[str, list[str]] = {}
         for p in self._index:
             parent, _, leaf = p.rpartition("/")
@@ -321,7 +327,11 @@ class H5Store(Store):
     ) -> np.ndarray:
         ds = self._datasets[info.path]
         try:
-            return h5util.read_dataset(ds, info.dtype, start, stop)
+            if self._raw is not None:
+                arr = h5util.read_direct(*self._raw, ds, start, stop)
+                if arr is not None:
+                    return arr
+            return h5util.read_dataset(ds.dataset, info.dtype, start, stop)
         except OSError as exc:
             raise CorruptError(
                 f"{self.label}: cannot read {info.name} (truncated file?): {h5util.first_line(exc)}"
@@ -335,8 +345,23 @@ class H5Store(Store):
             )
         return None
 
+    def _raw_source(self, src: Any) -> tuple[int, int, int] | None:
+        """For direct reads, if any: (file descriptor, offset of the HDF5 file in it, its size)."""
+        if isinstance(src, str | os.PathLike):
+            try:
+                fd = os.open(src, os.O_RDONLY)
+            except OSError:
+                return None
+            return fd, 0, os.fstat(fd).st_size
+        return None
+
     def close(self) -> None:
-        self._file.close()
+        if getattr(self, "_raw", None) is not None:
+            assert self._raw is not None
+            os.close(self._raw[0])
+            self._raw = None
+        if self._file.id.valid:
+            self._file.close()
 
     def patch(self, out: Path, retype: dict[str, str] | None = None) -> Patcher:
         return H5Patcher(self, out, retype or {})
@@ -445,11 +470,10 @@ class H5Patcher(Patcher):
             raise ValueError(f"{info.name}: dtype change to {dtype} was not planned")
         if self.fd is not None:
             ds = self.store._datasets[info.path]
-            offset = ds.id.get_offset()
-            if offset is None or ds.compression or ds.chunks is not None:
+            if ds.offset is None:
                 self._complete()
             else:
-                self.offsets[info.path] = int(offset)
+                self.offsets[info.path] = ds.offset
 
     def write(self, info: TensorInfo, start: int, block: np.ndarray) -> None:
         ds = self.store._datasets[info.path] if self.fd is not None else None
@@ -457,9 +481,7 @@ class H5Patcher(Patcher):
             data = np.ascontiguousarray(
                 block, dtype=ds.dtype if block.dtype.name != "bfloat16" else block.dtype
             )
-            row = ds.dtype.itemsize * (
-                int(np.prod(ds.shape[1:], dtype=np.int64)) if ds.ndim > 1 else 1
-            )
+            row = ds.dtype.itemsize * math.prod(ds.shape[1:])
             at = self.offsets[info.path] + (start * row if ds.shape else 0)
             self._pwrite(data, at)
             return
