@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from weightcli.stores.base import split
 from weightcli.transforms import clip as clipmod
 from weightcli.transforms import quantize as qmod
 from weightcli.transforms.scale import scale
@@ -76,3 +77,23 @@ def test_quantization_error_at_most_half_step_and_stable(
 def test_symmetric_range(bits: int) -> None:
     lo, hi = qmod.qrange(bits, "symmetric")
     assert lo == -hi and hi == 2 ** (bits - 1) - 1
+
+
+@settings(max_examples=200)
+@given(st.lists(st.integers(0, 7), min_size=0, max_size=5), st.integers(1, 60))
+def test_blocks_cover_the_tensor_in_order(shape: list[int], budget: int) -> None:
+    """Every element once, in C order; each block a contiguous run within the budget."""
+    dims = tuple(shape)
+    x = np.arange(int(np.prod(dims)), dtype=np.int64).reshape(dims)
+    blocks = split(dims, budget)
+    seen = []
+    for b in blocks:
+        part = x[b.index] if dims else x
+        assert part.shape == b.shape and part.size == b.size
+        flat = part.reshape(-1)
+        if flat.size:
+            assert flat[0] == b.first
+            np.testing.assert_array_equal(flat, np.arange(b.first, b.first + flat.size))
+        assert b.size <= budget or b.size == 0 or not dims
+        seen.append(flat)
+    np.testing.assert_array_equal(np.concatenate(seen) if seen else [], x.reshape(-1))

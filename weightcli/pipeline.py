@@ -29,7 +29,7 @@ from weightcli.errors import OutputError, UnsupportedError, UsageError
 from weightcli.select import apply as apply_selection
 from weightcli.stats import RunningStats, TensorStats
 from weightcli.steps import Step, TensorOp
-from weightcli.stores.base import BLOCK_ELEMS, Store, row_blocks
+from weightcli.stores.base import BLOCK_ELEMS, Block, Store
 from weightcli.tensor import TensorInfo
 
 
@@ -164,10 +164,10 @@ class _Blocks:
     def __init__(self, store: Store, info: TensorInfo) -> None:
         self.store = store
         self.info = info
-        self.single = len(list(row_blocks(info.shape, BLOCK_ELEMS))) == 1
-        self._cache: list[tuple[int, np.ndarray]] | None = None
+        self.single = info.size <= BLOCK_ELEMS
+        self._cache: list[tuple[Block, np.ndarray]] | None = None
 
-    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+    def __iter__(self) -> Iterator[tuple[Block, np.ndarray]]:
         if self._cache is not None:
             return iter(self._cache)
         if self.single:
@@ -223,11 +223,11 @@ def run(
             for k, op in enumerate(ops):
                 pass_no = 0
                 while op.passes > pass_no:
-                    for start, block in blocks:
+                    for where, block in blocks:
                         y = block
                         for prev in ops[:k]:
-                            y = prev.apply(start, y, count=False)
-                        op.observe(pass_no, start, y)
+                            y = prev.apply(where, y, count=False)
+                        op.observe(pass_no, where, y)
                     if not op.end_pass(pass_no):
                         break
                     pass_no += 1
@@ -237,16 +237,16 @@ def run(
             before, after = RunningStats(count_zeros=False), RunningStats(count_zeros=False)
             n_changed = 0
             max_change = 0.0
-            for start, block in blocks:
+            for where, block in blocks:
                 y = block
                 for op in ops:
-                    y = op.apply(start, y)
+                    y = op.apply(where, y)
                 before_n = n_changed
                 n_changed, max_change = _summarize(block, y, before, after, n_changed, max_change)
                 # The copy already holds the original bytes: a block that did not change
                 # (same values, same dtype) needs no write.
                 if patcher is not None and (n_changed > before_n or out_dtype != info.dtype):
-                    patcher.write(info, start, y)
+                    patcher.write(info, where, y)
             if n_changed or out_dtype != info.dtype:
                 changes.append(
                     TensorChange(

@@ -19,6 +19,7 @@ import numpy as np
 from weightcli.dtypes import to_numpy
 from weightcli.select import Selection
 from weightcli.stats import RunningStats
+from weightcli.stores.base import Block
 from weightcli.tensor import TensorInfo
 from weightcli.transforms import clip as clipmod
 from weightcli.transforms import quantize as qmod
@@ -42,14 +43,14 @@ class TensorOp:
     def out_dtype(self) -> str:
         return self.info.dtype
 
-    def observe(self, pass_no: int, start: int, block: np.ndarray) -> None:  # noqa: B027
+    def observe(self, pass_no: int, where: Block, block: np.ndarray) -> None:  # noqa: B027
         """See one block during statistics pass ``pass_no``."""
 
     def end_pass(self, pass_no: int) -> bool:
         """Close a statistics pass; False when no further pass is needed."""
         return pass_no + 1 < self.passes
 
-    def apply(self, start: int, block: np.ndarray, count: bool = True) -> np.ndarray:
+    def apply(self, where: Block, block: np.ndarray, count: bool = True) -> np.ndarray:
         """Transform one block; ``count`` is False on statistics passes (no figures recorded)."""
         raise NotImplementedError
 
@@ -97,7 +98,7 @@ class _ScaleOp(TensorOp):
         super().__init__(info)
         self.factor = factor
 
-    def apply(self, start: int, block: np.ndarray, count: bool = True) -> np.ndarray:
+    def apply(self, where: Block, block: np.ndarray, count: bool = True) -> np.ndarray:
         return scalemod.scale(block, self.factor)
 
     def figures(self) -> dict[str, Any]:
@@ -168,7 +169,7 @@ class _ClipOp(TensorOp):
         if step.abs_max is not None:
             self.lo, self.hi = -step.abs_max, step.abs_max
 
-    def observe(self, pass_no: int, start: int, block: np.ndarray) -> None:
+    def observe(self, pass_no: int, where: Block, block: np.ndarray) -> None:
         if pass_no == 0:
             self._stats.update(block)
             if self.step.percentile is not None and self.info.size <= EXACT_PERCENTILE_ELEMS:
@@ -212,7 +213,7 @@ class _ClipOp(TensorOp):
         self.lo, self.hi = -bound, bound
         return False
 
-    def apply(self, start: int, block: np.ndarray, count: bool = True) -> np.ndarray:
+    def apply(self, where: Block, block: np.ndarray, count: bool = True) -> np.ndarray:
         y, c, r = clipmod.clip(block, self.lo, self.hi, self.step.nonfinite)
         if count:
             self.clipped += c
@@ -299,14 +300,18 @@ class _QuantOp(TensorOp):
         self.noise = 0.0
         self.max_err = 0.0
 
-    def observe(self, pass_no: int, start: int, block: np.ndarray) -> None:
+    def observe(self, pass_no: int, where: Block, block: np.ndarray) -> None:
         lo, hi = qmod.reduce_minmax(block, self.axis)
-        if self.axis == 0:
-            self.lo[start : start + len(lo)] = lo
-            self.hi[start : start + len(hi)] = hi
-        else:
-            self.lo = np.minimum(self.lo, lo)
-            self.hi = np.maximum(self.hi, hi)
+        span = self._channels(where, block)
+        self.lo[span] = np.minimum(self.lo[span], lo)
+        self.hi[span] = np.maximum(self.hi[span], hi)
+
+    def _channels(self, where: Block, block: np.ndarray) -> slice:
+        """The channels a block holds (a block may hold a part of the channel axis)."""
+        if self.axis is None:
+            return slice(0, 1)
+        first = where.origin[self.axis]
+        return slice(first, first + block.shape[self.axis])
 
     def end_pass(self, pass_no: int) -> bool:
         lo = np.where(np.isfinite(self.lo), self.lo, 0.0)
@@ -314,19 +319,17 @@ class _QuantOp(TensorOp):
         self.scale, self.zero = qmod.params(lo, hi, self.step.bits, self.step.scheme)
         return False
 
-    def _bcast(self, v: np.ndarray, start: int, rows: int) -> np.ndarray:
+    def _bcast(self, v: np.ndarray, where: Block, block: np.ndarray) -> np.ndarray:
         if self.axis is None:
             return v.reshape(())
-        if self.axis == 0:
-            v = v[start : start + rows]
+        v = v[self._channels(where, block)]
         return v.reshape(qmod.channel_shape(self.info.ndim, self.axis))
 
-    def apply(self, start: int, block: np.ndarray, count: bool = True) -> np.ndarray:
-        rows = len(block) if block.ndim else 1
+    def apply(self, where: Block, block: np.ndarray, count: bool = True) -> np.ndarray:
         y = qmod.fake_quantize(
             block,
-            self._bcast(self.scale, start, rows),
-            self._bcast(self.zero, start, rows),
+            self._bcast(self.scale, where, block),
+            self._bcast(self.zero, where, block),
             self.step.bits,
             self.step.scheme,
         )
@@ -379,7 +382,7 @@ class _CastOp(_QuantOp):
         assert self.step.dtype is not None
         return self.step.dtype
 
-    def apply(self, start: int, block: np.ndarray, count: bool = True) -> np.ndarray:
+    def apply(self, where: Block, block: np.ndarray, count: bool = True) -> np.ndarray:
         target = to_numpy(self.step.dtype or "float16")
         y = block.astype(target)
         if count:

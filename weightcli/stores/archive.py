@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from weightcli.errors import CorruptError, InputError
-from weightcli.stores.base import Patcher, StoreMeta
+from weightcli.stores.base import Block, Patcher, StoreMeta
 from weightcli.stores.hdf5 import H5Patcher, H5Store, temp_beside
 from weightcli.tensor import TensorInfo
 
@@ -192,8 +192,8 @@ class ArchivePatcher(Patcher):
     def begin(self, info: TensorInfo, dtype: str) -> None:
         self.inner.begin(info, dtype)
 
-    def write(self, info: TensorInfo, start: int, block: Any) -> None:
-        self.inner.write(info, start, block)
+    def write(self, info: TensorInfo, block: Block, data: Any) -> None:
+        self.inner.write(info, block, data)
 
     def set_history(self, history: list[dict[str, Any]]) -> None:
         self.inner.set_history(history)

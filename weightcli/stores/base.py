@@ -7,6 +7,8 @@ this interface, so every format gets every command.
 from __future__ import annotations
 
 import abc
+import itertools
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,20 +37,59 @@ class StoreMeta:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def row_blocks(shape: tuple[int, ...], max_elems: int = BLOCK_ELEMS) -> Iterator[tuple[int, int]]:
-    """Split axis 0 of ``shape`` into [start, stop) row ranges of at most ``max_elems``.
+@dataclass(frozen=True)
+class Block:
+    """A piece of a tensor: the sub-array at ``origin`` (an index per axis) of ``shape``.
 
-    A scalar or a tensor whose single row exceeds the budget is one block per row
-    (one block in all for a scalar).
+    A block is whole along every axis after its split axis and one index wide before
+    it, so its elements are one run of the tensor's C-order elements starting at
+    flat index ``first``: on disk, one contiguous byte range.
     """
-    if not shape:
-        yield 0, 1
-        return
-    rows = shape[0]
-    row = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
-    step = max(1, max_elems // max(row, 1))
-    for start in range(0, rows, step):
-        yield start, min(rows, start + step)
+
+    origin: tuple[int, ...]
+    shape: tuple[int, ...]
+    first: int
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def index(self) -> tuple[slice, ...]:
+        """The numpy/h5py index selecting this block (keeping every axis)."""
+        return tuple(slice(o, o + n) for o, n in zip(self.origin, self.shape, strict=True))
+
+
+def split(shape: tuple[int, ...], max_elems: int = BLOCK_ELEMS) -> list[Block]:
+    """Cover a tensor with blocks of at most ``max_elems`` elements, in storage order.
+
+    The split axis is the first one whose trailing sub-array fits the budget; blocks
+    take as many of its indices as fit. A (3, 3, 512, 512) conv kernel splits into
+    nine (1, 1, 512, 512) blocks, a (2048, 1000) one into (262, 1000) row blocks. A
+    scalar or an empty tensor is one block.
+    """
+    if not shape or 0 in shape:
+        return [Block(tuple(0 for _ in shape), shape, 0)]
+    k = 0
+    inner = math.prod(shape[1:])
+    while inner > max_elems:
+        k += 1
+        inner //= shape[k]
+    step = max(1, max_elems // inner)
+    out = []
+    outer_shape = shape[:k]
+    for outer_no, outer in enumerate(itertools.product(*(range(n) for n in outer_shape))):
+        base = outer_no * shape[k] * inner
+        for start in range(0, shape[k], step):
+            stop = min(shape[k], start + step)
+            out.append(
+                Block(
+                    (*outer, start, *(0 for _ in shape[k + 1 :])),
+                    (*(1 for _ in outer_shape), stop - start, *shape[k + 1 :]),
+                    base + start * inner,
+                )
+            )
+    return out
 
 
 class Patcher(abc.ABC):
@@ -67,8 +108,8 @@ class Patcher(abc.ABC):
         """Announce that ``info`` is rewritten, stored as ``dtype``."""
 
     @abc.abstractmethod
-    def write(self, info: TensorInfo, start: int, block: np.ndarray) -> None:
-        """Write rows [start, start + len(block)) of ``info`` (the whole tensor for a scalar)."""
+    def write(self, info: TensorInfo, block: Block, data: np.ndarray) -> None:
+        """Write ``data``, the new values of ``block`` of ``info``."""
 
     @abc.abstractmethod
     def set_history(self, history: list[dict[str, Any]]) -> None:
@@ -109,20 +150,15 @@ class Store(abc.ABC):
         """Every tensor, model weights and optimizer state, in file order."""
 
     @abc.abstractmethod
-    def read(
-        self, info: TensorInfo, start: int | None = None, stop: int | None = None
-    ) -> np.ndarray:
-        """Rows [start, stop) of a tensor (all of it by default), in its stored dtype."""
+    def read(self, info: TensorInfo, block: Block | None = None) -> np.ndarray:
+        """One block of a tensor (all of it by default), in its stored dtype."""
 
     def blocks(
         self, info: TensorInfo, max_elems: int = BLOCK_ELEMS
-    ) -> Iterator[tuple[int, np.ndarray]]:
-        """(start_row, block) pairs covering the tensor, each at most ``max_elems``."""
-        if not info.shape:
-            yield 0, self.read(info)
-            return
-        for start, stop in row_blocks(info.shape, max_elems):
-            yield start, self.read(info, start, stop)
+    ) -> Iterator[tuple[Block, np.ndarray]]:
+        """(block, values) pairs covering the tensor, each at most ``max_elems`` elements."""
+        for block in split(info.shape, max_elems):
+            yield block, self.read(info, block)
 
     @abc.abstractmethod
     def patch(self, out: Path, retype: dict[str, str] | None = None) -> Patcher:

@@ -17,6 +17,7 @@ import numpy as np
 
 from weightcli.dtypes import bfloat16, name_of
 from weightcli.errors import CorruptError, UnsupportedError
+from weightcli.stores.base import Block
 
 # A dataset may declare at most this many bytes beyond what the file could hold.
 SHAPE_BOMB_FACTOR = 64
@@ -169,36 +170,26 @@ def _attr(obj: h5py.HLObject, name: str) -> Any:
     return arr[()] if arr.ndim == 0 else arr
 
 
-def read_dataset(ds: h5py.Dataset, dtype: str, start: int | None, stop: int | None) -> np.ndarray:
-    if ds.shape == ():
-        arr = np.asarray(ds[()])
-    elif start is None and stop is None:
-        arr = ds[()]
-    else:
-        arr = ds[start:stop]
+def read_dataset(ds: h5py.Dataset, dtype: str, block: Block | None) -> np.ndarray:
+    """A block of a dataset (all of it by default), read by HDF5."""
+    arr = ds[()] if block is None or not ds.shape else ds[block.index]
     if dtype == "bfloat16" and arr.dtype.name != "bfloat16":
         arr = arr.view(bfloat16()) if arr.dtype.itemsize == 2 else arr.astype(bfloat16())
     return np.asarray(arr)
 
 
-def read_direct(
-    fd: int, base: int, size: int, ds: Dset, start: int | None, stop: int | None
-) -> np.ndarray | None:
-    """Rows [start, stop) of a contiguous dataset, read straight from the file with ``pread``
-    (the HDF5 file is bytes [base, base + size) of ``fd``). None when HDF5 must do the
-    reading: chunked or filtered data, no data written yet, or a type needing conversion."""
+def read_direct(fd: int, base: int, size: int, ds: Dset, block: Block | None) -> np.ndarray | None:
+    """A block of a contiguous dataset (all of it by default), read straight from the file
+    with ``pread`` (the HDF5 file is bytes [base, base + size) of ``fd``). None when HDF5
+    must do the reading: chunked or filtered data, no data written yet, or a type needing
+    conversion."""
     bf16 = ds.marker == "bfloat16" and ds.dtype.itemsize == 2
     if ds.offset is None or not (bf16 or (ds.dtype.kind in "fiub" and ds.dtype.isnative)):
         return None
-    rows = ds.shape[0] if ds.shape else 1
-    lo = 0 if start is None or not ds.shape else max(0, min(start, rows))
-    hi = rows if stop is None or not ds.shape else max(lo, min(stop, rows))
-    row_bytes = math.prod(ds.shape[1:]) * ds.dtype.itemsize if ds.shape else ds.dtype.itemsize
-    arr = np.empty(
-        (hi - lo, *ds.shape[1:]) if ds.shape else (), dtype=np.uint16 if bf16 else ds.dtype
-    )
+    first, shape = (0, ds.shape) if block is None else (block.first, block.shape)
+    arr = np.empty(shape, dtype=np.uint16 if bf16 else ds.dtype)
     view = arr.reshape(-1).view(np.uint8).data
-    at = ds.offset + lo * row_bytes
+    at = ds.offset + first * ds.dtype.itemsize
     if at + len(view) > size:
         raise OSError(f"file ends at byte {size}: data missing")
     done = 0

@@ -8,7 +8,6 @@ never from its name.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -21,7 +20,7 @@ import numpy as np
 from weightcli.dtypes import to_numpy
 from weightcli.errors import CorruptError, OutputError
 from weightcli.stores import h5util, naming
-from weightcli.stores.base import Patcher, Store, StoreMeta
+from weightcli.stores.base import Block, Patcher, Store, StoreMeta
 from weightcli.tensor import TensorInfo
 
 LEGACY_FULL = "keras-h5"
@@ -322,16 +321,14 @@ class H5Store(Store):
     def tensors(self) -> list[TensorInfo]:
         return list(self._tensors)
 
-    def read(
-        self, info: TensorInfo, start: int | None = None, stop: int | None = None
-    ) -> np.ndarray:
+    def read(self, info: TensorInfo, block: Block | None = None) -> np.ndarray:
         ds = self._datasets[info.path]
         try:
             if self._raw is not None:
-                arr = h5util.read_direct(*self._raw, ds, start, stop)
+                arr = h5util.read_direct(*self._raw, ds, block)
                 if arr is not None:
                     return arr
-            return h5util.read_dataset(ds.dataset, info.dtype, start, stop)
+            return h5util.read_dataset(ds.dataset, info.dtype, block)
         except OSError as exc:
             raise CorruptError(
                 f"{self.label}: cannot read {info.name} (truncated file?): {h5util.first_line(exc)}"
@@ -475,24 +472,22 @@ class H5Patcher(Patcher):
             else:
                 self.offsets[info.path] = ds.offset
 
-    def write(self, info: TensorInfo, start: int, block: np.ndarray) -> None:
-        ds = self.store._datasets[info.path] if self.fd is not None else None
-        if self.fd is not None and ds is not None:
-            data = np.ascontiguousarray(
-                block, dtype=ds.dtype if block.dtype.name != "bfloat16" else block.dtype
+    def write(self, info: TensorInfo, block: Block, data: np.ndarray) -> None:
+        if self.fd is not None:
+            ds = self.store._datasets[info.path]
+            raw = np.ascontiguousarray(
+                data, dtype=ds.dtype if data.dtype.name != "bfloat16" else data.dtype
             )
-            row = ds.dtype.itemsize * math.prod(ds.shape[1:])
-            at = self.offsets[info.path] + (start * row if ds.shape else 0)
-            self._pwrite(data, at)
+            self._pwrite(raw, self.offsets[info.path] + block.first * ds.dtype.itemsize)
             return
         assert self.f is not None
         target = self.f[info.path]
-        if block.dtype.name == "bfloat16" and target.dtype.kind != "V":
-            block = block.astype(target.dtype)
+        if data.dtype.name == "bfloat16" and target.dtype.kind != "V":
+            data = data.astype(target.dtype)
         if target.shape == ():
-            target[()] = block
+            target[()] = data
         else:
-            target[start : start + len(block)] = block
+            target[block.index] = data
 
     def _pwrite(self, data: np.ndarray, at: int) -> None:
         assert self.fd is not None

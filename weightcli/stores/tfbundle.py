@@ -34,7 +34,7 @@ import numpy as np
 from weightcli.dtypes import to_numpy
 from weightcli.errors import CorruptError, InputError, OutputError, UnsupportedError
 from weightcli.stores import naming, tfproto, tftable
-from weightcli.stores.base import BLOCK_ELEMS, Patcher, Store, StoreMeta, row_blocks
+from weightcli.stores.base import BLOCK_ELEMS, Block, Patcher, Store, StoreMeta, split
 from weightcli.tensor import TensorInfo
 
 DTYPES = {
@@ -457,40 +457,31 @@ class TFStore(Store):
     def entry(self, key: str) -> Entry:
         return self._entries[key]
 
-    def read(
-        self, info: TensorInfo, start: int | None = None, stop: int | None = None
-    ) -> np.ndarray:
+    def read(self, info: TensorInfo, block: Block | None = None) -> np.ndarray:
         e = self._entries[info.path]
         if info.dtype == "string":
             return np.array(self.bundle.read_strings(e), dtype=object).reshape(info.shape)
         dt = to_numpy(info.dtype)
-        if not info.shape:
-            return np.frombuffer(self.bundle.read_bytes(e), dtype=dt).reshape(())
-        rows = info.shape[0]
-        start = 0 if start is None else start
-        stop = rows if stop is None else stop
-        row_bytes = (e.proto.size // rows) if rows else 0
-        data = self.bundle.read_bytes(e, start * row_bytes, (stop - start) * row_bytes)
-        return np.frombuffer(data, dtype=dt).reshape((stop - start, *info.shape[1:]))
+        if block is None:
+            return np.frombuffer(self.bundle.read_bytes(e), dtype=dt).reshape(info.shape)
+        data = self.bundle.read_bytes(e, block.first * dt.itemsize, block.size * dt.itemsize)
+        return np.frombuffer(data, dtype=dt).reshape(block.shape)
 
     def blocks(
         self, info: TensorInfo, max_elems: int = BLOCK_ELEMS
-    ) -> Iterator[tuple[int, np.ndarray]]:
+    ) -> Iterator[tuple[Block, np.ndarray]]:
         """Blocks of the tensor's primary copy, its crc32c verified on the way (one read)."""
         e = self._entries[info.path]
         if info.dtype == "string":
             self.bundle.check(e)
-            yield 0, self.read(info)
+            yield Block(tuple(0 for _ in info.shape), info.shape, 0), self.read(info)
             return
         dt = to_numpy(info.dtype)
-        rows = info.shape[0] if info.shape else 1
-        row_bytes = e.proto.size // rows if rows else 0
         crc = 0
-        for start, stop in row_blocks(info.shape, max_elems):
-            raw = self.bundle.read_bytes(e, start * row_bytes, (stop - start) * row_bytes)
+        for block in split(info.shape, max_elems):
+            raw = self.bundle.read_bytes(e, block.first * dt.itemsize, block.size * dt.itemsize)
             crc = google_crc32c.extend(crc, raw)
-            block = np.frombuffer(raw, dtype=dt)
-            yield start, block.reshape((stop - start, *info.shape[1:]) if info.shape else ())
+            yield block, np.frombuffer(raw, dtype=dt).reshape(block.shape)
         if tftable.mask(crc) != e.proto.crc32c:
             raise CorruptError(
                 f"{self.prefix}: checksum mismatch in tensor {e.key} (damaged data shard)"
@@ -577,14 +568,14 @@ class TFPatcher(Patcher):
         if dtype != info.dtype:
             raise UnsupportedError(f"{info.name}: {self.store.supports_dtype(dtype)}")
 
-    def write(self, info: TensorInfo, start: int, block: np.ndarray) -> None:
-        data = np.ascontiguousarray(block, dtype=to_numpy(info.dtype)).tobytes()
+    def write(self, info: TensorInfo, block: Block, data: np.ndarray) -> None:
+        dt = to_numpy(info.dtype)
+        raw = np.ascontiguousarray(data, dtype=dt).tobytes()
         for key in (info.path, *info.copies):
             e = self.store.entry(key)
-            row_bytes = e.proto.size // info.shape[0] if info.shape else 0
             f = self._file(e.proto.shard_id)
-            f.seek(e.proto.offset + start * row_bytes)
-            f.write(data)
+            f.seek(e.proto.offset + block.first * dt.itemsize)
+            f.write(raw)
             self.changed.add(key)
 
     def set_history(self, history: list[dict[str, Any]]) -> None:
