@@ -178,3 +178,29 @@ def test_installed_command_runs() -> None:
         [sys.executable, "-m", "weightcli", "--version"], capture_output=True, text=True
     )
     assert proc.returncode == 0 and "0.1.0" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["inspect", str(SAMPLES / "mlp_keras3.h5")], 0),
+        (["diff", str(SAMPLES / "mlp_keras3.h5"), str(SAMPLES / "mlp_nan.h5")], 1),
+        (["inspect", "no/such/model.h5"], 2),
+        (["inspect", "--no-such-option"], 2),
+    ],
+)
+def test_process_exit_keeps_code_and_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], code: int
+) -> None:
+    """The command ends its process without the interpreter's teardown: every byte of
+    output must still reach a file, and the exit code must be the command's."""
+    monkeypatch.setenv("COLUMNS", "150")
+    out, err = tmp_path / "out.txt", tmp_path / "err.txt"
+    with open(out, "w") as o, open(err, "w") as e:
+        proc = subprocess.run([sys.executable, "-m", "weightcli", *args], stdout=o, stderr=e)
+    assert proc.returncode == code
+    in_process = run(*args)
+    assert in_process.code == code
+    assert out.read_text() == in_process.out
+    if code == 2:
+        assert err.read_text().startswith(("weightcli: error:", "Usage:"))

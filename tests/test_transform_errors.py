@@ -115,3 +115,27 @@ def test_bad_recipes(tmp_path: Path) -> None:
     assert_clean_error(
         run("apply", tmp_path / "missing.toml", SRC, "-o", tmp_path / "o.h5"), "not found"
     )
+
+
+def test_full_disk_while_writing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write failing midway (here: no space left) is one clean line; nothing is left behind."""
+    import errno
+
+    import weightcli.stores.hdf5 as hdf5
+
+    calls = []
+
+    def pwrite(fd: int, data: object, offset: int) -> int:
+        calls.append(offset)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd, data, offset)
+
+    real = os.pwrite
+    monkeypatch.setattr(hdf5.os, "pwrite", pwrite)
+    src = SAMPLES / "cnn_keras3.h5"
+    before = hashlib.sha256(src.read_bytes()).hexdigest()
+    out = tmp_path / "out.h5"
+    assert_clean_error(run("scale", src, "2", "-o", out), "No space left")
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    assert hashlib.sha256(src.read_bytes()).hexdigest() == before

@@ -493,8 +493,11 @@ class H5Patcher(Patcher):
         assert self.fd is not None
         raw = np.ascontiguousarray(data).reshape(-1).view(np.uint8).data
         done = 0
-        while done < len(raw):
-            done += os.pwrite(self.fd, raw[done:], at + done)
+        try:
+            while done < len(raw):
+                done += os.pwrite(self.fd, raw[done:], at + done)
+        except OSError as exc:
+            raise OutputError(f"{self.out}: cannot write: {exc.strerror or exc}") from exc
         self.written.append((at, at + len(raw)))
 
     def _complete(self) -> None:
