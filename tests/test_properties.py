@@ -52,7 +52,7 @@ def test_clip_keep_leaves_nonfinite(x: np.ndarray) -> None:
     assert repaired == 0
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(tensors, st.integers(2, 16), st.sampled_from(qmod.SCHEMES), st.sampled_from([None, 0, 1]))
 def test_quantization_error_at_most_half_step_and_stable(
     x: np.ndarray, bits: int, scheme: str, axis
@@ -79,7 +79,7 @@ def test_symmetric_range(bits: int) -> None:
     assert lo == -hi and hi == 2 ** (bits - 1) - 1
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(st.lists(st.integers(0, 7), min_size=0, max_size=5), st.integers(1, 60))
 def test_blocks_cover_the_tensor_in_order(shape: list[int], budget: int) -> None:
     """Every element once, in C order; each block a contiguous run within the budget."""
