@@ -332,3 +332,26 @@ def test_bytes_written_counts_every_copy(tmp_path: Path) -> None:
     ).json()
     # logits/kernel (16x3) and logits/bias (3), float32, each stored twice.
     assert doc["bytes_written"] == 2 * 4 * (16 * 3 + 3)
+
+
+def test_partly_rewritten_tensor_checksum(tmp_path: Path, monkeypatch) -> None:
+    """A clip that changes some blocks of a tensor and leaves the others: the new crc32c
+    (the written blocks alone do not give it) must satisfy TensorFlow's own reader."""
+    import tensorflow as tf
+
+    import weightcli.pipeline as pipeline
+    from weightcli.stores.tfbundle import TFStore
+
+    prefix = str(tmp_path / "raw")
+    x = np.linspace(-1, 1, 64 * 32, dtype="float32").reshape(64, 32)
+    x[40, 3] = 5.0  # only the block holding row 40 has anything to clip
+    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=["w"], shape_and_slices=[""], tensors=[x])
+    real = TFStore.blocks
+    monkeypatch.setattr(TFStore, "blocks", lambda self, info, max_elems=0: real(self, info, 1000))
+    monkeypatch.setattr(pipeline, "BLOCK_ELEMS", 1000)
+    out = tmp_path / "clipped"
+    res = run("clip", prefix, "--abs-max", "2", "-s", "w", "-o", out, "--json")
+    assert res.code == 0, res.err
+    assert res.json()["tensors"][0]["changed"] == 1
+    got = tf.train.load_checkpoint(str(out)).get_tensor("w")  # verifies the crc32c
+    np.testing.assert_array_equal(got, np.clip(x, -2, 2))

@@ -21,6 +21,7 @@ from weightcli.dtypes import to_numpy
 from weightcli.errors import CorruptError, OutputError
 from weightcli.stores import h5util, naming
 from weightcli.stores.base import Block, Patcher, Store, StoreMeta
+from weightcli.stores.rangecopy import RangeCopy
 from weightcli.tensor import TensorInfo
 
 LEGACY_FULL = "keras-h5"
@@ -416,17 +417,14 @@ class H5Patcher(Patcher):
         self.tmp = tmp or temp_beside(out)
         self.retype = retype
         self.f: h5py.File | None = None
-        self.fd: int | None = None
-        self.written: list[tuple[int, int]] = []
+        self.copy: RangeCopy | None = None
         self.offsets: dict[str, int] = {}
         try:
             if retype:
                 self._rebuild()
                 self.f = h5py.File(self.tmp, "r+")
             elif store.path.is_file() and type(store) is H5Store:
-                self.src_size = store.path.stat().st_size
-                self.fd = os.open(self.tmp, os.O_WRONLY)
-                os.ftruncate(self.fd, self.src_size)
+                self.copy = RangeCopy(store.path, self.tmp)
             else:
                 store.copy_source_to(self.tmp)
                 self.f = h5py.File(self.tmp, "r+")
@@ -465,7 +463,7 @@ class H5Patcher(Patcher):
     def begin(self, info: TensorInfo, dtype: str) -> None:
         if dtype != info.dtype and self.retype.get(info.path) != dtype:
             raise ValueError(f"{info.name}: dtype change to {dtype} was not planned")
-        if self.fd is not None:
+        if self.copy is not None:
             ds = self.store._datasets[info.path]
             if ds.offset is None:
                 self._complete()
@@ -473,12 +471,12 @@ class H5Patcher(Patcher):
                 self.offsets[info.path] = ds.offset
 
     def write(self, info: TensorInfo, block: Block, data: np.ndarray) -> None:
-        if self.fd is not None:
+        if self.copy is not None:
             ds = self.store._datasets[info.path]
             raw = np.ascontiguousarray(
                 data, dtype=ds.dtype if data.dtype.name != "bfloat16" else data.dtype
             )
-            self._pwrite(raw, self.offsets[info.path] + block.first * ds.dtype.itemsize)
+            self.copy.write(raw, self.offsets[info.path] + block.first * ds.dtype.itemsize)
             return
         assert self.f is not None
         target = self.f[info.path]
@@ -489,34 +487,12 @@ class H5Patcher(Patcher):
         else:
             target[block.index] = data
 
-    def _pwrite(self, data: np.ndarray, at: int) -> None:
-        assert self.fd is not None
-        raw = np.ascontiguousarray(data).reshape(-1).view(np.uint8).data
-        done = 0
-        try:
-            while done < len(raw):
-                done += os.pwrite(self.fd, raw[done:], at + done)
-        except OSError as exc:
-            raise OutputError(f"{self.out}: cannot write: {exc.strerror or exc}") from exc
-        self.written.append((at, at + len(raw)))
-
     def _complete(self) -> None:
         """Fill every byte range not written from the source; continue with h5py."""
-        if self.fd is None:
+        if self.copy is None:
             return
-        gaps = []
-        pos = 0
-        for a, b in sorted(self.written):
-            if a > pos:
-                gaps.append((pos, a))
-            pos = max(pos, b)
-        if pos < self.src_size:
-            gaps.append((pos, self.src_size))
-        with open(self.store.path, "rb") as src:
-            for a, b in gaps:
-                _copy_range(src.fileno(), self.fd, a, b - a)
-        os.close(self.fd)
-        self.fd = None
+        self.copy.finish()
+        self.copy = None
         self.f = h5py.File(self.tmp, "r+")
 
     def set_history(self, history: list[dict[str, Any]]) -> None:
@@ -525,9 +501,9 @@ class H5Patcher(Patcher):
         self.f.attrs[h5util.HISTORY_ATTR] = json.dumps(history)
 
     def _close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        if self.copy is not None:
+            self.copy.close()
+            self.copy = None
         if self.f is not None and self.f.id.valid:
             self.f.close()
 
@@ -544,21 +520,3 @@ class H5Patcher(Patcher):
             self._close()
         finally:
             self.tmp.unlink(missing_ok=True)
-
-
-def _copy_range(src: int, dst: int, offset: int, count: int) -> None:
-    """Copy ``count`` bytes at ``offset`` from one file to the same offset in another."""
-    done = 0
-    try:
-        while done < count:
-            n = os.copy_file_range(src, dst, count - done, offset + done, offset + done)
-            if n == 0:
-                break
-            done += n
-    except OSError:
-        pass  # no in-kernel copy here (another filesystem, an old kernel): copy by hand
-    while done < count:
-        chunk = os.pread(src, min(1 << 22, count - done), offset + done)
-        if not chunk:
-            raise CorruptError(f"source shrank while being copied (at byte {offset + done})")
-        done += os.pwrite(dst, chunk, offset + done)

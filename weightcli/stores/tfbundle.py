@@ -35,6 +35,7 @@ from weightcli.dtypes import to_numpy
 from weightcli.errors import CorruptError, InputError, OutputError, UnsupportedError
 from weightcli.stores import naming, tfproto, tftable
 from weightcli.stores.base import BLOCK_ELEMS, Block, Patcher, Store, StoreMeta, split
+from weightcli.stores.rangecopy import RangeCopy
 from weightcli.tensor import TensorInfo
 
 DTYPES = {
@@ -538,31 +539,41 @@ class TFPatcher(Patcher):
         except OSError as exc:
             raise OutputError(f"{out}: cannot write in {folder}: {exc.strerror or exc}") from exc
         self.changed: set[str] = set()
-        self._files: dict[int, BinaryIO] = {}
+        # Per changed tensor: (bytes written in order from its start, their crc32c).
+        self.crcs: dict[str, tuple[int, int]] = {}
+        b = store.bundle
+        shards = [shard_name(b.prefix, s, b.num_shards) for s in range(b.num_shards)]
+        self._copies: list[RangeCopy] = []
         try:
             if store.kind == "savedmodel":
                 self.root = self.tmp / "model"
-                shutil.copytree(store.path, self.root, copy_function=_copy)
+                skip = {p.resolve() for p in shards}
+                shutil.copytree(
+                    store.path,
+                    self.root,
+                    copy_function=_copy,
+                    ignore=lambda d, names: [n for n in names if (Path(d) / n).resolve() in skip],
+                )
                 self.new_prefix = self.root / "variables" / "variables"
             else:
                 self.root = self.tmp
-                b = store.bundle
                 self.new_prefix = self.tmp / out.name
-                for shard in range(b.num_shards):
-                    _copy(
-                        shard_name(b.prefix, shard, b.num_shards),
-                        shard_name(self.new_prefix, shard, b.num_shards),
-                    )
                 _copy(b.index_path, self.new_prefix.with_name(self.new_prefix.name + ".index"))
+            # Data shards: only the bytes of changed tensors are written anew; the rest
+            # is copied in the kernel when the output is committed.
+            for s, src in enumerate(shards):
+                dst = shard_name(self.new_prefix, s, b.num_shards)
+                dst.touch()
+                shutil.copymode(src, dst)
+                self._copies.append(RangeCopy(src, dst))
         except BaseException:
+            self._close_copies()
             shutil.rmtree(self.tmp, ignore_errors=True)
             raise
 
-    def _file(self, shard: int) -> BinaryIO:
-        if shard not in self._files:
-            b = self.store.bundle
-            self._files[shard] = open(shard_name(self.new_prefix, shard, b.num_shards), "r+b")  # noqa: SIM115
-        return self._files[shard]
+    def _close_copies(self) -> None:
+        for c in self._copies:
+            c.close()
 
     def begin(self, info: TensorInfo, dtype: str) -> None:
         if dtype != info.dtype:
@@ -571,11 +582,16 @@ class TFPatcher(Patcher):
     def write(self, info: TensorInfo, block: Block, data: np.ndarray) -> None:
         dt = to_numpy(info.dtype)
         raw = np.ascontiguousarray(data, dtype=dt).tobytes()
+        at = block.first * dt.itemsize
+        # Blocks arrive in storage order: the crc32c of a tensor written from its start
+        # to its end is known without reading it back.
+        done, crc = self.crcs.get(info.path, (0, 0))
+        if done == at:
+            for key in (info.path, *info.copies):
+                self.crcs[key] = (done + len(raw), google_crc32c.extend(crc, raw))
         for key in (info.path, *info.copies):
             e = self.store.entry(key)
-            f = self._file(e.proto.shard_id)
-            f.seek(e.proto.offset + block.first * dt.itemsize)
-            f.write(raw)
+            self._copies[e.proto.shard_id].write(raw, e.proto.offset + at)
             self.changed.add(key)
 
     def set_history(self, history: list[dict[str, Any]]) -> None:
@@ -586,24 +602,18 @@ class TFPatcher(Patcher):
         p.write_text(json.dumps(history, indent=1) + "\n")
 
     def _rewrite_index(self) -> None:
-        for f in self._files.values():
-            f.flush()
-            f.close()
-        self._files.clear()
+        for c in self._copies:
+            c.finish()
         b = self.store.bundle
         rows: list[tuple[bytes, bytes]] = [(b"", b.header_raw)]
+        crc_of = {k: crc for k, (done, crc) in self.crcs.items() if done == b.entries[k].proto.size}
         for key in sorted(b.entries, key=lambda k: k.encode()):
             e = b.entries[key]
             value = e.raw
             if key in self.changed:
-                with open(shard_name(self.new_prefix, e.proto.shard_id, b.num_shards), "rb") as f:
-                    f.seek(e.proto.offset)
-                    crc = 0
-                    left = e.proto.size
-                    while left:
-                        chunk = f.read(min(left, 1 << 24))
-                        crc = google_crc32c.extend(crc, chunk)
-                        left -= len(chunk)
+                crc = crc_of.get(key)
+                if crc is None:  # not written from start to end: read it back
+                    crc = self._crc_of_written(e)
                 proto = tfproto.BundleEntryProto()
                 proto.CopyFrom(e.proto)
                 proto.crc32c = tftable.mask(crc)
@@ -629,9 +639,20 @@ class TFPatcher(Patcher):
                 os.replace(f, self.out.parent / f.name)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
+    def _crc_of_written(self, e: Entry) -> int:
+        b = self.store.bundle
+        with open(shard_name(self.new_prefix, e.proto.shard_id, b.num_shards), "rb") as f:
+            f.seek(e.proto.offset)
+            crc = 0
+            left = e.proto.size
+            while left:
+                chunk = f.read(min(left, 1 << 24))
+                crc = google_crc32c.extend(crc, chunk)
+                left -= len(chunk)
+        return crc
+
     def _abort(self) -> None:
-        for f in self._files.values():
-            f.close()
+        self._close_copies()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 

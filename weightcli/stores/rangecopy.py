@@ -1,0 +1,87 @@
+"""A copy of a file with some byte ranges replaced, each output byte written once.
+
+New bytes are written at their offsets (``pwrite``); at ``finish`` every range nobody
+wrote is filled from the source with ``copy_file_range``, an in-kernel copy like
+``cp``'s. Copying the whole file first and overwriting it would write the changed
+bytes twice.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from weightcli.errors import CorruptError, OutputError
+
+
+class RangeCopy:
+    """``dst`` (an existing, empty temporary file) becomes ``src`` with ranges replaced."""
+
+    def __init__(self, src: Path, dst: Path) -> None:
+        self.src = src
+        self.dst = dst
+        self.size = src.stat().st_size
+        self.written: list[tuple[int, int]] = []
+        self.fd: int | None = os.open(dst, os.O_WRONLY)
+        try:
+            os.ftruncate(self.fd, self.size)
+        except OSError as exc:
+            self.close()
+            raise OutputError(f"{dst}: cannot write: {exc.strerror or exc}") from exc
+
+    def write(self, data: Any, at: int) -> None:
+        """Put ``data`` (bytes-like, C-contiguous) at byte ``at``."""
+        assert self.fd is not None
+        view = memoryview(data).cast("B")
+        done = 0
+        try:
+            while done < len(view):
+                done += os.pwrite(self.fd, view[done:], at + done)
+        except OSError as exc:
+            raise OutputError(f"{self.dst}: cannot write: {exc.strerror or exc}") from exc
+        self.written.append((at, at + len(view)))
+
+    def finish(self) -> None:
+        """Fill every range not written from the source, and close."""
+        if self.fd is None:
+            return
+        gaps = []
+        pos = 0
+        for a, b in sorted(self.written):
+            if a > pos:
+                gaps.append((pos, a))
+            pos = max(pos, b)
+        if pos < self.size:
+            gaps.append((pos, self.size))
+        try:
+            with open(self.src, "rb") as src:
+                for a, b in gaps:
+                    copy_range(src.fileno(), self.fd, a, b - a)
+        except OSError as exc:
+            raise OutputError(f"{self.dst}: cannot write: {exc.strerror or exc}") from exc
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def copy_range(src: int, dst: int, offset: int, count: int) -> None:
+    """Copy ``count`` bytes at ``offset`` from one file to the same offset in another."""
+    done = 0
+    try:
+        while done < count:
+            n = os.copy_file_range(src, dst, count - done, offset + done, offset + done)
+            if n == 0:
+                break
+            done += n
+    except OSError:
+        pass  # no in-kernel copy here (another filesystem, an old kernel): copy by hand
+    while done < count:
+        chunk = os.pread(src, min(1 << 22, count - done), offset + done)
+        if not chunk:
+            raise CorruptError(f"source shrank while being copied (at byte {offset + done})")
+        done += os.pwrite(dst, chunk, offset + done)
