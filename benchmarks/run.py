@@ -196,6 +196,8 @@ def cases() -> list[Case]:
                 ],
                 "cp": ["cp", str(g1), str(o / "g_cp.h5")],
                 "read+write floor": [PY, str(HERE / "floor.py"), str(g1), str(o / "g_f.h5")],
+                # The provenance record's sha256 of the source: work every transform does.
+                "sha256 of the source": [PY, "-m", "weightcli.digest", str(g1)],
             },
             [o / "g_s.h5", o / "g_cp.h5", o / "g_f.h5"],
         ),
@@ -297,6 +299,9 @@ def versions() -> str:
 
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
+    # Bytecode for weightcli's modules, as an installed package has (an editable
+    # install under PYTHONDONTWRITEBYTECODE would otherwise compile them every run).
+    subprocess.run([PY, "-m", "compileall", "-q", str(ROOT / "weightcli")], check=True)
     selected = sys.argv[1:]
     all_cases = [c for c in cases() if not selected or any(s in c.name for s in selected)]
     for c in all_cases:
