@@ -10,7 +10,13 @@ from dataclasses import dataclass
 
 import psutil
 
-POLL = 0.002
+# Resident sizes of the known processes are read every POLL seconds (cheap: one
+# /proc/PID/statm each); the list of descendants is refreshed every SCAN seconds
+# (psutil scans all of /proc for that, which would otherwise take CPU from the
+# command being measured on a 2-core machine).
+POLL = 0.005
+SCAN = 0.05
+PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 @dataclass
@@ -20,15 +26,19 @@ class Measurement:
     code: int
 
 
-def tree_rss(proc: psutil.Process) -> int:
-    total = 0
+def tree(proc: psutil.Process) -> list[int]:
     try:
-        procs = [proc, *proc.children(recursive=True)]
+        return [proc.pid, *(c.pid for c in proc.children(recursive=True))]
     except psutil.Error:
-        return 0
-    for p in procs:
-        with contextlib.suppress(psutil.Error):
-            total += p.memory_info().rss
+        return [proc.pid]
+
+
+def rss(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            with open(f"/proc/{pid}/statm") as f:
+                total += int(f.read().split()[1]) * PAGE
     return total
 
 
@@ -41,6 +51,8 @@ def measure(
     )
     proc = psutil.Process(popen.pid)
     peak = 0
+    pids = [popen.pid]
+    scanned = start
     # Poll the whole tree (children such as a hashing process count too) until the
     # command ends, then take the kernel's exact high-water mark of the command itself
     # (wait4's ru_maxrss), which polling can miss between samples.
@@ -48,7 +60,10 @@ def measure(
         pid, status, usage = os.wait4(popen.pid, os.WNOHANG)
         if pid:
             break
-        peak = max(peak, tree_rss(proc))
+        now = time.perf_counter()
+        if now - scanned >= SCAN:
+            pids, scanned = tree(proc), now
+        peak = max(peak, rss(pids))
         time.sleep(POLL)
     wall = time.perf_counter() - start
     popen.returncode = os.waitstatus_to_exitcode(status)
