@@ -157,16 +157,26 @@ def read_attr(obj: h5py.HLObject, name: str) -> Any:
 
 
 def _attr(obj: h5py.HLObject, name: str) -> Any:
-    """One attribute as h5py's ``attrs[name]`` gives it, None when absent. Fixed-size
-    strings and numbers are read through the low-level API (far cheaper per call)."""
+    """One attribute as h5py's ``attrs[name]`` gives it, None when absent. Numbers and
+    strings (fixed-size, or variable-length as Keras writes layer and weight names) are
+    read through the low-level API, far cheaper per call; anything else through h5py."""
     key = name.encode()
     if not h5py.h5a.exists(obj.id, key):
         return None
     aid = h5py.h5a.open(obj.id, key)
-    if aid.dtype.kind not in "Sfiub" or aid.get_space().get_simple_extent_type() == h5py.h5s.NULL:
+    dtype = aid.dtype
+    vlen = h5py.check_string_dtype(dtype) if dtype.kind == "O" else None
+    simple = dtype.kind in "Sfiub" or (vlen is not None and vlen.length is None)
+    if not simple or aid.get_space().get_simple_extent_type() == h5py.h5s.NULL:
         return obj.attrs[name]
-    arr = np.empty(aid.shape, dtype=aid.dtype)
-    aid.read(arr)
+    arr = np.empty(aid.shape, dtype=dtype)
+    if vlen is None:
+        aid.read(arr)
+    else:
+        aid.read(arr, mtype=h5py.h5t.py_create(dtype))
+        # As h5py does: variable-length strings come back as str.
+        text = [b.decode("utf-8", "surrogateescape") for b in arr.flat]
+        arr = np.array(text, dtype=dtype).reshape(arr.shape)
     return arr[()] if arr.ndim == 0 else arr
 
 
