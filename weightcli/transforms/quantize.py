@@ -51,14 +51,21 @@ def fake_quantize(
     NaN stays NaN; +-Inf saturate to the ends of the range.
     """
     qmin, qmax = qrange(bits, scheme)
-    wide = x.astype(np.float64)
-    q = np.round(wide / scale)
-    q += zero
+    finite = x.dtype.kind == "f" and bool(np.isfinite(x.min()) and np.isfinite(x.max()))
+    nan = None if finite else np.isnan(x)
+    # In float64, in place: one temporary the size of the block.
+    q = x.astype(np.float64)
+    np.divide(q, scale, out=q)
+    np.round(q, out=q)
+    shifted = bool(np.any(zero))  # symmetric: the zero point is 0 everywhere
+    if shifted:
+        q += zero
     np.clip(q, qmin, qmax, out=q)
-    q -= zero
+    if shifted:
+        q -= zero
     q *= scale
-    if not (x.dtype.kind == "f" and np.isfinite(x.min()) and np.isfinite(x.max())):
-        q = np.where(np.isnan(wide), np.nan, q)
+    if nan is not None and nan.any():
+        q[nan] = np.nan
     return q.astype(x.dtype)
 
 
