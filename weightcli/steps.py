@@ -175,9 +175,7 @@ class _ClipOp(TensorOp):
             if self.step.percentile is not None and self.info.size <= EXACT_PERCENTILE_ELEMS:
                 self._exact.append(block)
         elif self._hist is not None:
-            a = np.abs(block[np.isfinite(block)].astype(np.float64))
-            h, _ = np.histogram(a, bins=HIST_BINS, range=(0.0, self._hist_top))
-            self._hist += h
+            self._hist += clipmod.abs_histogram(block, self._hist_top, HIST_BINS)
 
     def end_pass(self, pass_no: int) -> bool:
         step = self.step
