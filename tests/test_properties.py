@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from weightcli.stats import RunningStats
 from weightcli.stores.base import split
 from weightcli.transforms import clip as clipmod
 from weightcli.transforms import quantize as qmod
@@ -141,3 +143,41 @@ def test_abs_histogram_within_one_bin_of_numpy(x: np.ndarray, bins: int) -> None
     want, _ = np.histogram(finite, bins=bins, range=(0.0, top))
     a, b = np.cumsum(ours), np.cumsum(want)
     assert (a[1:] >= b[:-1]).all() and (b[1:] >= a[:-1]).all()
+
+
+@settings(max_examples=200, deadline=None)
+@given(any32, any32)
+def test_merged_statistics_equal_statistics_of_both(a: np.ndarray, b: np.ndarray) -> None:
+    one, left, right = RunningStats(), RunningStats(), RunningStats()
+    one.update(a)
+    one.update(b)
+    left.update(a)
+    right.update(b)
+    left.merge(right)
+    x, y = one.result(), left.result()
+    assert (x.count, x.zeros, x.nan, x.inf, x.min, x.max, x.abs_max) == (
+        y.count,
+        y.zeros,
+        y.nan,
+        y.inf,
+        y.min,
+        y.max,
+        y.abs_max,
+    )
+    if x.mean is None:
+        assert y.mean is None
+    else:
+        assert y.mean == pytest.approx(x.mean, rel=1e-9, abs=1e-12)
+        assert y.std == pytest.approx(x.std, rel=1e-6, abs=1e-9)
+
+
+@pytest.mark.parametrize("magnitude", [1e-30, 1e-17, 1e20, 3e37])
+def test_statistics_of_extreme_magnitudes(magnitude: float) -> None:
+    """Sums of squares that float32 cannot hold are taken in float64: no inf, no zero std."""
+    x = (np.random.default_rng(0).normal(size=300_000) * magnitude).astype(np.float32)
+    acc = RunningStats()
+    acc.update(x)
+    st = acc.result()
+    wide = x.astype(np.float64)
+    assert st.mean == pytest.approx(wide.mean(), rel=1e-6, abs=magnitude * 1e-6)
+    assert st.std == pytest.approx(wide.std(), rel=1e-6)

@@ -340,3 +340,18 @@ def test_failure_midway_leaves_no_output(tmp_path: Path, monkeypatch) -> None:
     assert not out.exists()
     assert os.listdir(tmp_path) == []
     assert sha(src) == before
+
+
+def test_clip_within_bounds_changes_nothing(tmp_path: Path) -> None:
+    """Bounds no weight reaches: no tensor changes and every dataset keeps its bytes."""
+    src = SAMPLES / "cnn_keras3.h5"
+    out = tmp_path / "same.h5"
+    doc = run("clip", src, "--abs-max", "1e6", "--nonfinite", "zero", "-o", out, "--json").json()
+    assert doc["changed"] == 0 and doc["tensors"] == [] and doc["selected"] > 0
+    with h5py.File(src) as a, h5py.File(out) as b:
+        names: list[str] = []
+        a.visit(lambda n: names.append(n) if isinstance(a[n], h5py.Dataset) else None)
+        assert names
+        for n in names:
+            assert a[n][()].tobytes() == b[n][()].tobytes(), n
+    assert run("diff", src, out).code == 0

@@ -39,6 +39,10 @@ class TensorStats:
         return d
 
 
+# Magnitudes whose sums of squares over a slice stay normal float32 numbers; blocks
+# beyond them are summed in float64.
+FLOAT32_SAFE = (1e-15, 1e15)
+
 # Slices of a block processed at once in the fast path (1 MiB of float32: the several
 # passes over a slice hit the cache, and the per-call overhead stays small).
 SLICE = 1 << 18
@@ -74,6 +78,16 @@ class RunningStats:
         self.m2 += m2 + delta * delta * self.finite * n / total
         self.finite = total
 
+    def merge(self, other: RunningStats) -> None:
+        """Add what ``other`` accumulated (statistics of further elements)."""
+        self.count += other.count
+        self.zeros += other.zeros
+        self.nan += other.nan
+        self.inf += other.inf
+        if other.finite:
+            self._merge(other.finite, other.mean, other.m2)
+            self._bounds(other.lo, other.hi)
+
     def _bounds(self, lo: float, hi: float) -> None:
         self.lo = min(self.lo, lo)
         self.hi = max(self.hi, hi)
@@ -99,6 +113,9 @@ class RunningStats:
             self._slow(flat)
             return
         self._bounds(lo, hi)
+        amax = max(-lo, hi)
+        if work is np.float32 and not (0 == amax or FLOAT32_SAFE[0] < amax < FLOAT32_SAFE[1]):
+            work = np.float64  # float32 sums of squares would overflow or underflow
         if self.count_zeros:
             self.zeros += int(np.count_nonzero(flat == 0))
         for i in range(0, flat.size, SLICE):

@@ -34,11 +34,11 @@ def clip(
     if x.dtype.kind == "f" and x.dtype.itemsize >= 4 and x.size:
         lo_x, hi_x = x.min(), x.max()
         if np.isfinite(lo_x) and np.isfinite(hi_x):  # no NaN/Inf: clip in the tensor's dtype
-            y = np.clip(
-                x,
-                x.dtype.type(lo) if lo is not None else None,
-                x.dtype.type(hi) if hi is not None else None,
-            )
+            lo_t = x.dtype.type(lo) if lo is not None else None
+            hi_t = x.dtype.type(hi) if hi is not None else None
+            if (lo_t is None or lo_x >= lo_t) and (hi_t is None or hi_x <= hi_t):
+                return x, 0, 0  # within bounds already: the block itself, unchanged
+            y = np.clip(x, lo_t, hi_t)
             return y, int(np.count_nonzero(y != x)), 0
     y = np.array(x, copy=True)
     if y.dtype.kind != "f" and y.dtype.name != "bfloat16":
