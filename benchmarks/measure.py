@@ -36,9 +36,8 @@ def tree(proc: psutil.Process) -> list[int]:
 def rss(pids: list[int]) -> int:
     total = 0
     for pid in pids:
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            with open(f"/proc/{pid}/statm") as f:
-                total += int(f.read().split()[1]) * PAGE
+        with contextlib.suppress(OSError, ValueError, IndexError), open(f"/proc/{pid}/statm") as f:
+            total += int(f.read().split()[1]) * PAGE
     return total
 
 

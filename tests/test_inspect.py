@@ -204,3 +204,12 @@ def test_process_exit_keeps_code_and_output(
     assert out.read_text() == in_process.out
     if code == 2:
         assert err.read_text().startswith(("weightcli: error:", "Usage:"))
+
+
+def test_names_are_printed_verbatim(tmp_path: Path) -> None:
+    """Paths and tensor names are text, not rich markup or emoji codes."""
+    p = tmp_path / "a:smile:[bold]b.h5"
+    p.write_bytes((SAMPLES / "mlp_keras3.h5").read_bytes())
+    res = run("inspect", p, "--no-stats")
+    assert res.code == 0
+    assert res.out.splitlines()[0].startswith(str(p))

@@ -26,7 +26,7 @@ def console(stderr: bool = False) -> Console:
     width = None
     if not stream.isatty():
         width = int(os.environ.get("COLUMNS", "0") or 0) or 180
-    return Console(file=stream, width=width, soft_wrap=False, highlight=False)
+    return Console(file=stream, width=width, soft_wrap=False, highlight=False, emoji=False)
 
 
 def fmt_num(x: float | None, digits: int = 4) -> str:

@@ -114,7 +114,7 @@ class RunningStats:
             return
         self._bounds(lo, hi)
         amax = max(-lo, hi)
-        if work is np.float32 and not (0 == amax or FLOAT32_SAFE[0] < amax < FLOAT32_SAFE[1]):
+        if work is np.float32 and not (amax == 0 or FLOAT32_SAFE[0] < amax < FLOAT32_SAFE[1]):
             work = np.float64  # float32 sums of squares would overflow or underflow
         if self.count_zeros:
             self.zeros += int(np.count_nonzero(flat == 0))
