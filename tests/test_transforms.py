@@ -355,3 +355,20 @@ def test_clip_within_bounds_changes_nothing(tmp_path: Path) -> None:
         for n in names:
             assert a[n][()].tobytes() == b[n][()].tobytes(), n
     assert run("diff", src, out).code == 0
+
+
+def test_deflated_keras_archive(tmp_path: Path) -> None:
+    """A .keras whose weights member is compressed: patched from its extracted copy."""
+    src = tmp_path / "deflated.keras"
+    with zipfile.ZipFile(SAMPLES / "mlp.keras") as a, zipfile.ZipFile(src, "w") as b:
+        for m in a.infolist():
+            b.writestr(m.filename, a.read(m), compress_type=zipfile.ZIP_DEFLATED)
+    out = tmp_path / "out.keras"
+    assert run("scale", src, "2", "-s", "logits", "-o", out).code == 0
+    x = mlp_input()
+    ref = predict(load(src, "keras3-full"), x)
+    np.testing.assert_allclose(predict(load(out, "keras3-full"), x), 2 * ref, rtol=1e-5, atol=1e-6)
+    assert differing(src, out, tmp_path) - {"/"} == {
+        "/layers/dense_2/vars/0",
+        "/layers/dense_2/vars/1",
+    }

@@ -150,6 +150,13 @@ class ArchiveStore(H5Store):
         with self._zip.open(WEIGHTS) as inp, open(dest, "wb") as out:
             shutil.copyfileobj(inp, out, 1 << 20)
 
+    def source_region(self) -> tuple[Path, int, int] | None:
+        if self._window is not None:  # stored: the member's bytes, as they are in the zip
+            return self.path, self._window._start, self._window._size
+        if self._extracted is not None:
+            return self._extracted, 0, self._extracted.stat().st_size
+        return None
+
     def supports_dtype(self, dtype: str) -> str | None:
         return None
 

@@ -368,6 +368,11 @@ class H5Store(Store):
         """Copy the container's bytes to ``dest`` (the HDF5 file itself)."""
         shutil.copyfile(self.path, dest)
 
+    def source_region(self) -> tuple[Path, int, int] | None:
+        """Where the HDF5 file's bytes lie as they are: (file, offset, size); None when
+        they are not in a file as such."""
+        return (self.path, 0, self.path.stat().st_size) if self.path.is_file() else None
+
 
 def temp_beside(out: Path, suffix: str = "") -> Path:
     """A fresh temporary path in OUT's folder, so the final rename stays on one filesystem."""
@@ -423,8 +428,9 @@ class H5Patcher(Patcher):
             if retype:
                 self._rebuild()
                 self.f = h5py.File(self.tmp, "r+")
-            elif store.path.is_file() and type(store) is H5Store:
-                self.copy = RangeCopy(store.path, self.tmp)
+            elif (region := store.source_region()) is not None:
+                path, base, size = region
+                self.copy = RangeCopy(path, self.tmp, base, size)
             else:
                 store.copy_source_to(self.tmp)
                 self.f = h5py.File(self.tmp, "r+")

@@ -16,12 +16,17 @@ from weightcli.errors import CorruptError, OutputError
 
 
 class RangeCopy:
-    """``dst`` (an existing, empty temporary file) becomes ``src`` with ranges replaced."""
+    """``dst`` (an existing, empty temporary file) becomes the source with ranges replaced.
 
-    def __init__(self, src: Path, dst: Path) -> None:
+    The source is ``size`` bytes of ``src`` from ``base`` (by default the whole file):
+    a region such as an uncompressed zip member. Offsets are relative to ``base``.
+    """
+
+    def __init__(self, src: Path, dst: Path, base: int = 0, size: int | None = None) -> None:
         self.src = src
         self.dst = dst
-        self.size = src.stat().st_size
+        self.base = base
+        self.size = src.stat().st_size - base if size is None else size
         self.written: list[tuple[int, int]] = []
         self.fd: int | None = os.open(dst, os.O_WRONLY)
         try:
@@ -57,7 +62,7 @@ class RangeCopy:
         try:
             with open(self.src, "rb") as src:
                 for a, b in gaps:
-                    copy_range(src.fileno(), self.fd, a, b - a)
+                    copy_range(src.fileno(), self.fd, a, b - a, self.base)
         except OSError as exc:
             raise OutputError(f"{self.dst}: cannot write: {exc.strerror or exc}") from exc
         finally:
@@ -69,19 +74,19 @@ class RangeCopy:
             self.fd = None
 
 
-def copy_range(src: int, dst: int, offset: int, count: int) -> None:
-    """Copy ``count`` bytes at ``offset`` from one file to the same offset in another."""
+def copy_range(src: int, dst: int, offset: int, count: int, base: int = 0) -> None:
+    """Copy ``count`` bytes from ``base + offset`` in one file to ``offset`` in another."""
     done = 0
     try:
         while done < count:
-            n = os.copy_file_range(src, dst, count - done, offset + done, offset + done)
+            n = os.copy_file_range(src, dst, count - done, base + offset + done, offset + done)
             if n == 0:
                 break
             done += n
     except OSError:
         pass  # no in-kernel copy here (another filesystem, an old kernel): copy by hand
     while done < count:
-        chunk = os.pread(src, min(1 << 22, count - done), offset + done)
+        chunk = os.pread(src, min(1 << 22, count - done), base + offset + done)
         if not chunk:
             raise CorruptError(f"source shrank while being copied (at byte {offset + done})")
         done += os.pwrite(dst, chunk, offset + done)
