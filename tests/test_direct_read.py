@@ -84,3 +84,22 @@ def test_attributes_read_as_h5py_reads_them(path: Path) -> None:
                 assert np.asarray(got).dtype == np.asarray(want).dtype, key
                 assert np.array_equal(np.asarray(got), np.asarray(want)), key
             assert h5util._attr(obj, "no such attribute") is None
+
+
+def test_file_with_a_user_block(tmp_path: Path) -> None:
+    """Dataset offsets count the user block: direct reads and range writes still land."""
+    from conftest import run
+
+    p = tmp_path / "ub.h5"
+    with h5py.File(p, "w", userblock_size=512) as f:
+        f["w"] = np.arange(12, dtype="f4").reshape(3, 4)
+    with open(p, "r+b") as fh:
+        fh.write(b"user block text")
+    with open_store(p) as store:
+        (info,) = store.tensors()
+        np.testing.assert_array_equal(store.read(info), np.arange(12, dtype="f4").reshape(3, 4))
+    out = tmp_path / "out.h5"
+    assert run("scale", p, "2", "-o", out).code == 0
+    with h5py.File(out) as f:
+        np.testing.assert_array_equal(f["w"][()], 2 * np.arange(12, dtype="f4").reshape(3, 4))
+    assert out.read_bytes()[:15] == b"user block text"
