@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -163,8 +164,10 @@ def test_no_tensorflow_import_for_hdf5_family() -> None:
         "    assert r.exit_code == 0, r.output\n"
         "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
         "assert 'keras' not in sys.modules, 'keras was imported'\n"
+        "assert 'rich' not in sys.modules, 'rich was imported for output to a pipe'\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR",)}
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=env)
 
 
 def test_installed_command_runs() -> None:

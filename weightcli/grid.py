@@ -1,42 +1,84 @@
-"""A table that looks like rich's default ``Table`` (heavy-headed box, one space of
-padding) but renders in a single pass over precomputed column widths.
+"""Tables and styled text for the reports, drawn without rich when nobody sees colour.
 
-rich lays out every cell of a ``Table`` as a renderable of its own: on a model with
-hundreds of tensors that is most of ``inspect``'s run time. When every column fits
-the console at its widest cell, nothing needs laying out, so the lines are built
-here directly. Cells are plain text (``str``) or ``rich.text.Text`` for styled
-text; neither is parsed as console markup, so a tensor called ``w[0]`` stays
-``w[0]``. Tables too wide for the console fall back to rich's ``Table``, which
-folds cells.
+A ``Grid`` looks like rich's default ``Table`` (heavy-headed box, one space of
+padding) and is laid out here in one pass from the widest cell of each column; rich
+would lay out every cell as a renderable of its own, which dominated ``inspect`` on
+models with hundreds of tensors. Cells are plain ``str`` or ``Styled`` runs of text,
+never console markup, so a tensor called ``w[0]`` stays ``w[0]``.
+
+``Out`` prints lines, styled text and grids. On a terminal (or with FORCE_COLOR) it
+hands them to rich, for colour; otherwise (pipes, files, CI logs: most runs) it
+writes the same characters itself, and rich is never imported, which saves a tenth
+of a short command's run time. Tables too wide for the output fall back to rich's
+``Table``, whose cells fold.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any
+import os
+import shutil
+import sys
+import unicodedata
+from collections.abc import Iterator, Sequence
+from functools import cache
+from typing import Any, TextIO
 
-from rich.box import HEAVY_HEAD
-from rich.cells import cell_len
-from rich.console import Console, ConsoleOptions, RenderResult
-from rich.measure import Measurement
-from rich.segment import Segment
-from rich.style import Style
-from rich.table import Table
-from rich.text import Text
-
-Cell = str | Text
+Run = tuple[str, str | None]  # text and its style ("bold cyan"), None for none
 
 
-def _plain(cell: Cell) -> str:
-    return cell.plain if isinstance(cell, Text) else cell
+class Styled:
+    """Text in runs that each may carry a rich style name."""
+
+    def __init__(self, text: str = "", style: str | None = None) -> None:
+        self.runs: list[Run] = [(text, style)] if text else []
+
+    def append(self, text: str, style: str | None = None) -> Styled:
+        if text:
+            self.runs.append((text, style))
+        return self
+
+    @property
+    def plain(self) -> str:
+        return "".join(t for t, _ in self.runs)
+
+    def __str__(self) -> str:
+        return self.plain
+
+    def __repr__(self) -> str:
+        return f"Styled({self.runs!r})"
 
 
-def column_widths(headers: Sequence[str], rows: Iterable[Sequence[Cell]]) -> list[int]:
+Cell = str | Styled
+
+
+def plain(cell: Cell) -> str:
+    return cell.plain if isinstance(cell, Styled) else cell
+
+
+def cell_len(text: str) -> int:
+    """Terminal cells ``text`` takes (wide East Asian characters take two)."""
+    if text.isascii():
+        return len(text)
+    return sum(_char_width(c) for c in text)
+
+
+@cache
+def _char_width(c: str) -> int:
+    if unicodedata.combining(c):
+        return 0
+    return 2 if unicodedata.east_asian_width(c) in "WF" else 1
+
+
+def runs_of(cell: Cell) -> list[Run]:
+    return list(cell.runs) if isinstance(cell, Styled) else ([(cell, None)] if cell else [])
+
+
+def column_widths(headers: Sequence[str], rows: Sequence[Sequence[Cell]]) -> list[int]:
     """The width of each column: its widest cell, title included, in terminal cells."""
     widths = [cell_len(h) for h in headers]
     for row in rows:
         for j, cell in enumerate(row):
-            n = cell_len(_plain(cell))
+            n = cell_len(plain(cell))
             if n > widths[j]:
                 widths[j] = n
     return widths
@@ -47,12 +89,28 @@ def total_width(widths: Sequence[int]) -> int:
     return sum(widths) + 3 * len(widths) + 1
 
 
-class Grid:
-    """Rows of cells under a bold header, in rich's ``Table`` look.
+# rich's HEAVY_HEAD box: top, header row, header rule, body rows, section rule, bottom.
+BOX = {
+    "top": ("┏", "━", "┳", "┓"),
+    "head": ("┃", "┃", "┃"),
+    "head_rule": ("┡", "━", "╇", "┩"),
+    "body": ("│", "│", "│"),
+    "rule": ("├", "─", "┼", "┤"),
+    "bottom": ("└", "─", "┴", "┘"),
+}
+ASCII_BOX = {
+    "top": ("+", "-", "+", "+"),
+    "head": ("|", "|", "|"),
+    "head_rule": ("|", "-", "+", "|"),
+    "body": ("|", "|", "|"),
+    "rule": ("|", "-", "+", "|"),
+    "bottom": ("+", "-", "+", "+"),
+}
 
-    ``justify`` is "left" or "right" per column; ``section_ends`` are row indexes
-    followed by a separator line.
-    """
+
+class Grid:
+    """Rows of cells under a bold header. ``justify`` is "left" or "right" per column;
+    ``section_ends`` are row indexes followed by a separator line."""
 
     def __init__(
         self,
@@ -61,83 +119,77 @@ class Grid:
         rows: Sequence[Sequence[Cell]],
         widths: Sequence[int],
         section_ends: set[int] | None = None,
-        header_style: str = "bold",
     ) -> None:
         self.headers = list(headers)
         self.justify = list(justify)
         self.rows = rows
         self.widths = list(widths)
         self.section_ends = section_ends or set()
-        self.header_style = header_style
 
-    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+    def _cell(self, cell: Cell, j: int, style: str | None = None) -> list[Run]:
+        text = plain(cell)
+        runs: list[Run] = runs_of(cell) if style is None else [(text, style)]
+        right = self.justify[j] == "right"
+        if right and text != text.rstrip():  # as rich does: no trailing blanks
+            text = text.rstrip()
+            runs = _cut(runs, len(text))
+        gap = self.widths[j] - cell_len(text)
+        pad: list[Run] = [(" " * gap, style)] if gap > 0 else []
+        return [(" ", style), *(pad + runs if right else runs + pad), (" ", style)]
+
+    def lines(self, ascii_only: bool = False) -> Iterator[list[Run]]:
+        """The table, line by line, as runs of styled text."""
+        box = ASCII_BOX if ascii_only else BOX
+        padded = [w + 2 for w in self.widths]
+
+        def rule(kind: str) -> list[Run]:
+            left, fill, cross, right = box[kind]
+            return [(left + cross.join(fill * w for w in padded) + right, None)]
+
+        def row(kind: str, cells: Sequence[Cell], style: str | None = None) -> list[Run]:
+            left, mid, right = box[kind]
+            out: list[Run] = [(left, None)]
+            for j, cell in enumerate(cells):
+                if j:
+                    out.append((mid, None))
+                out += self._cell(cell, j, style)
+            out.append((right, None))
+            return out
+
+        yield rule("top")
+        yield row("head", self.headers, "bold")
+        yield rule("head_rule")
+        last = len(self.rows) - 1
+        for i, cells in enumerate(self.rows):
+            yield row("body", cells)
+            if i in self.section_ends and i != last:
+                yield rule("rule")
+        yield rule("bottom")
+
+    def __rich_console__(self, console: Any, options: Any) -> Iterator[Any]:
+        from rich.segment import Segment
+
+        for runs in self.lines(ascii_only=options.ascii_only):
+            for text, style in runs:
+                yield Segment(text, console.get_style(style) if style else None)
+            yield Segment.line()
+
+    def __rich_measure__(self, console: Any, options: Any) -> Any:
+        from rich.measure import Measurement
+
         width = total_width(self.widths)
         return Measurement(width, width)
 
-    def _cell(self, cell: Cell, j: int, console: Console, base: Style) -> list[Segment]:
-        right = self.justify[j] == "right"
-        if right:  # as rich does: right-justified text loses trailing blanks
-            if isinstance(cell, Text):
-                cell = cell.copy()
-                cell.rstrip()
-            else:
-                cell = cell.rstrip()
-        text = _plain(cell)
-        gap = self.widths[j] - cell_len(text)
-        if isinstance(cell, Text) and (cell.spans or cell.style):
-            own = console.get_style(cell.style) if cell.style else None
-            content = list(Segment.apply_style(cell.render(console), base + own if own else base))
-        else:
-            content = [Segment(text, base)] if text else []
-        pad = Segment(" " * gap, base) if gap > 0 else None
-        out = [Segment(" ", base)]
-        if pad is not None and right:
-            out.append(pad)
-            out += content
-        else:
-            out += content
-            if pad is not None:
-                out.append(pad)
-        out.append(Segment(" ", base))
-        return out
 
-    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        box = HEAVY_HEAD.substitute(options, safe=console.safe_box)
-        padded = [w + 2 for w in self.widths]
-        line = Segment.line()
-        null = Style.null()
-        yield Segment(box.get_top(padded))
-        yield line
-        head = console.get_style(self.header_style)
-        yield Segment(box.head_left)
-        for j, title in enumerate(self.headers):
-            if j:
-                yield Segment(box.head_vertical)
-            yield from self._cell(title, j, console, head)
-        yield Segment(box.head_right)
-        yield line
-        yield Segment(box.get_row(padded, "head"))
-        yield line
-        separator = box.get_row(padded, "row")
-        last = len(self.rows) - 1
-        for i, row in enumerate(self.rows):
-            left, mid, right = (
-                (box.foot_left, box.foot_vertical, box.foot_right)
-                if i == last
-                else (box.mid_left, box.mid_vertical, box.mid_right)
-            )
-            yield Segment(left)
-            for j, cell in enumerate(row):
-                if j:
-                    yield Segment(mid)
-                yield from self._cell(cell, j, console, null)
-            yield Segment(right)
-            yield line
-            if i in self.section_ends and i != last:
-                yield Segment(separator)
-                yield line
-        yield Segment(box.get_bottom(padded))
-        yield line
+def _cut(runs: list[Run], n: int) -> list[Run]:
+    """The first ``n`` characters of ``runs``."""
+    out: list[Run] = []
+    for text, style in runs:
+        if n <= 0:
+            break
+        out.append((text[:n], style))
+        n -= len(text)
+    return out
 
 
 def table(
@@ -145,19 +197,88 @@ def table(
     rows: Sequence[Sequence[Any]],
     width: int,
     section_ends: set[int] | None = None,
-) -> Grid | Table:
+) -> Any:
     """``headers`` are (title, justify). A ``Grid`` when the table fits in ``width``
     columns, else rich's ``Table``, whose cells fold to fit."""
     titles = [h for h, _ in headers]
     justify = [j for _, j in headers]
-    cells = [[c if isinstance(c, Text) else str(c) for c in r] for r in rows]
+    cells = [[c if isinstance(c, Styled) else str(c) for c in r] for r in rows]
     widths = column_widths(titles, cells)
     if total_width(widths) <= width:
         return Grid(titles, justify, cells, widths, section_ends)
+    from rich.table import Table
+
     t = Table(header_style="bold")
     for title, how in headers:
         t.add_column(title, justify=how, overflow="fold")  # type: ignore[arg-type]
     ends = section_ends or set()
     for i, r in enumerate(cells):
-        t.add_row(*(c if isinstance(c, Text) else Text(c) for c in r), end_section=i in ends)
+        t.add_row(*(to_rich_text(c) for c in r), end_section=i in ends)
     return t
+
+
+def to_rich_text(cell: Cell) -> Any:
+    from rich.text import Text
+
+    text = Text()
+    for part, style in runs_of(cell):
+        text.append(part, style=style or "")
+    return text
+
+
+class Out:
+    """Prints lines (``str``, no markup), ``Styled`` text and tables to one stream."""
+
+    def __init__(self, stream: TextIO, width: int | None, color: bool) -> None:
+        self.stream = stream
+        self.color = color
+        self._rich: Any = None
+        if color:
+            self._rich = rich_console(stream, width)
+            self.width: int = self._rich.width
+        else:
+            self.width = width or shutil.get_terminal_size().columns
+
+    def print(self, item: Any = "") -> None:
+        if self._rich is not None:
+            self._rich.print(to_rich_text(item) if isinstance(item, Styled) else item, markup=False)
+            return
+        if isinstance(item, Grid):
+            text = "\n".join("".join(t for t, _ in line) for line in item.lines()) + "\n"
+        elif isinstance(item, str | Styled):
+            text = plain(item) + "\n"
+        else:  # a rich renderable (a folding Table): rich draws it, without colour
+            rich_console(self.stream, self.width, color_system=None).print(item)
+            return
+        self.stream.write(text)
+
+
+def rich_console(stream: TextIO, width: int | None, **kwargs: Any) -> Any:
+    from rich.console import Console
+
+    return Console(
+        file=stream, width=width, soft_wrap=False, highlight=False, emoji=False, **kwargs
+    )
+
+
+def wants_color(stream: TextIO) -> bool:
+    """Colour for a terminal, or when FORCE_COLOR asks for it (and NO_COLOR does not)."""
+    if os.environ.get("NO_COLOR"):
+        return False
+    if os.environ.get("FORCE_COLOR"):
+        return True
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def out(stderr: bool = False) -> Out:
+    """An ``Out`` for stdout (or stderr) that does not squeeze tables to 80 columns when
+    output is a pipe or CI log (COLUMNS, else 180)."""
+    stream = sys.stderr if stderr else sys.stdout
+    color = wants_color(stream)
+    width = None
+    if not stream.isatty():
+        width = int(os.environ.get("COLUMNS", "0") or 0) or 180
+    return Out(stream, width, color)

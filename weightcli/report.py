@@ -4,29 +4,19 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from collections import defaultdict
 from typing import Any
 
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
-
 from weightcli import grid
-from weightcli.grid import Grid
+from weightcli.grid import Out, Styled
 from weightcli.inspection import InspectResult, TensorReport
 from weightcli.stores.base import StoreMeta
 
 
-def console(stderr: bool = False) -> Console:
-    """A console that does not squeeze tables to 80 columns when output is a pipe or CI log."""
-    stream = sys.stderr if stderr else sys.stdout
-    width = None
-    if not stream.isatty():
-        width = int(os.environ.get("COLUMNS", "0") or 0) or 180
-    return Console(file=stream, width=width, soft_wrap=False, highlight=False, emoji=False)
+def console(stderr: bool = False) -> Out:
+    """Where reports print: stdout (or stderr), in colour only on a terminal."""
+    return grid.out(stderr)
 
 
 def fmt_num(x: float | None, digits: int = 4) -> str:
@@ -54,8 +44,8 @@ def fmt_shape(shape: tuple[int, ...]) -> str:
     return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
-def header_lines(path: Any, meta: StoreMeta) -> list[str]:
-    lines = [f"[bold]{escape(str(path))}[/bold]  {escape(meta.format_label)}"]
+def header_lines(path: Any, meta: StoreMeta) -> list[str | Styled]:
+    lines: list[str | Styled] = [Styled(str(path), "bold").append(f"  {meta.format_label}")]
     bits = []
     if meta.writer:
         bits.append(f"written by {meta.writer}")
@@ -66,33 +56,31 @@ def header_lines(path: Any, meta: StoreMeta) -> list[str]:
     for key, value in meta.extra.items():
         bits.append(f"{key} {value}")
     if bits:
-        lines.append("  " + escape(", ".join(bits)))
+        lines.append("  " + ", ".join(bits))
     for record in meta.history:
         changed = record.get("changed", [])
         lines.append(
-            escape(
-                f"  history: {record.get('time', '?')} weightcli {record.get('version', '?')} "
-                f"{record.get('command', '?')} ({len(changed)} tensors changed) "
-                f"from {record.get('source', '?')}"
-            )
+            f"  history: {record.get('time', '?')} weightcli {record.get('version', '?')} "
+            f"{record.get('command', '?')} ({len(changed)} tensors changed) "
+            f"from {record.get('source', '?')}"
         )
     return lines
 
 
-def _bad(n: int) -> Text:
-    return Text(str(n), style="bold red") if n else Text("0")
+def _bad(n: int) -> str | Styled:
+    return Styled(str(n), "bold red") if n else "0"
 
 
 def table(
     headers: list[tuple[str, str]],
     rows: list[list[Any]],
     section_ends: set[int] | None = None,
-) -> Grid | Table:
+) -> Any:
     """A table of ``rows`` under ``headers`` ((title, justify) pairs), sized for stdout."""
     return grid.table(headers, rows, console().width, section_ends)
 
 
-def inspect_table(result: InspectResult, layers: bool) -> Grid | Table:
+def inspect_table(result: InspectResult, layers: bool) -> Any:
     if layers:
         return _layer_table(result)
     with_stats = any(t.stats for t in result.tensors)
@@ -116,11 +104,11 @@ def inspect_table(result: InspectResult, layers: bool) -> Grid | Table:
         layer = "(optimizer)" if t.optimizer else (t.layer or "")
         if layer != last and rows:
             ends.add(len(rows) - 1)
-        label = Text("")
+        label = Styled()
         if layer != last:
-            label = Text(layer, style="bold cyan")
+            label = Styled(layer, "bold cyan")
             if t.layer_class:
-                label.append(f" {t.layer_class}", style="dim")
+                label.append(f" {t.layer_class}", "dim")
             last = layer
         name = t.name + (f" (x{len(t.copies) + 1} copies)" if t.copies else "")
         row: list[Any] = [
@@ -150,7 +138,7 @@ def inspect_table(result: InspectResult, layers: bool) -> Grid | Table:
     return table(headers, rows, ends)
 
 
-def _layer_table(result: InspectResult) -> Grid | Table:
+def _layer_table(result: InspectResult) -> Any:
     groups: dict[str, list[TensorReport]] = defaultdict(list)
     for rep in result.tensors:
         key = (
@@ -353,8 +341,7 @@ def print_transform(result: Any) -> None:
     where = f"wrote {result.output}" if result.output else "dry run: nothing written"
     out.print(
         f"{len(result.changes)} of {result.total_tensors} tensors changed ({result.selected} selected), "
-        f"{fmt_bytes(result.bytes_written)} written, {result.elapsed:.2f} s; {where}",
-        markup=False,
+        f"{fmt_bytes(result.bytes_written)} written, {result.elapsed:.2f} s; {where}"
     )
 
 
@@ -434,7 +421,7 @@ def print_diff(result: Any, all_rows: bool) -> None:
             rows.append(
                 [
                     r.name,
-                    Text(r.status, style=style),
+                    Styled(r.status, style),
                     _shape_dtype(r.a),
                     _shape_dtype(r.b),
                     fmt_num(r.max_abs),
@@ -508,11 +495,8 @@ STATUS_STYLE = {"PASS": "green", "WARN": "yellow", "FAIL": "bold red", "SKIP": "
 
 def print_verify(result: Any) -> None:
     out = console()
-    out.print(f"[bold]{escape(str(result.path))}[/bold]")
-    rows = [
-        [c.name, Text(c.status, style=STATUS_STYLE.get(c.status, "")), c.detail]
-        for c in result.checks
-    ]
+    out.print(Styled(str(result.path), "bold"))
+    rows = [[c.name, Styled(c.status, STATUS_STYLE.get(c.status)), c.detail] for c in result.checks]
     out.print(table([("Check", "left"), ("Result", "left"), ("Detail", "left")], rows))
     n_fail = sum(c.status == "FAIL" for c in result.checks)
     n_warn = sum(c.status == "WARN" for c in result.checks)

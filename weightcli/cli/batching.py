@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.text import Text
 
 from weightcli.batch import Item, Outcome, Runner, default_jobs, discover
+from weightcli.grid import Styled, rich_console
 from weightcli.report import console, finite_or_none, fmt_bytes, print_json, table
 
 F = Callable[..., Any]
@@ -136,9 +136,7 @@ def print_summary(outcomes: list[Outcome]) -> None:
     rows = []
     for o in outcomes:
         style = {0: "green", 1: "yellow", 2: "bold red"}[o.code]
-        rows.append(
-            [o.path, Text(OUTCOME[o.code], style=style), f"{o.elapsed:.2f} s", o.error or ""]
-        )
+        rows.append([o.path, Styled(OUTCOME[o.code], style), f"{o.elapsed:.2f} s", o.error or ""])
     out = console()
     out.print(
         table(
@@ -172,7 +170,7 @@ class _Progress:
             MofNCompleteColumn(),
             TextColumn("{task.fields[bytes]}"),
             TimeRemainingColumn(),
-            console=console(stderr=True),
+            console=rich_console(sys.stderr, None),
             transient=True,
         )
         self.task = self.progress.add_task("models", total=len(items), bytes="")
