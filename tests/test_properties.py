@@ -87,7 +87,7 @@ def test_blocks_cover_the_tensor_in_order(shape: list[int], budget: int) -> None
     """Every element once, in C order; each block a contiguous run within the budget."""
     dims = tuple(shape)
     x = np.arange(int(np.prod(dims)), dtype=np.int64).reshape(dims)
-    blocks = split(dims, budget)
+    blocks = list(split(dims, budget))
     seen = []
     for b in blocks:
         part = x[b.index] if dims else x

@@ -163,11 +163,6 @@ class ArchiveStore(H5Store):
     def patch(self, out: Path, retype: dict[str, str] | None = None) -> Patcher:
         return ArchivePatcher(self, out, retype or {})
 
-    def _raw_source(self, src: Any) -> tuple[int, int, int] | None:
-        if isinstance(src, Window):  # a stored member: its bytes sit in the zip as they are
-            return os.dup(src._fd), src._start, src._size
-        return super()._raw_source(src)
-
     def close(self) -> None:
         try:
             if getattr(self, "_file", None) is not None:

@@ -60,7 +60,7 @@ class Block:
         return tuple(slice(o, o + n) for o, n in zip(self.origin, self.shape, strict=True))
 
 
-def split(shape: tuple[int, ...], max_elems: int = BLOCK_ELEMS) -> list[Block]:
+def split(shape: tuple[int, ...], max_elems: int = BLOCK_ELEMS) -> Iterator[Block]:
     """Cover a tensor with blocks of at most ``max_elems`` elements, in storage order.
 
     The split axis is the first one whose trailing sub-array fits the budget; blocks
@@ -69,27 +69,24 @@ def split(shape: tuple[int, ...], max_elems: int = BLOCK_ELEMS) -> list[Block]:
     scalar or an empty tensor is one block.
     """
     if not shape or 0 in shape:
-        return [Block(tuple(0 for _ in shape), shape, 0)]
+        yield Block(tuple(0 for _ in shape), shape, 0)
+        return
     k = 0
     inner = math.prod(shape[1:])
     while inner > max_elems:
         k += 1
         inner //= shape[k]
     step = max(1, max_elems // inner)
-    out = []
     outer_shape = shape[:k]
     for outer_no, outer in enumerate(itertools.product(*(range(n) for n in outer_shape))):
         base = outer_no * shape[k] * inner
         for start in range(0, shape[k], step):
             stop = min(shape[k], start + step)
-            out.append(
-                Block(
-                    (*outer, start, *(0 for _ in shape[k + 1 :])),
-                    (*(1 for _ in outer_shape), stop - start, *shape[k + 1 :]),
-                    base + start * inner,
-                )
+            yield Block(
+                (*outer, start, *(0 for _ in shape[k + 1 :])),
+                (*(1 for _ in outer_shape), stop - start, *shape[k + 1 :]),
+                base + start * inner,
             )
-    return out
 
 
 class Patcher(abc.ABC):

@@ -69,7 +69,11 @@ class H5Store(Store):
         self.label = label or str(path)
         self._file = h5util.open_h5(src if src is not None else path, self.label)
         # Contiguous data is read straight from the file (pread), bypassing HDF5.
-        self._raw = self._raw_source(src if src is not None else path)
+        self._raw: tuple[int, int, int] | None = None
+        region = self.source_region()
+        if region is not None:
+            file, base, size = region
+            self._raw = os.open(file, os.O_RDONLY), base, size
         self._size = h5util.file_size(self._file) or (path.stat().st_size if path.is_file() else 0)
         self._archive_config = config
         self.kind = classify(self._file)
@@ -82,6 +86,9 @@ class H5Store(Store):
             raise CorruptError(
                 f"{self.label}: damaged HDF5 structure: {h5util.first_line(exc)}"
             ) from exc
+        except BaseException:  # a refused file (links out of it, ...): release it too
+            self.close()
+            raise
         self.meta = self._meta()
 
     # -- listing ---------------------------------------------------------------------------
@@ -343,20 +350,10 @@ class H5Store(Store):
             )
         return None
 
-    def _raw_source(self, src: Any) -> tuple[int, int, int] | None:
-        """For direct reads, if any: (file descriptor, offset of the HDF5 file in it, its size)."""
-        if isinstance(src, str | os.PathLike):
-            try:
-                fd = os.open(src, os.O_RDONLY)
-            except OSError:
-                return None
-            return fd, 0, os.fstat(fd).st_size
-        return None
-
     def close(self) -> None:
-        if getattr(self, "_raw", None) is not None:
-            assert self._raw is not None
-            os.close(self._raw[0])
+        raw = getattr(self, "_raw", None)
+        if raw is not None:
+            os.close(raw[0])
             self._raw = None
         if self._file.id.valid:
             self._file.close()
@@ -370,7 +367,7 @@ class H5Store(Store):
 
     def source_region(self) -> tuple[Path, int, int] | None:
         """Where the HDF5 file's bytes lie as they are: (file, offset, size); None when
-        they are not in a file as such."""
+        they are not in a file as such. Direct reads and range copies use it."""
         return (self.path, 0, self.path.stat().st_size) if self.path.is_file() else None
 
 
