@@ -220,6 +220,12 @@ def test_bfloat16_keras_archive_loads(tmp_path: Path) -> None:
     ref = predict(load(SAMPLES / "mlp.keras", "keras3-full"), x)
     got = predict(load(out, "keras3-full"), x)
     np.testing.assert_allclose(got, ref, atol=3e-2 * np.abs(ref).max())
+    # A bfloat16 archive is patched in place like any other (scaling by 2 is exact).
+    doubled = tmp_path / "b2.keras"
+    assert run("scale", out, "2", "-s", "logits", "-o", doubled).code == 0
+    a, b = load(out, "keras3-full"), load(doubled, "keras3-full")
+    for w, w2 in zip(a.get_layer("logits").weights, b.get_layer("logits").weights, strict=True):
+        np.testing.assert_array_equal(np.asarray(w2), 2 * np.asarray(w))
 
 
 def test_bfloat16_refused_for_legacy_h5_because_keras_cannot_read_it(tmp_path: Path) -> None:

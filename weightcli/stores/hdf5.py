@@ -479,7 +479,10 @@ class H5Patcher(Patcher):
             raw = np.ascontiguousarray(
                 data, dtype=ds.dtype if data.dtype.name != "bfloat16" else data.dtype
             )
-            self.copy.write(raw, self.offsets[info.path] + block.first * ds.dtype.itemsize)
+            at = self.offsets[info.path] + block.first * ds.dtype.itemsize
+            self.copy.write(
+                raw.reshape(-1).view(np.uint8), at
+            )  # bytes (bfloat16 has no buffer format)
             return
         assert self.f is not None
         target = self.f[info.path]
