@@ -162,14 +162,10 @@ class Bundle:
                     f"{self.prefix}: checksum mismatch in tensor {e.key} (damaged data shard)"
                 )
             return
-        crc = 0
-        done = 0
-        step = 1 << 24
-        while done < e.proto.size:
-            chunk = self.read_bytes(e, done, min(step, e.proto.size - done))
-            crc = google_crc32c.extend(crc, chunk)
-            done += len(chunk)
-        if tftable.mask(crc) != e.proto.crc32c:
+        value = crc32c_of(self.file(e.proto.shard_id), e.proto.offset, e.proto.size)
+        if value is None:
+            raise CorruptError(f"{self.prefix}: tensor {e.key} is truncated")
+        if tftable.mask(value) != e.proto.crc32c:
             raise CorruptError(
                 f"{self.prefix}: checksum mismatch in tensor {e.key} (damaged data shard)"
             )
@@ -194,6 +190,21 @@ class Bundle:
         for f in self._files.values():
             f.close()
         self._files.clear()
+
+
+def crc32c_of(f: BinaryIO, offset: int, size: int) -> int | None:
+    """crc32c of bytes [offset, offset + size) of ``f``, 16 MiB at a time; None when the
+    file ends first."""
+    f.seek(offset)
+    crc = 0
+    left = size
+    while left:
+        chunk = f.read(min(left, 1 << 24))
+        if not chunk:
+            return None
+        crc = google_crc32c.extend(crc, chunk)
+        left -= len(chunk)
+    return crc
 
 
 def _string_crc(data: bytes, e: Entry) -> int:
@@ -642,13 +653,8 @@ class TFPatcher(Patcher):
     def _crc_of_written(self, e: Entry) -> int:
         b = self.store.bundle
         with open(shard_name(self.new_prefix, e.proto.shard_id, b.num_shards), "rb") as f:
-            f.seek(e.proto.offset)
-            crc = 0
-            left = e.proto.size
-            while left:
-                chunk = f.read(min(left, 1 << 24))
-                crc = google_crc32c.extend(crc, chunk)
-                left -= len(chunk)
+            crc = crc32c_of(f, e.proto.offset, e.proto.size)
+        assert crc is not None  # the output shard was just written in full
         return crc
 
     def _abort(self) -> None:
