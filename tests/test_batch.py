@@ -167,3 +167,41 @@ def test_progress_flag(tree: Path) -> None:
 def test_scale_factor_parsing(tmp_path: Path) -> None:
     res = run("scale", SAMPLES / "mlp_keras3.h5", "abc", "-o", tmp_path / "o.h5")
     assert res.code == 2 and "FACTOR must be a number" in res.err
+
+
+def test_workers_end_when_the_main_process_is_killed() -> None:
+    """A batch's main process killed outright (a cancelled CI job) leaves no workers behind."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import os, sys, time\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from weightcli.batch import _end_with_parent\n"
+        "with ProcessPoolExecutor(2, initializer=_end_with_parent, initargs=(os.getpid(),)) as p:\n"
+        "    list(p.map(abs, range(4)))\n"
+        "    print(*p._processes, flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    workers = [int(w) for w in proc.stdout.readline().split()]
+    assert len(workers) == 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    alive = workers
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = [w for w in workers if _running(w)]
+    assert not alive, f"workers {alive} outlived the main process"
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False

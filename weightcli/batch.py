@@ -14,6 +14,8 @@ order, and one model failing never stops the others.
 from __future__ import annotations
 
 import os
+import signal
+import sys
 import time
 import traceback
 import zipfile
@@ -171,7 +173,11 @@ class Runner:
             return
         from concurrent.futures import ProcessPoolExecutor  # only batch runs pay for it
 
-        with ProcessPoolExecutor(max_workers=min(self.jobs, len(items))) as pool:
+        with ProcessPoolExecutor(
+            max_workers=min(self.jobs, len(items)),
+            initializer=_end_with_parent,
+            initargs=(os.getpid(),),
+        ) as pool:
             futures = [pool.submit(_call, self.task, it, self.debug) for it in items]
             if self.on_done:
                 for fut in futures:
@@ -180,6 +186,20 @@ class Runner:
                     )
             for fut in futures:
                 yield fut.result()
+
+
+def _end_with_parent(parent: int) -> None:
+    """Worker start-up: end this worker when the main process ends. A main process
+    killed outright (SIGKILL, or SIGTERM when a CI job is cancelled) cannot shut its
+    pool down, and its workers would otherwise wait for work forever. Linux only."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # the main process ended before prctl took effect
+        os._exit(1)
 
 
 def default_jobs() -> int:
