@@ -37,12 +37,12 @@ REAL_TF = (
 
 
 def prefix_of(path: Path) -> str:
-    from weightcli.stores.tfbundle import find_prefix
+    from weightcli.stores.detect import checkpoint_prefix
 
     return (
         str(path / "variables" / "variables")
         if (path / "saved_model.pb").exists()
-        else str(find_prefix(path))
+        else str(checkpoint_prefix(path))
     )
 
 
@@ -330,8 +330,13 @@ def test_bytes_written_counts_every_copy(tmp_path: Path) -> None:
     doc = run(
         "scale", SAMPLES / "mlp_export", "2", "-s", "logits", "-o", tmp_path / "o", "--json"
     ).json()
-    # logits/kernel (16x3) and logits/bias (3), float32, each stored twice.
-    assert doc["bytes_written"] == 2 * 4 * (16 * 3 + 3)
+    # logits/kernel (16x3) and logits/bias (3), float32, each stored twice; then the new
+    # index and the history file, written whole. Every other byte was copied in the kernel.
+    out = tmp_path / "o"
+    meta = (out / "variables" / "variables.index").stat().st_size + (
+        out / "assets.extra" / "weightcli_history.json"
+    ).stat().st_size
+    assert doc["bytes_written"] == 2 * 4 * (16 * 3 + 3) + meta
 
 
 def test_partly_rewritten_tensor_checksum(tmp_path: Path, monkeypatch) -> None:

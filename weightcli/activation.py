@@ -13,13 +13,14 @@ mean |y|, ``rms`` = sqrt(mean y^2), ``p99`` = 99th percentile of |y|.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from weightcli.errors import InputError, UnsupportedError, UsageError
+from weightcli.errors import InputError, ParameterError, UsageError
+from weightcli.framework import keras_module, load_keras_model
+from weightcli.results import ActivationPlan, LayerPlan
 from weightcli.select import Selection
 from weightcli.steps import ScaleStep
 from weightcli.stores import Store
@@ -28,29 +29,6 @@ STATS = ("mean-abs", "rms", "p99")
 # Activations f with f(c x) = c f(x) for c > 0: scaling the kernel and bias by c scales
 # the layer's output by c exactly.
 HOMOGENEOUS = {None, "linear", "relu", "leaky_relu"}
-
-
-@dataclass
-class LayerPlan:
-    layer: str
-    layer_class: str
-    activation: str | None
-    stat_before: float | None = None
-    factor: float = 1.0
-    stat_after: float | None = None
-    note: str = ""
-    scaled: bool = False
-
-
-@dataclass
-class ActivationPlan:
-    target: float
-    stat: str
-    layers: list[LayerPlan] = field(default_factory=list)
-
-    @property
-    def factors(self) -> dict[str, float]:
-        return {p.layer: p.factor for p in self.layers if p.scaled}
 
 
 def load_calibration(
@@ -125,8 +103,7 @@ def _activation(layer: Any) -> str | None:
 
 
 def _measure(model: Any, layer: Any, inputs: list[np.ndarray], batch_size: int, stat: str) -> float:
-    import keras
-
+    keras = keras_module()
     probe = keras.Model(model.inputs, layer.output)
     outs = []
     n = inputs[0].shape[0]
@@ -138,36 +115,18 @@ def _measure(model: Any, layer: Any, inputs: list[np.ndarray], batch_size: int, 
 
 
 def load_keras(path: Path, store: Store, architecture: Path | None) -> Any:
-    """The Keras model to calibrate (full-model files, or weights into --architecture)."""
-    from weightcli.framework import FULL_MODEL, WEIGHTS_ONLY, _quiet_tf
+    """The Keras model to calibrate (full-model files, or weights into an architecture)."""
+    return load_keras_model(path, store, architecture)
 
-    fmt = store.meta.format
-    if fmt in ("savedmodel", "tf-checkpoint"):
-        raise UnsupportedError(
-            f"{path}: a {store.meta.format_label} exposes no Keras layers, so intermediate activations cannot be "
-            "measured; use the model's .keras or .h5 file"
-        )
-    _quiet_tf()
-    import keras
 
-    try:
-        if fmt in FULL_MODEL:
-            return keras.models.load_model(path, compile=False)
-        if fmt in WEIGHTS_ONLY:
-            if architecture is None:
-                raise UsageError(
-                    f"{path}: a weights-only file: give --architecture MODEL (a full model file)"
-                )
-            model = keras.models.load_model(architecture, compile=False)
-            model.load_weights(path)
-            return model
-    except (UsageError, UnsupportedError):
-        raise
-    except Exception as exc:
-        raise InputError(
-            f"{path}: Keras could not load the model: {type(exc).__name__}: {str(exc).splitlines()[0]}"
-        ) from exc
-    raise UnsupportedError(f"{path}: {store.meta.format_label} has no model to run")
+def check_params(target: float, stat: str, batch_size: int) -> None:
+    """The calibration parameters: a finite target > 0, a known statistic, a batch of 1+."""
+    if not (math.isfinite(target) and target > 0):
+        raise ParameterError(f"{{target}} must be a finite number > 0, got {target}")
+    if stat not in STATS:
+        raise ParameterError(f"{{stat}} must be one of {', '.join(STATS)}")
+    if batch_size < 1:
+        raise ParameterError("{batch_size} must be at least 1")
 
 
 def plan(
@@ -180,12 +139,7 @@ def plan(
     batch_size: int,
 ) -> tuple[ActivationPlan, list[np.ndarray]]:
     """Measure and scale each selected layer in forward order, in the live model."""
-    if not (math.isfinite(target) and target > 0):
-        raise UsageError(f"--target must be a finite number > 0, got {target}")
-    if stat not in STATS:
-        raise UsageError(f"--stat must be one of {', '.join(STATS)}")
-    if batch_size < 1:
-        raise UsageError("--batch-size must be at least 1")
+    check_params(target, stat, batch_size)
     names = [t.name.split(":")[0] for t in model.inputs]
     shapes = [tuple(t.shape) for t in model.inputs]
     inputs = load_calibration(calibration, names, shapes)

@@ -18,34 +18,45 @@ import signal
 import sys
 import time
 import traceback
-import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from weightcli.errors import OutputError, UsageError, WeightcliError
-from weightcli.stores import HDF5_SIGNATURE, TABLE_MAGIC, ZIP_SIGNATURE
+from weightcli.errors import OutputError, UsageError, WeightcliError, literal
+from weightcli.results import Result
+from weightcli.stores.detect import looks_like_model
 
 
 @dataclass(frozen=True)
 class Item:
-    """One model to process; ``root`` is the directory it was found under (for mirroring)."""
+    """One model to process; ``root`` is the directory it was found under (for mirroring).
+
+    ``other`` is the second model of a pair (``diff`` over two directories)."""
 
     path: Path
     root: Path | None = None
+    other: Path | None = None
 
     @property
     def relative(self) -> Path:
         return self.path.relative_to(self.root) if self.root is not None else Path(self.path.name)
 
+    @property
+    def label(self) -> str:
+        return f"{self.path} {self.other}" if self.other is not None else str(self.path)
+
+
+Task = Callable[[Item], Result]
+
 
 @dataclass
 class Outcome:
+    """One item's end: its exit code, its result (None on an error) or its error line."""
+
     path: str
     code: int
     elapsed: float
-    result: Any = None
+    result: Result | None = None
     error: str | None = None
     size: int = 0
 
@@ -57,27 +68,6 @@ def model_size(path: Path) -> int:
         return sum(f.stat().st_size for f in checkpoint_files(path))
     except OSError:
         return 0
-
-
-def _sniff(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if head == HDF5_SIGNATURE:
-                return True
-            if head.startswith(ZIP_SIGNATURE):
-                try:
-                    with zipfile.ZipFile(path) as zf:
-                        names = set(zf.namelist())
-                    return "config.json" in names and "model.weights.h5" in names
-                except (zipfile.BadZipFile, OSError):
-                    return path.suffix == ".keras"  # a damaged archive: report it
-            if path.suffix == ".index":
-                f.seek(-8, os.SEEK_END)
-                return f.read(8) == TABLE_MAGIC
-    except OSError:
-        return False
-    return False
 
 
 def _walk(root: Path) -> Iterator[Path]:
@@ -92,7 +82,7 @@ def _walk(root: Path) -> Iterator[Path]:
             if name.startswith(".") or ".data-" in name or name == "checkpoint":
                 continue
             p = here / name
-            if _sniff(p):
+            if looks_like_model(p):
                 yield p.with_name(name[: -len(".index")]) if name.endswith(".index") else p
 
 
@@ -121,7 +111,9 @@ def discover(paths: Sequence[str], recursive: bool) -> list[Item]:
 def plan_outputs(items: Sequence[Item], output_dir: Path, force: bool) -> dict[Path, Path]:
     """Input path -> output path below ``output_dir``, mirroring each input's place in its tree."""
     if not output_dir.is_dir():
-        raise OutputError(f"{output_dir}: --output-dir must be an existing directory")
+        raise OutputError.naming(
+            f"{literal(output_dir)}: {{output_dir}} must be an existing directory"
+        )
     out: dict[Path, Path] = {}
     taken: dict[Path, Path] = {}
     for it in items:
@@ -133,40 +125,49 @@ def plan_outputs(items: Sequence[Item], output_dir: Path, force: bool) -> dict[P
     return out
 
 
-def _call(task: Callable[[Item], tuple[int, Any]], item: Item, debug: bool) -> Outcome:
+def _call(task: Task, item: Item, debug: bool, spell: Callable[[str], str]) -> Outcome:
     started = time.perf_counter()
     size = model_size(item.path)
     try:
-        code, result = task(item)
-        return Outcome(str(item.path), code, time.perf_counter() - started, result, size=size)
+        result = task(item)
+        return Outcome(
+            item.label, result.exit_code, time.perf_counter() - started, result, size=size
+        )
     except WeightcliError as exc:
         return Outcome(
-            str(item.path), exc.exit_code, time.perf_counter() - started, error=str(exc), size=size
+            item.label,
+            exc.exit_code,
+            time.perf_counter() - started,
+            error=exc.render(spell),
+            size=size,
         )
     except Exception as exc:  # a bug in weightcli: keep going, report it in full
         detail = traceback.format_exc() if debug else f"{type(exc).__name__}: {exc}"
         return Outcome(
-            str(item.path),
+            item.label,
             2,
             time.perf_counter() - started,
-            error=f"internal error: {detail}",
+            error=f"internal error (a bug in weightcli): {detail}",
             size=size,
         )
 
 
 @dataclass
 class Runner:
-    """Runs a task over items, ``jobs`` processes at a time, yielding outcomes in input order."""
+    """Runs a task over items, ``jobs`` processes at a time, yielding outcomes in input order.
 
-    task: Callable[[Item], tuple[int, Any]]
+    ``spell`` spells parameter names in error messages (the CLI: as its flags)."""
+
+    task: Task
     jobs: int = 1
     debug: bool = False
     on_done: Callable[[Outcome], None] | None = field(default=None)
+    spell: Callable[[str], str] = str
 
     def run(self, items: Sequence[Item]) -> Iterator[Outcome]:
         if self.jobs <= 1 or len(items) <= 1:
             for it in items:
-                outcome = _call(self.task, it, self.debug)
+                outcome = _call(self.task, it, self.debug, self.spell)
                 if self.on_done:
                     self.on_done(outcome)
                 yield outcome
@@ -178,7 +179,7 @@ class Runner:
             initializer=_end_with_parent,
             initargs=(os.getpid(),),
         ) as pool:
-            futures = [pool.submit(_call, self.task, it, self.debug) for it in items]
+            futures = [pool.submit(_call, self.task, it, self.debug, self.spell) for it in items]
             if self.on_done:
                 for fut in futures:
                     fut.add_done_callback(

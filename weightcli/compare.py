@@ -12,77 +12,31 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from weightcli.errors import UsageError
+from weightcli.errors import ParameterError, literal
+from weightcli.results import DiffResult, DiffStatus, TensorDiff
 from weightcli.select import Selection
 from weightcli.stores import Store
-from weightcli.tensor import TensorInfo
+from weightcli.stores.base import BLOCK_ELEMS
 
-IDENTICAL = "identical"
-WITHIN = "within tolerance"
-DIFFERS = "differs"
-ONLY_A = "only in A"
-ONLY_B = "only in B"
-SHAPE = "shape differs"
-DTYPE = "dtype differs"
-EQUAL_STATUSES = {IDENTICAL, WITHIN}
-# Table order: the worst first.
-ORDER = [SHAPE, DTYPE, DIFFERS, ONLY_A, ONLY_B, WITHIN, IDENTICAL]
-
-
-@dataclass
-class TensorDiff:
-    name: str
-    status: str
-    a: TensorInfo | None
-    b: TensorInfo | None
-    max_abs: float | None = None
-    mean_abs: float | None = None
-    rel_l2: float | None = None
-    cosine: float | None = None
-    beyond: int | None = None
-    size: int = 0
-
-    @property
-    def beyond_pct(self) -> float | None:
-        if self.beyond is None or not self.size:
-            return None
-        return 100.0 * self.beyond / self.size
-
-
-@dataclass
-class DiffResult:
-    a: str
-    b: str
-    atol: float
-    rtol: float
-    nan_equal: bool
-    structure: bool
-    rows: list[TensorDiff] = field(default_factory=list)
-
-    @property
-    def equal(self) -> bool:
-        return all(r.status in EQUAL_STATUSES for r in self.rows)
-
-    def __bool__(self) -> bool:
-        return self.equal
-
-    def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for r in self.rows:
-            out[r.status] = out.get(r.status, 0) + 1
-        return out
+IDENTICAL = DiffStatus.IDENTICAL
+WITHIN = DiffStatus.WITHIN
+DIFFERS = DiffStatus.DIFFERS
+ONLY_A = DiffStatus.ONLY_A
+ONLY_B = DiffStatus.ONLY_B
+SHAPE = DiffStatus.SHAPE
+DTYPE = DiffStatus.DTYPE
 
 
 def parse_map(spec: str) -> tuple[str, str]:
     old, sep, new = spec.partition("=")
+    shown = literal(repr(spec))
     if not sep or not old:
-        raise UsageError(f"--map takes OLD=NEW, got {spec!r}")
+        raise ParameterError(f"{{map}} takes OLD=NEW, got {shown}")
     if old.count("*") != new.count("*"):
-        raise UsageError(f"--map {spec}: OLD and NEW need the same number of '*'")
+        raise ParameterError(f"{{map}} {shown}: OLD and NEW need the same number of '*'")
     return old, new
 
 
@@ -213,6 +167,13 @@ class _Acc:
             row.cosine = 0.0
 
 
+def check_tolerances(atol: float, rtol: float) -> None:
+    """numpy's tolerances: finite and >= 0."""
+    for v, n in ((atol, "atol"), (rtol, "rtol")):
+        if not (math.isfinite(v) and v >= 0):
+            raise ParameterError(f"{{{n}}} must be a finite number >= 0, got {v}")
+
+
 def diff_stores(
     sa: Store,
     sb: Store,
@@ -222,11 +183,10 @@ def diff_stores(
     rtol: float = 0.0,
     nan_equal: bool = False,
     structure: bool = False,
+    block_elems: int = BLOCK_ELEMS,
 ) -> DiffResult:
     """Compare every selected tensor of A with B's tensor of the same (mapped) name."""
-    for v, n in ((atol, "--atol"), (rtol, "--rtol")):
-        if not (math.isfinite(v) and v >= 0):
-            raise UsageError(f"{n} must be a finite number >= 0, got {v}")
+    check_tolerances(atol, rtol)
     ta = {rename(t.name, maps): t for t in sa.tensors() if sel.matches(t) and t.dtype != "string"}
     tb = {t.name: t for t in sb.tensors() if sel.matches(t) and t.dtype != "string"}
     result = DiffResult(str(sa.path), str(sb.path), atol, rtol, nan_equal, structure)
@@ -245,7 +205,9 @@ def diff_stores(
             row.status = DTYPE if a.dtype != b.dtype else IDENTICAL
         else:
             acc = _Acc(atol, rtol, nan_equal)
-            for (_, xa), (_, xb) in zip(sa.blocks(a), sb.blocks(b), strict=True):
+            for (_, xa), (_, xb) in zip(
+                sa.blocks(a, block_elems), sb.blocks(b, block_elems), strict=True
+            ):
                 acc.update(xa, xb)
             acc.finish(row)
             if a.dtype != b.dtype:

@@ -3,15 +3,60 @@
 Every ``WeightcliError`` is a user-facing problem (bad input, bad usage, an
 unsupported file): the CLI prints its message as one line and exits 2. Any other
 exception is a bug in weightcli and keeps its traceback.
+
+The library never names a command-line flag: a wrong parameter value raises
+``ParameterError``, whose message names parameters by placeholders that each caller
+spells its own way (the CLI as ``--abs-max``, a recipe or the Python API as ``abs_max``).
 """
 
 from __future__ import annotations
 
+import string
+from collections.abc import Callable
+
+
+class _Spelled(dict[str, str]):
+    def __init__(self, spell: Callable[[str], str]) -> None:
+        super().__init__()
+        self.spell = spell
+
+    def __missing__(self, key: str) -> str:
+        return self.spell(key)
+
+
+def _render(template: str, spell: Callable[[str], str]) -> str:
+    """``template`` with each ``{name}`` spelled by ``spell`` (``{{``/``}}`` are braces)."""
+    return template.format_map(_Spelled(spell))
+
 
 class WeightcliError(Exception):
-    """A problem with the user's input or request: one line, exit code 2."""
+    """A problem with the user's input or request: one line, exit code 2.
+
+    ``WeightcliError.naming(template)`` (any subclass) makes one whose message names
+    parameters as ``{name}`` placeholders; ``render`` spells them.
+    """
 
     exit_code = 2
+    template: str | None = None
+
+    @classmethod
+    def naming(cls, template: str) -> WeightcliError:
+        err = cls(_render(template, plain_name))
+        err.template = template
+        return err
+
+    @property
+    def params(self) -> list[str]:
+        """The parameters the message names, in order."""
+        if not self.template:
+            return []
+        return [f for _, f, _, _ in string.Formatter().parse(self.template) if f]
+
+    def render(self, spell: Callable[[str], str]) -> str:
+        """The message with each parameter spelled by ``spell``."""
+        if self.template is None:
+            return str(self)
+        return _render(self.template, spell)
 
 
 class InputError(WeightcliError):
@@ -32,3 +77,34 @@ class UsageError(WeightcliError):
 
 class OutputError(WeightcliError):
     """The output cannot be written where asked (exists, read-only, missing folder)."""
+
+
+class MissingExtraError(WeightcliError):
+    """A feature needs an optional dependency that is not installed."""
+
+    def __init__(self, feature: str, extra: str, module: str) -> None:
+        super().__init__(
+            f"{feature} needs {module}, which is not installed: pip install 'weightcli[{extra}]'"
+        )
+
+
+def literal(text: object) -> str:
+    """Text (a path, a tensor name) placed inside a message template: braces kept as they are."""
+    return str(text).replace("{", "{{").replace("}", "}}")
+
+
+def plain_name(param: str) -> str:
+    """How the Python API and recipes spell a parameter: as it is (``abs_max``)."""
+    return param
+
+
+class ParameterError(UsageError):
+    """A parameter has a wrong value, or parameters are combined wrongly.
+
+    The message names parameters as ``{name}`` placeholders (``"{abs_max} must be >= 0"``);
+    ``str()`` spells them plainly (``abs_max``), the CLI as its flags (``--abs-max``).
+    """
+
+    def __init__(self, template: str) -> None:
+        super().__init__(_render(template, plain_name))
+        self.template = template

@@ -1,7 +1,9 @@
-"""Checks that need the framework: load a checkpoint with Keras / TensorFlow and run it.
+"""Everything that needs the framework: load a checkpoint with Keras / TensorFlow and
+run it (``verify``'s load and forward-pass checks, ``scale --by-activation``'s model).
 
-The only module that imports TensorFlow, and only inside its functions, so no
-other command pays for the import.
+The only module that imports TensorFlow or Keras, and only inside its functions, so
+no other command pays for the import. TensorFlow is an optional extra
+(``weightcli[tf]``): without it, these functions raise one clear error naming it.
 """
 
 from __future__ import annotations
@@ -15,13 +17,20 @@ from typing import Any
 
 import numpy as np
 
-from weightcli.errors import InputError, UsageError
+from weightcli.errors import (
+    InputError,
+    MissingExtraError,
+    ParameterError,
+    UnsupportedError,
+    UsageError,
+    literal,
+)
+from weightcli.results import Check, CheckStatus
+from weightcli.results import name_list as _names
 from weightcli.select import Selection
 from weightcli.stores import Store, open_store
-from weightcli.verify import FAIL, PASS, SKIP, Check, _names
 
-FULL_MODEL = {"keras-h5", "keras-archive"}
-WEIGHTS_ONLY = {"keras-h5-weights", "keras3-weights-h5"}
+PASS, FAIL, SKIP = CheckStatus.PASS, CheckStatus.FAIL, CheckStatus.SKIP
 
 
 @dataclass
@@ -41,7 +50,7 @@ def _quiet_tf() -> None:
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
-    if "tensorflow" in sys.modules and "keras" in sys.modules:
+    if sys.modules.get("tensorflow") is not None and sys.modules.get("keras") is not None:
         return
     saved = os.dup(2)
     try:
@@ -49,9 +58,49 @@ def _quiet_tf() -> None:
             os.dup2(null.fileno(), 2)
             import keras  # noqa: F401
             import tensorflow  # noqa: F401
+    except ImportError as exc:
+        raise MissingExtraError(
+            "loading a model (verify without --no-load, scale --by-activation)",
+            "tf",
+            exc.name or "tensorflow",
+        ) from exc
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+
+
+def keras_module() -> Any:
+    """Keras, imported quietly (raises MissingExtraError without the ``tf`` extra)."""
+    _quiet_tf()
+    import keras
+
+    return keras
+
+
+def load_keras_model(path: Path, store: Store, architecture: Path | None) -> Any:
+    """A Keras model: a full-model file, or a weights-only file loaded into ``architecture``."""
+    if not store.meta.keras_layers:
+        raise UnsupportedError(
+            f"{path}: a {store.meta.format_label} exposes no Keras layers, so intermediate activations cannot be "
+            "measured; use the model's .keras or .h5 file"
+        )
+    keras = keras_module()
+    try:
+        if store.meta.full_model:
+            return keras.models.load_model(path, compile=False)
+        if architecture is None:
+            raise ParameterError(
+                f"{literal(path)}: a weights-only file: give {{architecture}} MODEL (a full model file)"
+            )
+        model = keras.models.load_model(architecture, compile=False)
+        model.load_weights(path)
+        return model
+    except (UsageError, UnsupportedError):
+        raise
+    except Exception as exc:
+        raise InputError(
+            f"{path}: Keras could not load the model: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+        ) from exc
 
 
 def _keras_runnable(model: Any, how: str) -> Runnable:
@@ -140,12 +189,12 @@ def weights_match(arch: Store, weights: Store) -> list[str]:
 
 def load(path: Path, store: Store, architecture: Path | None) -> tuple[Runnable | None, Check]:
     """Load ``path`` with its framework; the check says how, or why it did not load."""
-    fmt = store.meta.format
+    meta = store.meta
     try:
-        if fmt in FULL_MODEL:
+        if meta.full_model:
             r = _load_keras_full(path, store.meta.writer)
             return r, Check("loads", PASS, f"loaded with {r.how}")
-        if fmt in WEIGHTS_ONLY:
+        if meta.weights_only:
             if architecture is None:
                 return None, Check(
                     "loads",
@@ -155,9 +204,9 @@ def load(path: Path, store: Store, architecture: Path | None) -> tuple[Runnable 
             with open_store(architecture) as arch:
                 problems = weights_match(arch, store)
                 arch_writer = arch.meta.writer
-                if arch.meta.format not in FULL_MODEL:
-                    raise UsageError(
-                        f"{architecture}: --architecture needs a full model file (.h5 or .keras)"
+                if not arch.meta.full_model:
+                    raise ParameterError(
+                        f"{literal(architecture)}: {{architecture}} needs a full model file (.h5 or .keras)"
                     )
             if problems:
                 layers = sorted({p.split("/")[0] for p in problems})
@@ -173,13 +222,13 @@ def load(path: Path, store: Store, architecture: Path | None) -> tuple[Runnable 
                 PASS,
                 f"weights loaded into the architecture of {architecture.name} with {loaded.how}",
             )
-        if fmt == "savedmodel":
+        if meta.has_graph:
             r = _load_savedmodel(path)
             return r, Check("loads", PASS, f"loaded with {r.how}")
         return None, Check(
             "loads", SKIP, f"a {store.meta.format_label} holds no graph to load: static checks only"
         )
-    except (UsageError, InputError):
+    except (UsageError, InputError, MissingExtraError):
         raise
     except Exception as exc:  # the framework's own verdict on the file
         msg = str(exc).strip().splitlines()

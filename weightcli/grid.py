@@ -280,5 +280,6 @@ def out(stderr: bool = False) -> Out:
     color = wants_color(stream)
     width = None
     if not stream.isatty():
-        width = int(os.environ.get("COLUMNS", "0") or 0) or 180
+        columns = os.environ.get("COLUMNS", "")
+        width = int(columns) if columns.isdigit() and int(columns) > 0 else 180
     return Out(stream, width, color)

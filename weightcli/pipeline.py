@@ -17,82 +17,19 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from weightcli import __version__
 from weightcli.digest import checkpoint_files, digest
-from weightcli.errors import OutputError, UnsupportedError, UsageError
+from weightcli.errors import UnsupportedError, UsageError
+from weightcli.results import TensorChange, TransformResult
 from weightcli.select import apply as apply_selection
-from weightcli.stats import RunningStats, TensorStats
+from weightcli.stats import RunningStats
 from weightcli.steps import Step, TensorOp
-from weightcli.stores.base import BLOCK_ELEMS, Block, Store
+from weightcli.stores.base import BLOCK_ELEMS, Block, Provenance, Store
 from weightcli.tensor import TensorInfo
-
-
-@dataclass
-class TensorChange:
-    info: TensorInfo
-    out_dtype: str
-    before: TensorStats
-    after: TensorStats
-    changed: int
-    max_change: float
-    figures: list[dict[str, Any]]
-
-
-@dataclass
-class TransformResult:
-    source: Path
-    output: Path | None
-    changes: list[TensorChange]
-    selected: int
-    total_tensors: int
-    bytes_written: int
-    elapsed: float
-    record: dict[str, Any] = field(default_factory=dict)
-
-
-def resolve_output(
-    src: Path, out: Path | None, in_place: bool, force: bool, mkdirs: bool = False
-) -> Path:
-    """Where to write, enforcing the refusal rules (no silent overwrite, no OUT == IN).
-
-    ``mkdirs`` creates missing parent folders (batch runs mirroring a tree below
-    --output-dir); otherwise a missing output folder is an error.
-    """
-    if in_place:
-        if out is not None and not _same(src, out):
-            raise UsageError(
-                "--in-place writes over the input: do not also give a different -o/--output"
-            )
-        return src
-    if out is None:
-        raise UsageError("give -o/--output OUT (or --in-place to overwrite the input)")
-    if _same(src, out):
-        raise UsageError(f"{out}: output is the input; use --in-place to overwrite it")
-    # A TF checkpoint output is a prefix: its files are OUT.index and OUT.data-*.
-    taken = out.exists() or out.is_symlink() or out.with_name(out.name + ".index").exists()
-    if taken and not force:
-        raise OutputError(f"{out}: already exists; use --force to overwrite it")
-    if not out.parent.exists():
-        if not mkdirs:
-            raise OutputError(f"{out}: output folder {out.parent} does not exist")
-        out.parent.mkdir(parents=True, exist_ok=True)
-    if not os.access(out.parent, os.W_OK):
-        raise OutputError(f"{out}: output folder {out.parent} is not writable")
-    return out
-
-
-def _same(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve() or (b.exists() and os.path.samefile(a, b))
-    except OSError:
-        return False
-
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 
@@ -161,19 +98,20 @@ class _Digest:
 class _Blocks:
     """Blocks of one tensor; read once and kept when the tensor is a single block."""
 
-    def __init__(self, store: Store, info: TensorInfo) -> None:
+    def __init__(self, store: Store, info: TensorInfo, block_elems: int) -> None:
         self.store = store
         self.info = info
-        self.single = info.size <= BLOCK_ELEMS
+        self.block_elems = block_elems
+        self.single = info.size <= block_elems
         self._cache: list[tuple[Block, np.ndarray]] | None = None
 
     def __iter__(self) -> Iterator[tuple[Block, np.ndarray]]:
         if self._cache is not None:
             return iter(self._cache)
         if self.single:
-            self._cache = list(self.store.blocks(self.info))
+            self._cache = list(self.store.blocks(self.info, self.block_elems))
             return iter(self._cache)
-        return self.store.blocks(self.info)
+        return self.store.blocks(self.info, self.block_elems)
 
 
 def plan(store: Store, steps: Sequence[Step]) -> list[tuple[TensorInfo, list[TensorOp]]]:
@@ -203,8 +141,10 @@ def run(
     out: Path | None,
     command: Sequence[str],
     dry_run: bool = False,
+    block_elems: int = BLOCK_ELEMS,
 ) -> TransformResult:
-    """Apply ``steps`` to ``store`` and write the patched copy to ``out`` (nothing when ``dry_run``)."""
+    """Apply ``steps`` to ``store`` and write the patched copy to ``out`` (nothing when
+    ``dry_run``), reading tensors in blocks of at most ``block_elems`` elements."""
     started = time.perf_counter()
     work = plan(store, steps)
     # The source's sha256 (for the history) is computed on the other core meanwhile.
@@ -219,7 +159,7 @@ def run(
     patcher = None if dry_run or out is None else store.patch(out, retype)
     try:
         for info, ops in work:
-            blocks = _Blocks(store, info)
+            blocks = _Blocks(store, info, block_elems)
             for k, op in enumerate(ops):
                 pass_no = 0
                 while op.passes > pass_no:
@@ -260,16 +200,16 @@ def run(
                     )
                 )
             selected += 1
-        record = {
-            "tool": "weightcli",
-            "version": __version__,
-            "time": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "command": " ".join(["weightcli", *command]),
-            "steps": [s.describe() for s in steps],
-            "source": store.path.name,
-            "source_sha256": hasher.result() if hasher else None,
-            "changed": [c.info.name for c in changes],
-        }
+        record = Provenance(
+            tool="weightcli",
+            version=__version__,
+            time=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            command=" ".join(["weightcli", *command]),
+            steps=[s.describe() for s in steps],
+            source=store.path.name,
+            source_sha256=hasher.result() if hasher else None,
+            changed=[c.info.name for c in changes],
+        ).to_json()
         if patcher is not None:
             patcher.set_history([*store.meta.history, record])
             patcher.commit()
@@ -279,12 +219,7 @@ def run(
         if patcher is not None:
             patcher.abort()
         raise
-    # Every stored copy of a changed variable is rewritten (Keras 3 exports keep two).
-    each = [
-        c.info.size * np.dtype(_np(c.out_dtype)).itemsize * (1 + len(c.info.copies))
-        for c in changes
-    ]
-    written = sum(each) if patcher else 0
+    written = patcher.bytes_written if patcher is not None else 0
     return TransformResult(
         source=store.path,
         output=None if dry_run else out,
@@ -295,12 +230,6 @@ def run(
         elapsed=time.perf_counter() - started,
         record=record,
     )
-
-
-def _np(dtype: str) -> Any:
-    from weightcli.dtypes import to_numpy
-
-    return to_numpy(dtype)
 
 
 # The summary (statistics before and after, changes) reads each block in slices of

@@ -25,7 +25,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from weightcli.errors import InputError, UsageError
+from weightcli.errors import InputError, ParameterError, UsageError
 from weightcli.select import Selection
 from weightcli.steps import ClipStep, QuantizeStep, ScaleStep, Step
 
@@ -46,7 +46,8 @@ def _strings(value: Any, key: str, where: str) -> tuple[str, ...]:
 
 
 def load(path: Path) -> list[Step]:
-    """Parse a recipe file into steps; every mistake is one clear UsageError."""
+    """Parse a recipe file into steps; every mistake is one clear UsageError naming the
+    step and the key (values are type-checked strictly: ``bits = 8.5`` is refused)."""
     try:
         text = path.read_text()
     except FileNotFoundError as exc:
@@ -75,12 +76,17 @@ def _step(entry: dict[str, Any], where: str) -> Step:
     unknown = set(entry) - {"command"} - SELECTION_KEYS - STEP_KEYS[command]
     if unknown:
         raise UsageError(f"{where}: unknown keys for {command}: {', '.join(sorted(unknown))}")
+    include_optimizer = entry.get("include_optimizer", False)
+    if not isinstance(include_optimizer, bool):
+        raise UsageError(
+            f"{where}: include_optimizer must be true or false, got {include_optimizer!r}"
+        )
     sel = Selection(
         select=_strings(entry.get("select", []), "select", where),
         exclude=_strings(entry.get("exclude", []), "exclude", where),
         layer_types=_strings(entry.get("layer_types", []), "layer_types", where),
         kinds=_strings(entry.get("kinds", []), "kinds", where),
-        include_optimizer=bool(entry.get("include_optimizer", False)),
+        include_optimizer=include_optimizer,
     )
     args = {k: v for k, v in entry.items() if k in STEP_KEYS[command]}
     try:
@@ -88,25 +94,51 @@ def _step(entry: dict[str, Any], where: str) -> Step:
             return ScaleStep(
                 sel,
                 factor=_num(args.get("factor"), "factor", where),
-                by_type={k: float(v) for k, v in (args.get("by_type") or {}).items()},
-                by_layer={k: float(v) for k, v in (args.get("by_layer") or {}).items()},
+                by_type=_table(args.get("by_type"), "by_type", where),
+                by_layer=_table(args.get("by_layer"), "by_layer", where),
             )
         if command == "clip":
             nums = {
                 k: _num(args.get(k), k, where)
                 for k in ("min", "max", "abs_max", "percentile", "sigma")
             }
-            return ClipStep(sel, nonfinite=args.get("nonfinite", "keep"), **nums)
+            return ClipStep(sel, nonfinite=_text(args, "nonfinite", "keep", where), **nums)
+        axis = args.get("axis")
+        if axis is not None and (isinstance(axis, bool) or not isinstance(axis, int)):
+            raise UsageError(f"{where}: axis must be a whole number, got {axis!r}")
+        dtype = args.get("dtype")
+        if dtype is not None and not isinstance(dtype, str):
+            raise UsageError(f"{where}: dtype must be a string, got {dtype!r}")
         return QuantizeStep(
             sel,
-            bits=int(args.get("bits", 8)),
-            scheme=args.get("scheme", "symmetric"),
-            granularity=args.get("granularity", "per-channel"),
-            axis=args.get("axis"),
-            dtype=args.get("dtype"),
+            bits=args.get("bits", 8),
+            scheme=_text(args, "scheme", "symmetric", where),
+            granularity=_text(args, "granularity", "per-channel", where),
+            axis=axis,
+            dtype=dtype,
         )
-    except (TypeError, ValueError) as exc:
+    except ParameterError as exc:  # recipe keys are the parameters' own names
         raise UsageError(f"{where}: {exc}") from exc
+
+
+def _text(args: dict[str, Any], key: str, default: str, where: str) -> str:
+    value = args.get(key, default)
+    if not isinstance(value, str):
+        raise UsageError(f"{where}: {key} must be a string, got {value!r}")
+    return value
+
+
+def _table(value: Any, key: str, where: str) -> dict[str, float]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UsageError(f"{where}: {key} must be a table of NAME = factor")
+    out: dict[str, float] = {}
+    for k, v in value.items():
+        num = _num(v, f"{key}.{k}", where)
+        assert num is not None
+        out[k] = num
+    return out
 
 
 def _num(value: Any, key: str, where: str) -> float | None:

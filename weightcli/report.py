@@ -1,4 +1,5 @@
-"""Rendering results: rich tables for people, JSON for scripts. No computation here."""
+"""Rendering results: tables for people, JSON lines for scripts. No computation here:
+every figure comes from a result type (``weightcli.results``), which owns its JSON."""
 
 from __future__ import annotations
 
@@ -6,12 +7,29 @@ import json
 import math
 import sys
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 from weightcli import grid
+from weightcli.batch import Outcome
 from weightcli.grid import Out, Styled
-from weightcli.inspection import InspectResult, TensorReport
+from weightcli.results import (
+    ORDER,
+    ActivationPlan,
+    ByActivationResult,
+    CheckStatus,
+    DiffResult,
+    DiffStatus,
+    InspectResult,
+    TensorReport,
+    TransformResult,
+    VerifyResult,
+    finite_or_none,
+)
 from weightcli.stores.base import StoreMeta
+from weightcli.tensor import TensorInfo
+
+Cell = str | Styled
 
 
 def console(stderr: bool = False) -> Out:
@@ -44,7 +62,7 @@ def fmt_shape(shape: tuple[int, ...]) -> str:
     return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
-def header_lines(path: Any, meta: StoreMeta) -> list[str | Styled]:
+def header_lines(path: Path, meta: StoreMeta) -> list[str | Styled]:
     lines: list[str | Styled] = [Styled(str(path), "bold").append(f"  {meta.format_label}")]
     bits = []
     if meta.writer:
@@ -73,14 +91,14 @@ def _bad(n: int) -> str | Styled:
 
 def table(
     headers: list[tuple[str, str]],
-    rows: list[list[Any]],
+    rows: list[list[Cell]],
     section_ends: set[int] | None = None,
-) -> Any:
+) -> object:
     """A table of ``rows`` under ``headers`` ((title, justify) pairs), sized for stdout."""
     return grid.table(headers, rows, console().width, section_ends)
 
 
-def inspect_table(result: InspectResult, layers: bool) -> Any:
+def inspect_table(result: InspectResult, layers: bool) -> object:
     if layers:
         return _layer_table(result)
     with_stats = any(t.stats for t in result.tensors)
@@ -96,7 +114,7 @@ def inspect_table(result: InspectResult, layers: bool) -> Any:
         headers += [
             (c, "right") for c in ("Min", "Max", "Mean", "Std", "Max |x|", "Zeros %", "NaN", "Inf")
         ]
-    rows: list[list[Any]] = []
+    rows: list[list[Cell]] = []
     ends: set[int] = set()
     last: object = object()
     for rep in result.tensors:
@@ -111,7 +129,7 @@ def inspect_table(result: InspectResult, layers: bool) -> Any:
                 label.append(f" {t.layer_class}", "dim")
             last = layer
         name = t.name + (f" (x{len(t.copies) + 1} copies)" if t.copies else "")
-        row: list[Any] = [
+        row: list[Cell] = [
             label,
             name,
             fmt_shape(t.shape),
@@ -138,7 +156,7 @@ def inspect_table(result: InspectResult, layers: bool) -> Any:
     return table(headers, rows, ends)
 
 
-def _layer_table(result: InspectResult) -> Any:
+def _layer_table(result: InspectResult) -> object:
     groups: dict[str, list[TensorReport]] = defaultdict(list)
     for rep in result.tensors:
         key = (
@@ -147,7 +165,7 @@ def _layer_table(result: InspectResult) -> Any:
             else (rep.info.layer or rep.info.name.rsplit("/", 1)[0])
         )
         groups[key].append(rep)
-    rows = []
+    rows: list[list[Cell]] = []
     for layer, reps in groups.items():
         absmax = [r.stats.abs_max for r in reps if r.stats and r.stats.abs_max is not None]
         rows.append(
@@ -175,25 +193,8 @@ def _layer_table(result: InspectResult) -> Any:
     return table(headers, rows)
 
 
-def totals(reports: list[TensorReport]) -> dict[str, Any]:
-    by_dtype: dict[str, dict[str, int]] = defaultdict(
-        lambda: {"tensors": 0, "params": 0, "bytes": 0}
-    )
-    for rep in reports:
-        d = by_dtype[rep.info.dtype]
-        d["tensors"] += 1
-        d["params"] += rep.info.size
-        d["bytes"] += rep.info.nbytes
-    return {
-        "tensors": len(reports),
-        "params": sum(r.info.size for r in reports),
-        "bytes": sum(r.info.nbytes for r in reports),
-        "by_dtype": dict(by_dtype),
-    }
-
-
-def footer_line(reports: list[TensorReport]) -> str:
-    t = totals(reports)
+def footer_line(result: InspectResult) -> str:
+    t = result.totals()
     parts = ", ".join(
         f"{k}: {v['tensors']} tensors {fmt_bytes(v['bytes'])}" for k, v in t["by_dtype"].items()
     )
@@ -204,51 +205,18 @@ def footer_line(reports: list[TensorReport]) -> str:
 
 def print_inspect(result: InspectResult, layers: bool) -> None:
     out = console()
-    for line in header_lines(result.path, result.store_meta):  # type: ignore[arg-type]
+    for line in header_lines(result.path, result.meta):
         out.print(line)
     if result.tensors:
         out.print(inspect_table(result, layers))
     else:
         out.print("  (no tensors)")
-    out.print(footer_line(result.tensors))
+    out.print(footer_line(result))
 
 
-def inspect_json(result: InspectResult) -> dict[str, Any]:
-    meta: StoreMeta = result.store_meta  # type: ignore[assignment]
-    tensors = []
-    for rep in result.tensors:
-        t = rep.info
-        item: dict[str, Any] = {
-            "name": t.name,
-            "path": t.path,
-            "layer": t.layer,
-            "layer_class": t.layer_class,
-            "kind": t.kind,
-            "dtype": t.dtype,
-            "shape": list(t.shape),
-            "params": t.size,
-            "bytes": t.nbytes,
-            "optimizer": t.optimizer,
-        }
-        if t.copies:
-            item["copies"] = [t.path, *t.copies]
-        if rep.stats is not None:
-            item["stats"] = rep.stats.to_json()
-        tensors.append(item)
-    return {
-        "path": str(result.path),
-        "format": meta.format,
-        "writer": meta.writer,
-        "model_class": meta.model_class,
-        "model_name": meta.model_name,
-        "history": meta.history,
-        "tensors": tensors,
-        "totals": totals(result.tensors),
-    }
-
-
-def print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, allow_nan=False, default=_json_default) + "\n")
+def print_json(obj: dict[str, Any]) -> None:
+    """One JSON object on its own line of stdout (NaN/Inf printed as null)."""
+    sys.stdout.write(json.dumps(finite_or_none(obj), allow_nan=False, default=_json_default) + "\n")
     sys.stdout.flush()
 
 
@@ -259,17 +227,6 @@ def _json_default(o: Any) -> Any:
 
 
 # -- transforms -------------------------------------------------------------------------------
-
-
-def finite_or_none(x: Any) -> Any:
-    """JSON has no Infinity/NaN: such values become null (documented in the README)."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: finite_or_none(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [finite_or_none(v) for v in x]
-    return x
 
 
 def _figure_text(fig: dict[str, Any]) -> str:
@@ -306,7 +263,7 @@ def _arrow(a: float | None, b: float | None) -> str:
     return f"{fmt_num(a)} -> {fmt_num(b)}"
 
 
-def print_transform(result: Any) -> None:
+def print_transform(result: TransformResult) -> None:
     out = console()
     headers = [
         ("Tensor", "left"),
@@ -318,7 +275,7 @@ def print_transform(result: Any) -> None:
         ("Max |change|", "right"),
         ("Transform", "left"),
     ]
-    rows = []
+    rows: list[list[Cell]] = []
     for c in result.changes:
         pct = 100.0 * c.changed / c.info.size if c.info.size else 0.0
         name = c.info.name + (
@@ -345,64 +302,17 @@ def print_transform(result: Any) -> None:
     )
 
 
-def transform_json(result: Any) -> dict[str, Any]:
-    tensors = []
-    for c in result.changes:
-        tensors.append(
-            {
-                "name": c.info.name,
-                "shape": list(c.info.shape),
-                "dtype": c.info.dtype,
-                "out_dtype": c.out_dtype,
-                "before": {
-                    "mean": c.before.mean,
-                    "std": c.before.std,
-                    "abs_max": c.before.abs_max,
-                    "nan": c.before.nan,
-                    "inf": c.before.inf,
-                },
-                "after": {
-                    "mean": c.after.mean,
-                    "std": c.after.std,
-                    "abs_max": c.after.abs_max,
-                    "nan": c.after.nan,
-                    "inf": c.after.inf,
-                },
-                "changed": c.changed,
-                "changed_pct": 100.0 * c.changed / c.info.size if c.info.size else 0.0,
-                "max_change": c.max_change,
-                "figures": c.figures,
-            }
-        )
-    return finite_or_none(
-        {
-            "source": str(result.source),
-            "output": str(result.output) if result.output else None,
-            "dry_run": result.output is None,
-            "changed": len(result.changes),
-            "selected": result.selected,
-            "total": result.total_tensors,
-            "bytes_written": result.bytes_written,
-            "elapsed_s": result.elapsed,
-            "tensors": tensors,
-            "history": result.record,
-        }
-    )
-
-
 # -- diff -------------------------------------------------------------------------------------
 
 
-def _shape_dtype(t: Any) -> str:
+def _shape_dtype(t: TensorInfo | None) -> str:
     return f"{fmt_shape(t.shape)} {t.dtype}" if t is not None else "-"
 
 
-def print_diff(result: Any, all_rows: bool) -> None:
-    from weightcli.compare import IDENTICAL, ORDER
-
+def print_diff(result: DiffResult, all_rows: bool) -> None:
     out = console()
     rows = sorted(result.rows, key=lambda r: (ORDER.index(r.status), r.name))
-    shown = [r for r in rows if all_rows or r.status != IDENTICAL]
+    shown = [r for r in rows if all_rows or r.status != DiffStatus.IDENTICAL]
     if shown:
         headers = [
             ("Tensor", "left"),
@@ -415,10 +325,10 @@ def print_diff(result: Any, all_rows: bool) -> None:
             ("Cosine", "right"),
             ("Beyond tol %", "right"),
         ]
-        rows = []
+        cells: list[list[Cell]] = []
         for r in shown:
-            style = "green" if r.status in ("identical", "within tolerance") else "bold red"
-            rows.append(
+            style = "green" if r.status in (DiffStatus.IDENTICAL, DiffStatus.WITHIN) else "bold red"
+            cells.append(
                 [
                     r.name,
                     Styled(r.status, style),
@@ -431,102 +341,38 @@ def print_diff(result: Any, all_rows: bool) -> None:
                     fmt_num(r.beyond_pct) if r.beyond_pct is not None else "-",
                 ]
             )
-        out.print(table(headers, rows))
-    out.print(diff_verdict(result))
-
-
-def diff_verdict(result: Any) -> str:
-    counts = result.counts()
-    total = len(result.rows)
-    tol = (
-        "exact"
-        if result.atol == 0 and result.rtol == 0
-        else f"atol {result.atol:g}, rtol {result.rtol:g}"
-    )
-    what = "structure" if result.structure else tol
-    detail = ", ".join(f"{n} {s}" for s, n in counts.items())
-    if result.equal:
-        return f"EQUAL: {total} tensors ({detail}; {what})"
-    bad = sum(n for s, n in counts.items() if s not in ("identical", "within tolerance"))
-    return f"DIFFERENT: {bad} of {total} tensors differ ({detail}; {what})"
-
-
-def diff_json(result: Any) -> dict[str, Any]:
-    tensors = []
-    for r in result.rows:
-        tensors.append(
-            {
-                "name": r.name,
-                "status": r.status,
-                "a": {"path": r.a.path, "shape": list(r.a.shape), "dtype": r.a.dtype}
-                if r.a
-                else None,
-                "b": {"path": r.b.path, "shape": list(r.b.shape), "dtype": r.b.dtype}
-                if r.b
-                else None,
-                "max_abs": r.max_abs,
-                "mean_abs": r.mean_abs,
-                "rel_l2": r.rel_l2,
-                "cosine": r.cosine,
-                "beyond": r.beyond,
-                "beyond_pct": r.beyond_pct,
-            }
-        )
-    return finite_or_none(
-        {
-            "a": result.a,
-            "b": result.b,
-            "equal": result.equal,
-            "verdict": diff_verdict(result),
-            "atol": result.atol,
-            "rtol": result.rtol,
-            "nan_equal": result.nan_equal,
-            "structure": result.structure,
-            "counts": result.counts(),
-            "tensors": tensors,
-        }
-    )
+        out.print(table(headers, cells))
+    out.print(result.verdict)
 
 
 # -- verify -----------------------------------------------------------------------------------
 
-STATUS_STYLE = {"PASS": "green", "WARN": "yellow", "FAIL": "bold red", "SKIP": "dim"}
+STATUS_STYLE = {
+    CheckStatus.PASS: "green",
+    CheckStatus.WARN: "yellow",
+    CheckStatus.FAIL: "bold red",
+    CheckStatus.SKIP: "dim",
+}
 
 
-def print_verify(result: Any) -> None:
+def print_verify(result: VerifyResult) -> None:
     out = console()
     out.print(Styled(str(result.path), "bold"))
-    rows = [[c.name, Styled(c.status, STATUS_STYLE.get(c.status)), c.detail] for c in result.checks]
+    rows: list[list[Cell]] = [
+        [c.name, Styled(str(c.status), STATUS_STYLE.get(c.status)), c.detail] for c in result.checks
+    ]
     out.print(table([("Check", "left"), ("Result", "left"), ("Detail", "left")], rows))
-    n_fail = sum(c.status == "FAIL" for c in result.checks)
-    n_warn = sum(c.status == "WARN" for c in result.checks)
+    n_fail = sum(c.status == CheckStatus.FAIL for c in result.checks)
+    n_warn = sum(c.status == CheckStatus.WARN for c in result.checks)
     verdict = "FAILED" if n_fail else "OK"
     out.print(f"{verdict}: {len(result.checks)} checks, {n_fail} failed, {n_warn} warnings")
-
-
-def verify_json(result: Any) -> dict[str, Any]:
-    return finite_or_none(
-        {
-            "path": result.path,
-            "ok": not result.failed,
-            "checks": [
-                {
-                    "name": c.name,
-                    "status": c.status,
-                    "detail": c.detail,
-                    **({"data": c.data} if c.data else {}),
-                }
-                for c in result.checks
-            ],
-        }
-    )
 
 
 # -- scale --by-activation ------------------------------------------------------------------
 
 
-def print_activation(plan: Any) -> None:
-    rows = []
+def print_activation(plan: ActivationPlan) -> None:
+    rows: list[list[Cell]] = []
     for lp in plan.layers:
         rows.append(
             [
@@ -556,17 +402,28 @@ def print_activation(plan: Any) -> None:
     )
 
 
-def activation_json(plan: Any) -> list[dict[str, Any]]:
-    return [
-        {
-            "layer": lp.layer,
-            "layer_class": lp.layer_class,
-            "activation": lp.activation,
-            "stat_before": lp.stat_before,
-            "factor": lp.factor if lp.scaled else None,
-            "stat_after": lp.stat_after,
-            "scaled": lp.scaled,
-            "note": lp.note or None,
-        }
-        for lp in plan.layers
-    ]
+def print_by_activation(result: ByActivationResult) -> None:
+    print_transform(result.transform)
+    print_activation(result.plan)
+
+
+# -- batch ------------------------------------------------------------------------------------
+
+OUTCOME = {0: "ok", 1: "check failed", 2: "error"}
+
+
+def print_summary(outcomes: list[Outcome]) -> None:
+    """The table that ends a batch run: model, outcome, time, error; then the counts."""
+    rows: list[list[Cell]] = []
+    for o in outcomes:
+        style = {0: "green", 1: "yellow", 2: "bold red"}[o.code]
+        rows.append([o.path, Styled(OUTCOME[o.code], style), f"{o.elapsed:.2f} s", o.error or ""])
+    out = console()
+    out.print(
+        table(
+            [("Model", "left"), ("Outcome", "left"), ("Time", "right"), ("Error", "left")],
+            rows,
+        )
+    )
+    counts = ", ".join(f"{sum(o.code == c for o in outcomes)} {OUTCOME[c]}" for c in (0, 1, 2))
+    out.print(f"{len(outcomes)} models: {counts}")

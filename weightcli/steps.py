@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from weightcli.dtypes import to_numpy
+from weightcli.errors import ParameterError, literal
 from weightcli.select import Selection
 from weightcli.stats import RunningStats
 from weightcli.stores.base import Block
@@ -116,11 +117,16 @@ class ScaleStep(Step):
     command = "scale"
 
     def __post_init__(self) -> None:
-        for f in [self.factor, *self.by_type.values(), *self.by_layer.values()]:
-            if f is not None:
-                scalemod.check_factor(f)
+        if self.factor is not None and not math.isfinite(self.factor):
+            raise ParameterError(f"{{factor}} must be a finite number, got {self.factor}")
+        for param, rules in (("by_type", self.by_type), ("by_layer", self.by_layer)):
+            for key, f in rules.items():
+                if not math.isfinite(f):
+                    raise ParameterError(
+                        f"{{{param}}} {literal(key)}: the factor must be a finite number, got {f}"
+                    )
         if self.factor is None and not self.by_type and not self.by_layer:
-            raise ValueError("give a FACTOR, --by-type TYPE=F or --by-layer GLOB=F")
+            raise ParameterError("give a {factor}, {by_type} TYPE=F or {by_layer} GLOB=F")
 
     def factor_for(self, info: TensorInfo) -> float | None:
         factor = self.factor
@@ -247,20 +253,24 @@ class ClipStep(Step):
             self.sigma is not None,
         ]
         if sum(modes) > 1:
-            raise ValueError("choose one of --min/--max, --abs-max, --percentile or --sigma")
+            raise ParameterError("choose one of {min}/{max}, {abs_max}, {percentile} or {sigma}")
         if sum(modes) == 0 and self.nonfinite == "keep":
-            raise ValueError(
-                "nothing to do: give bounds (--min/--max, --abs-max, --percentile, --sigma) or --nonfinite"
+            raise ParameterError(
+                "nothing to do: give bounds ({min}/{max}, {abs_max}, {percentile}, {sigma}) or {nonfinite}"
             )
-        clipmod.check_bounds(self.min, self.max)
+        for name, v in (("min", self.min), ("max", self.max)):
+            if v is not None and not math.isfinite(v):
+                raise ParameterError(f"{{{name}}} must be a finite number, got {v}")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ParameterError(f"{{min}} {self.min} is above {{max}} {self.max}")
         if self.abs_max is not None and not (math.isfinite(self.abs_max) and self.abs_max >= 0):
-            raise ValueError(f"--abs-max must be a finite number >= 0, got {self.abs_max}")
+            raise ParameterError(f"{{abs_max}} must be a finite number >= 0, got {self.abs_max}")
         if self.percentile is not None and not (0 < self.percentile <= 100):
-            raise ValueError(f"--percentile must be in (0, 100], got {self.percentile}")
+            raise ParameterError(f"{{percentile}} must be in (0, 100], got {self.percentile}")
         if self.sigma is not None and not (math.isfinite(self.sigma) and self.sigma > 0):
-            raise ValueError(f"--sigma must be a finite number > 0, got {self.sigma}")
+            raise ParameterError(f"{{sigma}} must be a finite number > 0, got {self.sigma}")
         if self.nonfinite not in clipmod.NONFINITE:
-            raise ValueError(f"--nonfinite must be one of {', '.join(clipmod.NONFINITE)}")
+            raise ParameterError(f"{{nonfinite}} must be one of {', '.join(clipmod.NONFINITE)}")
 
     def op(self, info: TensorInfo) -> TensorOp | None:
         return _ClipOp(info, self)
@@ -285,8 +295,8 @@ class _QuantOp(TensorOp):
             self.axis: int | None = None
         elif step.axis is not None:
             if not -info.ndim <= step.axis < info.ndim:
-                raise ValueError(
-                    f"{info.name}: --axis {step.axis} is out of range for shape {info.shape}"
+                raise ParameterError(
+                    f"{literal(info.name)}: {{axis}} {step.axis} is out of range for shape {info.shape}"
                 )
             self.axis = step.axis % info.ndim
         else:
@@ -406,11 +416,18 @@ class QuantizeStep(Step):
     command = "quantize"
 
     def __post_init__(self) -> None:
-        qmod.qrange(self.bits, self.scheme)
+        if (
+            isinstance(self.bits, bool)
+            or not isinstance(self.bits, int)
+            or not 2 <= self.bits <= 16
+        ):
+            raise ParameterError(f"{{bits}} must be a whole number from 2 to 16, got {self.bits!r}")
+        if self.scheme not in qmod.SCHEMES:
+            raise ParameterError(f"{{scheme}} must be one of {', '.join(qmod.SCHEMES)}")
         if self.granularity not in ("per-channel", "per-tensor"):
-            raise ValueError("--granularity must be per-channel or per-tensor")
+            raise ParameterError("{granularity} must be per-channel or per-tensor")
         if self.dtype not in (None, "float16", "bfloat16"):
-            raise ValueError("--dtype must be float16 or bfloat16")
+            raise ParameterError("{dtype} must be float16 or bfloat16")
 
     def selects(self, info: TensorInfo) -> bool:
         if not self.selection.matches(info):

@@ -1,7 +1,8 @@
-"""The command-line interface: a thin click layer over the library.
+"""The command-line interface: a thin click layer over the library (``weightcli.commands``).
 
-Library errors (``WeightcliError``) become one line on stderr and exit code 2;
-``--debug`` (anywhere on the command line) shows the traceback instead.
+Library errors (``WeightcliError``) become one line on stderr and exit code 2, with
+parameters spelled as this CLI's flags; ``--debug`` (anywhere on the command line)
+shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -62,7 +63,9 @@ class WeightcliGroup(click.Group):
         except WeightcliError as exc:
             if debug:
                 raise
-            click.echo(f"weightcli: error: {exc}", err=True)
+            from weightcli.cli.options import spell
+
+            click.echo(f"weightcli: error: {exc.render(spell)}", err=True)
             ctx.exit(exc.exit_code)
 
 

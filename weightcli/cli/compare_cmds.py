@@ -3,16 +3,40 @@
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 
 import click
 
-from weightcli.cli.batching import batch_options, run_command
-from weightcli.cli.options import debug_option, json_option, make_selection
-from weightcli.compare import diff_stores, parse_map
-from weightcli.report import diff_json, print_diff, print_json, print_verify, verify_json
-from weightcli.stores import open_store
-from weightcli.tasks import verify_task
-from weightcli.verify import VerifyOptions
+from weightcli.batch import Item, discover
+from weightcli.cli.dispatch import dispatch, is_batch
+from weightcli.cli.options import batch_options, debug_option, json_option, make_selection
+from weightcli.commands import diff as diff_cmd
+from weightcli.commands import verify as verify_cmd
+from weightcli.errors import InputError, WeightcliError
+from weightcli.report import print_diff, print_verify
+from weightcli.results import VerifyResult
+from weightcli.stores import detect
+
+
+def _verify_task(request: verify_cmd.VerifyRequest, item: Item) -> VerifyResult:
+    return verify_cmd.run(request, item.path)
+
+
+def _is_model(path: Path) -> bool:
+    try:
+        detect(path)
+        return True
+    except (InputError, WeightcliError):
+        return False
+
+
+def _print_pair(result: diff_cmd.DiffResult | diff_cmd.UnpairedResult, all_rows: bool) -> None:
+    if isinstance(result, diff_cmd.UnpairedResult):
+        from weightcli.report import console
+
+        console().print(f"{result.path}: {result.verdict}")
+        return
+    print_diff(result, all_rows)
 
 
 @click.command()
@@ -53,6 +77,7 @@ from weightcli.verify import VerifyOptions
     is_flag=True,
     help="List identical tensors too (default: only the ones that differ).",
 )
+@batch_options
 @json_option
 @debug_option
 def diff(
@@ -67,6 +92,9 @@ def diff(
     exclude: tuple[str, ...],
     include_optimizer: bool,
     all_rows: bool,
+    recursive: bool,
+    jobs: int | None,
+    progress: bool | None,
     as_json: bool,
     debug: bool,
 ) -> None:
@@ -79,23 +107,39 @@ def diff(
     as diff and h5diff do.
 
     \b
+    A and B may also be two directories of checkpoints (-r, or directories that are
+    not checkpoints themselves): models found below each (as -r finds them) are
+    paired by their path relative to A and B and compared pair by pair, with a
+    summary; a model below only one side counts as a difference.
+
+    \b
     Examples:
       weightcli diff model.h5 model.keras
       weightcli diff before.h5 after.h5 --atol 1e-6 --json
       weightcli diff old.h5 new.h5 --map 'enc_*=encoder_*' --structure
+      weightcli diff -r exports_v1/ exports_v2/ --atol 1e-6
     """
-    sel = make_selection(select, exclude, (), (), include_optimizer, floats_only=False)
-    parsed = [parse_map(m) for m in maps]
-    with open_store(a) as sa, open_store(b) as sb:
-        result = diff_stores(
-            sa, sb, sel, parsed, atol=atol, rtol=rtol, nan_equal=nan_equal, structure=structure
-        )
-    if as_json:
-        print_json(diff_json(result))
-    else:
-        print_diff(result, all_rows)
-    if not result.equal:
-        raise SystemExit(1)
+    request = diff_cmd.DiffRequest(
+        selection=make_selection(select, exclude, (), (), include_optimizer, floats_only=False),
+        maps=tuple(maps),
+        atol=atol,
+        rtol=rtol,
+        nan_equal=nan_equal,
+        structure=structure,
+    )
+    pa, pb = Path(a), Path(b)
+    pairs = pa.is_dir() and pb.is_dir() and (recursive or not (_is_model(pa) or _is_model(pb)))
+    items = diff_cmd.pair_items(pa, pb) if pairs else [Item(pa, other=pb)]
+    dispatch(
+        items,
+        partial(diff_cmd.pair_task, request, pa),
+        partial(_print_pair, all_rows=all_rows),
+        batch=pairs,
+        jobs=jobs,
+        progress=progress,
+        as_json=as_json,
+        debug=debug,
+    )
 
 
 @click.command()
@@ -178,11 +222,29 @@ def verify(
       weightcli verify weights.h5 --architecture model.h5 --no-load --json
       weightcli verify -r exports/ --no-load
     """
-    opts = VerifyOptions(
-        reference, architecture, no_load, seed, batch, input_file, atol, rtol, min_cosine
+    request = verify_cmd.VerifyRequest(
+        reference=Path(reference) if reference else None,
+        architecture=Path(architecture) if architecture else None,
+        no_load=no_load,
+        seed=seed,
+        batch=batch,
+        input_file=Path(input_file) if input_file else None,
+        atol=atol,
+        rtol=rtol,
+        min_cosine=min_cosine,
     )
-    task = partial(verify_task, opts)
-    run_command(paths, recursive, jobs, progress, as_json, debug, task, print_verify, verify_json)
+    many = is_batch(paths, recursive)
+    items = discover(paths, recursive) if many else [Item(Path(paths[0]))]
+    dispatch(
+        items,
+        partial(_verify_task, request),
+        print_verify,
+        batch=many,
+        jobs=jobs,
+        progress=progress,
+        as_json=as_json,
+        debug=debug,
+    )
 
 
 COMMANDS = [diff, verify]

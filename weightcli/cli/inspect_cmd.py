@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 
 import click
 
-from weightcli.cli.batching import batch_options, run_command
-from weightcli.cli.options import debug_option, json_option, make_selection, selection_options
-from weightcli.errors import UsageError
-from weightcli.report import inspect_json, print_inspect
-from weightcli.tasks import inspect_task
+from weightcli.batch import Item, discover
+from weightcli.cli.dispatch import dispatch, is_batch
+from weightcli.cli.options import (
+    batch_options,
+    debug_option,
+    json_option,
+    make_selection,
+    selection_options,
+)
+from weightcli.commands import inspect as command
+from weightcli.report import print_inspect
+from weightcli.results import InspectResult
+
+
+def _task(request: command.InspectRequest, item: Item) -> InspectResult:
+    return command.run(request, item.path)
 
 
 @click.command()
@@ -63,14 +75,22 @@ def inspect(
       weightcli inspect ckpt.h5 --fail-on-nonfinite   # exit 1 on NaN/Inf
       weightcli inspect -r checkpoints/ --fail-on-nonfinite --json
     """
-    if fail_on_nonfinite and no_stats:
-        raise UsageError("--fail-on-nonfinite needs the statistics: drop --no-stats")
-    sel = make_selection(
-        select, exclude, layer_types, kinds, include_optimizer or show_all, floats_only=False
+    request = command.InspectRequest(
+        selection=make_selection(
+            select, exclude, layer_types, kinds, include_optimizer or show_all, floats_only=False
+        ),
+        with_stats=not no_stats,
+        fail_on_nonfinite=fail_on_nonfinite,
     )
-    task = partial(inspect_task, sel, not no_stats, fail_on_nonfinite)
-    render = partial(print_inspect, layers=layers)
-    explain = lambda r: f"{r.nonfinite} NaN/Inf values"  # noqa: E731
-    run_command(
-        paths, recursive, jobs, progress, as_json, debug, task, render, inspect_json, explain
+    batch = is_batch(paths, recursive)
+    items = discover(paths, recursive) if batch else [Item(Path(paths[0]))]
+    dispatch(
+        items,
+        partial(_task, request),
+        partial(print_inspect, layers=layers),
+        batch=batch,
+        jobs=jobs,
+        progress=progress,
+        as_json=as_json,
+        debug=debug,
     )

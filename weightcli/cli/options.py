@@ -1,8 +1,9 @@
-"""Option bundles shared by several commands."""
+"""Option bundles shared by several commands, and how the CLI spells parameters."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -10,6 +11,23 @@ import click
 from weightcli.select import Selection, split_list
 
 F = Callable[..., Any]
+
+# Parameters whose flag is not simply --name-with-dashes.
+SPELLING = {
+    "factor": "FACTOR",
+    "output": "-o/--output",
+    "select": "-s/--select",
+    "exclude": "-x/--exclude",
+    "jobs": "-j/--jobs",
+    "recursive": "-r/--recursive",
+    "min": "--min",
+    "max": "--max",
+}
+
+
+def spell(param: str) -> str:
+    """A library parameter name as the CLI spells it (``abs_max`` -> ``--abs-max``)."""
+    return SPELLING.get(param) or "--" + param.replace("_", "-")
 
 
 def debug_option(f: F) -> F:
@@ -74,3 +92,50 @@ def json_option(f: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")(
         f
     )
+
+
+def batch_options(f: F) -> F:
+    """-r/--recursive, -j/--jobs, --progress/--no-progress."""
+    f = click.option(
+        "--progress/--no-progress",
+        default=None,
+        help="Progress bar on stderr (default: only on an interactive terminal).",
+    )(f)
+    f = click.option(
+        "-j",
+        "--jobs",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Models processed in parallel worker processes (default: one per core).",
+    )(f)
+    f = click.option(
+        "-r",
+        "--recursive",
+        is_flag=True,
+        help="Search directories for checkpoints of every supported kind.",
+    )(f)
+    return f
+
+
+def output_options(f: F) -> F:
+    """-o, --output-dir, --in-place, --force, --dry-run, and the batch options."""
+    f = click.option("--dry-run", is_flag=True, help="Report everything, write nothing.")(f)
+    f = click.option("--force", is_flag=True, help="Overwrite existing outputs.")(f)
+    f = click.option(
+        "--in-place",
+        is_flag=True,
+        help="Overwrite the input(s) (atomically, via a temporary file).",
+    )(f)
+    f = click.option(
+        "--output-dir",
+        type=click.Path(path_type=Path),
+        help="With several inputs: write each below DIR, mirroring its place in the input tree.",
+    )(f)
+    f = click.option(
+        "-o",
+        "--output",
+        type=click.Path(path_type=Path),
+        help="Where to write the new checkpoint (same format as IN).",
+    )(f)
+    f = batch_options(f)
+    return f

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -11,120 +10,113 @@ from typing import Any
 import click
 
 from weightcli import recipe
-from weightcli.batch import Item, discover, plan_outputs
-from weightcli.cli.batching import batch_options, is_batch, run_batch
-from weightcli.cli.options import debug_option, json_option, make_selection, selection_options
-from weightcli.errors import UsageError
-from weightcli.report import print_json, print_transform, transform_json
+from weightcli.batch import Item, discover
+from weightcli.cli.dispatch import dispatch, is_batch
+from weightcli.cli.options import (
+    debug_option,
+    json_option,
+    make_selection,
+    output_options,
+    selection_options,
+)
+from weightcli.commands import by_activation as by_activation_cmd
+from weightcli.commands import transform as command
+from weightcli.errors import ParameterError, literal
+from weightcli.report import print_activation, print_by_activation, print_json, print_transform
+from weightcli.results import ByActivationResult, TransformResult
+from weightcli.select import Selection
 from weightcli.steps import ClipStep, QuantizeStep, ScaleStep, Step
-from weightcli.tasks import transform_task
-
-F = Callable[..., Any]
 
 
-def output_options(f: F) -> F:
-    f = click.option("--dry-run", is_flag=True, help="Report everything, write nothing.")(f)
-    f = click.option("--force", is_flag=True, help="Overwrite existing outputs.")(f)
-    f = click.option(
-        "--in-place",
-        is_flag=True,
-        help="Overwrite the input(s) (atomically, via a temporary file).",
-    )(f)
-    f = click.option(
-        "--output-dir",
-        type=click.Path(path_type=Path),
-        help="With several inputs: write each below DIR, mirroring its place in the input tree.",
-    )(f)
-    f = click.option(
-        "-o",
-        "--output",
-        type=click.Path(path_type=Path),
-        help="Where to write the new checkpoint (same format as IN).",
-    )(f)
-    f = batch_options(f)
-    return f
-
-
-def finite(value: float | None, name: str) -> float | None:
-    if value is not None and not math.isfinite(value):
-        raise UsageError(f"{name} must be a finite number, got {value}")
-    return value
+def _task(request: command.TransformRequest, item: Item) -> TransformResult:
+    return command.run(request, item.path)
 
 
 def execute(
-    paths: tuple[str, ...],
-    steps: Callable[[], list[Step]],
-    opts: dict[str, Any],
-    command: str,
+    paths: tuple[str, ...], steps: Callable[[], list[Step]], opts: dict[str, Any], name: str
 ) -> None:
-    """Run the steps on one input (errors are one line, exit 2) or on many (a batch)."""
-    try:
-        built = steps()
-    except ValueError as exc:
-        raise UsageError(str(exc)) from exc
+    """Run the steps on one input or on many (a batch), through the one dispatcher."""
+    built = tuple(steps())
     output, output_dir = opts["output"], opts["output_dir"]
     in_place, force, dry_run = opts["in_place"], opts["force"], opts["dry_run"]
-    if not is_batch(paths, opts["recursive"], output_dir):
-        task = partial(transform_task, built, None, output, in_place, force, dry_run, command)
-        _, result = task(Item(Path(paths[0])))
-        print_json(transform_json(result)) if opts["as_json"] else print_transform(result)
-        return
-    if output is not None:
-        raise UsageError("-o/--output names one output; with several inputs use --output-dir DIR")
-    if in_place and output_dir is not None:
-        raise UsageError("--in-place and --output-dir exclude each other")
-    items = discover(list(paths), opts["recursive"])
-    outputs = None
-    if not in_place and not dry_run:
-        if output_dir is None:
-            raise UsageError(
-                "with several inputs, give --output-dir DIR (or --in-place, or --dry-run)"
+    batch = is_batch(paths, opts["recursive"], output_dir)
+    outputs: tuple[tuple[Path, Path], ...] = ()
+    if batch:
+        if output is not None:
+            raise ParameterError(
+                "{output} names one output; with several inputs use {output_dir} DIR"
             )
-        outputs = plan_outputs(items, output_dir, force)
-    task = partial(transform_task, built, outputs, None, in_place, force, dry_run, command)
-    code = run_batch(
-        items,
-        False,
-        opts["jobs"],
-        opts["progress"],
-        opts["as_json"],
-        opts["debug"],
-        task,
-        print_transform,
-        transform_json,
+        if in_place and output_dir is not None:
+            raise ParameterError("{in_place} and {output_dir} exclude each other")
+        items = discover(list(paths), opts["recursive"])
+        if not in_place and not dry_run:
+            if output_dir is None:
+                raise ParameterError(
+                    "with several inputs, give {output_dir} DIR (or {in_place}, or {dry_run})"
+                )
+            outputs = command.batch_outputs(items, output_dir, force)
+    else:
+        items = [Item(Path(paths[0]))]
+    request = command.TransformRequest(
+        steps=built,
+        command=name,
+        output=None if batch else output,
+        in_place=in_place,
+        force=force,
+        dry_run=dry_run,
+        outputs=outputs,
     )
-    if code:
-        raise SystemExit(code)
+    dispatch(
+        items,
+        partial(_task, request),
+        print_transform,
+        batch=batch,
+        jobs=opts["jobs"],
+        progress=opts["progress"],
+        as_json=opts["as_json"],
+        debug=opts["debug"],
+    )
 
 
-def parse_pairs(values: tuple[str, ...], option: str) -> dict[str, float]:
+def parse_pairs(values: tuple[str, ...], param: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for v in values:
         key, sep, num = v.partition("=")
         if not sep or not key:
-            raise UsageError(f"{option} takes NAME=FACTOR, got {v!r}")
+            raise ParameterError(f"{{{param}}} takes NAME=FACTOR, got {literal(repr(v))}")
         try:
-            f = float(num)
+            out[key] = float(num)
         except ValueError:
-            raise UsageError(f"{option} {v}: {num!r} is not a number") from None
-        out[key] = finite(f, f"{option} {key}") or 0.0
+            raise ParameterError(
+                f"{{{param}}} {literal(v)}: {literal(repr(num))} is not a number"
+            ) from None
     return out
 
 
-def split_factor(args: tuple[str, ...]) -> tuple[tuple[str, ...], float | None]:
-    """``scale IN... [FACTOR]``: a last argument that is not an existing path is FACTOR."""
+def split_factor(
+    args: tuple[str, ...], factor: float | None
+) -> tuple[tuple[str, ...], float | None]:
+    """``scale IN... [FACTOR]``: decided by parsing alone, never by the disk. With two or
+    more arguments, a last one that reads as a number is FACTOR (a file named like a
+    number is written ``./2``); ``--factor F`` says it explicitly."""
+    if factor is not None:
+        return args, factor
     if len(args) >= 2:
-        last = Path(args[-1])
-        if not (last.exists() or last.with_name(last.name + ".index").exists()):
-            try:
-                return args[:-1], float(args[-1])
-            except ValueError:
-                raise UsageError(f"FACTOR must be a number, got {args[-1]!r}") from None
+        try:
+            return args[:-1], float(args[-1])
+        except ValueError:
+            pass
     return args, None
 
 
 @click.command()
 @click.argument("args", nargs=-1, required=True, metavar="IN... [FACTOR]")
+@click.option(
+    "--factor",
+    type=float,
+    metavar="F",
+    help="The factor, spelled out (instead of the last argument).",
+)
 @click.option(
     "--by-activation",
     is_flag=True,
@@ -179,6 +171,7 @@ def split_factor(args: tuple[str, ...]) -> tuple[tuple[str, ...], float | None]:
 @debug_option
 def scale(
     args: tuple[str, ...],
+    factor: float | None,
     by_activation: bool,
     calibration: Path | None,
     target: float,
@@ -209,17 +202,21 @@ def scale(
       weightcli scale -r models/ 0.5 --output-dir halved/
       weightcli scale model.keras --by-activation --calibration x.npy -o calibrated.keras
     """
-    paths, factor = split_factor(args)
+    paths, factor = split_factor(args, factor)
+    if factor is None and len(args) >= 2 and not (by_activation or by_type or by_layer):
+        raise ParameterError(
+            f"{{factor}} must be a number, got {literal(repr(args[-1]))} (FACTOR comes last)"
+        )
     sel = make_selection(select, exclude, layer_types, kinds, include_optimizer)
     if by_activation:
         if factor is not None or by_type or by_layer:
-            raise UsageError(
-                "--by-activation computes the factors: give no FACTOR, --by-type or --by-layer"
+            raise ParameterError(
+                "{by_activation} computes the factors: give no {factor}, {by_type} or {by_layer}"
             )
         if calibration is None:
-            raise UsageError("--by-activation needs --calibration DATA (.npy or .npz)")
+            raise ParameterError("{by_activation} needs {calibration} DATA (.npy or .npz)")
         if is_batch(paths, opts["recursive"], opts["output_dir"]):
-            raise UsageError("--by-activation works on one model at a time")
+            raise ParameterError("{by_activation} works on one model at a time")
         by_activation_run(
             Path(paths[0]), sel, calibration, target, stat, batch_size, architecture, opts
         )
@@ -229,9 +226,9 @@ def scale(
         return [
             ScaleStep(
                 sel,
-                factor=finite(factor, "FACTOR"),
-                by_type=parse_pairs(by_type, "--by-type"),
-                by_layer=parse_pairs(by_layer, "--by-layer"),
+                factor=factor,
+                by_type=parse_pairs(by_type, "by_type"),
+                by_layer=parse_pairs(by_layer, "by_layer"),
             )
         ]
 
@@ -395,7 +392,7 @@ def apply_cmd(recipe_path: Path, paths: tuple[str, ...], **opts: Any) -> None:
 
 def by_activation_run(
     path: Path,
-    sel: Any,
+    sel: Selection,
     calibration: Path,
     target: float,
     stat: str,
@@ -403,35 +400,27 @@ def by_activation_run(
     architecture: Path | None,
     opts: dict[str, Any],
 ) -> None:
-    from weightcli import activation, pipeline
-    from weightcli.report import activation_json, print_activation
-    from weightcli.stores import open_store
-
-    with open_store(path) as store:
-        out = (
-            None
-            if opts["dry_run"]
-            else pipeline.resolve_output(path, opts["output"], opts["in_place"], opts["force"])
-        )
-        model = activation.load_keras(path, store, architecture)
-        plan, inputs = activation.plan(model, store, sel, calibration, target, stat, batch_size)
-        if not plan.factors:
-            print_activation(plan)
-            raise UsageError("no selected layer could be scaled (see the notes above)")
-        step = activation.ActivationStep(plan, calibration.name)
-        result = pipeline.run(
-            store, [step], out, ["scale", str(path), "--by-activation"], dry_run=opts["dry_run"]
-        )
-    if out is not None:
-        with open_store(out) as written:
-            activation.measure_after(out, written, architecture, plan, inputs, batch_size)
-    else:
-        activation.measure_live(model, plan, inputs, batch_size)
+    request = by_activation_cmd.ByActivationRequest(
+        selection=sel,
+        calibration=calibration,
+        target=target,
+        stat=stat,
+        batch_size=batch_size,
+        architecture=architecture,
+        output=opts["output"],
+        in_place=opts["in_place"],
+        force=opts["force"],
+        dry_run=opts["dry_run"],
+    )
+    try:
+        result: ByActivationResult = by_activation_cmd.run(request, path)
+    except by_activation_cmd.NothingToScaleError as exc:
+        print_activation(exc.plan)
+        raise
     if opts["as_json"]:
-        print_json({**transform_json(result), "activation": activation_json(plan)})
+        print_json(result.to_json())
     else:
-        print_transform(result)
-        print_activation(plan)
+        print_by_activation(result)
 
 
 COMMANDS = [scale, clip, quantize, apply_cmd]

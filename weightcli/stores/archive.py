@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from weightcli.errors import CorruptError, InputError
-from weightcli.stores.base import Block, Patcher, StoreMeta
-from weightcli.stores.hdf5 import H5Patcher, H5Store, temp_beside
+from weightcli.stores.base import Block, Format, Patcher, StoreMeta
+from weightcli.stores.detect import is_keras_archive
+from weightcli.stores.hdf5 import H5Patcher, H5Store
+from weightcli.stores.output import temp_beside
 from weightcli.tensor import TensorInfo
 
 WEIGHTS = "model.weights.h5"
-FORMAT = "keras-archive"
+FORMAT = Format.KERAS_ARCHIVE
 LABEL = "Keras 3 archive (.keras)"
 
 
@@ -40,8 +42,8 @@ class Window(io.RawIOBase):
     def __init__(self, path: Path, start: int, size: int) -> None:
         super().__init__()
         self._fd = os.open(path, os.O_RDONLY)
-        self._start = start
-        self._size = size
+        self.start = start
+        self.size = size
         self._pos = 0
 
     def readable(self) -> bool:
@@ -51,7 +53,7 @@ class Window(io.RawIOBase):
         return True
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
         self._pos = max(0, base + offset)
         return self._pos
 
@@ -60,10 +62,10 @@ class Window(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
-        n = max(0, min(len(view), self._size - self._pos))
+        n = max(0, min(len(view), self.size - self._pos))
         if n == 0:
             return 0
-        data = os.pread(self._fd, n, self._start + self._pos)
+        data = os.pread(self._fd, n, self.start + self._pos)
         view[: len(data)] = data
         self._pos += len(data)
         return len(data)
@@ -83,11 +85,6 @@ def member_data_offset(path: Path, info: zipfile.ZipInfo) -> int:
         raise CorruptError(f"{path}: damaged zip local header for {info.filename}")
     name_len, extra_len = struct.unpack("<HH", header[26:30])
     return info.header_offset + 30 + name_len + extra_len
-
-
-def is_keras_archive(zf: zipfile.ZipFile) -> bool:
-    names = set(zf.namelist())
-    return "config.json" in names and WEIGHTS in names
 
 
 class ArchiveStore(H5Store):
@@ -146,13 +143,18 @@ class ArchiveStore(H5Store):
             extra={"saved": metadata.get("date_saved")} if metadata.get("date_saved") else {},
         )
 
+    @property
+    def zip(self) -> zipfile.ZipFile:
+        """The open archive (read-only)."""
+        return self._zip
+
     def copy_source_to(self, dest: Path) -> None:
         with self._zip.open(WEIGHTS) as inp, open(dest, "wb") as out:
             shutil.copyfileobj(inp, out, 1 << 20)
 
     def source_region(self) -> tuple[Path, int, int] | None:
         if self._window is not None:  # stored: the member's bytes, as they are in the zip
-            return self.path, self._window._start, self._window._size
+            return self.path, self._window.start, self._window.size
         if self._extracted is not None:
             return self._extracted, 0, self._extracted.stat().st_size
         return None
@@ -182,6 +184,7 @@ class ArchivePatcher(Patcher):
         super().__init__()
         self.store = store
         self.out = out
+        self._zip_bytes = 0
         self.zip_tmp = temp_beside(out)
         h5_tmp = temp_beside(out, ".h5")
         try:
@@ -191,18 +194,23 @@ class ArchivePatcher(Patcher):
             h5_tmp.unlink(missing_ok=True)
             raise
 
-    def begin(self, info: TensorInfo, dtype: str) -> None:
+    @property
+    def bytes_written(self) -> int:
+        # The archive is written anew, member by member: every byte of it.
+        return self._zip_bytes + self.inner.bytes_written
+
+    def _begin(self, info: TensorInfo, dtype: str) -> None:
         self.inner.begin(info, dtype)
 
-    def write(self, info: TensorInfo, block: Block, data: Any) -> None:
+    def _write(self, info: TensorInfo, block: Block, data: Any) -> None:
         self.inner.write(info, block, data)
 
-    def set_history(self, history: list[dict[str, Any]]) -> None:
+    def _set_history(self, history: list[dict[str, Any]]) -> None:
         self.inner.set_history(history)
 
     def _commit(self) -> None:
         self.inner.close_file()
-        src = self.store._zip
+        src = self.store.zip
         with zipfile.ZipFile(self.zip_tmp, "w") as dst:
             for member in src.infolist():
                 info = zipfile.ZipInfo(member.filename, date_time=member.date_time)
@@ -219,6 +227,7 @@ class ArchivePatcher(Patcher):
                         with src.open(member) as inp:
                             shutil.copyfileobj(inp, out, 1 << 20)
         self.inner.tmp.unlink(missing_ok=True)
+        self._zip_bytes = self.zip_tmp.stat().st_size
         os.replace(self.zip_tmp, self.out)
 
     def _abort(self) -> None:

@@ -7,15 +7,17 @@ this interface, so every format gets every command.
 from __future__ import annotations
 
 import abc
-import itertools
+import difflib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from weightcli.errors import UsageError
 from weightcli.tensor import TensorInfo
 
 # Largest block handed out at once, in elements (float32: 1 MiB). Bounds memory
@@ -23,11 +25,27 @@ from weightcli.tensor import TensorInfo
 BLOCK_ELEMS = 256 * 1024
 
 
+class Format(StrEnum):
+    """The container layouts weightcli reads and writes (the ``format`` id in JSON)."""
+
+    KERAS_H5 = "keras-h5"
+    KERAS_H5_WEIGHTS = "keras-h5-weights"
+    KERAS3_WEIGHTS = "keras3-weights-h5"
+    KERAS_ARCHIVE = "keras-archive"
+    HDF5 = "hdf5"
+    SAVEDMODEL = "savedmodel"
+    TF_CHECKPOINT = "tf-checkpoint"
+
+
 @dataclass
 class StoreMeta:
-    """What the container says about itself, for the inspect header."""
+    """What the container says about itself, for the inspect header.
 
-    format: str
+    The capability properties (``full_model``, ``weights_only``, ``has_graph``,
+    ``checksums``) are what callers test, never the format id itself.
+    """
+
+    format: Format
     format_label: str
     writer: str | None = None
     model_class: str | None = None
@@ -35,6 +53,57 @@ class StoreMeta:
     has_config: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def full_model(self) -> bool:
+        """Architecture and weights: Keras loads it as a model (``load_model``)."""
+        return self.format in (Format.KERAS_H5, Format.KERAS_ARCHIVE)
+
+    @property
+    def weights_only(self) -> bool:
+        """Keras weights without an architecture (``load_weights`` into a model)."""
+        return self.format in (Format.KERAS_H5_WEIGHTS, Format.KERAS3_WEIGHTS)
+
+    @property
+    def has_graph(self) -> bool:
+        """A TensorFlow graph that runs without Keras (a SavedModel)."""
+        return self.format == Format.SAVEDMODEL
+
+    @property
+    def checksums(self) -> bool:
+        """Every tensor carries a checksum that reading verifies."""
+        return self.format in (Format.SAVEDMODEL, Format.TF_CHECKPOINT)
+
+    @property
+    def keras_layers(self) -> bool:
+        """Keras layers can be rebuilt from it (alone or with an architecture file)."""
+        return self.full_model or self.weights_only
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """One history entry: what weightcli did to make a checkpoint (stored in the output)."""
+
+    tool: str
+    version: str
+    time: str
+    command: str
+    steps: list[dict[str, Any]]
+    source: str
+    source_sha256: str | None
+    changed: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tool": self.tool,
+            "version": self.version,
+            "time": self.time,
+            "command": self.command,
+            "steps": self.steps,
+            "source": self.source,
+            "source_sha256": self.source_sha256,
+            "changed": self.changed,
+        }
 
 
 @dataclass(frozen=True)
@@ -78,7 +147,7 @@ def split(shape: tuple[int, ...], max_elems: int = BLOCK_ELEMS) -> Iterator[Bloc
         inner //= shape[k]
     step = max(1, max_elems // inner)
     outer_shape = shape[:k]
-    for outer_no, outer in enumerate(itertools.product(*(range(n) for n in outer_shape))):
+    for outer_no, outer in enumerate(_indexes(outer_shape)):
         base = outer_no * shape[k] * inner
         for start in range(0, shape[k], step):
             stop = min(shape[k], start + step)
@@ -87,6 +156,21 @@ def split(shape: tuple[int, ...], max_elems: int = BLOCK_ELEMS) -> Iterator[Bloc
                 (*(1 for _ in outer_shape), stop - start, *shape[k + 1 :]),
                 base + start * inner,
             )
+
+
+def _indexes(shape: tuple[int, ...]) -> Iterator[tuple[int, ...]]:
+    """Every index of ``shape`` in C order, generated (never a list: a declared shape
+    may be absurdly large, and only what is read may cost memory)."""
+    if not shape:
+        yield ()
+        return
+    for i in range(shape[0]):
+        for rest in _indexes(shape[1:]):
+            yield (i, *rest)
+
+
+class PatcherStateError(RuntimeError):
+    """A patcher was called out of order (a bug in the caller, not a user error)."""
 
 
 class Patcher(abc.ABC):
@@ -99,18 +183,49 @@ class Patcher(abc.ABC):
 
     def __init__(self) -> None:
         self._done = False
+        self._history_set = False
+        self._begun: set[str] = set()
 
-    @abc.abstractmethod
     def begin(self, info: TensorInfo, dtype: str) -> None:
         """Announce that ``info`` is rewritten, stored as ``dtype``."""
+        self._expect_open("begin")
+        if self._history_set:
+            raise PatcherStateError("begin() after set_history(): the history closes the writes")
+        self._begin(info, dtype)
+        self._begun.add(info.path)
 
-    @abc.abstractmethod
     def write(self, info: TensorInfo, block: Block, data: np.ndarray) -> None:
         """Write ``data``, the new values of ``block`` of ``info``."""
+        self._expect_open("write")
+        if info.path not in self._begun:
+            raise PatcherStateError(f"write() of {info.name} before begin()")
+        self._write(info, block, data)
+
+    def set_history(self, history: list[dict[str, Any]]) -> None:
+        """Record the provenance list in the output (once, after the last write)."""
+        self._expect_open("set_history")
+        if self._history_set:
+            raise PatcherStateError("set_history() called twice")
+        self._set_history(history)
+        self._history_set = True
+
+    def _expect_open(self, call: str) -> None:
+        if self._done:
+            raise PatcherStateError(f"{call}() on a patcher already committed or aborted")
+
+    @property
+    @abc.abstractmethod
+    def bytes_written(self) -> int:
+        """Bytes this patcher wrote itself (not those copied unchanged in the kernel)."""
 
     @abc.abstractmethod
-    def set_history(self, history: list[dict[str, Any]]) -> None:
-        """Record the provenance list in the output."""
+    def _begin(self, info: TensorInfo, dtype: str) -> None: ...
+
+    @abc.abstractmethod
+    def _write(self, info: TensorInfo, block: Block, data: np.ndarray) -> None: ...
+
+    @abc.abstractmethod
+    def _set_history(self, history: list[dict[str, Any]]) -> None: ...
 
     @abc.abstractmethod
     def _commit(self) -> None: ...
@@ -119,11 +234,15 @@ class Patcher(abc.ABC):
     def _abort(self) -> None: ...
 
     def commit(self) -> None:
+        """Move the finished output into place (after ``set_history``)."""
         if not self._done:
+            if not self._history_set:
+                raise PatcherStateError("commit() before set_history()")
             self._commit()
             self._done = True
 
     def abort(self) -> None:
+        """Remove everything written so far; the output path is left as it was."""
         if not self._done:
             self._done = True
             self._abort()
@@ -149,6 +268,19 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def read(self, info: TensorInfo, block: Block | None = None) -> np.ndarray:
         """One block of a tensor (all of it by default), in its stored dtype."""
+
+    def tensor(self, name: str) -> TensorInfo:
+        """The tensor with canonical name ``name``; an error names the nearest ones."""
+        tensors = self.tensors()
+        for t in tensors:
+            if t.name == name:
+                return t
+        names = [t.name for t in tensors]
+        near = difflib.get_close_matches(name, names, n=3, cutoff=0.4) or names[:3]
+        raise UsageError(
+            f"{self.path}: no tensor named {name!r}"
+            + (f"; nearest: {', '.join(near)}" if near else "")
+        )
 
     def blocks(
         self, info: TensorInfo, max_elems: int = BLOCK_ELEMS

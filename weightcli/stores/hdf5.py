@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -18,16 +17,17 @@ import h5py
 import numpy as np
 
 from weightcli.dtypes import to_numpy
-from weightcli.errors import CorruptError, OutputError
+from weightcli.errors import CorruptError
 from weightcli.stores import h5util, naming
-from weightcli.stores.base import Block, Patcher, Store, StoreMeta
+from weightcli.stores.base import Block, Format, Patcher, Store, StoreMeta
+from weightcli.stores.output import temp_beside
 from weightcli.stores.rangecopy import RangeCopy
 from weightcli.tensor import TensorInfo
 
-LEGACY_FULL = "keras-h5"
-LEGACY_WEIGHTS = "keras-h5-weights"
-KERAS3_WEIGHTS = "keras3-weights-h5"
-GENERIC = "hdf5"
+LEGACY_FULL = Format.KERAS_H5
+LEGACY_WEIGHTS = Format.KERAS_H5_WEIGHTS
+KERAS3_WEIGHTS = Format.KERAS3_WEIGHTS
+GENERIC = Format.HDF5
 
 LABELS = {
     LEGACY_FULL: "Keras legacy HDF5 (full model)",
@@ -37,7 +37,7 @@ LABELS = {
 }
 
 
-def classify(f: h5py.File) -> str:
+def classify(f: h5py.File) -> Format:
     """Which HDF5 layout ``f`` has."""
     mw = f.get("model_weights", getclass=False) if "model_weights" in f else None
     if isinstance(mw, h5py.Group) and h5util.read_attr(mw, "layer_names") is not None:
@@ -76,7 +76,7 @@ class H5Store(Store):
             self._raw = os.open(file, os.O_RDONLY), base, size
         self._size = h5util.file_size(self._file) or (path.stat().st_size if path.is_file() else 0)
         self._archive_config = config
-        self.kind = classify(self._file)
+        self.kind: Format = classify(self._file)
         self._datasets: dict[str, h5util.Dset] = {}
         try:
             self._index = h5util.index(self._file, self._size)
@@ -329,6 +329,15 @@ class H5Store(Store):
     def tensors(self) -> list[TensorInfo]:
         return list(self._tensors)
 
+    @property
+    def h5file(self) -> h5py.File:
+        """The open HDF5 file (read-only)."""
+        return self._file
+
+    def dataset(self, info: TensorInfo) -> h5util.Dset:
+        """Where and how ``info`` is stored in the HDF5 file."""
+        return self._datasets[info.path]
+
     def read(self, info: TensorInfo, block: Block | None = None) -> np.ndarray:
         ds = self._datasets[info.path]
         try:
@@ -371,24 +380,6 @@ class H5Store(Store):
         return (self.path, 0, self.path.stat().st_size) if self.path.is_file() else None
 
 
-def temp_beside(out: Path, suffix: str = "") -> Path:
-    """A fresh temporary path in OUT's folder, so the final rename stays on one filesystem."""
-    folder = out.parent
-    if not folder.is_dir():
-        raise OutputError(f"{out}: output folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise OutputError(f"{out}: output folder {folder} is not writable")
-    try:
-        fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=f"{suffix}.tmp", dir=folder)
-    except OSError as exc:
-        raise OutputError(f"{out}: cannot write in {folder}: {exc.strerror or exc}") from exc
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(name, 0o666 & ~umask)  # mkstemp makes 0600; an output is an ordinary file
-    return Path(name)
-
-
 def copy_attrs(src: h5py.HLObject, dst: h5py.HLObject) -> None:
     for key in src.attrs:
         dst.attrs.create(key, src.attrs[key], dtype=src.attrs.get_id(key).dtype)
@@ -421,15 +412,21 @@ class H5Patcher(Patcher):
         self.f: h5py.File | None = None
         self.copy: RangeCopy | None = None
         self.offsets: dict[str, int] = {}
+        self._general = False  # h5py writes (after the range copy, or without one)
+        self._h5_bytes = 0
+        self._copied_bytes = 0
         try:
             if retype:
                 self._rebuild()
+                self._h5_bytes = self.tmp.stat().st_size  # a new file, written whole
                 self.f = h5py.File(self.tmp, "r+")
             elif (region := store.source_region()) is not None:
                 path, base, size = region
                 self.copy = RangeCopy(path, self.tmp, base, size)
             else:
                 store.copy_source_to(self.tmp)
+                self._general = True
+                self._h5_bytes = self.tmp.stat().st_size
                 self.f = h5py.File(self.tmp, "r+")
         except BaseException:
             self._close()
@@ -437,7 +434,7 @@ class H5Patcher(Patcher):
             raise
 
     def _rebuild(self) -> None:
-        src = self.store._file
+        src = self.store.h5file
         with h5py.File(self.tmp, "w") as dst:
             copy_attrs(src, dst)
             self._copy_group(src, dst)
@@ -463,19 +460,25 @@ class H5Patcher(Patcher):
             else:
                 src.copy(obj, dst, name=name)
 
-    def begin(self, info: TensorInfo, dtype: str) -> None:
+    @property
+    def bytes_written(self) -> int:
+        if self.retype or self._general:
+            return self._h5_bytes + self._copied_bytes
+        return self._copied_bytes + (self.copy.bytes_written if self.copy is not None else 0)
+
+    def _begin(self, info: TensorInfo, dtype: str) -> None:
         if dtype != info.dtype and self.retype.get(info.path) != dtype:
             raise ValueError(f"{info.name}: dtype change to {dtype} was not planned")
         if self.copy is not None:
-            ds = self.store._datasets[info.path]
+            ds = self.store.dataset(info)
             if ds.offset is None:
                 self._complete()
             else:
                 self.offsets[info.path] = ds.offset
 
-    def write(self, info: TensorInfo, block: Block, data: np.ndarray) -> None:
+    def _write(self, info: TensorInfo, block: Block, data: np.ndarray) -> None:
         if self.copy is not None:
-            ds = self.store._datasets[info.path]
+            ds = self.store.dataset(info)
             raw = np.ascontiguousarray(
                 data, dtype=ds.dtype if data.dtype.name != "bfloat16" else data.dtype
             )
@@ -492,19 +495,24 @@ class H5Patcher(Patcher):
             target[()] = data
         else:
             target[block.index] = data
+        self._h5_bytes += int(data.nbytes)
 
     def _complete(self) -> None:
         """Fill every byte range not written from the source; continue with h5py."""
         if self.copy is None:
             return
         self.copy.finish()
+        self._copied_bytes += self.copy.bytes_written
         self.copy = None
+        self._general = True
         self.f = h5py.File(self.tmp, "r+")
 
-    def set_history(self, history: list[dict[str, Any]]) -> None:
+    def _set_history(self, history: list[dict[str, Any]]) -> None:
         self._complete()
         assert self.f is not None
-        self.f.attrs[h5util.HISTORY_ATTR] = json.dumps(history)
+        text = json.dumps(history)
+        self.f.attrs[h5util.HISTORY_ATTR] = text
+        self._h5_bytes += len(text.encode())
 
     def _close(self) -> None:
         if self.copy is not None:

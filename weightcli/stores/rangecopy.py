@@ -28,6 +28,7 @@ class RangeCopy:
         self.base = base
         self.size = src.stat().st_size - base if size is None else size
         self.written: list[tuple[int, int]] = []
+        self.bytes_written = 0  # by pwrite; the kernel-copied ranges are not counted
         self.fd: int | None = os.open(dst, os.O_WRONLY)
         try:
             os.ftruncate(self.fd, self.size)
@@ -46,6 +47,7 @@ class RangeCopy:
         except OSError as exc:
             raise OutputError(f"{self.dst}: cannot write: {exc.strerror or exc}") from exc
         self.written.append((at, at + len(view)))
+        self.bytes_written += len(view)
 
     def finish(self) -> None:
         """Fill every range not written from the source, and close."""

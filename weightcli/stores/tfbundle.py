@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,9 +31,11 @@ import google_crc32c
 import numpy as np
 
 from weightcli.dtypes import to_numpy
-from weightcli.errors import CorruptError, InputError, OutputError, UnsupportedError
+from weightcli.errors import CorruptError, InputError, UnsupportedError
 from weightcli.stores import naming, tfproto, tftable
-from weightcli.stores.base import BLOCK_ELEMS, Block, Patcher, Store, StoreMeta, split
+from weightcli.stores.base import BLOCK_ELEMS, Block, Format, Patcher, Store, StoreMeta, split
+from weightcli.stores.detect import Container, checkpoint_prefix, index_path
+from weightcli.stores.output import temp_dir_beside
 from weightcli.stores.rangecopy import RangeCopy
 from weightcli.tensor import TensorInfo
 
@@ -218,43 +219,18 @@ def _string_crc(data: bytes, e: Entry) -> int:
     return google_crc32c.extend(crc, data[pos:])
 
 
-def find_prefix(path: Path) -> Path:
-    """The checkpoint prefix a path names: a prefix, its .index or a shard, or a folder."""
-    name = path.name
-    if path.suffix == ".index" and path.is_file():
-        return path.with_name(name[: -len(".index")])
-    if ".data-" in name and path.is_file():
-        return path.with_name(name.split(".data-")[0])
-    if path.is_dir():
-        state = path / "checkpoint"
-        if state.is_file():
-            for line in state.read_text(errors="replace").splitlines():
-                if line.startswith("model_checkpoint_path:"):
-                    target = line.split(":", 1)[1].strip().strip('"')
-                    p = Path(target) if os.path.isabs(target) else path / target
-                    return p
-        indexes = sorted(path.glob("*.index"))
-        if len(indexes) == 1:
-            return indexes[0].with_name(indexes[0].name[: -len(".index")])
-        if indexes:
-            raise InputError(
-                f"{path}: holds {len(indexes)} checkpoints and no 'checkpoint' file: name one prefix"
-            )
-        raise InputError(f"{path}: no checkpoint index in this directory")
-    return path
-
-
 class TFStore(Store):
     """A SavedModel directory or a TF checkpoint."""
 
-    def __init__(self, path: Path, kind: str) -> None:
+    def __init__(self, path: Path, container: Container) -> None:
         self.path = path
+        kind = Format.SAVEDMODEL if container == Container.SAVEDMODEL else Format.TF_CHECKPOINT
         self.kind = kind
         self.saved_object_graph: Any = None
         self.keras_classes: dict[str, str] = {}
         writer = None
         tags: list[str] = []
-        if kind == "savedmodel":
+        if kind == Format.SAVEDMODEL:
             if not (path / "saved_model.pb").is_file():
                 raise UnsupportedError(
                     f"{path}: only binary saved_model.pb is supported (found saved_model.pbtxt)"
@@ -277,8 +253,11 @@ class TFStore(Store):
             if not prefix.with_name("variables.index").is_file():
                 raise CorruptError(f"{path}: SavedModel without variables/variables.index")
         else:
-            prefix = find_prefix(path)
-            if not prefix.with_name(prefix.name + ".index").is_file():
+            found = checkpoint_prefix(path)
+            if found is None:
+                raise InputError(f"{path}: no checkpoint index in this directory")
+            prefix = found
+            if not index_path(prefix).is_file():
                 raise InputError(f"{path}: no checkpoint index {prefix}.index")
         self.prefix = prefix
         self.bundle = Bundle(prefix)
@@ -286,14 +265,14 @@ class TFStore(Store):
         self.meta = StoreMeta(
             format=kind,
             format_label="TensorFlow SavedModel"
-            if kind == "savedmodel"
+            if kind == Format.SAVEDMODEL
             else "TensorFlow checkpoint",
             writer=writer,
             has_config=bool(self.keras_classes),
             history=self._read_history(),
             extra={"tags": ",".join(tags)} if tags else {},
         )
-        if kind == "tf-checkpoint":
+        if kind == Format.TF_CHECKPOINT:
             self.meta.extra["prefix"] = str(prefix)
         if self.bundle.num_shards > 1:
             self.meta.extra["shards"] = self.bundle.num_shards
@@ -450,14 +429,16 @@ class TFStore(Store):
 
     # -- reading -----------------------------------------------------------------------------
 
-    def _history_path(self, root: Path | None = None) -> Path:
-        if self.kind == "savedmodel":
+    def history_path(self, root: Path | None = None) -> Path:
+        """Where the history lives: in a SavedModel folder ``root`` (default: this one),
+        or beside a checkpoint prefix ``root`` (default: this one)."""
+        if self.kind == Format.SAVEDMODEL:
             return (root or self.path) / "assets.extra" / HISTORY_FILE
         prefix = root or self.prefix
         return prefix.with_name(prefix.name + "." + HISTORY_FILE)
 
     def _read_history(self) -> list[dict[str, Any]]:
-        p = self._history_path()
+        p = self.history_path()
         if not p.is_file():
             return []
         parsed = naming.parse_json(p.read_text(errors="replace"))
@@ -522,10 +503,6 @@ class TFStore(Store):
         self.bundle.close()
 
 
-def open_tf_store(path: Path, kind: str) -> TFStore:
-    return TFStore(path, kind)
-
-
 def _copy(src: str | Path, dst: str | Path) -> None:
     shutil.copyfile(src, dst)
     shutil.copymode(src, dst)
@@ -542,13 +519,8 @@ class TFPatcher(Patcher):
         super().__init__()
         self.store = store
         self.out = out
-        folder = out.parent
-        if not folder.is_dir():
-            raise OutputError(f"{out}: output folder {folder} does not exist")
-        try:
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=folder))
-        except OSError as exc:
-            raise OutputError(f"{out}: cannot write in {folder}: {exc.strerror or exc}") from exc
+        self.tmp = temp_dir_beside(out)
+        self._meta_bytes = 0  # index and history, written anew
         self.changed: set[str] = set()
         # Per changed tensor: (bytes written in order from its start, their crc32c).
         self.crcs: dict[str, tuple[int, int]] = {}
@@ -556,7 +528,7 @@ class TFPatcher(Patcher):
         shards = [shard_name(b.prefix, s, b.num_shards) for s in range(b.num_shards)]
         self._copies: list[RangeCopy] = []
         try:
-            if store.kind == "savedmodel":
+            if store.kind == Format.SAVEDMODEL:
                 self.root = self.tmp / "model"
                 skip = {p.resolve() for p in shards}
                 shutil.copytree(
@@ -586,11 +558,15 @@ class TFPatcher(Patcher):
         for c in self._copies:
             c.close()
 
-    def begin(self, info: TensorInfo, dtype: str) -> None:
+    @property
+    def bytes_written(self) -> int:
+        return self._meta_bytes + sum(c.bytes_written for c in self._copies)
+
+    def _begin(self, info: TensorInfo, dtype: str) -> None:
         if dtype != info.dtype:
             raise UnsupportedError(f"{info.name}: {self.store.supports_dtype(dtype)}")
 
-    def write(self, info: TensorInfo, block: Block, data: np.ndarray) -> None:
+    def _write(self, info: TensorInfo, block: Block, data: np.ndarray) -> None:
         dt = to_numpy(info.dtype)
         raw = np.ascontiguousarray(data, dtype=dt).tobytes()
         at = block.first * dt.itemsize
@@ -605,12 +581,14 @@ class TFPatcher(Patcher):
             self._copies[e.proto.shard_id].write(raw, e.proto.offset + at)
             self.changed.add(key)
 
-    def set_history(self, history: list[dict[str, Any]]) -> None:
-        p = self.store._history_path(
-            self.root if self.store.kind == "savedmodel" else self.new_prefix
+    def _set_history(self, history: list[dict[str, Any]]) -> None:
+        p = self.store.history_path(
+            self.root if self.store.kind == Format.SAVEDMODEL else self.new_prefix
         )
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps(history, indent=1) + "\n")
+        text = json.dumps(history, indent=1) + "\n"
+        p.write_text(text)
+        self._meta_bytes += len(text.encode())
 
     def _rewrite_index(self) -> None:
         for c in self._copies:
@@ -631,18 +609,18 @@ class TFPatcher(Patcher):
                 value = proto.SerializeToString(deterministic=True)
             rows.append((key.encode(), value))
         rows.sort(key=lambda kv: kv[0])
-        self.new_prefix.with_name(self.new_prefix.name + ".index").write_bytes(
-            tftable.write_table(rows)
-        )
+        table = tftable.write_table(rows)
+        index_path(self.new_prefix).write_bytes(table)
+        self._meta_bytes += len(table)
 
     def _commit(self) -> None:
         self._rewrite_index()
-        if self.store.kind == "savedmodel":
+        if self.store.kind == Format.SAVEDMODEL:
             _replace_dir(self.root, self.out)
         else:
             b = self.store.bundle
             files = [shard_name(self.new_prefix, s, b.num_shards) for s in range(b.num_shards)]
-            hist = self.store._history_path(self.new_prefix)
+            hist = self.store.history_path(self.new_prefix)
             if hist.exists():
                 files.append(hist)
             files.append(self.new_prefix.with_name(self.new_prefix.name + ".index"))

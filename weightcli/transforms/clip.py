@@ -18,11 +18,11 @@ NONFINITE = ("keep", "zero", "clip")
 
 
 def check_bounds(lo: float | None, hi: float | None) -> None:
-    for name, v in (("--min", lo), ("--max", hi)):
+    for name, v in (("min", lo), ("max", hi)):
         if v is not None and not math.isfinite(v):
             raise ValueError(f"{name} must be a finite number, got {v}")
     if lo is not None and hi is not None and lo > hi:
-        raise ValueError(f"--min {lo} is above --max {hi}")
+        raise ValueError(f"min {lo} is above max {hi}")
 
 
 def clip(

@@ -1,61 +1,33 @@
-"""``verify``: is a checkpoint sound? Static checks (no framework) and, with a
+"""The checks of ``verify`` that need no framework: static checks and, with a
 reference, structure and re-initialisation checks. The load and forward-pass
 checks live in ``framework.py``, the only module that imports TensorFlow.
 
-Each check ends PASS, WARN, FAIL or SKIP with one detail line; the result fails
-when any check failed.
+Each check ends PASS, WARN, FAIL or SKIP with one detail line.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from weightcli.compare import IDENTICAL, diff_stores
 from weightcli.dtypes import finfo_max
 from weightcli.errors import CorruptError
+from weightcli.results import Check, CheckStatus
+from weightcli.results import name_list as _names
 from weightcli.select import Selection
 from weightcli.stats import RunningStats, TensorStats
 from weightcli.stores import Store
 from weightcli.tensor import TensorInfo
 
-PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
+PASS, WARN, FAIL, SKIP = CheckStatus.PASS, CheckStatus.WARN, CheckStatus.FAIL, CheckStatus.SKIP
 KERNEL_KINDS = {"kernel", "depthwise_kernel", "pointwise_kernel", "recurrent_kernel", "embeddings"}
 # Re-initialisation: a tensor of at least this many elements whose values correlate
 # with the reference's less than this, at a similar scale.
 REINIT_MIN_ELEMS = 64
 REINIT_MAX_CORR = 0.5
 REINIT_SCALE_RANGE = (0.1, 10.0)
-
-
-@dataclass
-class Check:
-    name: str
-    status: str
-    detail: str
-    data: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class VerifyResult:
-    path: str
-    checks: list[Check] = field(default_factory=list)
-
-    @property
-    def failed(self) -> bool:
-        return any(c.status == FAIL for c in self.checks)
-
-    def __bool__(self) -> bool:
-        return not self.failed
-
-
-def _names(items: list[str], limit: int = 5) -> str:
-    return ", ".join(items[:limit]) + (
-        f" and {len(items) - limit} more" if len(items) > limit else ""
-    )
 
 
 def static_checks(store: Store) -> tuple[list[Check], dict[str, TensorStats]]:
@@ -86,7 +58,7 @@ def static_checks(store: Store) -> tuple[list[Check], dict[str, TensorStats]]:
             "readable",
             PASS,
             f"all {len(tensors)} tensors read"
-            + (" and checksums verified" if _has_crc(store) else ""),
+            + (" and checksums verified" if store.meta.checksums else ""),
         )
     ]
     bad = [f"{n} ({s.nan} NaN, {s.inf} Inf)" for n, s in stats.items() if s.nonfinite]
@@ -136,10 +108,6 @@ def static_checks(store: Store) -> tuple[list[Check], dict[str, TensorStats]]:
             Check("float16 not saturated", PASS, f"{len(low)} half-precision tensors within range")
         )
     return checks, stats
-
-
-def _has_crc(store: Store) -> bool:
-    return store.meta.format in ("savedmodel", "tf-checkpoint")
 
 
 def _copies_agree(store: Store, tensors: list[TensorInfo]) -> Check:
@@ -246,82 +214,3 @@ def correlation(
         return None, None
     cov = sxy / n - (sx / n) * (sy / n)
     return cov / math.sqrt(vx * vy), math.sqrt(vx / vy)
-
-
-@dataclass
-class VerifyOptions:
-    reference: str | None = None
-    architecture: str | None = None
-    no_load: bool = False
-    seed: int = 0
-    batch: int = 4
-    input_file: str | None = None
-    atol: float = 1e-8
-    rtol: float = 1e-5
-    min_cosine: float | None = None
-
-
-def verify_path(path: str, opts: VerifyOptions) -> VerifyResult:
-    """Every check for one checkpoint. Opening errors propagate (exit 2: could not verify)."""
-    from pathlib import Path
-
-    from weightcli.errors import UsageError
-    from weightcli.stores import open_store
-
-    for v, n in ((opts.atol, "--atol"), (opts.rtol, "--rtol")):
-        if not (math.isfinite(v) and v >= 0):
-            raise UsageError(f"{n} must be a finite number >= 0, got {v}")
-    if opts.min_cosine is not None and not -1 <= opts.min_cosine <= 1:
-        raise UsageError(f"--min-cosine must be between -1 and 1, got {opts.min_cosine}")
-    if opts.batch < 1:
-        raise UsageError("--batch must be at least 1")
-    result = VerifyResult(path)
-    with open_store(path) as store:
-        checks, _ = static_checks(store)
-        result.checks += checks
-        if opts.reference:
-            with open_store(opts.reference) as ref:
-                result.checks += reference_checks(store, ref)
-        if opts.no_load:
-            return result
-        from weightcli import framework
-
-        runnable, check = framework.load(
-            Path(path), store, Path(opts.architecture) if opts.architecture else None
-        )
-        result.checks.append(check)
-    if runnable is None:
-        return result
-    feed = framework.make_inputs(
-        runnable, opts.seed, opts.batch, Path(opts.input_file) if opts.input_file else None
-    )
-    outs, check = framework.run(runnable, feed)
-    result.checks.append(check)
-    if opts.reference and outs is not None:
-        with open_store(opts.reference) as ref_store:
-            ref_runnable, ref_check = framework.load(
-                Path(opts.reference),
-                ref_store,
-                Path(opts.architecture) if opts.architecture else None,
-            )
-        if ref_runnable is None:
-            result.checks.append(
-                Check(
-                    "outputs match reference", SKIP, f"reference did not load: {ref_check.detail}"
-                )
-            )
-        else:
-            ref_outs, ref_run = framework.run(ref_runnable, feed)
-            if ref_outs is None:
-                result.checks.append(
-                    Check(
-                        "outputs match reference",
-                        FAIL,
-                        f"reference failed to run: {ref_run.detail}",
-                    )
-                )
-            else:
-                result.checks.append(
-                    framework.compare_outputs(outs, ref_outs, opts.atol, opts.rtol, opts.min_cosine)
-                )
-    return result

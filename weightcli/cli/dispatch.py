@@ -1,0 +1,148 @@
+"""The one dispatcher: every command's run over one model or many.
+
+One model: the result is printed (table or JSON), errors propagate (one line, exit
+2). Several models (several paths, ``-r``, ``--output-dir``, or pairs for ``diff``):
+worker processes, a progress bar, one output per model in input order, a summary,
+and the worst exit code.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import click
+
+from weightcli.batch import Item, Outcome, Runner, default_jobs
+from weightcli.cli.options import spell
+from weightcli.grid import rich_console
+from weightcli.report import fmt_bytes, print_json, print_summary
+from weightcli.results import Result
+
+R = TypeVar("R", bound=Result)
+
+
+def is_batch(paths: Sequence[str], recursive: bool, output_dir: object = None) -> bool:
+    return len(paths) > 1 or recursive or output_dir is not None
+
+
+def dispatch(
+    items: list[Item],
+    task: Callable[[Item], R],
+    render: Callable[[R], None],
+    *,
+    batch: bool,
+    jobs: int | None = None,
+    progress: bool | None = None,
+    as_json: bool = False,
+    debug: bool = False,
+) -> None:
+    """Run ``task`` on every item, print each result, and exit with the worst code."""
+    if batch:
+        code = _run_batch(items, task, render, jobs, progress, as_json, debug)
+    else:
+        result = task(items[0])
+        if as_json:
+            print_json(result.to_json())
+        else:
+            render(result)
+        code = result.exit_code
+        why = result.explain()
+        if why:
+            click.echo(f"weightcli: {items[0].label}: {why}", err=True)
+    if code:
+        raise SystemExit(code)
+
+
+def _run_batch(
+    items: list[Item],
+    task: Callable[[Item], R],
+    render: Callable[[R], None],
+    jobs: int | None,
+    progress: bool | None,
+    as_json: bool,
+    debug: bool,
+) -> int:
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = _Progress(items) if show else None
+    runner = Runner(task, jobs or default_jobs(), debug, bar.advance if bar else None, spell)
+    outcomes: list[Outcome] = []
+    try:
+        for outcome in runner.run(items):
+            outcomes.append(outcome)
+            if as_json:
+                doc = outcome.result.to_json() if outcome.result is not None else {}
+                doc = {"path": outcome.path, **doc, "exit_code": outcome.code}
+                if outcome.error:
+                    doc["error"] = outcome.error
+                print_json(doc)
+            elif outcome.result is not None:
+                if bar:
+                    bar.pause()
+                render(outcome.result)  # type: ignore[arg-type]  # the task's own result type
+            if outcome.error:
+                click.echo(f"weightcli: error: {outcome.error}", err=True)
+    finally:
+        if bar:
+            bar.stop()
+    worst = max((o.code for o in outcomes), default=0)
+    if as_json:
+        print_json(
+            {
+                "summary": {
+                    "models": len(outcomes),
+                    "ok": sum(o.code == 0 for o in outcomes),
+                    "failed": sum(o.code == 1 for o in outcomes),
+                    "errors": sum(o.code == 2 for o in outcomes),
+                    "exit_code": worst,
+                    "seconds": round(sum(o.elapsed for o in outcomes), 3),
+                }
+            }
+        )
+    else:
+        print_summary(outcomes)
+    return worst
+
+
+class _Progress:
+    """A rich progress bar on stderr: models and bytes done, ETA."""
+
+    def __init__(self, items: list[Item]) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        from weightcli.batch import model_size
+
+        self.total_bytes = sum(model_size(it.path) for it in items) or 1
+        self.done_bytes = 0
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[bytes]}"),
+            TimeRemainingColumn(),
+            console=rich_console(sys.stderr, None),
+            transient=True,
+        )
+        self.task = self.progress.add_task("models", total=len(items), bytes="")
+        self.progress.start()
+
+    def advance(self, outcome: Outcome) -> None:
+        self.done_bytes += outcome.size
+        self.progress.update(
+            self.task,
+            advance=1,
+            bytes=f"{fmt_bytes(self.done_bytes)} of {fmt_bytes(self.total_bytes)}",
+        )
+
+    def pause(self) -> None:
+        self.progress.refresh()
+
+    def stop(self) -> None:
+        self.progress.stop()

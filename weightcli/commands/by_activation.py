@@ -1,0 +1,78 @@
+"""``scale --by-activation``: factors measured by running the model on calibration data,
+then written by the ordinary pipeline and measured again on the written model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from weightcli import activation, pipeline
+from weightcli.errors import UsageError
+from weightcli.results import ActivationPlan, ByActivationResult
+from weightcli.select import Selection
+from weightcli.stores import open_store
+from weightcli.stores.output import resolve_output
+
+__all__ = ["ByActivationRequest", "ByActivationResult", "run"]
+
+
+@dataclass(frozen=True)
+class ByActivationRequest:
+    """Calibration data, the target statistic, and where the output goes."""
+
+    selection: Selection
+    calibration: Path
+    target: float = 1.0
+    stat: str = "mean-abs"
+    batch_size: int = 32
+    architecture: Path | None = None
+    output: Path | None = None
+    in_place: bool = False
+    force: bool = False
+    dry_run: bool = False
+
+    def __post_init__(self) -> None:
+        activation.check_params(self.target, self.stat, self.batch_size)
+
+
+class NothingToScaleError(UsageError):
+    """No selected layer could be scaled; ``plan`` says why for each layer."""
+
+    def __init__(self, plan: ActivationPlan) -> None:
+        super().__init__("no selected layer could be scaled (see the notes above)")
+        self.plan = plan
+
+
+def run(request: ByActivationRequest, path: str | Path) -> ByActivationResult:
+    """Measure, plan, write, and measure again."""
+    src = Path(path)
+    with open_store(src) as store:
+        out = (
+            None
+            if request.dry_run
+            else resolve_output(src, request.output, request.in_place, request.force)
+        )
+        model = activation.load_keras(src, store, request.architecture)
+        plan, inputs = activation.plan(
+            model,
+            store,
+            request.selection,
+            request.calibration,
+            request.target,
+            request.stat,
+            request.batch_size,
+        )
+        if not plan.factors:
+            raise NothingToScaleError(plan)
+        step = activation.ActivationStep(plan, request.calibration.name)
+        result = pipeline.run(
+            store, [step], out, ["scale", str(src), "--by-activation"], dry_run=request.dry_run
+        )
+    if out is not None:
+        with open_store(out) as written:
+            activation.measure_after(
+                out, written, request.architecture, plan, inputs, request.batch_size
+            )
+    else:
+        activation.measure_live(model, plan, inputs, request.batch_size)
+    return ByActivationResult(result, plan)

@@ -1,0 +1,82 @@
+"""``scale``, ``clip``, ``quantize``, ``apply``: steps streamed through the pipeline into
+a patched copy of the checkpoint."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from weightcli import pipeline
+from weightcli.batch import Item, plan_outputs
+from weightcli.errors import ParameterError
+from weightcli.results import TransformResult
+from weightcli.steps import Step
+from weightcli.stores import open_store
+from weightcli.stores.base import BLOCK_ELEMS
+from weightcli.stores.output import resolve_output
+
+__all__ = ["TransformRequest", "TransformResult", "run", "batch_outputs"]
+
+
+@dataclass(frozen=True)
+class TransformRequest:
+    """The steps and where their output goes.
+
+    One model: ``output`` (or ``in_place``). Several: ``outputs`` maps each input to its
+    place below an output folder (missing folders are created). ``dry_run`` reports and
+    writes nothing. ``command`` names the command in the output's history.
+    """
+
+    steps: tuple[Step, ...]
+    command: str
+    output: Path | None = None
+    in_place: bool = False
+    force: bool = False
+    dry_run: bool = False
+    outputs: tuple[tuple[Path, Path], ...] = ()
+    block_elems: int = BLOCK_ELEMS
+
+    def __post_init__(self) -> None:
+        if not self.steps:
+            raise ParameterError("give at least one step")
+        if self.in_place and self.outputs:
+            raise ParameterError("{in_place} and {output_dir} exclude each other")
+        if self.block_elems < 1:
+            raise ParameterError("{block_elems} must be at least 1")
+
+    def output_for(self, path: Path) -> Path | None:
+        for src, out in self.outputs:
+            if src == path:
+                return out
+        return self.output
+
+
+def batch_outputs(
+    items: Sequence[Item], output_dir: Path, force: bool
+) -> tuple[tuple[Path, Path], ...]:
+    """Each input's output below ``output_dir``, mirroring its place in the input tree."""
+    return tuple(plan_outputs(items, output_dir, force).items())
+
+
+def run(request: TransformRequest, path: str | Path) -> TransformResult:
+    """Apply the request's steps to one checkpoint and write its patched copy."""
+    src = Path(path)
+    with open_store(src) as store:
+        out = None
+        if not request.dry_run:
+            out = resolve_output(
+                src,
+                request.output_for(src),
+                request.in_place,
+                request.force,
+                mkdirs=bool(request.outputs),
+            )
+        return pipeline.run(
+            store,
+            request.steps,
+            out,
+            [request.command, str(src)],
+            dry_run=request.dry_run,
+            block_elems=request.block_elems,
+        )

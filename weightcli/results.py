@@ -1,0 +1,450 @@
+"""What every command returns: typed results that own their JSON and their exit code.
+
+These types are the JSON schema (the README documents the same fields). Every result
+has ``exit_code`` (0 success, 1 a check failed) and ``to_json()`` (a dict with no
+NaN/Inf: such numbers become null). Reports render them; nothing here prints.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol
+
+from weightcli.stats import TensorStats
+from weightcli.stores.base import StoreMeta
+from weightcli.tensor import TensorInfo
+
+JSON = dict[str, Any]
+
+
+class Result(Protocol):
+    """What a command's ``run`` returns for one model (or one pair of models)."""
+
+    @property
+    def exit_code(self) -> int:
+        """0 when everything passed, 1 when a check failed (errors raise instead)."""
+        ...
+
+    def to_json(self) -> JSON:
+        """The JSON object printed with ``--json`` (without ``path``/``exit_code``)."""
+        ...
+
+    def explain(self) -> str | None:
+        """Why the exit code is not 0, in a few words (None when it is 0)."""
+        ...
+
+
+def finite_or_none(x: Any) -> Any:
+    """JSON has no Infinity/NaN: such values become null (documented in the README)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: finite_or_none(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [finite_or_none(v) for v in x]
+    return x
+
+
+def name_list(items: list[str], limit: int = 5) -> str:
+    """``a, b, c and 4 more``."""
+    return ", ".join(items[:limit]) + (
+        f" and {len(items) - limit} more" if len(items) > limit else ""
+    )
+
+
+# -- inspect ----------------------------------------------------------------------------------
+
+
+@dataclass
+class TensorReport:
+    """One tensor of ``inspect``: its metadata and (unless ``--no-stats``) its statistics."""
+
+    info: TensorInfo
+    stats: TensorStats | None
+
+
+@dataclass
+class InspectResult:
+    """``inspect`` of one model. JSON: ``{"path", "format", "writer", "model_class",
+    "model_name", "history", "tensors": [...], "totals"}``."""
+
+    path: Path
+    meta: StoreMeta
+    tensors: list[TensorReport]
+    fail_on_nonfinite: bool = False
+
+    @property
+    def nonfinite(self) -> int:
+        return sum(t.stats.nonfinite for t in self.tensors if t.stats)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.fail_on_nonfinite and self.nonfinite else 0
+
+    def explain(self) -> str | None:
+        return f"{self.nonfinite} NaN/Inf values" if self.exit_code else None
+
+    def totals(self) -> JSON:
+        by_dtype: dict[str, dict[str, int]] = defaultdict(
+            lambda: {"tensors": 0, "params": 0, "bytes": 0}
+        )
+        for rep in self.tensors:
+            d = by_dtype[rep.info.dtype]
+            d["tensors"] += 1
+            d["params"] += rep.info.size
+            d["bytes"] += rep.info.nbytes
+        return {
+            "tensors": len(self.tensors),
+            "params": sum(r.info.size for r in self.tensors),
+            "bytes": sum(r.info.nbytes for r in self.tensors),
+            "by_dtype": dict(by_dtype),
+        }
+
+    def to_json(self) -> JSON:
+        tensors = []
+        for rep in self.tensors:
+            t = rep.info
+            item: JSON = {
+                "name": t.name,
+                "path": t.path,
+                "layer": t.layer,
+                "layer_class": t.layer_class,
+                "kind": t.kind,
+                "dtype": t.dtype,
+                "shape": list(t.shape),
+                "params": t.size,
+                "bytes": t.nbytes,
+                "optimizer": t.optimizer,
+            }
+            if t.copies:
+                item["copies"] = [t.path, *t.copies]
+            if rep.stats is not None:
+                item["stats"] = rep.stats.to_json()
+            tensors.append(item)
+        return finite_or_none(
+            {
+                "path": str(self.path),
+                "format": str(self.meta.format),
+                "writer": self.meta.writer,
+                "model_class": self.meta.model_class,
+                "model_name": self.meta.model_name,
+                "history": self.meta.history,
+                "tensors": tensors,
+                "totals": self.totals(),
+            }
+        )
+
+
+# -- transforms -------------------------------------------------------------------------------
+
+
+@dataclass
+class TensorChange:
+    """One tensor a transform changed: statistics before and after, and the steps' figures."""
+
+    info: TensorInfo
+    out_dtype: str
+    before: TensorStats
+    after: TensorStats
+    changed: int
+    max_change: float
+    figures: list[dict[str, Any]]
+
+    def to_json(self) -> JSON:
+        def side(s: TensorStats) -> JSON:
+            return {"mean": s.mean, "std": s.std, "abs_max": s.abs_max, "nan": s.nan, "inf": s.inf}
+
+        return {
+            "name": self.info.name,
+            "shape": list(self.info.shape),
+            "dtype": self.info.dtype,
+            "out_dtype": self.out_dtype,
+            "before": side(self.before),
+            "after": side(self.after),
+            "changed": self.changed,
+            "changed_pct": 100.0 * self.changed / self.info.size if self.info.size else 0.0,
+            "max_change": self.max_change,
+            "figures": self.figures,
+        }
+
+
+@dataclass
+class TransformResult:
+    """A transform of one model. JSON: ``{"source", "output", "dry_run", "changed",
+    "selected", "total", "bytes_written", "elapsed_s", "tensors": [...], "history"}``.
+    ``bytes_written`` counts the bytes the writer wrote itself (unchanged byte ranges
+    copied in the kernel are not counted)."""
+
+    source: Path
+    output: Path | None
+    changes: list[TensorChange]
+    selected: int
+    total_tensors: int
+    bytes_written: int
+    elapsed: float
+    record: JSON = field(default_factory=dict)
+
+    exit_code = 0
+
+    def explain(self) -> str | None:
+        return None
+
+    def to_json(self) -> JSON:
+        return finite_or_none(
+            {
+                "source": str(self.source),
+                "output": str(self.output) if self.output else None,
+                "dry_run": self.output is None,
+                "changed": len(self.changes),
+                "selected": self.selected,
+                "total": self.total_tensors,
+                "bytes_written": self.bytes_written,
+                "elapsed_s": self.elapsed,
+                "tensors": [c.to_json() for c in self.changes],
+                "history": self.record,
+            }
+        )
+
+
+@dataclass
+class LayerPlan:
+    """One layer of ``scale --by-activation``: its statistic before and after, its factor."""
+
+    layer: str
+    layer_class: str
+    activation: str | None
+    stat_before: float | None = None
+    factor: float = 1.0
+    stat_after: float | None = None
+    note: str = ""
+    scaled: bool = False
+
+    def to_json(self) -> JSON:
+        return {
+            "layer": self.layer,
+            "layer_class": self.layer_class,
+            "activation": self.activation,
+            "stat_before": self.stat_before,
+            "factor": self.factor if self.scaled else None,
+            "stat_after": self.stat_after,
+            "scaled": self.scaled,
+            "note": self.note or None,
+        }
+
+
+@dataclass
+class ActivationPlan:
+    """The per-layer factors of ``scale --by-activation``."""
+
+    target: float
+    stat: str
+    layers: list[LayerPlan] = field(default_factory=list)
+
+    @property
+    def factors(self) -> dict[str, float]:
+        return {p.layer: p.factor for p in self.layers if p.scaled}
+
+
+@dataclass
+class ByActivationResult:
+    """``scale --by-activation``: the transform's JSON plus ``"activation": [...]``."""
+
+    transform: TransformResult
+    plan: ActivationPlan
+
+    exit_code = 0
+
+    def explain(self) -> str | None:
+        return None
+
+    def to_json(self) -> JSON:
+        return finite_or_none(
+            {**self.transform.to_json(), "activation": [lp.to_json() for lp in self.plan.layers]}
+        )
+
+
+# -- diff -------------------------------------------------------------------------------------
+
+
+class DiffStatus(StrEnum):
+    """How a tensor of A compares with B's."""
+
+    SHAPE = "shape differs"
+    DTYPE = "dtype differs"
+    DIFFERS = "differs"
+    ONLY_A = "only in A"
+    ONLY_B = "only in B"
+    WITHIN = "within tolerance"
+    IDENTICAL = "identical"
+
+
+EQUAL_STATUSES = {DiffStatus.IDENTICAL, DiffStatus.WITHIN}
+# Table order: the worst first.
+ORDER = list(DiffStatus)
+
+
+@dataclass
+class TensorDiff:
+    """One matched name of ``diff``: status and difference metrics over finite pairs."""
+
+    name: str
+    status: DiffStatus
+    a: TensorInfo | None
+    b: TensorInfo | None
+    max_abs: float | None = None
+    mean_abs: float | None = None
+    rel_l2: float | None = None
+    cosine: float | None = None
+    beyond: int | None = None
+    size: int = 0
+
+    @property
+    def beyond_pct(self) -> float | None:
+        if self.beyond is None or not self.size:
+            return None
+        return 100.0 * self.beyond / self.size
+
+    def to_json(self) -> JSON:
+        def side(t: TensorInfo | None) -> JSON | None:
+            return {"path": t.path, "shape": list(t.shape), "dtype": t.dtype} if t else None
+
+        return {
+            "name": self.name,
+            "status": str(self.status),
+            "a": side(self.a),
+            "b": side(self.b),
+            "max_abs": self.max_abs,
+            "mean_abs": self.mean_abs,
+            "rel_l2": self.rel_l2,
+            "cosine": self.cosine,
+            "beyond": self.beyond,
+            "beyond_pct": self.beyond_pct,
+        }
+
+
+@dataclass
+class DiffResult:
+    """``diff`` of two checkpoints. JSON: ``{"a", "b", "equal", "verdict", "atol", "rtol",
+    "nan_equal", "structure", "counts", "tensors": [...]}``; exit 1 unless equal."""
+
+    a: str
+    b: str
+    atol: float
+    rtol: float
+    nan_equal: bool
+    structure: bool
+    rows: list[TensorDiff] = field(default_factory=list)
+
+    @property
+    def equal(self) -> bool:
+        return all(r.status in EQUAL_STATUSES for r in self.rows)
+
+    def __bool__(self) -> bool:
+        return self.equal
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.equal else 1
+
+    def explain(self) -> str | None:
+        return None  # the verdict line says it
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.rows:
+            out[str(r.status)] = out.get(str(r.status), 0) + 1
+        return out
+
+    @property
+    def verdict(self) -> str:
+        counts = self.counts()
+        total = len(self.rows)
+        tol = (
+            "exact"
+            if self.atol == 0 and self.rtol == 0
+            else f"atol {self.atol:g}, rtol {self.rtol:g}"
+        )
+        what = "structure" if self.structure else tol
+        detail = ", ".join(f"{n} {s}" for s, n in counts.items())
+        if self.equal:
+            return f"EQUAL: {total} tensors ({detail}; {what})"
+        bad = sum(n for s, n in counts.items() if s not in EQUAL_STATUSES)
+        return f"DIFFERENT: {bad} of {total} tensors differ ({detail}; {what})"
+
+    def to_json(self) -> JSON:
+        return finite_or_none(
+            {
+                "a": self.a,
+                "b": self.b,
+                "equal": self.equal,
+                "verdict": self.verdict,
+                "atol": self.atol,
+                "rtol": self.rtol,
+                "nan_equal": self.nan_equal,
+                "structure": self.structure,
+                "counts": self.counts(),
+                "tensors": [r.to_json() for r in self.rows],
+            }
+        )
+
+
+# -- verify -----------------------------------------------------------------------------------
+
+
+class CheckStatus(StrEnum):
+    """The outcome of one ``verify`` check."""
+
+    PASS = "PASS"
+    WARN = "WARN"
+    FAIL = "FAIL"
+    SKIP = "SKIP"
+
+
+@dataclass
+class Check:
+    """One ``verify`` check: its name, status, one detail line and data for JSON."""
+
+    name: str
+    status: CheckStatus
+    detail: str
+    data: JSON = field(default_factory=dict)
+
+    def to_json(self) -> JSON:
+        return {
+            "name": self.name,
+            "status": str(self.status),
+            "detail": self.detail,
+            **({"data": self.data} if self.data else {}),
+        }
+
+
+@dataclass
+class VerifyResult:
+    """``verify`` of one checkpoint. JSON: ``{"path", "ok", "checks": [...]}``; exit 1
+    when a check failed."""
+
+    path: str
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return any(c.status == CheckStatus.FAIL for c in self.checks)
+
+    def __bool__(self) -> bool:
+        return not self.failed
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+    def explain(self) -> str | None:
+        return None  # the report's verdict line says it
+
+    def to_json(self) -> JSON:
+        return finite_or_none(
+            {"path": self.path, "ok": not self.failed, "checks": [c.to_json() for c in self.checks]}
+        )

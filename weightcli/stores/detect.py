@@ -1,0 +1,149 @@
+"""Which container a path holds, decided from content, never from the name.
+
+The one detector (``detect``), the one TF checkpoint prefix resolver
+(``checkpoint_prefix``) and the one test of "is this file a model?" used when
+searching directories (``looks_like_model``).
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from enum import StrEnum
+from pathlib import Path
+
+from weightcli.errors import InputError, UnsupportedError
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+ZIP_SIGNATURE = b"PK\x03\x04"
+TABLE_MAGIC = bytes.fromhex("57fb808b247547db")
+ARCHIVE_MEMBERS = ("config.json", "model.weights.h5")
+
+
+class Container(StrEnum):
+    """The container kinds, each opened by one store class."""
+
+    HDF5 = "hdf5"
+    ZIP = "zip"
+    SAVEDMODEL = "savedmodel"
+    TF_CHECKPOINT = "tf-checkpoint"
+
+
+def _head(path: Path, n: int = 8) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(n)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read: {exc.strerror or exc}") from exc
+
+
+def is_hdf5(path: Path) -> bool:
+    """HDF5 allows a user block: the signature may sit at 0, 512, 1024, 2048, ..."""
+    try:
+        with open(path, "rb") as f:
+            offset = 0
+            while True:
+                f.seek(offset)
+                chunk = f.read(8)
+                if len(chunk) < 8:
+                    return False
+                if chunk == HDF5_SIGNATURE:
+                    return True
+                offset = 512 if offset == 0 else offset * 2
+    except OSError:
+        return False
+
+
+def index_path(prefix: Path) -> Path:
+    """The ``.index`` file of a TF checkpoint prefix."""
+    return prefix.with_name(prefix.name + ".index")
+
+
+def checkpoint_prefix(path: Path) -> Path | None:
+    """The TF checkpoint prefix ``path`` names: a prefix, its ``.index``, a data shard, or a
+    folder (its ``checkpoint`` state file names the newest; else its only ``.index``).
+    None when ``path`` names no checkpoint."""
+    name = path.name
+    if path.suffix == ".index" and path.is_file():
+        return path.with_name(name[: -len(".index")])
+    if ".data-" in name and path.is_file():
+        return path.with_name(name.split(".data-")[0])
+    if path.is_dir():
+        state = path / "checkpoint"
+        if state.is_file():
+            for line in state.read_text(errors="replace").splitlines():
+                if line.startswith("model_checkpoint_path:"):
+                    target = line.split(":", 1)[1].strip().strip('"')
+                    return Path(target) if os.path.isabs(target) else path / target
+        indexes = sorted(path.glob("*.index"))
+        if len(indexes) > 1:
+            raise InputError(
+                f"{path}: holds {len(indexes)} checkpoints and no 'checkpoint' file: name one prefix"
+            )
+        return indexes[0].with_name(indexes[0].name[: -len(".index")]) if indexes else None
+    if not path.exists() and index_path(path).is_file():
+        return path
+    return None
+
+
+def detect(path: Path) -> Container:
+    """The container ``path`` holds; raises InputError when it is not a model."""
+    if path.is_dir():
+        if (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file():
+            return Container.SAVEDMODEL
+        if (path / "export.meta").is_file() or any(path.glob("export-?????-of-?????")):
+            raise UnsupportedError(
+                f"{path}: a TensorFlow 0.12 SessionBundle export (export.meta), not a SavedModel; "
+                "convert it with a TensorFlow 1.x release first"
+            )
+        if (path / "checkpoint").is_file() or any(path.glob("*.index")):
+            return Container.TF_CHECKPOINT
+        raise InputError(
+            f"{path}: a directory that is neither a SavedModel (no saved_model.pb) nor a TF checkpoint"
+        )
+    if checkpoint_prefix(path) is not None:
+        return Container.TF_CHECKPOINT
+    if not path.exists():
+        raise InputError(f"{path}: no such file or directory")
+    if not path.is_file():
+        raise InputError(f"{path}: not a regular file")
+    head = _head(path)
+    if is_hdf5(path):
+        return Container.HDF5
+    if head.startswith(ZIP_SIGNATURE) or zipfile.is_zipfile(path):
+        return Container.ZIP
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: empty file")
+    raise InputError(
+        f"{path}: unknown format (not HDF5, a Keras archive, a SavedModel or a TF checkpoint)"
+    )
+
+
+def is_keras_archive(zf: zipfile.ZipFile) -> bool:
+    names = set(zf.namelist())
+    return all(m in names for m in ARCHIVE_MEMBERS)
+
+
+def looks_like_model(path: Path) -> bool:
+    """For directory searches: is this file a checkpoint (or a damaged one, to be reported)?
+
+    HDF5 by its signature; a zip holding a Keras archive's members (a damaged zip named
+    ``.keras`` counts, so its failure is reported); a ``.index`` ending in the table magic.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if head == HDF5_SIGNATURE:
+                return True
+            if head.startswith(ZIP_SIGNATURE):
+                try:
+                    with zipfile.ZipFile(path) as zf:
+                        return is_keras_archive(zf)
+                except (zipfile.BadZipFile, OSError):
+                    return path.suffix == ".keras"
+            if path.suffix == ".index":
+                f.seek(-8, os.SEEK_END)
+                return f.read(8) == TABLE_MAGIC
+    except OSError:
+        return False
+    return False

@@ -1,0 +1,89 @@
+"""Where an output may be written: the one home of the output policy.
+
+``resolve_output`` applies the refusal rules (no silent overwrite, no OUT == IN);
+``temp_beside`` / ``temp_dir_beside`` make the temporary file or folder that a
+patcher writes and then renames into place (beside OUT, so the rename stays on one
+filesystem).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from weightcli.errors import OutputError, ParameterError, literal
+from weightcli.stores.detect import index_path
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def resolve_output(
+    src: Path, out: Path | None, in_place: bool, force: bool, mkdirs: bool = False
+) -> Path:
+    """Where to write ``src``'s patched copy, enforcing the refusal rules.
+
+    ``in_place`` writes over ``src``; otherwise ``out`` must be given, must not be
+    ``src`` and must not exist unless ``force``. ``mkdirs`` creates missing parent
+    folders (batch runs mirroring a tree); otherwise a missing folder is an error.
+    """
+    if in_place:
+        if out is not None and not _same(src, out):
+            raise ParameterError(
+                "{in_place} writes over the input: do not also give a different {output}"
+            )
+        return src
+    if out is None:
+        raise ParameterError("give {output} OUT (or {in_place} to overwrite the input)")
+    if _same(src, out):
+        raise ParameterError(
+            f"{literal(out)}: output is the input; use {{in_place}} to overwrite it"
+        )
+    # A TF checkpoint output is a prefix: its files are OUT.index and OUT.data-*.
+    taken = out.exists() or out.is_symlink() or index_path(out).exists()
+    if taken and not force:
+        raise OutputError.naming(f"{literal(out)}: already exists; use {{force}} to overwrite it")
+    if not out.parent.exists():
+        if not mkdirs:
+            raise OutputError(f"{out}: output folder {out.parent} does not exist")
+        out.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(out.parent, os.W_OK):
+        raise OutputError(f"{out}: output folder {out.parent} is not writable")
+    return out
+
+
+def _check_folder(out: Path) -> Path:
+    folder = out.parent
+    if not folder.is_dir():
+        raise OutputError(f"{out}: output folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise OutputError(f"{out}: output folder {folder} is not writable")
+    return folder
+
+
+def temp_beside(out: Path, suffix: str = "") -> Path:
+    """A fresh temporary file in OUT's folder (mode as an ordinary new file)."""
+    folder = _check_folder(out)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=f"{suffix}.tmp", dir=folder)
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot write in {folder}: {exc.strerror or exc}") from exc
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(name, 0o666 & ~umask)  # mkstemp makes 0600; an output is an ordinary file
+    return Path(name)
+
+
+def temp_dir_beside(out: Path) -> Path:
+    """A fresh temporary folder in OUT's folder."""
+    folder = _check_folder(out)
+    try:
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=folder))
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot write in {folder}: {exc.strerror or exc}") from exc
