@@ -9,7 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import SAMPLES, run
+from helpers import SAMPLES, run
 
 
 def assert_clean_error(res, *words: str) -> None:

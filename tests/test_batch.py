@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import SAMPLES, run
+from helpers import SAMPLES, run
 
 
 @pytest.fixture

@@ -8,8 +8,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import SAMPLES, run
-from kerasutil import load, mlp_input
+from helpers import SAMPLES, load, mlp_input, run
 from test_bad_input import assert_clean_error
 
 CAL = SAMPLES / "mlp_calibration.npy"

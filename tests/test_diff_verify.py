@@ -8,7 +8,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import SAMPLES, run
+from helpers import SAMPLES, run
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from test_bad_input import assert_clean_error
@@ -306,7 +306,7 @@ def test_verify_no_load_never_imports_tensorflow() -> None:
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from helpers import ROOT
 
     code = (
         "import sys\nfrom click.testing import CliRunner\nfrom weightcli.cli import cli\n"
@@ -320,7 +320,7 @@ def test_verify_no_load_never_imports_tensorflow() -> None:
 
 
 def test_keras1_file_fails_to_load_with_a_clear_reason() -> None:
-    from conftest import REAL
+    from helpers import REAL
 
     if not REAL.is_dir():
         pytest.skip("needs ../shared/real_models")

@@ -9,7 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import H5_SAMPLES, REAL_H5
+from helpers import H5_SAMPLES, REAL_H5
 
 from weightcli.stores import h5util, open_store
 from weightcli.stores.base import split
@@ -88,7 +88,7 @@ def test_attributes_read_as_h5py_reads_them(path: Path) -> None:
 
 def test_file_with_a_user_block(tmp_path: Path) -> None:
     """Dataset offsets count the user block: direct reads and range writes still land."""
-    from conftest import run
+    from helpers import run
 
     p = tmp_path / "ub.h5"
     with h5py.File(p, "w", userblock_size=512) as f:

@@ -7,7 +7,7 @@ import re
 import sys
 
 import pytest
-from conftest import SAMPLES, run
+from helpers import SAMPLES, run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console

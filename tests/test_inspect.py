@@ -10,7 +10,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import H5_SAMPLES, REAL, REAL_H5, ROOT, SAMPLES, extract_weights, run
+from helpers import H5_SAMPLES, REAL, REAL_H5, ROOT, SAMPLES, extract_weights, run
 
 ALL_H5 = H5_SAMPLES + REAL_H5
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REAL, ROOT, SAMPLES, run
+from helpers import REAL, ROOT, SAMPLES, run
 from test_bad_input import assert_clean_error
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -146,7 +146,7 @@ def serve(path: Path, x: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("name", ["mlp_export", "mlp_tfsave", "mlp_tfkeras_savedmodel"])
 def test_scaled_savedmodel_serves_doubled_logits(name: str, tmp_path: Path) -> None:
     import tensorflow as tf
-    from kerasutil import mlp_input
+    from helpers import mlp_input
 
     src = SAMPLES / name
     before = files_sha(src)

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import SAMPLES, run
+from helpers import SAMPLES, run
 from test_bad_input import assert_clean_error
 
 SRC = SAMPLES / "mlp_keras3.h5"

@@ -11,9 +11,18 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import SAMPLES, run
-from h5compare import differing, objects, weights_file
-from kerasutil import MLP_FORMATS, cnn_input, load, mlp_input, predict
+from helpers import (
+    MLP_FORMATS,
+    SAMPLES,
+    cnn_input,
+    differing,
+    load,
+    mlp_input,
+    objects,
+    predict,
+    run,
+    weights_file,
+)
 
 H5_PATHS = {
     "mlp_keras3.h5": "/model_weights/logits/mlp/logits",

@@ -1,3 +1,33 @@
-"""weightcli: weight surgery on saved TensorFlow/Keras models."""
+"""weightcli: weight surgery on saved TensorFlow/Keras models.
+
+The Python API (``weightcli.open``, ``inspect``, ``scale``, ``clip``, ``quantize``,
+``apply``, ``diff``, ``verify``) lives in ``weightcli.api`` and is reachable from here;
+it is imported on first use, so ``weightcli --version`` stays instant.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
+
+_API = {
+    "Checkpoint",
+    "open",
+    "inspect",
+    "scale",
+    "clip",
+    "quantize",
+    "apply",
+    "diff",
+    "verify",
+    "selection",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        from weightcli import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'weightcli' has no attribute {name!r}")

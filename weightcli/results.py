@@ -49,6 +49,12 @@ def finite_or_none(x: Any) -> Any:
     return x
 
 
+def clean(doc: JSON) -> JSON:
+    """``doc`` with NaN/Inf numbers as null (JSON has neither)."""
+    out: JSON = finite_or_none(doc)
+    return out
+
+
 def name_list(items: list[str], limit: int = 5) -> str:
     """``a, b, c and 4 more``."""
     return ", ".join(items[:limit]) + (
@@ -125,7 +131,7 @@ class InspectResult:
             if rep.stats is not None:
                 item["stats"] = rep.stats.to_json()
             tensors.append(item)
-        return finite_or_none(
+        return clean(
             {
                 "path": str(self.path),
                 "format": str(self.meta.format),
@@ -194,7 +200,7 @@ class TransformResult:
         return None
 
     def to_json(self) -> JSON:
-        return finite_or_none(
+        return clean(
             {
                 "source": str(self.source),
                 "output": str(self.output) if self.output else None,
@@ -262,7 +268,7 @@ class ByActivationResult:
         return None
 
     def to_json(self) -> JSON:
-        return finite_or_none(
+        return clean(
             {**self.transform.to_json(), "activation": [lp.to_json() for lp in self.plan.layers]}
         )
 
@@ -376,7 +382,7 @@ class DiffResult:
         return f"DIFFERENT: {bad} of {total} tensors differ ({detail}; {what})"
 
     def to_json(self) -> JSON:
-        return finite_or_none(
+        return clean(
             {
                 "a": self.a,
                 "b": self.b,
@@ -445,6 +451,6 @@ class VerifyResult:
         return None  # the report's verdict line says it
 
     def to_json(self) -> JSON:
-        return finite_or_none(
+        return clean(
             {"path": self.path, "ok": not self.failed, "checks": [c.to_json() for c in self.checks]}
         )

@@ -84,7 +84,7 @@ def member_data_offset(path: Path, info: zipfile.ZipInfo) -> int:
     if len(header) < 30 or header[:4] != b"PK\x03\x04":
         raise CorruptError(f"{path}: damaged zip local header for {info.filename}")
     name_len, extra_len = struct.unpack("<HH", header[26:30])
-    return info.header_offset + 30 + name_len + extra_len
+    return int(info.header_offset + 30 + name_len + extra_len)
 
 
 class ArchiveStore(H5Store):

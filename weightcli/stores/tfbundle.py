@@ -216,7 +216,7 @@ def _string_crc(data: bytes, e: Entry) -> int:
         length, pos = tftable.varint(data, pos)
         width = 4 if length <= 0xFFFFFFFF else 8
         crc = google_crc32c.extend(crc, length.to_bytes(width, "little"))
-    return google_crc32c.extend(crc, data[pos:])
+    return int(google_crc32c.extend(crc, data[pos:]))
 
 
 class TFStore(Store):

@@ -24,7 +24,7 @@ MASK_DELTA = 0xA282EAD8
 
 
 def crc32c(data: bytes | memoryview) -> int:
-    return (
+    return int(
         google_crc32c.value(bytes(data))
         if isinstance(data, memoryview)
         else google_crc32c.value(data)

@@ -1,0 +1,248 @@
+"""The Python API, the command layout behind it, and the CLI as a thin client of it."""
+
+from __future__ import annotations
+
+import ast
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from helpers import ROOT, SAMPLES, run
+
+import weightcli
+from weightcli.errors import ParameterError, UsageError, WeightcliError
+from weightcli.stores import open_store
+from weightcli.stores.base import Block, PatcherStateError
+
+
+def test_open_lists_and_reads_like_h5py() -> None:
+    with weightcli.open(SAMPLES / "mlp_keras3.h5") as ckpt:
+        names = [t.name for t in ckpt.tensors()]
+        assert "dense_1/kernel" in names
+        kernel = ckpt.array("dense_1/kernel")
+        path = ckpt.store.tensor("dense_1/kernel").path
+    with h5py.File(SAMPLES / "mlp_keras3.h5") as f:
+        np.testing.assert_array_equal(kernel, f[path][()])
+
+
+def test_unknown_name_names_the_nearest() -> None:
+    with weightcli.open(SAMPLES / "mlp.keras") as ckpt, pytest.raises(UsageError) as err:
+        ckpt.array("dense_1/kernal")
+    assert "dense_1/kernel" in str(err.value)
+
+
+def test_transform_diff_inspect_verify(tmp_path: Path) -> None:
+    out = tmp_path / "half.keras"
+    result = weightcli.scale(SAMPLES / "mlp.keras", 0.5, output=out, select=["dense_1"])
+    assert result.exit_code == 0 and out.is_file()
+    assert sorted(c.info.name for c in result.changes) == ["dense_1/bias", "dense_1/kernel"]
+    with weightcli.open(SAMPLES / "mlp.keras") as a, weightcli.open(out) as b:
+        np.testing.assert_array_equal(b.array("dense_1/kernel"), a.array("dense_1/kernel") * 0.5)
+    d = weightcli.diff(SAMPLES / "mlp.keras", out)
+    assert not d.equal and d.exit_code == 1
+    assert {r.name for r in d.rows if r.status != "identical"} == {
+        "dense_1/kernel",
+        "dense_1/bias",
+    }
+    assert weightcli.diff(SAMPLES / "mlp.keras", SAMPLES / "mlp_keras3.h5").equal
+    ins = weightcli.inspect(out, fail_on_nonfinite=True)
+    assert ins.exit_code == 0 and ins.to_json()["history"][-1]["changed"] == [
+        "dense_1/kernel",
+        "dense_1/bias",
+    ]
+    ver = weightcli.verify(out, no_load=True)
+    assert ver.exit_code == 0 and ver.to_json()["ok"] is True
+    # The JSON the CLI prints is the result's own.
+    cli = run("diff", SAMPLES / "mlp.keras", out, "--json").json()
+    assert cli == json.loads(json.dumps(d.to_json()))
+
+
+def test_parameter_errors_name_parameters_not_flags(tmp_path: Path) -> None:
+    with pytest.raises(ParameterError) as err:
+        weightcli.clip(SAMPLES / "mlp.keras", abs_max=-1, output=tmp_path / "x.keras")
+    assert "abs_max must be" in str(err.value) and "--" not in str(err.value)
+    # The CLI spells the same parameter as its flag.
+    res = run("clip", SAMPLES / "mlp.keras", "--abs-max", "-1", "-o", tmp_path / "x.keras")
+    assert res.code == 2 and "--abs-max must be" in res.err
+    # A recipe user is told the recipe's key, not a flag.
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[[step]]\ncommand = "clip"\nabs_max = -1\n')
+    res = run("apply", recipe, SAMPLES / "mlp.keras", "-o", tmp_path / "y.keras")
+    assert res.code == 2 and "abs_max must be" in res.err and "--abs-max" not in res.err
+
+
+def test_recipes_are_type_checked(tmp_path: Path) -> None:
+    for body in ("bits = 8.5", 'bits = "8"', 'include_optimizer = "yes"'):
+        recipe = tmp_path / "r.toml"
+        recipe.write_text(f'[[step]]\ncommand = "quantize"\n{body}\n')
+        res = run("apply", recipe, SAMPLES / "mlp.keras", "-o", tmp_path / "y.keras")
+        assert res.code == 2 and "step 1" in res.err, body
+        assert not (tmp_path / "y.keras").exists()
+
+
+def test_factor_is_parsed_never_probed(tmp_path: Path, monkeypatch) -> None:
+    """A file named like the factor does not change what the command means."""
+    shutil.copyfile(SAMPLES / "mlp_keras3.h5", tmp_path / "m.h5")
+    (tmp_path / "2").write_text("not a model")
+    monkeypatch.chdir(tmp_path)
+    res = run("scale", "m.h5", "2", "-o", "x.h5", "--json")
+    assert res.code == 0, res.err
+    assert res.json()["tensors"][0]["figures"][0]["factor"] == 2.0
+    res = run("scale", "m.h5", "--factor", "0.5", "-o", "y.h5", "--json")
+    assert res.code == 0 and res.json()["tensors"][0]["figures"][0]["factor"] == 0.5
+
+
+def test_diff_over_directories(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    for root in (a, b):
+        (root / "sub").mkdir(parents=True)
+        shutil.copyfile(SAMPLES / "mlp.keras", root / "m.keras")
+        shutil.copytree(SAMPLES / "mlp_export", root / "sub" / "export")
+    shutil.copyfile(SAMPLES / "cnn.keras", a / "only_a.keras")
+    assert run("diff", a, b, "--json").code == 1  # only_a.keras is missing in B
+    (a / "only_a.keras").unlink()
+    res = run("diff", a, b, "--json")
+    assert res.code == 0, res.out
+    lines = res.lines()
+    assert lines[-1]["summary"]["models"] == 2 and lines[-1]["summary"]["ok"] == 2
+    assert all(doc["equal"] for doc in lines[:-1])
+    # One pair differs: exit 1, and that pair is the one reported as different.
+    weightcli.scale(SAMPLES / "mlp.keras", 2, output=b / "m2.keras")
+    shutil.move(b / "m2.keras", b / "m.keras")
+    res = run("diff", a, b, "--json")
+    assert res.code == 1
+    docs = {Path(d["a"]).name: d for d in res.lines()[:-1]}
+    assert docs["m.keras"]["equal"] is False and docs["export"]["equal"] is True
+
+
+def test_patcher_refuses_calls_out_of_order(tmp_path: Path) -> None:
+    with open_store(SAMPLES / "mlp_keras3.h5") as store:
+        info = store.tensor("dense_1/kernel")
+        patcher = store.patch(tmp_path / "o.h5")
+        block = Block((0, 0), info.shape, 0)
+        with pytest.raises(PatcherStateError):
+            patcher.write(info, block, np.zeros(info.shape, "float32"))
+        with pytest.raises(PatcherStateError):
+            patcher.commit()  # no history yet
+        patcher.abort()
+        with pytest.raises(PatcherStateError):
+            patcher.begin(info, info.dtype)
+    assert not (tmp_path / "o.h5").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_bytes_written_is_what_was_written(tmp_path: Path) -> None:
+    """A clip that changes one 1 MiB block of a 4 MiB tensor writes that block (and the
+    history), not the tensor."""
+    src = tmp_path / "big.h5"
+    x = np.random.default_rng(0).uniform(-0.5, 0.5, size=(1024, 1024)).astype("float32")
+    x[3, 3] = 7.0  # in the first block only
+    with h5py.File(src, "w") as f:
+        f["dense/kernel"] = x
+    result = weightcli.clip(src, abs_max=1.0, output=tmp_path / "o.h5")
+    block = 256 * 1024 * 4
+    assert block <= result.bytes_written < block + 4096
+    assert result.changes[0].changed == 1
+
+
+def test_missing_tensorflow_is_one_line(tmp_path: Path) -> None:
+    """Without the tf extra, a command that must run a model names the extra to install."""
+    code = (
+        "import sys; sys.modules['tensorflow'] = None; sys.modules['keras'] = None\n"
+        "from weightcli.cli import main; main(sys.argv[1:])\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code, "verify", str(SAMPLES / "mlp.keras")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 2, res.stderr
+    assert (
+        res.stderr.strip().splitlines() == [res.stderr.strip().splitlines()[0]]
+        and "pip install 'weightcli[tf]'" in res.stderr
+    )
+    # Everything that runs no model still works.
+    res = subprocess.run(
+        [sys.executable, "-c", code, "verify", str(SAMPLES / "mlp.keras"), "--no-load"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+
+
+def _imports(package: Path) -> dict[str, set[str]]:
+    mods = {
+        ".".join(p.relative_to(package.parent).with_suffix("").parts).removesuffix(".__init__"): p
+        for p in package.rglob("*.py")
+    }
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for m, p in mods.items():
+        pkg = m if p.name == "__init__.py" else m.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(p.read_text())):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = pkg.split(".")[: len(pkg.split(".")) - node.level + 1]
+                    base = ".".join(parts + ([base] if base else []))
+                targets = [base] + [f"{base}.{a.name}" for a in node.names]
+            for t in targets:
+                while t and t not in mods:
+                    t = t.rsplit(".", 1)[0] if "." in t else ""
+                if t and t != m and not m.startswith(t + "."):
+                    graph[m].add(t)
+    return graph
+
+
+def _externals(module: str) -> set[str]:
+    """Top-level names of the packages a module imports (lazily or not)."""
+    path = ROOT / (module.replace(".", "/") + ".py")
+    if not path.exists():
+        path = ROOT / module.replace(".", "/") / "__init__.py"
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            out.add(node.module.split(".")[0])
+    return out
+
+
+def test_layers_import_one_way() -> None:
+    """No import cycle (lazy imports count); only cli/ imports click; stores import no
+    command, result or report module; the library imports TensorFlow only in framework.py."""
+    graph = _imports(ROOT / "weightcli")
+    state: dict[str, int] = {}
+
+    def visit(m: str, stack: list[str]) -> None:
+        state[m] = 1
+        for n in graph[m]:
+            assert state.get(n) != 1, "import cycle: " + " -> ".join([*stack, m, n])
+            if not state.get(n):
+                visit(n, [*stack, m])
+        state[m] = 2
+
+    for m in graph:
+        if not state.get(m):
+            visit(m, [])
+    for m in graph:
+        if not m.startswith("weightcli.cli"):
+            assert "click" not in _externals(m), m
+        if m != "weightcli.framework":
+            assert not {"tensorflow", "keras", "tf_keras"} & _externals(m), m
+    for m, deps in graph.items():
+        if m.startswith("weightcli.stores"):
+            bad = {d for d in deps if not d.startswith(("weightcli.stores", "weightcli.errors"))}
+            assert bad <= {"weightcli.tensor", "weightcli.dtypes"}, (m, bad)
+
+
+def test_every_error_is_a_weightcli_error_or_a_bug() -> None:
+    assert issubclass(ParameterError, WeightcliError)

@@ -1,0 +1,302 @@
+"""The public Python API: every command as a function, on top of ``weightcli.commands``.
+
+    import weightcli
+
+    with weightcli.open("model.h5") as ckpt:
+        for t in ckpt.tensors():
+            print(t.name, t.shape, t.dtype)
+        kernel = ckpt.array("dense_1/kernel")        # a numpy array
+
+    result = weightcli.scale("model.h5", 0.5, output="half.h5", select=["dense_1"])
+    print(result.bytes_written, [c.info.name for c in result.changes])
+
+    d = weightcli.diff("model.h5", "half.h5", atol=1e-6)
+    print(d.equal, d.verdict, d.exit_code)
+
+Every function raises ``weightcli.errors.WeightcliError`` (a subclass per kind of
+problem) for what the caller must fix, and returns a typed result (see
+``weightcli.results``) with ``exit_code`` and ``to_json()``. Nothing here prints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from weightcli import recipe
+from weightcli.commands import diff as diff_cmd
+from weightcli.commands import inspect as inspect_cmd
+from weightcli.commands import transform as transform_cmd
+from weightcli.commands import verify as verify_cmd
+from weightcli.results import DiffResult, InspectResult, TransformResult, VerifyResult
+from weightcli.select import Selection
+from weightcli.steps import ClipStep, QuantizeStep, ScaleStep, Step
+from weightcli.stores import Store, open_store
+from weightcli.tensor import TensorInfo
+
+PathLike = str | Path
+
+__all__ = [
+    "Checkpoint",
+    "apply",
+    "clip",
+    "diff",
+    "inspect",
+    "open",
+    "quantize",
+    "scale",
+    "selection",
+    "verify",
+]
+
+
+class Checkpoint:
+    """A checkpoint opened for reading: its tensors by canonical name, read as numpy arrays.
+
+    Use it as a context manager (or call ``close``)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.path = store.path
+        self.meta = store.meta
+
+    def tensors(self) -> list[TensorInfo]:
+        """Every tensor (model weights and optimizer state), in file order."""
+        return self.store.tensors()
+
+    def array(self, name: str) -> np.ndarray:
+        """The whole tensor named ``name`` (an error names the nearest names)."""
+        return self.store.read(self.store.tensor(name))
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open(path: PathLike) -> Checkpoint:  # noqa: A001 - the natural name, as in io.open
+    """Open a checkpoint of any supported format (detected from its content)."""
+    return Checkpoint(open_store(path))
+
+
+def selection(
+    select: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    layer_types: Sequence[str] = (),
+    kinds: Sequence[str] = (),
+    include_optimizer: bool = False,
+    floats_only: bool = True,
+) -> Selection:
+    """Which tensors a command touches: globs on canonical names, layer classes, kinds."""
+    return Selection(
+        select=tuple(select),
+        exclude=tuple(exclude),
+        layer_types=tuple(layer_types),
+        kinds=tuple(kinds),
+        include_optimizer=include_optimizer,
+        floats_only=floats_only,
+    )
+
+
+def inspect(
+    path: PathLike,
+    *,
+    stats: bool = True,
+    fail_on_nonfinite: bool = False,
+    select: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    layer_types: Sequence[str] = (),
+    kinds: Sequence[str] = (),
+    include_optimizer: bool = False,
+) -> InspectResult:
+    """What a checkpoint holds: tensors with metadata and (with ``stats``) statistics."""
+    request = inspect_cmd.InspectRequest(
+        selection(select, exclude, layer_types, kinds, include_optimizer, floats_only=False),
+        with_stats=stats,
+        fail_on_nonfinite=fail_on_nonfinite,
+    )
+    return inspect_cmd.run(request, path)
+
+
+def _transform(
+    path: PathLike,
+    steps: Sequence[Step],
+    command: str,
+    output: PathLike | None,
+    in_place: bool,
+    force: bool,
+    dry_run: bool,
+) -> TransformResult:
+    request = transform_cmd.TransformRequest(
+        steps=tuple(steps),
+        command=command,
+        output=Path(output) if output is not None else None,
+        in_place=in_place,
+        force=force,
+        dry_run=dry_run,
+    )
+    return transform_cmd.run(request, path)
+
+
+def scale(
+    path: PathLike,
+    factor: float | None = None,
+    *,
+    output: PathLike | None = None,
+    by_type: Mapping[str, float] | None = None,
+    by_layer: Mapping[str, float] | None = None,
+    in_place: bool = False,
+    force: bool = False,
+    dry_run: bool = False,
+    select: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    layer_types: Sequence[str] = (),
+    kinds: Sequence[str] = (),
+    include_optimizer: bool = False,
+) -> TransformResult:
+    """Multiply the selected tensors by ``factor`` (or per layer class / layer glob) and
+    write the patched copy to ``output``."""
+    step = ScaleStep(
+        selection(select, exclude, layer_types, kinds, include_optimizer),
+        factor=factor,
+        by_type=dict(by_type or {}),
+        by_layer=dict(by_layer or {}),
+    )
+    return _transform(path, [step], "scale", output, in_place, force, dry_run)
+
+
+def clip(
+    path: PathLike,
+    *,
+    output: PathLike | None = None,
+    min: float | None = None,  # noqa: A002 - the parameter's documented name
+    max: float | None = None,  # noqa: A002
+    abs_max: float | None = None,
+    percentile: float | None = None,
+    sigma: float | None = None,
+    nonfinite: str = "keep",
+    in_place: bool = False,
+    force: bool = False,
+    dry_run: bool = False,
+    select: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    layer_types: Sequence[str] = (),
+    kinds: Sequence[str] = (),
+    include_optimizer: bool = False,
+) -> TransformResult:
+    """Clip the selected tensors to bounds and/or repair NaN/Inf (``nonfinite``)."""
+    step = ClipStep(
+        selection(select, exclude, layer_types, kinds, include_optimizer),
+        min=min,
+        max=max,
+        abs_max=abs_max,
+        percentile=percentile,
+        sigma=sigma,
+        nonfinite=nonfinite,
+    )
+    return _transform(path, [step], "clip", output, in_place, force, dry_run)
+
+
+def quantize(
+    path: PathLike,
+    *,
+    output: PathLike | None = None,
+    bits: int = 8,
+    scheme: str = "symmetric",
+    granularity: str = "per-channel",
+    axis: int | None = None,
+    dtype: str | None = None,
+    in_place: bool = False,
+    force: bool = False,
+    dry_run: bool = False,
+    select: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    layer_types: Sequence[str] = (),
+    kinds: Sequence[str] = (),
+    include_optimizer: bool = False,
+) -> TransformResult:
+    """Fake-quantize the selected tensors (or store them as ``dtype``)."""
+    step = QuantizeStep(
+        selection(select, exclude, layer_types, kinds, include_optimizer),
+        bits=bits,
+        scheme=scheme,
+        granularity=granularity,
+        axis=axis,
+        dtype=dtype,
+    )
+    return _transform(path, [step], "quantize", output, in_place, force, dry_run)
+
+
+def apply(
+    recipe_path: PathLike,
+    path: PathLike,
+    *,
+    output: PathLike | None = None,
+    in_place: bool = False,
+    force: bool = False,
+    dry_run: bool = False,
+) -> TransformResult:
+    """Apply a TOML recipe's steps in one pass and one write."""
+    steps = recipe.load(Path(recipe_path))
+    return _transform(path, steps, "apply", output, in_place, force, dry_run)
+
+
+def diff(
+    a: PathLike,
+    b: PathLike,
+    *,
+    atol: float = 0.0,
+    rtol: float = 0.0,
+    nan_equal: bool = False,
+    structure: bool = False,
+    maps: Sequence[str] = (),
+    select: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    include_optimizer: bool = False,
+) -> DiffResult:
+    """Compare two checkpoints tensor by tensor (numpy ``isclose`` tolerances; B is the
+    reference). ``maps`` renames A's tensors (``"enc_*=encoder_*"``)."""
+    request = diff_cmd.DiffRequest(
+        selection=selection(select, exclude, (), (), include_optimizer, floats_only=False),
+        maps=tuple(maps),
+        atol=atol,
+        rtol=rtol,
+        nan_equal=nan_equal,
+        structure=structure,
+    )
+    return diff_cmd.run(request, a, b)
+
+
+def verify(
+    path: PathLike,
+    *,
+    reference: PathLike | None = None,
+    architecture: PathLike | None = None,
+    no_load: bool = False,
+    seed: int = 0,
+    batch: int = 4,
+    input_file: PathLike | None = None,
+    atol: float = 1e-8,
+    rtol: float = 1e-5,
+    min_cosine: float | None = None,
+) -> VerifyResult:
+    """Static checks, reference checks, and (unless ``no_load``) load and run the model
+    (needs the ``tf`` extra)."""
+    request = verify_cmd.VerifyRequest(
+        reference=Path(reference) if reference is not None else None,
+        architecture=Path(architecture) if architecture is not None else None,
+        no_load=no_load,
+        seed=seed,
+        batch=batch,
+        input_file=Path(input_file) if input_file is not None else None,
+        atol=atol,
+        rtol=rtol,
+        min_cosine=min_cosine,
+    )
+    return verify_cmd.run(request, path)
