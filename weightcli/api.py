@@ -31,7 +31,7 @@ from weightcli.commands import inspect as inspect_cmd
 from weightcli.commands import transform as transform_cmd
 from weightcli.commands import verify as verify_cmd
 from weightcli.results import DiffResult, InspectResult, TransformResult, VerifyResult
-from weightcli.select import Selection
+from weightcli.select import selection
 from weightcli.steps import ClipStep, QuantizeStep, ScaleStep, Step
 from weightcli.stores import Store, open_store
 from weightcli.tensor import TensorInfo
@@ -83,25 +83,6 @@ class Checkpoint:
 def open(path: PathLike) -> Checkpoint:  # noqa: A001 - the natural name, as in io.open
     """Open a checkpoint of any supported format (detected from its content)."""
     return Checkpoint(open_store(path))
-
-
-def selection(
-    select: Sequence[str] = (),
-    exclude: Sequence[str] = (),
-    layer_types: Sequence[str] = (),
-    kinds: Sequence[str] = (),
-    include_optimizer: bool = False,
-    floats_only: bool = True,
-) -> Selection:
-    """Which tensors a command touches: globs on canonical names, layer classes, kinds."""
-    return Selection(
-        select=tuple(select),
-        exclude=tuple(exclude),
-        layer_types=tuple(layer_types),
-        kinds=tuple(kinds),
-        include_optimizer=include_optimizer,
-        floats_only=floats_only,
-    )
 
 
 def inspect(

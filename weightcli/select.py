@@ -52,6 +52,25 @@ def match(name: str, pattern: str) -> bool:
     return False
 
 
+def selection(
+    select: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    layer_types: Sequence[str] = (),
+    kinds: Sequence[str] = (),
+    include_optimizer: bool = False,
+    floats_only: bool = True,
+) -> Selection:
+    """A Selection from plain lists; layer classes and kinds may be comma-separated."""
+    return Selection(
+        select=tuple(select),
+        exclude=tuple(exclude),
+        layer_types=split_list(layer_types),
+        kinds=split_list(kinds),
+        include_optimizer=include_optimizer,
+        floats_only=floats_only,
+    )
+
+
 def split_list(values: Sequence[str]) -> tuple[str, ...]:
     """``("Dense,Conv2D", "BatchNormalization")`` -> each name once."""
     out: list[str] = []

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from weightcli.select import Selection, split_list
+from weightcli.select import Selection, selection
 
 F = Callable[..., Any]
 
@@ -78,14 +78,7 @@ def make_selection(
     include_optimizer: bool,
     floats_only: bool = True,
 ) -> Selection:
-    return Selection(
-        select=tuple(select),
-        exclude=tuple(exclude),
-        layer_types=split_list(layer_types),
-        kinds=split_list(kinds),
-        include_optimizer=include_optimizer,
-        floats_only=floats_only,
-    )
+    return selection(select, exclude, layer_types, kinds, include_optimizer, floats_only)
 
 
 def json_option(f: F) -> F:
