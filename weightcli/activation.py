@@ -13,6 +13,7 @@ mean |y|, ``rms`` = sqrt(mean y^2), ``p99`` = 99th percentile of |y|.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from weightcli.results import ActivationPlan, LayerPlan
 from weightcli.select import Selection
 from weightcli.steps import ScaleStep
 from weightcli.stores import Store
+from weightcli.tensor import TensorInfo
 
 STATS = ("mean-abs", "rms", "p99")
 # Activations f with f(c x) = c f(x) for c > 0: scaling the kernel and bias by c scales
@@ -102,16 +104,42 @@ def _activation(layer: Any) -> str | None:
     return str(getattr(act, "__name__", act))
 
 
-def _measure(model: Any, layer: Any, inputs: list[np.ndarray], batch_size: int, stat: str) -> float:
+def _measure(
+    model: Any, where: Placed, inputs: list[np.ndarray], batch_size: int, stat: str
+) -> float:
+    """The statistic of one layer's output over the calibration data, in the full model
+    (a layer inside nested models is reached through each model's call in its parent)."""
     keras = keras_module()
-    probe = keras.Model(model.inputs, layer.output)
+    feeders = []
+    outer = model
+    for sub in where.models:
+        nodes = [n for n in sub._inbound_nodes if n in _nodes_of(outer)] or sub._inbound_nodes
+        if len(nodes) != 1:
+            raise UsageError(
+                f"{where.path}: the model {sub.name} is called {len(nodes)} times: its layers "
+                "cannot be measured one way"
+            )
+        feeders.append(keras.Model(outer.inputs, nodes[0].input_tensors))
+        outer = sub
+    probe = keras.Model(outer.inputs, where.layer.output)
     outs = []
     n = inputs[0].shape[0]
     for start in range(0, n, batch_size):
-        batch = [a[start : start + batch_size] for a in inputs]
+        batch: Any = [a[start : start + batch_size] for a in inputs]
+        for feeder in feeders:
+            batch = feeder(batch, training=False)
+            batch = list(batch) if isinstance(batch, list | tuple) else [batch]
         out = probe(batch, training=False)  # a functional model: inputs as a list
         outs.append(np.asarray(out))
     return _statistic(stat, outs)
+
+
+def _nodes_of(model: Any) -> list[Any]:
+    """The call nodes of ``model``'s own graph (empty when Keras does not say)."""
+    try:
+        return [n for layer in model.layers for n in layer._inbound_nodes]
+    except AttributeError:
+        return []
 
 
 def load_keras(path: Path, store: Store, architecture: Path | None) -> Any:
@@ -145,21 +173,28 @@ def plan(
     inputs = load_calibration(calibration, names, shapes)
     tensors = {t.name: t for t in store.tensors()}
     result = ActivationPlan(target, stat)
-    for layer in _forward_layers(model):
-        kernel = tensors.get(f"{layer.name}/kernel")
-        if kernel is None or not sel.matches(kernel):
+    for where in _forward_layers(model):
+        layer = where.layer
+        kernel = tensors.get(f"{where.path}/kernel")
+        if kernel is None:
+            if layer.weights and any(w.path.endswith("kernel") for w in layer.weights):
+                lp = LayerPlan(where.path, type(layer).__name__, _activation(layer))
+                lp.note = f"no tensor {where.path}/kernel in the file: not scaled"
+                result.layers.append(lp)
+            continue
+        if not sel.matches(kernel):
             continue
         act = _activation(layer)
-        lp = LayerPlan(layer.name, type(layer).__name__, act)
+        lp = LayerPlan(where.path, type(layer).__name__, act)
         result.layers.append(lp)
         named = any(
-            layer.name == g.split("/")[0] or g.rstrip("/*") == layer.name for g in sel.select
+            where.path == g.rstrip("/*") or layer.name == g.split("/")[0] for g in sel.select
         )
         if act not in HOMOGENEOUS and not named:
             lp.note = f"activation {act} is not positively homogeneous: not scaled (select it explicitly to scale)"
-            lp.stat_before = _measure(model, layer, inputs, batch_size, stat)
+            lp.stat_before = _measure(model, where, inputs, batch_size, stat)
             continue
-        lp.stat_before = _measure(model, layer, inputs, batch_size, stat)
+        lp.stat_before = _measure(model, where, inputs, batch_size, stat)
         if lp.stat_before == 0:
             lp.note = "dead layer (statistic 0): not scaled"
             continue
@@ -172,20 +207,33 @@ def plan(
         for w in layer.weights:
             if w.path.endswith("/kernel") or w.path.endswith("/bias"):
                 w.assign(np.asarray(w) * np.asarray(lp.factor, dtype=np.asarray(w).dtype))
-    if not result.layers:
+    if not any(lp.stat_before is not None for lp in result.layers):
         raise UsageError("the selection matches no layer with a kernel")
     return result, inputs
 
 
-def _forward_layers(model: Any) -> list[Any]:
-    """Layers in forward (topological) order, nested models flattened."""
+@dataclass(frozen=True)
+class Placed:
+    """A layer and the nested models it sits in (outermost first); ``path`` is its
+    canonical name (``encoder/enc_dense``), as the stores name its tensors."""
+
+    models: tuple[Any, ...]
+    layer: Any
+
+    @property
+    def path(self) -> str:
+        return "/".join([*(m.name for m in self.models), self.layer.name])
+
+
+def _forward_layers(model: Any, models: tuple[Any, ...] = ()) -> list[Placed]:
+    """Layers in forward (topological) order, nested models walked into."""
     out = []
     for layer in model.layers:
         inner = getattr(layer, "layers", None)
         if inner:
-            out += _forward_layers(layer)
+            out += _forward_layers(layer, (*models, layer))
         else:
-            out.append(layer)
+            out.append(Placed(models, layer))
     return out
 
 
@@ -199,18 +247,18 @@ def measure_after(
 ) -> None:
     """Statistic of every planned layer, measured again on the written model."""
     model = load_keras(path, store, architecture)
-    by_name = {layer.name: layer for layer in _forward_layers(model)}
-    for lp in result.layers:
-        lp.stat_after = _measure(model, by_name[lp.layer], inputs, batch_size, result.stat)
+    measure_live(model, result, inputs, batch_size)
 
 
 def measure_live(
     model: Any, result: ActivationPlan, inputs: list[np.ndarray], batch_size: int
 ) -> None:
-    """For --dry-run: the statistics after scaling, on the scaled model in memory."""
-    by_name = {layer.name: layer for layer in _forward_layers(model)}
+    """The statistic of every measured layer in ``model`` (the written model, or for a dry
+    run the scaled model in memory)."""
+    by_path = {where.path: where for where in _forward_layers(model)}
     for lp in result.layers:
-        lp.stat_after = _measure(model, by_name[lp.layer], inputs, batch_size, result.stat)
+        if lp.stat_before is not None:
+            lp.stat_after = _measure(model, by_path[lp.layer], inputs, batch_size, result.stat)
 
 
 class ActivationStep(ScaleStep):
@@ -223,6 +271,10 @@ class ActivationStep(ScaleStep):
         )
         self.result = result
         self.calibration = calibration
+
+    def factor_for(self, info: TensorInfo) -> float | None:
+        """The factor of the layer this tensor belongs to (by its full path)."""
+        return self.by_layer.get(info.name.rsplit("/", 1)[0])
 
     def params(self) -> dict[str, Any]:
         return {

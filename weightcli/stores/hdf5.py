@@ -186,6 +186,7 @@ class H5Store(Store):
         root = f["model_weights"] if self.kind == LEGACY_FULL else f
         classes = naming.layer_classes(self._config())
         weights: list[tuple[str, str, h5util.Dset, str | None]] = []
+        groups: list[str] = []  # the top-level layer group of each weight
         seen: set[str] = set()
         for layer in naming.decode(h5util.read_attr(root, "layer_names")) or []:
             if layer not in root:
@@ -204,20 +205,27 @@ class H5Store(Store):
                 else:
                     owner = naming.owning_layer(name.split("/")[:-1], classes, layer)
                 weights.append((name, path, ds, owner))
+                groups.append(layer)
                 seen.add(path)
             # Datasets the layer does not list still are tensors of the file: show them.
             for path, ds in self._under(group):
                 if path not in seen and self._numeric(ds):
                     rel = path[len(group.name) + 1 :]
                     weights.append((f"{layer}/{naming.strip_suffix(rel)}", path, ds, layer))
+                    groups.append(layer)
                     seen.add(path)
         config = self._config()
         model_name = naming.model_name_of(config)
         root_name = naming.strip_common_root([w[0] for w in weights], model_name, classes)
+        chains = naming.submodel_chains(config)
         out = []
-        for name, path, ds, owner in weights:
+        for (name, path, ds, owner), group in zip(weights, groups, strict=True):
             if root_name:
                 name = name[len(root_name) + 1 :]
+            if group in chains:
+                name = naming.nested_name(name, group, chains[group])
+            elif not chains and config is None and naming.is_nested_weight(name, group):
+                name = f"{group}/{name}"  # no config: one level of nesting is all we know
             out.append(self._info(name, path, ds, owner, False, classes))
         if "optimizer_weights" in f and isinstance(f["optimizer_weights"], h5py.Group):
             opt = f["optimizer_weights"]

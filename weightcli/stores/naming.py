@@ -223,6 +223,58 @@ def parse_json(text: Any) -> Any:
         return None
 
 
+def submodel_chains(config: Any) -> dict[str, dict[str, list[str]]]:
+    """For each top-level layer that is itself a model: inner layer name -> the chain of
+    names from inside that model down to the layer (``{"mid": {"d_in": ["inner", "d_in"],
+    "d_mid": ["d_mid"]}}``). Legacy ``.h5`` files record only the top-level group of a
+    nested model's weights; this restores the rest of the path from the config."""
+    out: dict[str, dict[str, list[str]]] = {}
+    if not isinstance(config, dict) or not isinstance(config.get("config"), dict):
+        return out
+    for entry in config["config"].get("layers") or []:
+        inner = entry.get("config") if isinstance(entry, dict) else None
+        if isinstance(inner, dict) and isinstance(inner.get("layers"), list):
+            name = inner.get("name")
+            if isinstance(name, str):
+                out[name] = _chains(inner["layers"])
+    return out
+
+
+def _chains(layers: list[Any]) -> dict[str, list[str]]:
+    chains: dict[str, list[str]] = {}
+    for entry in layers:
+        cfg = entry.get("config") if isinstance(entry, dict) else None
+        if not isinstance(cfg, dict) or not isinstance(cfg.get("name"), str):
+            continue
+        name = cfg["name"]
+        if isinstance(cfg.get("layers"), list):
+            for inner, chain in _chains(cfg["layers"]).items():
+                chains.setdefault(inner, [name, *chain])
+        else:
+            chains.setdefault(name, [name])
+    return chains
+
+
+def nested_name(name: str, group: str, chains: dict[str, list[str]]) -> str:
+    """A legacy ``.h5`` weight name inside nested model ``group``, with the models' names
+    in front (``d_in/kernel`` in group ``mid`` -> ``mid/inner/d_in/kernel``): the one
+    naming rule for nested models, the one ``.keras`` and ``.weights.h5`` files follow."""
+    parts = name.split("/")
+    if parts[0] == group and len(parts) > 2:  # Keras 3 writes nested Sequential weights so
+        parts = parts[1:]
+    for i in range(len(parts) - 2, -1, -1):
+        if parts[i] in chains:
+            return "/".join([group, *chains[parts[i]], *parts[i + 1 :]])
+    return "/".join([group, *parts])
+
+
+def is_nested_weight(name: str, group: str) -> bool:
+    """A weight that a layer group holds under another layer's name (``enc_dense/kernel`` in
+    group ``encoder``): the group is a nested model."""
+    parts = name.split("/")
+    return len(parts) >= 2 and parts[0] != group
+
+
 def owning_layer(parts: Iterable[str], known: dict[str, str], fallback: str | None) -> str | None:
     """The deepest part of a weight's name that is a layer the config knows, else ``fallback``."""
     found = None
