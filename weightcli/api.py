@@ -113,6 +113,7 @@ def _transform(
     in_place: bool,
     force: bool,
     dry_run: bool,
+    allow_nonfinite: bool = False,
 ) -> TransformResult:
     request = transform_cmd.TransformRequest(
         steps=tuple(steps),
@@ -121,6 +122,7 @@ def _transform(
         in_place=in_place,
         force=force,
         dry_run=dry_run,
+        allow_nonfinite=allow_nonfinite,
     )
     return transform_cmd.run(request, path)
 

@@ -23,10 +23,10 @@ import numpy as np
 
 from weightcli import __version__
 from weightcli.digest import checkpoint_files, digest
-from weightcli.errors import UnsupportedError, UsageError
+from weightcli.errors import UnsupportedError, UsageError, literal
 from weightcli.results import TensorChange, TransformResult
 from weightcli.select import apply as apply_selection
-from weightcli.stats import RunningStats
+from weightcli.stats import RunningStats, TensorStats
 from weightcli.steps import Step, TensorOp
 from weightcli.stores.base import BLOCK_ELEMS, Block, Provenance, Store
 from weightcli.tensor import TensorInfo
@@ -142,9 +142,15 @@ def run(
     command: Sequence[str],
     dry_run: bool = False,
     block_elems: int = BLOCK_ELEMS,
+    allow_nonfinite: bool = False,
 ) -> TransformResult:
     """Apply ``steps`` to ``store`` and write the patched copy to ``out`` (nothing when
-    ``dry_run``), reading tensors in blocks of at most ``block_elems`` elements."""
+    ``dry_run``), reading tensors in blocks of at most ``block_elems`` elements.
+
+    A tensor that would hold more NaN or Inf values after the steps than before (an
+    overflow) is an error, and nothing is written, unless ``allow_nonfinite``. When
+    ``out`` is the source itself (in place) and no tensor changed, the source is left
+    untouched: no rewrite, no history entry."""
     started = time.perf_counter()
     work = plan(store, steps)
     # The source's sha256 (for the history) is computed on the other core meanwhile.
@@ -156,6 +162,7 @@ def run(
             raise UnsupportedError(f"{store.path}: cannot store {dtype}: {reason}")
     changes: list[TensorChange] = []
     selected = 0
+    untouched = False
     patcher = None if dry_run or out is None else store.patch(out, retype)
     try:
         for info, ops in work:
@@ -187,19 +194,28 @@ def run(
                 # (same values, same dtype) needs no write.
                 if patcher is not None and (n_changed > before_n or out_dtype != info.dtype):
                     patcher.write(info, where, y)
+            stats_before, stats_after = before.result(), after.result()
+            if not allow_nonfinite:
+                _refuse_new_nonfinite(info, out_dtype, stats_before, stats_after)
             if n_changed or out_dtype != info.dtype:
                 changes.append(
                     TensorChange(
                         info,
                         out_dtype,
-                        before.result(),
-                        after.result(),
+                        stats_before,
+                        stats_after,
                         n_changed,
                         max_change,
                         [op.figures() for op in ops],
                     )
                 )
             selected += 1
+        untouched = patcher is not None and not changes and out == store.path
+        if untouched:  # in place, and nothing changed: leave the source as it is
+            assert patcher is not None and hasher is not None
+            patcher.abort()
+            hasher.cancel()
+            patcher = hasher = None
         record = Provenance(
             tool="weightcli",
             version=__version__,
@@ -220,15 +236,38 @@ def run(
             patcher.abort()
         raise
     written = patcher.bytes_written if patcher is not None else 0
+    visible = any(s.selection.include_optimizer for s in steps)
     return TransformResult(
         source=store.path,
-        output=None if dry_run else out,
+        output=None if dry_run or untouched else out,
         changes=changes,
         selected=selected,
-        total_tensors=len(store.tensors()),
+        total_tensors=sum(1 for t in store.tensors() if visible or not t.optimizer),
         bytes_written=written,
         elapsed=time.perf_counter() - started,
         record=record,
+        dry_run=dry_run,
+        left_out=left_out(store, steps),
+    )
+
+
+def left_out(store: Store, steps: Sequence[Step]) -> list[str]:
+    """Tensors a step's selection matches but the step leaves alone by default (``scale``:
+    normalisation parameters), for the summary line."""
+    return [t.name for t in store.tensors() if any(s.leaves_out(t) for s in steps)]
+
+
+def _refuse_new_nonfinite(
+    info: TensorInfo, dtype: str, before: TensorStats, after: TensorStats
+) -> None:
+    if after.nan <= before.nan and after.inf <= before.inf:
+        return
+    new = after.nonfinite - before.nonfinite
+    was = f" (it had {before.nonfinite})" if before.nonfinite else ""
+    raise UsageError.naming(
+        f"{literal(info.name)}: the transform would create {new} NaN/Inf values{was}, "
+        f"beyond the range of {dtype} (max |x| before: {before.abs_max:.4g}); nothing written "
+        "(give {allow_nonfinite} to write them anyway)"
     )
 
 

@@ -265,6 +265,7 @@ def _arrow(a: float | None, b: float | None) -> str:
 
 def print_transform(result: TransformResult) -> None:
     out = console()
+    nonfinite = any(c.before.nonfinite or c.after.nonfinite for c in result.changes)
     headers = [
         ("Tensor", "left"),
         ("Shape", "left"),
@@ -273,33 +274,47 @@ def print_transform(result: TransformResult) -> None:
         ("Max |x| before -> after", "right"),
         ("Changed %", "right"),
         ("Max |change|", "right"),
-        ("Transform", "left"),
     ]
+    if nonfinite:  # statistics are over finite values: say how many are not
+        headers.append(("NaN/Inf before -> after", "right"))
+    headers.append(("Transform", "left"))
     rows: list[list[Cell]] = []
     for c in result.changes:
         pct = 100.0 * c.changed / c.info.size if c.info.size else 0.0
         name = c.info.name + (
             f" ({c.info.dtype} -> {c.out_dtype})" if c.out_dtype != c.info.dtype else ""
         )
-        rows.append(
-            [
-                name,
-                fmt_shape(c.info.shape),
-                _arrow(c.before.mean, c.after.mean),
-                _arrow(c.before.std, c.after.std),
-                _arrow(c.before.abs_max, c.after.abs_max),
-                f"{pct:.1f}",
-                fmt_num(c.max_change),
-                "; ".join(t for t in (_figure_text(f) for f in c.figures) if t),
-            ]
-        )
+        row: list[Cell] = [
+            name,
+            fmt_shape(c.info.shape),
+            _arrow(c.before.mean, c.after.mean),
+            _arrow(c.before.std, c.after.std),
+            _arrow(c.before.abs_max, c.after.abs_max),
+            f"{pct:.1f}",
+            fmt_num(c.max_change),
+        ]
+        if nonfinite:
+            row.append(f"{c.before.nonfinite} -> {c.after.nonfinite}")
+        row.append("; ".join(t for t in (_figure_text(f) for f in c.figures) if t))
+        rows.append(row)
     if rows:
         out.print(table(headers, rows))
-    where = f"wrote {result.output}" if result.output else "dry run: nothing written"
+    if result.untouched:
+        where = f"nothing changed: {result.source} left untouched"
+    elif result.output:
+        where = f"wrote {result.output}"
+    else:
+        where = "dry run: nothing written"
     out.print(
         f"{len(result.changes)} of {result.total_tensors} tensors changed ({result.selected} selected), "
         f"{fmt_bytes(result.bytes_written)} written, {result.elapsed:.2f} s; {where}"
     )
+    if result.left_out:
+        out.print(
+            f"left out {len(result.left_out)} normalisation tensors "
+            f"({', '.join(result.left_out[:3])}{', ...' if len(result.left_out) > 3 else ''}): "
+            "select them with --kind or -s to scale them too"
+        )
 
 
 # -- diff -------------------------------------------------------------------------------------

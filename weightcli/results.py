@@ -181,7 +181,8 @@ class TensorChange:
 @dataclass
 class TransformResult:
     """A transform of one model. JSON: ``{"source", "output", "dry_run", "changed",
-    "selected", "total", "bytes_written", "elapsed_s", "tensors": [...], "history"}``.
+    "selected", "total", "bytes_written", "elapsed_s", "tensors": [...], "history"}``
+    plus ``"untouched"`` (in place, nothing changed, nothing written) and ``"left_out"``.
     ``bytes_written`` counts the bytes the writer wrote itself (unchanged byte ranges
     copied in the kernel are not counted)."""
 
@@ -193,8 +194,15 @@ class TransformResult:
     bytes_written: int
     elapsed: float
     record: JSON = field(default_factory=dict)
+    dry_run: bool = False
+    left_out: list[str] = field(default_factory=list)
 
     exit_code = 0
+
+    @property
+    def untouched(self) -> bool:
+        """Written in place, but nothing changed: the source was left as it was."""
+        return self.output is None and not self.dry_run
 
     def explain(self) -> str | None:
         return None
@@ -204,13 +212,15 @@ class TransformResult:
             {
                 "source": str(self.source),
                 "output": str(self.output) if self.output else None,
-                "dry_run": self.output is None,
+                "dry_run": self.dry_run,
+                "untouched": self.untouched,
                 "changed": len(self.changes),
                 "selected": self.selected,
                 "total": self.total_tensors,
                 "bytes_written": self.bytes_written,
                 "elapsed_s": self.elapsed,
                 "tensors": [c.to_json() for c in self.changes],
+                "left_out": self.left_out,
                 "history": self.record,
             }
         )

@@ -73,6 +73,10 @@ class Step:
     def op(self, info: TensorInfo) -> TensorOp | None:
         raise NotImplementedError
 
+    def leaves_out(self, info: TensorInfo) -> bool:
+        """True when the selection matches ``info`` but the step leaves it alone by default."""
+        return False
+
     def params(self) -> dict[str, Any]:
         return {}
 
@@ -89,6 +93,10 @@ def selection_params(sel: Selection) -> dict[str, Any]:
     if sel.include_optimizer:
         out["include_optimizer"] = True
     return out
+
+
+# Kinds that ``scale`` leaves out unless they are selected explicitly.
+NORMALISATION_KINDS = frozenset({"gamma", "beta", "moving_mean", "moving_variance"})
 
 
 # -- scale ------------------------------------------------------------------------------------
@@ -139,7 +147,18 @@ class ScaleStep(Step):
         return factor
 
     def selects(self, info: TensorInfo) -> bool:
-        return self.selection.matches(info) and self.factor_for(info) is not None
+        return (
+            self.selection.matches(info)
+            and not self.leaves_out(info)
+            and self.factor_for(info) is not None
+        )
+
+    def leaves_out(self, info: TensorInfo) -> bool:
+        """Normalisation parameters and statistics are not "the weights": they are scaled
+        only when named (by kind, name or layer class)."""
+        sel = self.selection
+        named = sel.select or sel.kinds or sel.layer_types
+        return info.kind in NORMALISATION_KINDS and not named and sel.matches(info)
 
     def op(self, info: TensorInfo) -> TensorOp | None:
         factor = self.factor_for(info)

@@ -52,6 +52,13 @@ class WeightcliGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> object:
         debug = "--debug" in (*ctx.protected_args, *ctx.args) or bool(ctx.params.get("debug"))
+        if debug:
+            os.environ["WEIGHTCLI_DEBUG"] = "1"  # framework warnings shown (workers inherit it)
+        import numpy
+
+        # NaN/Inf in checkpoints are data here, reported in the tables: numpy's warnings
+        # about them are noise on stderr (worker processes inherit this setting).
+        numpy.seterr(all="ignore")
         try:
             return super().invoke(ctx)
         except click.UsageError as exc:

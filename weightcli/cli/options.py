@@ -111,8 +111,17 @@ def batch_options(f: F) -> F:
 
 
 def output_options(f: F) -> F:
-    """-o, --output-dir, --in-place, --force, --dry-run, and the batch options."""
-    f = click.option("--dry-run", is_flag=True, help="Report everything, write nothing.")(f)
+    """-o, --output-dir, --in-place, --force, --dry-run, --allow-nonfinite, batch options."""
+    f = click.option(
+        "--allow-nonfinite",
+        is_flag=True,
+        help="Write NaN/Inf that the transform creates (overflow); an error otherwise.",
+    )(f)
+    f = click.option(
+        "--dry-run",
+        is_flag=True,
+        help="Check and report everything a real run would, write nothing.",
+    )(f)
     f = click.option("--force", is_flag=True, help="Overwrite existing outputs.")(f)
     f = click.option(
         "--in-place",

@@ -65,6 +65,7 @@ def execute(
         force=force,
         dry_run=dry_run,
         outputs=outputs,
+        allow_nonfinite=opts["allow_nonfinite"],
     )
     dispatch(
         items,

@@ -25,7 +25,8 @@ class TransformRequest:
 
     One model: ``output`` (or ``in_place``). Several: ``outputs`` maps each input to its
     place below an output folder (missing folders are created). ``dry_run`` reports and
-    writes nothing. ``command`` names the command in the output's history.
+    writes nothing. ``allow_nonfinite`` writes NaN/Inf that the steps create (an error
+    otherwise). ``command`` names the command in the output's history.
     """
 
     steps: tuple[Step, ...]
@@ -36,6 +37,7 @@ class TransformRequest:
     dry_run: bool = False
     outputs: tuple[tuple[Path, Path], ...] = ()
     block_elems: int = BLOCK_ELEMS
+    allow_nonfinite: bool = False
 
     def __post_init__(self) -> None:
         if not self.steps:
@@ -79,4 +81,5 @@ def run(request: TransformRequest, path: str | Path) -> TransformResult:
             [request.command, str(src)],
             dry_run=request.dry_run,
             block_elems=request.block_elems,
+            allow_nonfinite=request.allow_nonfinite,
         )

@@ -2,7 +2,8 @@
 
 ``nonfinite`` says what happens to NaN and Inf:
 
-* ``keep``: left as they are (neither clipped nor counted);
+* ``keep``: NaN left as it is; +-Inf clipped to a bound on its side, as ``np.clip``
+  and ``tf.clip_by_value`` do (counted as clipped), and kept where that side has none;
 * ``zero``: NaN and +-Inf become 0;
 * ``clip``: NaN becomes 0, +Inf the upper bound and -Inf the lower bound (0 where
   that side has no bound).
@@ -48,12 +49,14 @@ def clip(
         wide = y.astype(np.float64) if y.dtype.itemsize < 4 or y.dtype.name == "bfloat16" else y
         finite = np.isfinite(wide)
     clipped = 0
+    # Bounds apply to the infinities too, unless another rule repairs them below.
+    bounded = ~np.isnan(wide) if nonfinite == "keep" and not finite.all() else finite
     if lo is not None:
-        below = finite & (wide < lo)
+        below = bounded & (wide < lo)
         clipped += int(below.sum())
         wide = np.where(below, lo, wide)
     if hi is not None:
-        above = finite & (wide > hi)
+        above = bounded & (wide > hi)
         clipped += int(above.sum())
         wide = np.where(above, hi, wide)
     repaired = 0

@@ -95,11 +95,14 @@ def reduce_minmax(x: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarr
 
 
 def sqnr_db(signal: float, noise: float) -> float:
-    """Signal-to-quantization-noise ratio in dB from sums of squares (inf when exact)."""
+    """Signal-to-quantization-noise ratio in dB from sums of squares (inf when exact,
+    -inf when the noise is infinite: an overflow)."""
     if noise == 0:
         return math.inf
-    if signal == 0:
+    if signal == 0 or not math.isfinite(noise):
         return -math.inf
+    if not math.isfinite(signal):
+        return math.inf
     return 10.0 * math.log10(signal / noise)
 
 
