@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from weightcli.errors import InputError, ParameterError, UsageError
-from weightcli.framework import keras_module, load_keras_model
+from weightcli.framework import keras_module, load_keras_model, quiet
 from weightcli.results import ActivationPlan, LayerPlan
 from weightcli.select import Selection
 from weightcli.steps import ScaleStep
@@ -109,6 +109,13 @@ def _measure(
 ) -> float:
     """The statistic of one layer's output over the calibration data, in the full model
     (a layer inside nested models is reached through each model's call in its parent)."""
+    with quiet():
+        return _measure_quietly(model, where, inputs, batch_size, stat)
+
+
+def _measure_quietly(
+    model: Any, where: Placed, inputs: list[np.ndarray], batch_size: int, stat: str
+) -> float:
     keras = keras_module()
     feeders = []
     outer = model

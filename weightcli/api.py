@@ -118,7 +118,7 @@ def _transform(
     request = transform_cmd.TransformRequest(
         steps=tuple(steps),
         command=command,
-        output=Path(output) if output is not None else None,
+        output=output,
         in_place=in_place,
         force=force,
         dry_run=dry_run,
@@ -190,9 +190,9 @@ def quantize(
     path: PathLike,
     *,
     output: PathLike | None = None,
-    bits: int = 8,
-    scheme: str = "symmetric",
-    granularity: str = "per-channel",
+    bits: int | None = None,
+    scheme: str | None = None,
+    granularity: str | None = None,
     axis: int | None = None,
     dtype: str | None = None,
     in_place: bool = False,
@@ -204,7 +204,8 @@ def quantize(
     kinds: Sequence[str] = (),
     include_optimizer: bool = False,
 ) -> TransformResult:
-    """Fake-quantize the selected tensors (or store them as ``dtype``)."""
+    """Fake-quantize the selected tensors (``bits`` 8, symmetric, per-channel by default),
+    or store them as ``dtype`` (float16, bfloat16): one or the other."""
     step = QuantizeStep(
         selection(select, exclude, layer_types, kinds, include_optimizer),
         bits=bits,

@@ -3,9 +3,11 @@
 Discovery (``--recursive``): a directory holding ``saved_model.pb`` is one model
 (nothing below it is searched); a ``.index`` whose bytes end with the table magic
 names one TF checkpoint prefix (one model, whatever its number of shards); any other
-file is a model when its content says HDF5 or Keras archive. Everything else (data
-shards, ``checkpoint`` state files, other files, hidden names) is skipped. A file
-that looks like a model but is broken is kept, so that its failure is reported.
+file is a model when its content says HDF5 or Keras archive, or when its name says
+model (``.h5``, ``.hdf5``, ``.keras``) whatever its content: an empty or damaged
+``model.h5`` is kept so that its failure is reported. A folder that cannot be read is
+reported too. Everything else (data shards, ``checkpoint`` state files, other files,
+hidden names) is skipped.
 
 Each model runs in a worker process (``jobs`` of them); outcomes come back in input
 order, and one model failing never stops the others.
@@ -71,7 +73,10 @@ def model_size(path: Path) -> int:
 
 
 def _walk(root: Path) -> Iterator[Path]:
-    for folder, dirs, files in os.walk(root):
+    unreadable: list[Path] = []
+    for folder, dirs, files in os.walk(root, onerror=lambda e: unreadable.append(Path(e.filename))):
+        yield from unreadable  # reported as failed models, never skipped in silence
+        unreadable.clear()
         here = Path(folder)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         if "saved_model.pb" in files:
@@ -84,6 +89,7 @@ def _walk(root: Path) -> Iterator[Path]:
             p = here / name
             if looks_like_model(p):
                 yield p.with_name(name[: -len(".index")]) if name.endswith(".index") else p
+    yield from unreadable
 
 
 def discover(paths: Sequence[str], recursive: bool) -> list[Item]:

@@ -117,6 +117,8 @@ class _Blocks:
 def plan(store: Store, steps: Sequence[Step]) -> list[tuple[TensorInfo, list[TensorOp]]]:
     """Which tensors each step touches; a step that selects nothing is an error."""
     tensors = store.tensors()
+    for step in steps:
+        step.check(tensors)
     for i, step in enumerate(steps):
         chosen = [t for t in tensors if step.selects(t)]
         if not chosen:
@@ -143,13 +145,14 @@ def run(
     dry_run: bool = False,
     block_elems: int = BLOCK_ELEMS,
     allow_nonfinite: bool = False,
+    in_place: bool = False,
 ) -> TransformResult:
     """Apply ``steps`` to ``store`` and write the patched copy to ``out`` (nothing when
     ``dry_run``), reading tensors in blocks of at most ``block_elems`` elements.
 
     A tensor that would hold more NaN or Inf values after the steps than before (an
     overflow) is an error, and nothing is written, unless ``allow_nonfinite``. When
-    ``out`` is the source itself (in place) and no tensor changed, the source is left
+    ``out`` is the source itself (``in_place``) and no tensor changed, the source is left
     untouched: no rewrite, no history entry."""
     started = time.perf_counter()
     work = plan(store, steps)
@@ -210,7 +213,7 @@ def run(
                     )
                 )
             selected += 1
-        untouched = patcher is not None and not changes and out == store.path
+        untouched = patcher is not None and not changes and in_place
         if untouched:  # in place, and nothing changed: leave the source as it is
             assert patcher is not None and hasher is not None
             patcher.abort()

@@ -102,7 +102,9 @@ def _step(entry: dict[str, Any], where: str) -> Step:
                 k: _num(args.get(k), k, where)
                 for k in ("min", "max", "abs_max", "percentile", "sigma")
             }
-            return ClipStep(sel, nonfinite=_text(args, "nonfinite", "keep", where), **nums)
+            return ClipStep(
+                sel, nonfinite=_text(args, "nonfinite", "keep", where) or "keep", **nums
+            )
         axis = args.get("axis")
         if axis is not None and (isinstance(axis, bool) or not isinstance(axis, int)):
             raise UsageError(f"{where}: axis must be a whole number, got {axis!r}")
@@ -111,9 +113,9 @@ def _step(entry: dict[str, Any], where: str) -> Step:
             raise UsageError(f"{where}: dtype must be a string, got {dtype!r}")
         return QuantizeStep(
             sel,
-            bits=args.get("bits", 8),
-            scheme=_text(args, "scheme", "symmetric", where),
-            granularity=_text(args, "granularity", "per-channel", where),
+            bits=args.get("bits"),
+            scheme=_text(args, "scheme", None, where),
+            granularity=_text(args, "granularity", None, where),
             axis=axis,
             dtype=dtype,
         )
@@ -121,9 +123,9 @@ def _step(entry: dict[str, Any], where: str) -> Step:
         raise UsageError(f"{where}: {exc}") from exc
 
 
-def _text(args: dict[str, Any], key: str, default: str, where: str) -> str:
+def _text(args: dict[str, Any], key: str, default: str | None, where: str) -> str | None:
     value = args.get(key, default)
-    if not isinstance(value, str):
+    if value is not None and not isinstance(value, str):
         raise UsageError(f"{where}: {key} must be a string, got {value!r}")
     return value
 

@@ -77,6 +77,9 @@ class Step:
         """True when the selection matches ``info`` but the step leaves it alone by default."""
         return False
 
+    def check(self, tensors: list[TensorInfo]) -> None:  # noqa: B027 - optional hook
+        """Refuse parameters that cannot apply to this file (before anything is read)."""
+
     def params(self) -> dict[str, Any]:
         return {}
 
@@ -140,9 +143,8 @@ class ScaleStep(Step):
         factor = self.factor
         if info.layer_class and info.layer_class in self.by_type:
             factor = self.by_type[info.layer_class]
-        layer = info.layer or info.name.rsplit("/", 1)[0]
         for pattern, f in self.by_layer.items():
-            if fnmatch.fnmatchcase(layer, pattern) or fnmatch.fnmatchcase(info.name, pattern):
+            if self._layer_matches(info, pattern):
                 factor = f
         return factor
 
@@ -151,6 +153,38 @@ class ScaleStep(Step):
             self.selection.matches(info)
             and not self.leaves_out(info)
             and self.factor_for(info) is not None
+        )
+
+    def check(self, tensors: list[TensorInfo]) -> None:
+        """Every per-class and per-layer rule must apply to something in this file."""
+        if self.by_type:
+            classes = sorted({t.layer_class for t in tensors if t.layer_class})
+            if not classes:
+                raise ParameterError(
+                    "{by_type} needs layer classes, and this file records none (no model config)"
+                )
+            missing = [k for k in self.by_type if k not in classes]
+            if missing:
+                raise ParameterError(
+                    f"{{by_type}} {literal(', '.join(missing))}: no layer of that class here "
+                    f"(classes here: {literal(', '.join(classes))})"
+                )
+        for pattern in self.by_layer:
+            if not any(self._layer_matches(t, pattern) for t in tensors if not t.optimizer):
+                layers = sorted({t.layer or t.name.rsplit("/", 1)[0] for t in tensors})
+                shown = ", ".join(layers[:6]) + (", ..." if len(layers) > 6 else "")
+                raise ParameterError(
+                    f"{{by_layer}} {literal(pattern)}: matches no layer (layers here include "
+                    f"{literal(shown)})"
+                )
+
+    @staticmethod
+    def _layer_matches(info: TensorInfo, pattern: str) -> bool:
+        layer = info.layer or info.name.rsplit("/", 1)[0]
+        return (
+            fnmatch.fnmatchcase(layer, pattern)
+            or fnmatch.fnmatchcase(info.name, pattern)
+            or fnmatch.fnmatchcase(info.name.rsplit("/", 1)[0], pattern)
         )
 
     def leaves_out(self, info: TensorInfo) -> bool:
@@ -310,6 +344,9 @@ class _QuantOp(TensorOp):
     def __init__(self, info: TensorInfo, step: QuantizeStep) -> None:
         super().__init__(info)
         self.step = step
+        assert step.bits is not None and step.scheme is not None  # set by QuantizeStep
+        self.bits: int = step.bits
+        self.scheme: str = step.scheme
         if step.granularity == "per-tensor":
             self.axis: int | None = None
         elif step.axis is not None:
@@ -343,7 +380,7 @@ class _QuantOp(TensorOp):
     def end_pass(self, pass_no: int) -> bool:
         lo = np.where(np.isfinite(self.lo), self.lo, 0.0)
         hi = np.where(np.isfinite(self.hi), self.hi, 0.0)
-        self.scale, self.zero = qmod.params(lo, hi, self.step.bits, self.step.scheme)
+        self.scale, self.zero = qmod.params(lo, hi, self.bits, self.scheme)
         return False
 
     def _bcast(self, v: np.ndarray, where: Block, block: np.ndarray) -> np.ndarray:
@@ -357,8 +394,8 @@ class _QuantOp(TensorOp):
             block,
             self._bcast(self.scale, where, block),
             self._bcast(self.zero, where, block),
-            self.step.bits,
-            self.step.scheme,
+            self.bits,
+            self.scheme,
         )
         if count:
             self._measure(block, y)
@@ -385,8 +422,8 @@ class _QuantOp(TensorOp):
     def figures(self) -> dict[str, Any]:
         scale = np.asarray(self.scale)
         return {
-            "bits": self.step.bits,
-            "scheme": self.step.scheme,
+            "bits": self.bits,
+            "scheme": self.scheme,
             "axis": self.axis,
             "scale_min": float(scale.min()),
             "scale_max": float(scale.max()),
@@ -426,15 +463,35 @@ class _CastOp(_QuantOp):
 
 @dataclass
 class QuantizeStep(Step):
+    """Fake quantization (``bits``, ``scheme``, ``granularity``, ``axis``; defaults 8,
+    symmetric, per-channel, the layer's output channels), or a cast to ``dtype``. The two
+    exclude each other: a parameter of one given with the other is an error."""
+
     selection: Selection
-    bits: int = 8
-    scheme: str = "symmetric"
-    granularity: str = "per-channel"
+    bits: int | None = None
+    scheme: str | None = None
+    granularity: str | None = None
     axis: int | None = None
     dtype: str | None = None
     command = "quantize"
 
     def __post_init__(self) -> None:
+        if self.dtype is not None:
+            given = [
+                p for p in ("bits", "scheme", "granularity", "axis") if getattr(self, p) is not None
+            ]
+            if given:
+                names = ", ".join("{" + p + "}" for p in given)
+                raise ParameterError(
+                    f"{{dtype}} stores the tensors in another float type; {names} "
+                    "belong to fake quantization: give one or the other"
+                )
+            if self.dtype not in ("float16", "bfloat16"):
+                raise ParameterError("{dtype} must be float16 or bfloat16")
+            return
+        self.bits = 8 if self.bits is None else self.bits
+        self.scheme = self.scheme or "symmetric"
+        self.granularity = self.granularity or "per-channel"
         if (
             isinstance(self.bits, bool)
             or not isinstance(self.bits, int)
@@ -445,8 +502,6 @@ class QuantizeStep(Step):
             raise ParameterError(f"{{scheme}} must be one of {', '.join(qmod.SCHEMES)}")
         if self.granularity not in ("per-channel", "per-tensor"):
             raise ParameterError("{granularity} must be per-channel or per-tensor")
-        if self.dtype not in (None, "float16", "bfloat16"):
-            raise ParameterError("{dtype} must be float16 or bfloat16")
 
     def selects(self, info: TensorInfo) -> bool:
         if not self.selection.matches(info):

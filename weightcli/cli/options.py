@@ -136,8 +136,8 @@ def output_options(f: F) -> F:
     f = click.option(
         "-o",
         "--output",
-        type=click.Path(path_type=Path),
-        help="Where to write the new checkpoint (same format as IN).",
+        type=click.Path(path_type=str),
+        help="Where to write the new checkpoint (same format as IN); OUT/ or an existing folder: into it, under IN's name.",
     )(f)
     f = batch_options(f)
     return f

@@ -305,18 +305,16 @@ def clip(
 
 @click.command()
 @click.argument("paths", nargs=-1, required=True, metavar="IN...")
-@click.option("--bits", type=int, default=8, show_default=True, help="Integer width, 2..16.")
+@click.option("--bits", type=int, help="Integer width, 2..16.  [default: 8]")
 @click.option(
     "--scheme",
     type=click.Choice(["symmetric", "asymmetric"]),
-    default="symmetric",
-    show_default=True,
+    help="[default: symmetric]",
 )
 @click.option(
     "--granularity",
     type=click.Choice(["per-channel", "per-tensor"]),
-    default="per-channel",
-    show_default=True,
+    help="[default: per-channel]",
 )
 @click.option(
     "--axis", type=int, help="Channel axis for per-channel (default: the layer's output channels)."
@@ -332,9 +330,9 @@ def clip(
 @debug_option
 def quantize(
     paths: tuple[str, ...],
-    bits: int,
-    scheme: str,
-    granularity: str,
+    bits: int | None,
+    scheme: str | None,
+    granularity: str | None,
     axis: int | None,
     dtype: str | None,
     select: tuple[str, ...],

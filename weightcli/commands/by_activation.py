@@ -11,7 +11,7 @@ from weightcli.errors import UsageError
 from weightcli.results import ActivationPlan, ByActivationResult
 from weightcli.select import Selection
 from weightcli.stores import open_store
-from weightcli.stores.output import resolve_output
+from weightcli.stores.output import check_suffix, output_target, resolve_output
 
 __all__ = ["ByActivationRequest", "ByActivationResult", "run"]
 
@@ -26,7 +26,7 @@ class ByActivationRequest:
     stat: str = "mean-abs"
     batch_size: int = 32
     architecture: Path | None = None
-    output: Path | None = None
+    output: str | Path | None = None
     in_place: bool = False
     force: bool = False
     dry_run: bool = False
@@ -47,11 +47,18 @@ def run(request: ByActivationRequest, path: str | Path) -> ByActivationResult:
     """Measure, plan, write, and measure again."""
     src = Path(path)
     with open_store(src) as store:
-        out = (
-            None
-            if request.dry_run
-            else resolve_output(src, request.output, request.in_place, request.force)
-        )
+        out = None
+        if request.output is not None or request.in_place or not request.dry_run:
+            out = resolve_output(
+                store.target,
+                output_target(src, request.output, store.target.name),
+                request.in_place,
+                request.force,
+                dry_run=request.dry_run,
+            )
+            check_suffix(store.meta.format, store.meta.format_label, out)
+        if request.dry_run:
+            out = None
         model = activation.load_keras(src, store, request.architecture)
         plan, inputs = activation.plan(
             model,
@@ -66,7 +73,12 @@ def run(request: ByActivationRequest, path: str | Path) -> ByActivationResult:
             raise NothingToScaleError(plan)
         step = activation.ActivationStep(plan, request.calibration.name)
         result = pipeline.run(
-            store, [step], out, ["scale", str(src), "--by-activation"], dry_run=request.dry_run
+            store,
+            [step],
+            out,
+            ["scale", str(src), "--by-activation"],
+            dry_run=request.dry_run,
+            in_place=request.in_place,
         )
     if out is not None:
         with open_store(out) as written:

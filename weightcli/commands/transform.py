@@ -14,7 +14,7 @@ from weightcli.results import TransformResult
 from weightcli.steps import Step
 from weightcli.stores import open_store
 from weightcli.stores.base import BLOCK_ELEMS
-from weightcli.stores.output import resolve_output
+from weightcli.stores.output import check_suffix, output_target, resolve_output
 
 __all__ = ["TransformRequest", "TransformResult", "run", "batch_outputs"]
 
@@ -23,7 +23,8 @@ __all__ = ["TransformRequest", "TransformResult", "run", "batch_outputs"]
 class TransformRequest:
     """The steps and where their output goes.
 
-    One model: ``output`` (or ``in_place``). Several: ``outputs`` maps each input to its
+    One model: ``output`` (or ``in_place``; ``OUT/`` with a trailing slash, or an existing
+    folder, puts the output in that folder under the input's name). Several: ``outputs`` maps each input to its
     place below an output folder (missing folders are created). ``dry_run`` reports and
     writes nothing. ``allow_nonfinite`` writes NaN/Inf that the steps create (an error
     otherwise). ``command`` names the command in the output's history.
@@ -31,7 +32,7 @@ class TransformRequest:
 
     steps: tuple[Step, ...]
     command: str
-    output: Path | None = None
+    output: str | Path | None = None
     in_place: bool = False
     force: bool = False
     dry_run: bool = False
@@ -47,7 +48,7 @@ class TransformRequest:
         if self.block_elems < 1:
             raise ParameterError("{block_elems} must be at least 1")
 
-    def output_for(self, path: Path) -> Path | None:
+    def output_for(self, path: Path) -> str | Path | None:
         for src, out in self.outputs:
             if src == path:
                 return out
@@ -62,24 +63,31 @@ def batch_outputs(
 
 
 def run(request: TransformRequest, path: str | Path) -> TransformResult:
-    """Apply the request's steps to one checkpoint and write its patched copy."""
+    """Apply the request's steps to one checkpoint and write its patched copy.
+
+    A dry run checks everything a real run checks (the output too, when one is named)
+    and writes nothing."""
     src = Path(path)
     with open_store(src) as store:
         out = None
-        if not request.dry_run:
+        raw = request.output_for(src)
+        if raw is not None or request.in_place or not request.dry_run:
             out = resolve_output(
-                src,
-                request.output_for(src),
+                store.target,
+                output_target(src, raw, store.target.name),
                 request.in_place,
                 request.force,
                 mkdirs=bool(request.outputs),
+                dry_run=request.dry_run,
             )
+            check_suffix(store.meta.format, store.meta.format_label, out)
         return pipeline.run(
             store,
             request.steps,
-            out,
+            None if request.dry_run else out,
             [request.command, str(src)],
             dry_run=request.dry_run,
             block_elems=request.block_elems,
             allow_nonfinite=request.allow_nonfinite,
+            in_place=request.in_place,
         )

@@ -269,6 +269,11 @@ class Store(abc.ABC):
     def read(self, info: TensorInfo, block: Block | None = None) -> np.ndarray:
         """One block of a tensor (all of it by default), in its stored dtype."""
 
+    @property
+    def target(self) -> Path:
+        """The path that names this checkpoint for writing (a TF checkpoint: its prefix)."""
+        return self.path
+
     def tensor(self, name: str) -> TensorInfo:
         """The tensor with canonical name ``name``; an error names the nearest ones."""
         tensors = self.tensors()

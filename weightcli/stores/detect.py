@@ -89,6 +89,8 @@ def checkpoint_prefix(path: Path) -> Path | None:
 def detect(path: Path) -> Container:
     """The container ``path`` holds; raises InputError when it is not a model."""
     if path.is_dir():
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise InputError(f"{path}: a directory that cannot be read (permission denied)")
         if (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file():
             return Container.SAVEDMODEL
         if (path / "export.meta").is_file() or any(path.glob("export-?????-of-?????")):
@@ -124,12 +126,19 @@ def is_keras_archive(zf: zipfile.ZipFile) -> bool:
     return all(m in names for m in ARCHIVE_MEMBERS)
 
 
+# Names that say "a model" whatever the content: kept by directory searches, so that an
+# empty or damaged one is reported as a failure instead of being skipped.
+MODEL_SUFFIXES = (".h5", ".hdf5", ".keras")
+
+
 def looks_like_model(path: Path) -> bool:
     """For directory searches: is this file a checkpoint (or a damaged one, to be reported)?
 
-    HDF5 by its signature; a zip holding a Keras archive's members (a damaged zip named
-    ``.keras`` counts, so its failure is reported); a ``.index`` ending in the table magic.
+    HDF5 by its signature; a zip holding a Keras archive's members; a ``.index`` ending
+    in the table magic; any file named ``*.h5``, ``*.hdf5`` or ``*.keras``.
     """
+    if path.name.lower().endswith(MODEL_SUFFIXES):
+        return True
     try:
         with open(path, "rb") as f:
             head = f.read(8)
@@ -140,7 +149,7 @@ def looks_like_model(path: Path) -> bool:
                     with zipfile.ZipFile(path) as zf:
                         return is_keras_archive(zf)
                 except (zipfile.BadZipFile, OSError):
-                    return path.suffix == ".keras"
+                    return False
             if path.suffix == ".index":
                 f.seek(-8, os.SEEK_END)
                 return f.read(8) == TABLE_MAGIC

@@ -12,7 +12,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from weightcli.errors import OutputError, ParameterError, literal
+from weightcli.errors import OutputError, ParameterError, UsageError, literal
+from weightcli.stores.base import Format
 from weightcli.stores.detect import index_path
 
 
@@ -23,21 +24,43 @@ def _same(a: Path, b: Path) -> bool:
         return False
 
 
+def output_target(src: Path, raw: str | Path | None, name: str) -> Path | None:
+    """The output path a user's OUT means: ``OUT/`` (a trailing slash) or an existing
+    folder, for an input that is not a folder itself, means ``OUT/name`` (as ``cp``
+    does), ``name`` being the input's file name or checkpoint prefix."""
+    if raw is None:
+        return None
+    text = str(raw)
+    out = Path(text)
+    if not src.is_dir() and (
+        text.endswith(("/", os.sep)) or (out.is_dir() and not out.is_symlink())
+    ):
+        return out / name
+    return out
+
+
 def resolve_output(
-    src: Path, out: Path | None, in_place: bool, force: bool, mkdirs: bool = False
+    src: Path,
+    out: Path | None,
+    in_place: bool,
+    force: bool,
+    mkdirs: bool = False,
+    dry_run: bool = False,
 ) -> Path:
     """Where to write ``src``'s patched copy, enforcing the refusal rules.
 
-    ``in_place`` writes over ``src``; otherwise ``out`` must be given, must not be
-    ``src`` and must not exist unless ``force``. ``mkdirs`` creates missing parent
-    folders (batch runs mirroring a tree); otherwise a missing folder is an error.
+    ``in_place`` writes over ``src`` (through a symbolic link, onto its target);
+    otherwise ``out`` must be given, must not be ``src`` and must not exist unless
+    ``force``. ``mkdirs`` creates missing parent folders (batch runs mirroring a tree);
+    otherwise a missing folder is an error. ``dry_run`` checks the same and creates
+    nothing.
     """
     if in_place:
         if out is not None and not _same(src, out):
             raise ParameterError(
                 "{in_place} writes over the input: do not also give a different {output}"
             )
-        return src
+        return Path(os.path.realpath(src))
     if out is None:
         raise ParameterError("give {output} OUT (or {in_place} to overwrite the input)")
     if _same(src, out):
@@ -51,10 +74,49 @@ def resolve_output(
     if not out.parent.exists():
         if not mkdirs:
             raise OutputError(f"{out}: output folder {out.parent} does not exist")
-        out.parent.mkdir(parents=True, exist_ok=True)
+        if dry_run:
+            return out
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"{out}: cannot create {out.parent}: {exc.strerror or exc}") from exc
     if not os.access(out.parent, os.W_OK):
         raise OutputError(f"{out}: output folder {out.parent} is not writable")
     return out
+
+
+# Output names whose suffix tells a loader what the file is: (suffix, what it promises).
+_SUFFIXES = (
+    (".weights.h5", "a Keras 3 weights file"),
+    (".keras", "a Keras 3 archive"),
+    (".h5", "an HDF5 file"),
+    (".hdf5", "an HDF5 file"),
+    (".index", "a TF checkpoint index"),
+)
+# Which of those each format may be written under.
+_ALLOWED = {
+    Format.KERAS_H5: (".h5", ".hdf5"),
+    Format.KERAS_H5_WEIGHTS: (".h5", ".hdf5"),
+    Format.KERAS3_WEIGHTS: (".weights.h5",),
+    Format.KERAS_ARCHIVE: (".keras",),
+    Format.HDF5: (".h5", ".hdf5", ".weights.h5"),
+    Format.SAVEDMODEL: (),
+    Format.TF_CHECKPOINT: (),
+}
+
+
+def check_suffix(fmt: Format, label: str, out: Path) -> None:
+    """Refuse an output name whose suffix promises another format than the one written
+    (Keras picks its loader by the name: ``x.keras`` holding HDF5 bytes does not load)."""
+    name = out.name.lower()
+    for suffix, what in _SUFFIXES:
+        if name.endswith(suffix):
+            if suffix not in _ALLOWED[fmt]:
+                raise UsageError(
+                    f"{out}: the name says {what}, but the output is a {label} "
+                    "(same format as the input; weightcli does not convert): choose another name"
+                )
+            return
 
 
 def _check_folder(out: Path) -> Path:

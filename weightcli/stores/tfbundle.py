@@ -429,6 +429,10 @@ class TFStore(Store):
 
     # -- reading -----------------------------------------------------------------------------
 
+    @property
+    def target(self) -> Path:
+        return self.prefix if self.kind == Format.TF_CHECKPOINT else self.path
+
     def history_path(self, root: Path | None = None) -> Path:
         """Where the history lives: in a SavedModel folder ``root`` (default: this one),
         or beside a checkpoint prefix ``root`` (default: this one)."""
@@ -626,6 +630,7 @@ class TFPatcher(Patcher):
             files.append(self.new_prefix.with_name(self.new_prefix.name + ".index"))
             for f in files:
                 os.replace(f, self.out.parent / f.name)
+            self._meta_bytes += write_state_file(self.out)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def _crc_of_written(self, e: Entry) -> int:
@@ -638,6 +643,27 @@ class TFPatcher(Patcher):
     def _abort(self) -> None:
         self._close_copies()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def write_state_file(prefix: Path) -> int:
+    """Name ``prefix`` as the newest checkpoint in its folder's ``checkpoint`` state file
+    (what ``tf.train.latest_checkpoint`` reads), keeping the others it lists. Returns
+    the bytes written."""
+    state = prefix.parent / "checkpoint"
+    others: list[str] = []
+    if state.is_file():
+        for line in state.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            name = value.strip().strip('"')
+            if key.strip() == "all_model_checkpoint_paths" and name and name != prefix.name:
+                others.append(name)
+    lines = [f'model_checkpoint_path: "{prefix.name}"']
+    lines += [f'all_model_checkpoint_paths: "{n}"' for n in [*others, prefix.name]]
+    text = "\n".join(lines) + "\n"
+    tmp = prefix.parent / f".checkpoint.{os.getpid()}.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, state)
+    return len(text.encode())
 
 
 def _replace_dir(new: Path, out: Path) -> None:
