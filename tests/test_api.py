@@ -59,7 +59,11 @@ def test_transform_diff_inspect_verify(tmp_path: Path) -> None:
     assert ver.exit_code == 0 and ver.to_json()["ok"] is True
     # The JSON the CLI prints is the result's own.
     cli = run("diff", SAMPLES / "mlp.keras", out, "--json").json()
-    assert cli == json.loads(json.dumps(d.to_json()))
+    assert cli == {
+        "path": str(SAMPLES / "mlp.keras"),
+        **json.loads(json.dumps(d.to_json())),
+        "exit_code": 1,
+    }
 
 
 def test_parameter_errors_name_parameters_not_flags(tmp_path: Path) -> None:

@@ -61,6 +61,10 @@ class Outcome:
     result: Result | None = None
     error: str | None = None
     size: int = 0
+    label: str = ""  # what the summary shows (a pair: both paths)
+
+    def __post_init__(self) -> None:
+        self.label = self.label or self.path
 
 
 def model_size(path: Path) -> int:
@@ -115,7 +119,8 @@ def discover(paths: Sequence[str], recursive: bool) -> list[Item]:
 
 
 def plan_outputs(items: Sequence[Item], output_dir: Path, force: bool) -> dict[Path, Path]:
-    """Input path -> output path below ``output_dir``, mirroring each input's place in its tree."""
+    """Input path -> output path below ``output_dir`` (created when missing), mirroring
+    each input's place in its tree."""
     if not output_dir.is_dir():
         raise OutputError.naming(
             f"{literal(output_dir)}: {{output_dir}} must be an existing directory"
@@ -137,24 +142,31 @@ def _call(task: Task, item: Item, debug: bool, spell: Callable[[str], str]) -> O
     try:
         result = task(item)
         return Outcome(
-            item.label, result.exit_code, time.perf_counter() - started, result, size=size
+            str(item.path),
+            result.exit_code,
+            time.perf_counter() - started,
+            result,
+            size=size,
+            label=item.label,
         )
     except WeightcliError as exc:
         return Outcome(
-            item.label,
+            str(item.path),
             exc.exit_code,
             time.perf_counter() - started,
             error=exc.render(spell),
             size=size,
+            label=item.label,
         )
     except Exception as exc:  # a bug in weightcli: keep going, report it in full
         detail = traceback.format_exc() if debug else f"{type(exc).__name__}: {exc}"
         return Outcome(
-            item.label,
+            str(item.path),
             2,
             time.perf_counter() - started,
             error=f"internal error (a bug in weightcli): {detail}",
             size=size,
+            label=item.label,
         )
 
 

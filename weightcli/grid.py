@@ -210,7 +210,14 @@ def table(
 
     t = Table(header_style="bold")
     for title, how in headers:
-        t.add_column(title, justify=how, overflow="fold")  # type: ignore[arg-type]
+        # Numbers (right-justified) are never split across lines; text columns fold.
+        numeric = how == "right"
+        t.add_column(
+            title,
+            justify=how,  # type: ignore[arg-type]
+            overflow="ellipsis" if numeric else "fold",
+            no_wrap=numeric,
+        )
     ends = section_ends or set()
     for i, r in enumerate(cells):
         t.add_row(*(to_rich_text(c) for c in r), end_section=i in ends)

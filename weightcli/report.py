@@ -432,7 +432,7 @@ def print_summary(outcomes: list[Outcome]) -> None:
     rows: list[list[Cell]] = []
     for o in outcomes:
         style = {0: "green", 1: "yellow", 2: "bold red"}[o.code]
-        rows.append([o.path, Styled(OUTCOME[o.code], style), f"{o.elapsed:.2f} s", o.error or ""])
+        rows.append([o.label, Styled(OUTCOME[o.code], style), f"{o.elapsed:.2f} s", o.error or ""])
     out = console()
     out.print(
         table(

@@ -235,6 +235,8 @@ def verify(
     )
     many = is_batch(paths, recursive)
     items = discover(paths, recursive) if many else [Item(Path(paths[0]))]
+    if jobs is None and not no_load:
+        jobs = 1  # each worker would import TensorFlow (seconds, ~500 MiB): one is faster
     dispatch(
         items,
         partial(_verify_task, request),

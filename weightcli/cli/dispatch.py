@@ -43,11 +43,11 @@ def dispatch(
         code = _run_batch(items, task, render, jobs, progress, as_json, debug)
     else:
         result = task(items[0])
-        if as_json:
-            print_json(result.to_json())
+        code = result.exit_code
+        if as_json:  # the same shape as each line of a batch
+            print_json({"path": str(items[0].path), **result.to_json(), "exit_code": code})
         else:
             render(result)
-        code = result.exit_code
         why = result.explain()
         if why:
             click.echo(f"weightcli: {items[0].label}: {why}", err=True)

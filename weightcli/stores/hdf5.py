@@ -309,9 +309,19 @@ class H5Store(Store):
                 model_vars.append((name, f"{path}/{k}", ds, layer))
                 if layer and layer_class and layer not in classes:
                     classes[layer] = layer_class
-        for name, path, ds, layer in model_vars:
-            out.append(self._info(name, path, ds, layer, False, classes))
-        return out
+        # Model order (as the config lists the layers), not the file's alphabetical order
+        # (dense_1, dense_11, dense_2); optimizer state after the model's weights.
+        order = naming.layer_order(config)
+        ranked = sorted(
+            enumerate(model_vars),
+            key=lambda iv: (order.get(iv[1][0].rsplit("/", 1)[0], len(order)), iv[0]),
+        )
+        optimizer = out
+        out = [
+            self._info(name, path, ds, layer, False, classes)
+            for _, (name, path, ds, layer) in ranked
+        ]
+        return out + optimizer
 
     def _layer_chain(self, owner: str, auto: dict[str, str]) -> list[str]:
         """Names of the layer groups from the root down to ``owner`` (``/layers/a/layers/b``)."""

@@ -255,6 +255,27 @@ def _chains(layers: list[Any]) -> dict[str, list[str]]:
     return chains
 
 
+def layer_order(config: Any) -> dict[str, int]:
+    """The model order of every layer, keyed by its path of names (``mid/inner/d_in``):
+    the order the config lists them in, nested models in place."""
+    order: dict[str, int] = {}
+
+    def visit(layers: Any, prefix: str) -> None:
+        if not isinstance(layers, list):
+            return
+        for entry in layers:
+            cfg = entry.get("config") if isinstance(entry, dict) else None
+            if not isinstance(cfg, dict) or not isinstance(cfg.get("name"), str):
+                continue
+            path = prefix + cfg["name"]
+            order.setdefault(path, len(order))
+            visit(cfg.get("layers"), path + "/")
+
+    if isinstance(config, dict) and isinstance(config.get("config"), dict):
+        visit(config["config"].get("layers"), "")
+    return order
+
+
 def nested_name(name: str, group: str, chains: dict[str, list[str]]) -> str:
     """A legacy ``.h5`` weight name inside nested model ``group``, with the models' names
     in front (``d_in/kernel`` in group ``mid`` -> ``mid/inner/d_in/kernel``): the one
