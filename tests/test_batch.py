@@ -136,8 +136,12 @@ def test_batch_usage_errors(tree: Path, tmp_path: Path) -> None:
     assert res.code == 2 and "--output-dir" in res.err
     res = run("scale", tree / "keras" / "mlp.h5", tree / "keras" / "deep" / "cnn.keras", "2")
     assert res.code == 2 and "--output-dir" in res.err
-    res = run("clip", "-r", tree, "--abs-max", "1", "--output-dir", tmp_path / "missing")
-    assert res.code == 2 and "existing directory" in res.err
+    # A missing output folder is created (the broken model in the tree still fails).
+    res = run("clip", "-r", tree, "--abs-max", "1", "--output-dir", tmp_path / "missing" / "x")
+    assert (tmp_path / "missing" / "x" / "keras" / "mlp.h5").is_file()
+    (tmp_path / "file").write_text("")
+    res = run("clip", "-r", tree, "--abs-max", "1", "--output-dir", tmp_path / "file")
+    assert res.code == 2 and "--output-dir is not a directory" in res.err
     res = run("inspect", "-r", tmp_path / "empty_dir_that_does_not_exist")
     assert res.code == 2
 

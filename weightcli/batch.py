@@ -121,10 +121,12 @@ def discover(paths: Sequence[str], recursive: bool) -> list[Item]:
 def plan_outputs(items: Sequence[Item], output_dir: Path, force: bool) -> dict[Path, Path]:
     """Input path -> output path below ``output_dir`` (created when missing), mirroring
     each input's place in its tree."""
-    if not output_dir.is_dir():
-        raise OutputError.naming(
-            f"{literal(output_dir)}: {{output_dir}} must be an existing directory"
-        )
+    if output_dir.exists() and not output_dir.is_dir():
+        raise OutputError.naming(f"{literal(output_dir)}: {{output_dir}} is not a directory")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)  # as its subfolders are
+    except OSError as exc:
+        raise OutputError(f"{output_dir}: cannot create it: {exc.strerror or exc}") from exc
     out: dict[Path, Path] = {}
     taken: dict[Path, Path] = {}
     for it in items:
