@@ -149,3 +149,10 @@ def differing(a: Path, b: Path, tmp: Path) -> set[str]:
     oa = objects(weights_file(a, tmp))
     ob = objects(weights_file(b, tmp))
     return {k for k in oa.keys() | ob.keys() if oa.get(k) != ob.get(k)}
+
+
+def keras_quiet():
+    """Keras, imported without TensorFlow's start-up chatter."""
+    from weightcli.framework import keras_module
+
+    return keras_module()

@@ -86,13 +86,17 @@ def test_cells_are_not_markup() -> None:
         assert "w[bold]x[/bold]" in out and "a[0]" in out
 
 
-def test_too_wide_falls_back_to_folding_table() -> None:
-    rows = [["x" * 60, "y" * 60]]
-    t = grid.table([("A", "left"), ("B", "left")], rows, 80)
-    assert isinstance(t, Table)
+def test_too_wide_folds_text_and_keeps_numbers_whole() -> None:
+    rows = [["x" * 60, "y" * 60, "-1.234e-05"]]
+    t = grid.table([("A", "left"), ("B", "left"), ("N", "right")], rows, 80)
     for out in (render(t, 80), plain_out(t)):
-        assert max(len(line) for line in out.splitlines()) <= 200
+        assert max(len(line) for line in out.splitlines()) <= 80
         assert out.count("x") == 60 and out.count("y") == 60
+        assert "-1.234e-05" in out  # one piece, on one line
+    # Numbers alone wider than the terminal: drawn wider, never cut.
+    wide = grid.table([("N", "right")] * 12, [["-1.234e-05"] * 12], 80)
+    out = plain_out(wide)
+    assert out.count("-1.234e-05") == 12
 
 
 @pytest.mark.parametrize(

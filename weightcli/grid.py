@@ -126,6 +126,27 @@ class Grid:
         self.widths = list(widths)
         self.section_ends = section_ends or set()
 
+    def _fold(self, cell: Cell, j: int) -> list[Cell]:
+        """A cell as the lines it takes: text wider than its column is folded (split
+        every ``width`` characters, keeping each run's style)."""
+        width = self.widths[j]
+        if cell_len(plain(cell)) <= width or width < 1:
+            return [cell]
+        lines: list[Cell] = []
+        current = Styled()
+        room = width
+        for text, style in runs_of(cell):
+            while text:
+                piece, text = _split_cells(text, room)
+                current.append(piece, style)
+                room -= cell_len(piece)
+                if room <= 0 or (not piece and text):
+                    lines.append(current)
+                    current, room = Styled(), width
+        if plain(current):
+            lines.append(current)
+        return lines
+
     def _cell(self, cell: Cell, j: int, style: str | None = None) -> list[Run]:
         text = plain(cell)
         runs: list[Run] = runs_of(cell) if style is None else [(text, style)]
@@ -146,22 +167,24 @@ class Grid:
             left, fill, cross, right = box[kind]
             return [(left + cross.join(fill * w for w in padded) + right, None)]
 
-        def row(kind: str, cells: Sequence[Cell], style: str | None = None) -> list[Run]:
+        def row(kind: str, cells: Sequence[Cell], style: str | None = None) -> Iterator[list[Run]]:
             left, mid, right = box[kind]
-            out: list[Run] = [(left, None)]
-            for j, cell in enumerate(cells):
-                if j:
-                    out.append((mid, None))
-                out += self._cell(cell, j, style)
-            out.append((right, None))
-            return out
+            parts = [self._fold(cell, j) for j, cell in enumerate(cells)]
+            for k in range(max(len(p) for p in parts)):
+                out: list[Run] = [(left, None)]
+                for j, p in enumerate(parts):
+                    if j:
+                        out.append((mid, None))
+                    out += self._cell(p[k] if k < len(p) else "", j, style)
+                out.append((right, None))
+                yield out
 
         yield rule("top")
-        yield row("head", self.headers, "bold")
+        yield from row("head", self.headers, "bold")
         yield rule("head_rule")
         last = len(self.rows) - 1
         for i, cells in enumerate(self.rows):
-            yield row("body", cells)
+            yield from row("body", cells)
             if i in self.section_ends and i != last:
                 yield rule("rule")
         yield rule("bottom")
@@ -197,31 +220,37 @@ def table(
     rows: Sequence[Sequence[Any]],
     width: int,
     section_ends: set[int] | None = None,
-) -> Any:
-    """``headers`` are (title, justify). A ``Grid`` when the table fits in ``width``
-    columns, else rich's ``Table``, whose cells fold to fit."""
+) -> Grid:
+    """``headers`` are (title, justify). When the table is wider than ``width``
+    columns, the text (left-justified) columns fold, widest first, down to 8 characters;
+    numbers (right-justified) are never split. A table that still does not fit is drawn
+    wider than ``width`` rather than lose or cut a cell."""
     titles = [h for h, _ in headers]
     justify = [j for _, j in headers]
     cells = [[c if isinstance(c, Styled) else str(c) for c in r] for r in rows]
     widths = column_widths(titles, cells)
-    if total_width(widths) <= width:
-        return Grid(titles, justify, cells, widths, section_ends)
-    from rich.table import Table
+    floor = [
+        w if j == "right" else min(w, max(8, cell_len(t)))
+        for w, j, t in zip(widths, justify, titles, strict=True)
+    ]
+    while total_width(widths) > width:
+        foldable = [k for k in range(len(widths)) if widths[k] > floor[k]]
+        if not foldable:
+            break
+        k = max(foldable, key=lambda i: widths[i])
+        widths[k] -= 1
+    return Grid(titles, justify, cells, widths, section_ends)
 
-    t = Table(header_style="bold")
-    for title, how in headers:
-        # Numbers (right-justified) are never split across lines; text columns fold.
-        numeric = how == "right"
-        t.add_column(
-            title,
-            justify=how,  # type: ignore[arg-type]
-            overflow="ellipsis" if numeric else "fold",
-            no_wrap=numeric,
-        )
-    ends = section_ends or set()
-    for i, r in enumerate(cells):
-        t.add_row(*(to_rich_text(c) for c in r), end_section=i in ends)
-    return t
+
+def _split_cells(text: str, room: int) -> tuple[str, str]:
+    """``text`` cut after ``room`` terminal cells (wide characters count as two)."""
+    used = 0
+    for i, ch in enumerate(text):
+        w = cell_len(ch)
+        if used + w > room:
+            return text[:i], text[i:]
+        used += w
+    return text, ""
 
 
 def to_rich_text(cell: Cell) -> Any:
@@ -248,7 +277,10 @@ class Out:
 
     def print(self, item: Any = "") -> None:
         if self._rich is not None:
-            self._rich.print(to_rich_text(item) if isinstance(item, Styled) else item, markup=False)
+            # A table wider than the terminal (numbers are never cut) is drawn whole.
+            self._rich.print(
+                to_rich_text(item) if isinstance(item, Styled) else item, markup=False, crop=False
+            )
             return
         if isinstance(item, Grid):
             text = "\n".join("".join(t for t, _ in line) for line in item.lines()) + "\n"
