@@ -108,3 +108,8 @@ class ParameterError(UsageError):
     def __init__(self, template: str) -> None:
         super().__init__(_render(template, plain_name))
         self.template = template
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (the CLI turns it into this, as Python turns SIGINT into
+    KeyboardInterrupt), so that every cleanup path runs: no temporary file is left."""

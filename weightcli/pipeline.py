@@ -38,6 +38,15 @@ _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 CHILD_DIGEST_BYTES = 256 * 1024 * 1024
 
 
+def _die_with_parent() -> None:
+    """In the hashing child: end when the parent ends, even by SIGKILL (Linux)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 class _Digest:
     """sha256 of a path, computed on the other core meanwhile.
 
@@ -67,6 +76,7 @@ class _Digest:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=_die_with_parent,
         )
 
     def _run(self) -> None:
@@ -146,6 +156,7 @@ def run(
     block_elems: int = BLOCK_ELEMS,
     allow_nonfinite: bool = False,
     in_place: bool = False,
+    overwrite: bool = False,
 ) -> TransformResult:
     """Apply ``steps`` to ``store`` and write the patched copy to ``out`` (nothing when
     ``dry_run``), reading tensors in blocks of at most ``block_elems`` elements.
@@ -153,7 +164,8 @@ def run(
     A tensor that would hold more NaN or Inf values after the steps than before (an
     overflow) is an error, and nothing is written, unless ``allow_nonfinite``. When
     ``out`` is the source itself (``in_place``) and no tensor changed, the source is left
-    untouched: no rewrite, no history entry."""
+    untouched: no rewrite, no history entry. Without ``overwrite`` (``--force``), an
+    ``out`` that appears while the output is written is never replaced."""
     started = time.perf_counter()
     work = plan(store, steps)
     # The source's sha256 (for the history) is computed on the other core meanwhile.
@@ -166,7 +178,7 @@ def run(
     changes: list[TensorChange] = []
     selected = 0
     untouched = False
-    patcher = None if dry_run or out is None else store.patch(out, retype)
+    patcher = None if dry_run or out is None else store.patch(out, retype, overwrite or in_place)
     try:
         for info, ops in work:
             blocks = _Blocks(store, info, block_elems)

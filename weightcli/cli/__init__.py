@@ -11,12 +11,13 @@ import atexit
 import contextlib
 import importlib
 import os
+import signal
 import sys
 
 import click
 
 from weightcli import __version__
-from weightcli.errors import WeightcliError
+from weightcli.errors import Terminated, WeightcliError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow, if a command loads it
 
@@ -74,6 +75,28 @@ class WeightcliGroup(click.Group):
 
             click.echo(f"weightcli: error: {exc.render(spell)}", err=True)
             ctx.exit(exc.exit_code)
+        except (KeyboardInterrupt, Terminated) as exc:
+            # Every writer has removed its temporary files on the way up.
+            signal_no = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
+            click.echo(f"weightcli: {signal_no.name}: stopped, nothing written", err=True)
+            ctx.exit(128 + signal_no)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except RecursionError:
+            if debug:
+                raise
+            click.echo("weightcli: error: the input is nested too deeply to read", err=True)
+            ctx.exit(2)
+        except Exception as exc:
+            if debug:
+                raise
+            line = (str(exc).strip().splitlines() or [""])[0][:300]
+            click.echo(
+                f"weightcli: internal error (a bug in weightcli; --debug shows the traceback "
+                f"for a report): {type(exc).__name__}: {line}",
+                err=True,
+            )
+            ctx.exit(2)
 
 
 @click.group(cls=WeightcliGroup, context_settings=CONTEXT)
@@ -99,6 +122,11 @@ def cli(debug: bool) -> None:
     """
 
 
+def _terminate(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough: now clean up
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point.
 
@@ -107,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     (about 30 ms a run here, more with TensorFlow loaded): a one-shot command gains
     nothing from it.
     """
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         cli.main(args=argv, prog_name="weightcli")
     except SystemExit as exc:

@@ -79,6 +79,7 @@ def run(request: ByActivationRequest, path: str | Path) -> ByActivationResult:
             ["scale", str(src), "--by-activation"],
             dry_run=request.dry_run,
             in_place=request.in_place,
+            overwrite=request.force,
         )
     if out is not None:
         with open_store(out) as written:

@@ -90,4 +90,5 @@ def run(request: TransformRequest, path: str | Path) -> TransformResult:
             block_elems=request.block_elems,
             allow_nonfinite=request.allow_nonfinite,
             in_place=request.in_place,
+            overwrite=request.force,
         )

@@ -9,6 +9,7 @@ member with its patched copy.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -19,14 +20,17 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from weightcli.errors import CorruptError, InputError
+from weightcli.errors import CorruptError, InputError, UnsupportedError
 from weightcli.stores.base import Block, Format, Patcher, StoreMeta
 from weightcli.stores.detect import is_keras_archive
 from weightcli.stores.hdf5 import H5Patcher, H5Store
-from weightcli.stores.output import temp_beside
+from weightcli.stores.output import TEMP_TAG, publish, remove_stale_temps, temp_beside
 from weightcli.tensor import TensorInfo
 
 WEIGHTS = "model.weights.h5"
+# A compressed weights member is inflated into $TMPDIR up to these limits.
+MAX_INFLATE_RATIO = 1000
+MAX_INFLATED = 64 << 30
 FORMAT = Format.KERAS_ARCHIVE
 LABEL = "Keras 3 archive (.keras)"
 
@@ -118,14 +122,21 @@ class ArchiveStore(H5Store):
                 src: Any = Window(path, member_data_offset(path, member), member.file_size)
                 self._window = src
             else:
-                fd, name = tempfile.mkstemp(suffix=".weights.h5")
-                with os.fdopen(fd, "wb") as out, self._zip.open(member) as inp:
-                    shutil.copyfileobj(inp, out, 1 << 20)
-                self._extracted = Path(name)
-                src = name
+                src = str(self._extract(member))
             super().__init__(path, src=src, config=config, label=f"{path}:{WEIGHTS}")
-        except (zipfile.BadZipFile, OSError) as exc:
+        except (RuntimeError, NotImplementedError) as exc:  # encrypted, unknown method
             self.close()
+            raise UnsupportedError(f"{path}: cannot read {WEIGHTS}: {exc}") from exc
+        except zipfile.BadZipFile as exc:
+            self.close()
+            raise CorruptError(f"{path}: damaged archive member {WEIGHTS}: {exc}") from exc
+        except OSError as exc:
+            self.close()
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise InputError(
+                    f"{path}: no room to inflate {WEIGHTS} in {tempfile.gettempdir()}: "
+                    f"{exc.strerror}"
+                ) from exc
             raise CorruptError(f"{path}: damaged archive member {WEIGHTS}: {exc}") from exc
         except BaseException:
             self.close()
@@ -142,6 +153,31 @@ class ArchiveStore(H5Store):
             history=self.meta.history,
             extra={"saved": metadata.get("date_saved")} if metadata.get("date_saved") else {},
         )
+
+    def _extract(self, member: zipfile.ZipInfo) -> Path:
+        """A compressed weights member, inflated into $TMPDIR (removed on close, and by
+        a later run if this process is killed); at most MAX_INFLATE_RATIO times its
+        compressed size and MAX_INFLATED bytes (a zip bomb is refused)."""
+        if member.file_size > max(MAX_INFLATE_RATIO * member.compress_size, 1 << 20) or (
+            member.file_size > MAX_INFLATED
+        ):
+            raise CorruptError(
+                f"{self.path}: {WEIGHTS} inflates from {member.compress_size} to "
+                f"{member.file_size} bytes: refused (limits: {MAX_INFLATE_RATIO}x, "
+                f"{MAX_INFLATED >> 30} GiB)"
+            )
+        tmpdir = Path(tempfile.gettempdir())
+        remove_stale_temps(tmpdir, "")
+        fd, name = tempfile.mkstemp(prefix=f".weights.{TEMP_TAG}{os.getpid()}.", suffix=".h5.tmp")
+        self._extracted = Path(name)
+        written = 0
+        with os.fdopen(fd, "wb") as out, self._zip.open(member) as inp:
+            while chunk := inp.read(1 << 20):
+                written += len(chunk)
+                if written > member.file_size:
+                    raise CorruptError(f"{self.path}: {WEIGHTS} is longer than its zip entry says")
+                out.write(chunk)
+        return self._extracted
 
     @property
     def zip(self) -> zipfile.ZipFile:
@@ -162,8 +198,8 @@ class ArchiveStore(H5Store):
     def supports_dtype(self, dtype: str) -> str | None:
         return None
 
-    def patch(self, out: Path, retype: dict[str, str] | None = None) -> Patcher:
-        return ArchivePatcher(self, out, retype or {})
+    def _patch(self, out: Path, retype: dict[str, str]) -> Patcher:
+        return ArchivePatcher(self, out, retype)
 
     def close(self) -> None:
         try:
@@ -228,7 +264,7 @@ class ArchivePatcher(Patcher):
                             shutil.copyfileobj(inp, out, 1 << 20)
         self.inner.tmp.unlink(missing_ok=True)
         self._zip_bytes = self.zip_tmp.stat().st_size
-        os.replace(self.zip_tmp, self.out)
+        publish(self.zip_tmp, self.out, self.overwrite)
 
     def _abort(self) -> None:
         try:

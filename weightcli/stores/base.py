@@ -183,6 +183,7 @@ class Patcher(abc.ABC):
 
     def __init__(self) -> None:
         self._done = False
+        self.overwrite = False  # replace an output that appeared meanwhile (--force)
         self._history_set = False
         self._begun: set[str] = set()
 
@@ -294,13 +295,22 @@ class Store(abc.ABC):
         for block in split(info.shape, max_elems):
             yield block, self.read(info, block)
 
-    @abc.abstractmethod
-    def patch(self, out: Path, retype: dict[str, str] | None = None) -> Patcher:
+    def patch(
+        self, out: Path, retype: dict[str, str] | None = None, overwrite: bool = False
+    ) -> Patcher:
         """A patcher writing a copy of this checkpoint to ``out``.
 
         ``retype`` maps tensor paths to the dtype they will be stored in, when a
-        transform changes it.
+        transform changes it. Without ``overwrite``, an ``out`` that exists when the
+        patcher commits (another writer) is never replaced.
         """
+        patcher = self._patch(out, retype or {})
+        patcher.overwrite = overwrite
+        return patcher
+
+    @abc.abstractmethod
+    def _patch(self, out: Path, retype: dict[str, str]) -> Patcher:
+        """The format's own patcher."""
 
     def supports_dtype(self, dtype: str) -> str | None:
         """None when the format can store ``dtype``, else the reason it cannot."""

@@ -20,7 +20,7 @@ from weightcli.dtypes import to_numpy
 from weightcli.errors import CorruptError
 from weightcli.stores import h5util, naming
 from weightcli.stores.base import Block, Format, Patcher, Store, StoreMeta
-from weightcli.stores.output import temp_beside
+from weightcli.stores.output import publish, temp_beside
 from weightcli.stores.rangecopy import RangeCopy
 from weightcli.tensor import TensorInfo
 
@@ -385,8 +385,8 @@ class H5Store(Store):
         if self._file.id.valid:
             self._file.close()
 
-    def patch(self, out: Path, retype: dict[str, str] | None = None) -> Patcher:
-        return H5Patcher(self, out, retype or {})
+    def _patch(self, out: Path, retype: dict[str, str]) -> Patcher:
+        return H5Patcher(self, out, retype)
 
     def copy_source_to(self, dest: Path) -> None:
         """Copy the container's bytes to ``dest`` (the HDF5 file itself)."""
@@ -545,7 +545,7 @@ class H5Patcher(Patcher):
 
     def _commit(self) -> None:
         self.close_file()
-        os.replace(self.tmp, self.out)
+        publish(self.tmp, self.out, self.overwrite)
 
     def _abort(self) -> None:
         try:

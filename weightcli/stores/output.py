@@ -9,6 +9,8 @@ filesystem).
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -128,11 +130,55 @@ def _check_folder(out: Path) -> Path:
     return folder
 
 
+# Temporary names carry the writer's process id, so that a later run can recognise and
+# remove those a killed process (SIGKILL) could not: ``.OUT.weightcli-PID.XXXX.tmp``.
+TEMP_TAG = "weightcli-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(folder: Path, prefix: str = "") -> list[Path]:
+    """Remove the temporary files and folders of dead weightcli processes in ``folder``
+    (those whose names start with ``prefix``); returns what was removed."""
+    pattern = re.compile(re.escape(prefix) + r".*" + re.escape(TEMP_TAG) + r"(\d+)\.")
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = pattern.match(entry.name)
+        if not m or not entry.name.endswith(".tmp") and ".tmp" not in entry.name:
+            continue
+        if int(m.group(1)) == os.getpid() or _alive(int(m.group(1))):
+            continue
+        path = Path(entry.path)
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _temp_prefix(out: Path) -> str:
+    return f".{out.name}.{TEMP_TAG}{os.getpid()}."
+
+
 def temp_beside(out: Path, suffix: str = "") -> Path:
     """A fresh temporary file in OUT's folder (mode as an ordinary new file)."""
     folder = _check_folder(out)
+    remove_stale_temps(folder, f".{out.name}.")
     try:
-        fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=f"{suffix}.tmp", dir=folder)
+        fd, name = tempfile.mkstemp(prefix=_temp_prefix(out), suffix=f"{suffix}.tmp", dir=folder)
     except OSError as exc:
         raise OutputError(f"{out}: cannot write in {folder}: {exc.strerror or exc}") from exc
     os.close(fd)
@@ -145,7 +191,64 @@ def temp_beside(out: Path, suffix: str = "") -> Path:
 def temp_dir_beside(out: Path) -> Path:
     """A fresh temporary folder in OUT's folder."""
     folder = _check_folder(out)
+    remove_stale_temps(folder, f".{out.name}.")
     try:
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=folder))
+        return Path(tempfile.mkdtemp(prefix=_temp_prefix(out), suffix=".tmp", dir=folder))
     except OSError as exc:
         raise OutputError(f"{out}: cannot write in {folder}: {exc.strerror or exc}") from exc
+
+
+_RENAME_NOREPLACE = 1
+
+
+def _rename_noreplace(src: Path, dst: Path) -> bool:
+    """Rename unless ``dst`` exists, atomically (renameat2); False when it exists."""
+    import ctypes
+    import errno
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        renameat2 = None
+    if renameat2 is not None:
+        at_fdcwd = -100
+        if (
+            renameat2(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), _RENAME_NOREPLACE)
+            == 0
+        ):
+            return True
+        err = ctypes.get_errno()
+        if err == errno.EEXIST:
+            return False
+        if err not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+            raise OSError(err, os.strerror(err), str(dst))
+    # No renameat2 here: a hard link fails when the name exists (files); folders last.
+    if src.is_dir():
+        if dst.exists() or dst.is_symlink():
+            return False
+        os.rename(src, dst)
+        return True
+    try:
+        os.link(src, dst)
+    except FileExistsError:
+        return False
+    src.unlink()
+    return True
+
+
+def publish(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Move a finished temporary file or folder to ``out``. Without ``overwrite`` an
+    ``out`` that appeared meanwhile (another writer) is never replaced: an error."""
+    if overwrite:
+        os.replace(tmp, out)
+        return
+    try:
+        done = _rename_noreplace(tmp, out)
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot write: {exc.strerror or exc}") from exc
+    if not done:
+        raise OutputError.naming(
+            f"{literal(out)}: appeared while weightcli was writing it (another writer?); "
+            "nothing replaced (use {force} to overwrite)"
+        )

@@ -30,12 +30,12 @@ from typing import Any, BinaryIO
 import google_crc32c
 import numpy as np
 
-from weightcli.dtypes import to_numpy
+from weightcli.dtypes import itemsize, to_numpy
 from weightcli.errors import CorruptError, InputError, UnsupportedError
 from weightcli.stores import naming, tfproto, tftable
 from weightcli.stores.base import BLOCK_ELEMS, Block, Format, Patcher, Store, StoreMeta, split
 from weightcli.stores.detect import Container, checkpoint_prefix, index_path
-from weightcli.stores.output import temp_dir_beside
+from weightcli.stores.output import publish, temp_dir_beside
 from weightcli.stores.rangecopy import RangeCopy
 from weightcli.tensor import TensorInfo
 
@@ -129,11 +129,7 @@ class Bundle:
                 raise CorruptError(f"{path}: data shard missing")
             sizes[shard] = path.stat().st_size
         for e in self.entries.values():
-            end = e.proto.offset + e.proto.size
-            if e.proto.shard_id >= self.num_shards or end > sizes[e.proto.shard_id]:
-                raise CorruptError(
-                    f"{label}: tensor {e.key} lies beyond the end of its data shard (truncated?)"
-                )
+            _validate(e, label, self.num_shards, sizes)
 
     def file(self, shard: int) -> BinaryIO:
         if shard not in self._files:
@@ -191,6 +187,34 @@ class Bundle:
         for f in self._files.values():
             f.close()
         self._files.clear()
+
+
+def _validate(e: Entry, label: str, num_shards: int, sizes: dict[int, int]) -> None:
+    """Everything an index entry claims, checked before anything is allocated for it:
+    a known dtype, dimensions >= 0, a shard that exists, a byte range inside it, and for
+    numeric tensors a size equal to the shape's element count times the item size."""
+    p = e.proto
+    where = f"{label}: tensor {e.key}"
+    if p.dtype not in DTYPES:
+        raise CorruptError(f"{where} has an unknown dtype ({p.dtype})")
+    dims = [int(d.size) for d in p.shape.dim]
+    if any(d < 0 for d in dims):
+        raise CorruptError(f"{where} has a negative dimension {dims}")
+    if not 0 <= p.shard_id < num_shards:
+        raise CorruptError(f"{where} names data shard {p.shard_id} of {num_shards}")
+    if p.offset < 0 or p.size < 0:
+        raise CorruptError(f"{where} has a negative offset or size")
+    if p.offset + p.size > sizes[p.shard_id]:
+        raise CorruptError(f"{where} lies beyond the end of its data shard (truncated?)")
+    if e.dtype != "string":
+        count = 1
+        for d in dims:
+            count *= d
+        want = count * itemsize(e.dtype)
+        if want != p.size:
+            raise CorruptError(
+                f"{where}: its shape {dims} needs {want} bytes, the index says {p.size}"
+            )
 
 
 def crc32c_of(f: BinaryIO, offset: int, size: int) -> int | None:
@@ -498,7 +522,7 @@ class TFStore(Store):
     def supports_dtype(self, dtype: str) -> str | None:
         return "the graph fixes every variable's dtype and shape: a TensorFlow checkpoint edit may change values only"
 
-    def patch(self, out: Path, retype: dict[str, str] | None = None) -> Patcher:
+    def _patch(self, out: Path, retype: dict[str, str]) -> Patcher:
         if retype:
             raise UnsupportedError(f"{self.path}: {self.supports_dtype('')}")
         return TFPatcher(self, out)
@@ -620,7 +644,10 @@ class TFPatcher(Patcher):
     def _commit(self) -> None:
         self._rewrite_index()
         if self.store.kind == Format.SAVEDMODEL:
-            _replace_dir(self.root, self.out)
+            if self.overwrite:
+                _replace_dir(self.root, self.out)
+            else:
+                publish(self.root, self.out, False)
         else:
             b = self.store.bundle
             files = [shard_name(self.new_prefix, s, b.num_shards) for s in range(b.num_shards)]
@@ -628,8 +655,15 @@ class TFPatcher(Patcher):
             if hist.exists():
                 files.append(hist)
             files.append(self.new_prefix.with_name(self.new_prefix.name + ".index"))
-            for f in files:
-                os.replace(f, self.out.parent / f.name)
+            done: list[Path] = []
+            try:
+                for f in files:  # shards first, the index last: it makes them visible
+                    publish(f, self.out.parent / f.name, self.overwrite)
+                    done.append(self.out.parent / f.name)
+            except BaseException:
+                for p in done:  # none of this writer's files stays beside another's
+                    p.unlink(missing_ok=True)
+                raise
             self._meta_bytes += write_state_file(self.out)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
