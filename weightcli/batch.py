@@ -68,10 +68,10 @@ class Outcome:
 
 
 def model_size(path: Path) -> int:
-    from weightcli.digest import checkpoint_files
+    from weightcli.digest import total_size
 
     try:
-        return sum(f.stat().st_size for f in checkpoint_files(path))
+        return total_size(path)
     except OSError:
         return 0
 

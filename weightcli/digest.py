@@ -5,18 +5,30 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import os
 import sys
 from pathlib import Path
 
 
 def checkpoint_files(path: Path) -> list[Path]:
-    """A file; a directory's files, sorted; or a TF checkpoint prefix's index and shards."""
+    """A file; a directory's files, sorted (symbolic links as links: never followed);
+    or a TF checkpoint prefix's index and shards."""
     if path.is_file():
         return [path]
     if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.is_file())
+        found = []
+        for folder, dirs, files in os.walk(path):
+            here = Path(folder)
+            found += [here / n for n in files]
+            found += [here / d for d in dirs if (here / d).is_symlink()]
+        return sorted(found)
     stem = glob.escape(path.name)
     return sorted(path.parent.glob(stem + ".index")) + sorted(path.parent.glob(stem + ".data-*"))
+
+
+def total_size(path: Path) -> int:
+    """Bytes of a checkpoint's files (links count as links)."""
+    return sum(f.lstat().st_size for f in checkpoint_files(path))
 
 
 def digest(path: Path) -> str:
@@ -25,6 +37,9 @@ def digest(path: Path) -> str:
     for f in checkpoint_files(path):
         if path.is_dir():
             h.update(str(f.relative_to(path)).encode() + b"\0")
+        if f.is_symlink():
+            h.update(b"-> " + os.fsencode(os.readlink(f)))
+            continue
         with open(f, "rb") as fh:
             while chunk := fh.read(1 << 20):
                 h.update(chunk)

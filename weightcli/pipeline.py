@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from weightcli import __version__
-from weightcli.digest import checkpoint_files, digest
+from weightcli.digest import digest, total_size
 from weightcli.errors import UnsupportedError, UsageError, literal
 from weightcli.results import TensorChange, TransformResult
 from weightcli.select import apply as apply_selection
@@ -61,7 +61,7 @@ class _Digest:
         self.thread: threading.Thread | None = None
         self.value: str | None = None
         self.error: BaseException | None = None
-        if sum(f.stat().st_size for f in checkpoint_files(path)) < CHILD_DIGEST_BYTES:
+        if total_size(path) < CHILD_DIGEST_BYTES:
             self.thread = threading.Thread(target=self._run, daemon=True)
             self.thread.start()
             return

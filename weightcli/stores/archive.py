@@ -17,6 +17,7 @@ import shutil
 import struct
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,8 @@ WEIGHTS = "model.weights.h5"
 # A compressed weights member is inflated into $TMPDIR up to these limits.
 MAX_INFLATE_RATIO = 1000
 MAX_INFLATED = 64 << 30
+# config.json and metadata.json are parsed up to this size.
+MAX_JSON_BYTES = 64 << 20
 FORMAT = Format.KERAS_ARCHIVE
 LABEL = "Keras 3 archive (.keras)"
 
@@ -74,6 +77,14 @@ class Window(io.RawIOBase):
         self._pos += len(data)
         return len(data)
 
+    def check_crc(self, expected: int, label: str) -> None:
+        """The zip CRC-32 of the window's bytes (a damaged archive is refused, not laundered)."""
+        crc = 0
+        for pos in range(0, self.size, 1 << 22):
+            crc = zlib.crc32(os.pread(self._fd, min(1 << 22, self.size - pos), self.start + pos), crc)
+        if crc != expected:
+            raise zipfile.BadZipFile(f"Bad CRC-32 for {label}")
+
     def close(self) -> None:
         if not self.closed:
             os.close(self._fd)
@@ -105,15 +116,11 @@ class ArchiveStore(H5Store):
                 f"{path}: a zip file, but not a Keras archive (no config.json and {WEIGHTS})"
             )
         try:
-            config = json.loads(self._zip.read("config.json"))
-            metadata = (
-                json.loads(self._zip.read("metadata.json"))
-                if "metadata.json" in self._zip.namelist()
-                else {}
-            )
-        except (ValueError, zipfile.BadZipFile, OSError) as exc:
+            config = self._json("config.json")
+            metadata = self._json("metadata.json") if "metadata.json" in self._zip.namelist() else {}
+        except BaseException:
             self._zip.close()
-            raise CorruptError(f"{path}: unreadable config.json/metadata.json: {exc}") from exc
+            raise
         self._extracted: Path | None = None
         self._window: Window | None = None
         member = self._zip.getinfo(WEIGHTS)
@@ -121,6 +128,9 @@ class ArchiveStore(H5Store):
             if member.compress_type == zipfile.ZIP_STORED:
                 src: Any = Window(path, member_data_offset(path, member), member.file_size)
                 self._window = src
+                if member.flag_bits & 0x1:
+                    raise RuntimeError("it is encrypted")
+                src.check_crc(member.CRC, f"{path}: {WEIGHTS}")
             else:
                 src = str(self._extract(member))
             super().__init__(path, src=src, config=config, label=f"{path}:{WEIGHTS}")
@@ -153,6 +163,25 @@ class ArchiveStore(H5Store):
             history=self.meta.history,
             extra={"saved": metadata.get("date_saved")} if metadata.get("date_saved") else {},
         )
+
+    def _json(self, name: str) -> dict[str, Any]:
+        """A JSON member, size-capped, CRC-checked (by zipfile), and an object."""
+        info = self._zip.getinfo(name)
+        if info.file_size > MAX_JSON_BYTES:
+            raise CorruptError(
+                f"{self.path}: {name} is {info.file_size} bytes (limit {MAX_JSON_BYTES >> 20} MiB)"
+            )
+        try:
+            value = json.loads(self._zip.read(name))
+        except RecursionError as exc:
+            raise CorruptError(f"{self.path}: {name} is nested too deeply") from exc
+        except (RuntimeError, NotImplementedError) as exc:
+            raise UnsupportedError(f"{self.path}: cannot read {name}: {exc}") from exc
+        except (ValueError, zipfile.BadZipFile, OSError) as exc:
+            raise CorruptError(f"{self.path}: unreadable {name}: {exc}") from exc
+        if not isinstance(value, dict):
+            raise CorruptError(f"{self.path}: {name} holds {type(value).__name__}, not an object")
+        return value
 
     def _extract(self, member: zipfile.ZipInfo) -> Path:
         """A compressed weights member, inflated into $TMPDIR (removed on close, and by

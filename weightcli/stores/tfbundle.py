@@ -559,9 +559,11 @@ class TFPatcher(Patcher):
             if store.kind == Format.SAVEDMODEL:
                 self.root = self.tmp / "model"
                 skip = {p.resolve() for p in shards}
+                _refuse_links_out(store.path)
                 shutil.copytree(
                     store.path,
                     self.root,
+                    symlinks=True,  # links are copied as links, never read through
                     copy_function=_copy,
                     ignore=lambda d, names: [n for n in names if (Path(d) / n).resolve() in skip],
                 )
@@ -677,6 +679,25 @@ class TFPatcher(Patcher):
     def _abort(self) -> None:
         self._close_copies()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _refuse_links_out(root: Path) -> None:
+    """A symbolic link in a SavedModel folder that points out of it (or nowhere it can
+    resolve) is refused: a copy must not carry a reference to files elsewhere."""
+    top = root.resolve()
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            p = Path(folder) / name
+            if not p.is_symlink():
+                continue
+            try:
+                target = p.resolve(strict=False)
+            except (OSError, RuntimeError) as exc:  # a loop
+                raise UnsupportedError(f"{p}: a symbolic link that cannot be resolved: {exc}") from exc
+            if target != top and top not in target.parents:
+                raise UnsupportedError(
+                    f"{p}: a symbolic link out of the model folder (to {os.readlink(p)}): refused"
+                )
 
 
 def write_state_file(prefix: Path) -> int:
