@@ -188,25 +188,56 @@ class Runner:
         if self.jobs <= 1 or len(items) <= 1:
             for it in items:
                 outcome = _call(self.task, it, self.debug, self.spell)
-                if self.on_done:
-                    self.on_done(outcome)
+                self._done(outcome)
                 yield outcome
             return
-        from concurrent.futures import ProcessPoolExecutor  # only batch runs pay for it
+        # only batch runs pay for these imports
+        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
 
-        with ProcessPoolExecutor(
-            max_workers=min(self.jobs, len(items)),
-            initializer=_end_with_parent,
-            initargs=(os.getpid(),),
-        ) as pool:
-            futures = [pool.submit(_call, self.task, it, self.debug, self.spell) for it in items]
-            if self.on_done:
-                for fut in futures:
-                    fut.add_done_callback(
-                        lambda f: self.on_done(f.result()) if self.on_done else None
-                    )
-            for fut in futures:
-                yield fut.result()
+        start = 0
+        while start < len(items):
+            rest = items[start:]
+            with ProcessPoolExecutor(
+                max_workers=min(self.jobs, len(rest)),
+                initializer=_end_with_parent,
+                initargs=(os.getpid(),),
+            ) as pool:
+                futures = [pool.submit(_call, self.task, it, self.debug, self.spell) for it in rest]
+                for k, fut in enumerate(futures):
+                    try:
+                        outcome = fut.result()
+                    except BrokenProcessPool:
+                        # A worker died (a crash in native code): run this model alone,
+                        # to fail it with its cause, and go on with a new pool.
+                        outcome = self._alone(rest[k])
+                        start += k + 1
+                        self._done(outcome)
+                        yield outcome
+                        break
+                    self._done(outcome)
+                    yield outcome
+                else:
+                    start = len(items)
+
+    def _done(self, outcome: Outcome) -> None:
+        if self.on_done:
+            self.on_done(outcome)
+
+    def _alone(self, item: Item) -> Outcome:
+        from weightcli.child import ChildDied, run_in_child
+
+        started = time.perf_counter()
+        try:
+            return run_in_child(_call, self.task, item, self.debug, self.spell)
+        except ChildDied as exc:
+            return Outcome(
+                str(item.path),
+                2,
+                time.perf_counter() - started,
+                error=f"{item.label}: {exc} while processing this model",
+                label=item.label,
+            )
 
 
 def _end_with_parent(parent: int) -> None:

@@ -39,6 +39,10 @@ class WeightcliError(Exception):
     exit_code = 2
     template: str | None = None
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Raised in a worker or child process and raised again here: keep the template.
+        return (_rebuild, (type(self), str(self), self.template))
+
     @classmethod
     def naming(cls, template: str) -> WeightcliError:
         err = cls(_render(template, plain_name))
@@ -82,10 +86,18 @@ class OutputError(WeightcliError):
 class MissingExtraError(WeightcliError):
     """A feature needs an optional dependency that is not installed."""
 
-    def __init__(self, feature: str, extra: str, module: str) -> None:
-        super().__init__(
+    @classmethod
+    def of(cls, feature: str, extra: str, module: str) -> MissingExtraError:
+        return cls(
             f"{feature} needs {module}, which is not installed: pip install 'weightcli[{extra}]'"
         )
+
+
+def _rebuild(cls: type[WeightcliError], message: str, template: str | None) -> WeightcliError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    err.template = template
+    return err
 
 
 def literal(text: object) -> str:

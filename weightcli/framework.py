@@ -62,7 +62,7 @@ def _quiet_tf() -> None:
             import keras  # noqa: F401
             import tensorflow  # noqa: F401
     except ImportError as exc:
-        raise MissingExtraError(
+        raise MissingExtraError.of(
             "loading a model (verify without --no-load, scale --by-activation)",
             "tf",
             exc.name or "tensorflow",
@@ -327,6 +327,10 @@ def _read_inputs(r: Runnable, path: Path) -> dict[str, np.ndarray]:
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: cannot read as .npy/.npz: {exc}") from exc
     names = list(r.inputs)
+    if isinstance(data, np.ndarray) and data.size == 0:
+        raise UsageError(f"{path}: the input array is empty")
+    if not isinstance(data, np.ndarray) and any(data[k].size == 0 for k in data.files):
+        raise UsageError(f"{path}: an input array is empty")
     if isinstance(data, np.ndarray):
         if len(names) != 1:
             raise UsageError(

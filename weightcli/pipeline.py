@@ -141,6 +141,8 @@ def plan(store: Store, steps: Sequence[Step]) -> list[tuple[TensorInfo, list[Ten
             )
     out = []
     for t in tensors:
+        if t.size == 0:
+            continue  # nothing to transform in an empty tensor
         ops = [op for s in steps if s.selects(t) and (op := s.op(t)) is not None]
         if ops:
             out.append((t, ops))

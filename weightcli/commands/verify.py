@@ -8,12 +8,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from weightcli.checks import FAIL, SKIP, reference_checks, static_checks
+from weightcli.child import ChildDied, run_in_child
 from weightcli.compare import check_tolerances
 from weightcli.errors import ParameterError
 from weightcli.results import Check, VerifyResult
 from weightcli.stores import open_store
 
 __all__ = ["VerifyRequest", "VerifyResult", "run"]
+
+# The generated input's batch size, at most (memory grows with it).
+MAX_BATCH = 4096
 
 
 @dataclass(frozen=True)
@@ -36,14 +40,18 @@ class VerifyRequest:
             math.isfinite(self.min_cosine) and -1 <= self.min_cosine <= 1
         ):
             raise ParameterError(f"{{min_cosine}} must be between -1 and 1, got {self.min_cosine}")
-        if self.batch < 1:
-            raise ParameterError("{batch} must be at least 1")
+        if not 1 <= self.batch <= MAX_BATCH:
+            raise ParameterError(f"{{batch}} must be from 1 to {MAX_BATCH}, got {self.batch}")
         if not 0 <= self.seed < 2**32:
             raise ParameterError(f"{{seed}} must be from 0 to 2**32-1, got {self.seed}")
 
 
 def run(request: VerifyRequest, path: str | Path) -> VerifyResult:
-    """Every check for one checkpoint. Opening errors propagate (exit 2: could not verify)."""
+    """Every check for one checkpoint. Opening errors propagate (exit 2: could not verify).
+
+    The framework checks (load, forward pass, outputs) run in a child process: a model
+    that makes TensorFlow abort fails its "loads" check with the signal, and the caller
+    goes on (a batch reports the models after it)."""
     result = VerifyResult(str(path))
     with open_store(path) as store:
         checks, _ = static_checks(store)
@@ -51,44 +59,46 @@ def run(request: VerifyRequest, path: str | Path) -> VerifyResult:
         if request.reference is not None:
             with open_store(request.reference) as ref:
                 result.checks += reference_checks(store, ref)
-        if request.no_load:
-            return result
-        from weightcli import framework
-
-        runnable, check = framework.load(Path(path), store, request.architecture)
-        result.checks.append(check)
-    if runnable is None:
+    if request.no_load:
         return result
+    try:
+        result.checks += run_in_child(framework_checks, request, Path(path))
+    except ChildDied as exc:
+        result.checks.append(
+            Check("loads", FAIL, f"the framework crashed loading or running it: {exc}")
+        )
+    return result
+
+
+def framework_checks(request: VerifyRequest, path: Path) -> list[Check]:
+    """Load the model with its framework, run it, and compare with the reference's outputs."""
     from weightcli import framework
 
+    out: list[Check] = []
+    with open_store(path) as store:
+        runnable, check = framework.load(path, store, request.architecture)
+    out.append(check)
+    if runnable is None:
+        return out
     feed = framework.make_inputs(runnable, request.seed, request.batch, request.input_file)
     outs, check = framework.run(runnable, feed)
-    result.checks.append(check)
-    if request.reference is not None and outs is not None:
-        with open_store(request.reference) as ref_store:
-            ref_runnable, ref_check = framework.load(
-                request.reference, ref_store, request.architecture
-            )
-        if ref_runnable is None:
-            result.checks.append(
-                Check(
-                    "outputs match reference", SKIP, f"reference did not load: {ref_check.detail}"
-                )
-            )
-        else:
-            ref_outs, ref_run = framework.run(ref_runnable, feed)
-            if ref_outs is None:
-                result.checks.append(
-                    Check(
-                        "outputs match reference",
-                        FAIL,
-                        f"reference failed to run: {ref_run.detail}",
-                    )
-                )
-            else:
-                result.checks.append(
-                    framework.compare_outputs(
-                        outs, ref_outs, request.atol, request.rtol, request.min_cosine
-                    )
-                )
-    return result
+    out.append(check)
+    if request.reference is None or outs is None:
+        return out
+    with open_store(request.reference) as ref_store:
+        ref_runnable, ref_check = framework.load(request.reference, ref_store, request.architecture)
+    if ref_runnable is None:
+        out.append(
+            Check("outputs match reference", SKIP, f"reference did not load: {ref_check.detail}")
+        )
+        return out
+    ref_outs, ref_run = framework.run(ref_runnable, feed)
+    if ref_outs is None:
+        out.append(
+            Check("outputs match reference", FAIL, f"reference failed to run: {ref_run.detail}")
+        )
+        return out
+    out.append(
+        framework.compare_outputs(outs, ref_outs, request.atol, request.rtol, request.min_cosine)
+    )
+    return out

@@ -81,7 +81,9 @@ class Window(io.RawIOBase):
         """The zip CRC-32 of the window's bytes (a damaged archive is refused, not laundered)."""
         crc = 0
         for pos in range(0, self.size, 1 << 22):
-            crc = zlib.crc32(os.pread(self._fd, min(1 << 22, self.size - pos), self.start + pos), crc)
+            crc = zlib.crc32(
+                os.pread(self._fd, min(1 << 22, self.size - pos), self.start + pos), crc
+            )
         if crc != expected:
             raise zipfile.BadZipFile(f"Bad CRC-32 for {label}")
 
@@ -117,7 +119,9 @@ class ArchiveStore(H5Store):
             )
         try:
             config = self._json("config.json")
-            metadata = self._json("metadata.json") if "metadata.json" in self._zip.namelist() else {}
+            metadata = (
+                self._json("metadata.json") if "metadata.json" in self._zip.namelist() else {}
+            )
         except BaseException:
             self._zip.close()
             raise

@@ -143,6 +143,10 @@ def index(f: h5py.File, size_limit: int) -> dict[str, Dset]:
     return out
 
 
+# Attributes (model configs, name lists, histories) are read up to this size.
+MAX_ATTR_BYTES = 64 << 20
+
+
 def read_attr(obj: h5py.HLObject, name: str) -> Any:
     """An attribute, reassembling the ``name0``, ``name1``, ... chunks Keras splits large ones into."""
     value = _attr(obj, name)
@@ -164,6 +168,15 @@ def _attr(obj: h5py.HLObject, name: str) -> Any:
     if not h5py.h5a.exists(obj.id, key):
         return None
     aid = h5py.h5a.open(obj.id, key)
+    try:
+        stored = aid.get_storage_size()
+    except RuntimeError:  # HDF5 reports an empty attribute as an error
+        stored = 0
+    if stored > MAX_ATTR_BYTES:
+        raise CorruptError(
+            f"{obj.file.filename}: attribute {name} of {obj.name} is {stored} bytes "
+            f"(limit {MAX_ATTR_BYTES >> 20} MiB)"
+        )
     dtype = aid.dtype
     vlen = h5py.check_string_dtype(dtype) if dtype.kind == "O" else None
     simple = dtype.kind in "Sfiub" or (vlen is not None and vlen.length is None)

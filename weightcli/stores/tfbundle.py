@@ -693,7 +693,9 @@ def _refuse_links_out(root: Path) -> None:
             try:
                 target = p.resolve(strict=False)
             except (OSError, RuntimeError) as exc:  # a loop
-                raise UnsupportedError(f"{p}: a symbolic link that cannot be resolved: {exc}") from exc
+                raise UnsupportedError(
+                    f"{p}: a symbolic link that cannot be resolved: {exc}"
+                ) from exc
             if target != top and top not in target.parents:
                 raise UnsupportedError(
                     f"{p}: a symbolic link out of the model folder (to {os.readlink(p)}): refused"
