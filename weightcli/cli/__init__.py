@@ -82,6 +82,12 @@ class WeightcliGroup(click.Group):
             ctx.exit(128 + signal_no)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
+        except BrokenPipeError:
+            # The reader went away (`| head`): stop quietly, as a command killed by
+            # SIGPIPE would (exit 128 + 13).
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(128 + signal.SIGPIPE)
         except RecursionError:
             if debug:
                 raise

@@ -108,6 +108,7 @@ class ArchiveStore(H5Store):
     """A ``.keras`` archive, read through its ``model.weights.h5`` member."""
 
     def __init__(self, path: Path) -> None:
+        self.path = path
         try:
             self._zip = zipfile.ZipFile(path)
         except (zipfile.BadZipFile, OSError) as exc:

@@ -7,6 +7,7 @@ this interface, so every format gets every command.
 from __future__ import annotations
 
 import abc
+import contextlib
 import difflib
 import math
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from weightcli.errors import UsageError
+from weightcli.errors import OutputError, UsageError
 from weightcli.tensor import TensorInfo
 
 # Largest block handed out at once, in elements (float32: 1 MiB). Bounds memory
@@ -200,15 +201,28 @@ class Patcher(abc.ABC):
         self._expect_open("write")
         if info.path not in self._begun:
             raise PatcherStateError(f"write() of {info.name} before begin()")
-        self._write(info, block, data)
+        with self._writing():
+            self._write(info, block, data)
 
     def set_history(self, history: list[dict[str, Any]]) -> None:
         """Record the provenance list in the output (once, after the last write)."""
         self._expect_open("set_history")
         if self._history_set:
             raise PatcherStateError("set_history() called twice")
-        self._set_history(history)
+        with self._writing():
+            self._set_history(history)
         self._history_set = True
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A failed write (a full disk, a file size limit) is one clear error."""
+        try:
+            yield
+        except OutputError:
+            raise
+        except OSError as exc:
+            out = getattr(self, "out", "the output")
+            raise OutputError(f"{out}: cannot write: {exc.strerror or exc}") from exc
 
     def _expect_open(self, call: str) -> None:
         if self._done:
@@ -239,7 +253,8 @@ class Patcher(abc.ABC):
         if not self._done:
             if not self._history_set:
                 raise PatcherStateError("commit() before set_history()")
-            self._commit()
+            with self._writing():
+                self._commit()
             self._done = True
 
     def abort(self) -> None:

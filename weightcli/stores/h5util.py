@@ -139,7 +139,10 @@ def index(f: h5py.File, size_limit: int) -> dict[str, Dset]:
     out: dict[str, Dset] = {}
     for name in names:
         path = "/" + name
-        out[path] = describe(h5py.h5d.open(f.id, path.encode()), path, size_limit)
+        dsid = h5py.h5d.open(f.id, path.encode())
+        if dsid.get_space().get_simple_extent_type() == h5py.h5s.NULL:
+            continue  # a NULL dataspace holds no values: not a tensor
+        out[path] = describe(dsid, path, size_limit)
     return out
 
 

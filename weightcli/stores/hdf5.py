@@ -98,7 +98,12 @@ class H5Store(Store):
         if self._archive_config is not None:
             return self._archive_config
         if not hasattr(self, "_parsed_config"):
-            self._parsed_config = naming.parse_json(h5util.read_attr(self._file, "model_config"))
+            try:
+                self._parsed_config = naming.parse_json(
+                    h5util.read_attr(self._file, "model_config")
+                )
+            except RecursionError as exc:
+                raise CorruptError(f"{self.label}: model_config is nested too deeply") from exc
         return self._parsed_config
 
     def _meta(self) -> StoreMeta:
@@ -188,11 +193,15 @@ class H5Store(Store):
         weights: list[tuple[str, str, h5util.Dset, str | None]] = []
         groups: list[str] = []  # the top-level layer group of each weight
         seen: set[str] = set()
-        for layer in naming.decode(h5util.read_attr(root, "layer_names")) or []:
+        for layer in naming.names(
+            h5util.read_attr(root, "layer_names"), f"{self.label}: layer_names"
+        ):
             if layer not in root:
                 continue
             group = root[layer]
-            for wname in naming.decode(h5util.read_attr(group, "weight_names")) or []:
+            for wname in naming.names(
+                h5util.read_attr(group, "weight_names"), f"{self.label}: {layer}/weight_names"
+            ):
                 path = f"{group.name}/{wname}"
                 ds = self._index.get(path)
                 if ds is None:

@@ -22,6 +22,8 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from weightcli.errors import CorruptError
+
 # Variable names of common Keras 3 layers, in the order Keras creates them.
 KERAS3_VARS: dict[str, list[str]] = {
     "Dense": ["kernel", "bias"],
@@ -158,6 +160,19 @@ def strip_common_root(
     if root is not None and root in set(layers):
         return None  # a layer's own name (a single wrapper layer), not the model's
     return root
+
+
+def names(value: Any, what: str) -> list[str]:
+    """A Keras name-list attribute (``layer_names``, ``weight_names``) as strings; anything
+    else is a damaged file (CorruptError naming ``what``)."""
+    decoded = decode(value)
+    if decoded is None:
+        return []
+    if isinstance(decoded, str):
+        decoded = [decoded]
+    if not isinstance(decoded, list) or not all(isinstance(v, str) for v in decoded):
+        raise CorruptError(f"{what} is not a list of names")
+    return decoded
 
 
 def decode(value: Any) -> Any:

@@ -31,7 +31,7 @@ import google_crc32c
 import numpy as np
 
 from weightcli.dtypes import itemsize, to_numpy
-from weightcli.errors import CorruptError, InputError, UnsupportedError
+from weightcli.errors import CorruptError, InputError, OutputError, UnsupportedError
 from weightcli.stores import naming, tfproto, tftable
 from weightcli.stores.base import BLOCK_ELEMS, Block, Format, Patcher, Store, StoreMeta, split
 from weightcli.stores.detect import Container, checkpoint_prefix, index_path
@@ -579,6 +579,10 @@ class TFPatcher(Patcher):
                 dst.touch()
                 shutil.copymode(src, dst)
                 self._copies.append(RangeCopy(src, dst))
+        except (OSError, shutil.Error) as exc:
+            self._close_copies()
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise OutputError(f"{out}: cannot write: {_first_os_error(exc)}") from exc
         except BaseException:
             self._close_copies()
             shutil.rmtree(self.tmp, ignore_errors=True)
@@ -679,6 +683,16 @@ class TFPatcher(Patcher):
     def _abort(self) -> None:
         self._close_copies()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _first_os_error(exc: BaseException) -> str:
+    """The first reason in an OSError or a copytree ``shutil.Error`` (a list of them)."""
+    if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list):
+        first = exc.args[0][0]
+        return str(first[-1]) if isinstance(first, tuple) else str(first)
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return str(exc)
 
 
 def _refuse_links_out(root: Path) -> None:
