@@ -258,3 +258,37 @@ def test_savedmodel_links_are_never_read_through(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     alias = tmp_path / "o" / "assets" / "alias.txt"
     assert alias.is_symlink() and os.readlink(alias) == "vocab.txt"
+
+
+def test_big_endian_data_is_transformed_and_stays_big_endian(tmp_path: Path) -> None:
+    src = tmp_path / "be.h5"
+    x = (np.arange(12).reshape(3, 4) - 5).astype(">f4")
+    with h5py.File(src, "w") as f:
+        f["dense/kernel"] = x
+    for args, want in (
+        (["scale", "2"], x.astype("f4") * 2),
+        (["clip", "--abs-max", "3"], np.clip(x.astype("f4"), -3, 3)),
+    ):
+        out = tmp_path / f"{args[0]}.h5"
+        res = subprocess.run(
+            [sys.executable, "-m", "weightcli", args[0], str(src), *args[1:], "-o", str(out)],
+            capture_output=True,
+            text=True,
+        )
+        assert res.returncode == 0, res.stderr
+        with h5py.File(out) as f:
+            assert f["dense/kernel"].dtype == np.dtype(">f4")
+            np.testing.assert_array_equal(f["dense/kernel"][()], want)
+
+
+def test_names_the_system_refuses_are_one_line(tmp_path: Path) -> None:
+    long = "a" * 300 + ".h5"
+    for args in (
+        ["inspect", str(tmp_path / long)],
+        ["scale", str(SAMPLES / "mlp_keras3.h5"), "2", "-o", str(tmp_path / long)],
+    ):
+        res = subprocess.run(
+            [sys.executable, "-m", "weightcli", *args], capture_output=True, text=True
+        )
+        assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
+        assert "too long" in res.stderr and "internal error" not in res.stderr

@@ -88,6 +88,13 @@ def checkpoint_prefix(path: Path) -> Path | None:
 
 def detect(path: Path) -> Container:
     """The container ``path`` holds; raises InputError when it is not a model."""
+    try:
+        return _detect(path)
+    except OSError as exc:  # a name too long, a loop of links, ...
+        raise InputError(f"{path}: cannot be read: {exc.strerror or exc}") from exc
+
+
+def _detect(path: Path) -> Container:
     if path.is_dir():
         if not os.access(path, os.R_OK | os.X_OK):
             raise InputError(f"{path}: a directory that cannot be read (permission denied)")

@@ -372,7 +372,10 @@ class H5Store(Store):
                 arr = h5util.read_direct(*self._raw, ds, block)
                 if arr is not None:
                     return arr
-            return h5util.read_dataset(ds.dataset, info.dtype, block)
+            arr = h5util.read_dataset(ds.dataset, info.dtype, block)
+            if arr.dtype.byteorder not in "=|":  # big-endian data: computed on natively,
+                arr = arr.astype(arr.dtype.newbyteorder("="))  # written back as stored
+            return arr
         except OSError as exc:
             raise CorruptError(
                 f"{self.label}: cannot read {info.name} (truncated file?): {h5util.first_line(exc)}"

@@ -34,9 +34,11 @@ def output_target(src: Path, raw: str | Path | None, name: str) -> Path | None:
         return None
     text = str(raw)
     out = Path(text)
-    if not src.is_dir() and (
-        text.endswith(("/", os.sep)) or (out.is_dir() and not out.is_symlink())
-    ):
+    try:
+        folder = out.is_dir() and not out.is_symlink()
+    except OSError as exc:  # a name too long, ...
+        raise OutputError(f"{out}: cannot be written: {exc.strerror or exc}") from exc
+    if not src.is_dir() and (text.endswith(("/", os.sep)) or folder):
         return out / name
     return out
 
@@ -48,6 +50,22 @@ def resolve_output(
     force: bool,
     mkdirs: bool = False,
     dry_run: bool = False,
+) -> Path:
+    """Where to write ``src``'s patched copy (see ``_resolve``); an output path the system
+    refuses (a name too long, ...) is one clear error."""
+    try:
+        return _resolve(src, out, in_place, force, mkdirs, dry_run)
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot be written: {exc.strerror or exc}") from exc
+
+
+def _resolve(
+    src: Path,
+    out: Path | None,
+    in_place: bool,
+    force: bool,
+    mkdirs: bool,
+    dry_run: bool,
 ) -> Path:
     """Where to write ``src``'s patched copy, enforcing the refusal rules.
 
