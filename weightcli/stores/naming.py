@@ -86,7 +86,7 @@ def strip_suffix(name: str) -> str:
 def kind_of(name: str) -> str:
     """The kind of a weight from its canonical name (last part, Keras 1 suffixes mapped)."""
     last = name.rsplit("/", 1)[-1]
-    if last in KNOWN_KINDS:
+    if last in KNOWN_KINDS or last in QUANT_PARAMS:
         return last
     m = re.match(r".*?_(W|b|U|gamma|beta|running_mean|running_std)(_[a-z])?$", last)
     if m:
@@ -116,10 +116,64 @@ def class_from_group(group_name: str) -> str | None:
     return SNAKE_TO_CLASS.get(base)
 
 
+# Natively quantized layers (``model.quantize(mode)``, Keras 3.15): the variables each
+# class saves per mode, in order (its ``variable_serialization_spec``). Entries in
+# OPTIONAL_QUANT are written only for some settings (use_bias, sub-channel int4).
+QUANTIZED_VARS: dict[str, dict[str, list[str]]] = {
+    "Dense": {
+        "int8": ["kernel", "bias", "kernel_scale"],
+        "int4": ["kernel", "bias", "kernel_scale", "kernel_zero", "g_idx"],
+        "float8": [
+            "kernel",
+            "bias",
+            "inputs_scale",
+            "inputs_amax_history",
+            "kernel_scale",
+            "kernel_amax_history",
+            "outputs_grad_scale",
+            "outputs_grad_amax_history",
+        ],
+    },
+    "Embedding": {
+        "int8": ["embeddings", "embeddings_scale"],
+        "int4": ["embeddings", "embeddings_scale", "embeddings_zero", "g_idx"],
+    },
+}
+QUANTIZED_VARS["EinsumDense"] = QUANTIZED_VARS["Dense"]
+OPTIONAL_QUANT = ("bias", "kernel_zero", "g_idx", "embeddings_zero")
+# Variables of a quantized layer that hold quantization parameters, not weights.
+QUANT_PARAMS = frozenset(
+    n for spec in QUANTIZED_VARS.values() for names in spec.values() for n in names
+) - {"kernel", "bias", "embeddings"}
+
+
+def quantization_mode(config: dict[str, Any] | None) -> str | None:
+    """The mode of a layer quantized by Keras (``QuantizedDTypePolicy`` in its config)."""
+    dtype = (config or {}).get("dtype")
+    if not isinstance(dtype, dict):
+        return None
+    mode = (dtype.get("config") or {}).get("mode")  # QuantizedDTypePolicy, Int4DTypePolicy, ...
+    if mode:
+        return str(mode)
+    return "unknown" if "Quantized" in str(dtype.get("class_name", "")) else None
+
+
 def keras3_var_names(
     layer_class: str | None, count: int, config: dict[str, Any] | None
 ) -> list[str] | None:
     """Names of a Keras 3 layer's ``vars/0..count-1``, or None when the rule does not apply."""
+    mode = quantization_mode(config)
+    if mode is not None:
+        spec = QUANTIZED_VARS.get(layer_class or "", {}).get(mode.split("/")[0])  # int4/128
+        if spec is None:
+            return None
+        names = list(spec)
+        if (config or {}).get("use_bias") is False and "bias" in names:
+            names.remove("bias")
+        for optional in reversed(OPTIONAL_QUANT):
+            if len(names) > count and optional in names and optional != "bias":
+                names.remove(optional)
+        return names if len(names) == count else None
     if layer_class is None or layer_class not in KERAS3_VARS:
         return None
     names = list(KERAS3_VARS[layer_class])
