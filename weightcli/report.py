@@ -129,6 +129,8 @@ def inspect_table(result: InspectResult, layers: bool) -> object:
                 label.append(f" {t.layer_class}", "dim")
             last = layer
         name = t.name + (f" (x{len(t.copies) + 1} copies)" if t.copies else "")
+        if t.quantized and t.kind in ("kernel", "embeddings") and not t.is_float:
+            name += f" ({t.quantized} codes)"
         row: list[Cell] = [
             label,
             name,
@@ -153,6 +155,22 @@ def inspect_table(result: InspectResult, layers: bool) -> object:
                     _bad(st.inf),
                 ]
         rows.append(row)
+        if rep.dequantized is not None and with_stats:
+            d = rep.dequantized
+            deq_row: list[Cell] = ["", "  = dequantized", fmt_shape(t.shape), "float32", "", ""]
+            rows.append(
+                deq_row
+                + [
+                    fmt_num(d.min),
+                    fmt_num(d.max),
+                    fmt_num(d.mean),
+                    fmt_num(d.std),
+                    fmt_num(d.abs_max),
+                    f"{d.zeros_pct:.1f}",
+                    _bad(d.nan),
+                    _bad(d.inf),
+                ]
+            )
     return table(headers, rows, ends)
 
 
@@ -230,6 +248,9 @@ def _json_default(o: Any) -> Any:
 
 
 def _figure_text(fig: dict[str, Any]) -> str:
+    if "factor" in fig and "via" in fig:
+        how = "/" if fig.get("divide") else "x"
+        return f"x{fmt_num(fig['factor'])} (as {fig['via']} {how} {fmt_num(fig['factor'])})"
     if "factor" in fig:
         return f"x{fmt_num(fig['factor'])}"
     if "clipped" in fig and fig["min"] is None and fig["max"] is None:

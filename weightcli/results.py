@@ -67,10 +67,12 @@ def name_list(items: list[str], limit: int = 5) -> str:
 
 @dataclass
 class TensorReport:
-    """One tensor of ``inspect``: its metadata and (unless ``--no-stats``) its statistics."""
+    """One tensor of ``inspect``: its metadata and (unless ``--no-stats``) its statistics;
+    for a natively quantized layer's int8 codes, also the dequantized weights' statistics."""
 
     info: TensorInfo
     stats: TensorStats | None
+    dequantized: TensorStats | None = None
 
 
 @dataclass
@@ -128,8 +130,12 @@ class InspectResult:
             }
             if t.copies:
                 item["copies"] = [t.path, *t.copies]
+            if t.quantized:
+                item["quantized"] = t.quantized
             if rep.stats is not None:
                 item["stats"] = rep.stats.to_json()
+            if rep.dequantized is not None:
+                item["dequantized"] = rep.dequantized.to_json()
             tensors.append(item)
         return clean(
             {

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from weightcli.errors import UsageError
+from weightcli.stores.naming import QUANT_PARAMS
 from weightcli.tensor import TensorInfo
 
 
@@ -33,6 +34,10 @@ class Selection:
         if t.optimizer and not self.include_optimizer:
             return False
         if self.floats_only and not t.is_float:
+            return False
+        # A quantized layer's scales are how to read its codes, not weights: transforms
+        # reach them through the layer's kernel (scale) or only when named by kind.
+        if self.floats_only and t.quantized and t.kind in QUANT_PARAMS and t.kind not in self.kinds:
             return False
         if self.select and not any(match(t.name, g) for g in self.select):
             return False

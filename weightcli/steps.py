@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from weightcli.dtypes import to_numpy
-from weightcli.errors import ParameterError, literal
+from weightcli.errors import ParameterError, UnsupportedError, literal
 from weightcli.select import Selection
 from weightcli.stats import RunningStats
 from weightcli.stores.base import Block
@@ -106,15 +106,57 @@ NORMALISATION_KINDS = frozenset({"gamma", "beta", "moving_mean", "moving_varianc
 
 
 class _ScaleOp(TensorOp):
-    def __init__(self, info: TensorInfo, factor: float) -> None:
+    def __init__(
+        self, info: TensorInfo, factor: float, via: str | None = None, divide: bool = False
+    ) -> None:
         super().__init__(info)
         self.factor = factor
+        self.via = via  # a quantized layer: the factor reaches its kernel through this scale
+        self.divide = divide  # codes / scale (int8, per-channel int4), else codes * scale
 
     def apply(self, where: Block, block: np.ndarray, count: bool = True) -> np.ndarray:
-        return scalemod.scale(block, self.factor)
+        return scalemod.scale(block, 1.0 / self.factor if self.divide else self.factor)
 
     def figures(self) -> dict[str, Any]:
+        if self.via is not None:
+            return {"factor": self.factor, "via": self.via, "divide": self.divide}
         return {"factor": self.factor}
+
+
+# A natively quantized layer's codes are dequantized with its scale: as codes / scale
+# (int8, per-channel int4: scaling the weights divides the scale) or, for sub-channel
+# int4 ("int4/128"), as (codes - zero) * scale (scaling them multiplies it).
+SCALE_OF = {"kernel_scale": "kernel", "embeddings_scale": "embeddings"}
+
+
+def codes_of(info: TensorInfo) -> TensorInfo | None:
+    """For the scale of a quantized layer's codes: the weight it stands for (named and
+    typed as that float weight), which selections and factors are decided on."""
+    if not info.quantized or info.kind not in SCALE_OF:
+        return None
+    kind = SCALE_OF[info.kind]
+    return replace(
+        info,
+        name=info.name.rsplit("/", 1)[0] + "/" + kind,
+        kind=kind,
+        dtype="float32",
+        quantized=None,
+    )
+
+
+def refuse_quantized(step: Step, tensors: list[TensorInfo]) -> None:
+    """Clip and quantize act on float values; a quantized layer's integer codes cannot be
+    changed exactly by them: refused, naming the layer, rather than silently skipped."""
+    loose = replace(step.selection, floats_only=False)
+    for t in tensors:
+        if t.quantized and t.kind in ("kernel", "embeddings") and loose.matches(t):
+            layer = t.name.rsplit("/", 1)[0]
+            raise UnsupportedError.naming(
+                f"{literal(t.name)} is stored quantized ({literal(t.quantized)} codes): "
+                f"{step.command} works on float weights and cannot change the codes exactly; "
+                f"leave the layer out ({{exclude}} '{literal(layer)}/*') or {step.command} "
+                "the float model before quantizing it"
+            )
 
 
 @dataclass
@@ -149,10 +191,11 @@ class ScaleStep(Step):
         return factor
 
     def selects(self, info: TensorInfo) -> bool:
+        weight = codes_of(info) or info
         return (
-            self.selection.matches(info)
-            and not self.leaves_out(info)
-            and self.factor_for(info) is not None
+            self.selection.matches(weight)
+            and not self.leaves_out(weight)
+            and self.factor_for(weight) is not None
         )
 
     def check(self, tensors: list[TensorInfo]) -> None:
@@ -195,8 +238,23 @@ class ScaleStep(Step):
         return info.kind in NORMALISATION_KINDS and not named and sel.matches(info)
 
     def op(self, info: TensorInfo) -> TensorOp | None:
-        factor = self.factor_for(info)
-        return _ScaleOp(info, factor) if factor is not None else None
+        weight = codes_of(info)
+        factor = self.factor_for(weight or info)
+        if factor is None:
+            return None
+        if weight is None:
+            return _ScaleOp(info, factor)
+        if not (info.quantized or "").startswith(("int8", "int4")):
+            raise UnsupportedError(
+                f"{literal(weight.name)}: scaling a {info.quantized}-quantized layer is not supported"
+            )
+        if factor == 0:
+            raise UnsupportedError(
+                f"{literal(weight.name)} is stored quantized: a factor of 0 cannot be written "
+                "into its scale (dequantized as codes / scale)"
+            )
+        mode = info.quantized or ""
+        return _ScaleOp(info, factor, via=info.kind, divide=not mode.startswith("int4/"))
 
     def params(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -324,6 +382,9 @@ class ClipStep(Step):
             raise ParameterError(f"{{sigma}} must be a finite number > 0, got {self.sigma}")
         if self.nonfinite not in clipmod.NONFINITE:
             raise ParameterError(f"{{nonfinite}} must be one of {', '.join(clipmod.NONFINITE)}")
+
+    def check(self, tensors: list[TensorInfo]) -> None:
+        refuse_quantized(self, tensors)
 
     def op(self, info: TensorInfo) -> TensorOp | None:
         return _ClipOp(info, self)
@@ -502,6 +563,9 @@ class QuantizeStep(Step):
             raise ParameterError(f"{{scheme}} must be one of {', '.join(qmod.SCHEMES)}")
         if self.granularity not in ("per-channel", "per-tensor"):
             raise ParameterError("{granularity} must be per-channel or per-tensor")
+
+    def check(self, tensors: list[TensorInfo]) -> None:
+        refuse_quantized(self, tensors)
 
     def selects(self, info: TensorInfo) -> bool:
         if not self.selection.matches(info):

@@ -17,6 +17,8 @@ class TensorInfo:
     the same whichever format holds the model. ``path`` says where the store finds
     it (an HDF5 path or a checkpoint key); ``copies`` lists further paths that hold
     the same variable (Keras 3 SavedModel exports store each variable twice).
+    ``quantized`` is set on every variable of a layer Keras quantized natively: its
+    ``kernel``/``embeddings`` hold integer codes, its ``*_scale`` how to dequantize them.
     """
 
     name: str
@@ -28,6 +30,7 @@ class TensorInfo:
     layer_class: str | None = None
     optimizer: bool = False
     copies: tuple[str, ...] = field(default=())
+    quantized: str | None = None  # a natively quantized layer's mode (int8, int4/128, ...)
 
     @property
     def size(self) -> int:

@@ -73,6 +73,11 @@ def _print_pair(result: diff_cmd.DiffResult | diff_cmd.UnpairedResult, all_rows:
 )
 @click.option("--include-optimizer", is_flag=True, help="Compare optimizer state too.")
 @click.option(
+    "--dequantize/--no-dequantize",
+    default=None,
+    help="Compare natively quantized layers by their dequantized weights (default: when either side has them).",
+)
+@click.option(
     "--all-rows",
     is_flag=True,
     help="List identical tensors too (default: only the ones that differ).",
@@ -91,6 +96,7 @@ def diff(
     select: tuple[str, ...],
     exclude: tuple[str, ...],
     include_optimizer: bool,
+    dequantize: bool | None,
     all_rows: bool,
     recursive: bool,
     jobs: int | None,
@@ -126,6 +132,7 @@ def diff(
         rtol=rtol,
         nan_equal=nan_equal,
         structure=structure,
+        dequantize=dequantize,
     )
     pa, pb = Path(a), Path(b)
     pairs = pa.is_dir() and pb.is_dir() and (recursive or not (_is_model(pa) or _is_model(pb)))

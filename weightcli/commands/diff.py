@@ -10,15 +10,18 @@ from weightcli.batch import Item, discover
 from weightcli.compare import check_tolerances, diff_stores, parse_map
 from weightcli.results import JSON, DiffResult
 from weightcli.select import Selection
-from weightcli.stores import open_store
+from weightcli.stores import Store, open_store
 from weightcli.stores.base import BLOCK_ELEMS
+from weightcli.stores.quantized import DequantizedStore, has_quantized
 
 __all__ = ["DiffRequest", "DiffResult", "UnpairedResult", "pair_items", "run"]
 
 
 @dataclass(frozen=True)
 class DiffRequest:
-    """Which tensors, how A's names map onto B's, and the tolerances (numpy's meaning)."""
+    """Which tensors, how A's names map onto B's, and the tolerances (numpy's meaning).
+    ``dequantize`` compares natively quantized layers by their dequantized weights
+    (codes / scale; by default when either side has such layers)."""
 
     selection: Selection = field(default_factory=lambda: Selection(floats_only=False))
     maps: tuple[str, ...] = ()
@@ -27,6 +30,7 @@ class DiffRequest:
     nan_equal: bool = False
     structure: bool = False
     block_elems: int = BLOCK_ELEMS
+    dequantize: bool | None = None  # None: when either side holds quantized layers
 
     def __post_init__(self) -> None:
         check_tolerances(self.atol, self.rtol)
@@ -72,9 +76,14 @@ def run(request: DiffRequest, a: str | Path, b: str | Path) -> DiffResult:
     """Compare every selected tensor of A with B's tensor of the same (mapped) name."""
     maps = [parse_map(m) for m in request.maps]
     with open_store(a) as sa, open_store(b) as sb:
+        dequantize = request.dequantize
+        if dequantize is None:
+            dequantize = has_quantized(sa) or has_quantized(sb)
+        va: Store = DequantizedStore(sa) if dequantize else sa
+        vb: Store = DequantizedStore(sb) if dequantize else sb
         return diff_stores(
-            sa,
-            sb,
+            va,
+            vb,
             request.selection,
             maps,
             atol=request.atol,

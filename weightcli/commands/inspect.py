@@ -11,6 +11,7 @@ from weightcli.select import Selection, apply
 from weightcli.stats import tensor_stats
 from weightcli.stores import open_store
 from weightcli.stores.base import BLOCK_ELEMS
+from weightcli.stores.quantized import DequantizedStore, has_quantized
 
 __all__ = ["InspectRequest", "InspectResult", "run"]
 
@@ -41,10 +42,14 @@ def run(request: InspectRequest, path: str | Path) -> InspectResult:
             chosen = apply(tensors, sel, store.meta.has_config)
         else:
             chosen = [t for t in tensors if sel.include_optimizer or not t.optimizer]
+        view = DequantizedStore(store) if has_quantized(store) else None
+        deq = {t.name: t for t in view.tensors()} if view is not None else {}
         reports = []
         for t in chosen:
-            stats = None
+            stats = dequantized = None
             if request.with_stats and t.dtype != "string":
                 stats = tensor_stats(store.blocks(t, request.block_elems))
-            reports.append(TensorReport(t, stats))
+                if view is not None and t.name in view.dequantized:
+                    dequantized = tensor_stats(view.blocks(deq[t.name], request.block_elems))
+            reports.append(TensorReport(t, stats, dequantized))
         return InspectResult(store.path, store.meta, reports, request.fail_on_nonfinite)

@@ -141,6 +141,7 @@ class H5Store(Store):
         optimizer: bool,
         classes: dict[str, str],
         kind: str | None = None,
+        quantized: str | None = None,
     ) -> TensorInfo:
         self._datasets[path] = ds
         return TensorInfo(
@@ -152,6 +153,7 @@ class H5Store(Store):
             layer=layer,
             layer_class=classes.get(layer) if layer else None,
             optimizer=optimizer,
+            quantized=quantized,
         )
 
     def _list(self) -> list[TensorInfo]:
@@ -284,6 +286,7 @@ class H5Store(Store):
         out: list[TensorInfo] = []
         model_vars: list[tuple[str, str, h5util.Dset, str | None]] = []
         groups: dict[str, list[str]] = {}
+        quantized: dict[str, str] = {}
         for p in self._index:
             parent, _, leaf = p.rpartition("/")
             if parent.endswith("/vars"):
@@ -309,13 +312,17 @@ class H5Store(Store):
                     owner.split("/")[-2]
                 )
                 layer_class = f"{parent_class}Cell" if parent_class else None
-            names = naming.keras3_var_names(layer_class, len(members), configs.get(layer or ""))
+            layer_config = configs.get(layer or "")
+            names = naming.keras3_var_names(layer_class, len(members), layer_config)
+            mode = naming.quantization_mode(layer_config)
             prefix = "/".join(chain)
             for i, k in enumerate(members):
                 ds = self._index[f"{path}/{k}"]
                 var = names[i] if names else k
                 name = f"{prefix}/{var}" if prefix else var
                 model_vars.append((name, f"{path}/{k}", ds, layer))
+                if mode:
+                    quantized[name] = mode
                 if layer and layer_class and layer not in classes:
                     classes[layer] = layer_class
         # Model order (as the config lists the layers), not the file's alphabetical order
@@ -327,7 +334,7 @@ class H5Store(Store):
         )
         optimizer = out
         out = [
-            self._info(name, path, ds, layer, False, classes)
+            self._info(name, path, ds, layer, False, classes, quantized=quantized.get(name))
             for _, (name, path, ds, layer) in ranked
         ]
         return out + optimizer

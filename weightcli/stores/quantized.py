@@ -1,0 +1,113 @@
+"""The dequantized view of a checkpoint: each natively quantized layer's integer codes
+read as the float weights Keras computes from them, its scales hidden.
+
+Keras 3 int8 layers store ``kernel`` (or ``embeddings``) as int8 codes and a float
+``kernel_scale`` (``embeddings_scale``); the weight is ``codes / scale``, one scale per
+output channel (Dense: the kernel's last axis) or per row (Embedding: axis 0). Other
+modes (int4, packed two codes a byte; float8) and layouts are shown as stored, and
+``unsupported`` says which.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from weightcli.stores.base import BLOCK_ELEMS, Block, Patcher, Store
+from weightcli.tensor import TensorInfo
+
+SCALE_OF_CODES = {"kernel": "kernel_scale", "embeddings": "embeddings_scale"}
+
+
+class DequantizedStore(Store):
+    """A read-only view of ``inner`` with int8 codes dequantized to float32."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.path = inner.path
+        self.meta = inner.meta
+        by_name = {t.name: t for t in inner.tensors()}
+        self._scales: dict[str, tuple[TensorInfo, int]] = {}  # codes path -> (scale, axis)
+        self.unsupported: list[str] = []
+        hidden: set[str] = set()
+        self._tensors: list[TensorInfo] = []
+        for t in inner.tensors():
+            scale = by_name.get(_scale_name(t)) if t.quantized else None
+            if scale is None or t.kind not in SCALE_OF_CODES:
+                continue
+            axis = _axis(t, scale)
+            if not (t.quantized or "").startswith("int8") or axis is None:
+                self.unsupported.append(t.name)
+                continue
+            self._scales[t.path] = (scale, axis)
+            hidden.add(scale.path)
+        for t in inner.tensors():
+            if t.path in hidden:
+                continue
+            if t.path in self._scales:
+                t = replace(t, dtype="float32", quantized=None)
+            self._tensors.append(t)
+
+    @property
+    def dequantized(self) -> list[str]:
+        """Names of the tensors this view dequantizes."""
+        return [t.name for t in self._tensors if t.path in self._scales]
+
+    def tensors(self) -> list[TensorInfo]:
+        return list(self._tensors)
+
+    def read(self, info: TensorInfo, block: Block | None = None) -> np.ndarray:
+        raw = self.inner.read(self._inner_info(info), block)
+        return self._dequantize(info, block, raw)
+
+    def blocks(
+        self, info: TensorInfo, max_elems: int = BLOCK_ELEMS
+    ) -> Iterator[tuple[Block, np.ndarray]]:
+        for where, raw in self.inner.blocks(self._inner_info(info), max_elems):
+            yield where, self._dequantize(info, where, raw)
+
+    def _inner_info(self, info: TensorInfo) -> TensorInfo:
+        if info.path not in self._scales:
+            return info
+        return next(t for t in self.inner.tensors() if t.path == info.path)
+
+    def _dequantize(self, info: TensorInfo, where: Block | None, raw: np.ndarray) -> np.ndarray:
+        if info.path not in self._scales:
+            return raw
+        scale_info, axis = self._scales[info.path]
+        scale = np.asarray(self.inner.read(scale_info), np.float32).reshape(-1)
+        first = where.origin[axis] if where is not None and where.origin else 0
+        part = scale[first : first + raw.shape[axis]]
+        shape = [1] * raw.ndim
+        shape[axis] = part.size
+        return (raw.astype(np.float32) / part.reshape(shape)).astype(np.float32)
+
+    def _patch(self, out: Path, retype: dict[str, str]) -> Patcher:
+        raise NotImplementedError("the dequantized view is read-only")
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def _scale_name(t: TensorInfo) -> str:
+    return t.name.rsplit("/", 1)[0] + "/" + SCALE_OF_CODES.get(t.kind, "")
+
+
+def _axis(codes: TensorInfo, scale: TensorInfo) -> int | None:
+    """The axis of ``codes`` that ``scale`` runs along, when the layout is one Keras uses
+    for int8 (Dense: the last axis; Embedding: axis 0)."""
+    n = 1
+    for d in scale.shape:
+        n *= d
+    if codes.kind == "kernel" and codes.ndim >= 1 and n == codes.shape[-1]:
+        return codes.ndim - 1
+    if codes.kind == "embeddings" and codes.ndim >= 1 and n == codes.shape[0]:
+        return 0
+    return None
+
+
+def has_quantized(store: Store) -> bool:
+    return any(t.quantized for t in store.tensors())
