@@ -271,6 +271,10 @@ def _load(path: Path, store: Store, architecture: Path | None) -> tuple[Runnable
         if meta.has_graph:
             r = _load_savedmodel(path)
             return r, Check("loads", PASS, f"loaded with {r.how}")
+        if "note" in store.meta.extra:
+            return None, Check(
+                "loads", SKIP, f"cannot load this folder: {store.meta.extra['note']}"
+            )
         return None, Check(
             "loads", SKIP, f"a {store.meta.format_label} holds no graph to load: static checks only"
         )

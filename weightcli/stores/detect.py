@@ -76,6 +76,8 @@ def checkpoint_prefix(path: Path) -> Path | None:
                     target = line.split(":", 1)[1].strip().strip('"')
                     return Path(target) if os.path.isabs(target) else path / target
         indexes = sorted(path.glob("*.index"))
+        if not indexes and index_path(path / "variables" / "variables").is_file():
+            return path / "variables" / "variables"
         if len(indexes) > 1:
             raise InputError(
                 f"{path}: holds {len(indexes)} checkpoints and no 'checkpoint' file: name one prefix"
@@ -107,6 +109,8 @@ def _detect(path: Path) -> Container:
             )
         if (path / "checkpoint").is_file() or any(path.glob("*.index")):
             return Container.TF_CHECKPOINT
+        if index_path(path / "variables" / "variables").is_file():
+            return Container.TF_CHECKPOINT  # a SavedModel without its saved_model.pb
         raise InputError(
             f"{path}: a directory that is neither a SavedModel (no saved_model.pb) nor a TF checkpoint"
         )

@@ -298,6 +298,11 @@ class TFStore(Store):
         )
         if kind == Format.TF_CHECKPOINT:
             self.meta.extra["prefix"] = str(prefix)
+            if path.is_dir() and prefix == path / "variables" / "variables":
+                self.meta.extra["note"] = (
+                    "no saved_model.pb in this folder: its variables read as a TF checkpoint "
+                    "(no graph to load)"
+                )
         if self.bundle.num_shards > 1:
             self.meta.extra["shards"] = self.bundle.num_shards
 
