@@ -26,7 +26,7 @@ from pathlib import Path
 
 from weightcli.errors import OutputError, UsageError, WeightcliError, literal
 from weightcli.results import Result
-from weightcli.stores.detect import looks_like_model
+from weightcli.stores.detect import is_model_folder, looks_like_model
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def _walk(root: Path) -> Iterator[Path]:
         unreadable.clear()
         here = Path(folder)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        if "saved_model.pb" in files:
+        if "saved_model.pb" in files or is_model_folder(here):
             dirs[:] = []
             yield here
             continue

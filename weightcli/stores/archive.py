@@ -25,7 +25,13 @@ from weightcli.errors import CorruptError, InputError, UnsupportedError
 from weightcli.stores.base import Block, Format, Patcher, StoreMeta
 from weightcli.stores.detect import is_keras_archive
 from weightcli.stores.hdf5 import H5Patcher, H5Store
-from weightcli.stores.output import TEMP_TAG, publish, remove_stale_temps, temp_beside
+from weightcli.stores.output import (
+    TEMP_TAG,
+    publish,
+    remove_stale_temps,
+    temp_beside,
+    temp_dir_beside,
+)
 from weightcli.tensor import TensorInfo
 
 WEIGHTS = "model.weights.h5"
@@ -305,3 +311,105 @@ class ArchivePatcher(Patcher):
             self.inner.abort()
         finally:
             self.zip_tmp.unlink(missing_ok=True)
+
+
+FOLDER_LABEL = "Keras 3 model folder (unzipped .keras)"
+
+
+class FolderStore(H5Store):
+    """An unzipped Keras model (``keras.saving.save_model(m, dir, zipped=False)``): the
+    members of a ``.keras`` archive in a folder, read through ``model.weights.h5``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        config = _json_member(path, "config.json")
+        metadata = _json_member(path, "metadata.json") if (path / "metadata.json").is_file() else {}
+        super().__init__(path, src=path / WEIGHTS, config=config, label=f"{path}/{WEIGHTS}")
+        self.kind = Format.KERAS_FOLDER
+        version = metadata.get("keras_version")
+        self.meta = StoreMeta(
+            format=Format.KERAS_FOLDER,
+            format_label=FOLDER_LABEL,
+            writer=f"Keras {version}" if version else None,
+            model_class=config.get("class_name"),
+            model_name=(config.get("config") or {}).get("name"),
+            has_config=True,
+            history=self.meta.history,
+            extra={"saved": metadata.get("date_saved")} if metadata.get("date_saved") else {},
+        )
+
+    def source_region(self) -> tuple[Path, int, int] | None:
+        weights = self.path / WEIGHTS
+        return weights, 0, weights.stat().st_size
+
+    def copy_source_to(self, dest: Path) -> None:
+        shutil.copyfile(self.path / WEIGHTS, dest)
+
+    def _patch(self, out: Path, retype: dict[str, str]) -> Patcher:
+        return FolderPatcher(self, out, retype)
+
+
+def _json_member(folder: Path, name: str) -> dict[str, Any]:
+    path = folder / name
+    try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise CorruptError(
+                f"{path}: {path.stat().st_size} bytes (limit {MAX_JSON_BYTES >> 20} MiB)"
+            )
+        value = json.loads(path.read_bytes())
+    except RecursionError as exc:
+        raise CorruptError(f"{path}: nested too deeply") from exc
+    except (ValueError, OSError) as exc:
+        raise CorruptError(f"{path}: unreadable: {exc}") from exc
+    if not isinstance(value, dict):
+        raise CorruptError(f"{path}: holds {type(value).__name__}, not an object")
+    return value
+
+
+class FolderPatcher(Patcher):
+    """A copy of the model folder (every other file as it is, links as links) in which
+    ``model.weights.h5`` is patched; moved into place whole."""
+
+    def __init__(self, store: FolderStore, out: Path, retype: dict[str, str]) -> None:
+        super().__init__()
+        self.store = store
+        self.out = out
+        self.tmp = temp_dir_beside(out)
+        self.root = self.tmp / "model"
+        try:
+            shutil.copytree(
+                store.path,
+                self.root,
+                symlinks=True,
+                ignore=lambda d, names: [WEIGHTS] if Path(d) == store.path else [],
+            )
+            weights = self.root / WEIGHTS
+            weights.touch()
+            self.inner = H5Patcher(store, out, retype, tmp=weights)
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
+
+    @property
+    def bytes_written(self) -> int:
+        return self.inner.bytes_written
+
+    def _begin(self, info: TensorInfo, dtype: str) -> None:
+        self.inner.begin(info, dtype)
+
+    def _write(self, info: TensorInfo, block: Block, data: Any) -> None:
+        self.inner.write(info, block, data)
+
+    def _set_history(self, history: list[dict[str, Any]]) -> None:
+        self.inner.set_history(history)
+
+    def _commit(self) -> None:
+        self.inner.close_file()
+        publish(self.root, self.out, self.overwrite)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _abort(self) -> None:
+        try:
+            self.inner.abort()
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)

@@ -33,6 +33,7 @@ class Format(StrEnum):
     KERAS_H5_WEIGHTS = "keras-h5-weights"
     KERAS3_WEIGHTS = "keras3-weights-h5"
     KERAS_ARCHIVE = "keras-archive"
+    KERAS_FOLDER = "keras-folder"
     HDF5 = "hdf5"
     SAVEDMODEL = "savedmodel"
     TF_CHECKPOINT = "tf-checkpoint"
@@ -58,7 +59,7 @@ class StoreMeta:
     @property
     def full_model(self) -> bool:
         """Architecture and weights: Keras loads it as a model (``load_model``)."""
-        return self.format in (Format.KERAS_H5, Format.KERAS_ARCHIVE)
+        return self.format in (Format.KERAS_H5, Format.KERAS_ARCHIVE, Format.KERAS_FOLDER)
 
     @property
     def weights_only(self) -> bool:

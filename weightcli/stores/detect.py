@@ -25,6 +25,7 @@ class Container(StrEnum):
 
     HDF5 = "hdf5"
     ZIP = "zip"
+    KERAS_FOLDER = "keras-folder"
     SAVEDMODEL = "savedmodel"
     TF_CHECKPOINT = "tf-checkpoint"
 
@@ -102,6 +103,8 @@ def _detect(path: Path) -> Container:
             raise InputError(f"{path}: a directory that cannot be read (permission denied)")
         if (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file():
             return Container.SAVEDMODEL
+        if is_model_folder(path):
+            return Container.KERAS_FOLDER
         if (path / "export.meta").is_file() or any(path.glob("export-?????-of-?????")):
             raise UnsupportedError(
                 f"{path}: a TensorFlow 0.12 SessionBundle export (export.meta), not a SavedModel; "
@@ -130,6 +133,12 @@ def _detect(path: Path) -> Container:
     raise InputError(
         f"{path}: unknown format (not HDF5, a Keras archive, a SavedModel or a TF checkpoint)"
     )
+
+
+def is_model_folder(path: Path) -> bool:
+    """An unzipped Keras model (``save_model(m, dir, zipped=False)``): an archive's members
+    in a folder."""
+    return all((path / m).is_file() for m in ARCHIVE_MEMBERS)
 
 
 def is_keras_archive(zf: zipfile.ZipFile) -> bool:

@@ -119,6 +119,7 @@ _ALLOWED = {
     Format.KERAS_H5_WEIGHTS: (".h5", ".hdf5"),
     Format.KERAS3_WEIGHTS: (".weights.h5",),
     Format.KERAS_ARCHIVE: (".keras",),
+    Format.KERAS_FOLDER: (),
     Format.HDF5: (".h5", ".hdf5", ".weights.h5"),
     Format.SAVEDMODEL: (),
     Format.TF_CHECKPOINT: (),
@@ -259,7 +260,10 @@ def publish(tmp: Path, out: Path, overwrite: bool) -> None:
     """Move a finished temporary file or folder to ``out``. Without ``overwrite`` an
     ``out`` that appeared meanwhile (another writer) is never replaced: an error."""
     if overwrite:
-        os.replace(tmp, out)
+        if tmp.is_dir() and (out.exists() or out.is_symlink()):
+            _replace_dir(tmp, out)
+        else:
+            os.replace(tmp, out)
         return
     try:
         done = _rename_noreplace(tmp, out)
@@ -270,3 +274,22 @@ def publish(tmp: Path, out: Path, overwrite: bool) -> None:
             f"{literal(out)}: appeared while weightcli was writing it (another writer?); "
             "nothing replaced (use {force} to overwrite)"
         )
+
+
+def _replace_dir(new: Path, out: Path) -> None:
+    """Move ``new`` to ``out``, replacing an existing ``out`` (kept aside until the move succeeded)."""
+    old = None
+    if out.exists() or out.is_symlink():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    try:
+        os.replace(new, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old, out)
+        raise
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)

@@ -655,10 +655,7 @@ class TFPatcher(Patcher):
     def _commit(self) -> None:
         self._rewrite_index()
         if self.store.kind == Format.SAVEDMODEL:
-            if self.overwrite:
-                _replace_dir(self.root, self.out)
-            else:
-                publish(self.root, self.out, False)
+            publish(self.root, self.out, self.overwrite)
         else:
             b = self.store.bundle
             files = [shard_name(self.new_prefix, s, b.num_shards) for s in range(b.num_shards)]
@@ -740,22 +737,3 @@ def write_state_file(prefix: Path) -> int:
     tmp.write_text(text)
     os.replace(tmp, state)
     return len(text.encode())
-
-
-def _replace_dir(new: Path, out: Path) -> None:
-    """Move ``new`` to ``out``, replacing an existing ``out`` (kept aside until the move succeeded)."""
-    old = None
-    if out.exists() or out.is_symlink():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    try:
-        os.replace(new, out)
-    except BaseException:
-        if old is not None:
-            os.replace(old, out)
-        raise
-    if old is not None:
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink(missing_ok=True)
