@@ -4,7 +4,8 @@ Deterministic: fixed seeds, a few epochs of training on synthetic data so the
 weights are not just their initialisers. Writes Keras 3 (.h5, .keras,
 .weights.h5), tf-keras / Keras 2 (.h5 full and weights-only, SavedModel
 directory), TensorFlow SavedModels (Keras 3 ``export``, ``tf.saved_model.save``),
-a ``tf.train.Checkpoint``, a model with planted NaN/Inf, and calibration data.
+a ``tf.train.Checkpoint``, a model with planted NaN/Inf, calibration data, and the
+newer Keras 3 files (sharded weights, an unzipped model folder, int8/int4 archives).
 """
 
 from __future__ import annotations
@@ -93,9 +94,27 @@ def tfkeras_models() -> dict[str, object]:
     return {"mlp": mlp, "cnn": cnn}
 
 
+def keras3_formats(out: Path) -> None:
+    """Today's Keras 3 files, from the MLP: sharded weights (a .weights.json map and its
+    shards), an unzipped model folder, and natively quantized int8 and int4 archives."""
+    import keras
+
+    mlp = keras.models.load_model(out / "mlp.keras")
+    (out / "mlp_sharded").mkdir()
+    mlp.save_weights(out / "mlp_sharded" / "mlp.weights.json", max_shard_size=0.000003)
+    keras.saving.save_model(mlp, out / "mlp_folder", zipped=False)
+    for mode in ("int8", "int4"):
+        model = keras.models.load_model(out / "mlp.keras")
+        model.quantize(mode)
+        model.save(out / f"mlp_{mode}.keras")
+
+
 def main() -> None:
     import tensorflow as tf
 
+    if sys.argv[2:] == ["--only", "keras3-formats"]:  # add these without touching the rest
+        keras3_formats(OUT)
+        return
     if OUT.exists():
         shutil.rmtree(OUT)
     OUT.mkdir(parents=True)
@@ -130,6 +149,7 @@ def main() -> None:
     # Calibration data for `scale --by-activation` examples.
     x, _ = data((20,), 3, n=64)
     np.save(OUT / "mlp_calibration.npy", x)
+    keras3_formats(OUT)
     print(f"wrote {sum(1 for _ in OUT.rglob('*'))} files under {OUT}")
 
 

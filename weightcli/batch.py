@@ -87,13 +87,30 @@ def _walk(root: Path) -> Iterator[Path]:
             dirs[:] = []
             yield here
             continue
+        shards = _shards_named_here(here, files)
         for name in sorted(files):
-            if name.startswith(".") or ".data-" in name or name == "checkpoint":
+            if name.startswith(".") or ".data-" in name or name == "checkpoint" or name in shards:
                 continue
             p = here / name
             if looks_like_model(p):
                 yield p.with_name(name[: -len(".index")]) if name.endswith(".index") else p
     yield from unreadable
+
+
+def _shards_named_here(folder: Path, files: list[str]) -> set[str]:
+    """The shard files of the sharded weights maps in ``folder``: part of those models."""
+    from weightcli.stores.detect import is_weights_map
+
+    out: set[str] = set()
+    for name in files:
+        if name.endswith(".json") and is_weights_map(folder / name):
+            from weightcli.stores.sharded import read_map, shard_names
+
+            try:
+                out.update(shard_names(read_map(folder / name)))
+            except WeightcliError:
+                continue
+    return out
 
 
 def discover(paths: Sequence[str], recursive: bool) -> list[Item]:

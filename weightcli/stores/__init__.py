@@ -31,6 +31,10 @@ def open_store(path: str | Path) -> Store:
         from weightcli.stores.archive import ArchiveStore
 
         return ArchiveStore(p)
+    if kind == Container.SHARDED:
+        from weightcli.stores.sharded import ShardedStore
+
+        return ShardedStore(p)
     if kind == Container.KERAS_FOLDER:
         from weightcli.stores.archive import FolderStore
 

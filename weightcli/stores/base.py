@@ -32,6 +32,7 @@ class Format(StrEnum):
     KERAS_H5 = "keras-h5"
     KERAS_H5_WEIGHTS = "keras-h5-weights"
     KERAS3_WEIGHTS = "keras3-weights-h5"
+    KERAS3_SHARDED = "keras3-sharded-weights"
     KERAS_ARCHIVE = "keras-archive"
     KERAS_FOLDER = "keras-folder"
     HDF5 = "hdf5"
@@ -64,7 +65,11 @@ class StoreMeta:
     @property
     def weights_only(self) -> bool:
         """Keras weights without an architecture (``load_weights`` into a model)."""
-        return self.format in (Format.KERAS_H5_WEIGHTS, Format.KERAS3_WEIGHTS)
+        return self.format in (
+            Format.KERAS_H5_WEIGHTS,
+            Format.KERAS3_WEIGHTS,
+            Format.KERAS3_SHARDED,
+        )
 
     @property
     def has_graph(self) -> bool:

@@ -7,6 +7,7 @@ searching directories (``looks_like_model``).
 
 from __future__ import annotations
 
+import json
 import os
 import zipfile
 from enum import StrEnum
@@ -26,6 +27,7 @@ class Container(StrEnum):
     HDF5 = "hdf5"
     ZIP = "zip"
     KERAS_FOLDER = "keras-folder"
+    SHARDED = "sharded"
     SAVEDMODEL = "savedmodel"
     TF_CHECKPOINT = "tf-checkpoint"
 
@@ -128,11 +130,28 @@ def _detect(path: Path) -> Container:
         return Container.HDF5
     if head.startswith(ZIP_SIGNATURE) or zipfile.is_zipfile(path):
         return Container.ZIP
+    if is_weights_map(path):
+        return Container.SHARDED
     if path.stat().st_size == 0:
         raise InputError(f"{path}: empty file")
     raise InputError(
         f"{path}: unknown format (not HDF5, a Keras archive, a SavedModel or a TF checkpoint)"
     )
+
+
+def is_weights_map(path: Path) -> bool:
+    """A Keras sharded weights map: a JSON object with a ``weight_map`` (read only when the
+    file starts like JSON and is of a map's size)."""
+    try:
+        if path.stat().st_size > 64 << 20:
+            return False
+        with open(path, "rb") as f:
+            if f.read(64).lstrip()[:1] != b"{":
+                return False
+        doc = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(doc, dict) and isinstance(doc.get("weight_map"), dict)
 
 
 def is_model_folder(path: Path) -> bool:
@@ -159,6 +178,8 @@ def looks_like_model(path: Path) -> bool:
     """
     if path.name.lower().endswith(MODEL_SUFFIXES):
         return True
+    if path.name.lower().endswith(".json"):
+        return is_weights_map(path)
     try:
         with open(path, "rb") as f:
             head = f.read(8)

@@ -64,9 +64,13 @@ class H5Store(Store):
         src: str | os.PathLike[str] | BinaryIO | None = None,
         config: dict[str, Any] | None = None,
         label: str | None = None,
+        group_names: dict[str, str] | None = None,
+        kind: Format | None = None,
     ) -> None:
         self.path = path
         self.label = label or str(path)
+        # Layer names of ``.../vars`` groups recorded elsewhere (another shard of a map).
+        self._group_names = group_names or {}
         self._file = h5util.open_h5(src if src is not None else path, self.label)
         # Contiguous data is read straight from the file (pread), bypassing HDF5.
         self._raw: tuple[int, int, int] | None = None
@@ -76,7 +80,7 @@ class H5Store(Store):
             self._raw = os.open(file, os.O_RDONLY), base, size
         self._size = h5util.file_size(self._file) or (path.stat().st_size if path.is_file() else 0)
         self._archive_config = config
-        self.kind: Format = classify(self._file)
+        self.kind: Format = kind or classify(self._file)
         self._datasets: dict[str, h5util.Dset] = {}
         try:
             self._index = h5util.index(self._file, self._size)
@@ -353,6 +357,7 @@ class H5Store(Store):
             name = (
                 naming.decode(vars_group.attrs.get("name")) if "name" in vars_group.attrs else None
             )
+            name = name or self._group_names.get(vars_path)
             if not name:
                 name = auto.get(parts[i], parts[i]) if i == 1 else parts[i]
             chain.append(str(name))

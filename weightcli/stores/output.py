@@ -107,6 +107,7 @@ def _resolve(
 
 # Output names whose suffix tells a loader what the file is: (suffix, what it promises).
 _SUFFIXES = (
+    (".weights.json", "a Keras 3 sharded weights map"),
     (".weights.h5", "a Keras 3 weights file"),
     (".keras", "a Keras 3 archive"),
     (".h5", "an HDF5 file"),
@@ -120,6 +121,7 @@ _ALLOWED = {
     Format.KERAS3_WEIGHTS: (".weights.h5",),
     Format.KERAS_ARCHIVE: (".keras",),
     Format.KERAS_FOLDER: (),
+    Format.KERAS3_SHARDED: (".weights.json",),
     Format.HDF5: (".h5", ".hdf5", ".weights.h5"),
     Format.SAVEDMODEL: (),
     Format.TF_CHECKPOINT: (),

@@ -1,0 +1,225 @@
+"""Keras 3 sharded weights: ``model.save_weights("w.weights.json", max_shard_size=...)``
+writes a JSON map ``{"metadata": {...}, "weight_map": {"/layers/dense/vars":
+["w_00000.weights.h5"], ...}}`` and the shards it names beside it, each a
+``.weights.h5`` holding some of the layers. Read as one model; patched shard by shard
+(only the shards with a changed tensor are rewritten, the others copied); the map is
+written last, with the new shards' names and the history."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from weightcli.errors import CorruptError, UnsupportedError
+from weightcli.stores.base import Block, Format, Patcher, Store, StoreMeta
+from weightcli.stores.hdf5 import H5Patcher, H5Store
+from weightcli.stores.output import publish, temp_dir_beside
+from weightcli.tensor import TensorInfo
+
+SUFFIX = ".weights.json"
+LABEL = "Keras 3 sharded weights (.weights.json)"
+MAX_MAP_BYTES = 64 << 20
+HISTORY_KEY = "weightcli_history"
+
+
+def read_map(path: Path) -> dict[str, Any]:
+    """The JSON map, checked: an object whose ``weight_map`` maps group paths to lists of
+    shard file names."""
+    try:
+        if path.stat().st_size > MAX_MAP_BYTES:
+            raise CorruptError(
+                f"{path}: {path.stat().st_size} bytes (limit {MAX_MAP_BYTES >> 20} MiB)"
+            )
+        doc = json.loads(path.read_bytes())
+    except RecursionError as exc:
+        raise CorruptError(f"{path}: nested too deeply") from exc
+    except (ValueError, OSError) as exc:
+        raise CorruptError(f"{path}: not a readable weights map: {exc}") from exc
+    wmap = doc.get("weight_map") if isinstance(doc, dict) else None
+    if not isinstance(wmap, dict) or not all(
+        isinstance(v, list) and all(isinstance(s, str) for s in v) for v in wmap.values()
+    ):
+        raise CorruptError(f"{path}: not a Keras weights map (no weight_map of shard lists)")
+    checked: dict[str, Any] = doc
+    return checked
+
+
+def shard_names(doc: dict[str, Any]) -> list[str]:
+    """The shards a map names, in order of first mention."""
+    out: list[str] = []
+    for shards in doc["weight_map"].values():
+        for name in shards:
+            if name not in out:
+                out.append(name)
+    return out
+
+
+def _group_names(shards: list[Path]) -> dict[str, str]:
+    """``.../vars`` group path -> the layer name recorded on it, in any of the shards."""
+    import h5py
+
+    from weightcli.stores import h5util
+
+    out: dict[str, str] = {}
+    for shard in shards:
+        f = h5util.open_h5(shard, str(shard))
+        try:
+
+            def visit(name: str, obj: Any) -> None:
+                if name.endswith("vars") and "name" in obj.attrs:
+                    value = obj.attrs["name"]
+                    out.setdefault(
+                        "/" + name, value.decode() if isinstance(value, bytes) else str(value)
+                    )
+
+            f.visititems(lambda n, o: visit(n, o) if isinstance(o, h5py.Group) else None)
+        finally:
+            f.close()
+    return out
+
+
+class ShardedStore(Store):
+    """A ``.weights.json`` map and its shards, as one checkpoint."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.doc = read_map(path)
+        self.names = shard_names(self.doc)
+        self.stores: list[H5Store] = []
+        try:
+            shards: list[Path] = []
+            for name in self.names:
+                if Path(name).name != name or name in ("", ".", ".."):
+                    raise UnsupportedError(
+                        f"{path}: names shard {name!r} outside the map's folder: refused"
+                    )
+                shard = path.parent / name
+                if not shard.is_file():
+                    raise CorruptError(f"{path}: names shard {name}, which is missing")
+                shards.append(shard)
+            # A layer's group may be split over shards, its name kept in one of them only.
+            groups = _group_names(shards)
+            for shard in shards:
+                # Every shard is a .weights.h5 layout, even one holding optimizer state only.
+                self.stores.append(H5Store(shard, group_names=groups, kind=Format.KERAS3_WEIGHTS))
+        except BaseException:
+            self.close()
+            raise
+        self._tensors: list[TensorInfo] = []
+        self._route: dict[str, tuple[int, TensorInfo]] = {}
+        for i, store in enumerate(self.stores):
+            for t in store.tensors():
+                info = TensorInfo(
+                    name=t.name,
+                    path=f"{self.names[i]}:{t.path}",
+                    dtype=t.dtype,
+                    shape=t.shape,
+                    kind=t.kind,
+                    layer=t.layer,
+                    layer_class=t.layer_class,
+                    optimizer=t.optimizer,
+                    quantized=t.quantized,
+                )
+                self._tensors.append(info)
+                self._route[info.path] = (i, t)
+        history = self.doc.get(HISTORY_KEY)
+        self.meta = StoreMeta(
+            format=Format.KERAS3_SHARDED,
+            format_label=LABEL,
+            history=history if isinstance(history, list) else [],
+            extra={"shards": len(self.names)},
+        )
+
+    def tensors(self) -> list[TensorInfo]:
+        return list(self._tensors)
+
+    def route(self, info: TensorInfo) -> tuple[int, TensorInfo]:
+        """Which shard holds ``info``, and the tensor as that shard names it."""
+        return self._route[info.path]
+
+    def read(self, info: TensorInfo, block: Block | None = None) -> np.ndarray:
+        i, inner = self.route(info)
+        return self.stores[i].read(inner, block)
+
+    def supports_dtype(self, dtype: str) -> str | None:
+        return None
+
+    def _patch(self, out: Path, retype: dict[str, str]) -> Patcher:
+        return ShardedPatcher(self, out, retype)
+
+    def close(self) -> None:
+        for store in self.stores:
+            store.close()
+
+
+class ShardedPatcher(Patcher):
+    """Writes OUT.weights.json and its shards ``<stem>_NNNNN.weights.h5``: changed shards
+    patched, the others copied; shards moved into place first, the map last."""
+
+    def __init__(self, store: ShardedStore, out: Path, retype: dict[str, str]) -> None:
+        super().__init__()
+        self.store = store
+        self.out = out
+        self.retype = retype
+        stem = out.name[: -len(SUFFIX)] if out.name.endswith(SUFFIX) else out.name
+        self.new_names = [f"{stem}_{i:05d}.weights.h5" for i in range(len(store.names))]
+        self.tmp = temp_dir_beside(out)
+        self.inners: dict[int, H5Patcher] = {}
+        self._map_bytes = 0
+
+    @property
+    def bytes_written(self) -> int:
+        return self._map_bytes + sum(p.bytes_written for p in self.inners.values())
+
+    def _inner(self, i: int) -> H5Patcher:
+        if i not in self.inners:
+            dest = self.tmp / self.new_names[i]
+            dest.touch()
+            prefix = f"{self.store.names[i]}:"
+            retype = {k[len(prefix) :]: v for k, v in self.retype.items() if k.startswith(prefix)}
+            self.inners[i] = H5Patcher(self.store.stores[i], self.out, retype, tmp=dest)
+        return self.inners[i]
+
+    def _begin(self, info: TensorInfo, dtype: str) -> None:
+        i, inner = self.store.route(info)
+        self._inner(i).begin(inner, dtype)
+
+    def _write(self, info: TensorInfo, block: Block, data: np.ndarray) -> None:
+        i, inner = self.store.route(info)
+        self._inner(i).write(inner, block, data)
+
+    def _set_history(self, history: list[dict[str, Any]]) -> None:
+        doc = dict(self.store.doc)
+        renamed = dict(zip(self.store.names, self.new_names, strict=True))
+        doc["weight_map"] = {
+            group: [renamed[s] for s in shards]
+            for group, shards in self.store.doc["weight_map"].items()
+        }
+        doc[HISTORY_KEY] = history
+        text = json.dumps(doc, indent=4)
+        (self.tmp / self.out.name).write_text(text)
+        self._map_bytes = len(text.encode())
+
+    def _commit(self) -> None:
+        for i, name in enumerate(self.store.names):
+            if i in self.inners:
+                self.inners[i].close_file()
+            else:
+                shutil.copyfile(self.store.path.parent / name, self.tmp / self.new_names[i])
+        for new in self.new_names:  # the shards first: the map makes them visible
+            publish(self.tmp / new, self.out.parent / new, self.overwrite or self._same_names())
+        publish(self.tmp / self.out.name, self.out, self.overwrite)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _same_names(self) -> bool:
+        """Writing over the source's own shards (in place)."""
+        return self.out.resolve() == self.store.path.resolve()
+
+    def _abort(self) -> None:
+        for inner in self.inners.values():
+            inner.abort()
+        shutil.rmtree(self.tmp, ignore_errors=True)
