@@ -129,3 +129,50 @@ def test_diff_compares_dequantized_weights(models: Path) -> None:
     assert doc["counts"] == {"within tolerance": 2, "identical": 2}
     raw = run("diff", models / "q8.keras", models / "f.keras", "--no-dequantize", "--json")
     assert raw.code == 1 and raw.json()["counts"]["dtype differs"] == 2
+
+
+def test_native_int8_equals_keras_quantize(models: Path, tmp_path: Path) -> None:
+    """quantize --store keras-int8 writes what model.quantize("int8") writes, bit for bit,
+    and Keras loads it as a quantized model that predicts as Keras's own."""
+    out = tmp_path / "n8.keras"
+    res = run("quantize", models / "f.keras", "--store", "keras-int8", "-o", out)
+    assert res.code == 0, res.err
+    mine, keras_own = _keras_vars(out), _keras_vars(models / "q8.keras")
+    assert set(mine) == set(keras_own)
+    for key in keras_own:
+        assert mine[key].dtype == keras_own[key].dtype, key
+        np.testing.assert_array_equal(mine[key], keras_own[key], err_msg=key)
+    keras = keras_quiet()
+    x = np.load(models / "x.npy")
+    a, b = keras.models.load_model(out), keras.models.load_model(models / "q8.keras")
+    assert a.get_layer("d1").quantization_mode == "int8"
+    np.testing.assert_array_equal(np.asarray(a(x)), np.asarray(b(x)))
+    # Embedding too.
+    out_e = tmp_path / "e8.keras"
+    assert run("quantize", models / "ef.keras", "--store", "keras-int8", "-o", out_e).code == 0
+    mine, keras_own = _keras_vars(out_e), _keras_vars(models / "e8.keras")
+    for key in keras_own:
+        np.testing.assert_array_equal(mine[key], keras_own[key], err_msg=key)
+
+
+def test_native_int8_refusals(models: Path, tmp_path: Path) -> None:
+    from helpers import SAMPLES
+
+    res = run(
+        "quantize", SAMPLES / "mlp_keras3.h5", "--store", "keras-int8", "-o", tmp_path / "x.h5"
+    )
+    assert res.code == 2 and ".keras archive" in res.err
+    res = run(
+        "quantize",
+        models / "f.keras",
+        "--store",
+        "keras-int8",
+        "--bits",
+        "4",
+        "-o",
+        tmp_path / "y.keras",
+    )
+    assert res.code == 2 and "--bits" in res.err
+    res = run("quantize", models / "q8.keras", "--store", "keras-int8", "-o", tmp_path / "z.keras")
+    assert res.code == 2 and "no float32 Dense" in res.err
+    assert list(tmp_path.iterdir()) == []

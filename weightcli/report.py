@@ -265,6 +265,11 @@ def _figure_text(fig: dict[str, Any]) -> str:
         if fig["repaired"]:
             text += f", repaired {fig['repaired']}"
         return text
+    if fig.get("store") == "keras-int8":
+        return (
+            f"Keras int8, scale {fmt_num(fig['scale_min'])}..{fmt_num(fig['scale_max'])}, "
+            f"max err {fmt_num(fig['max_abs_error'])}"
+        )
     if "dtype" in fig:
         return f"-> {fig['dtype']}, SQNR {fmt_num(fig['sqnr_db'], 3)} dB, max err {fmt_num(fig['max_abs_error'])}"
     if "bits" in fig:

@@ -20,6 +20,7 @@ from weightcli.cli.options import (
     selection_options,
 )
 from weightcli.commands import by_activation as by_activation_cmd
+from weightcli.commands import keras_int8
 from weightcli.commands import transform as command
 from weightcli.errors import ParameterError, literal
 from weightcli.report import print_activation, print_by_activation, print_json, print_transform
@@ -324,6 +325,13 @@ def clip(
     type=click.Choice(["float16", "bfloat16"]),
     help="Instead of fake quantization, store the tensors in this dtype.",
 )
+@click.option(
+    "--store",
+    type=click.Choice(["fake", "keras-int8"]),
+    default="fake",
+    show_default=True,
+    help="fake: quantize and dequantize in place; keras-int8: Keras's own int8 layers (.keras / model folder).",
+)
 @selection_options
 @output_options
 @json_option
@@ -335,6 +343,7 @@ def quantize(
     granularity: str | None,
     axis: int | None,
     dtype: str | None,
+    store: str,
     select: tuple[str, ...],
     exclude: tuple[str, ...],
     layer_types: tuple[str, ...],
@@ -355,9 +364,29 @@ def quantize(
       weightcli quantize model.h5 -o q8.h5
       weightcli quantize model.keras --bits 4 --scheme asymmetric -o q4.keras
       weightcli quantize model.keras --dtype float16 -o half.keras
+      weightcli quantize model.keras --store keras-int8 -o q8.keras   # Keras's own int8 layers
       weightcli quantize -r models/ --output-dir quantized/ -j 2
     """
     sel = make_selection(select, exclude, layer_types, kinds, include_optimizer)
+    if store == "keras-int8":
+        given = [
+            p
+            for p, v in (
+                ("bits", bits),
+                ("scheme", scheme),
+                ("granularity", granularity),
+                ("axis", axis),
+                ("dtype", dtype),
+            )
+            if v is not None
+        ]
+        if given:
+            names = ", ".join("{" + p + "}" for p in given)
+            raise ParameterError(
+                f"{{store}} keras-int8 quantizes as Keras does (int8, per channel): give no {names}"
+            )
+        keras_int8_run(paths, sel, opts)
+        return
 
     def steps() -> list[Step]:
         return [
@@ -387,6 +416,30 @@ def apply_cmd(recipe_path: Path, paths: tuple[str, ...], **opts: Any) -> None:
       weightcli apply recipe.toml -r models/ --output-dir fixed/
     """
     execute(paths, lambda: recipe.load(recipe_path), opts, "apply")
+
+
+def _int8_task(request: keras_int8.KerasInt8Request, item: Item) -> TransformResult:
+    return keras_int8.run(request, item.path)
+
+
+def keras_int8_run(paths: tuple[str, ...], sel: Selection, opts: dict[str, Any]) -> None:
+    if is_batch(paths, opts["recursive"], opts["output_dir"]):
+        raise ParameterError("{store} keras-int8 works on one model at a time")
+    request = keras_int8.KerasInt8Request(
+        selection=sel,
+        output=opts["output"],
+        in_place=opts["in_place"],
+        force=opts["force"],
+        dry_run=opts["dry_run"],
+    )
+    dispatch(
+        [Item(Path(paths[0]))],
+        partial(_int8_task, request),
+        print_transform,
+        batch=False,
+        as_json=opts["as_json"],
+        debug=opts["debug"],
+    )
 
 
 def by_activation_run(

@@ -261,6 +261,7 @@ class ArchivePatcher(Patcher):
         self.store = store
         self.out = out
         self._zip_bytes = 0
+        self.config_bytes: bytes | None = None
         self.zip_tmp = temp_beside(out)
         h5_tmp = temp_beside(out, ".h5")
         try:
@@ -284,6 +285,12 @@ class ArchivePatcher(Patcher):
     def _set_history(self, history: list[dict[str, Any]]) -> None:
         self.inner.set_history(history)
 
+    def _create(self, path: str, data: Any) -> None:
+        self.inner.create(path, data)
+
+    def _set_config(self, config: dict[str, Any]) -> None:
+        self.config_bytes = json.dumps(config).encode()
+
     def _commit(self) -> None:
         self.inner.close_file()
         src = self.store.zip
@@ -299,6 +306,8 @@ class ArchivePatcher(Patcher):
                     if member.filename == WEIGHTS:
                         with open(self.inner.tmp, "rb") as inp:
                             shutil.copyfileobj(inp, out, 1 << 20)
+                    elif member.filename == "config.json" and self.config_bytes is not None:
+                        out.write(self.config_bytes)
                     else:
                         with src.open(member) as inp:
                             shutil.copyfileobj(inp, out, 1 << 20)
@@ -402,6 +411,12 @@ class FolderPatcher(Patcher):
 
     def _set_history(self, history: list[dict[str, Any]]) -> None:
         self.inner.set_history(history)
+
+    def _create(self, path: str, data: Any) -> None:
+        self.inner.create(path, data)
+
+    def _set_config(self, config: dict[str, Any]) -> None:
+        (self.root / "config.json").write_text(json.dumps(config))
 
     def _commit(self) -> None:
         self.inner.close_file()

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from weightcli.errors import OutputError, UsageError
+from weightcli.errors import OutputError, UnsupportedError, UsageError
 from weightcli.tensor import TensorInfo
 
 # Largest block handed out at once, in elements (float32: 1 MiB). Bounds memory
@@ -229,6 +229,32 @@ class Patcher(abc.ABC):
         except OSError as exc:
             out = getattr(self, "out", "the output")
             raise OutputError(f"{out}: cannot write: {exc.strerror or exc}") from exc
+
+    def create(self, path: str, data: np.ndarray) -> None:
+        """Add a new tensor at ``path`` (a structural edit: formats with a layout for it)."""
+        self._expect_open("create")
+        if self._history_set:
+            raise PatcherStateError("create() after set_history()")
+        with self._writing():
+            self._create(path, data)
+
+    def set_config(self, config: dict[str, Any]) -> None:
+        """Replace the stored model config (formats that store one as a member)."""
+        self._expect_open("set_config")
+        if self._history_set:
+            raise PatcherStateError("set_config() after set_history()")
+        with self._writing():
+            self._set_config(config)
+
+    def _create(self, path: str, data: np.ndarray) -> None:
+        raise UnsupportedError(
+            f"{getattr(self, 'out', 'this output')}: its format cannot take new tensors"
+        )
+
+    def _set_config(self, config: dict[str, Any]) -> None:
+        raise UnsupportedError(
+            f"{getattr(self, 'out', 'this output')}: its format stores no model config to change"
+        )
 
     def _expect_open(self, call: str) -> None:
         if self._done:

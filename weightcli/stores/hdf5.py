@@ -97,6 +97,11 @@ class H5Store(Store):
 
     # -- listing ---------------------------------------------------------------------------
 
+    @property
+    def model_config(self) -> Any:
+        """The model config (a dict for Keras files that have one); do not modify it."""
+        return self._config()
+
     def _config(self) -> Any:
         """The model config (parsed once; callers must not modify it)."""
         if self._archive_config is not None:
@@ -548,6 +553,12 @@ class H5Patcher(Patcher):
         self.copy = None
         self._general = True
         self.f = h5py.File(self.tmp, "r+")
+
+    def _create(self, path: str, data: np.ndarray) -> None:
+        self._complete()
+        assert self.f is not None
+        self.f.create_dataset(path, data=data)
+        self._h5_bytes += int(data.nbytes)
 
     def _set_history(self, history: list[dict[str, Any]]) -> None:
         self._complete()
