@@ -45,3 +45,6 @@ $W verify "$OUT/mlp_repaired.h5" --reference sample_models/mlp_keras3.h5 --no-lo
 
 step verify "$OUT/mlp_repaired.h5"
 $W verify "$OUT/mlp_repaired.h5"
+
+step transplant sample_models/mlp_tfkeras.h5 sample_models/mlp.keras --match-by order --dry-run
+$W transplant sample_models/mlp_tfkeras.h5 sample_models/mlp.keras --match-by order --dry-run

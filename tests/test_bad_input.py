@@ -153,7 +153,16 @@ def test_help_on_every_command() -> None:
     assert res.code == 0
     ctx = cli.make_context("weightcli", ["--help"], resilient_parsing=True)
     names = cli.list_commands(ctx)
-    assert set(names) == {"inspect", "scale", "clip", "quantize", "apply", "diff", "verify"}
+    assert set(names) == {
+        "inspect",
+        "scale",
+        "clip",
+        "quantize",
+        "apply",
+        "diff",
+        "verify",
+        "transplant",
+    }
     for name in names:
         cmd = cli.get_command(ctx, name)
         assert cmd is not None and name in res.out

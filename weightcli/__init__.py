@@ -22,6 +22,7 @@ _API = {
     "diff",
     "verify",
     "selection",
+    "transplant",
 }
 
 

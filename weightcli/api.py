@@ -29,8 +29,15 @@ from weightcli import recipe
 from weightcli.commands import diff as diff_cmd
 from weightcli.commands import inspect as inspect_cmd
 from weightcli.commands import transform as transform_cmd
+from weightcli.commands import transplant as transplant_cmd
 from weightcli.commands import verify as verify_cmd
-from weightcli.results import DiffResult, InspectResult, TransformResult, VerifyResult
+from weightcli.results import (
+    DiffResult,
+    InspectResult,
+    TransformResult,
+    TransplantResult,
+    VerifyResult,
+)
 from weightcli.select import selection
 from weightcli.steps import ClipStep, QuantizeStep, ScaleStep, Step
 from weightcli.stores import Store, open_store
@@ -48,6 +55,7 @@ __all__ = [
     "quantize",
     "scale",
     "selection",
+    "transplant",
     "verify",
 ]
 
@@ -255,6 +263,38 @@ def diff(
         structure=structure,
     )
     return diff_cmd.run(request, a, b)
+
+
+def transplant(
+    source: PathLike,
+    target: PathLike,
+    *,
+    output: PathLike | None = None,
+    maps: Sequence[str] = (),
+    match_by: str = "name",
+    select: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    source_select: Sequence[str] = (),
+    strict: bool = False,
+    in_place: bool = False,
+    force: bool = False,
+    dry_run: bool = False,
+) -> TransplantResult:
+    """Copy SOURCE's weights into a patched copy of TARGET (matched by name after
+    ``maps``, or by model order), written to ``output`` in TARGET's format."""
+    request = transplant_cmd.TransplantRequest(
+        source=Path(source),
+        selection=selection(select, exclude, floats_only=False),
+        source_select=tuple(source_select),
+        maps=tuple(maps),
+        match_by=match_by,
+        strict=strict,
+        output=output,
+        in_place=in_place,
+        force=force,
+        dry_run=dry_run,
+    )
+    return transplant_cmd.run(request, target)
 
 
 def verify(

@@ -23,6 +23,7 @@ from weightcli.results import (
     InspectResult,
     TensorReport,
     TransformResult,
+    TransplantResult,
     VerifyResult,
     finite_or_none,
 )
@@ -446,6 +447,40 @@ def print_activation(plan: ActivationPlan) -> None:
 def print_by_activation(result: ByActivationResult) -> None:
     print_transform(result.transform)
     print_activation(result.plan)
+
+
+def print_transplant(result: TransplantResult) -> None:
+    out = console()
+    rows: list[list[Cell]] = []
+    for r in result.rows:
+        style = "green" if r.status.startswith("copied") else "bold red"
+        rows.append(
+            [
+                r.target,
+                Styled(r.status, style),
+                r.source or "-",
+                fmt_num(r.max_change) if r.max_change is not None else "-",
+                r.detail,
+            ]
+        )
+    headers = [
+        ("Target tensor", "left"),
+        ("Status", "left"),
+        ("Source tensor", "left"),
+        ("Max |new-old|", "right"),
+        ("Detail", "left"),
+    ]
+    out.print(table(headers, rows))
+    for w in result.warnings:
+        out.print(Styled(f"warning: {w}", "yellow"))
+    if result.unused:
+        shown = ", ".join(result.unused[:8]) + (", ..." if len(result.unused) > 8 else "")
+        out.print(f"{len(result.unused)} source tensors unused: {shown}")
+    counts = ", ".join(f"{n} {k}" for k, n in result.counts.items())
+    out.print(f"transplant ({result.match_by}): {counts}")
+    t = result.transform
+    where = f"wrote {t.output}" if t.output else "dry run: nothing written"
+    out.print(f"{len(t.changes)} tensors changed, {fmt_bytes(t.bytes_written)} written; {where}")
 
 
 # -- batch ------------------------------------------------------------------------------------

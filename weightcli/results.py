@@ -289,6 +289,85 @@ class ByActivationResult:
         )
 
 
+# -- transplant --------------------------------------------------------------------------
+
+
+@dataclass
+class TransplantRow:
+    """One TARGET tensor: what it received (``status``) and from which SOURCE tensor."""
+
+    target: str
+    status: str
+    source: str | None = None
+    detail: str = ""
+    max_change: float | None = None
+
+    def to_json(self) -> JSON:
+        return {
+            "target": self.target,
+            "status": self.status,
+            "source": self.source,
+            "detail": self.detail or None,
+            "max_change": self.max_change,
+        }
+
+
+@dataclass
+class TransplantResult:
+    """``transplant``: per TARGET tensor its status, then SOURCE tensors left unused.
+    JSON: ``{"source", "target", "output", "dry_run", "match_by", "tensors": [...],
+    "unused": [...], "warnings": [...], "counts", "transform"}``. Exit 1 with ``strict``
+    when a selected TARGET tensor received nothing or a SOURCE tensor was not used."""
+
+    source: str
+    target: str
+    match_by: str
+    rows: list[TransplantRow]
+    unused: list[str]
+    warnings: list[str]
+    transform: TransformResult
+    strict: bool = False
+
+    @property
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.rows:
+            key = r.status.split(":")[0]
+            out[key] = out.get(key, 0) + 1
+        out["unused source"] = len(self.unused)
+        return out
+
+    @property
+    def incomplete(self) -> bool:
+        return bool(self.unused) or any(r.status.startswith(("kept", "skipped")) for r in self.rows)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.strict and self.incomplete else 0
+
+    def explain(self) -> str | None:
+        if not self.exit_code:
+            return None
+        kept = sum(r.status.startswith(("kept", "skipped")) for r in self.rows)
+        return f"--strict: {kept} target tensors received nothing, {len(self.unused)} source tensors unused"
+
+    def to_json(self) -> JSON:
+        return clean(
+            {
+                "source": self.source,
+                "target": self.target,
+                "output": str(self.transform.output) if self.transform.output else None,
+                "dry_run": self.transform.dry_run,
+                "match_by": self.match_by,
+                "tensors": [r.to_json() for r in self.rows],
+                "unused": self.unused,
+                "warnings": self.warnings,
+                "counts": self.counts,
+                "transform": self.transform.to_json(),
+            }
+        )
+
+
 # -- diff -------------------------------------------------------------------------------------
 
 

@@ -33,6 +33,7 @@ COMMANDS = {
     "apply": "weightcli.cli.transform_cmds:apply_cmd",
     "diff": "weightcli.cli.compare_cmds:diff",
     "verify": "weightcli.cli.compare_cmds:verify",
+    "transplant": "weightcli.cli.transplant_cmd:transplant",
 }
 
 

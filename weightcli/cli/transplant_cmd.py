@@ -1,0 +1,118 @@
+"""``weightcli transplant``."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import click
+
+from weightcli.batch import Item
+from weightcli.cli.dispatch import dispatch
+from weightcli.cli.options import debug_option, json_option, make_selection
+from weightcli.commands import transplant as command
+from weightcli.report import print_transplant
+from weightcli.results import TransplantResult
+
+
+def _task(request: command.TransplantRequest, item: Item) -> TransplantResult:
+    return command.run(request, item.path)
+
+
+@click.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("target", type=click.Path(path_type=str))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=str),
+    help="Where to write TARGET's patched copy (TARGET's format).",
+)
+@click.option(
+    "--map",
+    "maps",
+    multiple=True,
+    metavar="OLD=NEW",
+    help="Rename SOURCE's tensors before matching (as diff --map; repeatable).",
+)
+@click.option(
+    "--match-by",
+    type=click.Choice(["name", "order"]),
+    default="name",
+    show_default=True,
+    help="order: pair the weights of both models in model order (rebuilt models whose names shifted).",
+)
+@click.option(
+    "-s", "--select", multiple=True, metavar="GLOB", help="Only these TARGET tensors (repeatable)."
+)
+@click.option(
+    "-x", "--exclude", multiple=True, metavar="GLOB", help="Leave these TARGET tensors out."
+)
+@click.option(
+    "--source-select", multiple=True, metavar="GLOB", help="Only these SOURCE tensors (repeatable)."
+)
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Exit 1 when a TARGET tensor receives nothing or a SOURCE tensor is unused.",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="Print the plan (which weights would load), write nothing."
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing OUT.")
+@click.option("--in-place", is_flag=True, help="Write into TARGET itself.")
+@json_option
+@debug_option
+def transplant(
+    source: Path,
+    target: str,
+    output: str | None,
+    maps: tuple[str, ...],
+    match_by: str,
+    select: tuple[str, ...],
+    exclude: tuple[str, ...],
+    source_select: tuple[str, ...],
+    strict: bool,
+    dry_run: bool,
+    force: bool,
+    in_place: bool,
+    as_json: bool,
+    debug: bool,
+) -> None:
+    """Move weights from SOURCE into a copy of TARGET, in TARGET's format.
+
+    Tensors are matched by canonical name (after --map renames SOURCE's), or by
+    position in model order (--match-by order). A pair whose shapes differ is skipped
+    and reported; values are cast to TARGET's dtype (a loss of precision is said). Every
+    TARGET tensor that receives nothing keeps its bytes, as do TARGET's config, graph
+    and optimizer state. The report lists every TARGET tensor with what it received,
+    then the SOURCE tensors left unused. --dry-run answers "which of my weights would
+    load?" and writes nothing.
+
+    \b
+    Examples:
+      weightcli transplant trained.keras new_model.keras --map 'base/*=backbone/*' -o ready.keras
+      weightcli transplant old_tfkeras.h5 rebuilt.keras --match-by order -o ported.keras
+      weightcli transplant ckpt/ckpt-10 saved_model/ -o refreshed_model/ --strict
+      weightcli transplant a.weights.h5 b.h5 --dry-run
+    """
+    request = command.TransplantRequest(
+        source=source,
+        selection=make_selection(select, exclude, (), (), False, floats_only=False),
+        source_select=tuple(source_select),
+        maps=tuple(maps),
+        match_by=match_by,
+        strict=strict,
+        output=output,
+        in_place=in_place,
+        force=force,
+        dry_run=dry_run,
+    )
+    dispatch(
+        [Item(Path(target))],
+        partial(_task, request),
+        print_transplant,
+        batch=False,
+        as_json=as_json,
+        debug=debug,
+    )

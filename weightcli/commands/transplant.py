@@ -1,0 +1,229 @@
+"""``transplant``: move weights from SOURCE into a copy of TARGET, in TARGET's format,
+through the same surgery writer as every transform (only the tensors that receive new
+values are rewritten; TARGET's config, graph and optimizer state stay as they were).
+
+Matching: by canonical name, after ``maps`` rename SOURCE's names (``diff --map``'s
+rules); or, with ``match_by="order"``, the i-th selected weight of SOURCE with the i-th
+of TARGET, both in model order (a rebuilt model whose generated names shifted). A pair
+whose shapes differ is skipped and reported, never reshaped; values are cast to
+TARGET's dtype (a float into an integer tensor is refused).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from weightcli import pipeline
+from weightcli.compare import parse_map, rename
+from weightcli.digest import digest
+from weightcli.errors import ParameterError, UsageError, literal
+from weightcli.results import TransplantResult, TransplantRow
+from weightcli.select import Selection, match
+from weightcli.steps import Step, TensorOp
+from weightcli.stores import open_store
+from weightcli.stores.base import Block, Store
+from weightcli.stores.output import check_suffix, output_target, resolve_output
+from weightcli.tensor import TensorInfo
+
+__all__ = ["TransplantRequest", "TransplantResult", "run"]
+
+LOSSY = {("float32", "float16"), ("float32", "bfloat16"), ("float64", "float32"),
+         ("float64", "float16"), ("float64", "bfloat16"), ("float16", "bfloat16"),
+         ("bfloat16", "float16")}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TransplantRequest:
+    """SOURCE, how its tensors are matched to TARGET's, and where the output goes."""
+
+    source: Path
+    selection: Selection = field(default_factory=lambda: Selection(floats_only=False))
+    source_select: tuple[str, ...] = ()
+    maps: tuple[str, ...] = ()
+    match_by: str = "name"
+    strict: bool = False
+    output: str | Path | None = None
+    in_place: bool = False
+    force: bool = False
+    dry_run: bool = False
+
+    def __post_init__(self) -> None:
+        if self.match_by not in ("name", "order"):
+            raise ParameterError("{match_by} must be name or order")
+        if self.match_by == "order" and self.maps:
+            raise ParameterError("{match_by} order pairs by position: give no {map}")
+        for m in self.maps:
+            parse_map(m)
+
+
+class _CopyOp(TensorOp):
+    def __init__(self, info: TensorInfo, source: Store, src: TensorInfo, how: str) -> None:
+        super().__init__(info)
+        self.source, self.src, self.how = source, src, how
+
+    def apply(self, where: Block, block: np.ndarray, count: bool = True) -> np.ndarray:
+        data = self.source.read(self.src, where)
+        return np.asarray(data).astype(block.dtype, copy=False).reshape(block.shape)
+
+    def figures(self) -> dict[str, Any]:
+        return {"source": self.src.name, "how": self.how}
+
+
+class _CopyStep(Step):
+    command = "transplant"
+
+    def __init__(
+        self, pairs: dict[str, tuple[TensorInfo, str]], source: Store, params: dict[str, Any]
+    ) -> None:
+        super().__init__(Selection(floats_only=False, include_optimizer=True))
+        self.pairs, self.source, self._params = pairs, source, params
+
+    def selects(self, info: TensorInfo) -> bool:
+        return info.path in self.pairs
+
+    def op(self, info: TensorInfo) -> TensorOp | None:
+        src, how = self.pairs[info.path]
+        return _CopyOp(info, self.source, src, how)
+
+    def params(self) -> dict[str, Any]:
+        return self._params
+
+
+def _pairs(
+    src: list[TensorInfo], tgt: list[TensorInfo], request: TransplantRequest
+) -> tuple[list[tuple[TensorInfo, TensorInfo | None, str]], list[str]]:
+    """(target, source or None, how) for every selected TARGET tensor; and warnings."""
+    warnings: list[str] = []
+    if request.match_by == "order":
+        out = [(t, src[i] if i < len(src) else None, "order") for i, t in enumerate(tgt)]
+        return out, warnings
+    maps = [parse_map(m) for m in request.maps]
+    for old, new in maps:
+        if not any(rename(s.name, [(old, new)]) != s.name for s in src):
+            warnings.append(f"map {old}={new} renames no source tensor")
+    by_name: dict[str, tuple[TensorInfo, str]] = {}
+    for s in src:
+        renamed = rename(s.name, maps)
+        by_name.setdefault(renamed, (s, "rename" if renamed != s.name else "name"))
+    result: list[tuple[TensorInfo, TensorInfo | None, str]] = []
+    for t in tgt:
+        hit = by_name.get(t.name)
+        result.append((t, hit[0], hit[1]) if hit else (t, None, ""))
+    return result, warnings
+
+
+def _row(t: TensorInfo, s: TensorInfo | None, how: str) -> tuple[TransplantRow, bool]:
+    """The row of one pair, and whether it is copied."""
+    if s is None:
+        return TransplantRow(t.name, "kept: no source"), False
+    if s.shape != t.shape:
+        return TransplantRow(
+            t.name, f"skipped: shape {s.shape} vs {t.shape}", s.name, "shapes differ"
+        ), False
+    status = {"name": "copied", "rename": "copied via rename", "order": "copied via order"}[how]
+    detail = ""
+    if s.dtype != t.dtype:
+        lossy = (s.dtype, t.dtype) in LOSSY
+        detail = f"cast {s.dtype} -> {t.dtype}" + (" (precision lost)" if lossy else "")
+    return TransplantRow(t.name, status, s.name, detail), True
+
+
+def run(request: TransplantRequest, path: str | Path) -> TransplantResult:
+    """Copy the matched SOURCE tensors into a patched copy of TARGET (``path``)."""
+    target_path = Path(path)
+    with open_store(request.source) as source, open_store(target_path) as target:
+        src = [
+            s
+            for s in source.tensors()
+            if not s.optimizer
+            and s.dtype != "string"
+            and (not request.source_select or any(match(s.name, g) for g in request.source_select))
+        ]
+        sel = request.selection
+        tgt = [
+            t
+            for t in target.tensors()
+            if t.dtype != "string" and (sel.include_optimizer or not t.optimizer) and sel.matches(t)
+        ]
+        if not tgt:
+            raise UsageError("the selection matches no tensor of TARGET")
+        paired, warnings = _pairs(src, tgt, request)
+        refused = [
+            f"{t.name} ({t.dtype}) from {s.name} ({s.dtype})"
+            for t, s, _ in paired
+            if s is not None and s.shape == t.shape and s.is_float and not t.is_float
+        ]
+        if refused:
+            raise UsageError(
+                f"a float cannot be written into an integer tensor: {', '.join(refused[:3])}"
+            )
+        rows: list[TransplantRow] = []
+        pairs: dict[str, tuple[TensorInfo, str]] = {}
+        used: set[str] = set()
+        for t, s, how in paired:
+            row, copied = _row(t, s, how)
+            rows.append(row)
+            if copied and s is not None:
+                pairs[t.path] = (s, how)
+                used.add(s.path)
+        if not pairs and request.match_by == "order":
+            raise UsageError(
+                "no pair of SOURCE and TARGET weights in model order has matching shapes "
+                f"({len(src)} source, {len(tgt)} target tensors)"
+            )
+        if not pairs:
+            raise ParameterError(_nothing_matched(src, tgt))
+        unused = [s.name for s in src if s.path not in used]
+        out = None
+        if request.output is not None or request.in_place or not request.dry_run:
+            out = resolve_output(
+                target.target,
+                output_target(target_path, request.output, target.target.name),
+                request.in_place,
+                request.force,
+                dry_run=request.dry_run,
+            )
+            check_suffix(target.meta.format, target.meta.format_label, out)
+        params = {
+            "source": request.source.name,
+            "source_sha256": None if request.dry_run else digest(request.source),
+            "match_by": request.match_by,
+            **({"map": list(request.maps)} if request.maps else {}),
+        }
+        step = _CopyStep(pairs, source, params)
+        transform = pipeline.run(
+            target,
+            [step],
+            None if request.dry_run else out,
+            ["transplant", str(request.source), str(target_path)],
+            dry_run=request.dry_run,
+            in_place=request.in_place,
+            overwrite=request.force,
+        )
+        changed = {c.info.name: c.max_change for c in transform.changes}
+        for r in rows:
+            if r.status.startswith("copied"):
+                r.max_change = changed.get(r.target, 0.0)
+        return TransplantResult(
+            str(request.source), str(target_path), request.match_by, rows, unused, warnings,
+            transform, request.strict,
+        )  # fmt: skip
+
+
+def _nothing_matched(src: list[TensorInfo], tgt: list[TensorInfo]) -> str:
+    names = [s.name for s in src]
+    near = []
+    for t in tgt[:3]:
+        close = difflib.get_close_matches(t.name, names, n=1, cutoff=0.3)
+        if close:
+            near.append(f"{t.name} ~ {close[0]}")
+    hint = f"; nearest: {', '.join(near)}" if near else ""
+    return (
+        f"no tensor of SOURCE matches one of TARGET{literal(hint)} (rename with {{map}} "
+        "OLD=NEW, or pair by position with {match_by} order)"
+    )
