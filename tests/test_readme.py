@@ -18,7 +18,7 @@ README = (ROOT / "README.md").read_text()
 BLOCKS = [
     body
     for lang, body in re.findall(r"```(\w*)\n(.*?)```", README, re.S)
-    if lang in ("sh", "bash") and "weightcli" in body
+    if lang in ("sh", "bash") and re.search(r"^\s*weightcli |\bdo weightcli ", body, re.M)
 ]
 PYTHON = [
     body for lang, body in re.findall(r"```(\w*)\n(.*?)```", README, re.S) if lang == "python"
@@ -88,3 +88,32 @@ def test_python_api_block(workspace: Path) -> None:
     )
     assert res.returncode == 0, res.stderr
     assert "DIFFERENT" in res.stdout and (workspace / "half.keras").is_file()
+
+
+def test_transplant_block(workspace: Path) -> None:
+    """The README's transplant examples, with the two models they name built first."""
+    from helpers import keras_quiet
+
+    keras = keras_quiet()
+    for name, layers in (
+        (
+            "new_model.keras",
+            [("backbone_1", 32, "relu"), ("backbone_2", 16, "relu"), ("new_head", 5, None)],
+        ),
+        ("rebuilt.keras", [("a", 32, "relu"), ("b", 16, "relu"), ("c", 3, None)]),
+    ):
+        model = keras.Sequential(
+            [keras.Input((20,))]
+            + [keras.layers.Dense(n, activation=act, name=lname) for lname, n, act in layers]
+        )
+        model.save(workspace / name)
+    block = next(b for b in BLOCKS if "transplant" in b)
+    res = sh(block, workspace)
+    assert res.returncode == 0, res.stderr
+    assert (workspace / "ready.keras").is_file() and (workspace / "ported.keras").is_file()
+
+
+def test_every_shell_block_is_run() -> None:
+    """Premise of this file: each README block with a weightcli command is one of those run."""
+    keys = ("--by-activation", "checkpoints/", "transplant")
+    assert all(any(k in b for k in keys) for b in BLOCKS), [b[:60] for b in BLOCKS]
