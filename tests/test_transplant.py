@@ -159,3 +159,58 @@ def test_bad_input(tmp_path: Path, args: list[str], says: str | None) -> None:
     taken.write_bytes(b"x")
     res = run("transplant", SAMPLES / "mlp.keras", SAMPLES / "mlp.keras", "-o", taken)
     assert res.code == 2 and "already exists" in res.err
+
+
+def test_from_ema_equals_keras_finalize(tmp_path: Path) -> None:
+    """OUT's weights equal the averages Keras itself swaps in at the end of training."""
+    keras = keras_quiet()
+    keras.utils.set_random_seed(0)
+    m = keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(3, name="d"),
+            keras.layers.BatchNormalization(name="bn"),
+            keras.layers.Dense(2, name="e"),
+        ]
+    )
+    m.compile(keras.optimizers.Adam(0.1, use_ema=True, ema_momentum=0.5), "mse")
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    for _ in range(5):  # train_on_batch: the model keeps its raw weights, EMA apart
+        m.train_on_batch(x, np.ones((32, 2), "float32"))
+    m.save(tmp_path / "ema.keras")
+    out = tmp_path / "export.keras"
+    res = run("transplant", tmp_path / "ema.keras", tmp_path / "ema.keras", "--from-ema", "-o", out)
+    assert res.code == 0, res.err
+    want = keras.models.load_model(tmp_path / "ema.keras")
+    raw = [np.asarray(w).copy() for w in want.weights]
+    want.optimizer.finalize_variable_values(want.trainable_variables)
+    got = keras.models.load_model(out)
+    changed = 0
+    for w_raw, w_want, w_got in zip(raw, want.weights, got.weights, strict=True):
+        np.testing.assert_array_equal(np.asarray(w_got), np.asarray(w_want), err_msg=w_want.path)
+        changed += not np.array_equal(w_raw, np.asarray(w_want))
+    assert changed >= 4  # premise: the averages differ from the raw weights
+    # A file without averages: one clear line.
+    res = run(
+        "transplant",
+        SAMPLES / "mlp.keras",
+        SAMPLES / "mlp.keras",
+        "--from-ema",
+        "-o",
+        tmp_path / "x.keras",
+    )
+    assert res.code == 2 and "moving averages" in res.err
+
+
+def test_include_optimizer_moves_optimizer_state(tmp_path: Path) -> None:
+    target = tmp_path / "t.keras"
+    assert run("scale", SAMPLES / "mlp.keras", "0", "--kind", "kernel", "-o", target).code == 0
+    without = run("transplant", SAMPLES / "mlp.keras", target, "--dry-run", "--json").json()
+    assert not any(r["target"].startswith("optimizer/") for r in without["tensors"])
+    with_opt = run(
+        "transplant", SAMPLES / "mlp.keras", target, "--include-optimizer", "--dry-run", "--json"
+    ).json()
+    assert any(
+        r["target"].startswith("optimizer/") and r["status"] == "copied"
+        for r in with_opt["tensors"]
+    )

@@ -52,6 +52,14 @@ def _task(request: command.TransplantRequest, item: Item) -> TransplantResult:
     "--source-select", multiple=True, metavar="GLOB", help="Only these SOURCE tensors (repeatable)."
 )
 @click.option(
+    "--from-ema",
+    is_flag=True,
+    help="Take SOURCE's weights from its optimizer's moving averages (Keras 3 use_ema=True).",
+)
+@click.option(
+    "--include-optimizer", is_flag=True, help="Also move optimizer state (matched by name)."
+)
+@click.option(
     "--strict",
     is_flag=True,
     help="Exit 1 when a TARGET tensor receives nothing or a SOURCE tensor is unused.",
@@ -72,6 +80,8 @@ def transplant(
     select: tuple[str, ...],
     exclude: tuple[str, ...],
     source_select: tuple[str, ...],
+    from_ema: bool,
+    include_optimizer: bool,
     strict: bool,
     dry_run: bool,
     force: bool,
@@ -95,6 +105,7 @@ def transplant(
       weightcli transplant old_tfkeras.h5 rebuilt.keras --match-by order -o ported.keras
       weightcli transplant ckpt/ckpt-10 saved_model/ -o refreshed_model/ --strict
       weightcli transplant a.weights.h5 b.h5 --dry-run
+      weightcli transplant trained.keras trained.keras --from-ema -o export_ready.keras
     """
     request = command.TransplantRequest(
         source=source,
@@ -103,6 +114,8 @@ def transplant(
         maps=tuple(maps),
         match_by=match_by,
         strict=strict,
+        include_optimizer=include_optimizer,
+        from_ema=from_ema,
         output=output,
         in_place=in_place,
         force=force,

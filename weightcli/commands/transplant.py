@@ -12,7 +12,7 @@ TARGET's dtype (a float into an integer tensor is refused).
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from weightcli.select import Selection, match
 from weightcli.steps import Step, TensorOp
 from weightcli.stores import open_store
 from weightcli.stores.base import Block, Store
+from weightcli.stores.naming import walk_config
 from weightcli.stores.output import check_suffix, output_target, resolve_output
 from weightcli.tensor import TensorInfo
 
@@ -47,6 +48,8 @@ class TransplantRequest:
     maps: tuple[str, ...] = ()
     match_by: str = "name"
     strict: bool = False
+    include_optimizer: bool = False
+    from_ema: bool = False
     output: str | Path | None = None
     in_place: bool = False
     force: bool = False
@@ -59,6 +62,10 @@ class TransplantRequest:
             raise ParameterError("{match_by} order pairs by position: give no {map}")
         for m in self.maps:
             parse_map(m)
+        if self.from_ema and self.include_optimizer:
+            raise ParameterError(
+                "{from_ema} takes the weights from the optimizer's averages: give no {include_optimizer}"
+            )
 
 
 class _CopyOp(TensorOp):
@@ -137,14 +144,15 @@ def run(request: TransplantRequest, path: str | Path) -> TransplantResult:
     """Copy the matched SOURCE tensors into a patched copy of TARGET (``path``)."""
     target_path = Path(path)
     with open_store(request.source) as source, open_store(target_path) as target:
+        pool = ema_weights(source) if request.from_ema else source.tensors()
         src = [
             s
-            for s in source.tensors()
-            if not s.optimizer
+            for s in pool
+            if (request.include_optimizer or not s.optimizer)
             and s.dtype != "string"
             and (not request.source_select or any(match(s.name, g) for g in request.source_select))
         ]
-        sel = request.selection
+        sel = replace(request.selection, include_optimizer=request.include_optimizer)
         tgt = [
             t
             for t in target.tensors()
@@ -190,6 +198,7 @@ def run(request: TransplantRequest, path: str | Path) -> TransplantResult:
             )
             check_suffix(target.meta.format, target.meta.format_label, out)
         params = {
+            **({"from_ema": True} if request.from_ema else {}),
             "source": request.source.name,
             "source_sha256": None if request.dry_run else digest(request.source),
             "match_by": request.match_by,
@@ -213,6 +222,60 @@ def run(request: TransplantRequest, path: str | Path) -> TransplantResult:
             str(request.source), str(target_path), request.match_by, rows, unused, warnings,
             transform, request.strict,
         )  # fmt: skip
+
+
+# Kinds Keras keeps out of a model's trainable variables (and so out of the EMA).
+NON_TRAINABLE_KINDS = frozenset({"moving_mean", "moving_variance"})
+
+
+def ema_weights(store: Store) -> list[TensorInfo]:
+    """The model's trainable weights as the optimizer's exponential moving averages hold
+    them (Keras 3 ``use_ema=True``): named as the weights, read from the averages.
+
+    Keras 3.15 stores an optimizer's variables as ``iteration``, ``learning_rate``, then
+    (with ``use_ema``) one average per trainable variable in the model's order, then the
+    optimizer's own slots: ``optimizer/2 ...`` are the averages. The model's trainable
+    variables are its weights but BatchNormalization's moving statistics and the layers
+    the config marks ``trainable: false``; shapes are checked pair by pair.
+    """
+    config = getattr(store, "model_config", None)
+    compile_cfg = config.get("compile_config") if isinstance(config, dict) else None
+    opt_cfg = ((compile_cfg or {}).get("optimizer") or {}).get("config") or {}
+    if not opt_cfg.get("use_ema"):
+        raise UsageError(
+            f"{store.path}: its optimizer keeps no moving averages (no use_ema in its compile "
+            "config; a .keras file saved with its optimizer is needed)"
+        )
+    frozen = {
+        e["config"].get("name")
+        for e in walk_config(config)
+        if e["config"].get("trainable") is False and e is not config
+    }
+    weights = [
+        t
+        for t in store.tensors()
+        if not t.optimizer and t.kind not in NON_TRAINABLE_KINDS and t.layer not in frozen
+    ]
+    slots = {t.name: t for t in store.tensors() if t.optimizer}
+    out = []
+    for i, w in enumerate(weights):
+        avg = slots.get(f"optimizer/{i + 2}")
+        if avg is None or avg.shape != w.shape or avg.dtype != w.dtype:
+            raise UsageError(
+                f"{store.path}: cannot locate the moving average of {w.name} among the "
+                "optimizer's variables (the layout differs from Keras 3's)"
+            )
+        out.append(
+            replace(
+                avg,
+                name=w.name,
+                kind=w.kind,
+                layer=w.layer,
+                layer_class=w.layer_class,
+                optimizer=False,
+            )
+        )
+    return out
 
 
 def _nothing_matched(src: list[TensorInfo], tgt: list[TensorInfo]) -> str:
