@@ -143,18 +143,24 @@ def test_weights_files_both_ways_shapes_strict_dry_run(tmp_path: Path) -> None:
     ("args", "says"),
     [
         (["missing.keras", "{mlp}"], "no such file"),
+        (["{mlp}", "{truncated}"], "truncated"),
         (["{cnn}", "{mlp}"], "--map"),
         (["{mlp}", "{mlp}", "--map", "nothing/*=x/*", "--dry-run"], None),
     ],
 )
 def test_bad_input(tmp_path: Path, args: list[str], says: str | None) -> None:
-    filled = [a.format(mlp=SAMPLES / "mlp.keras", cnn=SAMPLES / "cnn.keras") for a in args]
+    truncated = tmp_path / "truncated.h5"
+    truncated.write_bytes((SAMPLES / "mlp_keras3.h5").read_bytes()[:3000])
+    filled = [
+        a.format(mlp=SAMPLES / "mlp.keras", cnn=SAMPLES / "cnn.keras", truncated=truncated)
+        for a in args
+    ]
     res = run("transplant", *filled, "-o", tmp_path / "o.keras")
     if says is None:  # a map rule that renames nothing: a warning in the report
         assert res.code == 0 and "warning: map nothing/*=x/* renames no source tensor" in res.out
     else:
         assert res.code == 2 and says in res.err and len(res.err.strip().splitlines()) == 1
-    assert not (tmp_path / "o.keras").exists()
+    assert not (tmp_path / "o.keras").exists() and not list(tmp_path.glob(".*.tmp"))
     taken = tmp_path / "taken.keras"
     taken.write_bytes(b"x")
     res = run("transplant", SAMPLES / "mlp.keras", SAMPLES / "mlp.keras", "-o", taken)
