@@ -48,3 +48,6 @@ $W verify "$OUT/mlp_repaired.h5"
 
 step transplant sample_models/mlp_tfkeras.h5 sample_models/mlp.keras --match-by order --dry-run
 $W transplant sample_models/mlp_tfkeras.h5 sample_models/mlp.keras --match-by order --dry-run
+
+step merge sample_models/mlp.keras sample_models/mlp_keras3.h5 --method ema --decay 0.5 -o "$OUT/mlp_ema.keras"
+$W merge sample_models/mlp.keras sample_models/mlp_keras3.h5 --method ema --decay 0.5 -o "$OUT/mlp_ema.keras"

@@ -162,6 +162,7 @@ def test_help_on_every_command() -> None:
         "diff",
         "verify",
         "transplant",
+        "merge",
     }
     for name in names:
         cmd = cli.get_command(ctx, name)

@@ -115,5 +115,12 @@ def test_transplant_block(workspace: Path) -> None:
 
 def test_every_shell_block_is_run() -> None:
     """Premise of this file: each README block with a weightcli command is one of those run."""
-    keys = ("--by-activation", "checkpoints/", "transplant")
+    keys = ("--by-activation", "checkpoints/", "transplant", "merge")
     assert all(any(k in b for k in keys) for b in BLOCKS), [b[:60] for b in BLOCKS]
+
+
+def test_merge_block(workspace: Path) -> None:
+    block = next(b for b in BLOCKS if "weightcli merge" in b)
+    res = sh(block, workspace)
+    assert res.returncode == 0, res.stderr
+    assert (workspace / "soup.keras").is_file() and (workspace / "ta.keras").is_file()

@@ -23,6 +23,7 @@ _API = {
     "verify",
     "selection",
     "transplant",
+    "merge",
 }
 
 

@@ -28,6 +28,7 @@ import numpy as np
 from weightcli import recipe
 from weightcli.commands import diff as diff_cmd
 from weightcli.commands import inspect as inspect_cmd
+from weightcli.commands import merge as merge_cmd
 from weightcli.commands import transform as transform_cmd
 from weightcli.commands import transplant as transplant_cmd
 from weightcli.commands import verify as verify_cmd
@@ -51,6 +52,7 @@ __all__ = [
     "clip",
     "diff",
     "inspect",
+    "merge",
     "open",
     "quantize",
     "scale",
@@ -299,6 +301,41 @@ def transplant(
         dry_run=dry_run,
     )
     return transplant_cmd.run(request, target)
+
+
+def merge(
+    inputs: Sequence[PathLike],
+    *,
+    output: PathLike | None = None,
+    method: str = "mean",
+    weights: Sequence[float] = (),
+    decay: float | None = None,
+    base: PathLike | None = None,
+    lam: float = 1.0,
+    density: float | None = None,
+    maps: Sequence[str] = (),
+    select: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    force: bool = False,
+    dry_run: bool = False,
+) -> TransformResult:
+    """Merge checkpoints (mean, ema, task-arithmetic, ties) into a copy of the first
+    input (or of ``base``); see ``weightcli.commands.merge``."""
+    request = merge_cmd.MergeRequest(
+        others=tuple(Path(p) for p in inputs[1:]),
+        method=method,
+        weights=tuple(weights),
+        decay=decay,
+        base=Path(base) if base is not None else None,
+        lam=lam,
+        density=density,
+        selection=selection(select, exclude),
+        maps=tuple(maps),
+        output=output,
+        force=force,
+        dry_run=dry_run,
+    )
+    return merge_cmd.run(request, inputs[0])
 
 
 def verify(

@@ -266,6 +266,11 @@ def _figure_text(fig: dict[str, Any]) -> str:
         if fig["repaired"]:
             text += f", repaired {fig['repaired']}"
         return text
+    if "method" in fig:
+        text = f"{fig['method']}, weights " + ", ".join(fmt_num(w, 3) for w in fig["weights"])
+        if "kept_fraction" in fig:
+            text += f"; kept {100 * fig['kept_fraction']:.1f}%, sign agreement {100 * fig['sign_agreement']:.1f}%"
+        return text
     if fig.get("store") == "keras-int8":
         return (
             f"Keras int8, scale {fmt_num(fig['scale_min'])}..{fmt_num(fig['scale_max'])}, "

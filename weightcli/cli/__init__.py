@@ -34,6 +34,7 @@ COMMANDS = {
     "diff": "weightcli.cli.compare_cmds:diff",
     "verify": "weightcli.cli.compare_cmds:verify",
     "transplant": "weightcli.cli.transplant_cmd:transplant",
+    "merge": "weightcli.cli.merge_cmd:merge",
 }
 
 

@@ -22,6 +22,7 @@ SPELLING = {
     "recursive": "-r/--recursive",
     "min": "--min",
     "max": "--max",
+    "lam": "--lambda",
 }
 
 

@@ -1,0 +1,298 @@
+"""``merge``: combine several checkpoints tensor by tensor, in one streaming pass, into a
+surgery copy of the first input (or of ``base`` for the methods that have one).
+
+Methods (arithmetic in float64, written in each tensor's own dtype):
+
+- ``mean``: sum(w_i x_i) / sum(w_i); ``weights`` default to equal (they are normalised).
+- ``ema``: e = x_1; e = decay * e + (1 - decay) * x_i for the next inputs, oldest first.
+- ``task-arithmetic``: base + lambda * sum(x_i - base).
+- ``ties`` (TIES-Merging, Yadav et al. 2023): per tensor, each task vector t_i = x_i - base
+  keeps its ``density`` fraction of largest magnitudes (the rest set to 0); the sign of
+  each element is elected by the total mass sum(t_i); the kept values that agree with it
+  are averaged; merged = base + lambda * that average.
+
+Only floating-point model weights are combined; integer tensors, counters and optimizer
+state stay as the first input (or base) holds them, and the report says so.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from weightcli import pipeline
+from weightcli.compare import parse_map, rename
+from weightcli.digest import digest
+from weightcli.errors import ParameterError, UsageError, literal
+from weightcli.results import TransformResult
+from weightcli.select import Selection
+from weightcli.steps import Step, TensorOp
+from weightcli.stores import open_store
+from weightcli.stores.base import Block, Store
+from weightcli.stores.output import check_suffix, output_target, resolve_output
+from weightcli.tensor import TensorInfo
+
+__all__ = ["MergeRequest", "run"]
+
+METHODS = ("mean", "ema", "task-arithmetic", "ties")
+# TIES finds each task vector's magnitude threshold exactly, in memory, up to this size.
+TIES_MAX_ELEMS = 1 << 22
+
+
+@dataclass(frozen=True)
+class MergeRequest:
+    """The other inputs (the first is the ``run`` path), the method and its parameters."""
+
+    others: tuple[Path, ...]
+    method: str = "mean"
+    weights: tuple[float, ...] = ()
+    decay: float | None = None
+    base: Path | None = None
+    lam: float = 1.0
+    density: float | None = None
+    selection: Selection = field(default_factory=Selection)
+    maps: tuple[str, ...] = ()
+    output: str | Path | None = None
+    force: bool = False
+    dry_run: bool = False
+
+    def __post_init__(self) -> None:
+        n = len(self.others) + 1
+        if self.method not in METHODS:
+            raise ParameterError(f"{{method}} must be one of {', '.join(METHODS)}")
+        if n < 2:
+            raise ParameterError("merge needs at least two inputs")
+        if self.weights:
+            if self.method != "mean":
+                raise ParameterError("{weights} go with {method} mean")
+            if len(self.weights) != n:
+                raise ParameterError(
+                    f"{{weights}} gives {len(self.weights)} weights for {n} inputs"
+                )
+            if not all(math.isfinite(w) for w in self.weights) or sum(self.weights) == 0:
+                raise ParameterError("{weights} must be finite numbers whose sum is not 0")
+        needs_base = self.method in ("task-arithmetic", "ties")
+        if needs_base and self.base is None:
+            raise ParameterError(f"{{method}} {self.method} needs {{base}} BASE")
+        if not needs_base and self.base is not None:
+            raise ParameterError(f"{{base}} goes with task-arithmetic or ties, not {self.method}")
+        if self.method == "ema":
+            if self.decay is None or not 0 < self.decay < 1:
+                raise ParameterError(f"{{decay}} must be in (0, 1), got {self.decay}")
+        elif self.decay is not None:
+            raise ParameterError("{decay} goes with {method} ema")
+        if self.method == "ties":
+            if self.density is None or not 0 < self.density <= 1:
+                raise ParameterError(f"{{density}} must be in (0, 1], got {self.density}")
+        elif self.density is not None:
+            raise ParameterError("{density} goes with {method} ties")
+        if not math.isfinite(self.lam):
+            raise ParameterError("{lam} must be a finite number")
+        for m in self.maps:
+            parse_map(m)
+
+    def input_weights(self) -> list[float]:
+        """Each input's weight in the result, as the report shows it (mean and ema)."""
+        n = len(self.others) + 1
+        if self.method == "mean":
+            w = list(self.weights) if self.weights else [1.0] * n
+            total = sum(w)
+            return [x / total for x in w]
+        if self.method == "ema":
+            d = self.decay or 0.0
+            out = [d ** (n - 1)] + [(1 - d) * d ** (n - 1 - i) for i in range(1, n)]
+            return out
+        return [float(self.lam)] * n
+
+
+class _MergeOp(TensorOp):
+    def __init__(
+        self, info: TensorInfo, step: _MergeStep, parts: list[tuple[Store, TensorInfo]]
+    ) -> None:
+        super().__init__(info)
+        self.step, self.parts = step, parts
+        self.kept = 0
+        self.agree = 0
+        self.seen = 0
+        self.thresholds: list[float] = []
+        if step.request.method == "ties":
+            if info.size > TIES_MAX_ELEMS:
+                raise UsageError(
+                    f"{literal(info.name)}: ties on tensors over {TIES_MAX_ELEMS} elements is not supported"
+                )
+            self.passes = 1
+            self._tau: list[list[np.ndarray]] = [[] for _ in parts]
+
+    def _inputs(self, where: Block, block: np.ndarray) -> list[np.ndarray]:
+        return [
+            np.asarray(s.read(t, where), np.float64).reshape(block.shape) for s, t in self.parts
+        ]
+
+    def observe(self, pass_no: int, where: Block, block: np.ndarray) -> None:
+        base = block.astype(np.float64)
+        for i, x in enumerate(self._inputs(where, block)):
+            self._tau[i].append(np.abs(x - base).ravel())
+
+    def end_pass(self, pass_no: int) -> bool:
+        p = self.step.request.density or 1.0
+        for taus in self._tau:
+            mags = np.concatenate(taus) if taus else np.zeros(0)
+            k = int(math.ceil(p * mags.size))
+            self.thresholds.append(
+                float(np.partition(mags, mags.size - k)[mags.size - k])
+                if 0 < k <= mags.size
+                else math.inf
+            )
+        self._tau = []
+        return False
+
+    def apply(self, where: Block, block: np.ndarray, count: bool = True) -> np.ndarray:
+        r = self.step.request
+        xs = self._inputs(where, block)
+        carrier = block.astype(np.float64)
+        if r.method == "mean":
+            w = r.input_weights()
+            # The carrier is the first input: it is part of the mean.
+            out = w[0] * carrier + sum(wi * x for wi, x in zip(w[1:], xs, strict=True))
+        elif r.method == "ema":
+            d = r.decay or 0.0
+            out = carrier
+            for x in xs:
+                out = d * out + (1 - d) * x
+        elif r.method == "task-arithmetic":
+            out = carrier + r.lam * sum(x - carrier for x in xs)
+        else:
+            taus = []
+            for x, thr in zip(xs, self.thresholds, strict=True):
+                t = x - carrier
+                taus.append(np.where(np.abs(t) >= thr, t, 0.0))
+            stack = np.stack(taus)
+            sign = np.sign(stack.sum(axis=0))
+            agree = (np.sign(stack) == sign) & (stack != 0)
+            n_agree = agree.sum(axis=0)
+            merged = np.where(
+                n_agree > 0, (stack * agree).sum(axis=0) / np.maximum(n_agree, 1), 0.0
+            )
+            out = carrier + r.lam * merged
+            if count:
+                self.kept += int(np.count_nonzero(stack))
+                nonzero = stack != 0
+                self.agree += int(np.count_nonzero(agree.sum(axis=0) == nonzero.sum(axis=0)))
+                self.seen += block.size
+        return np.asarray(out).astype(block.dtype)
+
+    def figures(self) -> dict[str, Any]:
+        r = self.step.request
+        fig: dict[str, Any] = {"method": r.method, "weights": r.input_weights()}
+        if r.method == "ties" and self.seen:
+            fig["kept_fraction"] = self.kept / (self.seen * len(self.parts))
+            fig["sign_agreement"] = self.agree / self.seen
+        return fig
+
+
+class _MergeStep(Step):
+    command = "merge"
+
+    def __init__(
+        self,
+        request: MergeRequest,
+        selection: Selection,
+        matched: dict[str, list[tuple[Store, TensorInfo]]],
+        params: dict[str, Any],
+    ) -> None:
+        super().__init__(selection)
+        self.request, self.matched, self._params = request, matched, params
+
+    def selects(self, info: TensorInfo) -> bool:
+        return info.path in self.matched
+
+    def op(self, info: TensorInfo) -> TensorOp | None:
+        return _MergeOp(info, self, self.matched[info.path])
+
+    def params(self) -> dict[str, Any]:
+        return self._params
+
+
+def run(request: MergeRequest, path: str | Path) -> TransformResult:
+    """Merge ``path`` (the first input) with ``request.others`` into OUT."""
+    first = Path(path)
+    inputs = [first, *request.others]
+    carrier_path = request.base if request.base is not None else first
+    combined = inputs if request.base is not None else request.others
+    stores: list[Store] = []
+    try:
+        carrier = open_store(carrier_path)
+        stores.append(carrier)
+        others = []
+        for p in combined:
+            s = open_store(p)
+            stores.append(s)
+            others.append(s)
+        maps = [parse_map(m) for m in request.maps]
+        sel = request.selection
+        chosen = [t for t in carrier.tensors() if sel.matches(t) and t.is_float and not t.optimizer]
+        if not chosen:
+            raise UsageError(f"{carrier_path}: the selection matches no floating-point weight")
+        matched: dict[str, list[tuple[Store, TensorInfo]]] = {}
+        problems: list[str] = []
+        for s in others:
+            names = {rename(t.name, maps): t for t in s.tensors() if not t.optimizer}
+            for t in chosen:
+                o = names.get(t.name)
+                if o is None:
+                    problems.append(f"{t.name}: not in {s.path.name}")
+                elif o.shape != t.shape or o.dtype != t.dtype:
+                    problems.append(
+                        f"{t.name}: {o.shape} {o.dtype} in {s.path.name}, {t.shape} {t.dtype} here"
+                    )
+                else:
+                    matched.setdefault(t.path, []).append((s, o))
+        if problems:
+            more = f" and {len(problems) - 5} more" if len(problems) > 5 else ""
+            raise ParameterError(
+                f"the inputs do not agree: {literal('; '.join(problems[:5]))}{more} "
+                "(rename with {map} OLD=NEW, or leave tensors out with {exclude})"
+            )
+        out = None
+        if request.output is not None or not request.dry_run:
+            out = resolve_output(
+                carrier.target,
+                output_target(carrier_path, request.output, carrier.target.name),
+                False,
+                request.force,
+                dry_run=request.dry_run,
+            )
+            check_suffix(carrier.meta.format, carrier.meta.format_label, out)
+        params: dict[str, Any] = {
+            "method": request.method,
+            "inputs": [
+                {"file": p.name, "sha256": None if request.dry_run else digest(p)} for p in inputs
+            ],
+            "weights": request.input_weights(),
+        }
+        if request.base is not None:
+            params["base"] = {
+                "file": request.base.name,
+                "sha256": None if request.dry_run else digest(request.base),
+            }
+        for key in ("decay", "density"):
+            if getattr(request, key) is not None:
+                params[key] = getattr(request, key)
+        if request.method in ("task-arithmetic", "ties"):
+            params["lambda"] = request.lam
+        step = _MergeStep(request, Selection(floats_only=True), matched, params)
+        return pipeline.run(
+            carrier,
+            [step],
+            None if request.dry_run else out,
+            ["merge", *map(str, inputs)],
+            dry_run=request.dry_run,
+            overwrite=request.force,
+        )
+    finally:
+        for s in stores:
+            s.close()
