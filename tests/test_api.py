@@ -250,3 +250,23 @@ def test_layers_import_one_way() -> None:
 
 def test_every_error_is_a_weightcli_error_or_a_bug() -> None:
     assert issubclass(ParameterError, WeightcliError)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["scale", "{mlp}", "2"],
+        ["clip", "{mlp}", "--abs-max", "1"],
+        ["quantize", "{mlp}"],
+        ["transplant", "{mlp}", "{mlp}"],
+        ["merge", "{mlp}", "{mlp}"],
+    ],
+)
+def test_note_is_kept_in_the_history(tmp_path: Path, args: list[str]) -> None:
+    filled = [a.format(mlp=SAMPLES / "mlp_keras3.h5") for a in args]
+    out = tmp_path / "o.h5"
+    res = run(*filled, "--note", "ticket 42: calibration fix", "-o", out)
+    assert res.code == 0, res.err
+    doc = run("inspect", out, "--json", "--no-stats").json()
+    assert doc["history"][-1]["note"] == "ticket 42: calibration fix"
+    assert 'ticket 42: calibration fix"' in run("inspect", out, "--no-stats").out

@@ -159,6 +159,7 @@ def run(
     allow_nonfinite: bool = False,
     in_place: bool = False,
     overwrite: bool = False,
+    note: str | None = None,
 ) -> TransformResult:
     """Apply ``steps`` to ``store`` and write the patched copy to ``out`` (nothing when
     ``dry_run``), reading tensors in blocks of at most ``block_elems`` elements.
@@ -242,6 +243,7 @@ def run(
             source=store.path.name,
             source_sha256=hasher.result() if hasher else None,
             changed=[c.info.name for c in changes],
+            note=note,
         ).to_json()
         if patcher is not None:
             patcher.set_history([*store.meta.history, record])

@@ -82,6 +82,7 @@ def header_lines(path: Path, meta: StoreMeta) -> list[str | Styled]:
             f"  history: {record.get('time', '?')} weightcli {record.get('version', '?')} "
             f"{record.get('command', '?')} ({len(changed)} tensors changed) "
             f"from {record.get('source', '?')}"
+            + (f': "{record["note"]}"' if record.get("note") else "")
         )
     return lines
 

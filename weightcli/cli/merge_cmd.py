@@ -9,7 +9,7 @@ import click
 
 from weightcli.batch import Item
 from weightcli.cli.dispatch import dispatch
-from weightcli.cli.options import debug_option, json_option, make_selection
+from weightcli.cli.options import debug_option, json_option, make_selection, note_option
 from weightcli.commands import merge as command
 from weightcli.errors import ParameterError, literal
 from weightcli.report import print_transform
@@ -87,6 +87,7 @@ def _floats(text: str | None) -> tuple[float, ...]:
 @click.option("-x", "--exclude", multiple=True, metavar="GLOB", help="Do not merge these tensors.")
 @click.option("--dry-run", is_flag=True, help="Check and report everything, write nothing.")
 @click.option("--force", is_flag=True, help="Overwrite an existing OUT.")
+@note_option
 @json_option
 @debug_option
 def merge(
@@ -103,6 +104,7 @@ def merge(
     exclude: tuple[str, ...],
     dry_run: bool,
     force: bool,
+    note: str | None,
     as_json: bool,
     debug: bool,
 ) -> None:
@@ -135,6 +137,7 @@ def merge(
         output=output,
         force=force,
         dry_run=dry_run,
+        note=note,
     )
     dispatch(
         [Item(inputs[0])],

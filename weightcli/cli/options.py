@@ -111,8 +111,16 @@ def batch_options(f: F) -> F:
     return f
 
 
+def note_option(f: F) -> F:
+    """--note TEXT: why, kept in the output's history."""
+    return click.option(
+        "--note", metavar="TEXT", help="Why: kept in the output's history, shown by inspect."
+    )(f)
+
+
 def output_options(f: F) -> F:
     """-o, --output-dir, --in-place, --force, --dry-run, --allow-nonfinite, batch options."""
+    f = note_option(f)
     f = click.option(
         "--allow-nonfinite",
         is_flag=True,

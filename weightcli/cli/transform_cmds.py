@@ -67,6 +67,7 @@ def execute(
         dry_run=dry_run,
         outputs=outputs,
         allow_nonfinite=opts["allow_nonfinite"],
+        note=opts["note"],
     )
     dispatch(
         items,
@@ -431,6 +432,7 @@ def keras_int8_run(paths: tuple[str, ...], sel: Selection, opts: dict[str, Any])
         in_place=opts["in_place"],
         force=opts["force"],
         dry_run=opts["dry_run"],
+        note=opts["note"],
     )
     dispatch(
         [Item(Path(paths[0]))],
@@ -463,6 +465,7 @@ def by_activation_run(
         in_place=opts["in_place"],
         force=opts["force"],
         dry_run=opts["dry_run"],
+        note=opts["note"],
     )
     try:
         result: ByActivationResult = by_activation_cmd.run(request, path)

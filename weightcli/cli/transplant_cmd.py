@@ -9,7 +9,7 @@ import click
 
 from weightcli.batch import Item
 from weightcli.cli.dispatch import dispatch
-from weightcli.cli.options import debug_option, json_option, make_selection
+from weightcli.cli.options import debug_option, json_option, make_selection, note_option
 from weightcli.commands import transplant as command
 from weightcli.report import print_transplant
 from weightcli.results import TransplantResult
@@ -69,6 +69,7 @@ def _task(request: command.TransplantRequest, item: Item) -> TransplantResult:
 )
 @click.option("--force", is_flag=True, help="Overwrite an existing OUT.")
 @click.option("--in-place", is_flag=True, help="Write into TARGET itself.")
+@note_option
 @json_option
 @debug_option
 def transplant(
@@ -86,6 +87,7 @@ def transplant(
     dry_run: bool,
     force: bool,
     in_place: bool,
+    note: str | None,
     as_json: bool,
     debug: bool,
 ) -> None:
@@ -120,6 +122,7 @@ def transplant(
         in_place=in_place,
         force=force,
         dry_run=dry_run,
+        note=note,
     )
     dispatch(
         [Item(Path(target))],

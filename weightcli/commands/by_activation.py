@@ -30,6 +30,7 @@ class ByActivationRequest:
     in_place: bool = False
     force: bool = False
     dry_run: bool = False
+    note: str | None = None
 
     def __post_init__(self) -> None:
         activation.check_params(self.target, self.stat, self.batch_size)
@@ -80,6 +81,7 @@ def run(request: ByActivationRequest, path: str | Path) -> ByActivationResult:
             dry_run=request.dry_run,
             in_place=request.in_place,
             overwrite=request.force,
+            note=request.note,
         )
     if out is not None:
         with open_store(out) as written:

@@ -68,6 +68,7 @@ class KerasInt8Request:
     in_place: bool = False
     force: bool = False
     dry_run: bool = False
+    note: str | None = None
 
 
 def run(request: KerasInt8Request, path: str | Path) -> TransformResult:
@@ -112,6 +113,7 @@ def run(request: KerasInt8Request, path: str | Path) -> TransformResult:
                 source=src.name,
                 source_sha256=None,
                 changed=[c.info.name for c in changes],
+                note=request.note,
             ).to_json()
             if patcher is not None:
                 patcher.set_config(config)

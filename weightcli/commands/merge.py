@@ -59,6 +59,7 @@ class MergeRequest:
     output: str | Path | None = None
     force: bool = False
     dry_run: bool = False
+    note: str | None = None
 
     def __post_init__(self) -> None:
         n = len(self.others) + 1
@@ -292,6 +293,7 @@ def run(request: MergeRequest, path: str | Path) -> TransformResult:
             ["merge", *map(str, inputs)],
             dry_run=request.dry_run,
             overwrite=request.force,
+            note=request.note,
         )
     finally:
         for s in stores:

@@ -39,6 +39,7 @@ class TransformRequest:
     outputs: tuple[tuple[Path, Path], ...] = ()
     block_elems: int = BLOCK_ELEMS
     allow_nonfinite: bool = False
+    note: str | None = None
 
     def __post_init__(self) -> None:
         if not self.steps:
@@ -91,4 +92,5 @@ def run(request: TransformRequest, path: str | Path) -> TransformResult:
             allow_nonfinite=request.allow_nonfinite,
             in_place=request.in_place,
             overwrite=request.force,
+            note=request.note,
         )

@@ -54,6 +54,7 @@ class TransplantRequest:
     in_place: bool = False
     force: bool = False
     dry_run: bool = False
+    note: str | None = None
 
     def __post_init__(self) -> None:
         if self.match_by not in ("name", "order"):
@@ -213,6 +214,7 @@ def run(request: TransplantRequest, path: str | Path) -> TransplantResult:
             dry_run=request.dry_run,
             in_place=request.in_place,
             overwrite=request.force,
+            note=request.note,
         )
         changed = {c.info.name: c.max_change for c in transform.changes}
         for r in rows:

@@ -99,9 +99,10 @@ class Provenance:
     source: str
     source_sha256: str | None
     changed: list[str]
+    note: str | None = None  # why, in the user's words (--note)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "tool": self.tool,
             "version": self.version,
             "time": self.time,
@@ -111,6 +112,9 @@ class Provenance:
             "source_sha256": self.source_sha256,
             "changed": self.changed,
         }
+        if self.note:
+            out["note"] = self.note
+        return out
 
 
 @dataclass(frozen=True)
