@@ -163,6 +163,8 @@ def test_help_on_every_command() -> None:
         "verify",
         "transplant",
         "merge",
+        "set",
+        "dump",
     }
     for name in names:
         cmd = cli.get_command(ctx, name)

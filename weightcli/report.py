@@ -20,6 +20,7 @@ from weightcli.results import (
     CheckStatus,
     DiffResult,
     DiffStatus,
+    DumpResult,
     InspectResult,
     TensorReport,
     TransformResult,
@@ -487,6 +488,14 @@ def print_transplant(result: TransplantResult) -> None:
     t = result.transform
     where = f"wrote {t.output}" if t.output else "dry run: nothing written"
     out.print(f"{len(t.changes)} tensors changed, {fmt_bytes(t.bytes_written)} written; {where}")
+
+
+def print_dump(result: DumpResult) -> None:
+    total = sum(t.nbytes for t in result.tensors)
+    console().print(
+        f"{len(result.tensors)} tensors, {fmt_bytes(total)} written to {result.output} "
+        f"({result.layout}), {result.elapsed:.2f} s"
+    )
 
 
 # -- batch ------------------------------------------------------------------------------------

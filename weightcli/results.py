@@ -368,6 +368,41 @@ class TransplantResult:
         )
 
 
+# -- dump -------------------------------------------------------------------------------------
+
+
+@dataclass
+class DumpResult:
+    """``dump``: JSON ``{"source", "output", "format", "tensors": [{"name", "shape",
+    "dtype", "bytes"}], "bytes"}``."""
+
+    source: str
+    output: str
+    layout: str
+    tensors: list[TensorInfo]
+    elapsed: float
+
+    exit_code = 0
+
+    def explain(self) -> str | None:
+        return None
+
+    def to_json(self) -> JSON:
+        return clean(
+            {
+                "source": self.source,
+                "output": self.output,
+                "format": self.layout,
+                "tensors": [
+                    {"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "bytes": t.nbytes}
+                    for t in self.tensors
+                ],
+                "bytes": sum(t.nbytes for t in self.tensors),
+                "elapsed_s": self.elapsed,
+            }
+        )
+
+
 # -- diff -------------------------------------------------------------------------------------
 
 

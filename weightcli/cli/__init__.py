@@ -35,6 +35,8 @@ COMMANDS = {
     "verify": "weightcli.cli.compare_cmds:verify",
     "transplant": "weightcli.cli.transplant_cmd:transplant",
     "merge": "weightcli.cli.merge_cmd:merge",
+    "set": "weightcli.cli.edit_cmds:set_cmd",
+    "dump": "weightcli.cli.edit_cmds:dump_cmd",
 }
 
 

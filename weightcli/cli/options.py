@@ -23,6 +23,8 @@ SPELLING = {
     "min": "--min",
     "max": "--max",
     "lam": "--lambda",
+    "from_npz": "--from",
+    "format": "--format",
 }
 
 

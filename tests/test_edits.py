@@ -1,0 +1,122 @@
+"""``set`` and ``dump``: direct edits and exports, checked with numpy and Keras."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from helpers import SAMPLES, keras_quiet, run
+
+import weightcli
+
+
+def arrays(path: Path) -> dict[str, np.ndarray]:
+    with weightcli.open(path) as ckpt:
+        return {t.name: ckpt.array(t.name) for t in ckpt.tensors() if not t.optimizer}
+
+
+@pytest.mark.parametrize(
+    "source", ["mlp.keras", "mlp_keras3.h5", "mlp_export", "mlp_sharded/mlp.weights.json"]
+)
+def test_dump_then_set_is_a_round_trip(tmp_path: Path, source: str) -> None:
+    npz = tmp_path / "w.npz"
+    res = run("dump", SAMPLES / source, "-o", npz, "--json")
+    assert res.code == 0, res.err
+    data = np.load(npz)
+    want = arrays(SAMPLES / source)
+    assert sorted(data.files) == sorted(want)
+    for name, value in want.items():
+        assert data[name].dtype == value.dtype
+        np.testing.assert_array_equal(data[name], value)
+    out = tmp_path / (
+        "same"
+        + ("" if (SAMPLES / source).is_dir() else Path(source).name[Path(source).name.index(".") :])
+    )
+    res = run("set", SAMPLES / source, "--from", npz, "-o", out, "--json")
+    assert res.code == 0, res.err
+    assert res.json()["changed"] == 0
+    for name, value in arrays(out).items():
+        assert (
+            hashlib.sha256(value.tobytes()).digest()
+            == hashlib.sha256(want[name].tobytes()).digest()
+        )
+
+
+def test_dump_npy_dir_and_limits(tmp_path: Path) -> None:
+    out = tmp_path / "npy"
+    assert (
+        run("dump", SAMPLES / "mlp.keras", "-s", "dense_1", "--format", "npy-dir", "-o", out).code
+        == 0
+    )
+    np.testing.assert_array_equal(
+        np.load(out / "dense_1" / "kernel.npy"), arrays(SAMPLES / "mlp.keras")["dense_1/kernel"]
+    )
+    assert sorted(p.name for p in (out / "dense_1").iterdir()) == ["bias.npy", "kernel.npy"]
+    res = run("dump", SAMPLES / "mlp.keras", "-o", tmp_path / "big.npz", "--max-bytes", "100")
+    assert res.code == 2 and "--max-bytes" in res.err and not (tmp_path / "big.npz").exists()
+
+
+def test_set_from_npy_and_constant_loads_in_keras(tmp_path: Path) -> None:
+    new_kernel = np.random.default_rng(0).normal(size=(16, 3))  # float64: cast to float32
+    np.save(tmp_path / "k.npy", new_kernel)
+    out = tmp_path / "patched.keras"
+    res = run(
+        "set",
+        SAMPLES / "mlp.keras",
+        f"logits/kernel={tmp_path / 'k.npy'}",
+        "dense_1/bias=0.25",
+        "-o",
+        out,
+        "--json",
+    )
+    assert res.code == 0, res.err
+    figs = {t["name"]: t["figures"][0] for t in res.json()["tensors"]}
+    assert figs["logits/kernel"]["cast"] == "float64 -> float32"
+    assert figs["logits/kernel"]["max_cast_error"] == pytest.approx(
+        float(np.abs(new_kernel.astype(np.float32) - new_kernel).max())
+    )
+    model = keras_quiet().models.load_model(out, compile=False)
+    np.testing.assert_array_equal(
+        np.asarray(model.get_layer("logits").kernel), new_kernel.astype(np.float32)
+    )
+    np.testing.assert_array_equal(
+        np.asarray(model.get_layer("dense_1").bias), np.full(32, 0.25, np.float32)
+    )
+    before, after = arrays(SAMPLES / "mlp.keras"), arrays(out)
+    for name in ("dense_1/kernel", "dense_2/kernel", "dense_2/bias", "logits/bias"):
+        np.testing.assert_array_equal(after[name], before[name])
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["dense_1/bais=0"], "nearest: dense_1/bias"),
+        (["dense_1/bias={wrong}"], "shape (5,)"),
+        (["--from", "{npz_bad}"], "nearest"),
+        (["dense_1/bias"], "NAME=FILE.npy"),
+        ([], "give NAME=FILE.npy"),
+    ],
+)
+def test_set_bad_input(tmp_path: Path, args: list[str], says: str) -> None:
+    np.save(tmp_path / "wrong.npy", np.zeros(5, "float32"))
+    np.savez(tmp_path / "bad.npz", **{"nope/kernel": np.zeros(3)})
+    filled = [a.format(wrong=tmp_path / "wrong.npy", npz_bad=tmp_path / "bad.npz") for a in args]
+    out = tmp_path / "o.keras"
+    res = run("set", SAMPLES / "mlp.keras", *filled, "-o", out)
+    assert res.code == 2 and says in res.err, res.err
+    assert not out.exists()
+
+
+def test_set_refuses_floats_into_integers(tmp_path: Path) -> None:
+    p = tmp_path / "ints.h5"
+    with h5py.File(p, "w") as f:
+        f["layer/counts"] = np.arange(4, dtype="int32")
+    np.save(tmp_path / "f.npy", np.ones(4, "float32"))
+    res = run("set", p, f"layer/counts={tmp_path / 'f.npy'}", "-o", tmp_path / "o.h5")
+    assert res.code == 2 and "cannot be written into it" in res.err
+    assert run("set", p, "layer/counts=7", "-o", tmp_path / "o.h5").code == 0
+    with h5py.File(tmp_path / "o.h5") as f:
+        np.testing.assert_array_equal(f["layer/counts"][()], np.full(4, 7, "int32"))

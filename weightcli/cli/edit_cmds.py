@@ -1,0 +1,155 @@
+"""``weightcli set`` and ``weightcli dump``: direct edits and exports."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import click
+
+from weightcli.batch import Item
+from weightcli.cli.dispatch import dispatch
+from weightcli.cli.options import debug_option, json_option, make_selection, note_option
+from weightcli.commands import assign, dump
+from weightcli.report import print_dump, print_transform
+from weightcli.results import DumpResult, TransformResult
+
+
+def _set_task(request: assign.SetRequest, item: Item) -> TransformResult:
+    return assign.run(request, item.path)
+
+
+def _dump_task(request: dump.DumpRequest, item: Item) -> DumpResult:
+    return dump.run(request, item.path)
+
+
+@click.command(name="set")
+@click.argument("path", metavar="IN", type=click.Path(path_type=str))
+@click.argument("assignments", nargs=-1, metavar="NAME=FILE.npy|NAME=VALUE ...")
+@click.option(
+    "--from",
+    "from_npz",
+    type=click.Path(path_type=Path),
+    metavar="FILE.npz",
+    help="Assign every array of a .npz whose keys are canonical names (as dump writes them).",
+)
+@click.option(
+    "-o", "--output", type=click.Path(path_type=str), help="Where to write (IN's format)."
+)
+@click.option("--in-place", is_flag=True, help="Overwrite IN (atomically).")
+@click.option("--force", is_flag=True, help="Overwrite an existing OUT.")
+@click.option("--dry-run", is_flag=True, help="Check and report everything, write nothing.")
+@note_option
+@json_option
+@debug_option
+def set_cmd(
+    path: str,
+    assignments: tuple[str, ...],
+    from_npz: Path | None,
+    output: str | None,
+    in_place: bool,
+    force: bool,
+    dry_run: bool,
+    note: str | None,
+    as_json: bool,
+    debug: bool,
+) -> None:
+    """Assign tensors from .npy files, a .npz, or a constant (layer.set_weights, in a file).
+
+    Shapes must match exactly (a constant fills the tensor); values are cast to the
+    tensor's dtype and the report gives the largest change the cast made. A name that
+    does not exist is an error naming the nearest ones. Only the assigned tensors are
+    rewritten.
+
+    \b
+    Examples:
+      weightcli set model.keras dense_1/bias=0 -o zero_bias.keras
+      weightcli set model.h5 logits/kernel=new_kernel.npy -o patched.h5
+      weightcli dump model.keras -o weights.npz && weightcli set model.keras --from weights.npz -o same.keras
+    """
+    request = assign.SetRequest(
+        assignments=tuple(assign.parse_assignment(a) for a in assignments),
+        from_npz=from_npz,
+        output=output,
+        in_place=in_place,
+        force=force,
+        dry_run=dry_run,
+        note=note,
+    )
+    dispatch(
+        [Item(Path(path))],
+        partial(_set_task, request),
+        print_transform,
+        batch=False,
+        as_json=as_json,
+        debug=debug,
+    )
+
+
+@click.command(name="dump")
+@click.argument("path", metavar="IN", type=click.Path(path_type=str))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="OUT.npz (or a folder with --format npy-dir).",
+)
+@click.option(
+    "-s", "--select", multiple=True, metavar="GLOB", help="Only these tensors (repeatable)."
+)
+@click.option("-x", "--exclude", multiple=True, metavar="GLOB", help="Leave these out.")
+@click.option("--include-optimizer", is_flag=True, help="Optimizer state too.")
+@click.option(
+    "--format",
+    "layout",
+    type=click.Choice(["npz", "npy-dir"]),
+    default="npz",
+    show_default=True,
+    help="npz: one archive keyed by canonical name; npy-dir: one NAME.npy per tensor.",
+)
+@click.option(
+    "--max-bytes",
+    type=int,
+    default=dump.DEFAULT_MAX_BYTES,
+    show_default=True,
+    help="Refuse a dump larger than this (0: no limit).",
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing OUT.")
+@json_option
+@debug_option
+def dump_cmd(
+    path: str,
+    output: Path,
+    select: tuple[str, ...],
+    exclude: tuple[str, ...],
+    include_optimizer: bool,
+    layout: str,
+    max_bytes: int,
+    force: bool,
+    as_json: bool,
+    debug: bool,
+) -> None:
+    """Save the selected tensors as numpy arrays, streamed (np.load reads them back).
+
+    \b
+    Examples:
+      weightcli dump model.keras -o weights.npz
+      weightcli dump model.h5 -s 'dense_*' --format npy-dir -o weights/
+      weightcli dump saved_model/ -o all.npz --max-bytes 0
+    """
+    request = dump.DumpRequest(
+        output=output,
+        selection=make_selection(select, exclude, (), (), include_optimizer, floats_only=False),
+        layout=layout,
+        max_bytes=max_bytes,
+        force=force,
+    )
+    dispatch(
+        [Item(Path(path))],
+        partial(_dump_task, request),
+        print_dump,
+        batch=False,
+        as_json=as_json,
+        debug=debug,
+    )
