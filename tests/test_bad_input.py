@@ -165,6 +165,7 @@ def test_help_on_every_command() -> None:
         "merge",
         "set",
         "dump",
+        "freeze",
     }
     for name in names:
         cmd = cli.get_command(ctx, name)

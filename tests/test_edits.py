@@ -120,3 +120,57 @@ def test_set_refuses_floats_into_integers(tmp_path: Path) -> None:
     assert run("set", p, "layer/counts=7", "-o", tmp_path / "o.h5").code == 0
     with h5py.File(tmp_path / "o.h5") as f:
         np.testing.assert_array_equal(f["layer/counts"][()], np.full(4, 7, "int32"))
+
+
+def _trainable(path: Path) -> dict[str, bool]:
+    model = keras_quiet().models.load_model(path, compile=False)
+    out = {}
+
+    def walk(layer, prefix: str = "") -> None:
+        out[prefix + layer.name] = layer.trainable
+        for inner in getattr(layer, "layers", []):
+            walk(inner, prefix + layer.name + "/")
+
+    for layer in model.layers:
+        walk(layer)
+    return out
+
+
+@pytest.mark.parametrize("source", ["mlp.keras", "mlp_keras3.h5", "mlp_folder"])
+def test_freeze_sets_trainable_and_keeps_weights(tmp_path: Path, source: str) -> None:
+    out = tmp_path / ("frozen" + ("" if (SAMPLES / source).is_dir() else Path(source).suffix))
+    res = run("freeze", SAMPLES / source, "-s", "dense_*", "-o", out)
+    assert res.code == 0, res.err
+    flags = _trainable(out)
+    assert flags["dense_1"] is False and flags["dense_2"] is False and flags["logits"] is True
+    assert run("diff", out, SAMPLES / source).code == 0  # every weight as it was
+    back = tmp_path / ("back" + ("" if (SAMPLES / source).is_dir() else Path(source).suffix))
+    assert run("freeze", out, "-s", "dense_1", "--unfreeze", "-o", back).code == 0
+    assert _trainable(back)["dense_1"] is True and _trainable(back)["dense_2"] is False
+
+
+def test_freeze_nested_models(tmp_path: Path) -> None:
+    keras = keras_quiet()
+    i = keras.Input((16,))
+    enc = keras.Model(i, keras.layers.Dense(8, name="enc_dense")(i), name="encoder")
+    o = keras.Input((16,))
+    keras.Model(o, keras.layers.Dense(3, name="out")(enc(o))).save(tmp_path / "n.keras")
+    out = tmp_path / "f.keras"
+    assert run("freeze", tmp_path / "n.keras", "-s", "encoder/*", "-o", out).code == 0
+    flags = _trainable(out)
+    assert flags["encoder/enc_dense"] is False and flags["out"] is True
+
+
+@pytest.mark.parametrize(
+    ("source", "args", "says"),
+    [
+        ("mlp.keras", ["-s", "nothing_*"], "matches no layer"),
+        ("mlp.weights.h5", ["-s", "dense_1"], "stores no model config"),
+        ("mlp_export", ["-s", "dense_1"], "stores no model config"),
+        ("mlp.keras", [], "--select"),
+    ],
+)
+def test_freeze_bad_input(tmp_path: Path, source: str, args: list[str], says: str) -> None:
+    res = run("freeze", SAMPLES / source, *args, "-o", tmp_path / "o")
+    assert res.code == 2 and says in res.err, res.err
+    assert list(tmp_path.iterdir()) == []

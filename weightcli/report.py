@@ -21,6 +21,7 @@ from weightcli.results import (
     DiffResult,
     DiffStatus,
     DumpResult,
+    FreezeResult,
     InspectResult,
     TensorReport,
     TransformResult,
@@ -488,6 +489,17 @@ def print_transplant(result: TransplantResult) -> None:
     t = result.transform
     where = f"wrote {t.output}" if t.output else "dry run: nothing written"
     out.print(f"{len(t.changes)} tensors changed, {fmt_bytes(t.bytes_written)} written; {where}")
+
+
+def print_freeze(result: FreezeResult) -> None:
+    rows: list[list[Cell]] = [
+        [p, "trainable" if b else "frozen", Styled("trainable" if a else "frozen", "bold")]
+        for p, b, a in result.layers
+    ]
+    out = console()
+    out.print(table([("Layer", "left"), ("Before", "left"), ("After", "left")], rows))
+    where = f"wrote {result.output}" if result.output else "dry run: nothing written"
+    out.print(f"{len(result.layers)} layers set; weights untouched; {where}")
 
 
 def print_dump(result: DumpResult) -> None:

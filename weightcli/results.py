@@ -368,6 +368,34 @@ class TransplantResult:
         )
 
 
+# -- freeze -----------------------------------------------------------------------------------
+
+
+@dataclass
+class FreezeResult:
+    """``freeze``: JSON ``{"source", "output", "layers": [{"layer", "trainable_before",
+    "trainable"}]}``."""
+
+    source: str
+    output: str | None
+    layers: list[tuple[str, bool, bool]]
+
+    exit_code = 0
+
+    def explain(self) -> str | None:
+        return None
+
+    def to_json(self) -> JSON:
+        return {
+            "source": self.source,
+            "output": self.output,
+            "dry_run": self.output is None,
+            "layers": [
+                {"layer": p, "trainable_before": b, "trainable": a} for p, b, a in self.layers
+            ],
+        }
+
+
 # -- dump -------------------------------------------------------------------------------------
 
 

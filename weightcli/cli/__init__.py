@@ -37,6 +37,7 @@ COMMANDS = {
     "merge": "weightcli.cli.merge_cmd:merge",
     "set": "weightcli.cli.edit_cmds:set_cmd",
     "dump": "weightcli.cli.edit_cmds:dump_cmd",
+    "freeze": "weightcli.cli.edit_cmds:freeze_cmd",
 }
 
 

@@ -10,9 +10,9 @@ import click
 from weightcli.batch import Item
 from weightcli.cli.dispatch import dispatch
 from weightcli.cli.options import debug_option, json_option, make_selection, note_option
-from weightcli.commands import assign, dump
-from weightcli.report import print_dump, print_transform
-from weightcli.results import DumpResult, TransformResult
+from weightcli.commands import assign, dump, freeze
+from weightcli.report import print_dump, print_freeze, print_transform
+from weightcli.results import DumpResult, FreezeResult, TransformResult
 
 
 def _set_task(request: assign.SetRequest, item: Item) -> TransformResult:
@@ -149,6 +149,72 @@ def dump_cmd(
         [Item(Path(path))],
         partial(_dump_task, request),
         print_dump,
+        batch=False,
+        as_json=as_json,
+        debug=debug,
+    )
+
+
+def _freeze_task(request: freeze.FreezeRequest, item: Item) -> FreezeResult:
+    return freeze.run(request, item.path)
+
+
+@click.command(name="freeze")
+@click.argument("path", metavar="IN", type=click.Path(path_type=str))
+@click.option(
+    "-s",
+    "--select",
+    "layers",
+    multiple=True,
+    metavar="LAYER_GLOB",
+    help="Layers (name or path such as 'encoder/*'; repeatable).",
+)
+@click.option("--unfreeze", is_flag=True, help="Make them trainable instead.")
+@click.option(
+    "-o", "--output", type=click.Path(path_type=str), help="Where to write (IN's format)."
+)
+@click.option("--in-place", is_flag=True, help="Overwrite IN (atomically).")
+@click.option("--force", is_flag=True, help="Overwrite an existing OUT.")
+@click.option("--dry-run", is_flag=True, help="Say which layers would change, write nothing.")
+@note_option
+@json_option
+@debug_option
+def freeze_cmd(
+    path: str,
+    layers: tuple[str, ...],
+    unfreeze: bool,
+    output: str | None,
+    in_place: bool,
+    force: bool,
+    dry_run: bool,
+    note: str | None,
+    as_json: bool,
+    debug: bool,
+) -> None:
+    """Freeze (or --unfreeze) layers in the stored model config; weights untouched.
+
+    Sets `trainable` in the config (.keras, an unzipped model folder, a full-model .h5),
+    nested models included: Keras loads the output with exactly those layers frozen.
+    Files without a model config (weights-only, SavedModel, checkpoints) are refused.
+
+    \b
+    Examples:
+      weightcli freeze model.keras -s 'backbone*' -o frozen.keras
+      weightcli freeze model.keras -s 'encoder/*' --unfreeze -o tune.keras
+    """
+    request = freeze.FreezeRequest(
+        layers=tuple(layers),
+        unfreeze=unfreeze,
+        output=output,
+        in_place=in_place,
+        force=force,
+        dry_run=dry_run,
+        note=note,
+    )
+    dispatch(
+        [Item(Path(path))],
+        partial(_freeze_task, request),
+        print_freeze,
         batch=False,
         as_json=as_json,
         debug=debug,

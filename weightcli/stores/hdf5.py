@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 
 from weightcli.dtypes import to_numpy
-from weightcli.errors import CorruptError
+from weightcli.errors import CorruptError, UnsupportedError
 from weightcli.stores import h5util, naming
 from weightcli.stores.base import Block, Format, Patcher, Store, StoreMeta
 from weightcli.stores.output import publish, temp_beside
@@ -553,6 +553,16 @@ class H5Patcher(Patcher):
         self.copy = None
         self._general = True
         self.f = h5py.File(self.tmp, "r+")
+
+    def _set_config(self, config: dict[str, Any]) -> None:
+        """A legacy full-model file keeps its config in the root attribute ``model_config``."""
+        if self.store.kind != LEGACY_FULL:
+            raise UnsupportedError(f"{self.out}: this HDF5 file stores no model config")
+        self._complete()
+        assert self.f is not None
+        text = json.dumps(config)
+        self.f.attrs["model_config"] = text
+        self._h5_bytes += len(text.encode())
 
     def _create(self, path: str, data: np.ndarray) -> None:
         self._complete()
