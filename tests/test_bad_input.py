@@ -166,6 +166,7 @@ def test_help_on_every_command() -> None:
         "set",
         "dump",
         "freeze",
+        "reinit",
     }
     for name in names:
         cmd = cli.get_command(ctx, name)

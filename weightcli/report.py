@@ -274,6 +274,18 @@ def _figure_text(fig: dict[str, Any]) -> str:
         if "kept_fraction" in fig:
             text += f"; kept {100 * fig['kept_fraction']:.1f}%, sign agreement {100 * fig['sign_agreement']:.1f}%"
         return text
+    if "initializer" in fig:
+        what = ", ".join(
+            f"{k} {fmt_num(fig[k])}"
+            for k in ("limit", "stddev", "value", "mean", "minval", "maxval", "gain")
+            if k in fig
+        )
+        return f"{fig['initializer']} (fan_in {fig['fan_in']}, fan_out {fig['fan_out']}{', ' + what if what else ''}; seed {fig['seed']})"
+    if "set_from" in fig:
+        text = f"set from {fig['set_from']}"
+        if "cast" in fig:
+            text += f", {fig['cast']} (max change {fmt_num(fig['max_cast_error'])})"
+        return text
     if fig.get("store") == "keras-int8":
         return (
             f"Keras int8, scale {fmt_num(fig['scale_min'])}..{fmt_num(fig['scale_max'])}, "

@@ -38,6 +38,7 @@ COMMANDS = {
     "set": "weightcli.cli.edit_cmds:set_cmd",
     "dump": "weightcli.cli.edit_cmds:dump_cmd",
     "freeze": "weightcli.cli.edit_cmds:freeze_cmd",
+    "reinit": "weightcli.cli.edit_cmds:reinit_cmd",
 }
 
 

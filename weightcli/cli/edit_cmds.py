@@ -10,9 +10,10 @@ import click
 from weightcli.batch import Item
 from weightcli.cli.dispatch import dispatch
 from weightcli.cli.options import debug_option, json_option, make_selection, note_option
-from weightcli.commands import assign, dump, freeze
+from weightcli.commands import assign, dump, freeze, reinit
 from weightcli.report import print_dump, print_freeze, print_transform
 from weightcli.results import DumpResult, FreezeResult, TransformResult
+from weightcli.transforms.initializers import NAMES as INITIALIZERS
 
 
 def _set_task(request: assign.SetRequest, item: Item) -> TransformResult:
@@ -215,6 +216,117 @@ def freeze_cmd(
         [Item(Path(path))],
         partial(_freeze_task, request),
         print_freeze,
+        batch=False,
+        as_json=as_json,
+        debug=debug,
+    )
+
+
+def _reinit_task(request: reinit.ReinitRequest, item: Item) -> TransformResult:
+    return reinit.run(request, item.path)
+
+
+@click.command(name="reinit")
+@click.argument("path", metavar="IN", type=click.Path(path_type=str))
+@click.option(
+    "-s",
+    "--select",
+    multiple=True,
+    metavar="GLOB",
+    help="The tensors to re-initialise (required; repeatable).",
+)
+@click.option("-x", "--exclude", multiple=True, metavar="GLOB", help="Leave these out.")
+@click.option(
+    "--kind",
+    "kinds",
+    multiple=True,
+    metavar="KIND[,KIND]",
+    help="Only these kinds (kernel, bias, ...).",
+)
+@click.option(
+    "--initializer",
+    type=click.Choice(list(INITIALIZERS)),
+    required=True,
+    help="A Keras initialiser (fans computed as Keras computes them).",
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Values are reproducible from it."
+)
+@click.option("--value", type=float, help="constant: the value.")
+@click.option("--mean", type=float, help="random_normal: the mean (0.0).")
+@click.option("--stddev", type=float, help="random_normal: the standard deviation (0.05).")
+@click.option("--minval", type=float, help="random_uniform: the lower bound (-0.05).")
+@click.option("--maxval", type=float, help="random_uniform: the upper bound (0.05).")
+@click.option("--gain", type=float, help="orthogonal: the gain (1.0).")
+@click.option(
+    "-o", "--output", type=click.Path(path_type=str), help="Where to write (IN's format)."
+)
+@click.option("--in-place", is_flag=True, help="Overwrite IN (atomically).")
+@click.option("--force", is_flag=True, help="Overwrite an existing OUT.")
+@click.option("--dry-run", is_flag=True, help="Check and report everything, write nothing.")
+@note_option
+@json_option
+@debug_option
+def reinit_cmd(
+    path: str,
+    select: tuple[str, ...],
+    exclude: tuple[str, ...],
+    kinds: tuple[str, ...],
+    initializer: str,
+    seed: int,
+    value: float | None,
+    mean: float | None,
+    stddev: float | None,
+    minval: float | None,
+    maxval: float | None,
+    gain: float | None,
+    output: str | None,
+    in_place: bool,
+    force: bool,
+    dry_run: bool,
+    note: str | None,
+    as_json: bool,
+    debug: bool,
+) -> None:
+    """Re-initialise the selected tensors with a Keras initialiser.
+
+    glorot_uniform/normal, he_uniform/normal, lecun_uniform/normal (fans as Keras
+    computes them for every kernel layout), orthogonal, zeros, ones, constant,
+    random_normal, random_uniform. The values are reproducible from --seed.
+
+    \b
+    Examples:
+      weightcli reinit model.keras -s logits --initializer glorot_uniform -o fresh_head.keras
+      weightcli reinit model.h5 -s 'dense_2/bias' --initializer constant --value 0.1 -o b.h5
+      weightcli reinit model.keras -s conv --kind kernel --initializer he_normal --seed 7 -o c.keras
+    """
+    params = tuple(
+        (k, v)
+        for k, v in (
+            ("value", value),
+            ("mean", mean),
+            ("stddev", stddev),
+            ("minval", minval),
+            ("maxval", maxval),
+            ("gain", gain),
+        )
+        if v is not None
+    )
+    request = reinit.ReinitRequest(
+        initializer=initializer,
+        selection=make_selection(select, exclude, (), kinds, False),
+        seed=seed,
+        params=params,
+        output=output,
+        in_place=in_place,
+        force=force,
+        dry_run=dry_run,
+        note=note,
+    )
+    dispatch(
+        [Item(Path(path))],
+        partial(_reinit_task, request),
+        print_transform,
         batch=False,
         as_json=as_json,
         debug=debug,
