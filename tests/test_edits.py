@@ -268,3 +268,68 @@ def test_reinit_writes_reproducible_values_keras_loads(tmp_path: Path) -> None:
         tmp_path / "d.keras",
     )
     assert res.code == 2 and "--value" in res.err
+
+
+CUSTOM = """
+import keras
+
+
+@keras.saving.register_keras_serializable(package="weightcli_test")
+class Offset(keras.layers.Layer):
+    def build(self, input_shape):
+        self.offset = self.add_weight(shape=(input_shape[-1],), initializer="ones", name="offset")
+
+    def call(self, x):
+        return x + self.offset
+"""
+
+
+def test_custom_objects_let_custom_layers_load(tmp_path: Path) -> None:
+    import importlib.util
+
+    (tmp_path / "custom.py").write_text(CUSTOM)
+    spec = importlib.util.spec_from_file_location("weightcli_test_custom", tmp_path / "custom.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # the class registered here, to build and save the model
+    keras = keras_quiet()
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(3, name="d"), module.Offset(name="off")]
+    )
+    model.save(tmp_path / "custom.keras")
+    # verify loads in a fresh child process: without the file the class is unknown.
+    res = run("verify", tmp_path / "custom.keras", "--json")
+    loads = next(c for c in res.json()["checks"] if c["name"] == "loads")
+    assert res.code == 1 and loads["status"] == "FAIL"
+    res = run(
+        "verify", tmp_path / "custom.keras", "--custom-objects", tmp_path / "custom.py", "--json"
+    )
+    assert res.code == 0, res.out
+    (tmp_path / "broken.py").write_text("raise RuntimeError('no GPU here')\n")
+    res = run("verify", tmp_path / "custom.keras", "--custom-objects", tmp_path / "broken.py")
+    assert res.code == 2 and "raised RuntimeError: no GPU here" in res.err
+    assert len(res.err.strip().splitlines()) == 1
+
+
+def test_measure_original_is_the_tutorials_method(tmp_path: Path) -> None:
+    cal = SAMPLES / "mlp_calibration.npy"
+    seq = run(
+        "scale",
+        SAMPLES / "mlp.keras",
+        "--by-activation",
+        "--calibration",
+        cal,
+        "--dry-run",
+        "--json",
+    ).json()
+    orig = run(
+        "scale", SAMPLES / "mlp.keras", "--by-activation", "--calibration", cal, "--measure", "original",
+        "--dry-run", "--json",
+    ).json()  # fmt: skip
+    s = {lp["layer"]: lp for lp in seq["activation"]}
+    o = {lp["layer"]: lp for lp in orig["activation"]}
+    # The first layer is measured the same way by both; later ones differ: "original"
+    # measures them on the unmodified model, so they do not all land on the target.
+    assert o["dense_1"]["stat_before"] == pytest.approx(s["dense_1"]["stat_before"])
+    assert o["dense_2"]["stat_before"] != pytest.approx(s["dense_2"]["stat_before"])
+    assert all(lp["stat_after"] == pytest.approx(1, rel=0.01) for lp in s.values() if lp["scaled"])
+    assert o["dense_1"]["stat_after"] == pytest.approx(1, rel=0.01)

@@ -164,6 +164,9 @@ def check_params(target: float, stat: str, batch_size: int) -> None:
         raise ParameterError("{batch_size} must be at least 1")
 
 
+MEASURES = ("sequential", "original")
+
+
 def plan(
     model: Any,
     store: Store,
@@ -172,8 +175,15 @@ def plan(
     target: float,
     stat: str,
     batch_size: int,
+    measure: str = "sequential",
 ) -> tuple[ActivationPlan, list[np.ndarray]]:
-    """Measure and scale each selected layer in forward order, in the live model."""
+    """Measure and scale each selected layer in forward order.
+
+    ``sequential``: each layer is measured with the earlier layers already scaled (in
+    the live model), so every layer lands on the target. ``original``: every layer is
+    measured once on the unmodified model (the tutorials' method); a layer after a
+    scaled one then sees scaled inputs, and lands on target * the product of the
+    factors before it (for homogeneous activations)."""
     check_params(target, stat, batch_size)
     names = [t.name.split(":")[0] for t in model.inputs]
     shapes = [tuple(t.shape) for t in model.inputs]
@@ -211,12 +221,22 @@ def plan(
             lp.note = (
                 f"activation {act} is not positively homogeneous: the target is approached, not met"
             )
-        for w in layer.weights:
-            if w.path.endswith("/kernel") or w.path.endswith("/bias"):
-                w.assign(np.asarray(w) * np.asarray(lp.factor, dtype=np.asarray(w).dtype))
+        if measure == "sequential":
+            _scale_live(layer, lp.factor)
     if not any(lp.stat_before is not None for lp in result.layers):
         raise UsageError("the selection matches no layer with a kernel")
+    if measure == "original":  # the model in memory now gets the factors, for dry runs
+        by_path = {where.path: where.layer for where in _forward_layers(model)}
+        for lp in result.layers:
+            if lp.scaled:
+                _scale_live(by_path[lp.layer], lp.factor)
     return result, inputs
+
+
+def _scale_live(layer: Any, factor: float) -> None:
+    for w in layer.weights:
+        if w.path.endswith("/kernel") or w.path.endswith("/bias"):
+            w.assign(np.asarray(w) * np.asarray(factor, dtype=np.asarray(w).dtype))
 
 
 @dataclass(frozen=True)

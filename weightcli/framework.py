@@ -92,6 +92,36 @@ def quiet() -> Iterator[None]:
                 lg.setLevel(level)
 
 
+def import_custom_objects(path: Path) -> dict[str, Any]:
+    """Import a Python file of custom Keras objects: the classes it registers with
+    ``keras.saving.register_keras_serializable`` are found by ``load_model``; every class
+    it defines is also returned (to pass as ``custom_objects``)."""
+    import importlib.util
+
+    keras_module()
+    if not path.is_file():
+        raise InputError(f"{path}: custom objects file not found")
+    spec = importlib.util.spec_from_file_location(f"weightcli_custom_{abs(hash(path))}", path)
+    if spec is None or spec.loader is None:
+        raise InputError(f"{path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        with quiet():
+            spec.loader.exec_module(module)
+    except Exception as exc:
+        msg = (str(exc).strip().splitlines() or [""])[0]
+        raise UsageError(
+            f"{path}: the custom objects file raised {type(exc).__name__}: {msg}"
+        ) from exc
+    found = {k: v for k, v in vars(module).items() if isinstance(v, type)}
+    _CUSTOM.update(found)
+    return found
+
+
+# Classes from --custom-objects files, passed to every load_model of this process.
+_CUSTOM: dict[str, Any] = {}
+
+
 def keras_module() -> Any:
     """Keras, imported quietly (raises MissingExtraError without the ``tf`` extra)."""
     _quiet_tf()
@@ -121,12 +151,12 @@ def load_keras_model(path: Path, store: Store, architecture: Path | None) -> Any
 
 def _keras_load(keras: Any, path: Path, store: Store, architecture: Path | None) -> Any:
     if store.meta.full_model:
-        return keras.models.load_model(path, compile=False)
+        return keras.models.load_model(path, compile=False, custom_objects=_CUSTOM or None)
     if architecture is None:
         raise ParameterError(
             f"{literal(path)}: a weights-only file: give {{architecture}} MODEL (a full model file)"
         )
-    model = keras.models.load_model(architecture, compile=False)
+    model = keras.models.load_model(architecture, compile=False, custom_objects=_CUSTOM or None)
     model.load_weights(path)
     return model
 
@@ -160,14 +190,17 @@ def _load_keras_full(path: Path, writer: str | None) -> Runnable:
 
     try:
         return _keras_runnable(
-            keras.models.load_model(path, compile=False), "keras.models.load_model"
+            keras.models.load_model(path, compile=False, custom_objects=_CUSTOM or None),
+            "keras.models.load_model",
         )
     except Exception as first:
         if writer and writer.startswith("Keras 2"):
             try:
                 import tf_keras
 
-                model = tf_keras.models.load_model(path, compile=False)
+                model = tf_keras.models.load_model(
+                    path, compile=False, custom_objects=_CUSTOM or None
+                )
                 return _keras_runnable(model, "tf_keras.models.load_model")
             except ImportError:
                 pass
@@ -293,7 +326,7 @@ def _load_weights_into(architecture: Path, writer: str | None, weights: Path) ->
     import keras
 
     try:
-        model = keras.models.load_model(architecture, compile=False)
+        model = keras.models.load_model(architecture, compile=False, custom_objects=_CUSTOM or None)
         model.load_weights(weights)
         return _keras_runnable(model, "keras load_weights")
     except Exception:
@@ -301,7 +334,9 @@ def _load_weights_into(architecture: Path, writer: str | None, weights: Path) ->
             raise
         import tf_keras
 
-        model = tf_keras.models.load_model(architecture, compile=False)
+        model = tf_keras.models.load_model(
+            architecture, compile=False, custom_objects=_CUSTOM or None
+        )
         model.load_weights(weights)
         return _keras_runnable(model, "tf_keras load_weights")
 

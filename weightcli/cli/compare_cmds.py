@@ -189,6 +189,12 @@ def diff(
 @click.option(
     "--min-cosine", type=float, help="Output comparison: also require this cosine similarity."
 )
+@click.option(
+    "--custom-objects",
+    type=click.Path(path_type=Path),
+    metavar="FILE.py",
+    help="A Python file defining (and registering) the model's custom layers.",
+)
 @batch_options
 @json_option
 @debug_option
@@ -203,6 +209,7 @@ def verify(
     atol: float,
     rtol: float,
     min_cosine: float | None,
+    custom_objects: Path | None,
     recursive: bool,
     jobs: int | None,
     progress: bool | None,
@@ -239,6 +246,7 @@ def verify(
         atol=atol,
         rtol=rtol,
         min_cosine=min_cosine,
+        custom_objects=custom_objects,
     )
     many = is_batch(paths, recursive)
     items = discover(paths, recursive) if many else [Item(Path(paths[0]))]

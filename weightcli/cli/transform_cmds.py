@@ -157,6 +157,19 @@ def split_factor(
     help="With --by-activation on a weights-only file: a full model file.",
 )
 @click.option(
+    "--measure",
+    type=click.Choice(["sequential", "original"]),
+    default="sequential",
+    show_default=True,
+    help="With --by-activation: measure each layer after the earlier ones are scaled (sequential), or all on the unmodified model (original).",
+)
+@click.option(
+    "--custom-objects",
+    type=click.Path(path_type=Path),
+    metavar="FILE.py",
+    help="With --by-activation: a Python file defining (and registering) custom layers.",
+)
+@click.option(
     "--by-type",
     multiple=True,
     metavar="CLASS=F",
@@ -181,6 +194,8 @@ def scale(
     stat: str,
     batch_size: int,
     architecture: Path | None,
+    measure: str,
+    custom_objects: Path | None,
     by_type: tuple[str, ...],
     by_layer: tuple[str, ...],
     select: tuple[str, ...],
@@ -220,6 +235,7 @@ def scale(
             raise ParameterError("{by_activation} needs {calibration} DATA (.npy or .npz)")
         if is_batch(paths, opts["recursive"], opts["output_dir"]):
             raise ParameterError("{by_activation} works on one model at a time")
+        opts["measure"], opts["custom_objects"] = measure, custom_objects
         by_activation_run(
             Path(paths[0]), sel, calibration, target, stat, batch_size, architecture, opts
         )
@@ -466,6 +482,8 @@ def by_activation_run(
         force=opts["force"],
         dry_run=opts["dry_run"],
         note=opts["note"],
+        measure=opts["measure"],
+        custom_objects=opts["custom_objects"],
     )
     try:
         result: ByActivationResult = by_activation_cmd.run(request, path)

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from weightcli import activation, pipeline
-from weightcli.errors import UsageError
+from weightcli import activation, framework, pipeline
+from weightcli.errors import ParameterError, UsageError
 from weightcli.results import ActivationPlan, ByActivationResult
 from weightcli.select import Selection
 from weightcli.stores import open_store
@@ -31,9 +31,13 @@ class ByActivationRequest:
     force: bool = False
     dry_run: bool = False
     note: str | None = None
+    measure: str = "sequential"
+    custom_objects: Path | None = None
 
     def __post_init__(self) -> None:
         activation.check_params(self.target, self.stat, self.batch_size)
+        if self.measure not in activation.MEASURES:
+            raise ParameterError(f"{{measure}} must be one of {', '.join(activation.MEASURES)}")
 
 
 class NothingToScaleError(UsageError):
@@ -60,6 +64,8 @@ def run(request: ByActivationRequest, path: str | Path) -> ByActivationResult:
             check_suffix(store.meta.format, store.meta.format_label, out)
         if request.dry_run:
             out = None
+        if request.custom_objects is not None:
+            framework.import_custom_objects(request.custom_objects)
         model = activation.load_keras(src, store, request.architecture)
         plan, inputs = activation.plan(
             model,
@@ -69,6 +75,7 @@ def run(request: ByActivationRequest, path: str | Path) -> ByActivationResult:
             request.target,
             request.stat,
             request.batch_size,
+            request.measure,
         )
         if not plan.factors:
             raise NothingToScaleError(plan)

@@ -33,6 +33,7 @@ class VerifyRequest:
     atol: float = 1e-8
     rtol: float = 1e-5
     min_cosine: float | None = None
+    custom_objects: Path | None = None
 
     def __post_init__(self) -> None:
         check_tolerances(self.atol, self.rtol)
@@ -74,6 +75,8 @@ def framework_checks(request: VerifyRequest, path: Path) -> list[Check]:
     """Load the model with its framework, run it, and compare with the reference's outputs."""
     from weightcli import framework
 
+    if request.custom_objects is not None:
+        framework.import_custom_objects(request.custom_objects)
     out: list[Check] = []
     with open_store(path) as store:
         runnable, check = framework.load(path, store, request.architecture)
