@@ -51,3 +51,9 @@ $W transplant sample_models/mlp_tfkeras.h5 sample_models/mlp.keras --match-by or
 
 step merge sample_models/mlp.keras sample_models/mlp_keras3.h5 --method ema --decay 0.5 -o "$OUT/mlp_ema.keras"
 $W merge sample_models/mlp.keras sample_models/mlp_keras3.h5 --method ema --decay 0.5 -o "$OUT/mlp_ema.keras"
+
+step set sample_models/mlp.keras dense_1/bias=0 -o "$OUT/mlp_zero_bias.keras"
+$W set sample_models/mlp.keras dense_1/bias=0 -o "$OUT/mlp_zero_bias.keras"
+
+step freeze sample_models/mlp.keras -s 'dense_*' --note "fine-tune the head only" -o "$OUT/mlp_frozen.keras"
+$W freeze sample_models/mlp.keras -s 'dense_*' --note "fine-tune the head only" -o "$OUT/mlp_frozen.keras"

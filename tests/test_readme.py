@@ -115,7 +115,7 @@ def test_transplant_block(workspace: Path) -> None:
 
 def test_every_shell_block_is_run() -> None:
     """Premise of this file: each README block with a weightcli command is one of those run."""
-    keys = ("--by-activation", "checkpoints/", "transplant", "merge")
+    keys = ("--by-activation", "checkpoints/", "transplant", "merge", "weightcli dump")
     assert all(any(k in b for k in keys) for b in BLOCKS), [b[:60] for b in BLOCKS]
 
 
@@ -124,3 +124,11 @@ def test_merge_block(workspace: Path) -> None:
     res = sh(block, workspace)
     assert res.returncode == 0, res.stderr
     assert (workspace / "soup.keras").is_file() and (workspace / "ta.keras").is_file()
+
+
+def test_edits_block(workspace: Path) -> None:
+    block = next(b for b in BLOCKS if "weightcli dump" in b)
+    res = sh(block, workspace)
+    assert res.returncode == 0, res.stderr
+    for name in ("zero_bias.keras", "mlp_weights.npz", "same.keras", "fresh_head.keras", "frozen.keras"):
+        assert (workspace / name).exists(), name
