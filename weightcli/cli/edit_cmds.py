@@ -9,7 +9,12 @@ import click
 
 from weightcli.batch import Item
 from weightcli.cli.dispatch import dispatch
-from weightcli.cli.options import debug_option, json_option, make_selection, note_option
+from weightcli.cli.options import (
+    debug_option,
+    json_option,
+    make_selection,
+    single_output_options,
+)
 from weightcli.commands import assign, dump, freeze, reinit
 from weightcli.report import print_dump, print_freeze, print_transform
 from weightcli.results import DumpResult, FreezeResult, TransformResult
@@ -34,13 +39,7 @@ def _dump_task(request: dump.DumpRequest, item: Item) -> DumpResult:
     metavar="FILE.npz",
     help="Assign every array of a .npz whose keys are canonical names (as dump writes them).",
 )
-@click.option(
-    "-o", "--output", type=click.Path(path_type=str), help="Where to write (IN's format)."
-)
-@click.option("--in-place", is_flag=True, help="Overwrite IN (atomically).")
-@click.option("--force", is_flag=True, help="Overwrite an existing OUT.")
-@click.option("--dry-run", is_flag=True, help="Check and report everything, write nothing.")
-@note_option
+@single_output_options
 @json_option
 @debug_option
 def set_cmd(
@@ -171,13 +170,7 @@ def _freeze_task(request: freeze.FreezeRequest, item: Item) -> FreezeResult:
     help="Layers (name or path such as 'encoder/*'; repeatable).",
 )
 @click.option("--unfreeze", is_flag=True, help="Make them trainable instead.")
-@click.option(
-    "-o", "--output", type=click.Path(path_type=str), help="Where to write (IN's format)."
-)
-@click.option("--in-place", is_flag=True, help="Overwrite IN (atomically).")
-@click.option("--force", is_flag=True, help="Overwrite an existing OUT.")
-@click.option("--dry-run", is_flag=True, help="Say which layers would change, write nothing.")
-@note_option
+@single_output_options
 @json_option
 @debug_option
 def freeze_cmd(
@@ -258,13 +251,7 @@ def _reinit_task(request: reinit.ReinitRequest, item: Item) -> TransformResult:
 @click.option("--minval", type=float, help="random_uniform: the lower bound (-0.05).")
 @click.option("--maxval", type=float, help="random_uniform: the upper bound (0.05).")
 @click.option("--gain", type=float, help="orthogonal: the gain (1.0).")
-@click.option(
-    "-o", "--output", type=click.Path(path_type=str), help="Where to write (IN's format)."
-)
-@click.option("--in-place", is_flag=True, help="Overwrite IN (atomically).")
-@click.option("--force", is_flag=True, help="Overwrite an existing OUT.")
-@click.option("--dry-run", is_flag=True, help="Check and report everything, write nothing.")
-@note_option
+@single_output_options
 @json_option
 @debug_option
 def reinit_cmd(

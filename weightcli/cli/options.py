@@ -120,6 +120,23 @@ def note_option(f: F) -> F:
     )(f)
 
 
+def single_output_options(f: F) -> F:
+    """-o, --in-place, --force, --dry-run and --note: a command that writes one model."""
+    f = note_option(f)
+    f = click.option("--dry-run", is_flag=True, help="Check and report everything, write nothing.")(
+        f
+    )
+    f = click.option("--force", is_flag=True, help="Overwrite an existing OUT.")(f)
+    f = click.option("--in-place", is_flag=True, help="Overwrite IN (atomically).")(f)
+    f = click.option(
+        "-o",
+        "--output",
+        type=click.Path(path_type=str),
+        help="Where to write (IN's format; OUT/ or an existing folder: into it, under IN's name).",
+    )(f)
+    return f
+
+
 def output_options(f: F) -> F:
     """-o, --output-dir, --in-place, --force, --dry-run, --allow-nonfinite, batch options."""
     f = note_option(f)

@@ -22,7 +22,7 @@ from weightcli.select import Selection
 from weightcli.steps import Step, TensorOp
 from weightcli.stores import open_store
 from weightcli.stores.base import Block
-from weightcli.stores.output import check_suffix, output_target, resolve_output
+from weightcli.stores.output import plan_output
 from weightcli.tensor import TensorInfo
 
 __all__ = ["SetRequest", "parse_assignment", "run"]
@@ -177,16 +177,9 @@ def run(request: SetRequest, path: str | Path) -> TransformResult:
                 _check(info, value, label)
                 ops[info.path] = (value, label)
                 params["tensors"][name] = label
-            out = None
-            if request.output is not None or request.in_place or not request.dry_run:
-                out = resolve_output(
-                    store.target,
-                    output_target(src, request.output, store.target.name),
-                    request.in_place,
-                    request.force,
-                    dry_run=request.dry_run,
-                )
-                check_suffix(store.meta.format, store.meta.format_label, out)
+            out = plan_output(
+                store, src, request.output, request.in_place, request.force, request.dry_run
+            )
             return pipeline.run(
                 store,
                 [_SetStep(ops, params, any(t.optimizer for t in store.tensors() if t.path in ops))],

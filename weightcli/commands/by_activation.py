@@ -11,7 +11,7 @@ from weightcli.errors import ParameterError, UsageError
 from weightcli.results import ActivationPlan, ByActivationResult
 from weightcli.select import Selection
 from weightcli.stores import open_store
-from weightcli.stores.output import check_suffix, output_target, resolve_output
+from weightcli.stores.output import plan_output
 
 __all__ = ["ByActivationRequest", "ByActivationResult", "run"]
 
@@ -52,16 +52,9 @@ def run(request: ByActivationRequest, path: str | Path) -> ByActivationResult:
     """Measure, plan, write, and measure again."""
     src = Path(path)
     with open_store(src) as store:
-        out = None
-        if request.output is not None or request.in_place or not request.dry_run:
-            out = resolve_output(
-                store.target,
-                output_target(src, request.output, store.target.name),
-                request.in_place,
-                request.force,
-                dry_run=request.dry_run,
-            )
-            check_suffix(store.meta.format, store.meta.format_label, out)
+        out = plan_output(
+            store, src, request.output, request.in_place, request.force, request.dry_run
+        )
         if request.dry_run:
             out = None
         if request.custom_objects is not None:

@@ -17,7 +17,7 @@ from weightcli.errors import ParameterError, UnsupportedError, literal
 from weightcli.results import FreezeResult
 from weightcli.stores import open_store
 from weightcli.stores.base import Provenance
-from weightcli.stores.output import check_suffix, output_target, resolve_output
+from weightcli.stores.output import plan_output
 
 __all__ = ["FreezeRequest", "FreezeResult", "run"]
 
@@ -87,16 +87,9 @@ def run(request: FreezeRequest, path: str | Path) -> FreezeResult:
             raise ParameterError(
                 f"{{select}} {literal(', '.join(missing))} matches no layer (layers: {literal(names)})"
             )
-        out = None
-        if request.output is not None or request.in_place or not request.dry_run:
-            out = resolve_output(
-                store.target,
-                output_target(src, request.output, store.target.name),
-                request.in_place,
-                request.force,
-                dry_run=request.dry_run,
-            )
-            check_suffix(store.meta.format, store.meta.format_label, out)
+        out = plan_output(
+            store, src, request.output, request.in_place, request.force, request.dry_run
+        )
         result = FreezeResult(
             str(src), None if request.dry_run else str(out), [(p, b, want) for p, b in changed]
         )

@@ -28,7 +28,7 @@ from weightcli.stats import RunningStats
 from weightcli.stores import Format, open_store
 from weightcli.stores.base import BLOCK_ELEMS, Provenance, Store
 from weightcli.stores.naming import walk_config
-from weightcli.stores.output import check_suffix, output_target, resolve_output
+from weightcli.stores.output import plan_output
 from weightcli.tensor import TensorInfo
 
 __all__ = ["KerasInt8Request", "run"]
@@ -82,17 +82,9 @@ def run(request: KerasInt8Request, path: str | Path) -> TransformResult:
                 "an unzipped model folder (the layer's dtype policy lives in its config)"
             )
         chosen, left_out = _plan(store, request.selection)
-        out = None
-        raw = request.output
-        if raw is not None or request.in_place or not request.dry_run:
-            out = resolve_output(
-                store.target,
-                output_target(src, raw, store.target.name),
-                request.in_place,
-                request.force,
-                dry_run=request.dry_run,
-            )
-            check_suffix(store.meta.format, store.meta.format_label, out)
+        out = plan_output(
+            store, src, request.output, request.in_place, request.force, request.dry_run
+        )
         patcher = None
         if not request.dry_run:
             assert out is not None

@@ -33,7 +33,7 @@ from weightcli.select import Selection
 from weightcli.steps import Step, TensorOp
 from weightcli.stores import open_store
 from weightcli.stores.base import Block, Store
-from weightcli.stores.output import check_suffix, output_target, resolve_output
+from weightcli.stores.output import plan_output
 from weightcli.tensor import TensorInfo
 
 __all__ = ["MergeRequest", "run"]
@@ -258,16 +258,9 @@ def run(request: MergeRequest, path: str | Path) -> TransformResult:
                 f"the inputs do not agree: {literal('; '.join(problems[:5]))}{more} "
                 "(rename with {map} OLD=NEW, or leave tensors out with {exclude})"
             )
-        out = None
-        if request.output is not None or not request.dry_run:
-            out = resolve_output(
-                carrier.target,
-                output_target(carrier_path, request.output, carrier.target.name),
-                False,
-                request.force,
-                dry_run=request.dry_run,
-            )
-            check_suffix(carrier.meta.format, carrier.meta.format_label, out)
+        out = plan_output(
+            carrier, carrier_path, request.output, False, request.force, request.dry_run
+        )
         params: dict[str, Any] = {
             "method": request.method,
             "inputs": [

@@ -16,7 +16,7 @@ from weightcli.select import Selection
 from weightcli.steps import Step, TensorOp
 from weightcli.stores import open_store
 from weightcli.stores.base import Block
-from weightcli.stores.output import check_suffix, output_target, resolve_output
+from weightcli.stores.output import plan_output
 from weightcli.tensor import TensorInfo
 from weightcli.transforms import initializers as init
 
@@ -134,16 +134,9 @@ def run(request: ReinitRequest, path: str | Path) -> TransformResult:
     src = Path(path)
     with open_store(src) as store:
         order = {t.path: i for i, t in enumerate(store.tensors())}
-        out = None
-        if request.output is not None or request.in_place or not request.dry_run:
-            out = resolve_output(
-                store.target,
-                output_target(src, request.output, store.target.name),
-                request.in_place,
-                request.force,
-                dry_run=request.dry_run,
-            )
-            check_suffix(store.meta.format, store.meta.format_label, out)
+        out = plan_output(
+            store, src, request.output, request.in_place, request.force, request.dry_run
+        )
         return pipeline.run(
             store,
             [_ReinitStep(request, order)],

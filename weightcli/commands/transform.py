@@ -14,7 +14,7 @@ from weightcli.results import TransformResult
 from weightcli.steps import Step
 from weightcli.stores import open_store
 from weightcli.stores.base import BLOCK_ELEMS
-from weightcli.stores.output import check_suffix, output_target, resolve_output
+from weightcli.stores.output import plan_output
 
 __all__ = ["TransformRequest", "TransformResult", "run", "batch_outputs"]
 
@@ -70,18 +70,15 @@ def run(request: TransformRequest, path: str | Path) -> TransformResult:
     and writes nothing."""
     src = Path(path)
     with open_store(src) as store:
-        out = None
-        raw = request.output_for(src)
-        if raw is not None or request.in_place or not request.dry_run:
-            out = resolve_output(
-                store.target,
-                output_target(src, raw, store.target.name),
-                request.in_place,
-                request.force,
-                mkdirs=bool(request.outputs),
-                dry_run=request.dry_run,
-            )
-            check_suffix(store.meta.format, store.meta.format_label, out)
+        out = plan_output(
+            store,
+            src,
+            request.output_for(src),
+            request.in_place,
+            request.force,
+            request.dry_run,
+            mkdirs=bool(request.outputs),
+        )
         return pipeline.run(
             store,
             request.steps,

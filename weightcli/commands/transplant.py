@@ -28,7 +28,7 @@ from weightcli.steps import Step, TensorOp
 from weightcli.stores import open_store
 from weightcli.stores.base import Block, Store
 from weightcli.stores.naming import walk_config
-from weightcli.stores.output import check_suffix, output_target, resolve_output
+from weightcli.stores.output import plan_output
 from weightcli.tensor import TensorInfo
 
 __all__ = ["TransplantRequest", "TransplantResult", "run"]
@@ -188,16 +188,9 @@ def run(request: TransplantRequest, path: str | Path) -> TransplantResult:
         if not pairs:
             raise ParameterError(_nothing_matched(src, tgt))
         unused = [s.name for s in src if s.path not in used]
-        out = None
-        if request.output is not None or request.in_place or not request.dry_run:
-            out = resolve_output(
-                target.target,
-                output_target(target_path, request.output, target.target.name),
-                request.in_place,
-                request.force,
-                dry_run=request.dry_run,
-            )
-            check_suffix(target.meta.format, target.meta.format_label, out)
+        out = plan_output(
+            target, target_path, request.output, request.in_place, request.force, request.dry_run
+        )
         params = {
             **({"from_ema": True} if request.from_ema else {}),
             "source": request.source.name,

@@ -253,7 +253,26 @@ class ArchiveStore(H5Store):
                 self._extracted.unlink(missing_ok=True)
 
 
-class ArchivePatcher(Patcher):
+class _WeightsMemberPatcher(Patcher):
+    """A patcher whose tensors live in one ``model.weights.h5`` (``inner``); subclasses
+    say where the rest of the model goes."""
+
+    inner: H5Patcher
+
+    def _begin(self, info: TensorInfo, dtype: str) -> None:
+        self.inner.begin(info, dtype)
+
+    def _write(self, info: TensorInfo, block: Block, data: Any) -> None:
+        self.inner.write(info, block, data)
+
+    def _set_history(self, history: list[dict[str, Any]]) -> None:
+        self.inner.set_history(history)
+
+    def _create(self, path: str, data: Any) -> None:
+        self.inner.create(path, data)
+
+
+class ArchivePatcher(_WeightsMemberPatcher):
     """Patches the weights member in a temporary file, then writes a new zip beside OUT."""
 
     def __init__(self, store: ArchiveStore, out: Path, retype: dict[str, str]) -> None:
@@ -275,18 +294,6 @@ class ArchivePatcher(Patcher):
     def bytes_written(self) -> int:
         # The archive is written anew, member by member: every byte of it.
         return self._zip_bytes + self.inner.bytes_written
-
-    def _begin(self, info: TensorInfo, dtype: str) -> None:
-        self.inner.begin(info, dtype)
-
-    def _write(self, info: TensorInfo, block: Block, data: Any) -> None:
-        self.inner.write(info, block, data)
-
-    def _set_history(self, history: list[dict[str, Any]]) -> None:
-        self.inner.set_history(history)
-
-    def _create(self, path: str, data: Any) -> None:
-        self.inner.create(path, data)
 
     def _set_config(self, config: dict[str, Any]) -> None:
         self.config_bytes = json.dumps(config).encode()
@@ -375,7 +382,7 @@ def _json_member(folder: Path, name: str) -> dict[str, Any]:
     return value
 
 
-class FolderPatcher(Patcher):
+class FolderPatcher(_WeightsMemberPatcher):
     """A copy of the model folder (every other file as it is, links as links) in which
     ``model.weights.h5`` is patched; moved into place whole."""
 
@@ -402,18 +409,6 @@ class FolderPatcher(Patcher):
     @property
     def bytes_written(self) -> int:
         return self.inner.bytes_written
-
-    def _begin(self, info: TensorInfo, dtype: str) -> None:
-        self.inner.begin(info, dtype)
-
-    def _write(self, info: TensorInfo, block: Block, data: Any) -> None:
-        self.inner.write(info, block, data)
-
-    def _set_history(self, history: list[dict[str, Any]]) -> None:
-        self.inner.set_history(history)
-
-    def _create(self, path: str, data: Any) -> None:
-        self.inner.create(path, data)
 
     def _set_config(self, config: dict[str, Any]) -> None:
         (self.root / "config.json").write_text(json.dumps(config))

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from weightcli.errors import OutputError, ParameterError, UsageError, literal
-from weightcli.stores.base import Format
+from weightcli.stores.base import Format, Store
 from weightcli.stores.detect import index_path
 
 
@@ -24,6 +24,32 @@ def _same(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve() or (b.exists() and os.path.samefile(a, b))
     except OSError:
         return False
+
+
+def plan_output(
+    store: Store,
+    src: Path,
+    raw: str | Path | None,
+    in_place: bool,
+    force: bool,
+    dry_run: bool,
+    mkdirs: bool = False,
+) -> Path | None:
+    """Where a command writes ``store``'s patched copy (None: a dry run that names no
+    output, a plan only). Applies every rule a real run applies (``resolve_output``, the
+    suffix of the format written), in a dry run too."""
+    if raw is None and not in_place and dry_run:
+        return None
+    out = resolve_output(
+        store.target,
+        output_target(src, raw, store.target.name),
+        in_place,
+        force,
+        mkdirs=mkdirs,
+        dry_run=dry_run,
+    )
+    check_suffix(store.meta.format, store.meta.format_label, out)
+    return out
 
 
 def output_target(src: Path, raw: str | Path | None, name: str) -> Path | None:
