@@ -130,5 +130,11 @@ def test_edits_block(workspace: Path) -> None:
     block = next(b for b in BLOCKS if "weightcli dump" in b)
     res = sh(block, workspace)
     assert res.returncode == 0, res.stderr
-    for name in ("zero_bias.keras", "mlp_weights.npz", "same.keras", "fresh_head.keras", "frozen.keras"):
+    for name in (
+        "zero_bias.keras",
+        "mlp_weights.npz",
+        "same.keras",
+        "fresh_head.keras",
+        "frozen.keras",
+    ):
         assert (workspace / name).exists(), name
