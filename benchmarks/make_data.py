@@ -2,7 +2,7 @@
 
 - ResNet50 with random weights (keras.applications.ResNet50(weights=None)) as .h5,
   .keras and a SavedModel export;
-- a ~1 GB .h5 of large Dense layers, and a second one that differs everywhere (for diff);
+- a ~1 GB .h5 of large Dense layers, and two more that differ everywhere (for diff, merge);
 - a model with one tensor larger than 1.5 GB (Dense 20000 x 20000).
 
 Each file is made once; delete benchmarks/data/ to regenerate.
@@ -45,7 +45,7 @@ def main() -> None:
             save(resnet, p)
             print("wrote", p, flush=True)
     # 16 Dense 4096x4096 layers: 16 x 16.8 M float32 = 1.07 GB.
-    for target, seed in (("dense_1gb.h5", 1), ("dense_1gb_b.h5", 2)):
+    for target, seed in (("dense_1gb.h5", 1), ("dense_1gb_b.h5", 2), ("dense_1gb_c.h5", 3)):
         p = DATA / target
         if not p.exists():
             dense_stack(4096, 16, seed, "dense1gb").save(p)

@@ -47,7 +47,7 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-class _Digest:
+class Digest:
     """sha256 of a path, computed on the other core meanwhile.
 
     Large sources: a child process, since a thread's hash and the main thread's many
@@ -86,6 +86,8 @@ class _Digest:
             self.error = exc
 
     def result(self) -> str:
+        if self.value is not None:
+            return self.value
         if self.thread is not None:
             self.thread.join()
             if self.error is not None:
@@ -97,7 +99,8 @@ class _Digest:
         if self.proc.returncode != 0:
             last = err.strip().splitlines()[-1:] or ["unknown error"]
             raise OSError(f"{self.path}: cannot hash the source: {last[0]}")
-        return out.strip()
+        self.value = out.strip()
+        return self.value
 
     def cancel(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -160,6 +163,7 @@ def run(
     in_place: bool = False,
     overwrite: bool = False,
     note: str | None = None,
+    source_digest: Digest | None = None,
 ) -> TransformResult:
     """Apply ``steps`` to ``store`` and write the patched copy to ``out`` (nothing when
     ``dry_run``), reading tensors in blocks of at most ``block_elems`` elements.
@@ -172,7 +176,7 @@ def run(
     started = time.perf_counter()
     work = plan(store, steps)
     # The source's sha256 (for the history) is computed on the other core meanwhile.
-    hasher = _Digest(store.path) if not dry_run else None
+    hasher = None if dry_run else source_digest or Digest(store.path)
     retype = {t.path: ops[-1].out_dtype for t, ops in work if ops[-1].out_dtype != t.dtype}
     for dtype in sorted(set(retype.values())):
         reason = store.supports_dtype(dtype)

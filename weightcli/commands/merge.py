@@ -26,7 +26,6 @@ import numpy as np
 
 from weightcli import pipeline
 from weightcli.compare import parse_map, rename
-from weightcli.digest import digest
 from weightcli.errors import ParameterError, UsageError, literal
 from weightcli.results import TransformResult
 from weightcli.select import Selection
@@ -215,7 +214,20 @@ class _MergeStep(Step):
         return _MergeOp(info, self, self.matched[info.path])
 
     def params(self) -> dict[str, Any]:
-        return self._params
+        # Asked for when the history is written: the inputs' hashes were computed on the
+        # other core meanwhile (the carrier's by the pipeline itself).
+        resolved: dict[str, Any] = _resolve(self._params)
+        return resolved
+
+
+def _resolve(value: Any) -> Any:
+    if isinstance(value, pipeline.Digest):
+        return value.result()
+    if isinstance(value, dict):
+        return {k: _resolve(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve(v) for v in value]
+    return value
 
 
 def run(request: MergeRequest, path: str | Path) -> TransformResult:
@@ -261,33 +273,44 @@ def run(request: MergeRequest, path: str | Path) -> TransformResult:
         out = plan_output(
             carrier, carrier_path, request.output, False, request.force, request.dry_run
         )
+        hashes: dict[Path, pipeline.Digest] = {}
+
+        def sha(p: Path) -> pipeline.Digest | None:
+            if request.dry_run:
+                return None
+            if p not in hashes:
+                hashes[p] = pipeline.Digest(p)
+            return hashes[p]
+
         params: dict[str, Any] = {
             "method": request.method,
-            "inputs": [
-                {"file": p.name, "sha256": None if request.dry_run else digest(p)} for p in inputs
-            ],
+            "inputs": [{"file": p.name, "sha256": sha(p)} for p in inputs],
             "weights": request.input_weights(),
         }
         if request.base is not None:
-            params["base"] = {
-                "file": request.base.name,
-                "sha256": None if request.dry_run else digest(request.base),
-            }
+            params["base"] = {"file": request.base.name, "sha256": sha(request.base)}
         for key in ("decay", "density"):
             if getattr(request, key) is not None:
                 params[key] = getattr(request, key)
         if request.method in ("task-arithmetic", "ties"):
             params["lambda"] = request.lam
         step = _MergeStep(request, Selection(floats_only=True), matched, params)
-        return pipeline.run(
-            carrier,
-            [step],
-            None if request.dry_run else out,
-            ["merge", *map(str, inputs)],
-            dry_run=request.dry_run,
-            overwrite=request.force,
-            note=request.note,
-        )
+        try:
+            result = pipeline.run(
+                carrier,
+                [step],
+                None if request.dry_run else out,
+                ["merge", *map(str, inputs)],
+                dry_run=request.dry_run,
+                overwrite=request.force,
+                note=request.note,
+                source_digest=hashes.get(carrier_path),  # hashed once, not twice
+            )
+        except BaseException:
+            for h in hashes.values():
+                h.cancel()
+            raise
+        return result
     finally:
         for s in stores:
             s.close()
