@@ -128,9 +128,9 @@ class _MergeOp(TensorOp):
             self._tau: list[list[np.ndarray]] = [[] for _ in parts]
 
     def _inputs(self, where: Block, block: np.ndarray) -> list[np.ndarray]:
-        return [
-            np.asarray(s.read(t, where), np.float64).reshape(block.shape) for s, t in self.parts
-        ]
+        """The same block of every other input, in their stored dtype (ufuncs below widen
+        them to float64 as they go: no float64 copies)."""
+        return [np.asarray(s.read(t, where)).reshape(block.shape) for s, t in self.parts]
 
     def observe(self, pass_no: int, where: Block, block: np.ndarray) -> None:
         base = block.astype(np.float64)
@@ -153,37 +153,65 @@ class _MergeOp(TensorOp):
     def apply(self, where: Block, block: np.ndarray, count: bool = True) -> np.ndarray:
         r = self.step.request
         xs = self._inputs(where, block)
+        if r.method != "ties":
+            return self._linear(block, xs)
         carrier = block.astype(np.float64)
+        taus = []
+        for x, thr in zip(xs, self.thresholds, strict=True):
+            t = x - carrier
+            taus.append(np.where(np.abs(t) >= thr, t, 0.0))
+        stack = np.stack(taus)
+        sign = np.sign(stack.sum(axis=0))
+        agree = (np.sign(stack) == sign) & (stack != 0)
+        n_agree = agree.sum(axis=0)
+        merged = np.where(n_agree > 0, (stack * agree).sum(axis=0) / np.maximum(n_agree, 1), 0.0)
+        out = carrier + r.lam * merged
+        if count:
+            self.kept += int(np.count_nonzero(stack))
+            nonzero = stack != 0
+            self.agree += int(np.count_nonzero(agree.sum(axis=0) == nonzero.sum(axis=0)))
+            self.seen += block.size
+        return np.asarray(out).astype(block.dtype)
+
+    def _buffers(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> tuple[np.ndarray, ...]:
+        """Float64 work buffers and the output buffer, reused from block to block: fresh
+        megabytes for every block cost page faults (they took most of the time)."""
+        n = int(np.prod(shape))
+        bufs = self.step.buffers  # one set for the step: tensors are merged one at a time
+        if bufs is None or bufs[0].size < n or bufs[3].dtype != dtype:
+            bufs = self.step.buffers = (np.empty(n), np.empty(n), np.empty(n), np.empty(n, dtype))
+        return tuple(b[:n].reshape(shape) for b in bufs)
+
+    def _linear(self, block: np.ndarray, xs: list[np.ndarray]) -> np.ndarray:
+        """mean, ema, task-arithmetic: float64 arithmetic in reused buffers."""
+        r = self.step.request
+        out, tmp, carrier, result = self._buffers(block.shape, block.dtype)
+        np.copyto(out, block)
         if r.method == "mean":
-            w = r.input_weights()
-            # The carrier is the first input: it is part of the mean.
-            out = w[0] * carrier + sum(wi * x for wi, x in zip(w[1:], xs, strict=True))
+            w = r.input_weights()  # the carrier (the first input) is part of the mean
+            out *= w[0]
+            for wi, x in zip(w[1:], xs, strict=True):
+                np.copyto(tmp, x)
+                tmp *= wi
+                out += tmp
         elif r.method == "ema":
             d = r.decay or 0.0
-            out = carrier
             for x in xs:
-                out = d * out + (1 - d) * x
-        elif r.method == "task-arithmetic":
-            out = carrier + r.lam * sum(x - carrier for x in xs)
-        else:
-            taus = []
-            for x, thr in zip(xs, self.thresholds, strict=True):
-                t = x - carrier
-                taus.append(np.where(np.abs(t) >= thr, t, 0.0))
-            stack = np.stack(taus)
-            sign = np.sign(stack.sum(axis=0))
-            agree = (np.sign(stack) == sign) & (stack != 0)
-            n_agree = agree.sum(axis=0)
-            merged = np.where(
-                n_agree > 0, (stack * agree).sum(axis=0) / np.maximum(n_agree, 1), 0.0
-            )
-            out = carrier + r.lam * merged
-            if count:
-                self.kept += int(np.count_nonzero(stack))
-                nonzero = stack != 0
-                self.agree += int(np.count_nonzero(agree.sum(axis=0) == nonzero.sum(axis=0)))
-                self.seen += block.size
-        return np.asarray(out).astype(block.dtype)
+                out *= d
+                np.copyto(tmp, x)
+                tmp *= 1 - d
+                out += tmp
+        else:  # task arithmetic: base + lambda * sum(x_i - base)
+            np.copyto(carrier, block)
+            out.fill(0.0)
+            for x in xs:
+                np.copyto(tmp, x)
+                tmp -= carrier
+                out += tmp
+            out *= r.lam
+            out += carrier
+        np.copyto(result, out, casting="unsafe")
+        return result
 
     def figures(self) -> dict[str, Any]:
         r = self.step.request
@@ -206,6 +234,7 @@ class _MergeStep(Step):
     ) -> None:
         super().__init__(selection)
         self.request, self.matched, self._params = request, matched, params
+        self.buffers: tuple[np.ndarray, ...] | None = None
 
     def selects(self, info: TensorInfo) -> bool:
         return info.path in self.matched
