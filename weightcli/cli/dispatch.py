@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
@@ -21,6 +23,30 @@ from weightcli.report import fmt_bytes, print_json, print_summary
 from weightcli.results import Result
 
 R = TypeVar("R", bound=Result)
+
+
+def dispatch_one(
+    path: str | Path,
+    run: Callable[[Any, Path], R],
+    request: object,
+    render: Callable[[R], None],
+    *,
+    as_json: bool = False,
+    debug: bool = False,
+) -> None:
+    """A command of one model: ``run(request, path)``, printed and exited as every other."""
+    dispatch(
+        [Item(Path(path))],
+        partial(_run_one, run, request),
+        render,
+        batch=False,
+        as_json=as_json,
+        debug=debug,
+    )
+
+
+def _run_one(run: Callable[[Any, Path], R], request: object, item: Item) -> R:
+    return run(request, item.path)
 
 
 def is_batch(paths: Sequence[str], recursive: bool, output_dir: object = None) -> bool:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 
 import click
 
-from weightcli.batch import Item
-from weightcli.cli.dispatch import dispatch
+from weightcli.cli.dispatch import dispatch_one
 from weightcli.cli.options import (
     debug_option,
     json_option,
@@ -17,16 +15,7 @@ from weightcli.cli.options import (
 )
 from weightcli.commands import assign, dump, freeze, reinit
 from weightcli.report import print_dump, print_freeze, print_transform
-from weightcli.results import DumpResult, FreezeResult, TransformResult
 from weightcli.transforms.initializers import NAMES as INITIALIZERS
-
-
-def _set_task(request: assign.SetRequest, item: Item) -> TransformResult:
-    return assign.run(request, item.path)
-
-
-def _dump_task(request: dump.DumpRequest, item: Item) -> DumpResult:
-    return dump.run(request, item.path)
 
 
 @click.command(name="set")
@@ -76,14 +65,7 @@ def set_cmd(
         dry_run=dry_run,
         note=note,
     )
-    dispatch(
-        [Item(Path(path))],
-        partial(_set_task, request),
-        print_transform,
-        batch=False,
-        as_json=as_json,
-        debug=debug,
-    )
+    dispatch_one(path, assign.run, request, print_transform, as_json=as_json, debug=debug)
 
 
 @click.command(name="dump")
@@ -145,18 +127,7 @@ def dump_cmd(
         max_bytes=max_bytes,
         force=force,
     )
-    dispatch(
-        [Item(Path(path))],
-        partial(_dump_task, request),
-        print_dump,
-        batch=False,
-        as_json=as_json,
-        debug=debug,
-    )
-
-
-def _freeze_task(request: freeze.FreezeRequest, item: Item) -> FreezeResult:
-    return freeze.run(request, item.path)
+    dispatch_one(path, dump.run, request, print_dump, as_json=as_json, debug=debug)
 
 
 @click.command(name="freeze")
@@ -205,18 +176,7 @@ def freeze_cmd(
         dry_run=dry_run,
         note=note,
     )
-    dispatch(
-        [Item(Path(path))],
-        partial(_freeze_task, request),
-        print_freeze,
-        batch=False,
-        as_json=as_json,
-        debug=debug,
-    )
-
-
-def _reinit_task(request: reinit.ReinitRequest, item: Item) -> TransformResult:
-    return reinit.run(request, item.path)
+    dispatch_one(path, freeze.run, request, print_freeze, as_json=as_json, debug=debug)
 
 
 @click.command(name="reinit")
@@ -310,11 +270,4 @@ def reinit_cmd(
         dry_run=dry_run,
         note=note,
     )
-    dispatch(
-        [Item(Path(path))],
-        partial(_reinit_task, request),
-        print_transform,
-        batch=False,
-        as_json=as_json,
-        debug=debug,
-    )
+    dispatch_one(path, reinit.run, request, print_transform, as_json=as_json, debug=debug)

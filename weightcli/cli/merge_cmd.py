@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 
 import click
 
-from weightcli.batch import Item
-from weightcli.cli.dispatch import dispatch
+from weightcli.cli.dispatch import dispatch_one
 from weightcli.cli.options import debug_option, json_option, make_selection, note_option
 from weightcli.commands import merge as command
 from weightcli.errors import ParameterError, literal
 from weightcli.report import print_transform
-from weightcli.results import TransformResult
-
-
-def _task(request: command.MergeRequest, item: Item) -> TransformResult:
-    return command.run(request, item.path)
 
 
 def _floats(text: str | None) -> tuple[float, ...]:
@@ -139,11 +132,4 @@ def merge(
         dry_run=dry_run,
         note=note,
     )
-    dispatch(
-        [Item(inputs[0])],
-        partial(_task, request),
-        print_transform,
-        batch=False,
-        as_json=as_json,
-        debug=debug,
-    )
+    dispatch_one(inputs[0], command.run, request, print_transform, as_json=as_json, debug=debug)

@@ -11,7 +11,7 @@ import click
 
 from weightcli import recipe
 from weightcli.batch import Item, discover
-from weightcli.cli.dispatch import dispatch, is_batch
+from weightcli.cli.dispatch import dispatch, dispatch_one, is_batch
 from weightcli.cli.options import (
     debug_option,
     json_option,
@@ -435,10 +435,6 @@ def apply_cmd(recipe_path: Path, paths: tuple[str, ...], **opts: Any) -> None:
     execute(paths, lambda: recipe.load(recipe_path), opts, "apply")
 
 
-def _int8_task(request: keras_int8.KerasInt8Request, item: Item) -> TransformResult:
-    return keras_int8.run(request, item.path)
-
-
 def keras_int8_run(paths: tuple[str, ...], sel: Selection, opts: dict[str, Any]) -> None:
     if is_batch(paths, opts["recursive"], opts["output_dir"]):
         raise ParameterError("{store} keras-int8 works on one model at a time")
@@ -450,11 +446,11 @@ def keras_int8_run(paths: tuple[str, ...], sel: Selection, opts: dict[str, Any])
         dry_run=opts["dry_run"],
         note=opts["note"],
     )
-    dispatch(
-        [Item(Path(paths[0]))],
-        partial(_int8_task, request),
+    dispatch_one(
+        paths[0],
+        keras_int8.run,
+        request,
         print_transform,
-        batch=False,
         as_json=opts["as_json"],
         debug=opts["debug"],
     )

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 
 import click
 
-from weightcli.batch import Item
-from weightcli.cli.dispatch import dispatch
+from weightcli.cli.dispatch import dispatch_one
 from weightcli.cli.options import debug_option, json_option, make_selection, note_option
 from weightcli.commands import transplant as command
 from weightcli.report import print_transplant
-from weightcli.results import TransplantResult
-
-
-def _task(request: command.TransplantRequest, item: Item) -> TransplantResult:
-    return command.run(request, item.path)
 
 
 @click.command()
@@ -124,11 +117,4 @@ def transplant(
         dry_run=dry_run,
         note=note,
     )
-    dispatch(
-        [Item(Path(target))],
-        partial(_task, request),
-        print_transplant,
-        batch=False,
-        as_json=as_json,
-        debug=debug,
-    )
+    dispatch_one(target, command.run, request, print_transplant, as_json=as_json, debug=debug)
