@@ -169,3 +169,16 @@ def test_bad_input(tmp_path: Path, args: list[str], says: str) -> None:
     assert res.code == 2 and says in res.err, res.err
     assert len(res.err.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_lambda_only_with_the_methods_that_use_it(tmp_path: Path) -> None:
+    res = run(
+        "merge",
+        SAMPLES / "mlp.keras",
+        SAMPLES / "mlp.keras",
+        "--lambda",
+        "0.5",
+        "-o",
+        tmp_path / "o.keras",
+    )
+    assert res.code == 2 and "--lambda goes with task-arithmetic or ties" in res.err

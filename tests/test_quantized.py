@@ -176,3 +176,28 @@ def test_native_int8_refusals(models: Path, tmp_path: Path) -> None:
     res = run("quantize", models / "q8.keras", "--store", "keras-int8", "-o", tmp_path / "z.keras")
     assert res.code == 2 and "no float32 Dense" in res.err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_native_int8_refuses_nan(tmp_path: Path) -> None:
+    from helpers import SAMPLES
+
+    res = run(
+        "quantize",
+        SAMPLES / "mlp.keras",
+        "--store",
+        "keras-int8",
+        "--allow-nonfinite",
+        "-o",
+        tmp_path / "a.keras",
+    )
+    assert res.code == 2 and "--allow-nonfinite" in res.err
+    spoiled = tmp_path / "nan.keras"
+    assert run("set", SAMPLES / "mlp.keras", "dense_1/bias=0", "-o", spoiled).code == 0
+    np.save(tmp_path / "k.npy", np.full((20, 32), np.nan, np.float32))
+    nan = tmp_path / "nan2.keras"
+    res = run(
+        "set", spoiled, f"dense_1/kernel={tmp_path / 'k.npy'}", "--allow-nonfinite", "-o", nan
+    )
+    assert res.code == 0, res.err
+    res = run("quantize", nan, "--store", "keras-int8", "-o", tmp_path / "q.keras")
+    assert res.code == 2 and "holds NaN or Inf" in res.err and not (tmp_path / "q.keras").exists()

@@ -311,7 +311,7 @@ def merge(
     weights: Sequence[float] = (),
     decay: float | None = None,
     base: PathLike | None = None,
-    lam: float = 1.0,
+    lam: float | None = None,
     density: float | None = None,
     maps: Sequence[str] = (),
     select: Sequence[str] = (),

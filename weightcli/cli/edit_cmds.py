@@ -8,6 +8,7 @@ import click
 
 from weightcli.cli.dispatch import dispatch_one
 from weightcli.cli.options import (
+    allow_nonfinite_option,
     debug_option,
     json_option,
     make_selection,
@@ -29,6 +30,7 @@ from weightcli.transforms.initializers import NAMES as INITIALIZERS
     help="Assign every array of a .npz whose keys are canonical names (as dump writes them).",
 )
 @single_output_options
+@allow_nonfinite_option
 @json_option
 @debug_option
 def set_cmd(
@@ -40,6 +42,7 @@ def set_cmd(
     force: bool,
     dry_run: bool,
     note: str | None,
+    allow_nonfinite: bool,
     as_json: bool,
     debug: bool,
 ) -> None:
@@ -64,6 +67,7 @@ def set_cmd(
         force=force,
         dry_run=dry_run,
         note=note,
+        allow_nonfinite=allow_nonfinite,
     )
     dispatch_one(path, assign.run, request, print_transform, as_json=as_json, debug=debug)
 
@@ -212,6 +216,7 @@ def freeze_cmd(
 @click.option("--maxval", type=float, help="random_uniform: the upper bound (0.05).")
 @click.option("--gain", type=float, help="orthogonal: the gain (1.0).")
 @single_output_options
+@allow_nonfinite_option
 @json_option
 @debug_option
 def reinit_cmd(
@@ -232,6 +237,7 @@ def reinit_cmd(
     force: bool,
     dry_run: bool,
     note: str | None,
+    allow_nonfinite: bool,
     as_json: bool,
     debug: bool,
 ) -> None:
@@ -269,5 +275,6 @@ def reinit_cmd(
         force=force,
         dry_run=dry_run,
         note=note,
+        allow_nonfinite=allow_nonfinite,
     )
     dispatch_one(path, reinit.run, request, print_transform, as_json=as_json, debug=debug)

@@ -7,7 +7,13 @@ from pathlib import Path
 import click
 
 from weightcli.cli.dispatch import dispatch_one
-from weightcli.cli.options import debug_option, json_option, make_selection, note_option
+from weightcli.cli.options import (
+    allow_nonfinite_option,
+    debug_option,
+    json_option,
+    make_selection,
+    note_option,
+)
 from weightcli.commands import merge as command
 from weightcli.errors import ParameterError, literal
 from weightcli.report import print_transform
@@ -54,9 +60,7 @@ def _floats(text: str | None) -> tuple[float, ...]:
     "--lambda",
     "lam",
     type=float,
-    default=1.0,
-    show_default=True,
-    help="task-arithmetic, ties: scale of the merged task vector.",
+    help="task-arithmetic, ties: scale of the merged task vector (1.0).",
 )
 @click.option(
     "--density",
@@ -81,6 +85,7 @@ def _floats(text: str | None) -> tuple[float, ...]:
 @click.option("--dry-run", is_flag=True, help="Check and report everything, write nothing.")
 @click.option("--force", is_flag=True, help="Overwrite an existing OUT.")
 @note_option
+@allow_nonfinite_option
 @json_option
 @debug_option
 def merge(
@@ -90,7 +95,7 @@ def merge(
     weights: str | None,
     decay: float | None,
     base: Path | None,
-    lam: float,
+    lam: float | None,
     density: float | None,
     maps: tuple[str, ...],
     select: tuple[str, ...],
@@ -98,6 +103,7 @@ def merge(
     dry_run: bool,
     force: bool,
     note: str | None,
+    allow_nonfinite: bool,
     as_json: bool,
     debug: bool,
 ) -> None:
@@ -131,5 +137,6 @@ def merge(
         force=force,
         dry_run=dry_run,
         note=note,
+        allow_nonfinite=allow_nonfinite,
     )
     dispatch_one(inputs[0], command.run, request, print_transform, as_json=as_json, debug=debug)

@@ -113,6 +113,15 @@ def batch_options(f: F) -> F:
     return f
 
 
+def allow_nonfinite_option(f: F) -> F:
+    """--allow-nonfinite: write NaN/Inf that the command creates (an error otherwise)."""
+    return click.option(
+        "--allow-nonfinite",
+        is_flag=True,
+        help="Write NaN/Inf that the command creates (overflow); an error otherwise.",
+    )(f)
+
+
 def note_option(f: F) -> F:
     """--note TEXT: why, kept in the output's history."""
     return click.option(
@@ -140,11 +149,7 @@ def single_output_options(f: F) -> F:
 def output_options(f: F) -> F:
     """-o, --output-dir, --in-place, --force, --dry-run, --allow-nonfinite, batch options."""
     f = note_option(f)
-    f = click.option(
-        "--allow-nonfinite",
-        is_flag=True,
-        help="Write NaN/Inf that the transform creates (overflow); an error otherwise.",
-    )(f)
+    f = allow_nonfinite_option(f)
     f = click.option(
         "--dry-run",
         is_flag=True,

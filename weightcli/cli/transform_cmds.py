@@ -386,6 +386,8 @@ def quantize(
     """
     sel = make_selection(select, exclude, layer_types, kinds, include_optimizer)
     if store == "keras-int8":
+        if opts["allow_nonfinite"]:
+            raise ParameterError("{store} keras-int8 writes no NaN/Inf: give no {allow_nonfinite}")
         given = [
             p
             for p, v in (

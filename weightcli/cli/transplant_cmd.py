@@ -7,7 +7,13 @@ from pathlib import Path
 import click
 
 from weightcli.cli.dispatch import dispatch_one
-from weightcli.cli.options import debug_option, json_option, make_selection, note_option
+from weightcli.cli.options import (
+    allow_nonfinite_option,
+    debug_option,
+    json_option,
+    make_selection,
+    note_option,
+)
 from weightcli.commands import transplant as command
 from weightcli.report import print_transplant
 
@@ -63,6 +69,7 @@ from weightcli.report import print_transplant
 @click.option("--force", is_flag=True, help="Overwrite an existing OUT.")
 @click.option("--in-place", is_flag=True, help="Write into TARGET itself.")
 @note_option
+@allow_nonfinite_option
 @json_option
 @debug_option
 def transplant(
@@ -81,6 +88,7 @@ def transplant(
     force: bool,
     in_place: bool,
     note: str | None,
+    allow_nonfinite: bool,
     as_json: bool,
     debug: bool,
 ) -> None:
@@ -116,5 +124,6 @@ def transplant(
         force=force,
         dry_run=dry_run,
         note=note,
+        allow_nonfinite=allow_nonfinite,
     )
     dispatch_one(target, command.run, request, print_transplant, as_json=as_json, debug=debug)

@@ -40,6 +40,7 @@ class SetRequest:
     force: bool = False
     dry_run: bool = False
     note: str | None = None
+    allow_nonfinite: bool = False
 
     def __post_init__(self) -> None:
         if not self.assignments and self.from_npz is None:
@@ -189,6 +190,7 @@ def run(request: SetRequest, path: str | Path) -> TransformResult:
                 in_place=request.in_place,
                 overwrite=request.force,
                 note=request.note,
+                allow_nonfinite=request.allow_nonfinite,
             )
         finally:
             if npz is not None:

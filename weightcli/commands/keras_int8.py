@@ -152,6 +152,11 @@ def _quantize(store: Store, info: TensorInfo, axis: int, patcher: Any) -> Tensor
     keep = 1 - axis
     amax = np.zeros(info.shape[keep], np.float32)
     for where, block in store.blocks(info, BLOCK_ELEMS):
+        if not np.isfinite(block).all():
+            raise UsageError(
+                f"{info.name} holds NaN or Inf: int8 codes cannot represent them "
+                "(repair it first: clip --nonfinite zero)"
+            )
         part = np.max(np.abs(block), axis=axis)
         span = slice(where.origin[keep], where.origin[keep] + block.shape[keep])
         amax[span] = np.maximum(amax[span], part)

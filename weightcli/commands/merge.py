@@ -51,7 +51,7 @@ class MergeRequest:
     weights: tuple[float, ...] = ()
     decay: float | None = None
     base: Path | None = None
-    lam: float = 1.0
+    lam: float | None = None  # task-arithmetic, ties: 1.0 when not given
     density: float | None = None
     selection: Selection = field(default_factory=Selection)
     maps: tuple[str, ...] = ()
@@ -59,6 +59,7 @@ class MergeRequest:
     force: bool = False
     dry_run: bool = False
     note: str | None = None
+    allow_nonfinite: bool = False
 
     def __post_init__(self) -> None:
         n = len(self.others) + 1
@@ -90,8 +91,13 @@ class MergeRequest:
                 raise ParameterError(f"{{density}} must be in (0, 1], got {self.density}")
         elif self.density is not None:
             raise ParameterError("{density} goes with {method} ties")
-        if not math.isfinite(self.lam):
-            raise ParameterError("{lam} must be a finite number")
+        if self.lam is not None:
+            if not needs_base:
+                raise ParameterError(
+                    f"{{lam}} goes with task-arithmetic or ties, not {self.method}"
+                )
+            if not math.isfinite(self.lam):
+                raise ParameterError("{lam} must be a finite number")
         for m in self.maps:
             parse_map(m)
 
@@ -106,7 +112,12 @@ class MergeRequest:
             d = self.decay or 0.0
             out = [d ** (n - 1)] + [(1 - d) * d ** (n - 1 - i) for i in range(1, n)]
             return out
-        return [float(self.lam)] * n
+        return [self.scale] * n
+
+    @property
+    def scale(self) -> float:
+        """lambda of task-arithmetic and ties (1.0 by default)."""
+        return 1.0 if self.lam is None else float(self.lam)
 
 
 class _MergeOp(TensorOp):
@@ -165,7 +176,7 @@ class _MergeOp(TensorOp):
         agree = (np.sign(stack) == sign) & (stack != 0)
         n_agree = agree.sum(axis=0)
         merged = np.where(n_agree > 0, (stack * agree).sum(axis=0) / np.maximum(n_agree, 1), 0.0)
-        out = carrier + r.lam * merged
+        out = carrier + r.scale * merged
         if count:
             self.kept += int(np.count_nonzero(stack))
             nonzero = stack != 0
@@ -208,7 +219,7 @@ class _MergeOp(TensorOp):
                 np.copyto(tmp, x)
                 tmp -= carrier
                 out += tmp
-            out *= r.lam
+            out *= r.scale
             out += carrier
         np.copyto(result, out, casting="unsafe")
         return result
@@ -322,7 +333,7 @@ def run(request: MergeRequest, path: str | Path) -> TransformResult:
             if getattr(request, key) is not None:
                 params[key] = getattr(request, key)
         if request.method in ("task-arithmetic", "ties"):
-            params["lambda"] = request.lam
+            params["lambda"] = request.scale
         step = _MergeStep(request, Selection(floats_only=True), matched, params)
         try:
             result = pipeline.run(
@@ -333,6 +344,7 @@ def run(request: MergeRequest, path: str | Path) -> TransformResult:
                 dry_run=request.dry_run,
                 overwrite=request.force,
                 note=request.note,
+                allow_nonfinite=request.allow_nonfinite,
                 source_digest=hashes.get(carrier_path),  # hashed once, not twice
             )
         except BaseException:

@@ -36,6 +36,7 @@ class ReinitRequest:
     force: bool = False
     dry_run: bool = False
     note: str | None = None
+    allow_nonfinite: bool = False
 
     def __post_init__(self) -> None:
         if self.initializer not in init.NAMES:
@@ -146,4 +147,5 @@ def run(request: ReinitRequest, path: str | Path) -> TransformResult:
             in_place=request.in_place,
             overwrite=request.force,
             note=request.note,
+            allow_nonfinite=request.allow_nonfinite,
         )

@@ -55,6 +55,7 @@ class TransplantRequest:
     force: bool = False
     dry_run: bool = False
     note: str | None = None
+    allow_nonfinite: bool = False
 
     def __post_init__(self) -> None:
         if self.match_by not in ("name", "order"):
@@ -208,6 +209,7 @@ def run(request: TransplantRequest, path: str | Path) -> TransplantResult:
             in_place=request.in_place,
             overwrite=request.force,
             note=request.note,
+            allow_nonfinite=request.allow_nonfinite,
         )
         changed = {c.info.name: c.max_change for c in transform.changes}
         for r in rows:
