@@ -333,3 +333,12 @@ def test_measure_original_is_the_tutorials_method(tmp_path: Path) -> None:
     assert o["dense_2"]["stat_before"] != pytest.approx(s["dense_2"]["stat_before"])
     assert all(lp["stat_after"] == pytest.approx(1, rel=0.01) for lp in s.values() if lp["scaled"])
     assert o["dense_1"]["stat_after"] == pytest.approx(1, rel=0.01)
+
+
+def test_a_missing_choice_option_is_one_line(tmp_path: Path) -> None:
+    # click lists the choices one per line; the user gets one line naming them all.
+    res = run("reinit", SAMPLES / "mlp.keras", "-o", tmp_path / "r.keras")
+    assert res.code == 2, res.err
+    assert len(res.err.strip().splitlines()) == 1, res.err
+    assert "--initializer" in res.err and "glorot_uniform, glorot_normal" in res.err
+    assert list(tmp_path.iterdir()) == []

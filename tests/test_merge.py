@@ -158,6 +158,7 @@ def test_keras_runs_the_soup(tuned: list[Path], tmp_path: Path) -> None:
         (["{mlp}", "{mlp}", "--weights", "1,2,3"], "3 weights for 2 inputs"),
         (["{mlp}", "{mlp}", "--weights", "1,-1"], "sum is not 0"),
         (["{mlp}", "{mlp}", "--method", "ema", "--decay", "1.5"], "--decay must be in (0, 1)"),
+        (["{mlp}", "{mlp}", "--method", "ema"], "--method ema needs --decay"),
         (["{mlp}", "{mlp}", "--method", "ties", "--base", "{mlp}", "--density", "0"], "--density"),
         (["{mlp}", "{mlp}", "--method", "task-arithmetic"], "--base"),
         (["{mlp}", "missing.keras"], "no such file"),

@@ -11,6 +11,7 @@ import atexit
 import contextlib
 import importlib
 import os
+import re
 import signal
 import sys
 
@@ -72,7 +73,9 @@ class WeightcliGroup(click.Group):
             if debug:
                 raise
             hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
-            click.echo(f"weightcli: error: {exc.format_message()}{hint}", err=True)
+            # One line on stderr: click lists choices one per line ("Choose from:\n\t...").
+            message = re.sub(r"\s*\n\s*", " ", exc.format_message().strip())
+            click.echo(f"weightcli: error: {message}{hint}", err=True)
             ctx.exit(2)
         except WeightcliError as exc:
             if debug:

@@ -82,7 +82,9 @@ class MergeRequest:
         if not needs_base and self.base is not None:
             raise ParameterError(f"{{base}} goes with task-arithmetic or ties, not {self.method}")
         if self.method == "ema":
-            if self.decay is None or not 0 < self.decay < 1:
+            if self.decay is None:
+                raise ParameterError("{method} ema needs {decay} (between 0 and 1, e.g. 0.9)")
+            if not 0 < self.decay < 1:
                 raise ParameterError(f"{{decay}} must be in (0, 1), got {self.decay}")
         elif self.decay is not None:
             raise ParameterError("{decay} goes with {method} ema")
