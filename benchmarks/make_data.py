@@ -3,6 +3,7 @@
 - ResNet50 with random weights (keras.applications.ResNet50(weights=None)) as .h5,
   .keras and a SavedModel export;
 - a ~1 GB .h5 of large Dense layers, and two more that differ everywhere (for diff, merge);
+  the first one also as .keras and as a SavedModel export;
 - a model with one tensor larger than 1.5 GB (Dense 20000 x 20000).
 
 Each file is made once; delete benchmarks/data/ to regenerate.
@@ -49,6 +50,17 @@ def main() -> None:
         p = DATA / target
         if not p.exists():
             dense_stack(4096, 16, seed, "dense1gb").save(p)
+            print("wrote", p, flush=True)
+    # The same 1 GB model as a .keras archive and as a SavedModel bundle.
+    big = None
+    for target, save in (
+        ("dense_1gb.keras", lambda m, p: m.save(p)),
+        ("dense_1gb_export", lambda m, p: m.export(str(p), verbose=False)),
+    ):
+        p = DATA / target
+        if not p.exists():
+            big = big or dense_stack(4096, 16, 1, "dense1gb")
+            save(big, p)
             print("wrote", p, flush=True)
     p = DATA / "huge_tensor.h5"
     if not p.exists():

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from weightcli.errors import ParameterError, literal
+from weightcli.prefetch import ahead
 from weightcli.results import DiffResult, DiffStatus, TensorDiff
 from weightcli.select import Selection
 from weightcli.stores import Store
@@ -88,45 +89,52 @@ class _Acc:
     def _slice(self, a: np.ndarray, b: np.ndarray) -> None:
         if a.size == 0:
             return
-        if a.dtype == b.dtype and a.dtype.kind == "f" and np.array_equal(a, b):
-            lo, hi = a.min(), a.max()
-            if np.isfinite(lo) and np.isfinite(hi):
-                # Identical and finite: no difference; only the norms for cosine/L2.
-                x = a.astype(np.float64)
-                sq = float(np.dot(x, x))
-                self.n += a.size
-                self.aa += sq
-                self.bb += sq
-                self.ab += sq
+        if a.dtype == b.dtype and a.dtype.kind == "f" and a.dtype.itemsize >= 4:
+            # One float dtype: work in it, as np.isclose does (atol, rtol are weak scalars).
+            d = np.subtract(a, b)
+            ad = np.abs(d, out=d)
+            worst = float(ad.max())
+            # NaN or Inf in either input would make some |a - b| NaN or Inf (so would an
+            # overflow): a finite largest difference means every element is finite.
+            if math.isfinite(worst):
+                self._finite(a, b, ad, worst)
                 return
-        # Work in the tensors' own float dtype when they share one, as np.isclose does
-        # (atol and rtol are weak scalars); otherwise in float64.
-        same = a.dtype == b.dtype and a.dtype.kind == "f" and a.dtype.itemsize >= 4
-        work = a.dtype if same else np.dtype(np.float64)
-        x = np.asarray(a, dtype=work)
-        y = np.asarray(b, dtype=work)
-        if (
-            np.isfinite(x.min())
-            and np.isfinite(x.max())
-            and np.isfinite(y.min())
-            and np.isfinite(y.max())
-        ):
-            # All finite: numpy's rule |a - b| <= atol + rtol * |b|, exactly as np.isclose computes it.
-            d = x - y
-            ad = np.abs(d)
-            if self.identical:
-                self.identical = not ad.any() and a.dtype == b.dtype
-            limit = self.atol + self.rtol * np.abs(y) if self.rtol else work.type(self.atol)
-            self.beyond += int(np.count_nonzero(ad > limit))
-            self.max_abs = max(self.max_abs, float(ad.max()))
-            self.sum_abs += float(ad.sum(dtype=np.float64))
-            self.n += x.size
-            self.dd += float(np.dot(d, d))
+            self._general(a, b, True)
+            return
+        x = np.asarray(a, dtype=np.float64)
+        y = np.asarray(b, dtype=np.float64)
+        ad = np.abs(x - y)
+        worst = float(ad.max())
+        if math.isfinite(worst):
+            self._finite(x, y, ad, worst, a.dtype == b.dtype)
+            return
+        self._general(x, y, a.dtype == b.dtype)
+
+    def _finite(
+        self, x: np.ndarray, y: np.ndarray, ad: np.ndarray, worst: float, same: bool = True
+    ) -> None:
+        """Every element finite: numpy's rule |a - b| <= atol + rtol * |b|, computed as
+        np.isclose computes it, with each pass over the slice done once."""
+        if worst > 0:
+            self.identical = False
+            if self.rtol:
+                limit = self.atol + self.rtol * np.abs(y)
+                self.beyond += int(np.count_nonzero(ad > limit))
+            elif worst > self.atol:
+                self.beyond += int(np.count_nonzero(ad > ad.dtype.type(self.atol)))
+            self.max_abs = max(self.max_abs, worst)
+            self.sum_abs += float(ad.sum())  # pairwise summation, then float64 across slices
+            self.dd += float(np.dot(ad, ad))
             self.aa += float(np.dot(x, x))
             self.bb += float(np.dot(y, y))
             self.ab += float(np.dot(x, y))
-            return
-        self._general(x, y, a.dtype == b.dtype)
+        else:  # equal values: one norm serves all three
+            self.identical &= same
+            sq = float(np.dot(x, x))
+            self.aa += sq
+            self.bb += sq
+            self.ab += sq
+        self.n += x.size
 
     def _general(self, xw: np.ndarray, yw: np.ndarray, same_dtype: bool) -> None:
         """Slices holding NaN or Inf: np.isclose itself decides, in the same working dtype
@@ -205,9 +213,10 @@ def diff_stores(
             row.status = DTYPE if a.dtype != b.dtype else IDENTICAL
         else:
             acc = _Acc(atol, rtol, nan_equal)
-            for (_, xa), (_, xb) in zip(
-                sa.blocks(a, block_elems), sb.blocks(b, block_elems), strict=True
-            ):
+            pairs = zip(sa.blocks(a, block_elems), sb.blocks(b, block_elems), strict=True)
+            if a.size > block_elems:  # several blocks: the next pair is read meanwhile
+                pairs = ahead(pairs)
+            for (_, xa), (_, xb) in pairs:
                 acc.update(xa, xb)
             acc.finish(row)
             if a.dtype != b.dtype:

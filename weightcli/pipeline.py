@@ -24,6 +24,7 @@ import numpy as np
 from weightcli import __version__
 from weightcli.digest import digest, total_size
 from weightcli.errors import UnsupportedError, UsageError, literal
+from weightcli.prefetch import ahead
 from weightcli.results import TensorChange, TransformResult
 from weightcli.select import apply as apply_selection
 from weightcli.stats import RunningStats, TensorStats
@@ -127,6 +128,11 @@ class _Blocks:
         return self.store.blocks(self.info, self.block_elems)
 
 
+# Tensors of at least this many elements are read ahead by a thread (smaller ones would
+# spend more on starting the thread than they gain).
+READ_AHEAD_ELEMS = 4 * BLOCK_ELEMS
+
+
 def plan(store: Store, steps: Sequence[Step]) -> list[tuple[TensorInfo, list[TensorOp]]]:
     """Which tensors each step touches; a step that selects nothing is an error."""
     tensors = store.tensors()
@@ -206,7 +212,9 @@ def run(
             before, after = RunningStats(count_zeros=False), RunningStats(count_zeros=False)
             n_changed = 0
             max_change = 0.0
-            for where, block in blocks:
+            # Several blocks: the next one is read meanwhile, on the other core.
+            read_ahead = info.size >= READ_AHEAD_ELEMS
+            for where, block in ahead(blocks) if read_ahead else blocks:
                 y = block
                 for op in ops:
                     y = op.apply(where, y)
@@ -319,13 +327,15 @@ def _summarize(
 
 def _count_changes(x: np.ndarray, y: np.ndarray, n: int, worst: float) -> tuple[int, float]:
     """Elements that changed and the largest finite |change|, accumulated over blocks."""
-    if x.dtype.kind == "f" and x.dtype.itemsize >= 4:
-        d = np.subtract(y, x, dtype=x.dtype)
+    if x.dtype.kind == "f" and x.dtype.itemsize >= 4 and x.dtype == y.dtype:
+        d = np.subtract(y, x, out=_scratch(x.dtype, x.size))
         if d.size == 0:
             return n, worst
-        lo, hi = float(d.min()), float(d.max())
-        if math.isfinite(lo) and math.isfinite(hi):  # no NaN/Inf on either side
-            return n + int(np.count_nonzero(d != 0)), max(worst, -lo, hi)
+        np.abs(d, out=d)
+        top = float(d.max())
+        if math.isfinite(top):  # no NaN/Inf on either side (they would reach d)
+            changed = np.not_equal(d, 0, out=_scratch(np.dtype(bool), d.size))
+            return n + int(np.count_nonzero(changed)), max(worst, top)
     xw = x.astype(np.float64)
     yw = y.astype(np.float64)
     same = (xw == yw) | (np.isnan(xw) & np.isnan(yw))
@@ -334,3 +344,16 @@ def _count_changes(x: np.ndarray, y: np.ndarray, n: int, worst: float) -> tuple[
     if both.any():
         worst = max(worst, float(np.abs(yw - xw)[both].max()))
     return n, worst
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(dtype: np.dtype, size: int) -> np.ndarray:
+    """A reused buffer of ``size`` elements, one per thread and dtype (fresh pages for
+    every block cost more than the arithmetic on them)."""
+    bufs: dict[np.dtype, np.ndarray] = _SCRATCH.__dict__.setdefault("bufs", {})
+    buf = bufs.get(dtype)
+    if buf is None or buf.size < size:
+        buf = bufs[dtype] = np.empty(max(size, SUMMARY_SLICE), dtype)
+    return buf[:size]

@@ -142,6 +142,34 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated()
 
 
+# glibc's mallopt parameters (malloc.h).
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+# Blocks and their temporaries are a few MiB: below this, freed memory is kept for reuse.
+KEEP_FREED_BYTES = 64 << 20
+
+
+def keep_freed_memory() -> None:
+    """Let glibc reuse freed blocks instead of returning them to the kernel.
+
+    By default glibc maps each array of a few MiB afresh and unmaps it when freed, and
+    the read-ahead thread's arena gives its memory back at once: every block then
+    page-faults on brand-new pages, which cost more than the copying (measured on the
+    1 GB ``scale``: 1.8 s with fresh pages, 1.1 s reusing them). Keeping up to 64 MiB
+    of freed memory bounds what this can cost. Only the CLI process (and its workers)
+    set this; importing the library changes nothing.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_MMAP_THRESHOLD, KEEP_FREED_BYTES)
+        libc.mallopt(M_TRIM_THRESHOLD, 2 * KEEP_FREED_BYTES)
+    except (OSError, AttributeError):  # not glibc (musl): its own policy applies
+        pass
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point.
 
@@ -151,6 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     nothing from it.
     """
     signal.signal(signal.SIGTERM, _terminate)
+    keep_freed_memory()
     try:
         cli.main(args=argv, prog_name="weightcli")
     except SystemExit as exc:

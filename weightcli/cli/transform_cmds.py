@@ -9,7 +9,6 @@ from typing import Any
 
 import click
 
-from weightcli import recipe
 from weightcli.batch import Item, discover
 from weightcli.cli.dispatch import dispatch, dispatch_one, is_batch
 from weightcli.cli.options import (
@@ -19,12 +18,10 @@ from weightcli.cli.options import (
     output_options,
     selection_options,
 )
-from weightcli.commands import by_activation as by_activation_cmd
-from weightcli.commands import keras_int8
 from weightcli.commands import transform as command
 from weightcli.errors import ParameterError, literal
-from weightcli.report import print_activation, print_by_activation, print_json, print_transform
-from weightcli.results import ByActivationResult, TransformResult
+from weightcli.report import print_json, print_transform
+from weightcli.results import TransformResult
 from weightcli.select import Selection
 from weightcli.steps import ClipStep, QuantizeStep, ScaleStep, Step
 
@@ -434,12 +431,16 @@ def apply_cmd(recipe_path: Path, paths: tuple[str, ...], **opts: Any) -> None:
       weightcli apply recipe.toml saved_model/ -o patched_model/ --dry-run
       weightcli apply recipe.toml -r models/ --output-dir fixed/
     """
+    from weightcli import recipe  # tomllib and the recipe schema: only for apply
+
     execute(paths, lambda: recipe.load(recipe_path), opts, "apply")
 
 
 def keras_int8_run(paths: tuple[str, ...], sel: Selection, opts: dict[str, Any]) -> None:
     if is_batch(paths, opts["recursive"], opts["output_dir"]):
         raise ParameterError("{store} keras-int8 works on one model at a time")
+    from weightcli.commands import keras_int8
+
     request = keras_int8.KerasInt8Request(
         selection=sel,
         output=opts["output"],
@@ -468,6 +469,11 @@ def by_activation_run(
     architecture: Path | None,
     opts: dict[str, Any],
 ) -> None:
+    # Framework-bound (loads the model): imported only on this path.
+    from weightcli.commands import by_activation as by_activation_cmd
+    from weightcli.report import print_activation, print_by_activation
+    from weightcli.results import ByActivationResult
+
     request = by_activation_cmd.ByActivationRequest(
         selection=sel,
         calibration=calibration,

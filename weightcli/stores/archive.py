@@ -18,6 +18,7 @@ import struct
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,10 +87,8 @@ class Window(io.RawIOBase):
     def check_crc(self, expected: int, label: str) -> None:
         """The zip CRC-32 of the window's bytes (a damaged archive is refused, not laundered)."""
         crc = 0
-        for pos in range(0, self.size, 1 << 22):
-            crc = zlib.crc32(
-                os.pread(self._fd, min(1 << 22, self.size - pos), self.start + pos), crc
-            )
+        for chunk in read_chunks(self._fd, self.start, self.size):
+            crc = zlib.crc32(chunk, crc)
         if crc != expected:
             raise zipfile.BadZipFile(f"Bad CRC-32 for {label}")
 
@@ -97,6 +96,24 @@ class Window(io.RawIOBase):
         if not self.closed:
             os.close(self._fd)
         super().close()
+
+
+COPY_CHUNK = 1 << 20
+
+
+def read_chunks(fd: int, start: int, size: int) -> Iterator[memoryview]:
+    """Bytes [start, start + size) of ``fd`` in chunks of one reused buffer (a fresh
+    buffer per chunk costs a page fault per page: more than the copying). Each chunk is
+    valid until the next one is read."""
+    buf = bytearray(COPY_CHUNK)
+    view = memoryview(buf)
+    pos = 0
+    while pos < size:
+        n = os.preadv(fd, [view[: min(COPY_CHUNK, size - pos)]], start + pos)
+        if n == 0:
+            raise CorruptError(f"file ends at byte {start + pos}: data missing")
+        yield view[:n]
+        pos += n
 
 
 def member_data_offset(path: Path, info: zipfile.ZipInfo) -> int:
@@ -301,7 +318,9 @@ class ArchivePatcher(_WeightsMemberPatcher):
     def _commit(self) -> None:
         self.inner.close_file()
         src = self.store.zip
-        with zipfile.ZipFile(self.zip_tmp, "w") as dst:
+        # Opened without truncating (the temporary exists, empty): ext4 flushes a file
+        # truncated and rewritten when it is closed, which would cost a writeback here.
+        with open(self.zip_tmp, "r+b") as fp, zipfile.ZipFile(fp, "w") as dst:
             for member in src.infolist():
                 info = zipfile.ZipInfo(member.filename, date_time=member.date_time)
                 info.compress_type = member.compress_type
@@ -311,8 +330,12 @@ class ArchivePatcher(_WeightsMemberPatcher):
                 info.extra = member.extra
                 with dst.open(info, "w", force_zip64=member.file_size > 2**31 - 1) as out:
                     if member.filename == WEIGHTS:
-                        with open(self.inner.tmp, "rb") as inp:
-                            shutil.copyfileobj(inp, out, 1 << 20)
+                        fd = os.open(self.inner.tmp, os.O_RDONLY)
+                        try:
+                            for chunk in read_chunks(fd, 0, os.fstat(fd).st_size):
+                                out.write(chunk)
+                        finally:
+                            os.close(fd)
                     elif member.filename == "config.json" and self.config_bytes is not None:
                         out.write(self.config_bytes)
                     else:

@@ -1,0 +1,120 @@
+"""The fast paths of issue 20 against the plain formulas: every shortcut taken for speed
+must give what the slow, obvious computation gives."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from weightcli import compare
+from weightcli.prefetch import ahead
+from weightcli.results import DiffStatus, TensorDiff
+
+
+def _oracle(a: np.ndarray, b: np.ndarray, atol: float, rtol: float) -> dict[str, float]:
+    x, y = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    d = np.abs(x - y)
+    return {
+        "beyond": int((~np.isclose(a, b, rtol=rtol, atol=atol)).sum()),
+        "max_abs": float(d.max()),
+        "mean_abs": float(d.mean()),
+        "rel_l2": float(np.sqrt((d * d).sum() / (y * y).sum())),
+        "cosine": float((x * y).sum() / np.sqrt((x * x).sum() * (y * y).sum())),
+    }
+
+
+def _measure(a: np.ndarray, b: np.ndarray, atol: float, rtol: float, slice_: int) -> TensorDiff:
+    acc = compare._Acc(atol, rtol, nan_equal=False)
+    for i in range(0, a.size, slice_):  # blocks as the stores hand them over
+        acc.update(a[i : i + slice_], b[i : i + slice_])
+    row = TensorDiff("t", DiffStatus.IDENTICAL, None, None, size=a.size)
+    acc.finish(row)
+    row.status = DiffStatus.IDENTICAL if acc.identical else DiffStatus.DIFFERS
+    return row
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 3000),
+    seed=st.integers(0, 2**32 - 1),
+    noise=st.sampled_from([0.0, 1e-7, 1e-4, 1e-1]),
+    changed=st.floats(0, 1),
+    atol=st.sampled_from([0.0, 1e-6, 1e-3]),
+    rtol=st.sampled_from([0.0, 1e-5, 1e-2]),
+    dtype_b=st.sampled_from(["float32", "float64", "int32"]),
+    slice_=st.sampled_from([7, 256, 4096]),
+)
+def test_diff_metrics_match_numpy(n, seed, noise, changed, atol, rtol, dtype_b, slice_) -> None:
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal(n).astype("float32") * 10
+    b = a + (rng.random(n) < changed) * rng.standard_normal(n).astype("float32") * noise
+    b = (np.round(b) if dtype_b == "int32" else b).astype(dtype_b)
+    if dtype_b == "int32":
+        a = np.round(a).astype("float32")
+    old = compare.SLICE
+    try:
+        compare.SLICE = 512  # several slices per block: the merge across slices
+        row = _measure(a, b, atol, rtol, slice_)
+    finally:
+        compare.SLICE = old
+    want = _oracle(a, b, atol, rtol)
+    assert row.beyond == want["beyond"]
+    assert row.max_abs == pytest.approx(want["max_abs"], rel=1e-6, abs=1e-12)
+    assert row.mean_abs == pytest.approx(want["mean_abs"], rel=1e-5, abs=1e-12)
+    if np.any(b):
+        assert row.rel_l2 == pytest.approx(want["rel_l2"], rel=1e-4, abs=1e-7)
+        assert row.cosine == pytest.approx(want["cosine"], rel=1e-5, abs=1e-6)
+    values_equal = bool(np.array_equal(a.astype(np.float64), b.astype(np.float64)))
+    identical = values_equal and a.dtype == b.dtype
+    assert (row.status is DiffStatus.IDENTICAL) is identical
+
+
+def test_diff_fast_path_falls_back_on_overflow_and_nonfinite() -> None:
+    """A difference that overflows float32, and NaN/Inf, go through np.isclose itself."""
+    a = np.array([3e38, 1.0, np.inf, 2.0], "float32")
+    b = np.array([-3e38, 1.0, np.inf, np.nan], "float32")
+    row = _measure(a, b, 0.0, 0.0, 4)
+    assert row.beyond == int((~np.isclose(a, b, rtol=0, atol=0)).sum()) == 2
+
+
+def test_ahead_yields_in_order_and_reads_in_another_thread() -> None:
+    threads = set()
+
+    def items():
+        for i in range(50):
+            threads.add(threading.current_thread().name)
+            yield i
+
+    assert list(ahead(items())) == list(range(50))
+    assert threads == {"weightcli-read-ahead"}  # the premise: it really read ahead
+
+
+def test_ahead_raises_where_the_producer_failed() -> None:
+    def items():
+        yield 1
+        raise OSError("disk gone")
+
+    got = []
+    with pytest.raises(OSError, match="disk gone"):
+        for x in ahead(items()):
+            got.append(x)
+    assert got == [1]
+
+
+def test_ahead_stops_its_thread_when_the_caller_stops() -> None:
+    produced = []
+
+    def items():
+        for i in range(10_000):
+            produced.append(i)
+            yield i
+
+    gen = ahead(items(), depth=2)
+    assert next(gen) == 0
+    gen.close()  # the caller stops early
+    assert not any(t.name == "weightcli-read-ahead" for t in threading.enumerate())
+    assert len(produced) < 10  # bounded: it never ran far ahead
