@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from weightcli.prefetch import ahead
 from weightcli.results import DiffResult, DiffStatus, TensorDiff
 from weightcli.select import Selection
 from weightcli.stores import Store
-from weightcli.stores.base import BLOCK_ELEMS
+from weightcli.stores.base import BLOCK_ELEMS, Block
 
 IDENTICAL = DiffStatus.IDENTICAL
 WITHIN = DiffStatus.WITHIN
@@ -213,7 +213,9 @@ def diff_stores(
             row.status = DTYPE if a.dtype != b.dtype else IDENTICAL
         else:
             acc = _Acc(atol, rtol, nan_equal)
-            pairs = zip(sa.blocks(a, block_elems), sb.blocks(b, block_elems), strict=True)
+            pairs: Iterator[tuple[tuple[Block, np.ndarray], tuple[Block, np.ndarray]]] = zip(
+                sa.blocks(a, block_elems), sb.blocks(b, block_elems), strict=True
+            )
             if a.size > block_elems:  # several blocks: the next pair is read meanwhile
                 pairs = ahead(pairs)
             for (_, xa), (_, xb) in pairs:
