@@ -48,5 +48,18 @@ def digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def digest_all(paths: list[Path]) -> list[str]:
+    """The sha256 of each path, computed by one thread each (hashlib and file reads
+    release the GIL: several large files hash at once on several cores)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if len(paths) == 1:
+        return [digest(paths[0])]
+    with ThreadPoolExecutor(max_workers=len(paths)) as pool:
+        return list(pool.map(digest, paths))
+
+
 if __name__ == "__main__":
-    print(digest(Path(sys.argv[1])))
+    # One line per path, in order: one process hashes every input of a merge.
+    for value in digest_all([Path(a) for a in sys.argv[1:]]):
+        print(value)

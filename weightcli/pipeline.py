@@ -49,25 +49,28 @@ def _die_with_parent() -> None:
 
 
 class Digest:
-    """sha256 of a path, computed on the other core meanwhile.
+    """sha256 of one or more paths, computed on the other core(s) meanwhile.
 
-    Large sources: a child process, since a thread's hash and the main thread's many
-    short numpy calls take turns at the GIL (seconds per GB here). Small sources: a
-    thread, which costs no second interpreter (about 22 MiB).
+    Large sources: one child process (one thread per path in it), since a thread's hash
+    and the main thread's many short numpy calls take turns at the GIL (seconds per GB
+    here). Small sources: threads, which cost no second interpreter (about 16 MiB).
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path | Sequence[Path]) -> None:
+        self.paths = [path] if isinstance(path, Path) else list(path)
+        self.path = self.paths[0]
         self.proc: subprocess.Popen[str] | None = None
-        self.thread: threading.Thread | None = None
-        self.value: str | None = None
+        self.threads: list[threading.Thread] = []
+        self.values: dict[Path, str] = {}
         self.error: BaseException | None = None
-        if total_size(path) < CHILD_DIGEST_BYTES:
-            self.thread = threading.Thread(target=self._run, daemon=True)
-            self.thread.start()
+        if sum(total_size(p) for p in self.paths) < CHILD_DIGEST_BYTES:
+            for p in self.paths:
+                t = threading.Thread(target=self._run, args=(p,), daemon=True)
+                t.start()
+                self.threads.append(t)
             return
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "weightcli.digest", str(path)],
+            [sys.executable, "-m", "weightcli.digest", *map(str, self.paths)],
             env={
                 **os.environ,
                 "PYTHONPATH": os.pathsep.join(
@@ -80,33 +83,52 @@ class Digest:
             preexec_fn=_die_with_parent,
         )
 
-    def _run(self) -> None:
+    def _run(self, path: Path) -> None:
         try:
-            self.value = digest(self.path)
+            self.values[path] = digest(path)
         except BaseException as exc:  # reported by result()
             self.error = exc
 
-    def result(self) -> str:
-        if self.value is not None:
-            return self.value
-        if self.thread is not None:
-            self.thread.join()
+    def result(self, path: Path | None = None) -> str:
+        """The sha256 of ``path`` (default: the first path); waits for it."""
+        path = self.path if path is None else path
+        if path in self.values:
+            return self.values[path]
+        if self.proc is None:
+            for t in self.threads:
+                t.join()
             if self.error is not None:
                 raise self.error
-            assert self.value is not None
-            return self.value
-        assert self.proc is not None
+            return self.values[path]
         out, err = self.proc.communicate()
         if self.proc.returncode != 0:
             last = err.strip().splitlines()[-1:] or ["unknown error"]
-            raise OSError(f"{self.path}: cannot hash the source: {last[0]}")
-        self.value = out.strip()
-        return self.value
+            raise OSError(f"{path}: cannot hash the source: {last[0]}")
+        self.values.update(zip(self.paths, out.split(), strict=True))
+        return self.values[path]
+
+    def of(self, path: Path) -> DigestOf:
+        """A handle for one of the paths (``result()`` and ``cancel()``, as a Digest)."""
+        return DigestOf(self, path)
 
     def cancel(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+class DigestOf:
+    """One path's hash, out of a :class:`Digest` of several."""
+
+    def __init__(self, group: Digest, path: Path) -> None:
+        self.group = group
+        self.path = path
+
+    def result(self) -> str:
+        return self.group.result(self.path)
+
+    def cancel(self) -> None:
+        self.group.cancel()
 
 
 class _Blocks:
@@ -169,7 +191,7 @@ def run(
     in_place: bool = False,
     overwrite: bool = False,
     note: str | None = None,
-    source_digest: Digest | None = None,
+    source_digest: Digest | DigestOf | None = None,
 ) -> TransformResult:
     """Apply ``steps`` to ``store`` and write the patched copy to ``out`` (nothing when
     ``dry_run``), reading tensors in blocks of at most ``block_elems`` elements.

@@ -263,7 +263,7 @@ class _MergeStep(Step):
 
 
 def _resolve(value: Any) -> Any:
-    if isinstance(value, pipeline.Digest):
+    if isinstance(value, pipeline.DigestOf):
         return value.result()
     if isinstance(value, dict):
         return {k: _resolve(v) for k, v in value.items()}
@@ -315,14 +315,14 @@ def run(request: MergeRequest, path: str | Path) -> TransformResult:
         out = plan_output(
             carrier, carrier_path, request.output, False, request.force, request.dry_run
         )
-        hashes: dict[Path, pipeline.Digest] = {}
+        # Every input hashed once, by one process beside the merge (one interpreter,
+        # a thread per input in it), while the merge runs.
+        unique = list(dict.fromkeys([*inputs, *([request.base] if request.base else [])]))
+        group = None if request.dry_run else pipeline.Digest(unique)
+        hashes = {p: group.of(p) for p in unique} if group is not None else {}
 
-        def sha(p: Path) -> pipeline.Digest | None:
-            if request.dry_run:
-                return None
-            if p not in hashes:
-                hashes[p] = pipeline.Digest(p)
-            return hashes[p]
+        def sha(p: Path) -> pipeline.DigestOf | None:
+            return hashes.get(p)
 
         params: dict[str, Any] = {
             "method": request.method,
@@ -350,8 +350,8 @@ def run(request: MergeRequest, path: str | Path) -> TransformResult:
                 source_digest=hashes.get(carrier_path),  # hashed once, not twice
             )
         except BaseException:
-            for h in hashes.values():
-                h.cancel()
+            if group is not None:
+                group.cancel()
             raise
         return result
     finally:
