@@ -21,3 +21,26 @@ def tmp_copy(tmp_path: Path):
         return dst
 
     return copy
+
+
+@pytest.fixture(scope="session")
+def dask_scheduler():
+    """A real Dask cluster on 127.0.0.1: a scheduler and 2 single-threaded worker
+    processes (their nannies restart a worker that dies). Its scheduler address; the
+    cluster is closed at the end of the session. No task is retried on a worker that
+    died, as on the cluster weightcli starts itself."""
+    import dask
+    from distributed import LocalCluster
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        cluster = LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        )
+    try:
+        yield cluster.scheduler_address
+    finally:
+        cluster.close()

@@ -200,8 +200,19 @@ class Runner:
     debug: bool = False
     on_done: Callable[[Outcome], None] | None = field(default=None)
     spell: Callable[[str], str] = str
+    executor: str = "local"  # or "dask": one task per model on a Dask cluster
+    scheduler: str | None = None  # the cluster's scheduler; None: a LocalCluster here
 
     def run(self, items: Sequence[Item]) -> Iterator[Outcome]:
+        if self.executor == "dask":
+            from weightcli.cluster import run_on_dask
+
+            for outcome in run_on_dask(
+                _call, self.task, items, self.debug, self.spell, self.scheduler, self.jobs
+            ):
+                self._done(outcome)
+                yield outcome
+            return
         if self.jobs <= 1 or len(items) <= 1:
             for it in items:
                 outcome = _call(self.task, it, self.debug, self.spell)

@@ -65,8 +65,9 @@ def dispatch(
     debug: bool = False,
 ) -> None:
     """Run ``task`` on every item, print each result, and exit with the worst code."""
-    if batch:
-        code = _run_batch(items, task, render, jobs, progress, as_json, debug)
+    executor, scheduler = _executor(jobs)
+    if batch or executor == "dask":  # on a cluster, even one model is a batch of one
+        code = _run_batch(items, task, render, jobs, progress, as_json, debug, executor, scheduler)
     else:
         result = task(items[0])
         code = result.exit_code
@@ -89,10 +90,20 @@ def _run_batch(
     progress: bool | None,
     as_json: bool,
     debug: bool,
+    executor: str = "local",
+    scheduler: str | None = None,
 ) -> int:
     show = sys.stderr.isatty() if progress is None else progress
     bar = _Progress(items) if show else None
-    runner = Runner(task, jobs or default_jobs(), debug, bar.advance if bar else None, spell)
+    runner = Runner(
+        task,
+        jobs or default_jobs(),
+        debug,
+        bar.advance if bar else None,
+        spell,
+        executor=executor,
+        scheduler=scheduler,
+    )
     outcomes: list[Outcome] = []
     try:
         for outcome in runner.run(items):
@@ -129,6 +140,22 @@ def _run_batch(
     else:
         print_summary(outcomes)
     return worst
+
+
+def _executor(jobs: int | None) -> tuple[str, str | None]:
+    """--executor and --scheduler of the running command (set by ``batch_options``)."""
+    ctx = click.get_current_context(silent=True)
+    meta = ctx.meta if ctx is not None else {}
+    executor = meta.get("weightcli.executor") or "local"
+    scheduler = meta.get("weightcli.scheduler")
+    if scheduler is not None and executor != "dask":
+        raise click.UsageError("--scheduler needs --executor dask")
+    if scheduler is not None and jobs is not None:
+        raise click.UsageError(
+            "-j/--jobs sets this machine's worker processes; with --scheduler the "
+            "cluster's workers run the models (leave -j out)"
+        )
+    return executor, scheduler
 
 
 class _Progress:

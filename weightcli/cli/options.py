@@ -19,6 +19,8 @@ SPELLING = {
     "select": "-s/--select",
     "exclude": "-x/--exclude",
     "jobs": "-j/--jobs",
+    "executor": "--executor",
+    "scheduler": "--scheduler",
     "recursive": "-r/--recursive",
     "min": "--min",
     "max": "--max",
@@ -90,8 +92,35 @@ def json_option(f: F) -> F:
     )
 
 
+def _to_meta(ctx: click.Context, param: click.Parameter, value: object) -> object:
+    ctx.meta[f"weightcli.{param.name}"] = value
+    return value
+
+
 def batch_options(f: F) -> F:
-    """-r/--recursive, -j/--jobs, --progress/--no-progress."""
+    """-r/--recursive, -j/--jobs, --progress/--no-progress, --executor, --scheduler.
+
+    The executor choice goes to the dispatcher through the context (``ctx.meta``), not
+    through every command's signature."""
+    f = click.option(
+        "--scheduler",
+        metavar="ADDRESS",
+        default=None,
+        expose_value=False,
+        callback=_to_meta,
+        help="With --executor dask: an existing cluster's scheduler (tcp://HOST:PORT); "
+        "default: a local cluster on this machine.",
+    )(f)
+    f = click.option(
+        "--executor",
+        type=click.Choice(["local", "dask"]),
+        default="local",
+        show_default=True,
+        expose_value=False,
+        callback=_to_meta,
+        help="Where the models run: worker processes here, or one task per model on a "
+        "Dask cluster (pip install 'weightcli[dask]').",
+    )(f)
     f = click.option(
         "--progress/--no-progress",
         default=None,
