@@ -44,3 +44,84 @@ def dask_scheduler():
         yield cluster.scheduler_address
     finally:
         cluster.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start_moto(env_extra: dict[str, str] | None = None):
+    """moto's standalone S3 server on a free local port (the server s3fs's own tests
+    use); returns (process, endpoint)."""
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **(env_extra or {})},
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(endpoint + "/moto-api/", timeout=1).close()
+            return proc, endpoint
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("moto server did not start") from None
+            time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    """A real S3-compatible server on 127.0.0.1 for the whole session; stopped at the end."""
+    proc, endpoint = _start_moto()
+    try:
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def s3(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch):
+    """Point weightcli (and s3fs) at the moto server the standard way (AWS_* variables);
+    a fresh bucket ``models`` holding the sample models. Yields an s3fs filesystem."""
+    import uuid
+
+    from weightcli.stores import remote
+
+    for key, value in {
+        "AWS_ENDPOINT_URL": moto_endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv(remote.OPTIONS_ENV, raising=False)
+    remote.forget()
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    bucket = f"models-{uuid.uuid4().hex[:8]}"
+    fs.mkdir(bucket)
+    root = Path(__file__).resolve().parent.parent / "sample_models"
+    for name in ("mlp_keras3.h5", "mlp.keras", "mlp.weights.h5", "cnn_tfkeras.h5"):
+        fs.put_file(str(root / name), f"{bucket}/m/{name}")
+    for name in ("mlp_export", "mlp_ckpt", "mlp_sharded", "mlp_folder"):
+        fs.put(str(root / name), f"{bucket}/m/{name}", recursive=True)
+    fs.bucket = bucket
+    yield fs
+    remote.forget()

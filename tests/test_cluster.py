@@ -74,7 +74,6 @@ def _abort_on_b(item: Item):  # a model whose run kills its worker (a native cra
 
 def test_a_worker_that_dies_fails_only_its_model(tmp_path: Path, dask_scheduler: str) -> None:
     import cloudpickle
-
     import test_cluster
 
     cloudpickle.register_pickle_by_value(test_cluster)  # the workers need not import tests/

@@ -4,6 +4,7 @@ name things (checkpoints/, models/, exports/, sources/), built from the samples.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -115,7 +116,7 @@ def test_transplant_block(workspace: Path) -> None:
 
 def test_every_shell_block_is_run() -> None:
     """Premise of this file: each README block with a weightcli command is one of those run."""
-    keys = ("--by-activation", "checkpoints/", "transplant", "merge", "weightcli dump")
+    keys = ("--by-activation", "checkpoints/", "transplant", "merge", "weightcli dump", "s3://")
     assert all(any(k in b for k in keys) for b in BLOCKS), [b[:60] for b in BLOCKS]
 
 
@@ -138,3 +139,42 @@ def test_edits_block(workspace: Path) -> None:
         "frozen.keras",
     ):
         assert (workspace / name).exists(), name
+
+
+def test_object_storage_block(
+    workspace: Path, moto_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fleet job, against a local S3 server holding the sample models and a local
+    Dask cluster whose workers have the credentials; the block runs as written (the
+    scheduler is $DASK_SCHEDULER)."""
+    import s3fs
+    from distributed import LocalCluster
+
+    block = next(b for b in BLOCKS if "s3://" in b)
+    env = {
+        "AWS_ENDPOINT_URL": moto_endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)  # for this process, and the workers started below
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    if fs.exists("my-models"):
+        fs.rm("my-models", recursive=True)
+    fs.mkdir("my-models")
+    for name in ("mlp.keras", "mlp_keras3.h5"):
+        fs.put_file(str(SAMPLES / name), f"my-models/models/{name}")
+    fs.put(str(SAMPLES / "mlp_export"), "my-models/models/mlp_export", recursive=True)
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None
+    ) as cluster:
+        monkeypatch.setenv("DASK_SCHEDULER", cluster.scheduler_address)
+        res = sh(block, workspace)
+    assert res.returncode == 0, res.stderr
+    lines = [json.loads(x) for x in res.stdout.splitlines() if x.startswith("{")]
+    assert lines[-1]["summary"]["models"] == 3 and lines[-1]["summary"]["exit_code"] == 0
+    meta = json.loads((workspace / "meta.json").read_text())
+    assert 0 < meta["bytes_fetched"] <= (SAMPLES / "mlp.keras").stat().st_size  # once at most
+    fs.invalidate_cache()
+    assert fs.exists("my-models/fixed/mlp.keras")

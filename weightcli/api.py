@@ -42,6 +42,7 @@ from weightcli.results import (
 from weightcli.select import selection
 from weightcli.steps import ClipStep, QuantizeStep, ScaleStep, Step
 from weightcli.stores import Store, open_store
+from weightcli.stores.remote import as_path
 from weightcli.tensor import TensorInfo
 
 PathLike = str | Path
@@ -322,11 +323,11 @@ def merge(
     """Merge checkpoints (mean, ema, task-arithmetic, ties) into a copy of the first
     input (or of ``base``); see ``weightcli.commands.merge``."""
     request = merge_cmd.MergeRequest(
-        others=tuple(Path(p) for p in inputs[1:]),
+        others=tuple(as_path(p) for p in inputs[1:]),
         method=method,
         weights=tuple(weights),
         decay=decay,
-        base=Path(base) if base is not None else None,
+        base=as_path(base) if base is not None else None,
         lam=lam,
         density=density,
         selection=selection(select, exclude),

@@ -27,6 +27,7 @@ from pathlib import Path
 from weightcli.errors import OutputError, UsageError, WeightcliError, literal
 from weightcli.results import Result
 from weightcli.stores.detect import is_model_folder, looks_like_model
+from weightcli.stores.remote import RemotePath, as_path
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ def model_size(path: Path) -> int:
 
     try:
         return total_size(path)
-    except OSError:
+    except (OSError, WeightcliError):  # unreadable: the model's own run reports why
         return 0
 
 
@@ -97,6 +98,41 @@ def _walk(root: Path) -> Iterator[Path]:
     yield from unreadable
 
 
+def _walk_remote(root: RemotePath) -> Iterator[Path]:
+    """``_walk`` for a prefix in object storage: one listing of every object below it,
+    then the same rules (a folder with saved_model.pb, or an unzipped Keras model, is
+    one model; checkpoint prefixes by their index; files by content)."""
+    below: dict[Path, list[Path]] = {}
+    for f in root.walk_files():
+        rel = f.relative_to(root).parts
+        if any(part.startswith(".") for part in rel):
+            continue
+        below.setdefault(f.parent, []).append(f)
+    models = sorted(
+        d
+        for d, files in below.items()
+        if "saved_model.pb" in (found := {f.name for f in files})
+        or all(m in found for m in ("config.json", "model.weights.h5"))
+    )
+
+    def inside_model(folder: Path) -> bool:
+        return any(folder == m or m in folder.parents for m in models)
+
+    for m in models:
+        if not any(other in m.parents for other in models):
+            yield m
+    for folder in sorted(below):
+        if inside_model(folder):
+            continue
+        shards = _shards_named_here(folder, [f.name for f in below[folder]])
+        for obj in sorted(below[folder]):
+            if ".data-" in obj.name or obj.name == "checkpoint" or obj.name in shards:
+                continue
+            if looks_like_model(obj):
+                name = obj.name
+                yield obj.with_name(name[: -len(".index")]) if name.endswith(".index") else obj
+
+
 def _shards_named_here(folder: Path, files: list[str]) -> set[str]:
     """The shard files of the sharded weights maps in ``folder``: part of those models."""
     from weightcli.stores.detect import is_weights_map
@@ -117,9 +153,10 @@ def discover(paths: Sequence[str], recursive: bool) -> list[Item]:
     """The models named by ``paths`` (directories searched when ``recursive``)."""
     items: list[Item] = []
     for raw in paths:
-        p = Path(raw)
+        p = as_path(raw)
         if p.is_dir() and recursive and not (p / "saved_model.pb").is_file():
-            found = sorted((Item(m, p) for m in _walk(p)), key=lambda it: it.relative.parts)
+            walk = _walk_remote(p) if isinstance(p, RemotePath) else _walk(p)
+            found = sorted((Item(m, p) for m in walk), key=lambda it: it.relative.parts)
             if not found:
                 raise UsageError(f"{p}: no checkpoint found below this directory")
             items += found
@@ -189,6 +226,10 @@ def _call(task: Task, item: Item, debug: bool, spell: Callable[[str], str]) -> O
         )
 
 
+def _failed(item: Item, error: str, seconds: float) -> Outcome:
+    return Outcome(str(item.path), 2, seconds, error=error, label=item.label)
+
+
 @dataclass
 class Runner:
     """Runs a task over items, ``jobs`` processes at a time, yielding outcomes in input order.
@@ -208,7 +249,14 @@ class Runner:
             from weightcli.cluster import run_on_dask
 
             for outcome in run_on_dask(
-                _call, self.task, items, self.debug, self.spell, self.scheduler, self.jobs
+                _call,
+                self.task,
+                items,
+                self.debug,
+                self.spell,
+                self.scheduler,
+                self.jobs,
+                _failed,
             ):
                 self._done(outcome)
                 yield outcome
@@ -223,6 +271,14 @@ class Runner:
         from concurrent.futures import ProcessPoolExecutor
         from concurrent.futures.process import BrokenProcessPool
 
+        # Models in object storage: workers started afresh (spawn). A forked worker would
+        # inherit the storage library's event-loop thread and connections mid-use (and,
+        # with TensorFlow loaded, it was seen to hang).
+        context = None
+        if any(isinstance(it.path, RemotePath) for it in items):
+            import multiprocessing
+
+            context = multiprocessing.get_context("spawn")
         start = 0
         while start < len(items):
             rest = items[start:]
@@ -230,6 +286,7 @@ class Runner:
                 max_workers=min(self.jobs, len(rest)),
                 initializer=_end_with_parent,
                 initargs=(os.getpid(),),
+                mp_context=context,
             ) as pool:
                 futures = [pool.submit(_call, self.task, it, self.debug, self.spell) for it in rest]
                 for k, fut in enumerate(futures):

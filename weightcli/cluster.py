@@ -18,12 +18,11 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 from weightcli.errors import UsageError
 
-if TYPE_CHECKING:
-    from weightcli.batch import Item, Outcome
+OutcomeT = TypeVar("OutcomeT")  # an outcome (weightcli.batch.Outcome)
 
 # Seconds to reach an existing scheduler before giving up with one line.
 CONNECT_TIMEOUT = 10
@@ -38,21 +37,21 @@ def _import_distributed() -> Any:
 
 
 def run_on_dask(
-    call: Callable[..., Outcome],
-    task: Callable[[Item], Any],
-    items: Sequence[Item],
+    call: Callable[..., OutcomeT],
+    task: Callable[[Any], Any],
+    items: Sequence[Any],
     debug: bool,
     spell: Callable[[str], str],
     scheduler: str | None,
     jobs: int,
-) -> Iterator[Outcome]:
+    failed: Callable[[Any, str, float], OutcomeT],
+) -> Iterator[OutcomeT]:
     """``call(task, item, debug, spell)`` for every item on the cluster at ``scheduler``
     (a ``distributed.LocalCluster`` of ``jobs`` single-threaded worker processes when
-    None), yielding outcomes in input order."""
+    None), yielding outcomes in input order; ``failed(item, error, seconds)`` makes the
+    outcome of a model whose run the cluster lost."""
     distributed = _import_distributed()
     import dask
-
-    from weightcli.batch import Outcome
 
     cluster = None
     client = None
@@ -92,21 +91,11 @@ def run_on_dask(
                 try:
                     yield again.result()
                 except distributed.KilledWorker:
-                    yield Outcome(
-                        str(it.path),
-                        2,
-                        time.perf_counter() - started,
-                        error=f"{it.label}: the Dask worker running this model died (twice)",
-                        label=it.label,
-                    )
+                    why = f"{it.label}: the Dask worker running this model died (twice)"
+                    yield failed(it, why, time.perf_counter() - started)
             except (OSError, TimeoutError) as exc:  # the cluster went away
-                yield Outcome(
-                    str(it.path),
-                    2,
-                    time.perf_counter() - started,
-                    error=f"{it.label}: lost the Dask cluster: {exc}",
-                    label=it.label,
-                )
+                why = f"{it.label}: lost the Dask cluster: {exc}"
+                yield failed(it, why, time.perf_counter() - started)
     finally:
         if client is not None:
             client.close()

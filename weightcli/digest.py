@@ -15,6 +15,9 @@ def checkpoint_files(path: Path) -> list[Path]:
     or a TF checkpoint prefix's index and shards."""
     if path.is_file():
         return [path]
+    walk_files = getattr(path, "walk_files", None)  # a RemotePath (object storage)
+    if walk_files is not None and path.is_dir():
+        return list(walk_files())
     if path.is_dir():
         found = []
         for folder, dirs, files in os.walk(path):
@@ -42,7 +45,7 @@ def digest(path: Path) -> str:
         if f.is_symlink():
             h.update(b"-> " + os.fsencode(os.readlink(f)))
             continue
-        with open(f, "rb", buffering=0) as fh:
+        with f.open("rb", buffering=0) as fh:
             while n := fh.readinto(buf):
                 h.update(view[:n])  # hashlib releases the GIL for a chunk this size
     return h.hexdigest()
@@ -61,5 +64,12 @@ def digest_all(paths: list[Path]) -> list[str]:
 
 if __name__ == "__main__":
     # One line per path, in order: one process hashes every input of a merge.
-    for value in digest_all([Path(a) for a in sys.argv[1:]]):
+    def as_path(arg: str) -> Path:
+        if "://" not in arg:
+            return Path(arg)
+        from weightcli.stores.remote import as_path as remote_path  # only then: fsspec
+
+        return remote_path(arg)
+
+    for value in digest_all([as_path(a) for a in sys.argv[1:]]):
         print(value)

@@ -204,7 +204,8 @@ def run(
     started = time.perf_counter()
     work = plan(store, steps)
     # The source's sha256 (for the history) is computed on the other core meanwhile.
-    hasher = None if dry_run else source_digest or Digest(store.path)
+    # In object storage: the local copy the patcher works from (downloaded once).
+    hasher = None if dry_run else source_digest or Digest(store.local_copy())
     retype = {t.path: ops[-1].out_dtype for t, ops in work if ops[-1].out_dtype != t.dtype}
     for dtype in sorted(set(retype.values())):
         reason = store.supports_dtype(dtype)

@@ -78,12 +78,14 @@ class TensorReport:
 @dataclass
 class InspectResult:
     """``inspect`` of one model. JSON: ``{"path", "format", "writer", "model_class",
-    "model_name", "history", "tensors": [...], "totals"}``."""
+    "model_name", "history", "tensors": [...], "totals"}``, and ``"bytes_fetched"``
+    for a model in object storage."""
 
     path: Path
     meta: StoreMeta
     tensors: list[TensorReport]
     fail_on_nonfinite: bool = False
+    bytes_fetched: int | None = None  # from object storage (a URL); None on disk
 
     @property
     def nonfinite(self) -> int:
@@ -137,18 +139,19 @@ class InspectResult:
             if rep.dequantized is not None:
                 item["dequantized"] = rep.dequantized.to_json()
             tensors.append(item)
-        return clean(
-            {
-                "path": str(self.path),
-                "format": str(self.meta.format),
-                "writer": self.meta.writer,
-                "model_class": self.meta.model_class,
-                "model_name": self.meta.model_name,
-                "history": self.meta.history,
-                "tensors": tensors,
-                "totals": self.totals(),
-            }
-        )
+        doc: JSON = {
+            "path": str(self.path),
+            "format": str(self.meta.format),
+            "writer": self.meta.writer,
+            "model_class": self.meta.model_class,
+            "model_name": self.meta.model_name,
+            "history": self.meta.history,
+            "tensors": tensors,
+            "totals": self.totals(),
+        }
+        if self.bytes_fetched is not None:
+            doc["bytes_fetched"] = self.bytes_fetched
+        return clean(doc)
 
 
 # -- transforms -------------------------------------------------------------------------------

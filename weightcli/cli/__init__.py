@@ -117,13 +117,22 @@ class WeightcliGroup(click.Group):
 @click.group(cls=WeightcliGroup, context_settings=CONTEXT)
 @click.version_option(__version__, "-V", "--version", prog_name="weightcli")
 @click.option("--debug", is_flag=True, help="Show a traceback for errors (for bug reports).")
-def cli(debug: bool) -> None:
+@click.option(
+    "--storage-option",
+    "storage_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="For s3://, gs://, ... paths: an fsspec option (repeatable; dotted keys nest, "
+    "VALUE parsed as JSON when it can be).",
+)
+def cli(debug: bool, storage_options: tuple[str, ...]) -> None:
     """Weight surgery on saved TensorFlow/Keras models.
 
     Reads Keras .h5 (Keras 1/2/3, full model or weights only), Keras 3 .keras and
-    .weights.h5, TensorFlow SavedModel directories and TF checkpoints. Transforms
-    rewrite only the tensors they change and write a new checkpoint of the same
-    format.
+    .weights.h5, TensorFlow SavedModel directories and TF checkpoints, on disk or in
+    object storage (s3://, gs://, ... with pip install 'weightcli[remote]').
+    Transforms rewrite only the tensors they change and write a new checkpoint of
+    the same format.
 
     \b
     Exit codes: 0 success; 1 a check failed (verify, diff found differences,
@@ -134,7 +143,12 @@ def cli(debug: bool) -> None:
       weightcli inspect model.h5
       weightcli clip model.keras --nonfinite zero -o repaired.keras
       weightcli diff old.h5 new.h5 --atol 1e-6
+      weightcli inspect s3://bucket/models/model.keras --no-stats
     """
+    if storage_options:
+        from weightcli.stores.remote import set_storage_options
+
+        set_storage_options(storage_options)
 
 
 def _terminate(signum: int, frame: object) -> None:

@@ -16,6 +16,7 @@ from weightcli.errors import InputError, WeightcliError
 from weightcli.report import print_diff, print_verify
 from weightcli.results import VerifyResult
 from weightcli.stores import detect
+from weightcli.stores.remote import as_path
 
 
 def _verify_task(request: verify_cmd.VerifyRequest, item: Item) -> VerifyResult:
@@ -134,7 +135,7 @@ def diff(
         structure=structure,
         dequantize=dequantize,
     )
-    pa, pb = Path(a), Path(b)
+    pa, pb = as_path(a), as_path(b)
     pairs = pa.is_dir() and pb.is_dir() and (recursive or not (_is_model(pa) or _is_model(pb)))
     items = diff_cmd.pair_items(pa, pb) if pairs else [Item(pa, other=pb)]
     dispatch(
@@ -249,7 +250,7 @@ def verify(
         custom_objects=custom_objects,
     )
     many = is_batch(paths, recursive)
-    items = discover(paths, recursive) if many else [Item(Path(paths[0]))]
+    items = discover(paths, recursive) if many else [Item(as_path(paths[0]))]
     if jobs is None and not no_load:
         jobs = 1  # each worker would import TensorFlow (seconds, ~500 MiB): one is faster
     dispatch(

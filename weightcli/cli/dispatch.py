@@ -21,6 +21,7 @@ from weightcli.cli.options import spell
 from weightcli.grid import rich_console
 from weightcli.report import fmt_bytes, print_json, print_summary
 from weightcli.results import Result
+from weightcli.stores.remote import as_path
 
 R = TypeVar("R", bound=Result)
 
@@ -36,7 +37,7 @@ def dispatch_one(
 ) -> None:
     """A command of one model: ``run(request, path)``, printed and exited as every other."""
     dispatch(
-        [Item(Path(path))],
+        [Item(as_path(path))],
         partial(_run_one, run, request),
         render,
         batch=False,

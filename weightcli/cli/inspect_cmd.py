@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
 
 import click
 
@@ -19,6 +18,7 @@ from weightcli.cli.options import (
 from weightcli.commands import inspect as command
 from weightcli.report import print_inspect
 from weightcli.results import InspectResult
+from weightcli.stores.remote import as_path
 
 
 def _task(request: command.InspectRequest, item: Item) -> InspectResult:
@@ -83,7 +83,7 @@ def inspect(
         fail_on_nonfinite=fail_on_nonfinite,
     )
     batch = is_batch(paths, recursive)
-    items = discover(paths, recursive) if batch else [Item(Path(paths[0]))]
+    items = discover(paths, recursive) if batch else [Item(as_path(paths[0]))]
     dispatch(
         items,
         partial(_task, request),

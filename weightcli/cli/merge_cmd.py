@@ -17,6 +17,7 @@ from weightcli.cli.options import (
 from weightcli.commands import merge as command
 from weightcli.errors import ParameterError, literal
 from weightcli.report import print_transform
+from weightcli.stores.remote import as_path
 
 
 def _floats(text: str | None) -> tuple[float, ...]:
@@ -32,7 +33,7 @@ def _floats(text: str | None) -> tuple[float, ...]:
 
 @click.command()
 @click.argument(
-    "inputs", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="A B [C ...]"
+    "inputs", nargs=-1, required=True, type=click.Path(path_type=str), metavar="A B [C ...]"
 )
 @click.option(
     "-o",
@@ -53,7 +54,7 @@ def _floats(text: str | None) -> tuple[float, ...]:
 @click.option("--decay", type=float, help="ema: the decay, in (0, 1); inputs oldest first.")
 @click.option(
     "--base",
-    type=click.Path(path_type=Path),
+    type=click.Path(path_type=str),
     help="task-arithmetic, ties: the model the inputs were fine-tuned from.",
 )
 @click.option(
@@ -89,7 +90,7 @@ def _floats(text: str | None) -> tuple[float, ...]:
 @json_option
 @debug_option
 def merge(
-    inputs: tuple[Path, ...],
+    inputs: tuple[str, ...],
     output: str | None,
     method: str,
     weights: str | None,
@@ -124,11 +125,11 @@ def merge(
       weightcli merge ft1.keras ft2.keras --method ties --base base.keras --density 0.2 -o ties.keras
     """
     request = command.MergeRequest(
-        others=tuple(inputs[1:]),
+        others=tuple(as_path(p) for p in inputs[1:]),
         method=method,
         weights=_floats(weights),
         decay=decay,
-        base=base,
+        base=as_path(base) if base is not None else None,
         lam=lam,
         density=density,
         selection=make_selection(select, exclude, (), (), False),

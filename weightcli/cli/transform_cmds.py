@@ -24,6 +24,7 @@ from weightcli.report import print_json, print_transform
 from weightcli.results import TransformResult
 from weightcli.select import Selection
 from weightcli.steps import ClipStep, QuantizeStep, ScaleStep, Step
+from weightcli.stores.remote import as_path
 
 
 def _task(request: command.TransformRequest, item: Item) -> TransformResult:
@@ -54,7 +55,7 @@ def execute(
                 )
             outputs = command.batch_outputs(items, output_dir, force)
     else:
-        items = [Item(Path(paths[0]))]
+        items = [Item(as_path(paths[0]))]
     request = command.TransformRequest(
         steps=built,
         command=name,

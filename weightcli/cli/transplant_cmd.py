@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from weightcli.cli.dispatch import dispatch_one
@@ -16,10 +14,11 @@ from weightcli.cli.options import (
 )
 from weightcli.commands import transplant as command
 from weightcli.report import print_transplant
+from weightcli.stores.remote import as_path
 
 
 @click.command()
-@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("source", type=click.Path(path_type=str))
 @click.argument("target", type=click.Path(path_type=str))
 @click.option(
     "-o",
@@ -73,7 +72,7 @@ from weightcli.report import print_transplant
 @json_option
 @debug_option
 def transplant(
-    source: Path,
+    source: str,
     target: str,
     output: str | None,
     maps: tuple[str, ...],
@@ -111,7 +110,7 @@ def transplant(
       weightcli transplant trained.keras trained.keras --from-ema -o export_ready.keras
     """
     request = command.TransplantRequest(
-        source=source,
+        source=as_path(source),
         selection=make_selection(select, exclude, (), (), False, floats_only=False),
         source_select=tuple(source_select),
         maps=tuple(maps),

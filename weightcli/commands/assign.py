@@ -23,6 +23,7 @@ from weightcli.steps import Step, TensorOp
 from weightcli.stores import open_store
 from weightcli.stores.base import Block
 from weightcli.stores.output import plan_output
+from weightcli.stores.remote import as_path
 from weightcli.tensor import TensorInfo
 
 __all__ = ["SetRequest", "parse_assignment", "run"]
@@ -140,7 +141,7 @@ def _check(info: TensorInfo, value: Any, where: str) -> None:
 
 def run(request: SetRequest, path: str | Path) -> TransformResult:
     """Assign the request's values to a patched copy of ``path``."""
-    src = Path(path)
+    src = as_path(path)
     with open_store(src) as store:
         ops: dict[str, tuple[Any, str]] = {}
         params: dict[str, Any] = {"tensors": {}}

@@ -18,6 +18,7 @@ from weightcli.results import FreezeResult
 from weightcli.stores import open_store
 from weightcli.stores.base import Provenance
 from weightcli.stores.output import plan_output
+from weightcli.stores.remote import as_path
 
 __all__ = ["FreezeRequest", "FreezeResult", "run"]
 
@@ -57,7 +58,7 @@ def _layers(config: Any, prefix: str = "") -> list[tuple[str, dict[str, Any]]]:
 
 
 def run(request: FreezeRequest, path: str | Path) -> FreezeResult:
-    src = Path(path)
+    src = as_path(path)
     with open_store(src) as store:
         config = getattr(store, "model_config", None)
         if not isinstance(config, dict) or not store.meta.full_model:

@@ -9,7 +9,7 @@ from weightcli.errors import ParameterError
 from weightcli.results import InspectResult, TensorReport
 from weightcli.select import Selection, apply
 from weightcli.stats import tensor_stats
-from weightcli.stores import open_store
+from weightcli.stores import open_store, remote
 from weightcli.stores.base import BLOCK_ELEMS
 from weightcli.stores.quantized import DequantizedStore, has_quantized
 
@@ -36,6 +36,7 @@ def run(request: InspectRequest, path: str | Path) -> InspectResult:
     """Tensors chosen by the selection (all of them when it names nothing), with
     statistics read block by block."""
     sel = request.selection
+    fetched_before = remote.fetched()
     with open_store(path) as store:
         tensors = store.tensors()
         if sel.select or sel.exclude or sel.layer_types or sel.kinds:
@@ -52,4 +53,5 @@ def run(request: InspectRequest, path: str | Path) -> InspectResult:
                 if view is not None and t.name in view.dequantized:
                     dequantized = tensor_stats(view.blocks(deq[t.name], request.block_elems))
             reports.append(TensorReport(t, stats, dequantized))
-        return InspectResult(store.path, store.meta, reports, request.fail_on_nonfinite)
+        fetched = remote.fetched() - fetched_before if remote.is_url(store.path) else None
+        return InspectResult(store.path, store.meta, reports, request.fail_on_nonfinite, fetched)

@@ -29,6 +29,7 @@ from weightcli.stores import Format, open_store
 from weightcli.stores.base import BLOCK_ELEMS, Provenance, Store
 from weightcli.stores.naming import walk_config
 from weightcli.stores.output import plan_output
+from weightcli.stores.remote import as_path
 from weightcli.tensor import TensorInfo
 
 __all__ = ["KerasInt8Request", "run"]
@@ -74,7 +75,7 @@ class KerasInt8Request:
 def run(request: KerasInt8Request, path: str | Path) -> TransformResult:
     """Quantize the selected layers natively and write the archive (or model folder)."""
     started = time.perf_counter()
-    src = Path(path)
+    src = as_path(path)
     with open_store(src) as store:
         if store.meta.format not in (Format.KERAS_ARCHIVE, Format.KERAS_FOLDER):
             raise UnsupportedError(

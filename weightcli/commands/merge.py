@@ -33,6 +33,7 @@ from weightcli.steps import Step, TensorOp
 from weightcli.stores import open_store
 from weightcli.stores.base import Block, Store
 from weightcli.stores.output import plan_output
+from weightcli.stores.remote import as_path
 from weightcli.tensor import TensorInfo
 
 __all__ = ["MergeRequest", "run"]
@@ -274,7 +275,7 @@ def _resolve(value: Any) -> Any:
 
 def run(request: MergeRequest, path: str | Path) -> TransformResult:
     """Merge ``path`` (the first input) with ``request.others`` into OUT."""
-    first = Path(path)
+    first = as_path(path)
     inputs = [first, *request.others]
     carrier_path = request.base if request.base is not None else first
     combined = inputs if request.base is not None else request.others

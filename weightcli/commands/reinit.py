@@ -17,6 +17,7 @@ from weightcli.steps import Step, TensorOp
 from weightcli.stores import open_store
 from weightcli.stores.base import Block
 from weightcli.stores.output import plan_output
+from weightcli.stores.remote import as_path
 from weightcli.tensor import TensorInfo
 from weightcli.transforms import initializers as init
 
@@ -132,7 +133,7 @@ class _ReinitStep(Step):
 
 
 def run(request: ReinitRequest, path: str | Path) -> TransformResult:
-    src = Path(path)
+    src = as_path(path)
     with open_store(src) as store:
         order = {t.path: i for i, t in enumerate(store.tensors())}
         out = plan_output(

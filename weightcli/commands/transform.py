@@ -15,6 +15,7 @@ from weightcli.steps import Step
 from weightcli.stores import open_store
 from weightcli.stores.base import BLOCK_ELEMS
 from weightcli.stores.output import plan_output
+from weightcli.stores.remote import as_path
 
 __all__ = ["TransformRequest", "TransformResult", "run", "batch_outputs"]
 
@@ -68,7 +69,7 @@ def run(request: TransformRequest, path: str | Path) -> TransformResult:
 
     A dry run checks everything a real run checks (the output too, when one is named)
     and writes nothing."""
-    src = Path(path)
+    src = as_path(path)
     with open_store(src) as store:
         out = plan_output(
             store,

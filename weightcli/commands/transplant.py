@@ -29,6 +29,7 @@ from weightcli.stores import open_store
 from weightcli.stores.base import Block, Store
 from weightcli.stores.naming import walk_config
 from weightcli.stores.output import plan_output
+from weightcli.stores.remote import as_path
 from weightcli.tensor import TensorInfo
 
 __all__ = ["TransplantRequest", "TransplantResult", "run"]
@@ -144,7 +145,7 @@ def _row(t: TensorInfo, s: TensorInfo | None, how: str) -> tuple[TransplantRow, 
 
 def run(request: TransplantRequest, path: str | Path) -> TransplantResult:
     """Copy the matched SOURCE tensors into a patched copy of TARGET (``path``)."""
-    target_path = Path(path)
+    target_path = as_path(path)
     with open_store(request.source) as source, open_store(target_path) as target:
         pool = ema_weights(source) if request.from_ema else source.tensors()
         src = [

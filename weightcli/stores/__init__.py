@@ -6,6 +6,7 @@ from pathlib import Path
 
 from weightcli.stores.base import Format, Patcher, Provenance, Store, StoreMeta
 from weightcli.stores.detect import Container, detect
+from weightcli.stores.remote import as_path
 
 __all__ = [
     "Container",
@@ -21,7 +22,7 @@ __all__ = [
 
 def open_store(path: str | Path) -> Store:
     """Open a checkpoint of any supported format for reading (close it, or use ``with``)."""
-    p = Path(path)
+    p = as_path(path)
     kind = detect(p)
     if kind == Container.HDF5:
         from weightcli.stores.hdf5 import H5Store

@@ -9,6 +9,7 @@ member with its patched copy.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import json
@@ -33,6 +34,7 @@ from weightcli.stores.output import (
     temp_beside,
     temp_dir_beside,
 )
+from weightcli.stores.remote import RangeFile, is_url, open_range
 from weightcli.tensor import TensorInfo
 
 WEIGHTS = "model.weights.h5"
@@ -53,9 +55,10 @@ class Window(io.RawIOBase):
     HDF5 makes constantly.
     """
 
-    def __init__(self, path: Path, start: int, size: int) -> None:
+    def __init__(self, path: Path, start: int, size: int, reader: RangeFile | None = None) -> None:
         super().__init__()
-        self._fd = os.open(path, os.O_RDONLY)
+        self._reader = reader  # in object storage: ranges fetched through it
+        self._fd = -1 if reader is not None else os.open(path, os.O_RDONLY)
         self.start = start
         self.size = size
         self._pos = 0
@@ -79,10 +82,15 @@ class Window(io.RawIOBase):
         n = max(0, min(len(view), self.size - self._pos))
         if n == 0:
             return 0
-        data = os.pread(self._fd, n, self.start + self._pos)
+        data = self._pread(n, self.start + self._pos)
         view[: len(data)] = data
         self._pos += len(data)
         return len(data)
+
+    def _pread(self, n: int, at: int) -> bytes:
+        if self._reader is not None:
+            return self._reader.pread(n, at)
+        return os.pread(self._fd, n, at)
 
     def check_crc(self, expected: int, label: str) -> None:
         """The zip CRC-32 of the window's bytes (a damaged archive is refused, not laundered)."""
@@ -93,7 +101,7 @@ class Window(io.RawIOBase):
             raise zipfile.BadZipFile(f"Bad CRC-32 for {label}")
 
     def close(self) -> None:
-        if not self.closed:
+        if not self.closed and self._fd >= 0:
             os.close(self._fd)
         super().close()
 
@@ -116,9 +124,9 @@ def read_chunks(fd: int, start: int, size: int) -> Iterator[memoryview]:
         pos += n
 
 
-def member_data_offset(path: Path, info: zipfile.ZipInfo) -> int:
+def member_data_offset(path: Path, info: zipfile.ZipInfo, f: Any = None) -> int:
     """Where a member's bytes start: after its local header, file name and extra field."""
-    with open(path, "rb") as f:
+    with path.open("rb") if f is None else contextlib.nullcontext(f) as f:
         f.seek(info.header_offset)
         header = f.read(30)
     if len(header) < 30 or header[:4] != b"PK\x03\x04":
@@ -132,9 +140,13 @@ class ArchiveStore(H5Store):
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        # In object storage: the central directory and the members fetched by range.
+        self._reader: RangeFile | None = open_range(path) if is_url(path) else None
         try:
-            self._zip = zipfile.ZipFile(path)
+            self._zip = zipfile.ZipFile(self._reader or path)
         except (zipfile.BadZipFile, OSError) as exc:
+            if self._reader is not None:
+                self._reader.close()
             raise CorruptError(f"{path}: damaged zip archive: {exc}") from exc
         if not is_keras_archive(self._zip):
             self._zip.close()
@@ -154,14 +166,18 @@ class ArchiveStore(H5Store):
         member = self._zip.getinfo(WEIGHTS)
         try:
             if member.compress_type == zipfile.ZIP_STORED:
-                src: Any = Window(path, member_data_offset(path, member), member.file_size)
+                start = member_data_offset(path, member, self._reader)
+                src: Any = Window(path, start, member.file_size, self._reader)
                 self._window = src
                 if member.flag_bits & 0x1:
                     raise RuntimeError("it is encrypted")
-                src.check_crc(member.CRC, f"{path}: {WEIGHTS}")
+                if self._reader is None:  # in object storage: checked when downloaded
+                    src.check_crc(member.CRC, f"{path}: {WEIGHTS}")
             else:
                 src = str(self._extract(member))
             super().__init__(path, src=src, config=config, label=f"{path}:{WEIGHTS}")
+            if self._reader is not None and self._window is not None:
+                self._raw = self._reader, self._window.start, self._window.size
         except (RuntimeError, NotImplementedError) as exc:  # encrypted, unknown method
             self.close()
             raise UnsupportedError(f"{path}: cannot read {WEIGHTS}: {exc}") from exc
@@ -247,7 +263,7 @@ class ArchiveStore(H5Store):
 
     def source_region(self) -> tuple[Path, int, int] | None:
         if self._window is not None:  # stored: the member's bytes, as they are in the zip
-            return self.path, self._window.start, self._window.size
+            return self.local_copy(), self._window.start, self._window.size
         if self._extracted is not None:
             return self._extracted, 0, self._extracted.stat().st_size
         return None
@@ -266,6 +282,8 @@ class ArchiveStore(H5Store):
             self._zip.close()
             if self._window is not None:
                 self._window.close()
+            if self._reader is not None:
+                self._reader.close()
             if self._extracted is not None:
                 self._extracted.unlink(missing_ok=True)
 
@@ -378,11 +396,11 @@ class FolderStore(H5Store):
         )
 
     def source_region(self) -> tuple[Path, int, int] | None:
-        weights = self.path / WEIGHTS
+        weights = self.local_copy() / WEIGHTS
         return weights, 0, weights.stat().st_size
 
     def copy_source_to(self, dest: Path) -> None:
-        shutil.copyfile(self.path / WEIGHTS, dest)
+        shutil.copyfile(self.local_copy() / WEIGHTS, dest)
 
     def _patch(self, out: Path, retype: dict[str, str]) -> Patcher:
         return FolderPatcher(self, out, retype)

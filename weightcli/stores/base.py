@@ -10,7 +10,8 @@ import abc
 import contextlib
 import difflib
 import math
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from weightcli.errors import OutputError, UnsupportedError, UsageError
+from weightcli.stores.remote import is_url, stage
 from weightcli.tensor import TensorInfo
 
 # Largest block handed out at once, in elements (float32: 1 MiB). Bounds memory
@@ -307,6 +309,49 @@ class Patcher(abc.ABC):
             self.abort()
 
 
+class StagedPatcher(Patcher):
+    """A patcher of a local copy of a remote checkpoint (``inner``); ``cleanup`` runs
+    when it ends, committed or not."""
+
+    def __init__(self, inner: Patcher, cleanup: list[Callable[[], None]]) -> None:
+        super().__init__()
+        self.inner = inner
+        self.cleanup = cleanup
+
+    @property
+    def bytes_written(self) -> int:
+        return self.inner.bytes_written
+
+    def _begin(self, info: TensorInfo, dtype: str) -> None:
+        self.inner.begin(info, dtype)
+
+    def _write(self, info: TensorInfo, block: Block, data: np.ndarray) -> None:
+        self.inner.write(info, block, data)
+
+    def _set_history(self, history: list[dict[str, Any]]) -> None:
+        self.inner.set_history(history)
+
+    def _create(self, path: str, data: np.ndarray) -> None:
+        self.inner.create(path, data)
+
+    def _set_config(self, config: dict[str, Any]) -> None:
+        self.inner.set_config(config)
+
+    def _end(self, step: Callable[[], None]) -> None:
+        try:
+            step()
+        finally:
+            for f in self.cleanup:
+                f()
+
+    def _commit(self) -> None:
+        self.inner.overwrite = self.overwrite
+        self._end(self.inner.commit)
+
+    def _abort(self) -> None:
+        self._end(self.inner.abort)
+
+
 class Store(abc.ABC):
     """A checkpoint opened for reading."""
 
@@ -353,11 +398,46 @@ class Store(abc.ABC):
 
         ``retype`` maps tensor paths to the dtype they will be stored in, when a
         transform changes it. Without ``overwrite``, an ``out`` that exists when the
-        patcher commits (another writer) is never replaced.
+        patcher commits (another writer) is never replaced. A checkpoint in object
+        storage is patched from a local copy (every unchanged byte is needed), removed
+        when the patcher ends.
         """
-        patcher = self._patch(out, retype or {})
+        if is_url(self.path):
+            from weightcli.stores import open_store
+
+            local = open_store(self.local_copy())
+            try:
+                inner = local.patch(out, retype, overwrite)
+            except BaseException:
+                local.close()
+                self.drop_local_copy()
+                raise
+            patcher: Patcher = StagedPatcher(inner, [local.close, self.drop_local_copy])
+        else:
+            patcher = self._patch(out, retype or {})
         patcher.overwrite = overwrite
         return patcher
+
+    def local_copy(self) -> Path:
+        """This checkpoint on this machine: its own path, or (in object storage) a copy
+        downloaded once, kept until :meth:`drop_local_copy`."""
+        if not is_url(self.path):
+            return self.path
+        staged: Path | None = getattr(self, "_staged", None)
+        if staged is None:
+            staged = stage(self.path, self.siblings())
+            self._staged: Path | None = staged
+        return staged
+
+    def siblings(self) -> list[Path]:
+        """Files beside ``path`` that belong to this checkpoint (a weights map's shards)."""
+        return []
+
+    def drop_local_copy(self) -> None:
+        staged: Path | None = getattr(self, "_staged", None)
+        if staged is not None:
+            shutil.rmtree(staged.parent, ignore_errors=True)
+            self._staged = None
 
     @abc.abstractmethod
     def _patch(self, out: Path, retype: dict[str, str]) -> Patcher:

@@ -14,6 +14,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from weightcli.errors import InputError, UnsupportedError
+from weightcli.stores.remote import is_url
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 ZIP_SIGNATURE = b"PK\x03\x04"
@@ -34,7 +35,7 @@ class Container(StrEnum):
 
 def _head(path: Path, n: int = 8) -> bytes:
     try:
-        with open(path, "rb") as f:
+        with path.open("rb") as f:
             return f.read(n)
     except OSError as exc:
         raise InputError(f"{path}: cannot be read: {exc.strerror or exc}") from exc
@@ -43,7 +44,7 @@ def _head(path: Path, n: int = 8) -> bytes:
 def is_hdf5(path: Path) -> bool:
     """HDF5 allows a user block: the signature may sit at 0, 512, 1024, 2048, ..."""
     try:
-        with open(path, "rb") as f:
+        with path.open("rb") as f:
             offset = 0
             while True:
                 f.seek(offset)
@@ -101,7 +102,7 @@ def detect(path: Path) -> Container:
 
 def _detect(path: Path) -> Container:
     if path.is_dir():
-        if not os.access(path, os.R_OK | os.X_OK):
+        if not is_url(path) and not os.access(path, os.R_OK | os.X_OK):
             raise InputError(f"{path}: a directory that cannot be read (permission denied)")
         if (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file():
             return Container.SAVEDMODEL
@@ -128,8 +129,11 @@ def _detect(path: Path) -> Container:
     head = _head(path)
     if is_hdf5(path):
         return Container.HDF5
-    if head.startswith(ZIP_SIGNATURE) or zipfile.is_zipfile(path):
+    if head.startswith(ZIP_SIGNATURE):
         return Container.ZIP
+    with path.open("rb") as f:
+        if zipfile.is_zipfile(f):  # a zip with something before its first member
+            return Container.ZIP
     if is_weights_map(path):
         return Container.SHARDED
     if path.stat().st_size == 0:
@@ -145,7 +149,7 @@ def is_weights_map(path: Path) -> bool:
     try:
         if path.stat().st_size > 64 << 20:
             return False
-        with open(path, "rb") as f:
+        with path.open("rb") as f:
             if f.read(64).lstrip()[:1] != b"{":
                 return False
         doc = json.loads(path.read_bytes())
@@ -181,13 +185,13 @@ def looks_like_model(path: Path) -> bool:
     if path.name.lower().endswith(".json"):
         return is_weights_map(path)
     try:
-        with open(path, "rb") as f:
+        with path.open("rb") as f:
             head = f.read(8)
             if head == HDF5_SIGNATURE:
                 return True
             if head.startswith(ZIP_SIGNATURE):
                 try:
-                    with zipfile.ZipFile(path) as zf:
+                    with zipfile.ZipFile(f) as zf:
                         return is_keras_archive(zf)
                 except (zipfile.BadZipFile, OSError):
                     return False

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import h5py
@@ -18,6 +19,7 @@ import numpy as np
 from weightcli.dtypes import bfloat16, name_of
 from weightcli.errors import CorruptError, UnsupportedError
 from weightcli.stores.base import Block
+from weightcli.stores.remote import RangeFile, is_url, open_range
 
 # A dataset may declare at most this many bytes beyond what the file could hold.
 SHAPE_BOMB_FACTOR = 64
@@ -26,8 +28,11 @@ SHAPE_BOMB_MIN = 64 * 1024 * 1024
 HISTORY_ATTR = "weightcli_history"
 
 
-def open_h5(src: str | os.PathLike[str] | BinaryIO, label: str) -> h5py.File:
-    """Open an HDF5 file read-only, turning HDF5's errors into one clear line."""
+def open_h5(src: str | os.PathLike[str] | BinaryIO | RangeFile, label: str) -> h5py.File:
+    """Open an HDF5 file read-only, turning HDF5's errors into one clear line. A path in
+    object storage is read by byte range."""
+    if isinstance(src, Path) and is_url(src):
+        src = open_range(src)
     try:
         return h5py.File(src, "r")
     except OSError as exc:
@@ -204,7 +209,9 @@ def read_dataset(ds: h5py.Dataset, dtype: str, block: Block | None) -> np.ndarra
     return np.asarray(arr)
 
 
-def read_direct(fd: int, base: int, size: int, ds: Dset, block: Block | None) -> np.ndarray | None:
+def read_direct(
+    fd: int | RangeFile, base: int, size: int, ds: Dset, block: Block | None
+) -> np.ndarray | None:
     """A block of a contiguous dataset (all of it by default), read straight from the file
     with ``pread`` (the HDF5 file is bytes [base, base + size) of ``fd``). None when HDF5
     must do the reading: chunked or filtered data, no data written yet, or a type needing
@@ -218,6 +225,9 @@ def read_direct(fd: int, base: int, size: int, ds: Dset, block: Block | None) ->
     at = ds.offset + first * ds.dtype.itemsize
     if at + len(view) > size:
         raise OSError(f"file ends at byte {size}: data missing")
+    if not isinstance(fd, int):  # in object storage: one ranged fetch
+        view[:] = fd.pread(len(view), base + at)
+        return arr.view(bfloat16()) if bf16 else arr
     done = 0
     while done < len(view):
         n = os.preadv(fd, [view[done:]], base + at + done)

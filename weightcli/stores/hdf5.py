@@ -22,6 +22,7 @@ from weightcli.stores import h5util, naming
 from weightcli.stores.base import Block, Format, Patcher, Store, StoreMeta
 from weightcli.stores.output import publish, temp_beside
 from weightcli.stores.rangecopy import RangeCopy
+from weightcli.stores.remote import RangeFile, is_url, open_range
 from weightcli.tensor import TensorInfo
 
 LEGACY_FULL = Format.KERAS_H5
@@ -71,13 +72,25 @@ class H5Store(Store):
         self.label = label or str(path)
         # Layer names of ``.../vars`` groups recorded elsewhere (another shard of a map).
         self._group_names = group_names or {}
-        self._file = h5util.open_h5(src if src is not None else path, self.label)
+        # In object storage: HDF5 reads through a file fetched by byte range.
+        target = src if src is not None else path
+        self._remote = open_range(target) if isinstance(target, Path) and is_url(target) else None
+        try:
+            self._file = h5util.open_h5(
+                src if src is not None else self._remote or path, self.label
+            )
+        except BaseException:
+            if self._remote is not None:
+                self._remote.close()
+            raise
         # Contiguous data is read straight from the file (pread), bypassing HDF5.
-        self._raw: tuple[int, int, int] | None = None
-        region = self.source_region()
+        self._raw: tuple[int | RangeFile, int, int] | None = None
+        region = None if is_url(path) else self.source_region()
         if region is not None:
             file, base, size = region
             self._raw = os.open(file, os.O_RDONLY), base, size
+        elif self._remote is not None:
+            self._raw = self._remote, 0, self._remote.size
         self._size = h5util.file_size(self._file) or (path.stat().st_size if path.is_file() else 0)
         self._archive_config = config
         self.kind: Format = kind or classify(self._file)
@@ -408,23 +421,27 @@ class H5Store(Store):
 
     def close(self) -> None:
         raw = getattr(self, "_raw", None)
-        if raw is not None:
+        if raw is not None and isinstance(raw[0], int):
             os.close(raw[0])
-            self._raw = None
+        self._raw = None
         if self._file.id.valid:
             self._file.close()
+        remote = getattr(self, "_remote", None)
+        if remote is not None:
+            remote.close()
 
     def _patch(self, out: Path, retype: dict[str, str]) -> Patcher:
         return H5Patcher(self, out, retype)
 
     def copy_source_to(self, dest: Path) -> None:
         """Copy the container's bytes to ``dest`` (the HDF5 file itself)."""
-        shutil.copyfile(self.path, dest)
+        shutil.copyfile(self.local_copy(), dest)
 
     def source_region(self) -> tuple[Path, int, int] | None:
         """Where the HDF5 file's bytes lie as they are: (file, offset, size); None when
         they are not in a file as such. Direct reads and range copies use it."""
-        return (self.path, 0, self.path.stat().st_size) if self.path.is_file() else None
+        local = self.local_copy()
+        return (local, 0, local.stat().st_size) if local.is_file() else None
 
 
 def copy_attrs(src: h5py.HLObject, dst: h5py.HLObject) -> None:

@@ -8,6 +8,7 @@ filesystem).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 from weightcli.errors import OutputError, ParameterError, UsageError, literal
 from weightcli.stores.base import Format, Store
 from weightcli.stores.detect import index_path
+from weightcli.stores.remote import RemotePath, as_path, is_url, upload
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -59,7 +61,7 @@ def output_target(src: Path, raw: str | Path | None, name: str) -> Path | None:
     if raw is None:
         return None
     text = str(raw)
-    out = Path(text)
+    out = as_path(text)
     try:
         folder = out.is_dir() and not out.is_symlink()
     except OSError as exc:  # a name too long, ...
@@ -106,7 +108,7 @@ def _resolve(
             raise ParameterError(
                 "{in_place} writes over the input: do not also give a different {output}"
             )
-        return Path(os.path.realpath(src))
+        return src if is_url(src) else Path(os.path.realpath(src))
     if out is None:
         raise ParameterError("give {output} OUT (or {in_place} to overwrite the input)")
     if _same(src, out):
@@ -117,6 +119,11 @@ def _resolve(
     taken = out.exists() or out.is_symlink() or index_path(out).exists()
     if taken and not force:
         raise OutputError.naming(f"{literal(out)}: already exists; use {{force}} to overwrite it")
+    if isinstance(out, RemotePath):  # object storage: folders are only key prefixes
+        bucket = out.bucket()
+        if not bucket.exists():
+            raise OutputError(f"{out}: no bucket {bucket}")
+        return out
     if not out.parent.exists():
         if not mkdirs:
             raise OutputError(f"{out}: output folder {out.parent} does not exist")
@@ -169,6 +176,8 @@ def check_suffix(fmt: Format, label: str, out: Path) -> None:
 
 
 def _check_folder(out: Path) -> Path:
+    if is_url(out):  # built here, uploaded when complete
+        return Path(tempfile.gettempdir())
     folder = out.parent
     if not folder.is_dir():
         raise OutputError(f"{out}: output folder {folder} does not exist")
@@ -286,7 +295,17 @@ def _rename_noreplace(src: Path, dst: Path) -> bool:
 
 def publish(tmp: Path, out: Path, overwrite: bool) -> None:
     """Move a finished temporary file or folder to ``out``. Without ``overwrite`` an
-    ``out`` that appeared meanwhile (another writer) is never replaced: an error."""
+    ``out`` that appeared meanwhile (another writer) is never replaced: an error. In
+    object storage: uploaded (an object appears whole or not at all), then removed here."""
+    if isinstance(out, RemotePath):
+        try:
+            upload(tmp, out, overwrite)
+        finally:
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+        return
     if overwrite:
         if tmp.is_dir() and (out.exists() or out.is_symlink()):
             _replace_dir(tmp, out)
@@ -302,6 +321,15 @@ def publish(tmp: Path, out: Path, overwrite: bool) -> None:
             f"{literal(out)}: appeared while weightcli was writing it (another writer?); "
             "nothing replaced (use {force} to overwrite)"
         )
+
+
+def remove(out: Path) -> None:
+    """Remove a published file (local, or an object in storage)."""
+    if isinstance(out, RemotePath):
+        with contextlib.suppress(Exception):
+            out.fs.rm_file(out.key)
+        return
+    out.unlink(missing_ok=True)
 
 
 def _replace_dir(new: Path, out: Path) -> None:

@@ -85,6 +85,9 @@ def _group_names(shards: list[Path]) -> dict[str, str]:
 class ShardedStore(Store):
     """A ``.weights.json`` map and its shards, as one checkpoint."""
 
+    def siblings(self) -> list[Path]:
+        return [self.path.parent / name for name in self.names]
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self.doc = read_map(path)

@@ -35,8 +35,9 @@ from weightcli.errors import CorruptError, InputError, OutputError, UnsupportedE
 from weightcli.stores import naming, tfproto, tftable
 from weightcli.stores.base import BLOCK_ELEMS, Block, Format, Patcher, Store, StoreMeta, split
 from weightcli.stores.detect import Container, checkpoint_prefix, index_path
-from weightcli.stores.output import publish, temp_dir_beside
+from weightcli.stores.output import publish, remove, temp_beside, temp_dir_beside
 from weightcli.stores.rangecopy import RangeCopy
+from weightcli.stores.remote import is_url
 from weightcli.tensor import TensorInfo
 
 DTYPES = {
@@ -133,7 +134,7 @@ class Bundle:
 
     def file(self, shard: int) -> BinaryIO:
         if shard not in self._files:
-            self._files[shard] = open(shard_name(self.prefix, shard, self.num_shards), "rb")  # noqa: SIM115
+            self._files[shard] = shard_name(self.prefix, shard, self.num_shards).open("rb")
         return self._files[shard]
 
     def read_bytes(self, e: Entry, start: int = 0, length: int | None = None) -> bytes:
@@ -670,7 +671,7 @@ class TFPatcher(Patcher):
                     done.append(self.out.parent / f.name)
             except BaseException:
                 for p in done:  # none of this writer's files stays beside another's
-                    p.unlink(missing_ok=True)
+                    remove(p)
                 raise
             self._meta_bytes += write_state_file(self.out)
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -733,7 +734,12 @@ def write_state_file(prefix: Path) -> int:
     lines = [f'model_checkpoint_path: "{prefix.name}"']
     lines += [f'all_model_checkpoint_paths: "{n}"' for n in [*others, prefix.name]]
     text = "\n".join(lines) + "\n"
-    tmp = prefix.parent / f".checkpoint.{os.getpid()}.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, state)
+    if is_url(prefix):
+        tmp = temp_beside(state)
+        tmp.write_text(text)
+        publish(tmp, state, True)
+    else:
+        tmp = prefix.parent / f".checkpoint.{os.getpid()}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, state)
     return len(text.encode())
