@@ -366,3 +366,36 @@ def test_storage_options_reach_the_filesystem(s3, monkeypatch: pytest.MonkeyPatc
     assert res.code == 0, res.err
     bad = run("--storage-option", "novalue", "inspect", _url(s3, "m/mlp.keras"))
     assert "KEY=VALUE" in _one_line_exit_2(bad)
+
+
+def test_commands_that_run_the_model_take_urls(s3, tmp_path: Path) -> None:
+    """verify (loading and running the model) and scale --by-activation: the frameworks
+    read local files, so weightcli hands them downloaded copies."""
+    s3.put_file(str(SAMPLES / "mlp_calibration.npy"), f"{s3.bucket}/m/calib.npy")
+    res = run(
+        "verify", _url(s3, "m/mlp.keras"), "--reference", _url(s3, "m/mlp_keras3.h5"), "--json"
+    )
+    assert res.code == 0, res.out + res.err
+    names = {c["name"]: c["status"] for c in res.json()["checks"]}
+    assert names["loads"] == "PASS" and names["outputs match reference"] == "PASS"
+    res = run(
+        "scale", _url(s3, "m/mlp.keras"), "--by-activation",
+        "--calibration", _url(s3, "m/calib.npy"), "-o", _url(s3, "o/act.keras"),
+    )  # fmt: skip
+    assert res.code == 0, res.err
+    local = tmp_path / "act.keras"
+    assert run("scale", SAMPLES / "mlp.keras", "--by-activation", "--calibration",
+               SAMPLES / "mlp_calibration.npy", "-o", local).code == 0  # fmt: skip
+    assert run("diff", _url(s3, "o/act.keras"), local).code == 0
+    # the downloaded copies are removed when the process ends
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "weightcli", "verify", _url(s3, "o/act.keras")],
+        env={**os.environ, "TMPDIR": str(tmp)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert list(tmp.iterdir()) == []

@@ -238,7 +238,7 @@ def apply(
     dry_run: bool = False,
 ) -> TransformResult:
     """Apply a TOML recipe's steps in one pass and one write."""
-    steps = recipe.load(Path(recipe_path))
+    steps = recipe.load(as_path(recipe_path))
     return _transform(path, steps, "apply", output, in_place, force, dry_run)
 
 
@@ -288,7 +288,7 @@ def transplant(
     """Copy SOURCE's weights into a patched copy of TARGET (matched by name after
     ``maps``, or by model order), written to ``output`` in TARGET's format."""
     request = transplant_cmd.TransplantRequest(
-        source=Path(source),
+        source=as_path(source),
         selection=selection(select, exclude, floats_only=False),
         source_select=tuple(source_select),
         maps=tuple(maps),
@@ -355,12 +355,12 @@ def verify(
     """Static checks, reference checks, and (unless ``no_load``) load and run the model
     (needs the ``tf`` extra)."""
     request = verify_cmd.VerifyRequest(
-        reference=Path(reference) if reference is not None else None,
-        architecture=Path(architecture) if architecture is not None else None,
+        reference=as_path(reference) if reference is not None else None,
+        architecture=as_path(architecture) if architecture is not None else None,
         no_load=no_load,
         seed=seed,
         batch=batch,
-        input_file=Path(input_file) if input_file is not None else None,
+        input_file=as_path(input_file) if input_file is not None else None,
         atol=atol,
         rtol=rtol,
         min_cosine=min_cosine,

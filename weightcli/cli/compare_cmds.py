@@ -238,12 +238,12 @@ def verify(
       weightcli verify -r exports/ --no-load
     """
     request = verify_cmd.VerifyRequest(
-        reference=Path(reference) if reference else None,
-        architecture=Path(architecture) if architecture else None,
+        reference=as_path(reference) if reference else None,
+        architecture=as_path(architecture) if architecture else None,
         no_load=no_load,
         seed=seed,
         batch=batch,
-        input_file=Path(input_file) if input_file else None,
+        input_file=as_path(input_file) if input_file else None,
         atol=atol,
         rtol=rtol,
         min_cosine=min_cosine,

@@ -125,7 +125,7 @@ def split_factor(
 )
 @click.option(
     "--calibration",
-    type=click.Path(path_type=Path),
+    type=click.Path(path_type=str),
     help="With --by-activation: inputs as .npy, or .npz with one array per model input.",
 )
 @click.option(
@@ -151,7 +151,7 @@ def split_factor(
 )
 @click.option(
     "--architecture",
-    type=click.Path(path_type=Path),
+    type=click.Path(path_type=str),
     help="With --by-activation on a weights-only file: a full model file.",
 )
 @click.option(
@@ -187,11 +187,11 @@ def scale(
     args: tuple[str, ...],
     factor: float | None,
     by_activation: bool,
-    calibration: Path | None,
+    calibration: str | None,
     target: float,
     stat: str,
     batch_size: int,
-    architecture: Path | None,
+    architecture: str | None,
     measure: str,
     custom_objects: Path | None,
     by_type: tuple[str, ...],
@@ -235,7 +235,14 @@ def scale(
             raise ParameterError("{by_activation} works on one model at a time")
         opts["measure"], opts["custom_objects"] = measure, custom_objects
         by_activation_run(
-            Path(paths[0]), sel, calibration, target, stat, batch_size, architecture, opts
+            as_path(paths[0]),
+            sel,
+            as_path(calibration),
+            target,
+            stat,
+            batch_size,
+            as_path(architecture) if architecture else None,
+            opts,
         )
         return
 
@@ -416,12 +423,12 @@ def quantize(
 
 
 @click.command(name="apply")
-@click.argument("recipe_path", metavar="RECIPE.toml", type=click.Path(path_type=Path))
+@click.argument("recipe_path", metavar="RECIPE.toml", type=click.Path(path_type=str))
 @click.argument("paths", nargs=-1, required=True, metavar="IN...")
 @output_options
 @json_option
 @debug_option
-def apply_cmd(recipe_path: Path, paths: tuple[str, ...], **opts: Any) -> None:
+def apply_cmd(recipe_path: str, paths: tuple[str, ...], **opts: Any) -> None:
     """Apply a recipe's steps (scale, clip, quantize) in one pass and one write.
 
     The recipe format is in the README and examples/repair_and_quantize.toml.
@@ -434,7 +441,7 @@ def apply_cmd(recipe_path: Path, paths: tuple[str, ...], **opts: Any) -> None:
     """
     from weightcli import recipe  # tomllib and the recipe schema: only for apply
 
-    execute(paths, lambda: recipe.load(recipe_path), opts, "apply")
+    execute(paths, lambda: recipe.load(as_path(recipe_path)), opts, "apply")
 
 
 def keras_int8_run(paths: tuple[str, ...], sel: Selection, opts: dict[str, Any]) -> None:

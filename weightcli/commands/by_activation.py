@@ -12,6 +12,7 @@ from weightcli.results import ActivationPlan, ByActivationResult
 from weightcli.select import Selection
 from weightcli.stores import open_store
 from weightcli.stores.output import plan_output
+from weightcli.stores.remote import as_local, as_path
 
 __all__ = ["ByActivationRequest", "ByActivationResult", "run"]
 
@@ -50,7 +51,7 @@ class NothingToScaleError(UsageError):
 
 def run(request: ByActivationRequest, path: str | Path) -> ByActivationResult:
     """Measure, plan, write, and measure again."""
-    src = Path(path)
+    src = as_path(path)
     with open_store(src) as store:
         out = plan_output(
             store, src, request.output, request.in_place, request.force, request.dry_run
@@ -59,12 +60,14 @@ def run(request: ByActivationRequest, path: str | Path) -> ByActivationResult:
             out = None
         if request.custom_objects is not None:
             framework.import_custom_objects(request.custom_objects)
-        model = activation.load_keras(src, store, request.architecture)
+        # Keras and numpy read local files only: remote inputs are downloaded.
+        architecture = as_local(request.architecture) if request.architecture else None
+        model = activation.load_keras(as_local(src), store, architecture)
         plan, inputs = activation.plan(
             model,
             store,
             request.selection,
-            request.calibration,
+            as_local(request.calibration),
             request.target,
             request.stat,
             request.batch_size,
@@ -86,7 +89,7 @@ def run(request: ByActivationRequest, path: str | Path) -> ByActivationResult:
     if out is not None:
         with open_store(out) as written:
             activation.measure_after(
-                out, written, request.architecture, plan, inputs, request.batch_size
+                as_local(out), written, architecture, plan, inputs, request.batch_size
             )
     else:
         activation.measure_live(model, plan, inputs, request.batch_size)

@@ -4,7 +4,7 @@ then (unless ``no_load``) load and run it with the framework."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from weightcli.checks import FAIL, SKIP, reference_checks, static_checks
@@ -13,6 +13,7 @@ from weightcli.compare import check_tolerances
 from weightcli.errors import ParameterError
 from weightcli.results import Check, VerifyResult
 from weightcli.stores import open_store
+from weightcli.stores.remote import as_local, as_path
 
 __all__ = ["VerifyRequest", "VerifyResult", "run"]
 
@@ -63,7 +64,15 @@ def run(request: VerifyRequest, path: str | Path) -> VerifyResult:
     if request.no_load:
         return result
     try:
-        result.checks += run_in_child(framework_checks, request, Path(path))
+        # The frameworks read local files only: models in object storage are downloaded
+        # here (the copies go when this process ends), and the child loads the copies.
+        local = replace(
+            request,
+            reference=as_local(request.reference) if request.reference else None,
+            architecture=as_local(request.architecture) if request.architecture else None,
+            input_file=as_local(request.input_file) if request.input_file else None,
+        )
+        result.checks += run_in_child(framework_checks, local, as_local(as_path(path)))
     except ChildDied as exc:
         result.checks.append(
             Check("loads", FAIL, f"the framework crashed loading or running it: {exc}")
@@ -78,8 +87,9 @@ def framework_checks(request: VerifyRequest, path: Path) -> list[Check]:
     if request.custom_objects is not None:
         framework.import_custom_objects(request.custom_objects)
     out: list[Check] = []
+    architecture = request.architecture
     with open_store(path) as store:
-        runnable, check = framework.load(path, store, request.architecture)
+        runnable, check = framework.load(path, store, architecture)
     out.append(check)
     if runnable is None:
         return out
@@ -89,7 +99,7 @@ def framework_checks(request: VerifyRequest, path: Path) -> list[Check]:
     if request.reference is None or outs is None:
         return out
     with open_store(request.reference) as ref_store:
-        ref_runnable, ref_check = framework.load(request.reference, ref_store, request.architecture)
+        ref_runnable, ref_check = framework.load(request.reference, ref_store, architecture)
     if ref_runnable is None:
         out.append(
             Check("outputs match reference", SKIP, f"reference did not load: {ref_check.detail}")

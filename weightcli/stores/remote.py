@@ -426,6 +426,26 @@ def stage(path: Path, siblings: list[Path] | None = None) -> Path:
     return dest
 
 
+_local_copies: dict[str, Path] = {}
+
+
+def as_local(path: Path) -> Path:
+    """A path on this machine for code that reads only local files (TensorFlow and
+    Keras loading a model, numpy loading calibration data): ``path`` itself, or a copy
+    downloaded once per process and removed when the process ends."""
+    if not is_url(path):
+        return path
+    url = str(path)
+    if url not in _local_copies:
+        import atexit
+        import shutil
+
+        staged = stage(path)
+        atexit.register(shutil.rmtree, staged.parent, True)
+        _local_copies[url] = staged
+    return _local_copies[url]
+
+
 def upload(local: Path, out: RemotePath, overwrite: bool) -> None:
     """Put a finished local output at ``out``: a file as one object (it appears whole,
     or not at all), a folder object by object. Without ``overwrite``, an existing OUT
