@@ -106,6 +106,27 @@ def test_a_signal_mid_write_leaves_nothing(tmp_path: Path, sig: int, code: int) 
     assert list(out_dir.iterdir()) == []
 
 
+def test_an_interrupt_right_after_a_temp_is_made_leaves_nothing(tmp_path: Path) -> None:
+    """The window between creating a temporary and the code that would remove it: the
+    process removes its unpublished temporaries when it ends (found flaky in CI: a
+    SIGINT landed there)."""
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from weightcli.stores.output import temp_beside, temp_dir_beside\n"
+        "temp_beside(Path(sys.argv[1]) / 'a.h5')\n"
+        "temp_dir_beside(Path(sys.argv[1]) / 'sm')\n"
+        "print(len(list(Path(sys.argv[1]).iterdir())), flush=True)\n"
+        "raise KeyboardInterrupt\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
+    assert res.stdout.strip() == "2"  # the premise: both were made
+    assert "KeyboardInterrupt" in res.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_stale_temp_of_a_killed_run_is_removed(tmp_path: Path) -> None:
     out_dir = tmp_path / "out"
     out_dir.mkdir()

@@ -8,6 +8,7 @@ filesystem).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import re
@@ -229,6 +230,25 @@ def _temp_prefix(out: Path) -> str:
     return f".{out.name}.{TEMP_TAG}{os.getpid()}."
 
 
+# Temporaries this process made and has not published or removed yet. Whatever is left
+# when the process ends (an interrupt between a temporary's creation and the code that
+# would remove it) is removed then: an interrupted run leaves no temporary behind.
+_live: set[Path] = set()
+
+
+def _remove_live_temps() -> None:
+    for p in list(_live):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                p.unlink()
+    _live.clear()
+
+
+atexit.register(_remove_live_temps)
+
+
 def temp_beside(out: Path, suffix: str = "") -> Path:
     """A fresh temporary file in OUT's folder (mode as an ordinary new file)."""
     folder = _check_folder(out)
@@ -237,6 +257,7 @@ def temp_beside(out: Path, suffix: str = "") -> Path:
         fd, name = tempfile.mkstemp(prefix=_temp_prefix(out), suffix=f"{suffix}.tmp", dir=folder)
     except OSError as exc:
         raise OutputError(f"{out}: cannot write in {folder}: {exc.strerror or exc}") from exc
+    _live.add(Path(name))
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -249,9 +270,11 @@ def temp_dir_beside(out: Path) -> Path:
     folder = _check_folder(out)
     remove_stale_temps(folder, f".{out.name}.")
     try:
-        return Path(tempfile.mkdtemp(prefix=_temp_prefix(out), suffix=".tmp", dir=folder))
+        made = Path(tempfile.mkdtemp(prefix=_temp_prefix(out), suffix=".tmp", dir=folder))
     except OSError as exc:
         raise OutputError(f"{out}: cannot write in {folder}: {exc.strerror or exc}") from exc
+    _live.add(made)
+    return made
 
 
 _RENAME_NOREPLACE = 1
@@ -305,12 +328,14 @@ def publish(tmp: Path, out: Path, overwrite: bool) -> None:
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
                 tmp.unlink(missing_ok=True)
+            _live.discard(tmp)
         return
     if overwrite:
         if tmp.is_dir() and (out.exists() or out.is_symlink()):
             _replace_dir(tmp, out)
         else:
             os.replace(tmp, out)
+        _live.discard(tmp)
         return
     try:
         done = _rename_noreplace(tmp, out)
@@ -321,6 +346,7 @@ def publish(tmp: Path, out: Path, overwrite: bool) -> None:
             f"{literal(out)}: appeared while weightcli was writing it (another writer?); "
             "nothing replaced (use {force} to overwrite)"
         )
+    _live.discard(tmp)
 
 
 def remove(out: Path) -> None:
