@@ -226,6 +226,15 @@ def test_recursive_discovers_models_under_a_prefix(s3) -> None:
         "mlp_folder",
     }
     assert found <= {Path(d["path"]).name for d in here.lines()[:-1]}  # the rules of disk
+    # As users run it: `python -m weightcli`, whose spawned workers import __main__ again.
+    done = subprocess.run(
+        [sys.executable, "-m", "weightcli", "inspect", "-r", _url(s3, "m"), "--no-stats", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.splitlines()) == 9  # 8 models and the summary
 
 
 def test_a_transform_killed_midway_leaves_no_object(s3, tmp_path: Path) -> None:

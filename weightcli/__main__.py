@@ -1,3 +1,4 @@
 from weightcli.cli import main
 
-main()
+if __name__ == "__main__":  # not when a spawned worker imports this module as __mp_main__
+    main()
