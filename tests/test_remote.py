@@ -375,6 +375,9 @@ def test_storage_options_reach_the_filesystem(s3, monkeypatch: pytest.MonkeyPatc
     assert res.code == 0, res.err
     bad = run("--storage-option", "novalue", "inspect", _url(s3, "m/mlp.keras"))
     assert "KEY=VALUE" in _one_line_exit_2(bad)
+    # an option that cannot apply (no URL on the command line) is an error, not ignored
+    local = run("--storage-option", "anon=true", "inspect", SAMPLES / "mlp_keras3.h5")
+    assert "no argument here is one" in _one_line_exit_2(local)
 
 
 def test_commands_that_run_the_model_take_urls(s3, tmp_path: Path) -> None:

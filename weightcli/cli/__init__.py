@@ -59,7 +59,8 @@ class WeightcliGroup(click.Group):
         return command
 
     def invoke(self, ctx: click.Context) -> object:
-        debug = "--debug" in (*ctx.protected_args, *ctx.args) or bool(ctx.params.get("debug"))
+        rest = (*ctx.protected_args, *ctx.args)
+        debug = "--debug" in rest or bool(ctx.params.get("debug"))
         if debug:
             os.environ["WEIGHTCLI_DEBUG"] = "1"  # framework warnings shown (workers inherit it)
         import numpy
@@ -68,6 +69,12 @@ class WeightcliGroup(click.Group):
         # about them are noise on stderr (worker processes inherit this setting).
         numpy.seterr(all="ignore")
         try:
+            if ctx.params.get("storage_options") and not any("://" in a for a in rest):
+                raise click.UsageError(  # an option that cannot apply: an error, not ignored
+                    "--storage-option applies to object storage paths (s3://, gs://, ...); "
+                    "no argument here is one",
+                    ctx,
+                )
             return super().invoke(ctx)
         except click.UsageError as exc:
             if debug:
