@@ -69,13 +69,15 @@ def _big_h5(path: Path, mib: int) -> Path:
 
 
 class _CountingProxy:
-    """A TCP proxy in front of the S3 server counting the bytes the server sends: an
-    oracle for what a command fetched that does not rely on weightcli's own count."""
+    """A TCP proxy in front of the S3 server counting the bytes the server sends and
+    receives: an oracle for what a command fetched and uploaded that does not rely on
+    weightcli's own count."""
 
     def __init__(self, upstream: str) -> None:
         host, port = upstream.rsplit("//", 1)[1].split(":")
         self.upstream = (host, int(port))
-        self.served = 0
+        self.served = 0  # server -> client
+        self.received = 0  # client -> server
         self.lock = threading.Lock()
         self.server = socket.create_server(("127.0.0.1", 0))
         self.endpoint = f"http://127.0.0.1:{self.server.getsockname()[1]}"
@@ -88,15 +90,14 @@ class _CountingProxy:
             except OSError:
                 return
             up = socket.create_connection(self.upstream)
-            threading.Thread(target=self._pump, args=(client, up, False), daemon=True).start()
-            threading.Thread(target=self._pump, args=(up, client, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(client, up, "received"), daemon=True).start()
+            threading.Thread(target=self._pump, args=(up, client, "served"), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket, count: bool) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, counter: str) -> None:
         try:
             while data := src.recv(1 << 16):
-                if count:
-                    with self.lock:
-                        self.served += len(data)
+                with self.lock:
+                    setattr(self, counter, getattr(self, counter) + len(data))
                 dst.sendall(data)
         except OSError:
             pass
@@ -260,6 +261,184 @@ def test_a_transform_killed_midway_leaves_no_object(s3, tmp_path: Path) -> None:
     assert s3.info(f"{s3.bucket}/o/killed.weights.h5")["size"] >= big.stat().st_size
 
 
+def _tensors(path: Path) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda n, o: out.update({n: o[()]}) if isinstance(o, h5py.Dataset) else None)
+    return out
+
+
+def test_unchanged_parts_are_copied_server_side(
+    s3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scaling one of four 24 MiB kernels of a file in the bucket uploads about that
+    kernel: the rest is copied by the server from the source (UploadPartCopy)."""
+    big = _big_h5(tmp_path / "big.weights.h5", 96)
+    size = big.stat().st_size
+    s3.put_file(str(big), f"{s3.bucket}/big/big.weights.h5")
+    local = tmp_path / "local.weights.h5"
+    want = run("scale", big, "0.5", "-s", "dense_2/kernel", "-o", local)
+    assert want.code == 0, want.err
+    proxy = _CountingProxy(os.environ["AWS_ENDPOINT_URL"])
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        remote.forget()
+        got = run(
+            "scale",
+            _url(s3, "big/big.weights.h5"),
+            "0.5",
+            "-s",
+            "dense_2/kernel",
+            "-o",
+            _url(s3, "o/one.weights.h5"),
+        )
+        assert got.code == 0, got.err
+        sent = proxy.received
+    finally:
+        proxy.close()
+    assert sent < 0.4 * size, f"uploaded {sent} bytes of {size}: no server-side copy"
+    assert proxy.served >= size  # the premise: the source was read (and hashed) whole
+    fetched = tmp_path / "fetched.weights.h5"
+    s3.invalidate_cache()
+    s3.get_file(f"{s3.bucket}/o/one.weights.h5", str(fetched))
+    assert fetched.stat().st_size == local.stat().st_size
+    a, b, src = _tensors(fetched), _tensors(local), _tensors(big)
+    assert a.keys() == b.keys() == src.keys()
+    for name in a:  # the oracle: the same command on the local file, and numpy
+        np.testing.assert_array_equal(a[name], b[name])
+    np.testing.assert_array_equal(a["layers/dense_2/vars/0"], src["layers/dense_2/vars/0"] * 0.5)
+    assert run("verify", "--no-load", fetched).code == 0
+
+
+def test_a_source_changed_before_the_upload_is_not_copied_from(s3, tmp_path: Path) -> None:
+    """The parts are copied from the object that was downloaded, or not at all: a source
+    replaced meanwhile makes the upload send every byte (moto ignores CopySourceIfMatch,
+    so this exercises weightcli's own check)."""
+    from weightcli.stores.s3parts import MIN_PART
+
+    data = np.random.default_rng(1).bytes(4 * MIN_PART)
+    s3.pipe(f"{s3.bucket}/c/src.bin", data)
+    remote.forget()
+    staged = remote.stage(remote.as_path(_url(s3, "c/src.bin")))
+    try:
+        out = tmp_path / "out.bin"
+        out.write_bytes(data[:-10] + b"0123456789")  # all parts but the last unchanged
+        s3.pipe(f"{s3.bucket}/c/src.bin", b"x" * len(data))  # the source is replaced
+        remote.upload(out, remote.as_path(_url(s3, "c/out.bin")), overwrite=False)
+        s3.invalidate_cache()
+        assert s3.cat(f"{s3.bucket}/c/out.bin") == out.read_bytes()
+        # and unchanged, the same upload copies: the object is the same
+        s3.pipe(f"{s3.bucket}/c/src.bin", data)
+        remote.forget()
+        remote.forget_origins(staged.parent)
+        staged2 = remote.stage(remote.as_path(_url(s3, "c/src.bin")))
+        from weightcli.stores import s3parts
+
+        origin = remote._origins[str(staged2)]
+        parts = s3parts.plan(out, origin.local)
+        assert [k for k, _, _ in parts] == ["copy", "put"]  # the premise
+        remote.upload(out, remote.as_path(_url(s3, "c/out2.bin")), overwrite=False)
+        assert s3.cat(f"{s3.bucket}/c/out2.bin") == out.read_bytes()
+        import shutil
+
+        shutil.rmtree(staged2.parent)
+    finally:
+        import shutil
+
+        shutil.rmtree(staged.parent, ignore_errors=True)
+        remote.forget_origins(staged.parent)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_upload_parts_follow_s3_rules_and_copy_only_equal_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    """The part plan, on random files with random edits (sizes scaled down: a grain of
+    16 bytes, parts of 80 to 160): parts tile the file, each but the last is big
+    enough, sent ones are bounded, and a copied part is byte-equal to the source."""
+    from weightcli.stores import s3parts
+
+    monkeypatch.setattr(s3parts, "GRAIN", 16)
+    monkeypatch.setattr(s3parts, "MIN_PART", 80)
+    monkeypatch.setattr(s3parts, "PART", 160)
+    monkeypatch.setattr(s3parts, "MAX_COPY", 1000)
+    rng = np.random.default_rng(seed)
+    src = rng.integers(0, 256, int(rng.integers(1, 4000)), dtype=np.uint8)
+    new = src.copy()
+    for _ in range(int(rng.integers(0, 8))):
+        at = int(rng.integers(0, len(new)))
+        new[at : at + int(rng.integers(1, 300))] ^= 0xFF
+    if rng.random() < 0.3:  # the output grew (an attribute appended) or shrank
+        new = np.concatenate([new, rng.integers(0, 256, 100, dtype=np.uint8)])
+    elif rng.random() < 0.3:
+        new = new[: len(new) // 2]
+    (tmp_path / "src").write_bytes(src.tobytes())
+    (tmp_path / "new").write_bytes(new.tobytes())
+    parts = s3parts.plan(tmp_path / "new", tmp_path / "src")
+    assert parts[0][1] == 0 and parts[-1][2] == len(new)
+    for (_, _, end), (_, start, _) in zip(parts, parts[1:], strict=False):
+        assert end == start
+    for _, start, end in parts[:-1]:
+        assert end - start >= 80
+    for kind, start, end in parts:
+        assert end > start
+        if kind == "put":
+            assert end - start <= 160
+        else:
+            assert end - start <= 1000
+            assert np.array_equal(new[start:end], src[start:end])
+
+
+def test_each_output_file_is_compared_with_its_own_source_file(s3) -> None:
+    """A SavedModel's variables are compared with the downloaded variables, a
+    checkpoint's index with the index: the file whose name ends the same."""
+    import shutil
+
+    remote.forget()
+    staged = remote.stage(remote.as_path(_url(s3, "m/mlp_export")))
+    ckpt = remote.stage(remote.as_path(_url(s3, "m/mlp_ckpt/ckpt")))
+    try:
+        for rel in ("variables/variables.data-00000-of-00001", "saved_model.pb"):
+            origin = remote._origin_for(rel, "s3")
+            assert origin is not None and origin.local == staged / rel
+            assert origin.key.endswith(f"mlp_export/{rel}") and origin.etag
+        shutil.rmtree(staged.parent)  # alone, ".index" names the checkpoint's
+        remote.forget_origins(staged.parent)
+        origin = remote._origin_for("new.index", "s3")
+        assert origin is not None and origin.local.name == "ckpt.index"
+        assert remote._origin_for("saved_model.pb", "memory") is None
+    finally:
+        for folder in (staged.parent, ckpt.parent):
+            shutil.rmtree(folder, ignore_errors=True)
+            remote.forget_origins(folder)
+    assert remote._origin_for("saved_model.pb", "s3") is None
+
+
+def test_a_replaced_remote_folder_keeps_no_old_objects(s3, tmp_path: Path) -> None:
+    out = remote.as_path(_url(s3, "f/model"))
+    first = tmp_path / "first"
+    (first / "variables").mkdir(parents=True)
+    for name in ("saved_model.pb", "variables/variables.index", "variables/old.data"):
+        (first / name).write_bytes(name.encode())
+    remote.upload(first, out, overwrite=False)
+    second = tmp_path / "second"
+    (second / "variables").mkdir(parents=True)
+    for name in ("saved_model.pb", "variables/variables.index"):
+        (second / name).write_bytes(b"new " + name.encode())
+    remote.upload(second, out, overwrite=True)
+    s3.invalidate_cache()
+    keys = sorted(k.split("/f/model/", 1)[1] for k in s3.find(f"{s3.bucket}/f/model"))
+    assert keys == ["saved_model.pb", "variables/variables.index"]
+    assert s3.cat(f"{s3.bucket}/f/model/saved_model.pb") == b"new saved_model.pb"
+    # the file that makes a folder a model goes up last
+    assert (
+        sorted(["saved_model.pb", "variables/v.index", "fingerprint.pb"], key=remote._upload_order)[
+            -1
+        ]
+        == "saved_model.pb"
+    )
+
+
 # -- bad input ----------------------------------------------------------------------------------
 
 
@@ -411,3 +590,12 @@ def test_commands_that_run_the_model_take_urls(s3, tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert list(tmp.iterdir()) == []
+
+
+def test_custom_objects_code_is_never_run_from_a_url() -> None:
+    for cmd in (
+        ["verify", SAMPLES / "mlp.keras"],
+        ["scale", SAMPLES / "mlp.keras", "--by-activation", "--calibration", "x.npy"],
+    ):
+        res = run(*cmd, "--custom-objects", "s3://bucket/layers.py")
+        assert "local file" in _one_line_exit_2(res)

@@ -9,7 +9,13 @@ import click
 
 from weightcli.batch import Item, discover
 from weightcli.cli.dispatch import dispatch, is_batch
-from weightcli.cli.options import batch_options, debug_option, json_option, make_selection
+from weightcli.cli.options import (
+    batch_options,
+    custom_objects_option,
+    debug_option,
+    json_option,
+    make_selection,
+)
 from weightcli.commands import diff as diff_cmd
 from weightcli.commands import verify as verify_cmd
 from weightcli.errors import InputError, WeightcliError
@@ -190,12 +196,7 @@ def diff(
 @click.option(
     "--min-cosine", type=float, help="Output comparison: also require this cosine similarity."
 )
-@click.option(
-    "--custom-objects",
-    type=click.Path(path_type=Path),
-    metavar="FILE.py",
-    help="A Python file defining (and registering) the model's custom layers.",
-)
+@custom_objects_option("A Python file defining (and registering) the model's custom layers.")
 @batch_options
 @json_option
 @debug_option

@@ -203,3 +203,26 @@ def output_options(f: F) -> F:
     )(f)
     f = batch_options(f)
     return f
+
+
+def custom_objects_option(help: str) -> Callable[[F], F]:
+    """``--custom-objects FILE.py``: Python code to import, from this machine only
+    (code is never run from object storage: download it and pass the local copy)."""
+
+    def local_only(ctx: click.Context, param: click.Parameter, value: str | None) -> Path | None:
+        if value is None:
+            return None
+        if "://" in value:
+            raise click.UsageError(
+                f"--custom-objects {value}: code is run only from a local file "
+                "(download it, then pass the local copy)"
+            )
+        return Path(value)
+
+    return click.option(
+        "--custom-objects",
+        type=click.STRING,
+        callback=local_only,
+        metavar="FILE.py",
+        help=help,
+    )

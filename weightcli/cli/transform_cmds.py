@@ -12,6 +12,7 @@ import click
 from weightcli.batch import Item, discover
 from weightcli.cli.dispatch import dispatch, dispatch_one, is_batch
 from weightcli.cli.options import (
+    custom_objects_option,
     debug_option,
     json_option,
     make_selection,
@@ -161,11 +162,8 @@ def split_factor(
     show_default=True,
     help="With --by-activation: measure each layer after the earlier ones are scaled (sequential), or all on the unmodified model (original).",
 )
-@click.option(
-    "--custom-objects",
-    type=click.Path(path_type=Path),
-    metavar="FILE.py",
-    help="With --by-activation: a Python file defining (and registering) custom layers.",
+@custom_objects_option(
+    "With --by-activation: a Python file defining (and registering) custom layers."
 )
 @click.option(
     "--by-type",

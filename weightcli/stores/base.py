@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from weightcli.errors import OutputError, UnsupportedError, UsageError
-from weightcli.stores.remote import is_url, stage
+from weightcli.stores.remote import forget_origins, is_url, stage
 from weightcli.tensor import TensorInfo
 
 # Largest block handed out at once, in elements (float32: 1 MiB). Bounds memory
@@ -437,6 +437,7 @@ class Store(abc.ABC):
         staged: Path | None = getattr(self, "_staged", None)
         if staged is not None:
             shutil.rmtree(staged.parent, ignore_errors=True)
+            forget_origins(staged.parent)
             self._staged = None
 
     @abc.abstractmethod

@@ -30,6 +30,7 @@ from pathlib import Path, PosixPath
 from typing import Any
 
 from weightcli.errors import InputError, OutputError, UsageError
+from weightcli.stores.s3parts import Origin
 
 URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 OPTIONS_ENV = "WEIGHTCLI_STORAGE_OPTIONS"
@@ -45,6 +46,8 @@ _lock = threading.Lock()
 _filesystems: dict[str, Any] = {}
 _infos: dict[str, dict[str, Any] | None] = {}
 _blocks: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+_origins: dict[str, Origin] = {}  # local download -> the object it came from
+S3 = ("s3", "s3a")
 
 
 def is_url(value: object) -> bool:
@@ -373,6 +376,18 @@ class RangeFile(io.RawIOBase):
         return len(data)
 
 
+def _get(path: RemotePath, dest: Path) -> None:
+    """Download one object; remember where ``dest`` came from (an :class:`Origin` for
+    server-side copies), with the ETag the object had before the download began."""
+    info = path._info() or {}
+    path.fs.get_file(path.key, str(dest))
+    _count(dest.stat().st_size)
+    etag = info.get("ETag")
+    if path.protocol in S3 and etag:
+        bucket, _, key = path.key.partition("/")
+        _origins[str(dest)] = Origin(dest, bucket, key, etag)
+
+
 def download(path: RemotePath, dest: Path) -> Path:
     """Copy an object, or every object below a prefix, to ``dest`` (local)."""
     try:
@@ -380,12 +395,10 @@ def download(path: RemotePath, dest: Path) -> Path:
             for p in path.walk_files():
                 target = dest / p.key[len(path.key) :].lstrip("/")
                 target.parent.mkdir(parents=True, exist_ok=True)
-                path.fs.get_file(p.key, str(target))
-                _count(target.stat().st_size)
+                _get(p, target)
         else:
             dest.parent.mkdir(parents=True, exist_ok=True)
-            path.fs.get_file(path.key, str(dest))
-            _count(dest.stat().st_size)
+            _get(path, dest)
     except FileNotFoundError as exc:
         raise InputError(f"{path}: no such object") from exc
     except OSError as exc:
@@ -446,29 +459,82 @@ def as_local(path: Path) -> Path:
     return _local_copies[url]
 
 
+def forget_origins(folder: Path) -> None:
+    """Forget the downloads below ``folder`` (removed)."""
+    for name in [n for n in _origins if Path(n).is_relative_to(folder)]:
+        del _origins[name]
+
+
+def _origin_for(name: str, protocol: str) -> Origin | None:
+    """The downloaded file an output file most likely shares bytes with: the one
+    downloaded, or the one whose name ends the most like ``name`` (a SavedModel's
+    ``variables/variables.data-00000-of-00001``, a checkpoint's ``.index``). A wrong
+    guess costs a comparison: only identical bytes are copied."""
+    if protocol not in S3:
+        return None
+    live = [o for o in _origins.values() if o.local.is_file()]
+
+    def common_tail(o: Origin) -> int:
+        a, b = str(o.local), name
+        n = 0
+        while n < min(len(a), len(b)) and a[-1 - n] == b[-1 - n]:
+            n += 1
+        return n
+
+    return max(live, key=common_tail, default=None)
+
+
+def _put(fs: Any, local: Path, out: RemotePath, name: str) -> None:
+    """One file to one object: unchanged parts copied server-side where they can be."""
+    from weightcli.stores.s3parts import upload_with_copies
+
+    origin = _origin_for(name, out.protocol)
+    if origin is not None:
+        bucket, _, key = out.key.partition("/")
+        if upload_with_copies(fs, local, bucket, key, origin):
+            return
+    fs.put_file(str(local), out.key)
+
+
+def _upload_order(rel: str) -> tuple[int, str]:
+    """Nested files first, the top level's last, and the file that makes a folder a
+    model (``saved_model.pb``, ``config.json``) the very last: a reader never finds
+    a model whose variables are not there yet."""
+    marker = rel in ("saved_model.pb", "config.json")
+    return (2 if marker else 1 if "/" not in rel else 0, rel)
+
+
 def upload(local: Path, out: RemotePath, overwrite: bool) -> None:
     """Put a finished local output at ``out``: a file as one object (it appears whole,
-    or not at all), a folder object by object. Without ``overwrite``, an existing OUT
-    is an error."""
+    or not at all), a folder object by object (the model's marker file last; a
+    replaced folder's objects that the new one lacks removed after it). Without
+    ``overwrite``, an existing OUT is an error. Parts that a downloaded source
+    already holds are copied server-side (:mod:`weightcli.stores.s3parts`)."""
     fs = out.fs
     try:
         if not overwrite and fs.exists(out.key):
             raise OutputError(f"{out}: exists (give --force to replace it)")
         if local.is_dir():
-            files = sorted(p for p in local.rglob("*") if p.is_file())
+            rels = sorted(
+                (p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()),
+                key=_upload_order,
+            )
+            before = {p.key for p in out.walk_files()} if overwrite else set()
             done: list[str] = []
             try:
-                for p in files:
-                    key = f"{out.key}/{p.relative_to(local).as_posix()}"
-                    fs.put_file(str(p), key)
+                for rel in rels:
+                    key = f"{out.key}/{rel}"
+                    _put(fs, local / rel, out / rel, rel)
                     done.append(key)
             except BaseException:
                 for key in done:  # a partial folder is no output
                     with contextlib.suppress(Exception):
                         fs.rm_file(key)
                 raise
+            for key in sorted(before - set(done)):  # the replaced folder's leftovers
+                fs.rm_file(key)
         else:
-            fs.put_file(str(local), out.key)
+            _put(fs, local, out, out.name)
     except OutputError:
         raise
     except Exception as exc:  # noqa: BLE001
