@@ -125,3 +125,78 @@ def s3(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch):
     fs.bucket = bucket
     yield fs
     remote.forget()
+
+
+@pytest.fixture(scope="session")
+def gcs_endpoint():
+    """A Google Cloud Storage emulator (gcp-storage-emulator, in memory) on 127.0.0.1
+    for the whole session, with a bucket ``models``; stopped at the end."""
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gcp_storage_emulator",
+            "start",
+            "-H",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
+        + ["--in-memory", "--default-bucket", "models", "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=dict(os.environ),
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(endpoint + "/storage/v1/b/models", timeout=1).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("the GCS emulator did not start") from None
+            time.sleep(0.1)
+    try:
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def gcs(gcs_endpoint: str, monkeypatch: pytest.MonkeyPatch):
+    """Point weightcli (and gcsfs) at the emulator the standard way
+    (``STORAGE_EMULATOR_HOST``; anonymous credentials through ``--storage-option``'s
+    variable); sample models below ``gs://models/<fresh>/``. Yields (gcsfs filesystem,
+    that prefix). gcsfs's experimental zonal-bucket probe speaks gRPC, which the
+    emulator lacks: it is turned off, leaving gcsfs's JSON API (what real GCS serves too)."""
+    import json
+    import uuid
+
+    from weightcli.stores import remote
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_endpoint)
+    monkeypatch.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+    monkeypatch.setenv(remote.OPTIONS_ENV, json.dumps({"token": "anon"}))
+    remote.forget()
+    import gcsfs
+
+    gcsfs.GCSFileSystem.clear_instance_cache()
+    fs = gcsfs.GCSFileSystem(token="anon", skip_instance_cache=True)
+    prefix = f"models/{uuid.uuid4().hex[:8]}"
+    root = Path(__file__).resolve().parent.parent / "sample_models"
+    for name in ("mlp_keras3.h5", "mlp.keras"):
+        fs.put_file(str(root / name), f"{prefix}/{name}")
+    fs.put(str(root / "mlp_export"), f"{prefix}/mlp_export", recursive=True)
+    yield fs, prefix
+    remote.forget()
+    gcsfs.GCSFileSystem.clear_instance_cache()

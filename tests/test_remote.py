@@ -599,3 +599,32 @@ def test_custom_objects_code_is_never_run_from_a_url() -> None:
     ):
         res = run(*cmd, "--custom-objects", "s3://bucket/layers.py")
         assert "local file" in _one_line_exit_2(res)
+
+
+# -- Google Cloud Storage (gs://), against an emulator -------------------------------------
+
+
+@pytest.mark.parametrize("name", ["mlp_keras3.h5", "mlp.keras", "mlp_export"])
+def test_gs_urls_read_transform_and_write(gcs, tmp_path: Path, name: str) -> None:
+    fs, prefix = gcs
+    url = f"gs://{prefix}/{name}"
+    here = run("inspect", SAMPLES / name, "--json").json()
+    there = run("inspect", url, "--json")
+    assert there.code == 0, there.err
+    assert there.json()["tensors"] == here["tensors"] and there.json()["bytes_fetched"] > 0
+    assert run("diff", url, SAMPLES / name).code == 0
+    expect = tmp_path / name
+    assert run("scale", SAMPLES / name, "0.5", "-o", expect).code == 0
+    out = f"gs://{prefix}/out/{name}"
+    got = run("scale", url, "0.5", "-o", out)
+    assert got.code == 0, got.err
+    assert run("diff", out, expect).code == 0  # the oracle: the same command on disk
+    assert run("diff", out, SAMPLES / name).code == 1
+    assert run("scale", url, "0.5", "-o", out).code == 2  # exists
+    fs.invalidate_cache()
+    assert fs.exists(f"{prefix}/out/{name}")
+
+
+def test_gs_missing_object_is_one_line(gcs) -> None:
+    _, prefix = gcs
+    assert "no such" in _one_line_exit_2(run("inspect", f"gs://{prefix}/nothing.h5"))
