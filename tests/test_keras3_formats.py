@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 from helpers import SAMPLES, keras_quiet, run
 
 import weightcli
@@ -122,3 +123,106 @@ def test_recursive_search_finds_each_new_model_once() -> None:
     assert str(SHARDED) in paths and str(FOLDER) in paths
     assert not any("mlp_sharded/mlp_0000" in p for p in paths)
     assert not any(p.startswith(str(FOLDER) + "/") for p in paths)
+
+
+# -- the archive patched in place ------------------------------------------------------------
+
+
+def _h5_tensors(data: bytes) -> dict[str, np.ndarray]:
+    import io
+
+    import h5py
+
+    out: dict[str, np.ndarray] = {}
+    with h5py.File(io.BytesIO(data), "r") as f:
+        f.visititems(lambda n, o: out.update({n: o[()]}) if isinstance(o, h5py.Dataset) else None)
+    return out
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["scale", "0.5"], ["quantize", "--dtype", "float16"], ["clip", "--abs-max", "0.05"]],
+)
+def test_an_archive_is_patched_inside_the_new_archive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str]
+) -> None:
+    """The weights member's bytes sit at a power of two (where HDF5 finds a superblock
+    after a user block), patched there: written once. The result equals the route
+    through a temporary .h5 tensor for tensor, keeps the members' order and every other
+    member's bytes, passes zip's CRC check, and Keras loads and runs it."""
+    import zipfile
+
+    from helpers import load, mlp_input, predict
+
+    from weightcli.stores import archive
+
+    src = SAMPLES / "mlp.keras"
+    fast, slow = tmp_path / "fast.keras", tmp_path / "slow.keras"
+    res = run(args[0], src, *args[1:], "-o", fast, "--json")
+    assert res.code == 0, res.err
+    monkeypatch.setattr(archive, "_starts_hdf5", lambda store: False)
+    assert run(args[0], src, *args[1:], "-o", slow).code == 0
+    with zipfile.ZipFile(fast) as zf, zipfile.ZipFile(slow) as zs, zipfile.ZipFile(src) as z0:
+        assert zf.testzip() is None and zs.testzip() is None
+        at = archive.member_data_offset(fast, zf.getinfo(archive.WEIGHTS))
+        assert at >= archive.MIN_DATA_AT and at & (at - 1) == 0  # the premise
+        assert archive.member_data_offset(slow, zs.getinfo(archive.WEIGHTS)) < at
+        assert zf.namelist() == z0.namelist() == zs.namelist()
+        others = [n for n in z0.namelist() if n != archive.WEIGHTS]
+        for name in others:
+            assert zf.read(name) == z0.read(name)
+            assert zf.getinfo(name).date_time == z0.getinfo(name).date_time
+        a, b = _h5_tensors(zf.read(archive.WEIGHTS)), _h5_tensors(zs.read(archive.WEIGHTS))
+    assert a.keys() == b.keys() and a
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+    assert run("verify", "--no-load", fast).code == 0
+    y, y0 = (
+        predict(load(fast, "keras3-full"), mlp_input()),
+        predict(load(slow, "keras3-full"), mlp_input()),
+    )
+    np.testing.assert_array_equal(y, y0)
+    written = res.json()["bytes_written"]
+    if args[0] == "quantize":  # retyped: every byte written, once
+        assert written <= fast.stat().st_size
+    else:  # the unchanged bytes copied in the kernel
+        assert written < fast.stat().st_size
+
+
+def test_members_that_outgrow_their_room_take_the_copy_route(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A config rewritten longer than the room left before the weights: the patched
+    weights are copied into a new archive instead; the same result, no temporary left."""
+    import zipfile
+
+    from helpers import load, mlp_input, predict
+
+    from weightcli.stores import archive
+
+    src = SAMPLES / "mlp.keras"
+    want = tmp_path / "want.keras"
+    assert run("scale", src, "0.5", "-o", want).code == 0
+    calls = []
+
+    def no_room(*args: object) -> None:
+        calls.append(args)
+        return None
+
+    monkeypatch.setattr(archive, "_header_offset", no_room)
+    out = tmp_path / "out" / "got.keras"
+    out.parent.mkdir()
+    res = run("scale", src, "0.5", "-o", out)
+    assert res.code == 0, res.err
+    assert calls  # the premise: the in-place route was tried
+    assert sorted(p.name for p in out.parent.iterdir()) == ["got.keras"]
+    with zipfile.ZipFile(out) as zf, zipfile.ZipFile(want) as zw:
+        assert zf.testzip() is None and zf.namelist() == zw.namelist()
+        a, b = _h5_tensors(zf.read(archive.WEIGHTS)), _h5_tensors(zw.read(archive.WEIGHTS))
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+    np.testing.assert_array_equal(
+        predict(load(out, "keras3-full"), mlp_input()),
+        predict(load(want, "keras3-full"), mlp_input()),
+    )

@@ -296,6 +296,7 @@ def test_unchanged_parts_are_copied_server_side(
         sent = proxy.received
     finally:
         proxy.close()
+    print(f"server-side copy: sent {sent} bytes of {size} ({sent / size:.0%})")
     assert sent < 0.4 * size, f"uploaded {sent} bytes of {size}: no server-side copy"
     assert proxy.served >= size  # the premise: the source was read (and hashed) whole
     fetched = tmp_path / "fetched.weights.h5"

@@ -307,8 +307,28 @@ class _WeightsMemberPatcher(Patcher):
         self.inner.create(path, data)
 
 
+# The weights member's bytes start at a power of two (at least this) in a written
+# archive: a place HDF5 looks for a superblock after a "user block" (here, the members
+# before it and its own local header), so h5py patches the member inside the new
+# archive itself and every byte of it is written once.
+MIN_DATA_AT = 4096
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+ALIGNMENT_EXTRA = 0xD935  # the zip extra field that pads a member to an alignment (zipalign)
+MAX_EXTRA = 0xFFFF
+
+
 class ArchivePatcher(_WeightsMemberPatcher):
-    """Patches the weights member in a temporary file, then writes a new zip beside OUT."""
+    """Writes a new archive beside OUT, members in their order with their zip metadata
+    (``config.json`` replaced when the config changes).
+
+    The weights member is patched inside the new archive: its HDF5 bytes are placed at
+    ``data_at`` (a power of two, so h5py finds them after a user block), patched there,
+    and the members before it, its local header (padded to end at ``data_at``), the
+    members after it and the central directory are written around it at commit.
+    A compressed weights member, one whose HDF5 superblock is not at its start, or
+    members before it that outgrew the room left for them, take the other route: the
+    member patched in a temporary ``.h5``, copied into a new archive.
+    """
 
     def __init__(self, store: ArchiveStore, out: Path, retype: dict[str, str]) -> None:
         super().__init__()
@@ -317,9 +337,10 @@ class ArchivePatcher(_WeightsMemberPatcher):
         self._zip_bytes = 0
         self.config_bytes: bytes | None = None
         self.zip_tmp = temp_beside(out)
-        h5_tmp = temp_beside(out, ".h5")
+        self.data_at = _data_offset(store) if _starts_hdf5(store) else 0
+        h5_tmp = self.zip_tmp if self.data_at else temp_beside(out, ".h5")
         try:
-            self.inner = H5Patcher(store, out, retype, tmp=h5_tmp)
+            self.inner = H5Patcher(store, out, retype, tmp=h5_tmp, tmp_base=self.data_at)
         except BaseException:
             self.zip_tmp.unlink(missing_ok=True)
             h5_tmp.unlink(missing_ok=True)
@@ -327,47 +348,172 @@ class ArchivePatcher(_WeightsMemberPatcher):
 
     @property
     def bytes_written(self) -> int:
-        # The archive is written anew, member by member: every byte of it.
+        # Every byte but the weights member's unchanged ones (kernel-copied) is written.
         return self._zip_bytes + self.inner.bytes_written
 
     def _set_config(self, config: dict[str, Any]) -> None:
         self.config_bytes = json.dumps(config).encode()
 
+    def _copy_member(self, dst: zipfile.ZipFile, member: zipfile.ZipInfo) -> None:
+        """One member of the source archive (not the weights), with its zip metadata."""
+        info = _like(member)
+        with dst.open(info, "w", force_zip64=member.file_size > 2**31 - 1) as out:
+            if member.filename == "config.json" and self.config_bytes is not None:
+                out.write(self.config_bytes)
+            else:
+                with self.store.zip.open(member) as inp:
+                    shutil.copyfileobj(inp, out, 1 << 20)
+
     def _commit(self) -> None:
         self.inner.close_file()
-        src = self.store.zip
+        if not self.data_at:
+            self._write_anew(self.inner.tmp, 0)
+            self.inner.tmp.unlink(missing_ok=True)
+        elif not self._write_around():  # the members before outgrew their room
+            weights = self.zip_tmp
+            self.zip_tmp = temp_beside(self.out)
+            try:
+                self._write_anew(weights, self.data_at)
+            finally:
+                weights.unlink(missing_ok=True)
+        publish(self.zip_tmp, self.out, self.overwrite)
+
+    def _write_anew(self, weights: Path, weights_at: int) -> None:
+        """A new archive in ``zip_tmp`` (existing, empty), the patched weights copied in
+        from ``weights`` (the HDF5 file from byte ``weights_at``)."""
         # Opened without truncating (the temporary exists, empty): ext4 flushes a file
         # truncated and rewritten when it is closed, which would cost a writeback here.
         with open(self.zip_tmp, "r+b") as fp, zipfile.ZipFile(fp, "w") as dst:
-            for member in src.infolist():
-                info = zipfile.ZipInfo(member.filename, date_time=member.date_time)
-                info.compress_type = member.compress_type
-                info.external_attr = member.external_attr
-                info.create_system = member.create_system
-                info.comment = member.comment
-                info.extra = member.extra
+            for member in self.store.zip.infolist():
+                if member.filename != WEIGHTS:
+                    self._copy_member(dst, member)
+                    continue
+                info = _like(member)
                 with dst.open(info, "w", force_zip64=member.file_size > 2**31 - 1) as out:
-                    if member.filename == WEIGHTS:
-                        fd = os.open(self.inner.tmp, os.O_RDONLY)
-                        try:
-                            for chunk in read_chunks(fd, 0, os.fstat(fd).st_size):
-                                out.write(chunk)
-                        finally:
-                            os.close(fd)
-                    elif member.filename == "config.json" and self.config_bytes is not None:
-                        out.write(self.config_bytes)
-                    else:
-                        with src.open(member) as inp:
-                            shutil.copyfileobj(inp, out, 1 << 20)
-        self.inner.tmp.unlink(missing_ok=True)
+                    fd = os.open(weights, os.O_RDONLY)
+                    try:
+                        size = os.fstat(fd).st_size - weights_at
+                        for chunk in read_chunks(fd, weights_at, size):
+                            out.write(chunk)
+                    finally:
+                        os.close(fd)
         self._zip_bytes = self.zip_tmp.stat().st_size
-        publish(self.zip_tmp, self.out, self.overwrite)
+
+    def _write_around(self) -> bool:
+        """Complete the archive around the weights patched at ``data_at``: the members
+        before them from byte 0, their local header ending at ``data_at``, the members
+        after them and the central directory after their end. False (the archive left
+        incomplete) when the members before do not fit below ``data_at``."""
+        data_at = self.data_at
+        members = self.store.zip.infolist()
+        i = next(k for k, m in enumerate(members) if m.filename == WEIGHTS)
+        fd = os.open(self.zip_tmp, os.O_RDWR)
+        try:
+            end = os.fstat(fd).st_size
+            size = end - data_at
+            info = _like(members[i])
+            info.compress_type = zipfile.ZIP_STORED
+            info.file_size = info.compress_size = size
+            with os.fdopen(os.dup(fd), "r+b") as fp:
+                dst = zipfile.ZipFile(fp, "w")  # from byte 0
+                complete = False
+                try:
+                    for member in members[:i]:
+                        self._copy_member(dst, member)
+                    free = fp.tell()
+                    header_at = _header_offset(info, data_at, free)
+                    if header_at is None:
+                        return False
+                    crc = 0
+                    for chunk in read_chunks(fd, data_at, size):
+                        crc = zlib.crc32(chunk, crc)
+                    info.CRC = crc
+                    info.header_offset = header_at
+                    os.pwrite(fd, _padded_header(info, data_at - header_at), header_at)
+                    dst.filelist.append(info)  # the weights, in their place
+                    dst.NameToInfo[WEIGHTS] = info
+                    fp.seek(end)
+                    dst.start_dir = end
+                    for member in members[i + 1 :]:
+                        self._copy_member(dst, member)
+                    complete = True
+                finally:
+                    if not complete:  # no central directory for an incomplete archive
+                        dst._didModify = False  # type: ignore[attr-defined]  # noqa: SLF001
+                    dst.close()
+            # written here: the members before, the header, the members after, the directory
+            self._zip_bytes = free + (data_at - header_at) + os.fstat(fd).st_size - end
+        finally:
+            os.close(fd)
+        return True
 
     def _abort(self) -> None:
         try:
             self.inner.abort()
         finally:
             self.zip_tmp.unlink(missing_ok=True)
+
+
+def _data_offset(store: ArchiveStore) -> int:
+    """Where the weights' bytes go: the first power of two (>= MIN_DATA_AT) leaving room
+    for the members before them, with slack for a rewritten config, and its header."""
+    need = 0
+    for member in store.zip.infolist():
+        if member.filename == WEIGHTS:
+            break
+        need += 30 + len(member.filename.encode()) + len(member.extra) + 20 + member.file_size
+        need += max(member.file_size, 4096)  # slack: a config rewritten, recompressed
+    need += 30 + len(WEIGHTS) + 20 + 6
+    at = MIN_DATA_AT
+    while at < need:
+        at *= 2
+    return at
+
+
+def _header_offset(info: zipfile.ZipInfo, data_at: int, free: int) -> int | None:
+    """Where the weights' local header starts so that it ends at ``data_at``: right
+    after the members before (``free``), its extra field padding the rest, or (more
+    than an extra field holds) as late as it can, zeros between. None: no room."""
+    fixed = 30 + len(info.filename.encode()) + (20 if info.file_size > zipfile.ZIP64_LIMIT else 0)
+    if data_at - free - fixed < 6:
+        return None
+    return max(free, data_at - fixed - MAX_EXTRA)
+
+
+def _starts_hdf5(store: ArchiveStore) -> bool:
+    region = store.source_region()
+    if region is None:
+        return False
+    path, start, size = region
+    with open(path, "rb") as f:
+        f.seek(start)
+        return f.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE
+
+
+def _like(member: zipfile.ZipInfo) -> zipfile.ZipInfo:
+    """A new entry with ``member``'s name and zip metadata."""
+    info = zipfile.ZipInfo(member.filename, date_time=member.date_time)
+    info.compress_type = member.compress_type
+    info.external_attr = member.external_attr
+    info.create_system = member.create_system
+    info.comment = member.comment
+    info.extra = member.extra
+    return info
+
+
+def _padded_header(info: zipfile.ZipInfo, length: int) -> bytes:
+    """``info``'s local header, ``length`` bytes long: its extra field is an alignment
+    record padding it (the central directory keeps ``info.extra``)."""
+    zip64 = info.file_size > zipfile.ZIP64_LIMIT
+    extra = info.extra
+    room = length - 30 - len(info.filename.encode()) - (20 if zip64 else 0)
+    info.extra = struct.pack("<HHH", ALIGNMENT_EXTRA, room - 4, 4096) + bytes(room - 6)
+    try:
+        header = info.FileHeader(zip64)
+    finally:
+        info.extra = extra
+    assert len(header) == length
+    return header
 
 
 FOLDER_LABEL = "Keras 3 model folder (unzipped .keras)"

@@ -127,10 +127,14 @@ def _detect(path: Path) -> Container:
     if not path.is_file():
         raise InputError(f"{path}: not a regular file")
     head = _head(path)
+    if head.startswith(ZIP_SIGNATURE):
+        with path.open("rb") as f:
+            # A zip first: an archive weightcli wrote holds its HDF5 weights member
+            # after a user block (the member's local header), so it is HDF5 too.
+            if zipfile.is_zipfile(f) or not is_hdf5(path):
+                return Container.ZIP
     if is_hdf5(path):
         return Container.HDF5
-    if head.startswith(ZIP_SIGNATURE):
-        return Container.ZIP
     with path.open("rb") as f:
         if zipfile.is_zipfile(f):  # a zip with something before its first member
             return Container.ZIP

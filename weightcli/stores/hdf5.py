@@ -466,12 +466,21 @@ class H5Patcher(Patcher):
     """
 
     def __init__(
-        self, store: H5Store, out: Path, retype: dict[str, str], tmp: Path | None = None
+        self,
+        store: H5Store,
+        out: Path,
+        retype: dict[str, str],
+        tmp: Path | None = None,
+        tmp_base: int = 0,
     ) -> None:
         super().__init__()
         self.store = store
         self.out = out
         self.tmp = tmp or temp_beside(out)
+        # The HDF5 file starts at byte ``tmp_base`` of ``tmp`` (a power of two >= 512,
+        # where HDF5 looks for a superblock: the bytes before are a user block, such as
+        # a zip member's local header); h5py finds it there.
+        self.tmp_base = tmp_base
         self.retype = retype
         self.f: h5py.File | None = None
         self.copy: RangeCopy | None = None
@@ -482,12 +491,13 @@ class H5Patcher(Patcher):
         try:
             if retype:
                 self._rebuild()
-                self._h5_bytes = self.tmp.stat().st_size  # a new file, written whole
+                self._h5_bytes = self.tmp.stat().st_size - tmp_base  # written whole
                 self.f = h5py.File(self.tmp, "r+")
             elif (region := store.source_region()) is not None:
                 path, base, size = region
-                self.copy = RangeCopy(path, self.tmp, base, size)
+                self.copy = RangeCopy(path, self.tmp, base, size, dst_base=tmp_base)
             else:
+                assert not tmp_base, "a copy at an offset needs a source region"
                 store.copy_source_to(self.tmp)
                 self._general = True
                 self._h5_bytes = self.tmp.stat().st_size
@@ -499,7 +509,7 @@ class H5Patcher(Patcher):
 
     def _rebuild(self) -> None:
         src = self.store.h5file
-        with h5py.File(self.tmp, "w") as dst:
+        with h5py.File(self.tmp, "w", userblock_size=self.tmp_base or None) as dst:
             copy_attrs(src, dst)
             self._copy_group(src, dst)
 

@@ -19,19 +19,24 @@ class RangeCopy:
     """``dst`` (an existing, empty temporary file) becomes the source with ranges replaced.
 
     The source is ``size`` bytes of ``src`` from ``base`` (by default the whole file):
-    a region such as an uncompressed zip member. Offsets are relative to ``base``.
+    a region such as an uncompressed zip member. The copy starts at ``dst_base`` of
+    ``dst`` (the bytes before it are the caller's, such as a zip local header). Offsets
+    are relative to both bases.
     """
 
-    def __init__(self, src: Path, dst: Path, base: int = 0, size: int | None = None) -> None:
+    def __init__(
+        self, src: Path, dst: Path, base: int = 0, size: int | None = None, dst_base: int = 0
+    ) -> None:
         self.src = src
         self.dst = dst
         self.base = base
+        self.dst_base = dst_base
         self.size = src.stat().st_size - base if size is None else size
         self.written: list[tuple[int, int]] = []
         self.bytes_written = 0  # by pwrite; the kernel-copied ranges are not counted
         self.fd: int | None = os.open(dst, os.O_WRONLY)
         try:
-            os.ftruncate(self.fd, self.size)
+            os.ftruncate(self.fd, dst_base + self.size)
         except OSError as exc:
             self.close()
             raise OutputError(f"{dst}: cannot write: {exc.strerror or exc}") from exc
@@ -43,7 +48,7 @@ class RangeCopy:
         done = 0
         try:
             while done < len(view):
-                done += os.pwrite(self.fd, view[done:], at + done)
+                done += os.pwrite(self.fd, view[done:], self.dst_base + at + done)
         except OSError as exc:
             raise OutputError(f"{self.dst}: cannot write: {exc.strerror or exc}") from exc
         self.written.append((at, at + len(view)))
@@ -64,7 +69,7 @@ class RangeCopy:
         try:
             with open(self.src, "rb") as src:
                 for a, b in gaps:
-                    copy_range(src.fileno(), self.fd, a, b - a, self.base)
+                    copy_range(src.fileno(), self.fd, a, b - a, self.base, self.dst_base)
         except OSError as exc:
             raise OutputError(f"{self.dst}: cannot write: {exc.strerror or exc}") from exc
         finally:
@@ -76,12 +81,17 @@ class RangeCopy:
             self.fd = None
 
 
-def copy_range(src: int, dst: int, offset: int, count: int, base: int = 0) -> None:
-    """Copy ``count`` bytes from ``base + offset`` in one file to ``offset`` in another."""
+def copy_range(
+    src: int, dst: int, offset: int, count: int, base: int = 0, dst_base: int = 0
+) -> None:
+    """Copy ``count`` bytes from ``base + offset`` in one file to ``dst_base + offset``
+    in another."""
     done = 0
     try:
         while done < count:
-            n = os.copy_file_range(src, dst, count - done, base + offset + done, offset + done)
+            n = os.copy_file_range(
+                src, dst, count - done, base + offset + done, dst_base + offset + done
+            )
             if n == 0:
                 break
             done += n
@@ -91,4 +101,4 @@ def copy_range(src: int, dst: int, offset: int, count: int, base: int = 0) -> No
         chunk = os.pread(src, min(1 << 22, count - done), base + offset + done)
         if not chunk:
             raise CorruptError(f"source shrank while being copied (at byte {offset + done})")
-        done += os.pwrite(dst, chunk, offset + done)
+        done += os.pwrite(dst, chunk, dst_base + offset + done)
