@@ -118,3 +118,19 @@ def test_ahead_stops_its_thread_when_the_caller_stops() -> None:
     gen.close()  # the caller stops early
     assert not any(t.name == "weightcli-read-ahead" for t in threading.enumerate())
     assert len(produced) < 10  # bounded: it never ran far ahead
+
+
+def test_the_zip_crc_is_zlibs_crc32() -> None:
+    """The vectorised CRC-32 that checks and writes .keras members is zlib's function
+    (the oracle), in one piece and continued across chunks; and it is the fast one."""
+    import zlib
+
+    from weightcli.stores import archive
+
+    assert archive.crc32.__module__.startswith("zlib_ng")  # the premise: not the fallback
+    rng = np.random.default_rng(7)
+    for size in (0, 1, 15, 4096, 1 << 20, (1 << 20) + 3):
+        data = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+        assert archive.crc32(data) == zlib.crc32(data)
+        cut = size // 3
+        assert archive.crc32(data[cut:], archive.crc32(data[:cut])) == zlib.crc32(data)

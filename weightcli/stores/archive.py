@@ -18,12 +18,16 @@ import shutil
 import struct
 import tempfile
 import zipfile
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from weightcli.errors import CorruptError, InputError, UnsupportedError
+
+try:  # zip's CRC-32, vectorised (~20 GB/s against zlib's ~3); the same function
+    from zlib_ng.zlib_ng import crc32
+except ImportError:  # pragma: no cover - the dependency is declared; a fallback all the same
+    from zlib import crc32
 from weightcli.stores.base import Block, Format, Patcher, StoreMeta
 from weightcli.stores.detect import is_keras_archive
 from weightcli.stores.hdf5 import H5Patcher, H5Store
@@ -96,7 +100,7 @@ class Window(io.RawIOBase):
         """The zip CRC-32 of the window's bytes (a damaged archive is refused, not laundered)."""
         crc = 0
         for chunk in read_chunks(self._fd, self.start, self.size):
-            crc = zlib.crc32(chunk, crc)
+            crc = crc32(chunk, crc)
         if crc != expected:
             raise zipfile.BadZipFile(f"Bad CRC-32 for {label}")
 
@@ -426,7 +430,7 @@ class ArchivePatcher(_WeightsMemberPatcher):
                         return False
                     crc = 0
                     for chunk in read_chunks(fd, data_at, size):
-                        crc = zlib.crc32(chunk, crc)
+                        crc = crc32(chunk, crc)
                     info.CRC = crc
                     info.header_offset = header_at
                     os.pwrite(fd, _padded_header(info, data_at - header_at), header_at)
