@@ -134,3 +134,53 @@ def test_the_zip_crc_is_zlibs_crc32() -> None:
         assert archive.crc32(data) == zlib.crc32(data)
         cut = size // 3
         assert archive.crc32(data[cut:], archive.crc32(data[:cut])) == zlib.crc32(data)
+
+
+def _pairs(blocks_a, blocks_b):
+    return iter([((None, x), (None, y)) for x, y in zip(blocks_a, blocks_b, strict=True)])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_two_threads_comparing_blocks_give_one_threads_metrics(seed: int) -> None:
+    """Blocks shared between two comparing threads, metrics merged: what one thread
+    computes over every block (counts exact, sums to rounding), NaN blocks included."""
+    rng = np.random.default_rng(seed)
+    blocks_a = [
+        rng.standard_normal(int(rng.integers(1, 5000))).astype("float32") for _ in range(23)
+    ]
+    blocks_b = [x + (rng.random(x.size) < 0.3) * np.float32(1e-3) for x in blocks_a]
+    if seed % 2:
+        blocks_b[5][0] = np.nan
+    one = compare._Acc(1e-4, 0.0, False)
+    for x, y in zip(blocks_a, blocks_b, strict=True):
+        one.update(x, y)
+    two = compare._Acc(1e-4, 0.0, False)
+    threads = []
+    real_start = threading.Thread.start
+
+    def spy(self):  # the premise: a second thread really compared
+        threads.append(self)
+        return real_start(self)
+
+    with pytest.MonkeyPatch().context() as mp:
+        mp.setattr(threading.Thread, "start", spy)
+        compare._compare_in_two(_pairs(blocks_a, blocks_b), two, 1e-4, 0.0, False)
+    assert [t.name for t in threads] == ["weightcli-compare"] and not threads[0].is_alive()
+    assert (one.identical, one.beyond, one.n) == (two.identical, two.beyond, two.n)
+    for f in ("max_abs", "sum_abs", "dd", "aa", "bb", "ab"):
+        assert getattr(two, f) == pytest.approx(getattr(one, f), rel=1e-9), f
+
+
+def test_an_error_while_comparing_in_two_is_raised_and_both_threads_end() -> None:
+    def pairs():
+        for i in range(50):
+            if i == 20:
+                raise OSError("block 20 unreadable")
+            x = np.ones(1000, "float32")
+            yield (None, x), (None, x)
+
+    before = threading.active_count()
+    acc = compare._Acc(0.0, 0.0, False)
+    with pytest.raises(OSError, match="block 20"):
+        compare._compare_in_two(ahead(pairs()), acc, 0.0, 0.0, False)
+    assert threading.active_count() == before

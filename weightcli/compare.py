@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -159,6 +160,18 @@ class _Acc:
         self.bb += float(np.dot(y.ravel(), y.ravel()))
         self.ab += float(np.dot(x.ravel(), y.ravel()))
 
+    def merge(self, other: _Acc) -> None:
+        """Add what ``other`` accumulated over other blocks of the same tensor pair."""
+        self.identical &= other.identical
+        self.beyond += other.beyond
+        self.max_abs = max(self.max_abs, other.max_abs)
+        self.sum_abs += other.sum_abs
+        self.n += other.n
+        self.dd += other.dd
+        self.aa += other.aa
+        self.bb += other.bb
+        self.ab += other.ab
+
     def finish(self, row: TensorDiff) -> None:
         row.beyond = self.beyond
         row.max_abs = self.max_abs
@@ -216,10 +229,12 @@ def diff_stores(
             pairs: Iterator[tuple[tuple[Block, np.ndarray], tuple[Block, np.ndarray]]] = zip(
                 sa.blocks(a, block_elems), sb.blocks(b, block_elems), strict=True
             )
-            if a.size > block_elems:  # several blocks: the next pair is read meanwhile
-                pairs = ahead(pairs)
-            for (_, xa), (_, xb) in pairs:
-                acc.update(xa, xb)
+            if a.size > block_elems:
+                # Several blocks: the next pairs are read by one thread while two compare.
+                _compare_in_two(ahead(pairs, depth=3), acc, atol, rtol, nan_equal)
+            else:
+                for (_, xa), (_, xb) in pairs:
+                    acc.update(xa, xb)
             acc.finish(row)
             if a.dtype != b.dtype:
                 row.status = DTYPE
@@ -231,3 +246,44 @@ def diff_stores(
                 row.status = DIFFERS
         result.rows.append(row)
     return result
+
+
+def _compare_in_two(
+    pairs: Iterator[tuple[tuple[Block, np.ndarray], tuple[Block, np.ndarray]]],
+    acc: _Acc,
+    atol: float,
+    rtol: float,
+    nan_equal: bool,
+) -> None:
+    """Block pairs compared by this thread and one more, each taking the next pair
+    (numpy's loops release the GIL: on two cores the comparisons overlap); the other
+    thread's metrics merged into ``acc``. An error in either is raised here."""
+    lock = threading.Lock()
+    other = _Acc(atol, rtol, nan_equal)
+    failed: list[BaseException] = []
+
+    def take(into: _Acc) -> None:
+        try:
+            while not failed:
+                with lock:
+                    item = next(pairs, None)
+                if item is None:
+                    return
+                (_, xa), (_, xb) = item
+                into.update(xa, xb)
+        except BaseException as exc:  # raised by the caller
+            failed.append(exc)
+
+    helper = threading.Thread(target=take, args=(other,), name="weightcli-compare", daemon=True)
+    helper.start()
+    try:
+        take(acc)
+    finally:
+        helper.join()
+        close = getattr(pairs, "close", None)
+        if close is not None:
+            with lock:
+                close()  # the read-ahead thread stops and is joined
+    if failed:
+        raise failed[0]
+    acc.merge(other)
