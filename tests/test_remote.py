@@ -132,6 +132,39 @@ def test_inspect_no_stats_of_a_large_file_fetches_under_one_percent(
     assert served >= doc["bytes_fetched"]  # weightcli's count is not above what was sent
 
 
+def test_inspect_no_stats_of_a_large_savedmodel_fetches_under_one_percent(
+    s3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SavedModel written by TensorFlow (two 32 MiB variables): its graph, index and
+    object graph are fetched; the variables' data is not."""
+    import tensorflow as tf
+
+    module = tf.Module()
+    rng = np.random.default_rng(0)
+    module.w = tf.Variable(rng.standard_normal((2048, 4096), dtype=np.float32))
+    module.v = tf.Variable(rng.standard_normal((2048, 4096), dtype=np.float32))
+    module.f = tf.function(
+        lambda x: tf.matmul(x, module.w), input_signature=[tf.TensorSpec([None, 2048], tf.float32)]
+    )
+    tf.saved_model.save(module, str(tmp_path / "sm"))
+    size = sum(p.stat().st_size for p in (tmp_path / "sm").rglob("*") if p.is_file())
+    s3.put(str(tmp_path / "sm"), f"{s3.bucket}/big/sm", recursive=True)
+    proxy = _CountingProxy(os.environ["AWS_ENDPOINT_URL"])
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        remote.forget()
+        res = run("inspect", _url(s3, "big/sm"), "--no-stats", "--json")
+        assert res.code == 0, res.err
+        served = proxy.served
+    finally:
+        proxy.close()
+    doc = res.json()
+    assert doc["format"] == run("inspect", tmp_path / "sm", "--json", "--no-stats").json()["format"]
+    assert doc["totals"]["bytes"] >= 64 << 20  # the premise: the variables are big
+    assert 0 < doc["bytes_fetched"] < 0.01 * size
+    assert served < 0.01 * size, f"the server sent {served} bytes of {size}"
+
+
 def test_statistics_stream_by_range(s3, tmp_path: Path) -> None:
     big = _big_h5(tmp_path / "big.weights.h5", 24)
     s3.put_file(str(big), f"{s3.bucket}/big/s.weights.h5")
