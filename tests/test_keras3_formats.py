@@ -226,3 +226,46 @@ def test_members_that_outgrow_their_room_take_the_copy_route(
         predict(load(out, "keras3-full"), mlp_input()),
         predict(load(want, "keras3-full"), mlp_input()),
     )
+
+
+def _with_member_after_weights(src: Path, dest: Path) -> Path:
+    """``src`` rebuilt with one more member after the weights (as an assets file)."""
+    import zipfile
+
+    with zipfile.ZipFile(src) as zs, zipfile.ZipFile(dest, "w") as zd:
+        for info in zs.infolist():
+            zd.writestr(info, zs.read(info))
+        zd.writestr("assets/vocabulary.txt", "a\nb\nc\n" * 1000, zipfile.ZIP_DEFLATED)
+    return dest
+
+
+@pytest.mark.parametrize("zip64", [False, True])
+def test_in_place_archives_keep_members_after_the_weights_and_zip64(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, zip64: bool
+) -> None:
+    """Members after the weights are written after their patched bytes, in order; with
+    ZIP64 records (forced here by a small limit) the archive reads back the same."""
+    import zipfile
+
+    from weightcli.stores import archive
+
+    src = _with_member_after_weights(SAMPLES / "mlp.keras", tmp_path / "src.keras")
+    out = tmp_path / "out.keras"
+    if zip64:
+        monkeypatch.setattr(zipfile, "ZIP64_LIMIT", 1000)
+    res = run("scale", src, "0.5", "-s", "dense_2/kernel", "-o", out)
+    assert res.code == 0, res.err
+    monkeypatch.undo()
+    with zipfile.ZipFile(src) as z0, zipfile.ZipFile(out) as zf:
+        assert zf.testzip() is None
+        assert zf.namelist() == z0.namelist() and zf.namelist()[-1] == "assets/vocabulary.txt"
+        at = archive.member_data_offset(out, zf.getinfo(archive.WEIGHTS))
+        assert at & (at - 1) == 0  # the premise: patched in place
+        header = out.read_bytes()[zf.getinfo(archive.WEIGHTS).header_offset :][:30]
+        assert (header[18:22] == b"\xff\xff\xff\xff") is zip64  # sizes in the ZIP64 extra
+        for name in z0.namelist():
+            if name != archive.WEIGHTS:
+                assert zf.read(name) == z0.read(name)
+    assert run("verify", "--no-load", out).code == 0
+    doc = run("diff", out, src, "--json").json()
+    assert [r["name"] for r in doc["tensors"] if r["status"] != "identical"] == ["dense_2/kernel"]

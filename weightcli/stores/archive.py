@@ -361,9 +361,11 @@ class ArchivePatcher(_WeightsMemberPatcher):
     def _copy_member(self, dst: zipfile.ZipFile, member: zipfile.ZipInfo) -> None:
         """One member of the source archive (not the weights), with its zip metadata."""
         info = _like(member)
-        with dst.open(info, "w", force_zip64=member.file_size > 2**31 - 1) as out:
-            if member.filename == "config.json" and self.config_bytes is not None:
-                out.write(self.config_bytes)
+        config = self.config_bytes if member.filename == "config.json" else None
+        size = member.file_size if config is None else len(config)
+        with dst.open(info, "w", force_zip64=size > zipfile.ZIP64_LIMIT) as out:
+            if config is not None:
+                out.write(config)
             else:
                 with self.store.zip.open(member) as inp:
                     shutil.copyfileobj(inp, out, 1 << 20)
@@ -393,7 +395,8 @@ class ArchivePatcher(_WeightsMemberPatcher):
                     self._copy_member(dst, member)
                     continue
                 info = _like(member)
-                with dst.open(info, "w", force_zip64=member.file_size > 2**31 - 1) as out:
+                zip64 = os.stat(weights).st_size - weights_at > zipfile.ZIP64_LIMIT
+                with dst.open(info, "w", force_zip64=zip64) as out:
                     fd = os.open(weights, os.O_RDONLY)
                     try:
                         size = os.fstat(fd).st_size - weights_at
