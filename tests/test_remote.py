@@ -662,3 +662,26 @@ def test_gs_urls_read_transform_and_write(gcs, tmp_path: Path, name: str) -> Non
 def test_gs_missing_object_is_one_line(gcs) -> None:
     _, prefix = gcs
     assert "no such" in _one_line_exit_2(run("inspect", f"gs://{prefix}/nothing.h5"))
+
+
+def test_verify_details_name_remote_models_as_given(s3, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A framework message naming a downloaded copy (Keras's errors quote the path it
+    was given) is reported with the URL the user gave."""
+    from weightcli.commands import verify as verify_cmd
+    from weightcli.results import Check, CheckStatus
+
+    seen = []
+
+    def child(fn, request, path):
+        seen.append((path, request.reference))
+        return [
+            Check("loads", CheckStatus.FAIL, f"OSError: cannot open {path} or {request.reference}")
+        ]
+
+    monkeypatch.setattr(verify_cmd, "run_in_child", child)
+    model, ref = _url(s3, "m/mlp.keras"), _url(s3, "m/mlp_keras3.h5")
+    res = run("verify", model, "--reference", ref, "--json")
+    ((copy, ref_copy),) = seen
+    assert not remote.is_url(copy) and not remote.is_url(ref_copy)  # the premise: copies
+    detail = next(c["detail"] for c in res.json()["checks"] if c["name"] == "loads")
+    assert detail == f"OSError: cannot open {model} or {ref}"

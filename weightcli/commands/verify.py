@@ -13,7 +13,7 @@ from weightcli.compare import check_tolerances
 from weightcli.errors import ParameterError
 from weightcli.results import Check, VerifyResult
 from weightcli.stores import open_store
-from weightcli.stores.remote import as_local, as_path
+from weightcli.stores.remote import as_local, as_path, is_url
 
 __all__ = ["VerifyRequest", "VerifyResult", "run"]
 
@@ -72,7 +72,14 @@ def run(request: VerifyRequest, path: str | Path) -> VerifyResult:
             architecture=as_local(request.architecture) if request.architecture else None,
             input_file=as_local(request.input_file) if request.input_file else None,
         )
-        result.checks += run_in_child(framework_checks, local, as_local(as_path(path)))
+        checks = run_in_child(framework_checks, local, as_local(as_path(path)))
+        # The details name the models as the user did, not their downloaded copies.
+        urls = (request.reference, request.architecture, request.input_file, as_path(path))
+        names = {str(as_local(u)): str(u) for u in urls if u is not None and is_url(u)}
+        for check in checks:
+            for copy, url in names.items():
+                check.detail = check.detail.replace(copy, url)
+        result.checks += checks
     except ChildDied as exc:
         result.checks.append(
             Check("loads", FAIL, f"the framework crashed loading or running it: {exc}")
