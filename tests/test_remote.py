@@ -685,3 +685,37 @@ def test_verify_details_name_remote_models_as_given(s3, monkeypatch: pytest.Monk
     assert not remote.is_url(copy) and not remote.is_url(ref_copy)  # the premise: copies
     detail = next(c["detail"] for c in res.json()["checks"] if c["name"] == "loads")
     assert detail == f"OSError: cannot open {model} or {ref}"
+
+
+def test_a_refused_server_side_copy_falls_back_to_sending_every_byte(
+    s3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store that refuses UploadPartCopy (an encrypted source, a bucket policy): the
+    output is uploaded whole instead, and is right."""
+    big = _big_h5(tmp_path / "r.weights.h5", 24)
+    s3.put_file(str(big), f"{s3.bucket}/big/r.weights.h5")
+    calls = []
+    real = type(s3).call_s3
+
+    def refuse(self, method, *args, **kwargs):
+        calls.append(method)
+        if method == "upload_part_copy":
+            raise PermissionError("AccessDenied: copy refused")
+        return real(self, method, *args, **kwargs)
+
+    monkeypatch.setattr(type(s3), "call_s3", refuse)
+    remote.forget()
+    res = run("scale", _url(s3, "big/r.weights.h5"), "0.5", "-s", "dense_0/kernel",
+              "-o", _url(s3, "o/r.weights.h5"))  # fmt: skip
+    assert res.code == 0, res.err
+    assert "upload_part_copy" in calls and "abort_multipart_upload" in calls  # the premise
+    monkeypatch.undo()
+    local = tmp_path / "local.weights.h5"
+    assert run("scale", big, "0.5", "-s", "dense_0/kernel", "-o", local).code == 0
+    fetched = tmp_path / "fetched.weights.h5"
+    s3.invalidate_cache()
+    s3.get_file(f"{s3.bucket}/o/r.weights.h5", str(fetched))
+    a, b = _tensors(fetched), _tensors(local)
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])

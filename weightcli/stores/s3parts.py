@@ -118,8 +118,9 @@ def plan(local: Path, source: Path) -> list[tuple[str, int, int]]:
 
 def upload_with_copies(fs: Any, local: Path, bucket: str, key: str, origin: Origin) -> bool:
     """Upload ``local`` to ``bucket/key`` copying the parts it shares with ``origin``
-    server-side. False (nothing written) when no part is shared or the origin changed
-    since it was downloaded: the caller then uploads the file whole."""
+    server-side. False (nothing written) when no part is shared, the origin changed
+    since it was downloaded, or the multipart upload failed: the caller then uploads
+    the file whole (and reports that upload's error, if any)."""
     size = local.stat().st_size
     if size < 2 * MIN_PART:
         return False
@@ -160,16 +161,13 @@ def upload_with_copies(fs: Any, local: Path, bucket: str, key: str, origin: Orig
     except BaseException as exc:
         with contextlib.suppress(Exception):
             fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
-        if isinstance(exc, _OriginChanged) or _precondition_failed(exc):
+        if isinstance(exc, Exception):
+            # The origin changed (412 on CopySourceIfMatch, or the check above), or the
+            # store refused the copy (an encrypted source, a policy): send every byte.
             return False
-        raise
+        raise  # an interrupt
     return True
 
 
 class _OriginChanged(Exception):
     pass
-
-
-def _precondition_failed(exc: BaseException) -> bool:
-    text = str(exc)
-    return "PreconditionFailed" in text or "412" in text or "precondition" in text.lower()
