@@ -388,3 +388,5 @@ def test_deflated_keras_archive(tmp_path: Path) -> None:
         "/layers/dense_2/vars/0",
         "/layers/dense_2/vars/1",
     }
+    with zipfile.ZipFile(src) as a, zipfile.ZipFile(out) as b:  # compressed as they were
+        assert [m.compress_type for m in b.infolist()] == [m.compress_type for m in a.infolist()]

@@ -329,9 +329,9 @@ class ArchivePatcher(_WeightsMemberPatcher):
     ``data_at`` (a power of two, so h5py finds them after a user block), patched there,
     and the members before it, its local header (padded to end at ``data_at``), the
     members after it and the central directory are written around it at commit.
-    A compressed weights member, one whose HDF5 superblock is not at its start, or
-    members before it that outgrew the room left for them, take the other route: the
-    member patched in a temporary ``.h5``, copied into a new archive.
+    A compressed weights member (kept compressed), one whose HDF5 superblock is not at
+    its start, or members before it that outgrew the room left for them, take the
+    other route: the member patched in a temporary ``.h5``, copied into a new archive.
     """
 
     def __init__(self, store: ArchiveStore, out: Path, retype: dict[str, str]) -> None:
@@ -341,7 +341,8 @@ class ArchivePatcher(_WeightsMemberPatcher):
         self._zip_bytes = 0
         self.config_bytes: bytes | None = None
         self.zip_tmp = temp_beside(out)
-        self.data_at = _data_offset(store) if _starts_hdf5(store) else 0
+        stored = store.zip.getinfo(WEIGHTS).compress_type == zipfile.ZIP_STORED
+        self.data_at = _data_offset(store) if stored and _starts_hdf5(store) else 0
         h5_tmp = self.zip_tmp if self.data_at else temp_beside(out, ".h5")
         try:
             self.inner = H5Patcher(store, out, retype, tmp=h5_tmp, tmp_base=self.data_at)
