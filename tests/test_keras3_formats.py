@@ -168,6 +168,10 @@ def test_an_archive_is_patched_inside_the_new_archive(
         assert at >= archive.MIN_DATA_AT and at & (at - 1) == 0  # the premise
         assert archive.member_data_offset(slow, zs.getinfo(archive.WEIGHTS)) < at
         assert zf.namelist() == z0.namelist() == zs.namelist()
+        infos = zf.infolist()  # no gap between members (streaming readers walk them)
+        for before, after in zip(infos, infos[1:], strict=False):
+            end = archive.member_data_offset(fast, before) + before.compress_size
+            assert after.header_offset == end
         others = [n for n in z0.namelist() if n != archive.WEIGHTS]
         for name in others:
             assert zf.read(name) == z0.read(name)
@@ -269,3 +273,39 @@ def test_in_place_archives_keep_members_after_the_weights_and_zip64(
     assert run("verify", "--no-load", out).code == 0
     doc = run("diff", out, src, "--json").json()
     assert [r["name"] for r in doc["tensors"] if r["status"] != "identical"] == ["dense_2/kernel"]
+
+
+def test_padding_beyond_an_extra_field_takes_the_copy_route(tmp_path: Path) -> None:
+    """Members before the weights whose size leaves more room below the next power of
+    two than one extra field can pad: no gap is left between members (streaming zip
+    readers walk the local headers); the archive is built by copying instead."""
+    import zipfile
+
+    from weightcli.stores import archive
+
+    src = tmp_path / "big_meta.keras"
+    with zipfile.ZipFile(SAMPLES / "mlp.keras") as zs, zipfile.ZipFile(src, "w") as zd:
+        for info in zs.infolist():
+            data = zs.read(info)
+            if info.filename == "metadata.json":
+                meta = json.loads(data)
+                meta["notes"] = "x" * 140_000
+                data = json.dumps(meta).encode()
+            zd.writestr(info, data)
+    with zipfile.ZipFile(src) as zs:
+        free = zs.getinfo(archive.WEIGHTS).header_offset
+    with archive.ArchiveStore(src) as store:  # the premise: more than an extra field
+        assert archive._data_offset(store) - free - 46 > archive.MAX_EXTRA
+    out = tmp_path / "out.keras"
+    assert run("scale", src, "0.5", "-o", out).code == 0
+    with zipfile.ZipFile(out) as zf, zipfile.ZipFile(src) as z0:
+        assert zf.testzip() is None and zf.namelist() == z0.namelist()
+        infos = zf.infolist()
+        for before, after in zip(infos, infos[1:], strict=False):
+            assert (
+                after.header_offset
+                == archive.member_data_offset(out, before) + before.compress_size
+            )
+        assert zf.read("metadata.json") == z0.read("metadata.json")
+    doc = run("diff", out, src, "--json").json()
+    assert {r["status"] for r in doc["tensors"]} == {"differs"}

@@ -463,15 +463,18 @@ class ArchivePatcher(_WeightsMemberPatcher):
 
 
 def _data_offset(store: ArchiveStore) -> int:
-    """Where the weights' bytes go: the first power of two (>= MIN_DATA_AT) leaving room
-    for the members before them, with slack for a rewritten config, and its header."""
-    need = 0
+    """Where the weights' bytes go: the first power of two (>= MIN_DATA_AT) past the
+    members before them and the weights' local header, with some room for a config
+    rewritten longer (or a member compressed a little worse)."""
+    need = 30 + len(WEIGHTS) + 20 + 6
     for member in store.zip.infolist():
         if member.filename == WEIGHTS:
             break
         need += 30 + len(member.filename.encode()) + len(member.extra) + 20 + member.file_size
-        need += max(member.file_size, 4096)  # slack: a config rewritten, recompressed
-    need += 30 + len(WEIGHTS) + 20 + 6
+        if member.compress_type != zipfile.ZIP_STORED:
+            need += 1024 + member.file_size // 100  # deflate's worst case, and more
+        if member.filename == "config.json":
+            need += 1024 + member.file_size // 8
     at = MIN_DATA_AT
     while at < need:
         at *= 2
@@ -480,12 +483,15 @@ def _data_offset(store: ArchiveStore) -> int:
 
 def _header_offset(info: zipfile.ZipInfo, data_at: int, free: int) -> int | None:
     """Where the weights' local header starts so that it ends at ``data_at``: right
-    after the members before (``free``), its extra field padding the rest, or (more
-    than an extra field holds) as late as it can, zeros between. None: no room."""
+    after the members before it (``free``), its extra field padding the rest (no gap
+    between members: streaming zip readers walk the local headers). None when that
+    does not fit: the members before outgrew their room, or the padding would exceed
+    what an extra field holds."""
     fixed = 30 + len(info.filename.encode()) + (20 if info.file_size > zipfile.ZIP64_LIMIT else 0)
-    if data_at - free - fixed < 6:
+    room = data_at - free - fixed
+    if not 6 <= room <= MAX_EXTRA:
         return None
-    return max(free, data_at - fixed - MAX_EXTRA)
+    return free
 
 
 def _starts_hdf5(store: ArchiveStore) -> bool:
