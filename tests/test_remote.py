@@ -473,6 +473,30 @@ def test_a_replaced_remote_folder_keeps_no_old_objects(s3, tmp_path: Path) -> No
     )
 
 
+def test_verify_checks_a_remote_archives_crc(s3, tmp_path: Path) -> None:
+    """Opening a remote .keras reads its central directory and ranges only; verify, whose
+    job is integrity, fetches the weights member whole and checks its CRC, as opening a
+    local archive does."""
+    import zipfile
+
+    bad = tmp_path / "flipped.keras"
+    bad.write_bytes((SAMPLES / "mlp.keras").read_bytes())
+    with zipfile.ZipFile(bad) as zf:
+        info = zf.getinfo("model.weights.h5")
+    at = info.header_offset + 30 + len(info.filename) + len(info.extra) + info.file_size // 2
+    data = bytearray(bad.read_bytes())
+    data[at] ^= 0x01
+    bad.write_bytes(bytes(data))
+    local = run("verify", "--no-load", bad)
+    s3.put_file(str(bad), f"{s3.bucket}/m/flipped.keras")
+    url = _url(s3, "m/flipped.keras")
+    assert run("inspect", url, "--no-stats").code == 0  # metadata only: not fetched
+    res = run("verify", "--no-load", url)
+    msg = _one_line_exit_2(res)
+    assert "CRC" in msg and url in msg
+    assert local.code == 2 and msg.replace(url, "X") == local.err.strip().replace(str(bad), "X")
+
+
 # -- bad input ----------------------------------------------------------------------------------
 
 

@@ -56,6 +56,7 @@ def run(request: VerifyRequest, path: str | Path) -> VerifyResult:
     goes on (a batch reports the models after it)."""
     result = VerifyResult(str(path))
     with open_store(path) as store:
+        store.check_container()  # what opening skipped (a remote archive's CRC)
         checks, _ = static_checks(store)
         result.checks += checks
         if request.reference is not None:

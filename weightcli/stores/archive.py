@@ -99,8 +99,16 @@ class Window(io.RawIOBase):
     def check_crc(self, expected: int, label: str) -> None:
         """The zip CRC-32 of the window's bytes (a damaged archive is refused, not laundered)."""
         crc = 0
-        for chunk in read_chunks(self._fd, self.start, self.size):
-            crc = crc32(chunk, crc)
+        if self._reader is not None:  # in object storage: fetched in large ranges
+            for at in range(self.start, self.start + self.size, REMOTE_CHUNK):
+                n = min(REMOTE_CHUNK, self.start + self.size - at)
+                chunk = self._reader.pread(n, at)
+                if len(chunk) != n:
+                    raise CorruptError(f"{label}: object ends at byte {at + len(chunk)}")
+                crc = crc32(chunk, crc)
+        else:
+            for chunk in read_chunks(self._fd, self.start, self.size):
+                crc = crc32(chunk, crc)
         if crc != expected:
             raise zipfile.BadZipFile(f"Bad CRC-32 for {label}")
 
@@ -111,6 +119,7 @@ class Window(io.RawIOBase):
 
 
 COPY_CHUNK = 1 << 20
+REMOTE_CHUNK = 8 << 20  # bytes per ranged read when a remote member is checked whole
 
 
 def read_chunks(fd: int, start: int, size: int) -> Iterator[memoryview]:
@@ -255,6 +264,14 @@ class ArchiveStore(H5Store):
                     raise CorruptError(f"{self.path}: {WEIGHTS} is longer than its zip entry says")
                 out.write(chunk)
         return self._extracted
+
+    def check_container(self) -> None:
+        """In object storage, the weights member's CRC (checked on opening a local file)."""
+        if self._reader is not None and self._window is not None:
+            try:
+                self._window.check_crc(self._zip.getinfo(WEIGHTS).CRC, f"{self.path}: {WEIGHTS}")
+            except zipfile.BadZipFile as exc:  # as when a local archive is opened
+                raise CorruptError(f"{self.path}: damaged archive member {WEIGHTS}: {exc}") from exc
 
     @property
     def zip(self) -> zipfile.ZipFile:

@@ -455,6 +455,10 @@ class Store(abc.ABC):
         tensor's data need this only for the other copies (``verify``).
         """
 
+    def check_container(self) -> None:  # noqa: B027 - optional hook
+        """Checks of the whole container that opening skipped because they read every
+        byte (in object storage: a ``.keras`` member's CRC); ``verify`` asks for them."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release file handles."""
 
