@@ -102,10 +102,10 @@ class Window(io.RawIOBase):
         if self._reader is not None:  # in object storage: fetched in large ranges
             for at in range(self.start, self.start + self.size, REMOTE_CHUNK):
                 n = min(REMOTE_CHUNK, self.start + self.size - at)
-                chunk = self._reader.pread(n, at)
-                if len(chunk) != n:
-                    raise CorruptError(f"{label}: object ends at byte {at + len(chunk)}")
-                crc = crc32(chunk, crc)
+                data = self._reader.pread(n, at)
+                if len(data) != n:
+                    raise CorruptError(f"{label}: object ends at byte {at + len(data)}")
+                crc = crc32(data, crc)
         else:
             for chunk in read_chunks(self._fd, self.start, self.size):
                 crc = crc32(chunk, crc)
