@@ -35,6 +35,7 @@ from weightcli.stores.output import (
     TEMP_TAG,
     publish,
     remove_stale_temps,
+    signals_held,
     temp_beside,
     temp_dir_beside,
 )
@@ -254,8 +255,11 @@ class ArchiveStore(H5Store):
             )
         tmpdir = Path(tempfile.gettempdir())
         remove_stale_temps(tmpdir, "")
-        fd, name = tempfile.mkstemp(prefix=f".weights.{TEMP_TAG}{os.getpid()}.", suffix=".h5.tmp")
-        self._extracted = Path(name)
+        with signals_held():  # created and remembered (removed on close) as one step
+            fd, name = tempfile.mkstemp(
+                prefix=f".weights.{TEMP_TAG}{os.getpid()}.", suffix=".h5.tmp"
+            )
+            self._extracted = Path(name)
         written = 0
         with os.fdopen(fd, "wb") as out, self._zip.open(member) as inp:
             while chunk := inp.read(1 << 20):

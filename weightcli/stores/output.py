@@ -13,7 +13,9 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from weightcli.errors import OutputError, ParameterError, UsageError, literal
@@ -249,15 +251,34 @@ def _remove_live_temps() -> None:
 atexit.register(_remove_live_temps)
 
 
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM held back while a temporary is created and registered: one
+    landing between the two would leave a temporary nobody knows to remove (it is
+    delivered, and handled, right after)."""
+    try:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    except (AttributeError, OSError, ValueError):  # no signal masks here
+        old = None
+    try:
+        yield
+    finally:
+        if old is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def temp_beside(out: Path, suffix: str = "") -> Path:
     """A fresh temporary file in OUT's folder (mode as an ordinary new file)."""
     folder = _check_folder(out)
     remove_stale_temps(folder, f".{out.name}.")
     try:
-        fd, name = tempfile.mkstemp(prefix=_temp_prefix(out), suffix=f"{suffix}.tmp", dir=folder)
+        with signals_held():
+            fd, name = tempfile.mkstemp(
+                prefix=_temp_prefix(out), suffix=f"{suffix}.tmp", dir=folder
+            )
+            _live.add(Path(name))
     except OSError as exc:
         raise OutputError(f"{out}: cannot write in {folder}: {exc.strerror or exc}") from exc
-    _live.add(Path(name))
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -270,10 +291,11 @@ def temp_dir_beside(out: Path) -> Path:
     folder = _check_folder(out)
     remove_stale_temps(folder, f".{out.name}.")
     try:
-        made = Path(tempfile.mkdtemp(prefix=_temp_prefix(out), suffix=".tmp", dir=folder))
+        with signals_held():
+            made = Path(tempfile.mkdtemp(prefix=_temp_prefix(out), suffix=".tmp", dir=folder))
+            _live.add(made)
     except OSError as exc:
         raise OutputError(f"{out}: cannot write in {folder}: {exc.strerror or exc}") from exc
-    _live.add(made)
     return made
 
 
