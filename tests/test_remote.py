@@ -743,3 +743,26 @@ def test_a_refused_server_side_copy_falls_back_to_sending_every_byte(
     assert a.keys() == b.keys()
     for name in a:
         np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_a_staged_download_left_by_an_interrupt_is_removed_at_exit(tmp_path: Path) -> None:
+    """A downloaded copy whose owner never ran (an interrupt right after the download):
+    the process removes it when it ends."""
+    code = (
+        "import fsspec, sys\n"
+        "from weightcli.stores import remote\n"
+        "fsspec.filesystem('memory').pipe('/b/x.bin', b'abc')\n"
+        "staged = remote.stage(remote.as_path('memory://b/x.bin'))\n"
+        "print(staged.read_bytes().decode(), flush=True)\n"
+        "raise KeyboardInterrupt\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    assert res.stdout.strip() == "abc"  # the premise: it was downloaded into TMPDIR
+    assert "KeyboardInterrupt" in res.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from weightcli.errors import CorruptError, InputError, UnsupportedError
+from weightcli.interrupts import signals_held
 
 try:  # zip's CRC-32, vectorised (~20 GB/s against zlib's ~3); the same function
     from zlib_ng.zlib_ng import crc32
@@ -35,7 +36,6 @@ from weightcli.stores.output import (
     TEMP_TAG,
     publish,
     remove_stale_temps,
-    signals_held,
     temp_beside,
     temp_dir_beside,
 )

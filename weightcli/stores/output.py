@@ -13,12 +13,11 @@ import contextlib
 import os
 import re
 import shutil
-import signal
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 from weightcli.errors import OutputError, ParameterError, UsageError, literal
+from weightcli.interrupts import signals_held
 from weightcli.stores.base import Format, Store
 from weightcli.stores.detect import index_path
 from weightcli.stores.remote import RemotePath, as_path, is_url, upload
@@ -249,22 +248,6 @@ def _remove_live_temps() -> None:
 
 
 atexit.register(_remove_live_temps)
-
-
-@contextlib.contextmanager
-def signals_held() -> Iterator[None]:
-    """SIGINT and SIGTERM held back while a temporary is created and registered: one
-    landing between the two would leave a temporary nobody knows to remove (it is
-    delivered, and handled, right after)."""
-    try:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    except (AttributeError, OSError, ValueError):  # no signal masks here
-        old = None
-    try:
-        yield
-    finally:
-        if old is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def temp_beside(out: Path, suffix: str = "") -> Path:

@@ -17,6 +17,7 @@ Credentials are found the way those libraries find them (for S3: ``AWS_*`` varia
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import json
@@ -30,6 +31,7 @@ from pathlib import Path, PosixPath
 from typing import Any
 
 from weightcli.errors import InputError, OutputError, UsageError
+from weightcli.interrupts import signals_held
 from weightcli.stores.s3parts import Origin
 
 URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -47,6 +49,19 @@ _filesystems: dict[str, Any] = {}
 _infos: dict[str, dict[str, Any] | None] = {}
 _blocks: OrderedDict[tuple[str, int], bytes] = OrderedDict()
 _origins: dict[str, Origin] = {}  # local download -> the object it came from
+# Staging folders this process made and has not removed: removed when it ends.
+_stage_folders: set[Path] = set()
+
+
+def _remove_stage_folders() -> None:
+    import shutil
+
+    for folder in list(_stage_folders):
+        shutil.rmtree(folder, ignore_errors=True)
+    _stage_folders.clear()
+
+
+atexit.register(_remove_stage_folders)
 S3 = ("s3", "s3a")
 
 
@@ -420,7 +435,9 @@ def stage(path: Path, siblings: list[Path] | None = None) -> Path:
     import tempfile
 
     assert isinstance(path, RemotePath)
-    folder = Path(tempfile.mkdtemp(prefix="weightcli-stage-"))
+    with signals_held():  # made and registered (removed at exit if left) as one step
+        folder = Path(tempfile.mkdtemp(prefix="weightcli-stage-"))
+        _stage_folders.add(folder)
     dest = folder / path.name
     try:
         if path.exists():
@@ -435,6 +452,7 @@ def stage(path: Path, siblings: list[Path] | None = None) -> Path:
         import shutil
 
         shutil.rmtree(folder, ignore_errors=True)
+        forget_origins(folder)
         raise
     return dest
 
@@ -461,6 +479,7 @@ def as_local(path: Path) -> Path:
 
 def forget_origins(folder: Path) -> None:
     """Forget the downloads below ``folder`` (removed)."""
+    _stage_folders.discard(folder)
     for name in [n for n in _origins if Path(n).is_relative_to(folder)]:
         del _origins[name]
 
