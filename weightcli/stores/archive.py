@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from weightcli.errors import CorruptError, InputError, UnsupportedError
-from weightcli.interrupts import signals_held
+from weightcli.stores.interrupts import signals_held
 
 try:  # zip's CRC-32, vectorised (~20 GB/s against zlib's ~3); the same function
     from zlib_ng.zlib_ng import crc32

@@ -17,9 +17,9 @@ import tempfile
 from pathlib import Path
 
 from weightcli.errors import OutputError, ParameterError, UsageError, literal
-from weightcli.interrupts import signals_held
 from weightcli.stores.base import Format, Store
 from weightcli.stores.detect import index_path
+from weightcli.stores.interrupts import signals_held
 from weightcli.stores.remote import RemotePath, as_path, is_url, upload
 
 

@@ -31,7 +31,7 @@ from pathlib import Path, PosixPath
 from typing import Any
 
 from weightcli.errors import InputError, OutputError, UsageError
-from weightcli.interrupts import signals_held
+from weightcli.stores.interrupts import signals_held
 from weightcli.stores.s3parts import Origin
 
 URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
