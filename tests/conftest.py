@@ -60,8 +60,6 @@ def _start_moto(env_extra: dict[str, str] | None = None):
     import os
     import subprocess
     import sys
-    import time
-    import urllib.request
 
     port = _free_port()
     proc = subprocess.Popen(
@@ -71,15 +69,24 @@ def _start_moto(env_extra: dict[str, str] | None = None):
         env={**os.environ, **(env_extra or {})},
     )
     endpoint = f"http://127.0.0.1:{port}"
+    _wait_until_served(proc, endpoint + "/moto-api/", "moto server")
+    return proc, endpoint
+
+
+def _wait_until_served(proc, url: str, what: str) -> None:
+    """Until ``url`` answers (the server ``proc`` started); killed after 30 s or if it dies."""
+    import time
+    import urllib.request
+
     deadline = time.monotonic() + 30
     while True:
         try:
-            urllib.request.urlopen(endpoint + "/moto-api/", timeout=1).close()
-            return proc, endpoint
+            urllib.request.urlopen(url, timeout=1).close()
+            return
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                raise RuntimeError("moto server did not start") from None
+                raise RuntimeError(f"the {what} did not start") from None
             time.sleep(0.1)
 
 
@@ -134,8 +141,6 @@ def gcs_endpoint():
     import os
     import subprocess
     import sys
-    import time
-    import urllib.request
 
     port = _free_port()
     proc = subprocess.Popen(
@@ -155,16 +160,7 @@ def gcs_endpoint():
         env=dict(os.environ),
     )
     endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(endpoint + "/storage/v1/b/models", timeout=1).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("the GCS emulator did not start") from None
-            time.sleep(0.1)
+    _wait_until_served(proc, endpoint + "/storage/v1/b/models", "GCS emulator")
     try:
         yield endpoint
     finally:

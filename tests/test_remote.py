@@ -110,21 +110,29 @@ class _CountingProxy:
         self.server.close()
 
 
+def _counted(monkeypatch: pytest.MonkeyPatch, *args: object):
+    """Run a command with every request going through a counting proxy: (result, proxy)."""
+    proxy = _CountingProxy(os.environ["AWS_ENDPOINT_URL"])
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        remote.forget()
+        res = run(*args)
+        assert res.code == 0, res.err
+    finally:
+        proxy.close()
+    return res, proxy
+
+
 def test_inspect_no_stats_of_a_large_file_fetches_under_one_percent(
     s3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     big = _big_h5(tmp_path / "big.weights.h5", 96)
     size = big.stat().st_size
     s3.put_file(str(big), f"{s3.bucket}/big/big.weights.h5")
-    proxy = _CountingProxy(os.environ["AWS_ENDPOINT_URL"])
-    try:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
-        remote.forget()
-        res = run("inspect", _url(s3, "big/big.weights.h5"), "--no-stats", "--json")
-        assert res.code == 0, res.err
-        served = proxy.served
-    finally:
-        proxy.close()
+    res, proxy = _counted(
+        monkeypatch, "inspect", _url(s3, "big/big.weights.h5"), "--no-stats", "--json"
+    )
+    served = proxy.served
     doc = res.json()
     assert doc["totals"]["bytes"] > 90 << 20  # the premise: a big file
     assert 0 < doc["bytes_fetched"] < 0.01 * size
@@ -149,15 +157,8 @@ def test_inspect_no_stats_of_a_large_savedmodel_fetches_under_one_percent(
     tf.saved_model.save(module, str(tmp_path / "sm"))
     size = sum(p.stat().st_size for p in (tmp_path / "sm").rglob("*") if p.is_file())
     s3.put(str(tmp_path / "sm"), f"{s3.bucket}/big/sm", recursive=True)
-    proxy = _CountingProxy(os.environ["AWS_ENDPOINT_URL"])
-    try:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
-        remote.forget()
-        res = run("inspect", _url(s3, "big/sm"), "--no-stats", "--json")
-        assert res.code == 0, res.err
-        served = proxy.served
-    finally:
-        proxy.close()
+    res, proxy = _counted(monkeypatch, "inspect", _url(s3, "big/sm"), "--no-stats", "--json")
+    served = proxy.served
     doc = res.json()
     assert doc["format"] == run("inspect", tmp_path / "sm", "--json", "--no-stats").json()["format"]
     assert doc["totals"]["bytes"] >= 64 << 20  # the premise: the variables are big
@@ -312,23 +313,11 @@ def test_unchanged_parts_are_copied_server_side(
     local = tmp_path / "local.weights.h5"
     want = run("scale", big, "0.5", "-s", "dense_2/kernel", "-o", local)
     assert want.code == 0, want.err
-    proxy = _CountingProxy(os.environ["AWS_ENDPOINT_URL"])
-    try:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
-        remote.forget()
-        got = run(
-            "scale",
-            _url(s3, "big/big.weights.h5"),
-            "0.5",
-            "-s",
-            "dense_2/kernel",
-            "-o",
-            _url(s3, "o/one.weights.h5"),
-        )
-        assert got.code == 0, got.err
-        sent = proxy.received
-    finally:
-        proxy.close()
+    _, proxy = _counted(
+        monkeypatch, "scale", _url(s3, "big/big.weights.h5"), "0.5", "-s", "dense_2/kernel",
+        "-o", _url(s3, "o/one.weights.h5"),
+    )  # fmt: skip
+    sent = proxy.received
     print(f"server-side copy: sent {sent} bytes of {size} ({sent / size:.0%})")
     assert sent < 0.4 * size, f"uploaded {sent} bytes of {size}: no server-side copy"
     assert proxy.served >= size  # the premise: the source was read (and hashed) whole
