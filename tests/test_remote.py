@@ -755,3 +755,38 @@ def test_a_staged_download_left_by_an_interrupt_is_removed_at_exit(tmp_path: Pat
     assert res.stdout.strip() == "abc"  # the premise: it was downloaded into TMPDIR
     assert "KeyboardInterrupt" in res.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_no_collection_runs_while_a_range_is_fetched(
+    memfs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """h5py reads a remote file holding its global lock while fsspec's IO thread fetches;
+    a collection on that thread freeing an h5py object would wait for that lock: a
+    deadlock (seen in a batch worker). So no collection runs during a fetch, also when
+    fetches overlap, and collection is back on after."""
+    import gc
+
+    memfs.pipe("/b/x.bin", bytes(range(256)) * 1024)
+    fs = remote.as_path("memory://b/x.bin").fs
+    seen: list[bool] = []
+    real = type(fs).cat_file
+    inner = threading.Event()
+
+    def cat_file(self, path, start=None, end=None, **kw):
+        seen.append(gc.isenabled())
+        if not inner.is_set():  # a second fetch while this one runs (another thread)
+            inner.set()
+            t = threading.Thread(
+                target=lambda: remote.open_range(remote.as_path("memory://b/x.bin")).pread(
+                    1 << 18, 0
+                )
+            )
+            t.start()
+            t.join()
+        return real(self, path, start=start, end=end, **kw)
+
+    monkeypatch.setattr(type(fs), "cat_file", cat_file)
+    assert gc.isenabled()  # the premise
+    f = remote.open_range(remote.as_path("memory://b/x.bin"))
+    assert f.pread(1 << 18, 0) == (bytes(range(256)) * 1024)[: 1 << 18]
+    assert seen == [False, False] and gc.isenabled()

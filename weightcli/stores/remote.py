@@ -315,6 +315,35 @@ class RemotePath(PosixPath):
             yield p
 
 
+_gc_lock = threading.Lock()
+_gc_holds = 0
+_gc_was_enabled = False
+
+
+@contextlib.contextmanager
+def _no_collection() -> Iterator[None]:
+    """No garbage collection while a range is fetched. h5py reads a remote file through
+    :class:`RangeFile` holding its global lock, and the fetch runs on fsspec's IO
+    thread: a collection there that frees an h5py object (its ``__dealloc__`` takes the
+    same lock) would wait for the reader, which waits for the fetch (a deadlock, seen
+    once in a batch worker). Nested and concurrent fetches share one hold."""
+    import gc
+
+    global _gc_holds, _gc_was_enabled
+    with _gc_lock:
+        if _gc_holds == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_holds += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_holds -= 1
+            if _gc_holds == 0 and _gc_was_enabled:
+                gc.enable()
+
+
 class RangeFile(io.RawIOBase):
     """A read-only, seekable file over an object, fetched by byte range.
 
@@ -346,7 +375,8 @@ class RangeFile(io.RawIOBase):
 
     def _fetch(self, start: int, end: int) -> bytes:
         try:
-            data: bytes = self.path.fs.cat_file(self.path.key, start=start, end=end)
+            with _no_collection():
+                data: bytes = self.path.fs.cat_file(self.path.key, start=start, end=end)
         except FileNotFoundError as exc:
             raise InputError(f"{self.path}: the object disappeared while being read") from exc
         except Exception as exc:  # noqa: BLE001
