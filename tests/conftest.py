@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -54,51 +55,54 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start_moto(env_extra: dict[str, str] | None = None):
-    """moto's standalone S3 server on a free local port (the server s3fs's own tests
-    use); returns (process, endpoint)."""
+@contextlib.contextmanager
+def _server(argv: list[str], ready: str, what: str, env_extra: dict[str, str] | None = None):
+    """A server started as ``argv`` (``{port}`` filled with a free local port), waited
+    for until ``ready`` (a path) answers; yields its endpoint; stopped at the end."""
     import os
     import subprocess
     import sys
+    import time
+    import urllib.request
 
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, *(a.format(port=port) for a in argv)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env={**os.environ, **(env_extra or {})},
     )
     endpoint = f"http://127.0.0.1:{port}"
-    _wait_until_served(proc, endpoint + "/moto-api/", "moto server")
-    return proc, endpoint
-
-
-def _wait_until_served(proc, url: str, what: str) -> None:
-    """Until ``url`` answers (the server ``proc`` started); killed after 30 s or if it dies."""
-    import time
-    import urllib.request
-
-    deadline = time.monotonic() + 30
-    while True:
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(endpoint + ready, timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the {what} did not start") from None
+                time.sleep(0.1)
+        yield endpoint
+    finally:
+        proc.terminate()
         try:
-            urllib.request.urlopen(url, timeout=1).close()
-            return
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"the {what} did not start") from None
-            time.sleep(0.1)
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def moto_server(env_extra: dict[str, str] | None = None):
+    """moto's standalone S3 server on 127.0.0.1 (the server s3fs's own tests use)."""
+    argv = ["-m", "moto.server", "-H", "127.0.0.1", "-p", "{port}"]
+    return _server(argv, "/moto-api/", "moto server", env_extra)
 
 
 @pytest.fixture(scope="session")
 def moto_endpoint():
     """A real S3-compatible server on 127.0.0.1 for the whole session; stopped at the end."""
-    proc, endpoint = _start_moto()
-    try:
+    with moto_server() as endpoint:
         yield endpoint
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @pytest.fixture
@@ -138,34 +142,10 @@ def s3(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch):
 def gcs_endpoint():
     """A Google Cloud Storage emulator (gcp-storage-emulator, in memory) on 127.0.0.1
     for the whole session, with a bucket ``models``; stopped at the end."""
-    import os
-    import subprocess
-    import sys
-
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gcp_storage_emulator",
-            "start",
-            "-H",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ]
-        + ["--in-memory", "--default-bucket", "models", "--quiet"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=dict(os.environ),
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    _wait_until_served(proc, endpoint + "/storage/v1/b/models", "GCS emulator")
-    try:
+    argv = ["-m", "gcp_storage_emulator", "start", "-H", "127.0.0.1", "--port", "{port}"]
+    argv += ["--in-memory", "--default-bucket", "models", "--quiet"]
+    with _server(argv, "/storage/v1/b/models", "GCS emulator") as endpoint:
         yield endpoint
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @pytest.fixture

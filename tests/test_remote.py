@@ -509,17 +509,13 @@ def test_missing_bucket_key_and_output_bucket(s3) -> None:
 
 
 def test_denied_credentials(s3, monkeypatch: pytest.MonkeyPatch) -> None:
-    from conftest import _start_moto
+    from conftest import moto_server
 
-    proc, endpoint = _start_moto({"INITIAL_NO_AUTH_ACTION_COUNT": "0"})  # checks keys
-    try:
+    with moto_server({"INITIAL_NO_AUTH_ACTION_COUNT": "0"}) as endpoint:  # checks keys
         monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
         remote.forget()
         line = _one_line_exit_2(run("inspect", _url(s3, "m/mlp_keras3.h5")))
         assert "denied" in line.lower() or "access key" in line.lower(), line
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def test_unreachable_endpoint(s3, monkeypatch: pytest.MonkeyPatch) -> None:

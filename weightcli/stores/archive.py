@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import io
 import json
 import os
 import shutil
@@ -39,7 +38,7 @@ from weightcli.stores.output import (
     temp_beside,
     temp_dir_beside,
 )
-from weightcli.stores.remote import RangeFile, is_url, open_range
+from weightcli.stores.remote import PreadFile, RangeFile, is_url, open_range
 from weightcli.tensor import TensorInfo
 
 WEIGHTS = "model.weights.h5"
@@ -52,7 +51,7 @@ FORMAT = Format.KERAS_ARCHIVE
 LABEL = "Keras 3 archive (.keras)"
 
 
-class Window(io.RawIOBase):
+class Window(PreadFile):
     """A read-only file over bytes [start, start + size) of another file, by pread.
 
     h5py reads the stored (uncompressed) weights member through this: zipfile's own
@@ -68,34 +67,12 @@ class Window(io.RawIOBase):
         self.size = size
         self._pos = 0
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        n = max(0, min(len(view), self.size - self._pos))
-        if n == 0:
-            return 0
-        data = self._pread(n, self.start + self._pos)
-        view[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
-
-    def _pread(self, n: int, at: int) -> bytes:
+    def pread(self, n: int, at: int) -> bytes:
+        """``n`` bytes at ``at`` of the window (fewer at its end)."""
+        n = max(0, min(n, self.size - at))
         if self._reader is not None:
-            return self._reader.pread(n, at)
-        return os.pread(self._fd, n, at)
+            return self._reader.pread(n, self.start + at)
+        return os.pread(self._fd, n, self.start + at)
 
     def check_crc(self, expected: int, label: str) -> None:
         """The zip CRC-32 of the window's bytes (a damaged archive is refused, not laundered)."""

@@ -344,20 +344,12 @@ def _no_collection() -> Iterator[None]:
                 gc.enable()
 
 
-class RangeFile(io.RawIOBase):
-    """A read-only, seekable file over an object, fetched by byte range.
+class PreadFile(io.RawIOBase):
+    """A read-only, seekable file of ``size`` bytes whose reads are ``pread(n, at)``
+    calls (positional: no shared offset to race on)."""
 
-    Reads of less than ``BLOCK`` bytes are served from a small cache of aligned blocks
-    (HDF5 reads its metadata a few bytes at a time); larger reads fetch their range
-    exactly. Thread-safe (the read-ahead thread and the main thread may share it)."""
-
-    def __init__(self, path: RemotePath, size: int) -> None:
-        super().__init__()
-        self.path = path
-        self.size = size
-        self._pos = 0
-        self._url = str(path)
-        self._lock = threading.Lock()
+    size: int
+    _pos: int = 0
 
     def readable(self) -> bool:
         return True
@@ -372,6 +364,36 @@ class RangeFile(io.RawIOBase):
 
     def tell(self) -> int:
         return self._pos
+
+    def pread(self, n: int, at: int) -> bytes:
+        """``n`` bytes at ``at`` (fewer at the end)."""
+        raise NotImplementedError
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        n = max(0, min(len(view), self.size - self._pos))
+        if n == 0:
+            return 0
+        data = self.pread(n, self._pos)
+        view[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
+class RangeFile(PreadFile):
+    """A read-only, seekable file over an object, fetched by byte range.
+
+    Reads of less than ``BLOCK`` bytes are served from a small cache of aligned blocks
+    (HDF5 reads its metadata a few bytes at a time); larger reads fetch their range
+    exactly. Thread-safe (the read-ahead thread and the main thread may share it)."""
+
+    def __init__(self, path: RemotePath, size: int) -> None:
+        super().__init__()
+        self.path = path
+        self.size = size
+        self._pos = 0
+        self._url = str(path)
+        self._lock = threading.Lock()
 
     def _fetch(self, start: int, end: int) -> bytes:
         try:
@@ -412,13 +434,6 @@ class RangeFile(io.RawIOBase):
             first, last = at // BLOCK, (end - 1) // BLOCK
             data = b"".join(self._block(k) for k in range(first, last + 1))
             return data[at - first * BLOCK : end - first * BLOCK]
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        data = self.pread(len(view), self._pos)
-        view[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
 
 
 def _get(path: RemotePath, dest: Path) -> None:
