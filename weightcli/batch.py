@@ -183,8 +183,10 @@ def plan_outputs(items: Sequence[Item], output_dir: Path, force: bool) -> dict[P
         raise OutputError(f"{output_dir}: cannot create it: {exc.strerror or exc}") from exc
     out: dict[Path, Path] = {}
     taken: dict[Path, Path] = {}
+    from weightcli.stores.output import inside
+
     for it in items:
-        target = output_dir / it.relative
+        target = inside(output_dir, it.relative.as_posix())
         if target in taken:
             raise UsageError(f"{it.path} and {taken[target]} would both be written to {target}")
         taken[target] = it.path

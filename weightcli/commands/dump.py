@@ -18,7 +18,13 @@ from weightcli.results import DumpResult
 from weightcli.select import Selection, apply
 from weightcli.stores import open_store
 from weightcli.stores.base import Store
-from weightcli.stores.output import publish, resolve_output, temp_beside, temp_dir_beside
+from weightcli.stores.output import (
+    inside,
+    publish,
+    resolve_output,
+    temp_beside,
+    temp_dir_beside,
+)
 from weightcli.tensor import TensorInfo
 
 __all__ = ["DumpRequest", "DumpResult", "run"]
@@ -78,6 +84,10 @@ def run(request: DumpRequest, path: str | Path) -> DumpResult:
                 "raise it (0: no limit) or select fewer tensors"
             )
         out = resolve_output(store.path, request.output, False, request.force)
+        # Names come from the file: each becomes a path (or a member name) only through
+        # the one gate, before anything is written.
+        for t in chosen:
+            inside(out, t.name + ".npy")
         if request.layout == "npz":
             tmp = temp_beside(out)
             try:
@@ -96,7 +106,7 @@ def run(request: DumpRequest, path: str | Path) -> DumpResult:
             folder = temp_dir_beside(out)
             try:
                 for t in chosen:
-                    dest = folder / (t.name + ".npy")
+                    dest = inside(folder, t.name + ".npy")
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     with open(dest, "wb") as fp:
                         _write(store, t, fp)

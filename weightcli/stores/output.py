@@ -16,11 +16,40 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from weightcli.errors import OutputError, ParameterError, UsageError, literal
+from weightcli.errors import OutputError, ParameterError, UnsupportedError, UsageError, literal
 from weightcli.stores.base import Format, Store
 from weightcli.stores.detect import index_path
 from weightcli.stores.interrupts import signals_held
 from weightcli.stores.remote import RemotePath, as_path, is_url, upload
+
+
+def inside(root: Path, name: str) -> Path:
+    """``root / name`` for a ``name`` that came from a file (a tensor name, a shard name,
+    an object key): the one gate every such name passes before it becomes a path.
+
+    Refused: an empty name or part, ``.`` and ``..`` parts, an absolute name, a NUL or
+    a backslash (a separator elsewhere), and anything that resolves outside ``root``
+    (a link inside it pointing out)."""
+    parts = name.split("/")
+    bad = (
+        not name
+        or name.startswith("/")
+        or "\0" in name
+        or "\\" in name
+        or any(part in ("", ".", "..") for part in parts)
+    )
+    if bad:
+        raise UnsupportedError(
+            f"the name {name[:200]!r} from the input cannot be a path inside {root}: "
+            "refused (it is empty, absolute, or has '..', '.', NUL or '\\' parts)"
+        )
+    path = root.joinpath(*parts)
+    if isinstance(root, RemotePath):
+        return path
+    base = root.resolve()
+    if not path.resolve().is_relative_to(base):
+        raise UnsupportedError(f"the name {name[:200]!r} resolves outside {root}: refused")
+    return path
 
 
 def _same(a: Path, b: Path) -> bool:
