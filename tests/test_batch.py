@@ -183,8 +183,8 @@ def test_workers_end_when_the_main_process_is_killed() -> None:
     code = (
         "import os, sys, time\n"
         "from concurrent.futures import ProcessPoolExecutor\n"
-        "from weightcli.batch import _end_with_parent\n"
-        "with ProcessPoolExecutor(2, initializer=_end_with_parent, initargs=(os.getpid(),)) as p:\n"
+        "from weightcli.child import end_with_parent\n"
+        "with ProcessPoolExecutor(2, initializer=end_with_parent, initargs=(os.getpid(),)) as p:\n"
         "    list(p.map(abs, range(4)))\n"
         "    print(*p._processes, flush=True)\n"
         "    time.sleep(60)\n"

@@ -84,6 +84,8 @@ def _temps(folder: Path) -> list[str]:
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_mid_write_leaves_nothing(tmp_path: Path, sig: int, code: int) -> None:
+    import psutil
+
     src = _big(tmp_path / "big.h5")
     out_dir = tmp_path / "out"
     out_dir.mkdir()
@@ -97,9 +99,13 @@ def test_a_signal_mid_write_leaves_nothing(tmp_path: Path, sig: int, code: int) 
     while not _temps(out_dir) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.001)
     assert _temps(out_dir), "premise: the write had started"
-    os.kill(proc.pid, signal.SIGSTOP)  # hold it mid-write, then signal
+    # The model runs in a child of the weightcli process, which passes signals on: hold
+    # the writer mid-write, signal weightcli as a user (or CI) would, then let it go.
+    (writer,) = psutil.Process(proc.pid).children()
+    writer.suspend()
     os.kill(proc.pid, sig)
-    os.kill(proc.pid, signal.SIGCONT)
+    time.sleep(0.2)  # the signal reaches weightcli and is passed on to the held writer
+    writer.resume()
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

@@ -351,9 +351,11 @@ def verify(
     atol: float = 1e-8,
     rtol: float = 1e-5,
     min_cosine: float | None = None,
+    trust_code: bool = False,
 ) -> VerifyResult:
     """Static checks, reference checks, and (unless ``no_load``) load and run the model
-    (needs the ``tf`` extra)."""
+    (needs the ``tf`` extra). A file's own code (Lambda bytecode, a SavedModel's graph)
+    runs only with ``trust_code``."""
     request = verify_cmd.VerifyRequest(
         reference=as_path(reference) if reference is not None else None,
         architecture=as_path(architecture) if architecture is not None else None,
@@ -364,5 +366,6 @@ def verify(
         atol=atol,
         rtol=rtol,
         min_cosine=min_cosine,
+        trust_code=trust_code,
     )
     return verify_cmd.run(request, path)

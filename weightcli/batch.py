@@ -16,15 +16,14 @@ order, and one model failing never stops the others.
 from __future__ import annotations
 
 import os
-import signal
-import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from weightcli.errors import OutputError, UsageError, WeightcliError, literal
+from weightcli.child import Limits, end_with_parent
+from weightcli.errors import OutputError, Terminated, UsageError, WeightcliError, literal
 from weightcli.results import Result
 from weightcli.stores.detect import is_model_folder, looks_like_model
 from weightcli.stores.remote import RemotePath, as_path
@@ -216,6 +215,15 @@ def _call(task: Task, item: Item, debug: bool, spell: Callable[[str], str]) -> O
             size=size,
             label=item.label,
         )
+    except MemoryError:
+        return Outcome(
+            str(item.path),
+            2,
+            time.perf_counter() - started,
+            error=f"{item.label}: ran out of memory (or past the memory limit) processing this model",
+            size=size,
+            label=item.label,
+        )
     except Exception as exc:  # a bug in weightcli: keep going, report it in full
         detail = traceback.format_exc() if debug else f"{type(exc).__name__}: {exc}"
         return Outcome(
@@ -232,6 +240,29 @@ def _failed(item: Item, error: str, seconds: float) -> Outcome:
     return Outcome(str(item.path), 2, seconds, error=error, label=item.label)
 
 
+# Signals that mean native code crashed (a damaged file tripping the HDF5 library).
+_CRASHES = {"SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT", "SIGSYS"}
+
+
+def ended_badly(label: str, exc: BaseException) -> str:
+    """One line for a model whose process died or was stopped (``weightcli.child``)."""
+    from weightcli.child import ChildDied
+
+    if isinstance(exc, ChildDied):
+        sig = exc.signal_name
+        if sig in _CRASHES:
+            return (
+                f"{label}: a native library (HDF5, TensorFlow) crashed reading this model "
+                f"({sig}); the file is damaged"
+            )
+        if sig == "SIGKILL":
+            return (
+                f"{label}: the process was killed (SIGKILL; out of memory?) processing this model"
+            )
+        return f"{label}: {exc} while processing this model"
+    return f"{label}: {exc}"
+
+
 @dataclass
 class Runner:
     """Runs a task over items, ``jobs`` processes at a time, yielding outcomes in input order.
@@ -245,6 +276,10 @@ class Runner:
     spell: Callable[[str], str] = str
     executor: str = "local"  # or "dask": one task per model on a Dask cluster
     scheduler: str | None = None  # the cluster's scheduler; None: a LocalCluster here
+    # Each model in a child process of its own (a crash, a time or memory limit ends
+    # only that model); off: models run here, one after another (the Python API).
+    isolate: bool = False
+    limits: Limits = field(default_factory=Limits)
 
     def run(self, items: Sequence[Item]) -> Iterator[Outcome]:
         if self.executor == "dask":
@@ -263,82 +298,90 @@ class Runner:
                 self._done(outcome)
                 yield outcome
             return
-        if self.jobs <= 1 or len(items) <= 1:
+        from weightcli.child import fork_is_safe
+
+        remote = any(isinstance(it.path, RemotePath) for it in items)
+        # Models in object storage on several workers: workers started afresh (spawn)
+        # in a pool. A forked worker would inherit the storage library's event-loop
+        # thread and connections mid-use (and, with TensorFlow loaded, it was seen to hang).
+        forkable = fork_is_safe() and not (remote and self.jobs > 1)
+        if forkable and (self.isolate or self.jobs > 1):
+            yield from self._in_children(items)
+        elif self.jobs <= 1 or len(items) <= 1:
             for it in items:
                 outcome = _call(self.task, it, self.debug, self.spell)
                 self._done(outcome)
                 yield outcome
-            return
-        # only batch runs pay for these imports
+        else:
+            yield from self._in_pool(items)
+
+    def _in_pool(self, items: Sequence[Item]) -> Iterator[Outcome]:
+        """Spawned worker processes (models in object storage, or TensorFlow loaded here)."""
+        import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
         from concurrent.futures.process import BrokenProcessPool
 
-        # Models in object storage: workers started afresh (spawn). A forked worker would
-        # inherit the storage library's event-loop thread and connections mid-use (and,
-        # with TensorFlow loaded, it was seen to hang).
-        context = None
-        if any(isinstance(it.path, RemotePath) for it in items):
-            import multiprocessing
+        with ProcessPoolExecutor(
+            max_workers=min(self.jobs, len(items)),
+            initializer=_worker_start,
+            initargs=(os.getpid(), self.limits),
+            mp_context=multiprocessing.get_context("spawn"),
+        ) as pool:
+            futures = [pool.submit(_call, self.task, it, self.debug, self.spell) for it in items]
+            for it, fut in zip(items, futures, strict=True):
+                try:
+                    outcome = fut.result()
+                except BrokenProcessPool:
+                    # A worker died (a crash in native code): this model (and any other
+                    # not answered) runs alone, to fail with its cause; models that
+                    # finished are never run again.
+                    outcome = self._alone(it)
+                self._done(outcome)
+                yield outcome
 
-            context = multiprocessing.get_context("spawn")
-        start = 0
-        while start < len(items):
-            rest = items[start:]
-            with ProcessPoolExecutor(
-                max_workers=min(self.jobs, len(rest)),
-                initializer=_end_with_parent,
-                initargs=(os.getpid(),),
-                mp_context=context,
-            ) as pool:
-                futures = [pool.submit(_call, self.task, it, self.debug, self.spell) for it in rest]
-                for k, fut in enumerate(futures):
-                    try:
-                        outcome = fut.result()
-                    except BrokenProcessPool:
-                        # A worker died (a crash in native code): run this model alone,
-                        # to fail it with its cause, and go on with a new pool.
-                        outcome = self._alone(rest[k])
-                        start += k + 1
-                        self._done(outcome)
-                        yield outcome
-                        break
-                    self._done(outcome)
-                    yield outcome
-                else:
-                    start = len(items)
+    def _in_children(self, items: Sequence[Item]) -> Iterator[Outcome]:
+        """Each model in a child process of its own, ``jobs`` at a time (forked: about a
+        millisecond each). A model whose child dies or runs past the limits fails alone;
+        no model runs twice."""
+        from weightcli.child import run_children
+
+        calls = [(_call, (self.task, it, self.debug, self.spell)) for it in items]
+        started = time.perf_counter()
+        for it, done in zip(items, run_children(calls, self.jobs, self.limits), strict=True):
+            if isinstance(done.error, KeyboardInterrupt | Terminated):
+                raise done.error
+            if done.error is None and done.value is not None:
+                outcome = done.value
+            else:
+                error = done.error or RuntimeError("no answer")
+                outcome = _failed(it, ended_badly(it.label, error), time.perf_counter() - started)
+            started = time.perf_counter()
+            self._done(outcome)
+            yield outcome
 
     def _done(self, outcome: Outcome) -> None:
         if self.on_done:
             self.on_done(outcome)
 
     def _alone(self, item: Item) -> Outcome:
-        from weightcli.child import ChildDied, run_in_child
+        from weightcli.child import ChildDied, ChildTimedOut, run_in_child
 
         started = time.perf_counter()
         try:
-            return run_in_child(_call, self.task, item, self.debug, self.spell)
-        except ChildDied as exc:
-            return Outcome(
-                str(item.path),
-                2,
-                time.perf_counter() - started,
-                error=f"{item.label}: {exc} while processing this model",
-                label=item.label,
-            )
+            return run_in_child(_call, self.task, item, self.debug, self.spell, limits=self.limits)
+        except (ChildDied, ChildTimedOut) as exc:
+            return _failed(item, ended_badly(item.label, exc), time.perf_counter() - started)
 
 
-def _end_with_parent(parent: int) -> None:
-    """Worker start-up: end this worker when the main process ends. A main process
-    killed outright (SIGKILL, or SIGTERM when a CI job is cancelled) cannot shut its
-    pool down, and its workers would otherwise wait for work forever. Linux only."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
+def _worker_start(parent: int, limits: Limits) -> None:
+    """Worker start-up: end this worker when the main process ends (a main process
+    killed outright cannot shut its pool down, and its workers would otherwise wait
+    for work forever), under the memory limit."""
+    end_with_parent(parent)
+    if limits.memory is not None:
+        import resource
 
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if os.getppid() != parent:  # the main process ended before prctl took effect
-        os._exit(1)
+        resource.setrlimit(resource.RLIMIT_AS, (limits.memory, limits.memory))
 
 
 def default_jobs() -> int:

@@ -137,6 +137,12 @@ def load_keras_model(path: Path, store: Store, architecture: Path | None) -> Any
             f"{path}: a {store.meta.format_label} exposes no Keras layers, so intermediate activations cannot be "
             "measured; use the model's .keras or .h5 file"
         )
+    code = python_code_in(getattr(store, "model_config", None))
+    if code:
+        raise UnsupportedError(
+            f"{path}: layer(s) {_names(code)} hold Python bytecode (Lambda), which loading "
+            "would run: weightcli does not run a model file's code here"
+        )
     keras = keras_module()
     try:
         with quiet():
@@ -184,13 +190,59 @@ def _keras_runnable(model: Any, how: str) -> Runnable:
     return Runnable(how, inputs, call)
 
 
-def _load_keras_full(path: Path, writer: str | None) -> Runnable:
+def python_code_in(config: Any) -> list[str]:
+    """The layers of a Keras model config that hold Python code (a ``Lambda``'s
+    marshalled bytecode: Keras 2's ``function_type: "lambda"``, Keras 3's
+    ``__lambda__`` objects). Loading such a model runs that code; this only reads the
+    JSON. Layer names, in config order."""
+    found: list[str] = []
+
+    def walk(node: Any, layer: str | None, depth: int) -> None:
+        if depth > 200:  # the config parser already refuses deeper nesting
+            return
+        if isinstance(node, dict):
+            cfg = node.get("config")
+            if isinstance(cfg, dict) and isinstance(node.get("class_name"), str):
+                name = cfg.get("name")
+                layer = name if isinstance(name, str) else layer
+            code = (
+                node.get("function_type") == "lambda"
+                or node.get("output_shape_type") == "lambda"
+                or node.get("class_name") == "__lambda__"
+            )
+            if code:
+                label = layer or "?"
+                if label not in found:
+                    found.append(label)
+            for value in node.values():
+                walk(value, layer, depth + 1)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value, layer, depth + 1)
+
+    walk(config, None, 0)
+    return found
+
+
+@contextlib.contextmanager
+def _tf_keras_safe_mode(safe: bool) -> Iterator[None]:
+    """tf_keras applies safe mode to ``.keras`` archives only: its legacy ``.h5`` loader
+    unmarshals a Lambda's bytecode unless the scope says otherwise."""
+    from tf_keras.src.saving import serialization_lib
+
+    with serialization_lib.SafeModeScope(safe):
+        yield
+
+
+def _load_keras_full(path: Path, writer: str | None, trust_code: bool = False) -> Runnable:
     _quiet_tf()
     import keras
 
     try:
         return _keras_runnable(
-            keras.models.load_model(path, compile=False, custom_objects=_CUSTOM or None),
+            keras.models.load_model(
+                path, compile=False, custom_objects=_CUSTOM or None, safe_mode=not trust_code
+            ),
             "keras.models.load_model",
         )
     except Exception as first:
@@ -198,9 +250,10 @@ def _load_keras_full(path: Path, writer: str | None) -> Runnable:
             try:
                 import tf_keras
 
-                model = tf_keras.models.load_model(
-                    path, compile=False, custom_objects=_CUSTOM or None
-                )
+                with _tf_keras_safe_mode(not trust_code):
+                    model = tf_keras.models.load_model(
+                        path, compile=False, custom_objects=_CUSTOM or None
+                    )
                 return _keras_runnable(model, "tf_keras.models.load_model")
             except ImportError:
                 pass
@@ -248,17 +301,54 @@ def weights_match(arch: Store, weights: Store) -> list[str]:
     return problems
 
 
-def load(path: Path, store: Store, architecture: Path | None) -> tuple[Runnable | None, Check]:
-    """Load ``path`` with its framework; the check says how, or why it did not load."""
+TRUST_HINT = "pass --trust-code (trust_code=True in Python) only if you trust the file"
+
+
+def code_refusal(store: Store) -> Check | None:
+    """The "loads" check of a model whose loading would run code it carries, unless
+    the user trusts it: a Keras model with Lambda bytecode, a SavedModel's graph."""
+    code = python_code_in(getattr(store, "model_config", None))
+    if code:
+        return Check(
+            "loads",
+            FAIL,
+            f"not loaded: layer(s) {_names(code)} hold Python bytecode (Lambda), which "
+            f"loading would run; {TRUST_HINT}",
+            {"code_layers": code},
+        )
+    if store.meta.has_graph:
+        return Check(
+            "loads",
+            SKIP,
+            "not loaded: loading a SavedModel runs the TensorFlow graph it holds (its ops "
+            f"can read and write files); {TRUST_HINT}",
+        )
+    return None
+
+
+def load(
+    path: Path, store: Store, architecture: Path | None, trust_code: bool = False
+) -> tuple[Runnable | None, Check]:
+    """Load ``path`` with its framework; the check says how, or why it did not load.
+
+    Without ``trust_code`` nothing that runs the file's own code is loaded: a Keras
+    model whose config holds Lambda bytecode fails the check unloaded, a SavedModel is
+    skipped, and Keras (and tf_keras) load in safe mode."""
     with quiet():
-        return _load(path, store, architecture)
+        return _load(path, store, architecture, trust_code)
 
 
-def _load(path: Path, store: Store, architecture: Path | None) -> tuple[Runnable | None, Check]:
+def _load(
+    path: Path, store: Store, architecture: Path | None, trust_code: bool
+) -> tuple[Runnable | None, Check]:
     meta = store.meta
+    if not trust_code:
+        refused = code_refusal(store)
+        if refused is not None:
+            return None, refused
     try:
         if meta.full_model:
-            r = _load_keras_full(path, store.meta.writer)
+            r = _load_keras_full(path, store.meta.writer, trust_code)
             return r, Check("loads", PASS, f"loaded with {r.how}")
         if meta.weights_only:
             if architecture is None:
@@ -274,10 +364,14 @@ def _load(path: Path, store: Store, architecture: Path | None) -> tuple[Runnable
                     raise ParameterError(
                         f"{literal(architecture)}: {{architecture}} needs a full model file (.h5 or .keras)"
                     )
+                refused = None if trust_code else code_refusal(arch)
+            if refused is not None:
+                refused.detail = f"the architecture {architecture.name}: {refused.detail}"
+                return None, refused
             # Keras itself decides: Keras 3 loads a .weights.h5 by position, so names that
             # differ are a warning when it loads, and the reason when it does not.
             try:
-                loaded = _load_weights_into(architecture, arch_writer, path)
+                loaded = _load_weights_into(architecture, arch_writer, path, trust_code)
             except Exception as exc:
                 if not problems:
                     raise
@@ -321,12 +415,16 @@ def _load(path: Path, store: Store, architecture: Path | None) -> tuple[Runnable
         return None, Check("loads", FAIL, detail)
 
 
-def _load_weights_into(architecture: Path, writer: str | None, weights: Path) -> Runnable:
+def _load_weights_into(
+    architecture: Path, writer: str | None, weights: Path, trust_code: bool = False
+) -> Runnable:
     _quiet_tf()
     import keras
 
     try:
-        model = keras.models.load_model(architecture, compile=False, custom_objects=_CUSTOM or None)
+        model = keras.models.load_model(
+            architecture, compile=False, custom_objects=_CUSTOM or None, safe_mode=not trust_code
+        )
         model.load_weights(weights)
         return _keras_runnable(model, "keras load_weights")
     except Exception:
@@ -334,9 +432,10 @@ def _load_weights_into(architecture: Path, writer: str | None, weights: Path) ->
             raise
         import tf_keras
 
-        model = tf_keras.models.load_model(
-            architecture, compile=False, custom_objects=_CUSTOM or None
-        )
+        with _tf_keras_safe_mode(not trust_code):
+            model = tf_keras.models.load_model(
+                architecture, compile=False, custom_objects=_CUSTOM or None
+            )
         model.load_weights(weights)
         return _keras_runnable(model, "tf_keras load_weights")
 

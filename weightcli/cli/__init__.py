@@ -132,7 +132,26 @@ class WeightcliGroup(click.Group):
     help="For s3://, gs://, ... paths: an fsspec option (repeatable; dotted keys nest, "
     "VALUE parsed as JSON when it can be).",
 )
-def cli(debug: bool, storage_options: tuple[str, ...]) -> None:
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Stop a model's run after this many seconds (exit 2 for that model).",
+)
+@click.option(
+    "--max-memory",
+    metavar="SIZE",
+    help="Address-space limit for a model's run, e.g. 4G or 512M (exit 2 for a model "
+    "that needs more).",
+)
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    debug: bool,
+    storage_options: tuple[str, ...],
+    timeout: float | None,
+    max_memory: str | None,
+) -> None:
     """Weight surgery on saved TensorFlow/Keras models.
 
     Reads Keras .h5 (Keras 1/2/3, full model or weights only), Keras 3 .keras and
@@ -143,7 +162,8 @@ def cli(debug: bool, storage_options: tuple[str, ...]) -> None:
 
     \b
     Exit codes: 0 success; 1 a check failed (verify, diff found differences,
-    inspect --fail-on-nonfinite); 2 usage or input error.
+    inspect --fail-on-nonfinite); 2 usage or input error (a damaged file that
+    crashes a native library included: each model runs in a child process).
 
     \b
     Examples:
@@ -156,6 +176,24 @@ def cli(debug: bool, storage_options: tuple[str, ...]) -> None:
         from weightcli.stores.remote import set_storage_options
 
         set_storage_options(storage_options)
+    ctx.meta["weightcli.timeout"] = timeout
+    ctx.meta["weightcli.max_memory"] = parse_size(max_memory) if max_memory else None
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``4G``, ``512M``, ``1.5G``, ``100000000`` (bytes; K/M/G/T are powers of 1024)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*", text, re.IGNORECASE)
+    if not m or float(m.group(1)) <= 0:
+        raise click.BadParameter(
+            f"{text!r}: a size such as 4G, 512M or 1000000", param_hint="--max-memory"
+        )
+    size = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    if size < 64 << 20:
+        raise click.BadParameter(f"{text!r}: at least 64M", param_hint="--max-memory")
+    return size
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -202,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _terminate)
     keep_freed_memory()
     try:
-        cli.main(args=argv, prog_name="weightcli")
+        cli.main(args=argv, prog_name="weightcli", obj={"isolate": True})
     except SystemExit as exc:
         if exc.code is not None and not isinstance(exc.code, int):
             raise

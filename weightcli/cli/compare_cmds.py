@@ -197,6 +197,12 @@ def diff(
     "--min-cosine", type=float, help="Output comparison: also require this cosine similarity."
 )
 @custom_objects_option("A Python file defining (and registering) the model's custom layers.")
+@click.option(
+    "--trust-code",
+    is_flag=True,
+    help="Load models whose loading runs code they carry: a Lambda layer's Python "
+    "bytecode, a SavedModel's TensorFlow graph. Off: those are not loaded.",
+)
 @batch_options
 @json_option
 @debug_option
@@ -212,6 +218,7 @@ def verify(
     rtol: float,
     min_cosine: float | None,
     custom_objects: Path | None,
+    trust_code: bool,
     recursive: bool,
     jobs: int | None,
     progress: bool | None,
@@ -225,9 +232,15 @@ def verify(
     half-precision values not saturated (warning). With --reference: same names,
     shapes and dtypes, and no tensor that looks re-initialised. Unless --no-load:
     the model loads (Keras for .h5/.keras, --architecture for weights-only files,
-    tf.saved_model.load for SavedModels), runs on a deterministic input with finite
-    outputs, and with --reference its outputs match the reference's. Several PATHs
-    (or -r DIR) are verified in parallel workers and end with a summary.
+    tf.saved_model.load for SavedModels with --trust-code), runs on a deterministic
+    input with finite outputs, and with --reference its outputs match the reference's.
+    Several PATHs (or -r DIR) are verified in parallel workers and end with a summary.
+
+    \b
+    A file's own code never runs unless you pass --trust-code: Keras loads in safe
+    mode (tf_keras too), a model whose config holds Lambda bytecode fails "loads"
+    unloaded, and a SavedModel (whose graph ops can read and write files when it is
+    loaded and run) is not loaded ("loads" is skipped).
 
     Exit 0 when no check failed, 1 when one failed, 2 when verification could not run.
 
@@ -237,6 +250,7 @@ def verify(
       weightcli verify repaired.h5 --reference original.h5 --atol 1e-3
       weightcli verify weights.h5 --architecture model.h5 --no-load --json
       weightcli verify -r exports/ --no-load
+      weightcli verify exported_savedmodel/ --trust-code
     """
     request = verify_cmd.VerifyRequest(
         reference=as_path(reference) if reference else None,
@@ -249,6 +263,7 @@ def verify(
         rtol=rtol,
         min_cosine=min_cosine,
         custom_objects=custom_objects,
+        trust_code=trust_code,
     )
     many = is_batch(paths, recursive)
     items = discover(paths, recursive) if many else [Item(as_path(paths[0]))]

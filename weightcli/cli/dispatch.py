@@ -16,8 +16,10 @@ from typing import Any, TypeVar
 
 import click
 
-from weightcli.batch import Item, Outcome, Runner, default_jobs
+from weightcli.batch import Item, Outcome, Runner, default_jobs, ended_badly
+from weightcli.child import ChildDied, ChildTimedOut, Limits, run_in_child
 from weightcli.cli.options import spell
+from weightcli.errors import InputError, literal
 from weightcli.grid import rich_console
 from weightcli.report import fmt_bytes, print_json, print_summary
 from weightcli.results import Result
@@ -67,10 +69,23 @@ def dispatch(
 ) -> None:
     """Run ``task`` on every item, print each result, and exit with the worst code."""
     executor, scheduler = _executor(jobs)
+    isolate, limits = _isolation(debug)
     if batch or executor == "dask":  # on a cluster, even one model is a batch of one
-        code = _run_batch(items, task, render, jobs, progress, as_json, debug, executor, scheduler)
+        code = _run_batch(
+            items,
+            task,
+            render,
+            jobs,
+            progress,
+            as_json,
+            debug,
+            executor,
+            scheduler,
+            isolate,
+            limits,
+        )
     else:
-        result = task(items[0])
+        result = _run_single(task, items[0], isolate, limits)
         code = result.exit_code
         if as_json:  # the same shape as each line of a batch
             print_json({"path": str(items[0].path), **result.to_json(), "exit_code": code})
@@ -83,6 +98,37 @@ def dispatch(
         raise SystemExit(code)
 
 
+def _run_single(task: Callable[[Item], R], item: Item, isolate: bool, limits: Limits) -> R:
+    """One model's run: in a supervised child process (the CLI), or here (--debug, tests
+    that call the click command in-process)."""
+    if not isolate:
+        return task(item)
+    try:
+        return run_in_child(task, item, limits=limits)
+    except (ChildDied, ChildTimedOut) as exc:
+        raise InputError(literal(ended_badly(item.label, exc))) from None
+    except MemoryError:
+        raise InputError(
+            literal(f"{item.label}: ran out of memory (or past --max-memory) processing this model")
+        ) from None
+
+
+def _isolation(debug: bool) -> tuple[bool, Limits]:
+    """Whether each model runs in a child process of its own, and that child's limits.
+
+    The command-line entry point (``weightcli.cli.main``) isolates every model, so that
+    a file that crashes a native library costs one line and exit 2, not the process;
+    so do --timeout and --max-memory, which need a child to enforce. --debug alone
+    runs a single model here, for a whole traceback."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return False, Limits()
+    limits = Limits(ctx.meta.get("weightcli.timeout"), ctx.meta.get("weightcli.max_memory"))
+    root = ctx.find_root().obj
+    wanted = isinstance(root, dict) and bool(root.get("isolate")) and not debug
+    return wanted or limits != Limits(), limits
+
+
 def _run_batch(
     items: list[Item],
     task: Callable[[Item], R],
@@ -93,6 +139,8 @@ def _run_batch(
     debug: bool,
     executor: str = "local",
     scheduler: str | None = None,
+    isolate: bool = False,
+    limits: Limits | None = None,
 ) -> int:
     show = sys.stderr.isatty() if progress is None else progress
     bar = _Progress(items) if show else None
@@ -104,6 +152,8 @@ def _run_batch(
         spell,
         executor=executor,
         scheduler=scheduler,
+        isolate=isolate,
+        limits=limits or Limits(),
     )
     outcomes: list[Outcome] = []
     try:

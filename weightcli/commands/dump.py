@@ -4,7 +4,6 @@ block into each member; ``set --from`` reads the archive back."""
 
 from __future__ import annotations
 
-import shutil
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ import numpy as np
 from weightcli.errors import OutputError, ParameterError, UnsupportedError
 from weightcli.results import DumpResult
 from weightcli.select import Selection, apply
-from weightcli.stores import open_store
+from weightcli.stores import open_store, temps
 from weightcli.stores.base import Store
 from weightcli.stores.output import (
     inside,
@@ -97,10 +96,10 @@ def run(request: DumpRequest, path: str | Path) -> DumpResult:
                             _write(store, t, fp)  # type: ignore[arg-type]
                 publish(tmp, out, request.force)
             except OSError as exc:
-                tmp.unlink(missing_ok=True)
+                temps.remove(tmp)
                 raise OutputError(f"{out}: cannot write: {exc.strerror or exc}") from exc
             except BaseException:
-                tmp.unlink(missing_ok=True)
+                temps.remove(tmp)
                 raise
         else:
             folder = temp_dir_beside(out)
@@ -112,7 +111,7 @@ def run(request: DumpRequest, path: str | Path) -> DumpResult:
                         _write(store, t, fp)
                 publish(folder, out, request.force)
             except BaseException:
-                shutil.rmtree(folder, ignore_errors=True)
+                temps.remove(folder)
                 raise
         return DumpResult(
             str(path), str(out), request.layout, chosen, time.perf_counter() - started

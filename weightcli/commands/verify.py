@@ -35,6 +35,8 @@ class VerifyRequest:
     rtol: float = 1e-5
     min_cosine: float | None = None
     custom_objects: Path | None = None
+    # Load models whose loading runs code they carry (Lambda bytecode, a SavedModel's graph).
+    trust_code: bool = False
 
     def __post_init__(self) -> None:
         check_tolerances(self.atol, self.rtol)
@@ -97,7 +99,7 @@ def framework_checks(request: VerifyRequest, path: Path) -> list[Check]:
     out: list[Check] = []
     architecture = request.architecture
     with open_store(path) as store:
-        runnable, check = framework.load(path, store, architecture)
+        runnable, check = framework.load(path, store, architecture, request.trust_code)
     out.append(check)
     if runnable is None:
         return out
@@ -107,7 +109,9 @@ def framework_checks(request: VerifyRequest, path: Path) -> list[Check]:
     if request.reference is None or outs is None:
         return out
     with open_store(request.reference) as ref_store:
-        ref_runnable, ref_check = framework.load(request.reference, ref_store, architecture)
+        ref_runnable, ref_check = framework.load(
+            request.reference, ref_store, architecture, request.trust_code
+        )
     if ref_runnable is None:
         out.append(
             Check("outputs match reference", SKIP, f"reference did not load: {ref_check.detail}")

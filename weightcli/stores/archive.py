@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from weightcli.errors import CorruptError, InputError, UnsupportedError
-from weightcli.stores.interrupts import signals_held
+from weightcli.stores import temps
+from weightcli.stores.temps import TEMP_TAG
 
 try:  # zip's CRC-32, vectorised (~20 GB/s against zlib's ~3); the same function
     from zlib_ng.zlib_ng import crc32
@@ -32,7 +33,6 @@ from weightcli.stores.base import Block, Format, Patcher, StoreMeta
 from weightcli.stores.detect import is_keras_archive
 from weightcli.stores.hdf5 import H5Patcher, H5Store
 from weightcli.stores.output import (
-    TEMP_TAG,
     publish,
     remove_stale_temps,
     temp_beside,
@@ -232,13 +232,9 @@ class ArchiveStore(H5Store):
             )
         tmpdir = Path(tempfile.gettempdir())
         remove_stale_temps(tmpdir, "")
-        with signals_held():  # created and remembered (removed on close) as one step
-            fd, name = tempfile.mkstemp(
-                prefix=f".weights.{TEMP_TAG}{os.getpid()}.", suffix=".h5.tmp"
-            )
-            self._extracted = Path(name)
+        self._extracted = temps.make_file(None, f".weights.{TEMP_TAG}{os.getpid()}.", ".h5.tmp")
         written = 0
-        with os.fdopen(fd, "wb") as out, self._zip.open(member) as inp:
+        with open(self._extracted, "wb") as out, self._zip.open(member) as inp:
             while chunk := inp.read(1 << 20):
                 written += len(chunk)
                 if written > member.file_size:
@@ -287,7 +283,7 @@ class ArchiveStore(H5Store):
             if self._reader is not None:
                 self._reader.close()
             if self._extracted is not None:
-                self._extracted.unlink(missing_ok=True)
+                temps.remove(self._extracted)
 
 
 class _WeightsMemberPatcher(Patcher):
@@ -602,7 +598,7 @@ class FolderPatcher(_WeightsMemberPatcher):
             weights.touch()
             self.inner = H5Patcher(store, out, retype, tmp=weights)
         except BaseException:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            temps.remove(self.tmp)
             raise
 
     @property
@@ -615,10 +611,10 @@ class FolderPatcher(_WeightsMemberPatcher):
     def _commit(self) -> None:
         self.inner.close_file()
         publish(self.root, self.out, self.overwrite)
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        temps.remove(self.tmp)
 
     def _abort(self) -> None:
         try:
             self.inner.abort()
         finally:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            temps.remove(self.tmp)

@@ -10,7 +10,6 @@ import abc
 import contextlib
 import difflib
 import math
-import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from weightcli.errors import OutputError, UnsupportedError, UsageError
+from weightcli.stores import temps
 from weightcli.stores.remote import forget_origins, is_url, stage
 from weightcli.tensor import TensorInfo
 
@@ -436,7 +436,7 @@ class Store(abc.ABC):
     def drop_local_copy(self) -> None:
         staged: Path | None = getattr(self, "_staged", None)
         if staged is not None:
-            shutil.rmtree(staged.parent, ignore_errors=True)
+            temps.remove(staged.parent)
             forget_origins(staged.parent)
             self._staged = None
 

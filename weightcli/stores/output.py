@@ -8,7 +8,6 @@ filesystem).
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import re
@@ -17,10 +16,11 @@ import tempfile
 from pathlib import Path
 
 from weightcli.errors import OutputError, ParameterError, UnsupportedError, UsageError, literal
+from weightcli.stores import temps
 from weightcli.stores.base import Format, Store
 from weightcli.stores.detect import index_path
-from weightcli.stores.interrupts import signals_held
 from weightcli.stores.remote import RemotePath, as_path, is_url, upload
+from weightcli.stores.temps import TEMP_TAG
 
 
 def inside(root: Path, name: str) -> Path:
@@ -217,9 +217,9 @@ def _check_folder(out: Path) -> Path:
     return folder
 
 
-# Temporary names carry the writer's process id, so that a later run can recognise and
-# remove those a killed process (SIGKILL) could not: ``.OUT.weightcli-PID.XXXX.tmp``.
-TEMP_TAG = "weightcli-"
+# Temporary names carry the writer's process id (``temps.TEMP_TAG``), so that a later run
+# can recognise and remove those a killed process (SIGKILL) could not:
+# ``.OUT.weightcli-PID.XXXX.tmp``.
 
 
 def _alive(pid: int) -> bool:
@@ -260,42 +260,18 @@ def _temp_prefix(out: Path) -> str:
     return f".{out.name}.{TEMP_TAG}{os.getpid()}."
 
 
-# Temporaries this process made and has not published or removed yet. Whatever is left
-# when the process ends (an interrupt between a temporary's creation and the code that
-# would remove it) is removed then: an interrupted run leaves no temporary behind.
-_live: set[Path] = set()
-
-
-def _remove_live_temps() -> None:
-    for p in list(_live):
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                p.unlink()
-    _live.clear()
-
-
-atexit.register(_remove_live_temps)
-
-
 def temp_beside(out: Path, suffix: str = "") -> Path:
     """A fresh temporary file in OUT's folder (mode as an ordinary new file)."""
     folder = _check_folder(out)
     remove_stale_temps(folder, f".{out.name}.")
     try:
-        with signals_held():
-            fd, name = tempfile.mkstemp(
-                prefix=_temp_prefix(out), suffix=f"{suffix}.tmp", dir=folder
-            )
-            _live.add(Path(name))
+        made = temps.make_file(folder, _temp_prefix(out), f"{suffix}.tmp")
     except OSError as exc:
         raise OutputError(f"{out}: cannot write in {folder}: {exc.strerror or exc}") from exc
-    os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(name, 0o666 & ~umask)  # mkstemp makes 0600; an output is an ordinary file
-    return Path(name)
+    os.chmod(made, 0o666 & ~umask)  # mkstemp makes 0600; an output is an ordinary file
+    return made
 
 
 def temp_dir_beside(out: Path) -> Path:
@@ -303,12 +279,9 @@ def temp_dir_beside(out: Path) -> Path:
     folder = _check_folder(out)
     remove_stale_temps(folder, f".{out.name}.")
     try:
-        with signals_held():
-            made = Path(tempfile.mkdtemp(prefix=_temp_prefix(out), suffix=".tmp", dir=folder))
-            _live.add(made)
+        return temps.make_dir(folder, _temp_prefix(out))
     except OSError as exc:
         raise OutputError(f"{out}: cannot write in {folder}: {exc.strerror or exc}") from exc
-    return made
 
 
 _RENAME_NOREPLACE = 1
@@ -362,14 +335,14 @@ def publish(tmp: Path, out: Path, overwrite: bool) -> None:
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
                 tmp.unlink(missing_ok=True)
-            _live.discard(tmp)
+            temps.forget(tmp)
         return
     if overwrite:
         if tmp.is_dir() and (out.exists() or out.is_symlink()):
             _replace_dir(tmp, out)
         else:
             os.replace(tmp, out)
-        _live.discard(tmp)
+        temps.forget(tmp)
         return
     try:
         done = _rename_noreplace(tmp, out)
@@ -380,7 +353,7 @@ def publish(tmp: Path, out: Path, overwrite: bool) -> None:
             f"{literal(out)}: appeared while weightcli was writing it (another writer?); "
             "nothing replaced (use {force} to overwrite)"
         )
-    _live.discard(tmp)
+    temps.forget(tmp)
 
 
 def remove(out: Path) -> None:

@@ -17,7 +17,6 @@ Credentials are found the way those libraries find them (for S3: ``AWS_*`` varia
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import io
 import json
@@ -31,7 +30,7 @@ from pathlib import Path, PosixPath
 from typing import Any
 
 from weightcli.errors import InputError, OutputError, UsageError
-from weightcli.stores.interrupts import signals_held
+from weightcli.stores import temps
 from weightcli.stores.s3parts import Origin
 
 URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -49,19 +48,6 @@ _filesystems: dict[str, Any] = {}
 _infos: dict[str, dict[str, Any] | None] = {}
 _blocks: OrderedDict[tuple[str, int], bytes] = OrderedDict()
 _origins: dict[str, Origin] = {}  # local download -> the object it came from
-# Staging folders this process made and has not removed: removed when it ends.
-_stage_folders: set[Path] = set()
-
-
-def _remove_stage_folders() -> None:
-    import shutil
-
-    for folder in list(_stage_folders):
-        shutil.rmtree(folder, ignore_errors=True)
-    _stage_folders.clear()
-
-
-atexit.register(_remove_stage_folders)
 S3 = ("s3", "s3a")
 
 
@@ -477,12 +463,10 @@ def stage(path: Path, siblings: list[Path] | None = None) -> Path:
     prefix's index and shards; and the ``siblings`` it names, such as a weights map's
     shards), in a fresh temporary folder: ``copy.parent`` is that folder, for the
     caller to remove."""
-    import tempfile
-
     assert isinstance(path, RemotePath)
-    with signals_held():  # made and registered (removed at exit if left) as one step
-        folder = Path(tempfile.mkdtemp(prefix="weightcli-stage-"))
-        _stage_folders.add(folder)
+    folder = temps.make_dir(
+        None, f"{temps.TEMP_TAG}stage-{os.getpid()}."
+    )  # removed at exit if left
     dest = folder / path.name
     try:
         if path.exists():
@@ -494,9 +478,7 @@ def stage(path: Path, siblings: list[Path] | None = None) -> Path:
             assert isinstance(sibling, RemotePath)
             download(sibling, folder / sibling.name)
     except BaseException:
-        import shutil
-
-        shutil.rmtree(folder, ignore_errors=True)
+        temps.remove(folder)
         forget_origins(folder)
         raise
     return dest
@@ -513,18 +495,13 @@ def as_local(path: Path) -> Path:
         return path
     url = str(path)
     if url not in _local_copies:
-        import atexit
-        import shutil
-
-        staged = stage(path)
-        atexit.register(shutil.rmtree, staged.parent, True)
-        _local_copies[url] = staged
+        _local_copies[url] = stage(path)  # a temporary: removed when the process ends
     return _local_copies[url]
 
 
 def forget_origins(folder: Path) -> None:
     """Forget the downloads below ``folder`` (removed)."""
-    _stage_folders.discard(folder)
+    temps.forget(folder)
     for name in [n for n in _origins if Path(n).is_relative_to(folder)]:
         del _origins[name]
 

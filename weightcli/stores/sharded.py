@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from weightcli.errors import CorruptError, UnsupportedError
+from weightcli.stores import temps
 from weightcli.stores.base import Block, Format, Patcher, Store, StoreMeta
 from weightcli.stores.hdf5 import H5Patcher, H5Store
 from weightcli.stores.output import publish, temp_dir_beside
@@ -216,7 +217,7 @@ class ShardedPatcher(Patcher):
         for new in self.new_names:  # the shards first: the map makes them visible
             publish(self.tmp / new, self.out.parent / new, self.overwrite or self._same_names())
         publish(self.tmp / self.out.name, self.out, self.overwrite)
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        temps.remove(self.tmp)
 
     def _same_names(self) -> bool:
         """Writing over the source's own shards (in place)."""
@@ -225,4 +226,4 @@ class ShardedPatcher(Patcher):
     def _abort(self) -> None:
         for inner in self.inners.values():
             inner.abort()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        temps.remove(self.tmp)

@@ -32,7 +32,7 @@ import numpy as np
 
 from weightcli.dtypes import itemsize, to_numpy
 from weightcli.errors import CorruptError, InputError, OutputError, UnsupportedError
-from weightcli.stores import naming, tfproto, tftable
+from weightcli.stores import naming, temps, tfproto, tftable
 from weightcli.stores.base import BLOCK_ELEMS, Block, Format, Patcher, Store, StoreMeta, split
 from weightcli.stores.detect import Container, checkpoint_prefix, index_path
 from weightcli.stores.output import publish, remove, temp_beside, temp_dir_beside
@@ -587,11 +587,11 @@ class TFPatcher(Patcher):
                 self._copies.append(RangeCopy(src, dst))
         except (OSError, shutil.Error) as exc:
             self._close_copies()
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            temps.remove(self.tmp)
             raise OutputError(f"{out}: cannot write: {_first_os_error(exc)}") from exc
         except BaseException:
             self._close_copies()
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            temps.remove(self.tmp)
             raise
 
     def _close_copies(self) -> None:
@@ -674,7 +674,7 @@ class TFPatcher(Patcher):
                     remove(p)
                 raise
             self._meta_bytes += write_state_file(self.out)
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        temps.remove(self.tmp)
 
     def _crc_of_written(self, e: Entry) -> int:
         b = self.store.bundle
@@ -685,7 +685,7 @@ class TFPatcher(Patcher):
 
     def _abort(self) -> None:
         self._close_copies()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        temps.remove(self.tmp)
 
 
 def _first_os_error(exc: BaseException) -> str:

@@ -1,0 +1,93 @@
+"""Every temporary file and folder weightcli makes, in one registry.
+
+A temporary is created and registered as one step (SIGINT/SIGTERM held back meanwhile),
+forgotten when its owner publishes or removes it, and removed when the process ends if
+it is still here. A supervising parent (``weightcli.child``) listens: whatever a child
+that crashed or was killed still held is removed by the parent.
+
+Names carry the writer's process id (``TEMP_TAG`` + pid), so that a later run can
+recognise and remove those of a process that was killed outright (``output.remove_stale_temps``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from weightcli.stores.interrupts import signals_held
+
+TEMP_TAG = "weightcli-"
+
+# Path -> None, in creation order: what this process made and still holds.
+_live: dict[Path, None] = {}
+# Told of each temporary made ("+") and let go ("-"); set in a supervised child.
+_listener: Callable[[str, Path], None] | None = None
+
+
+def disown_inherited() -> None:
+    """In a forked child: the temporaries registered so far are its parent's, not its own."""
+    _live.clear()
+
+
+def listen(listener: Callable[[str, Path], None] | None) -> None:
+    """Tell ``listener`` of every temporary made (``"+"``) and let go (``"-"``) from now on."""
+    global _listener
+    _listener = listener
+
+
+def _register(path: Path) -> None:
+    _live[path] = None
+    if _listener is not None:
+        _listener("+", path)
+
+
+def make_file(folder: Path | None, prefix: str, suffix: str = ".tmp") -> Path:
+    """A fresh empty temporary file (mode 0600) in ``folder`` (None: the system's)."""
+    with signals_held():
+        fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
+        _register(Path(name))
+    os.close(fd)
+    return Path(name)
+
+
+def make_dir(folder: Path | None, prefix: str, suffix: str = ".tmp") -> Path:
+    """A fresh temporary folder in ``folder`` (None: the system's)."""
+    with signals_held():
+        made = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=folder))
+        _register(made)
+    return made
+
+
+def forget(path: Path) -> None:
+    """``path`` is no longer a temporary of this process (published, or removed)."""
+    if _live.pop(path, 0) is None and _listener is not None:
+        _listener("-", path)
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file or folder (never following a link), if it is there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def remove(path: Path) -> None:
+    """Remove a temporary and forget it."""
+    remove_path(path)
+    forget(path)
+
+
+def remove_all() -> None:
+    """Remove every temporary this process still holds (at exit, after an interrupt)."""
+    for path in list(_live):
+        remove(path)
+
+
+atexit.register(remove_all)
