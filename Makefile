@@ -27,7 +27,7 @@ typecheck: install
 	$(BIN)/mypy
 
 pytest: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 samples: install
 	$(BIN)/python scripts/make_samples.py sample_models

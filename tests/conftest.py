@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+
+# Tables are as wide as a CI log's (180 columns) in every worker: pytest-xdist's workers
+# otherwise inherit a terminal width of 80 and squeeze tensor names.
+os.environ["COLUMNS"] = "180"
 
 
 @pytest.fixture
