@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import json
 import os
 import shutil
 import struct
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -126,6 +128,88 @@ def member_data_offset(path: Path, info: zipfile.ZipInfo, f: Any = None) -> int:
     return int(info.header_offset + 30 + name_len + extra_len)
 
 
+INFLATE_INPUT = 64 << 10  # compressed bytes read at a time
+
+
+class Inflated(io.RawIOBase):
+    """A zip member's bytes, stored or deflated, never more than its declared size.
+
+    zipfile inflates as much as the compressed bytes give in one call (bz2 and lzma
+    always, deflate on ``read()``), so a member whose declared size lies costs
+    gigabytes. Here each call yields at most what was asked for, a stream that goes
+    on past the declared size or ends before it is refused, and the CRC is checked at
+    the end. Other methods (bz2, lzma: Keras writes neither) are refused by the caller.
+    """
+
+    def __init__(self, raw: Window, info: zipfile.ZipInfo, label: str) -> None:
+        super().__init__()
+        self.raw, self.info, self.label = raw, info, label
+        self.z = zlib.decompressobj(-15) if info.compress_type == zipfile.ZIP_DEFLATED else None
+        self.consumed = 0  # compressed bytes read
+        self.produced = 0
+        self.crc = 0
+        self.tail = b""
+        self.checked = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        want = min(len(b), self.info.file_size - self.produced)
+        if want <= 0:
+            self._check_end()
+            return 0
+        data = self._next(want)
+        n = len(data)
+        b[:n] = data
+        self.produced += n
+        self.crc = crc32(data, self.crc)
+        return n
+
+    def _input(self) -> bytes:
+        data = self.raw.pread(INFLATE_INPUT, self.consumed)
+        self.consumed += len(data)
+        return data
+
+    def _next(self, want: int) -> bytes:
+        if self.z is None:
+            data = self.raw.pread(want, self.consumed)
+            self.consumed += len(data)
+            if not data:
+                raise CorruptError(f"{self.label}: ends before its declared size")
+            return data
+        while True:
+            if not self.tail:
+                self.tail = self._input()
+                if not self.tail:
+                    raise CorruptError(f"{self.label}: ends before its declared size")
+            data = self.z.decompress(self.tail, want)
+            self.tail = self.z.unconsumed_tail
+            if data:
+                return data
+            if self.z.eof:
+                raise CorruptError(f"{self.label}: ends before its declared size")
+
+    def _check_end(self) -> None:
+        if self.checked:
+            return
+        self.checked = True
+        if self.z is not None and not self.z.eof:
+            more = self.z.decompress(self.tail or self._input(), 1)
+            if more:
+                raise CorruptError(
+                    f"{self.label}: holds more than the {self.info.file_size} bytes its zip "
+                    "entry declares: refused"
+                )
+        if self.crc != self.info.CRC:
+            raise CorruptError(f"{self.label}: bad CRC-32 (damaged archive member)")
+
+    def close(self) -> None:
+        if not self.closed:
+            self.raw.close()
+        super().close()
+
+
 class ArchiveStore(H5Store):
     """A ``.keras`` archive, read through its ``model.weights.h5`` member."""
 
@@ -144,6 +228,14 @@ class ArchiveStore(H5Store):
             raise InputError(
                 f"{path}: a zip file, but not a Keras archive (no config.json and {WEIGHTS})"
             )
+        names = self._zip.namelist()
+        if len(set(names)) != len(names):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            self._zip.close()
+            raise CorruptError(
+                f"{path}: holds two members named {twice[0]!r} (readers disagree on which "
+                "counts): refused"
+            )
         try:
             config = self._json("config.json")
             metadata = (
@@ -157,6 +249,10 @@ class ArchiveStore(H5Store):
         member = self._zip.getinfo(WEIGHTS)
         try:
             if member.compress_type == zipfile.ZIP_STORED:
+                if member.file_size != member.compress_size:
+                    raise zipfile.BadZipFile(
+                        f"a stored member of {member.compress_size} bytes declares {member.file_size}"
+                    )
                 start = member_data_offset(path, member, self._reader)
                 src: Any = Window(path, start, member.file_size, self._reader)
                 self._window = src
@@ -207,7 +303,8 @@ class ArchiveStore(H5Store):
                 f"{self.path}: {name} is {info.file_size} bytes (limit {MAX_JSON_BYTES >> 20} MiB)"
             )
         try:
-            value = json.loads(self._zip.read(name))
+            with self.open_member(info) as f:
+                value = json.loads(f.read())
         except RecursionError as exc:
             raise CorruptError(f"{self.path}: {name} is nested too deeply") from exc
         except (RuntimeError, NotImplementedError) as exc:
@@ -234,7 +331,7 @@ class ArchiveStore(H5Store):
         remove_stale_temps(tmpdir, "")
         self._extracted = temps.make_file(None, f".weights.{TEMP_TAG}{os.getpid()}.", ".h5.tmp")
         written = 0
-        with open(self._extracted, "wb") as out, self._zip.open(member) as inp:
+        with open(self._extracted, "wb") as out, self.open_member(member) as inp:
             while chunk := inp.read(1 << 20):
                 written += len(chunk)
                 if written > member.file_size:
@@ -255,8 +352,23 @@ class ArchiveStore(H5Store):
         """The open archive (read-only)."""
         return self._zip
 
+    def open_member(self, info: zipfile.ZipInfo) -> io.BufferedReader:
+        """A member's bytes, decompressed in bounded steps up to its declared size
+        (``Inflated``); encrypted members and methods Keras never writes are refused."""
+        label = f"{self.path}: {info.filename}"
+        if info.flag_bits & 0x1:
+            raise UnsupportedError(f"{label}: encrypted: refused")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise UnsupportedError(
+                f"{label}: compressed with zip method {info.compress_type}; Keras stores or "
+                "deflates members: refused"
+            )
+        start = member_data_offset(self.path, info, self._reader)
+        window = Window(self.path, start, info.compress_size, self._reader)
+        return io.BufferedReader(Inflated(window, info, label), 1 << 20)
+
     def copy_source_to(self, dest: Path) -> None:
-        with self._zip.open(WEIGHTS) as inp, open(dest, "wb") as out:
+        with self.open_member(self._zip.getinfo(WEIGHTS)) as inp, open(dest, "wb") as out:
             shutil.copyfileobj(inp, out, 1 << 20)
 
     def source_region(self) -> tuple[Path, int, int] | None:
@@ -362,7 +474,7 @@ class ArchivePatcher(_WeightsMemberPatcher):
             if config is not None:
                 out.write(config)
             else:
-                with self.store.zip.open(member) as inp:
+                with self.store.open_member(member) as inp:
                     shutil.copyfileobj(inp, out, 1 << 20)
 
     def _commit(self) -> None:

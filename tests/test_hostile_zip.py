@@ -1,0 +1,112 @@
+"""Zip members that lie (hostile input, round two): a declared size far below what the
+compressed stream holds, methods Keras never writes, two members of one name. Each is
+one line and exit 2, in bounded memory, with the input untouched."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from helpers import SAMPLES, run
+
+PEAK_MIB = 200
+
+# Runs weightcli and prints the largest resident size of it and its children (KiB).
+MEASURED = (
+    "import resource, subprocess, sys\n"
+    "r = subprocess.run([sys.executable, '-m', 'weightcli', *sys.argv[1:]], capture_output=True, text=True)\n"
+    "sys.stderr.write(r.stderr)\n"
+    "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+)
+
+
+def measured(*args: object) -> tuple[int, int, str]:
+    res = subprocess.run(
+        [sys.executable, "-c", MEASURED, *map(str, args)], capture_output=True, text=True, timeout=120
+    )
+    code, kib = res.stdout.split()
+    return int(code), int(kib) // 1024, res.stderr
+
+
+def _lying_deflate(dst: Path, member: str, inflated: int, declared: int) -> Path:
+    """mlp.keras whose ``member`` is ``inflated`` zero bytes, deflated, declaring ``declared``."""
+    with zipfile.ZipFile(SAMPLES / "mlp.keras") as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            if info.filename != member:
+                zout.writestr(info, zin.read(info.filename))
+                continue
+            big = zipfile.ZipInfo(member)
+            big.compress_type = zipfile.ZIP_DEFLATED
+            with zout.open(big, "w", force_zip64=False) as out:
+                chunk = bytes(1 << 20)
+                for _ in range(inflated >> 20):
+                    out.write(chunk)
+    # Rewrite the member's declared (uncompressed) size in both headers.
+    data = bytearray(dst.read_bytes())
+    with zipfile.ZipFile(dst) as z:
+        info = z.getinfo(member)
+    struct.pack_into("<I", data, info.header_offset + 22, declared)
+    at = 0
+    while (at := data.find(b"PK\x01\x02", at)) >= 0:
+        (name_len,) = struct.unpack_from("<H", data, at + 28)
+        if bytes(data[at + 46 : at + 46 + name_len]) == member.encode():
+            struct.pack_into("<I", data, at + 24, declared)
+            break
+        at += 4
+    dst.write_bytes(bytes(data))
+    with zipfile.ZipFile(dst) as z:  # the premise: the lie is what zipfile reads
+        got = z.getinfo(member)
+        assert got.file_size == declared and got.compress_type == zipfile.ZIP_DEFLATED
+    return dst
+
+
+@pytest.mark.parametrize("member", ["config.json", "model.weights.h5"])
+def test_a_deflated_member_that_lies_about_its_size(tmp_path: Path, member: str) -> None:
+    bomb = _lying_deflate(tmp_path / "bomb.keras", member, 600 << 20, 4096)
+    before = bomb.read_bytes()
+    code, peak, err = measured("inspect", bomb)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert peak < PEAK_MIB, f"{peak} MiB"
+    assert bomb.read_bytes() == before
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
+def test_members_compressed_as_keras_never_does_are_refused(tmp_path: Path, method: int) -> None:
+    path = tmp_path / "odd.keras"
+    with zipfile.ZipFile(SAMPLES / "mlp.keras") as zin, zipfile.ZipFile(path, "w") as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info.filename), compress_type=method)
+    res = run("inspect", path)
+    assert res.code == 2 and "refused" in res.err and len(res.err.strip().splitlines()) == 1
+
+
+def test_an_archive_with_two_weights_members_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "twice.keras"
+    shutil.copyfile(SAMPLES / "mlp.keras", path)
+    with zipfile.ZipFile(SAMPLES / "mlp.keras") as zin, zipfile.ZipFile(path, "a") as zout:
+        zout.writestr("model.weights.h5", zin.read("model.weights.h5"))
+    for args in (["inspect", path], ["scale", path, "0.5", "-o", tmp_path / "o.keras"]):
+        res = run(*args)
+        assert res.code == 2 and "two members" in res.err, res.err
+    assert not (tmp_path / "o.keras").exists()
+
+
+def test_a_compressed_archive_still_reads_and_transforms(tmp_path: Path) -> None:
+    """The bounded reader against zipfile's: a deflated .keras reads the same values."""
+    path = tmp_path / "deflated.keras"
+    with zipfile.ZipFile(SAMPLES / "mlp.keras") as zin, zipfile.ZipFile(path, "w") as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info.filename), compress_type=zipfile.ZIP_DEFLATED)
+    a = run("inspect", SAMPLES / "mlp.keras", "--json").json()
+    b = run("inspect", path, "--json").json()
+    assert [t["stats"] for t in a["tensors"]] == [t["stats"] for t in b["tensors"]]
+    res = run("scale", path, "0.5", "-o", tmp_path / "half.keras")
+    assert res.code == 0, res.err
+    assert json.loads(zipfile.ZipFile(tmp_path / "half.keras").read("config.json"))
