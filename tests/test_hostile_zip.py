@@ -28,7 +28,10 @@ MEASURED = (
 
 def measured(*args: object) -> tuple[int, int, str]:
     res = subprocess.run(
-        [sys.executable, "-c", MEASURED, *map(str, args)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", MEASURED, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     code, kib = res.stdout.split()
     return int(code), int(kib) // 1024, res.stderr
@@ -103,7 +106,9 @@ def test_a_compressed_archive_still_reads_and_transforms(tmp_path: Path) -> None
     path = tmp_path / "deflated.keras"
     with zipfile.ZipFile(SAMPLES / "mlp.keras") as zin, zipfile.ZipFile(path, "w") as zout:
         for info in zin.infolist():
-            zout.writestr(info.filename, zin.read(info.filename), compress_type=zipfile.ZIP_DEFLATED)
+            zout.writestr(
+                info.filename, zin.read(info.filename), compress_type=zipfile.ZIP_DEFLATED
+            )
     a = run("inspect", SAMPLES / "mlp.keras", "--json").json()
     b = run("inspect", path, "--json").json()
     assert [t["stats"] for t in a["tensors"]] == [t["stats"] for t in b["tensors"]]

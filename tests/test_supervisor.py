@@ -97,7 +97,9 @@ def test_a_model_past_the_time_limit_is_stopped(tmp_path: Path) -> None:
     for name in ("a_slow.h5", "b.h5"):
         shutil.copyfile(SAMPLES / "mlp_keras3.h5", tmp_path / name)
     started = time.monotonic()
-    res = weightcli("--timeout", "2", "inspect", tmp_path / "a_slow.h5", tmp_path / "b.h5", "--json")
+    res = weightcli(
+        "--timeout", "2", "inspect", tmp_path / "a_slow.h5", tmp_path / "b.h5", "--json"
+    )
     assert time.monotonic() - started < 30
     assert res.returncode == 2, res.stderr
     docs = [json.loads(line) for line in res.stdout.splitlines()]

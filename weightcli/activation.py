@@ -37,14 +37,11 @@ def load_calibration(
     path: Path, input_names: list[str], input_shapes: list[tuple[Any, ...]]
 ) -> list[np.ndarray]:
     """The calibration arrays, one per model input, checked against the input signature."""
-    if not path.is_file():
-        raise InputError(f"{path}: calibration data not found")
-    if path.stat().st_size == 0:
+    from weightcli.arrays import load_any, regular_file
+
+    if regular_file(path, "calibration file") == 0:
         raise InputError(f"{path}: calibration file is empty")
-    try:
-        data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read calibration data as .npy/.npz: {exc}") from exc
+    data = load_any(path)
     if isinstance(data, np.ndarray):
         if len(input_names) != 1:
             raise UsageError(

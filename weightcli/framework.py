@@ -108,7 +108,7 @@ def import_custom_objects(path: Path) -> dict[str, Any]:
     try:
         with quiet():
             spec.loader.exec_module(module)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # sys.exit() in it must not end weightcli quietly
         msg = (str(exc).strip().splitlines() or [""])[0]
         raise UsageError(
             f"{path}: the custom objects file raised {type(exc).__name__}: {msg}"
@@ -460,10 +460,9 @@ def make_inputs(
 
 
 def _read_inputs(r: Runnable, path: Path) -> dict[str, np.ndarray]:
-    try:
-        data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read as .npy/.npz: {exc}") from exc
+    from weightcli.arrays import load_any
+
+    data = load_any(path)
     names = list(r.inputs)
     if isinstance(data, np.ndarray) and data.size == 0:
         raise UsageError(f"{path}: the input array is empty")

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from weightcli import pipeline
+from weightcli import arrays, pipeline
 from weightcli.errors import InputError, ParameterError, UsageError, literal
 from weightcli.results import TransformResult
 from weightcli.select import Selection
@@ -112,28 +112,23 @@ class _SetStep(Step):
         return self._params
 
 
-def _load_npy(path: Path) -> np.ndarray:
-    try:
-        array: np.ndarray = np.load(path, mmap_mode="r", allow_pickle=False)
-        return array
-    except FileNotFoundError as exc:
-        raise InputError(f"{path}: no such file") from exc
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read as .npy: {exc}") from exc
-
-
 def _check(info: TensorInfo, value: Any, where: str) -> None:
     if isinstance(value, float):
         if not info.is_float and not float(value).is_integer():
             raise UsageError(f"{info.name} is {info.dtype}: {value} is not a whole number")
         return
-    if tuple(value.shape) != info.shape:
-        raise UsageError(
-            f"{info.name}: {where} has shape {tuple(value.shape)}, the tensor {info.shape}"
-        )
-    if value.dtype.kind not in "fiub":
-        raise UsageError(f"{info.name}: {where} holds {value.dtype}, not numbers")
-    if value.dtype.kind == "f" and not info.is_float:
+    _check_header(info, tuple(value.shape), value.dtype, where)
+
+
+def _check_header(
+    info: TensorInfo, shape: tuple[int, ...], dtype: np.dtype[Any], where: str
+) -> None:
+    """An array's shape and dtype against the tensor's, before its data is read."""
+    if shape != info.shape:
+        raise UsageError(f"{info.name}: {where} has shape {shape}, the tensor {info.shape}")
+    if dtype.kind not in "fiub":
+        raise UsageError(f"{info.name}: {where} holds {dtype}, not numbers")
+    if dtype.kind == "f" and not info.is_float:
         raise UsageError(
             f"{info.name} is {info.dtype}: floats from {where} cannot be written into it"
         )
@@ -148,24 +143,22 @@ def run(request: SetRequest, path: str | Path) -> TransformResult:
         npz = None
         try:
             if request.from_npz is not None:
-                try:
-                    npz = np.load(request.from_npz, allow_pickle=False)
-                except FileNotFoundError as exc:
-                    raise InputError(f"{request.from_npz}: no such file") from exc
-                except (OSError, ValueError) as exc:
-                    raise InputError(f"{request.from_npz}: cannot read as .npz: {exc}") from exc
-                if not hasattr(npz, "files"):
+                loaded = arrays.load_any(request.from_npz)
+                if not isinstance(loaded, arrays.Npz):
                     raise InputError(
                         f"{request.from_npz}: a single array, not a .npz of named arrays"
                     )
+                npz = loaded
                 names = {t.name for t in store.tensors()}
                 unknown = [k for k in npz.files if k not in names]
                 if unknown:
                     store.tensor(unknown[0])  # raises, naming the nearest
                 for key in npz.files:
                     info = store.tensor(key)
+                    where = f"{request.from_npz}[{key}]"
+                    _check_header(info, *npz.header(key), where)
                     array = npz[key]
-                    _check(info, array, f"{request.from_npz}[{key}]")
+                    _check(info, array, where)
                     ops[info.path] = (array, f"{request.from_npz.name}[{key}]")
                     params["tensors"][key] = request.from_npz.name
             for name, spec in request.assignments:
@@ -174,7 +167,7 @@ def run(request: SetRequest, path: str | Path) -> TransformResult:
                     value: Any = spec
                     label = f"constant {spec:g}"
                 else:
-                    value = _load_npy(Path(spec))
+                    value = arrays.load_npy(Path(spec))
                     label = Path(spec).name
                 _check(info, value, label)
                 ops[info.path] = (value, label)

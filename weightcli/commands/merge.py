@@ -314,7 +314,13 @@ def run(request: MergeRequest, path: str | Path) -> TransformResult:
                 "(rename with {map} OLD=NEW, or leave tensors out with {exclude})"
             )
         out = plan_output(
-            carrier, carrier_path, request.output, False, request.force, request.dry_run
+            carrier,
+            carrier_path,
+            request.output,
+            False,
+            request.force,
+            request.dry_run,
+            other_inputs=(*inputs, *([request.base] if request.base else [])),
         )
         # Every input hashed once, by one process beside the merge (one interpreter,
         # a thread per input in it), while the merge runs.

@@ -191,7 +191,13 @@ def run(request: TransplantRequest, path: str | Path) -> TransplantResult:
             raise ParameterError(_nothing_matched(src, tgt))
         unused = [s.name for s in src if s.path not in used]
         out = plan_output(
-            target, target_path, request.output, request.in_place, request.force, request.dry_run
+            target,
+            target_path,
+            request.output,
+            request.in_place,
+            request.force,
+            request.dry_run,
+            other_inputs=(request.source,),
         )
         params = {
             **({"from_ema": True} if request.from_ema else {}),

@@ -12,6 +12,7 @@ import contextlib
 import os
 import re
 import shutil
+import stat as stat_mod
 import tempfile
 from pathlib import Path
 
@@ -67,12 +68,18 @@ def plan_output(
     force: bool,
     dry_run: bool,
     mkdirs: bool = False,
+    other_inputs: tuple[Path, ...] = (),
 ) -> Path | None:
     """Where a command writes ``store``'s patched copy (None: a dry run that names no
     output, a plan only). Applies every rule a real run applies (``resolve_output``, the
-    suffix of the format written), in a dry run too."""
+    suffix of the format written), in a dry run too. ``other_inputs`` (a merge's, a
+    transplant's source) are never written over, ``force`` or not."""
     if raw is None and not in_place and dry_run:
         return None
+    target = output_target(src, raw, store.target.name)
+    for other in other_inputs:
+        if target is not None and _same(other, target):
+            raise OutputError(f"{target}: is an input of this run: write the output elsewhere")
     out = resolve_output(
         store.target,
         output_target(src, raw, store.target.name),
@@ -139,7 +146,15 @@ def _resolve(
             raise ParameterError(
                 "{in_place} writes over the input: do not also give a different {output}"
             )
-        return src if is_url(src) else Path(os.path.realpath(src))
+        if is_url(src):
+            return src
+        real = Path(os.path.realpath(src))
+        if real.is_file() and not os.stat(real).st_mode & 0o222 and not force:
+            raise OutputError.naming(
+                f"{literal(src)}: is read-only; use {{force}} to write over it all the same "
+                "(its mode is kept)"
+            )
+        return real
     if out is None:
         raise ParameterError("give {output} OUT (or {in_place} to overwrite the input)")
     if _same(src, out):
@@ -338,6 +353,7 @@ def publish(tmp: Path, out: Path, overwrite: bool) -> None:
             temps.forget(tmp)
         return
     if overwrite:
+        _keep_mode(tmp, out)
         if tmp.is_dir() and (out.exists() or out.is_symlink()):
             _replace_dir(tmp, out)
         else:
@@ -354,6 +370,20 @@ def publish(tmp: Path, out: Path, overwrite: bool) -> None:
             "nothing replaced (use {force} to overwrite)"
         )
     temps.forget(tmp)
+
+
+def _keep_mode(tmp: Path, out: Path) -> None:
+    """A file or folder written over keeps its permission bits, and its owner and
+    group where this process may set them (root, or its own files)."""
+    try:
+        st = os.stat(out)
+    except OSError:
+        return  # nothing there yet: an ordinary new file
+    if stat_mod.S_ISDIR(st.st_mode) != tmp.is_dir():
+        return
+    with contextlib.suppress(OSError):
+        os.chown(tmp, st.st_uid, st.st_gid)
+    os.chmod(tmp, stat_mod.S_IMODE(st.st_mode))
 
 
 def remove(out: Path) -> None:

@@ -1,0 +1,144 @@
+"""Hostile input, round two: special files, arrays whose headers lie, outputs that are
+inputs, modes kept in place, a custom-objects file that calls sys.exit. Each refusal is
+one line and exit 2, quickly (a FIFO never blocks), with the input untouched."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import SAMPLES, run
+
+MLP = SAMPLES / "mlp.keras"
+
+
+def weightcli(*args: object) -> subprocess.CompletedProcess[str]:
+    """The real entry point (a FIFO that blocked would hit the timeout)."""
+    return subprocess.run(
+        [sys.executable, "-m", "weightcli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def one_line(err: str) -> bool:
+    return len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_fifo_never_blocks(tmp_path: Path) -> None:
+    fifo = tmp_path / "values.npy"
+    os.mkfifo(fifo)
+    res = weightcli("set", MLP, f"dense_1/bias={fifo}", "-o", tmp_path / "o.keras")
+    assert res.returncode == 2 and one_line(res.stderr) and "not a regular file" in res.stderr
+    res = weightcli("set", MLP, "--from", fifo, "-o", tmp_path / "o.keras")
+    assert res.returncode == 2 and one_line(res.stderr)
+    res = weightcli("verify", MLP, "--input", fifo)
+    assert res.returncode == 2 and one_line(res.stderr)
+
+
+def test_a_fifo_inside_a_model_folder_never_blocks(tmp_path: Path) -> None:
+    model = shutil.copytree(SAMPLES / "mlp_export", tmp_path / "sm")
+    os.mkfifo(model / "variables" / "pipe")
+    for args in (
+        ["scale", model, "0.5", "-o", tmp_path / "o"],
+        ["merge", model, SAMPLES / "mlp_export", "-o", tmp_path / "m"],
+    ):
+        res = weightcli(*args)
+        assert res.returncode == 2, res.stderr
+        assert one_line(res.stderr) and "pipe" in res.stderr
+
+
+def _npy_claiming(path: Path, shape: tuple[int, ...]) -> Path:
+    """A .npy whose header claims ``shape`` of float32 but holds 16 bytes of data."""
+    header = {"descr": "<f4", "fortran_order": False, "shape": shape}
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        f.write(bytes(16))
+    return path
+
+
+def test_an_array_header_that_lies_is_refused_before_reading(tmp_path: Path) -> None:
+    huge = _npy_claiming(tmp_path / "huge.npy", (1 << 20, 1 << 20))  # claims 4 TiB
+    res = run("set", MLP, f"dense_1/bias={huge}", "-o", tmp_path / "o.keras")
+    assert res.code == 2 and "claims shape" in res.err
+    npz = tmp_path / "huge.npz"
+    with zipfile.ZipFile(npz, "w") as z:
+        z.write(huge, "dense_1/bias.npy")
+    res = run("set", MLP, "--from", npz, "-o", tmp_path / "o.keras")
+    assert res.code == 2 and one_line(res.err), res.err
+    assert not (tmp_path / "o.keras").exists()
+
+
+def test_an_object_array_is_refused(tmp_path: Path) -> None:
+    npz = tmp_path / "objects.npz"
+    np.savez(npz, **{"dense_1/bias": np.array([object(), 1], dtype=object)})
+    res = run("set", MLP, "--from", npz, "-o", tmp_path / "o.keras")
+    assert res.code == 2 and "pickle" in res.err and one_line(res.err)
+
+
+def test_set_from_an_ordinary_npz_still_works(tmp_path: Path) -> None:
+    value = np.arange(32, dtype="float32")
+    shape = next(
+        t["shape"]
+        for t in run("inspect", MLP, "--json").json()["tensors"]
+        if t["name"] == "dense_1/bias"
+    )
+    value = np.arange(int(np.prod(shape)), dtype="float32").reshape(shape)
+    npz = tmp_path / "v.npz"
+    np.savez_compressed(npz, **{"dense_1/bias": value})
+    res = run("set", MLP, "--from", npz, "-o", tmp_path / "o.keras")
+    assert res.code == 0, res.err
+    got = run("dump", tmp_path / "o.keras", "-o", tmp_path / "d.npz", "-s", "dense_1/bias")
+    assert got.code == 0
+    assert np.array_equal(np.load(tmp_path / "d.npz")["dense_1/bias"], value)
+
+
+def test_merge_never_writes_over_an_input(tmp_path: Path) -> None:
+    a = shutil.copyfile(SAMPLES / "mlp_keras3.h5", tmp_path / "a.h5")
+    b = shutil.copyfile(SAMPLES / "mlp_keras3.h5", tmp_path / "b.h5")
+    before = b.read_bytes()
+    res = run("merge", a, b, "-o", b, "--force")
+    assert res.code == 2 and "is an input" in res.err
+    assert b.read_bytes() == before
+    res = run("transplant", a, b, "-o", a, "--force")
+    assert res.code == 2 and "is an input" in res.err
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o640])
+def test_in_place_keeps_the_mode(tmp_path: Path, mode: int) -> None:
+    path = shutil.copyfile(SAMPLES / "mlp_keras3.h5", tmp_path / "m.h5")
+    os.chmod(path, mode)
+    before = path.read_bytes()
+    res = run("scale", path, "0.5", "--in-place")
+    assert res.code == 0, res.err
+    assert path.read_bytes() != before  # the premise: it was rewritten
+    assert stat.S_IMODE(os.stat(path).st_mode) == mode
+
+
+def test_in_place_refuses_a_read_only_file_without_force(tmp_path: Path) -> None:
+    path = shutil.copyfile(SAMPLES / "mlp_keras3.h5", tmp_path / "m.h5")
+    os.chmod(path, 0o444)
+    before = path.read_bytes()
+    res = run("scale", path, "0.5", "--in-place")
+    assert res.code == 2 and "read-only" in res.err and "--force" in res.err
+    assert path.read_bytes() == before
+    res = run("scale", path, "0.5", "--in-place", "--force")
+    assert res.code == 0, res.err
+    assert path.read_bytes() != before
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o444
+
+
+def test_a_custom_objects_file_that_exits_is_an_error(tmp_path: Path) -> None:
+    code = tmp_path / "custom.py"
+    code.write_text("import sys\nsys.exit(0)\n")
+    res = weightcli("verify", MLP, "--custom-objects", code)
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    assert "SystemExit" in res.stderr and one_line(res.stderr)
