@@ -181,28 +181,36 @@ def test_missing_tensorflow_is_one_line(tmp_path: Path) -> None:
 
 
 def _imports(package: Path) -> dict[str, set[str]]:
+    """Module -> the modules it imports (lazily or not), every edge: ``from pkg import
+    sub`` is an edge to ``pkg.sub`` when that is a module, else to ``pkg`` itself (its
+    ``__init__``), whichever package ``pkg`` is, the importer's own parent included."""
     mods = {
         ".".join(p.relative_to(package.parent).with_suffix("").parts).removesuffix(".__init__"): p
         for p in package.rglob("*.py")
     }
     graph: dict[str, set[str]] = {m: set() for m in mods}
+
+    def known(t: str) -> str:
+        while t and t not in mods:
+            t = t.rsplit(".", 1)[0] if "." in t else ""
+        return t
+
     for m, p in mods.items():
         pkg = m if p.name == "__init__.py" else m.rsplit(".", 1)[0]
         for node in ast.walk(ast.parse(p.read_text())):
             targets: list[str] = []
             if isinstance(node, ast.Import):
-                targets = [a.name for a in node.names]
+                targets = [known(a.name) for a in node.names]
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:
                     parts = pkg.split(".")[: len(pkg.split(".")) - node.level + 1]
                     base = ".".join(parts + ([base] if base else []))
-                targets = [base] + [f"{base}.{a.name}" for a in node.names]
-            for t in targets:
-                while t and t not in mods:
-                    t = t.rsplit(".", 1)[0] if "." in t else ""
-                if t and t != m and not m.startswith(t + "."):
-                    graph[m].add(t)
+                targets = [
+                    f"{base}.{a.name}" if f"{base}.{a.name}" in mods else known(base)
+                    for a in node.names
+                ]
+            graph[m] |= {t for t in targets if t and t != m}
     return graph
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from weightcli.child import Limits, end_with_parent
 from weightcli.errors import OutputError, Terminated, UsageError, WeightcliError, literal
 from weightcli.results import Result
-from weightcli.stores.detect import is_model_folder, looks_like_model
+from weightcli.stores.registry import file_is_model, folder_is_model, parts_of_models
 from weightcli.stores.remote import RemotePath, as_path
 
 
@@ -76,6 +76,18 @@ def model_size(path: Path) -> int:
         return 0
 
 
+def _models_in(folder: Path, names: list[str]) -> Iterator[Path]:
+    """The models among a folder's files (not its subfolders), by the registry's rules:
+    files that are parts of a model (data shards, state files, a map's shards) skipped."""
+    parts = parts_of_models(folder, names)
+    for name in sorted(names):
+        if name.startswith(".") or name in parts:
+            continue
+        model = file_is_model(folder / name)
+        if model is not None:
+            yield model
+
+
 def _walk(root: Path) -> Iterator[Path]:
     unreadable: list[Path] = []
     for folder, dirs, files in os.walk(root, onerror=lambda e: unreadable.append(Path(e.filename))):
@@ -83,36 +95,24 @@ def _walk(root: Path) -> Iterator[Path]:
         unreadable.clear()
         here = Path(folder)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        if "saved_model.pb" in files or is_model_folder(here):
+        if folder_is_model(files):
             dirs[:] = []
             yield here
             continue
-        shards = _shards_named_here(here, files)
-        for name in sorted(files):
-            if name.startswith(".") or ".data-" in name or name == "checkpoint" or name in shards:
-                continue
-            p = here / name
-            if looks_like_model(p):
-                yield p.with_name(name[: -len(".index")]) if name.endswith(".index") else p
+        yield from _models_in(here, files)
     yield from unreadable
 
 
 def _walk_remote(root: RemotePath) -> Iterator[Path]:
     """``_walk`` for a prefix in object storage: one listing of every object below it,
-    then the same rules (a folder with saved_model.pb, or an unzipped Keras model, is
-    one model; checkpoint prefixes by their index; files by content)."""
+    then the same rules."""
     below: dict[Path, list[Path]] = {}
     for f in root.walk_files():
         rel = f.relative_to(root).parts
         if any(part.startswith(".") for part in rel):
             continue
         below.setdefault(f.parent, []).append(f)
-    models = sorted(
-        d
-        for d, files in below.items()
-        if "saved_model.pb" in (found := {f.name for f in files})
-        or all(m in found for m in ("config.json", "model.weights.h5"))
-    )
+    models = sorted(d for d, files in below.items() if folder_is_model({f.name for f in files}))
 
     def inside_model(folder: Path) -> bool:
         return any(folder == m or m in folder.parents for m in models)
@@ -121,31 +121,8 @@ def _walk_remote(root: RemotePath) -> Iterator[Path]:
         if not any(other in m.parents for other in models):
             yield m
     for folder in sorted(below):
-        if inside_model(folder):
-            continue
-        shards = _shards_named_here(folder, [f.name for f in below[folder]])
-        for obj in sorted(below[folder]):
-            if ".data-" in obj.name or obj.name == "checkpoint" or obj.name in shards:
-                continue
-            if looks_like_model(obj):
-                name = obj.name
-                yield obj.with_name(name[: -len(".index")]) if name.endswith(".index") else obj
-
-
-def _shards_named_here(folder: Path, files: list[str]) -> set[str]:
-    """The shard files of the sharded weights maps in ``folder``: part of those models."""
-    from weightcli.stores.detect import is_weights_map
-
-    out: set[str] = set()
-    for name in files:
-        if name.endswith(".json") and is_weights_map(folder / name):
-            from weightcli.stores.sharded import read_map, shard_names
-
-            try:
-                out.update(shard_names(read_map(folder / name)))
-            except WeightcliError:
-                continue
-    return out
+        if not inside_model(folder):
+            yield from _models_in(folder, [f.name for f in below[folder]])
 
 
 def discover(paths: Sequence[str], recursive: bool) -> list[Item]:

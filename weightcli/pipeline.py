@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-from weightcli import __version__
 from weightcli.digest import digest, total_size
 from weightcli.errors import UnsupportedError, UsageError, literal
 from weightcli.prefetch import ahead
@@ -31,6 +30,7 @@ from weightcli.stats import RunningStats, TensorStats
 from weightcli.steps import Step, TensorOp
 from weightcli.stores.base import BLOCK_ELEMS, Block, Provenance, Store
 from weightcli.tensor import TensorInfo
+from weightcli.version import __version__
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 

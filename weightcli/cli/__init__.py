@@ -17,8 +17,8 @@ import sys
 
 import click
 
-from weightcli import __version__
 from weightcli.errors import Terminated, WeightcliError
+from weightcli.version import __version__
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow, if a command loads it
 

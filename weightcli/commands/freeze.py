@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from weightcli import __version__
 from weightcli.errors import ParameterError, UnsupportedError, literal
 from weightcli.results import FreezeResult
 from weightcli.stores import open_store
 from weightcli.stores.base import Provenance
 from weightcli.stores.output import plan_output
 from weightcli.stores.remote import as_path
+from weightcli.version import __version__
 
 __all__ = ["FreezeRequest", "FreezeResult", "run"]
 

@@ -20,17 +20,17 @@ from typing import Any
 
 import numpy as np
 
-from weightcli import __version__
 from weightcli.errors import UnsupportedError, UsageError
 from weightcli.results import TensorChange, TransformResult
 from weightcli.select import Selection
 from weightcli.stats import RunningStats
-from weightcli.stores import Format, open_store
+from weightcli.stores import open_store
 from weightcli.stores.base import BLOCK_ELEMS, Provenance, Store
 from weightcli.stores.naming import walk_config
 from weightcli.stores.output import plan_output
 from weightcli.stores.remote import as_path
 from weightcli.tensor import TensorInfo
+from weightcli.version import __version__
 
 __all__ = ["KerasInt8Request", "run"]
 
@@ -77,7 +77,7 @@ def run(request: KerasInt8Request, path: str | Path) -> TransformResult:
     started = time.perf_counter()
     src = as_path(path)
     with open_store(src) as store:
-        if store.meta.format not in (Format.KERAS_ARCHIVE, Format.KERAS_FOLDER):
+        if not store.meta.keras3_model:
             raise UnsupportedError(
                 f"{src}: a {store.meta.format_label}: Keras int8 layers need a .keras archive or "
                 "an unzipped model folder (the layer's dtype policy lives in its config)"

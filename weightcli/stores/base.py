@@ -84,6 +84,12 @@ class StoreMeta:
         return self.format in (Format.SAVEDMODEL, Format.TF_CHECKPOINT)
 
     @property
+    def keras3_model(self) -> bool:
+        """A Keras 3 model saved natively (``config.json`` beside ``model.weights.h5``):
+        the layout Keras 3's own layers (its quantized ones among them) are written in."""
+        return self.format in (Format.KERAS_ARCHIVE, Format.KERAS_FOLDER)
+
+    @property
     def keras_layers(self) -> bool:
         """Keras layers can be rebuilt from it (alone or with an architecture file)."""
         return self.full_model or self.weights_only
@@ -403,9 +409,7 @@ class Store(abc.ABC):
         when the patcher ends.
         """
         if is_url(self.path):
-            from weightcli.stores import open_store
-
-            local = open_store(self.local_copy())
+            local = self.reopen(self.local_copy())
             try:
                 inner = local.patch(out, retype, overwrite)
             except BaseException:
@@ -417,6 +421,10 @@ class Store(abc.ABC):
             patcher = self._patch(out, retype or {})
         patcher.overwrite = overwrite
         return patcher
+
+    def reopen(self, path: Path) -> Store:
+        """The same format's store over another copy of this checkpoint."""
+        return type(self)(path)  # type: ignore[call-arg]
 
     def local_copy(self) -> Path:
         """This checkpoint on this machine: its own path, or (in object storage) a copy

@@ -10,27 +10,20 @@ from __future__ import annotations
 import json
 import os
 import zipfile
-from enum import StrEnum
+from collections.abc import Collection
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from weightcli.errors import InputError, UnsupportedError
 from weightcli.stores.remote import is_url
+
+if TYPE_CHECKING:
+    from weightcli.stores.registry import FormatSpec
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 ZIP_SIGNATURE = b"PK\x03\x04"
 TABLE_MAGIC = bytes.fromhex("57fb808b247547db")
 ARCHIVE_MEMBERS = ("config.json", "model.weights.h5")
-
-
-class Container(StrEnum):
-    """The container kinds, each opened by one store class."""
-
-    HDF5 = "hdf5"
-    ZIP = "zip"
-    KERAS_FOLDER = "keras-folder"
-    SHARDED = "sharded"
-    SAVEDMODEL = "savedmodel"
-    TF_CHECKPOINT = "tf-checkpoint"
 
 
 def _head(path: Path, n: int = 8) -> bytes:
@@ -92,59 +85,88 @@ def checkpoint_prefix(path: Path) -> Path | None:
     return None
 
 
-def detect(path: Path) -> Container:
-    """The container ``path`` holds; raises InputError when it is not a model."""
+def detect(path: Path) -> FormatSpec:
+    """The format ``path`` holds (its ``FormatSpec``); raises InputError when it is not
+    a model. The probes of ``registry.FORMATS`` decide, in order."""
     try:
         return _detect(path)
     except OSError as exc:  # a name too long, a loop of links, ...
         raise InputError(f"{path}: cannot be read: {exc.strerror or exc}") from exc
 
 
-def _detect(path: Path) -> Container:
-    if path.is_dir():
+def _detect(path: Path) -> FormatSpec:
+    from weightcli.stores.registry import find
+
+    folder = path.is_dir()
+    if folder:
         if not is_url(path) and not os.access(path, os.R_OK | os.X_OK):
             raise InputError(f"{path}: a directory that cannot be read (permission denied)")
-        if (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file():
-            return Container.SAVEDMODEL
-        if is_model_folder(path):
-            return Container.KERAS_FOLDER
-        if (path / "export.meta").is_file() or any(path.glob("export-?????-of-?????")):
+        if (
+            not is_savedmodel(path)
+            and not is_model_folder(path)
+            and ((path / "export.meta").is_file() or any(path.glob("export-?????-of-?????")))
+        ):
             raise UnsupportedError(
                 f"{path}: a TensorFlow 0.12 SessionBundle export (export.meta), not a SavedModel; "
                 "convert it with a TensorFlow 1.x release first"
             )
-        if (path / "checkpoint").is_file() or any(path.glob("*.index")):
-            return Container.TF_CHECKPOINT
-        if index_path(path / "variables" / "variables").is_file():
-            return Container.TF_CHECKPOINT  # a SavedModel without its saved_model.pb
+    spec = find(path)
+    if spec is not None:
+        return spec
+    if folder:
         raise InputError(
             f"{path}: a directory that is neither a SavedModel (no saved_model.pb) nor a TF checkpoint"
         )
-    if checkpoint_prefix(path) is not None:
-        return Container.TF_CHECKPOINT
     if not path.exists():
         raise InputError(f"{path}: no such file or directory")
     if not path.is_file():
         raise InputError(f"{path}: not a regular file")
-    head = _head(path)
-    if head.startswith(ZIP_SIGNATURE):
-        with path.open("rb") as f:
-            # A zip first: an archive weightcli wrote holds its HDF5 weights member
-            # after a user block (the member's local header), so it is HDF5 too.
-            if zipfile.is_zipfile(f) or not is_hdf5(path):
-                return Container.ZIP
-    if is_hdf5(path):
-        return Container.HDF5
-    with path.open("rb") as f:
-        if zipfile.is_zipfile(f):  # a zip with something before its first member
-            return Container.ZIP
-    if is_weights_map(path):
-        return Container.SHARDED
     if path.stat().st_size == 0:
         raise InputError(f"{path}: empty file")
     raise InputError(
         f"{path}: unknown format (not HDF5, a Keras archive, a SavedModel or a TF checkpoint)"
     )
+
+
+# -- the probes of registry.FORMATS (content first; cheap) ---------------------------------
+
+
+def is_savedmodel(path: Path) -> bool:
+    return path.is_dir() and (
+        (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file()
+    )
+
+
+def is_tf_checkpoint(path: Path) -> bool:
+    if path.is_dir():
+        return (
+            (path / "checkpoint").is_file()
+            or any(path.glob("*.index"))
+            # a SavedModel without its saved_model.pb
+            or index_path(path / "variables" / "variables").is_file()
+        )
+    return checkpoint_prefix(path) is not None
+
+
+def is_zip(path: Path) -> bool:
+    """A zip archive. Before HDF5: an archive weightcli wrote holds its HDF5 weights
+    member after a user block (the member's local header), so it is HDF5 too."""
+    if not path.is_file():
+        return False
+    head = _head(path)
+    with path.open("rb") as f:
+        if head.startswith(ZIP_SIGNATURE) and (zipfile.is_zipfile(f) or not is_hdf5(path)):
+            return True
+        # a zip with something before its first member
+        return not is_hdf5(path) and zipfile.is_zipfile(f)
+
+
+def is_hdf5_file(path: Path) -> bool:
+    return path.is_file() and is_hdf5(path)
+
+
+def is_weights_map_file(path: Path) -> bool:
+    return path.is_file() and is_weights_map(path)
 
 
 def is_weights_map(path: Path) -> bool:
@@ -165,7 +187,12 @@ def is_weights_map(path: Path) -> bool:
 def is_model_folder(path: Path) -> bool:
     """An unzipped Keras model (``save_model(m, dir, zipped=False)``): an archive's members
     in a folder."""
-    return all((path / m).is_file() for m in ARCHIVE_MEMBERS)
+    return path.is_dir() and all((path / m).is_file() for m in ARCHIVE_MEMBERS)
+
+
+def names_model_folder(names: Collection[str]) -> bool:
+    """Directory searches: file names of an unzipped Keras model."""
+    return all(m in names for m in ARCHIVE_MEMBERS)
 
 
 def is_keras_archive(zf: zipfile.ZipFile) -> bool:
@@ -173,35 +200,55 @@ def is_keras_archive(zf: zipfile.ZipFile) -> bool:
     return all(m in names for m in ARCHIVE_MEMBERS)
 
 
-# Names that say "a model" whatever the content: kept by directory searches, so that an
-# empty or damaged one is reported as a failure instead of being skipped.
-MODEL_SUFFIXES = (".h5", ".hdf5", ".keras")
+# Directory searches keep files whose names say "a model" whatever the content, so that
+# an empty or damaged one is reported as a failure instead of being skipped.
+
+
+def is_hdf5_named(path: Path) -> bool:
+    """Directory searches: ``*.h5``/``*.hdf5`` by name, any other file by its signature."""
+    return path.name.lower().endswith((".h5", ".hdf5")) or _head_is(path, HDF5_SIGNATURE)
+
+
+def is_keras_archive_file(path: Path) -> bool:
+    """Directory searches: ``*.keras`` by name, a zip holding a Keras archive's members."""
+    if path.name.lower().endswith(".keras"):
+        return True
+    if not _head_is(path, ZIP_SIGNATURE, 4):
+        return False
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return is_keras_archive(zf)
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def is_checkpoint_index(path: Path) -> bool:
+    """Directory searches: a ``.index`` ending in the TF table magic."""
+    if path.suffix != ".index":
+        return False
+    try:
+        with path.open("rb") as f:
+            f.seek(-8, os.SEEK_END)
+            return f.read(8) == TABLE_MAGIC
+    except OSError:
+        return False
+
+
+def is_weights_map_named(path: Path) -> bool:
+    """Directory searches: a ``.json`` holding a Keras sharded weights map."""
+    return path.name.lower().endswith(".json") and is_weights_map(path)
+
+
+def _head_is(path: Path, signature: bytes, n: int = 8) -> bool:
+    try:
+        with path.open("rb") as f:
+            return f.read(n) == signature[:n]
+    except OSError:
+        return False
 
 
 def looks_like_model(path: Path) -> bool:
-    """For directory searches: is this file a checkpoint (or a damaged one, to be reported)?
+    """For directory searches: is this file a checkpoint (or a damaged one, to be reported)?"""
+    from weightcli.stores.registry import file_is_model
 
-    HDF5 by its signature; a zip holding a Keras archive's members; a ``.index`` ending
-    in the table magic; any file named ``*.h5``, ``*.hdf5`` or ``*.keras``.
-    """
-    if path.name.lower().endswith(MODEL_SUFFIXES):
-        return True
-    if path.name.lower().endswith(".json"):
-        return is_weights_map(path)
-    try:
-        with path.open("rb") as f:
-            head = f.read(8)
-            if head == HDF5_SIGNATURE:
-                return True
-            if head.startswith(ZIP_SIGNATURE):
-                try:
-                    with zipfile.ZipFile(f) as zf:
-                        return is_keras_archive(zf)
-                except (zipfile.BadZipFile, OSError):
-                    return False
-            if path.suffix == ".index":
-                f.seek(-8, os.SEEK_END)
-                return f.read(8) == TABLE_MAGIC
-    except OSError:
-        return False
-    return False
+    return file_is_model(path) is not None

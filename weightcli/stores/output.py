@@ -184,36 +184,30 @@ def _resolve(
     return out
 
 
-# Output names whose suffix tells a loader what the file is: (suffix, what it promises).
-_SUFFIXES = (
-    (".weights.json", "a Keras 3 sharded weights map"),
-    (".weights.h5", "a Keras 3 weights file"),
-    (".keras", "a Keras 3 archive"),
-    (".h5", "an HDF5 file"),
-    (".hdf5", "an HDF5 file"),
-    (".index", "a TF checkpoint index"),
-)
-# Which of those each format may be written under.
-_ALLOWED = {
-    Format.KERAS_H5: (".h5", ".hdf5"),
-    Format.KERAS_H5_WEIGHTS: (".h5", ".hdf5"),
-    Format.KERAS3_WEIGHTS: (".weights.h5",),
-    Format.KERAS_ARCHIVE: (".keras",),
-    Format.KERAS_FOLDER: (),
-    Format.KERAS3_SHARDED: (".weights.json",),
-    Format.HDF5: (".h5", ".hdf5", ".weights.h5"),
-    Format.SAVEDMODEL: (),
-    Format.TF_CHECKPOINT: (),
+# What an output name's suffix promises a loader (suffixes come from the registry).
+_PROMISES = {
+    ".weights.json": "a Keras 3 sharded weights map",
+    ".weights.h5": "a Keras 3 weights file",
+    ".keras": "a Keras 3 archive",
+    ".h5": "an HDF5 file",
+    ".hdf5": "an HDF5 file",
+    ".index": "a TF checkpoint index",
 }
 
 
 def check_suffix(fmt: Format, label: str, out: Path) -> None:
     """Refuse an output name whose suffix promises another format than the one written
     (Keras picks its loader by the name: ``x.keras`` holding HDF5 bytes does not load)."""
+    from weightcli.stores.registry import allowed_suffixes, known_suffixes
+
+    allowed = allowed_suffixes(fmt)
+    if allowed is None:
+        raise UnsupportedError(f"{out}: weightcli has no writer for the format {fmt}")
     name = out.name.lower()
-    for suffix, what in _SUFFIXES:
+    for suffix in (*known_suffixes(), ".index"):  # longest first: .weights.h5 before .h5
         if name.endswith(suffix):
-            if suffix not in _ALLOWED[fmt]:
+            if suffix not in allowed:
+                what = _PROMISES.get(suffix, f"a {suffix} file")
                 raise UsageError(
                     f"{out}: the name says {what}, but the output is a {label} "
                     "(same format as the input; weightcli does not convert): choose another name"

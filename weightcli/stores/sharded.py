@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +51,25 @@ def read_map(path: Path) -> dict[str, Any]:
 
 
 def shard_names(doc: dict[str, Any]) -> list[str]:
-    """The shards a map names, in order of first mention."""
-    out: list[str] = []
+    """The shards a map names, in order of first mention (linear in the names)."""
+    out: dict[str, None] = {}
     for shards in doc["weight_map"].values():
-        for name in shards:
-            if name not in out:
-                out.append(name)
+        out.update(dict.fromkeys(shards))
+    return list(out)
+
+
+def shards_named_in(folder: Path, names: Collection[str]) -> set[str]:
+    """Directory searches: the shard files that the weights maps among ``names`` name
+    (parts of those models, never models themselves)."""
+    from weightcli.stores.detect import is_weights_map
+
+    out: set[str] = set()
+    for name in names:
+        if name.endswith(".json") and is_weights_map(folder / name):
+            try:
+                out.update(shard_names(read_map(folder / name)))
+            except CorruptError:
+                continue
     return out
 
 

@@ -34,7 +34,7 @@ from weightcli.dtypes import itemsize, to_numpy
 from weightcli.errors import CorruptError, InputError, OutputError, UnsupportedError
 from weightcli.stores import naming, temps, tfproto, tftable
 from weightcli.stores.base import BLOCK_ELEMS, Block, Format, Patcher, Store, StoreMeta, split
-from weightcli.stores.detect import Container, checkpoint_prefix, index_path
+from weightcli.stores.detect import checkpoint_prefix, index_path
 from weightcli.stores.output import publish, remove, temp_beside, temp_dir_beside
 from weightcli.stores.rangecopy import RangeCopy
 from weightcli.stores.remote import is_url
@@ -247,9 +247,8 @@ def _string_crc(data: bytes, e: Entry) -> int:
 class TFStore(Store):
     """A SavedModel directory or a TF checkpoint."""
 
-    def __init__(self, path: Path, container: Container) -> None:
+    def __init__(self, path: Path, kind: Format) -> None:
         self.path = path
-        kind = Format.SAVEDMODEL if container == Container.SAVEDMODEL else Format.TF_CHECKPOINT
         self.kind = kind
         self.saved_object_graph: Any = None
         self.keras_classes: dict[str, str] = {}
@@ -743,3 +742,17 @@ def write_state_file(prefix: Path) -> int:
         tmp.write_text(text)
         os.replace(tmp, state)
     return len(text.encode())
+
+
+class SavedModelStore(TFStore):
+    """A SavedModel directory (its variables checkpoint, its object graph)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, Format.SAVEDMODEL)
+
+
+class CheckpointStore(TFStore):
+    """A TF checkpoint: a prefix, its ``.index`` or a data shard, or a folder of one."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, Format.TF_CHECKPOINT)
