@@ -63,6 +63,7 @@ def test_discovery_and_outcomes(tree: Path) -> None:
         "ok": 5,
         "failed": 0,
         "errors": 1,
+        "internal_errors": 0,
         "exit_code": 2,
         "seconds": 0,
     }
@@ -209,3 +210,25 @@ def _running(pid: int) -> bool:
             return f.read().split(") ")[1][0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_bug_exits_3_and_counts_as_an_internal_error(tmp_path: Path, monkeypatch) -> None:
+    """A bug (not a user error) ends with exit 3, in a batch too, counted apart."""
+    from weightcli.commands import inspect as inspect_cmd
+
+    real = inspect_cmd.run
+
+    def buggy(request, path):
+        if "b" in Path(path).name:
+            raise KeyError("a bug")
+        return real(request, path)
+
+    monkeypatch.setattr(inspect_cmd, "run", buggy)
+    for name in ("a.h5", "b.h5"):
+        shutil.copyfile(SAMPLES / "mlp_keras3.h5", tmp_path / name)
+    res = run("inspect", tmp_path / "a.h5", tmp_path / "b.h5", "--json", "-j", "1")
+    assert res.code == 3, res.err
+    summary = res.lines()[-1]["summary"]
+    assert summary["internal_errors"] == 1 and summary["ok"] == 1 and summary["exit_code"] == 3
+    res = run("inspect", tmp_path / "b.h5")
+    assert res.code == 3 and "please report" in res.err

@@ -349,8 +349,9 @@ def test_failure_midway_leaves_no_output(tmp_path: Path, monkeypatch) -> None:
     src = SAMPLES / "mlp_keras3.h5"
     before = sha(src)
     out = tmp_path / "o.h5"
-    res = run("scale", src, "2", "-o", out)  # a bug: one line that says so, exit 2
-    assert res.code == 2 and "internal error" in res.err and "disk on fire" in res.err
+    res = run("scale", src, "2", "-o", out)  # a bug: one line that says so, exit 3
+    assert res.code == 3 and "internal error" in res.err and "disk on fire" in res.err
+    assert "please report" in res.err
     assert len(res.err.strip().splitlines()) == 1
     assert calls["n"] == 2
     assert not out.exists()

@@ -23,7 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from weightcli.child import Limits, end_with_parent
-from weightcli.errors import OutputError, Terminated, UsageError, WeightcliError, literal
+from weightcli.errors import (
+    ExitCode,
+    OutputError,
+    Terminated,
+    UsageError,
+    WeightcliError,
+    literal,
+)
 from weightcli.results import Result
 from weightcli.stores.registry import file_is_model, folder_is_model, parts_of_models
 from weightcli.stores.remote import RemotePath, as_path
@@ -205,9 +212,9 @@ def _call(task: Task, item: Item, debug: bool, spell: Callable[[str], str]) -> O
         detail = traceback.format_exc() if debug else f"{type(exc).__name__}: {exc}"
         return Outcome(
             str(item.path),
-            2,
+            ExitCode.INTERNAL,
             time.perf_counter() - started,
-            error=f"internal error (a bug in weightcli): {detail}",
+            error=f"internal error (a bug in weightcli, please report it): {detail}",
             size=size,
             label=item.label,
         )

@@ -13,6 +13,24 @@ from __future__ import annotations
 
 import string
 from collections.abc import Callable
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Every exit code weightcli ends with, decided here (and by a result's
+    ``exit_code``, which returns one of these); the worst of a batch is its exit code.
+
+    OK 0; CHECK_FAILED 1 (verify failed a check, diff found differences, inspect
+    --fail-on-nonfinite found NaN/Inf, apply --strict left steps out); ERROR 2 (usage,
+    input or output: one line on stderr, nothing written); INTERNAL 3 (a bug in
+    weightcli: please report it, --debug shows the traceback). A signal: 128 + its
+    number (130 SIGINT, 143 SIGTERM).
+    """
+
+    OK = 0
+    CHECK_FAILED = 1
+    ERROR = 2
+    INTERNAL = 3
 
 
 class _Spelled(dict[str, str]):
@@ -36,7 +54,7 @@ class WeightcliError(Exception):
     parameters as ``{name}`` placeholders; ``render`` spells them.
     """
 
-    exit_code = 2
+    exit_code = ExitCode.ERROR
     template: str | None = None
 
     def __reduce__(self) -> tuple[object, ...]:

@@ -524,14 +524,14 @@ def print_dump(result: DumpResult) -> None:
 
 # -- batch ------------------------------------------------------------------------------------
 
-OUTCOME = {0: "ok", 1: "check failed", 2: "error"}
+OUTCOME = {0: "ok", 1: "check failed", 2: "error", 3: "internal error"}
 
 
 def print_summary(outcomes: list[Outcome]) -> None:
     """The table that ends a batch run: model, outcome, time, error; then the counts."""
     rows: list[list[Cell]] = []
     for o in outcomes:
-        style = {0: "green", 1: "yellow", 2: "bold red"}[o.code]
+        style = {0: "green", 1: "yellow", 2: "bold red", 3: "bold red"}[o.code]
         rows.append([o.label, Styled(OUTCOME[o.code], style), f"{o.elapsed:.2f} s", o.error or ""])
     out = console()
     out.print(
@@ -540,5 +540,6 @@ def print_summary(outcomes: list[Outcome]) -> None:
             rows,
         )
     )
-    counts = ", ".join(f"{sum(o.code == c for o in outcomes)} {OUTCOME[c]}" for c in (0, 1, 2))
+    shown = (0, 1, 2, 3) if any(o.code == 3 for o in outcomes) else (0, 1, 2)
+    counts = ", ".join(f"{sum(o.code == c for o in outcomes)} {OUTCOME[c]}" for c in shown)
     out.print(f"{len(outcomes)} models: {counts}")

@@ -14,6 +14,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
+from weightcli.errors import ExitCode
 from weightcli.stats import TensorStats
 from weightcli.stores.base import StoreMeta
 from weightcli.tensor import TensorInfo
@@ -26,7 +27,8 @@ class Result(Protocol):
 
     @property
     def exit_code(self) -> int:
-        """0 when everything passed, 1 when a check failed (errors raise instead)."""
+        """``ExitCode.OK`` when everything passed, ``CHECK_FAILED`` when a check failed
+        (errors raise instead)."""
         ...
 
     def to_json(self) -> JSON:
@@ -93,7 +95,7 @@ class InspectResult:
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.fail_on_nonfinite and self.nonfinite else 0
+        return ExitCode.CHECK_FAILED if self.fail_on_nonfinite and self.nonfinite else ExitCode.OK
 
     def explain(self) -> str | None:
         return f"{self.nonfinite} NaN/Inf values" if self.exit_code else None
@@ -206,7 +208,7 @@ class TransformResult:
     dry_run: bool = False
     left_out: list[str] = field(default_factory=list)
 
-    exit_code = 0
+    exit_code = ExitCode.OK
 
     @property
     def untouched(self) -> bool:
@@ -281,7 +283,7 @@ class ByActivationResult:
     transform: TransformResult
     plan: ActivationPlan
 
-    exit_code = 0
+    exit_code = ExitCode.OK
 
     def explain(self) -> str | None:
         return None
@@ -346,7 +348,7 @@ class TransplantResult:
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.strict and self.incomplete else 0
+        return ExitCode.CHECK_FAILED if self.strict and self.incomplete else ExitCode.OK
 
     def explain(self) -> str | None:
         if not self.exit_code:
@@ -383,7 +385,7 @@ class FreezeResult:
     output: str | None
     layers: list[tuple[str, bool, bool]]
 
-    exit_code = 0
+    exit_code = ExitCode.OK
 
     def explain(self) -> str | None:
         return None
@@ -413,7 +415,7 @@ class DumpResult:
     tensors: list[TensorInfo]
     elapsed: float
 
-    exit_code = 0
+    exit_code = ExitCode.OK
 
     def explain(self) -> str | None:
         return None
@@ -515,7 +517,7 @@ class DiffResult:
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.equal else 1
+        return ExitCode.OK if self.equal else ExitCode.CHECK_FAILED
 
     def explain(self) -> str | None:
         return None  # the verdict line says it
@@ -606,7 +608,7 @@ class VerifyResult:
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.failed else 0
+        return ExitCode.CHECK_FAILED if self.failed else ExitCode.OK
 
     def explain(self) -> str | None:
         return None  # the report's verdict line says it

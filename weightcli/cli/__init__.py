@@ -17,7 +17,7 @@ import sys
 
 import click
 
-from weightcli.errors import Terminated, WeightcliError
+from weightcli.errors import ExitCode, Terminated, WeightcliError
 from weightcli.version import __version__
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow, if a command loads it
@@ -114,11 +114,11 @@ class WeightcliGroup(click.Group):
                 raise
             line = (str(exc).strip().splitlines() or [""])[0][:300]
             click.echo(
-                f"weightcli: internal error (a bug in weightcli; --debug shows the traceback "
-                f"for a report): {type(exc).__name__}: {line}",
+                f"weightcli: internal error (a bug in weightcli, please report it; --debug "
+                f"shows the traceback): {type(exc).__name__}: {line}",
                 err=True,
             )
-            ctx.exit(2)
+            ctx.exit(ExitCode.INTERNAL)
 
 
 @click.group(cls=WeightcliGroup, context_settings=CONTEXT)
@@ -161,9 +161,15 @@ def cli(
     the same format.
 
     \b
-    Exit codes: 0 success; 1 a check failed (verify, diff found differences,
-    inspect --fail-on-nonfinite); 2 usage or input error (a damaged file that
-    crashes a native library included: each model runs in a child process).
+    Exit codes (a batch ends with the worst of its models'):
+      0  success
+      1  a check failed: verify, diff found differences, inspect
+         --fail-on-nonfinite, apply --strict
+      2  usage, input or output error: one line on stderr, nothing written (a
+         damaged file that crashes a native library, --timeout, --max-memory too:
+         each model runs in a child process)
+      3  internal error: a bug in weightcli (--debug shows the traceback)
+      130/143  stopped by SIGINT/SIGTERM, nothing written
 
     \b
     Examples:

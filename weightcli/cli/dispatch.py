@@ -183,6 +183,7 @@ def _run_batch(
                     "ok": sum(o.code == 0 for o in outcomes),
                     "failed": sum(o.code == 1 for o in outcomes),
                     "errors": sum(o.code == 2 for o in outcomes),
+                    "internal_errors": sum(o.code == 3 for o in outcomes),
                     "exit_code": worst,
                     "seconds": round(sum(o.elapsed for o in outcomes), 3),
                 }
