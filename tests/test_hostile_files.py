@@ -142,3 +142,25 @@ def test_a_custom_objects_file_that_exits_is_an_error(tmp_path: Path) -> None:
     res = weightcli("verify", MLP, "--custom-objects", code)
     assert res.returncode == 2, (res.stdout, res.stderr)
     assert "SystemExit" in res.stderr and one_line(res.stderr)
+
+
+def test_whole_file_reads_are_capped_before_reading(tmp_path: Path) -> None:
+    """A checkpoint state file, a history record and a recipe far over their size:
+    refused with one line before they are read whole."""
+    from weightcli.stores import capped
+
+    ckpt = shutil.copytree(SAMPLES / "mlp_ckpt", tmp_path / "ckpt")
+    (ckpt / "checkpoint").write_text('model_checkpoint_path: "ckpt"\n' + "#" * (2 << 20))
+    res = run("inspect", ckpt)
+    assert res.code == 2 and "over the limit" in res.err and one_line(res.err)
+
+    ckpt2 = shutil.copytree(SAMPLES / "mlp_ckpt", tmp_path / "ckpt2")
+    history = ckpt2 / "ckpt.weightcli_history.json"
+    with open(history, "wb") as f:
+        f.truncate(capped.HISTORY_BYTES + 1)
+    assert run("inspect", ckpt2 / "ckpt", "--no-stats").code == 2
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text("# " + "x" * (capped.RECIPE_BYTES + 10) + "\n")
+    res = run("apply", recipe, SAMPLES / "mlp_keras3.h5", "-o", tmp_path / "o.h5")
+    assert res.code == 2 and "over the limit" in res.err and one_line(res.err)

@@ -146,11 +146,6 @@ def _nodes_of(model: Any) -> list[Any]:
         return []
 
 
-def load_keras(path: Path, store: Store, architecture: Path | None) -> Any:
-    """The Keras model to calibrate (full-model files, or weights into an architecture)."""
-    return load_keras_model(path, store, architecture)
-
-
 def check_params(target: float, stat: str, batch_size: int) -> None:
     """The calibration parameters: a finite target > 0, a known statistic, a batch of 1+."""
     if not (math.isfinite(target) and target > 0):
@@ -270,7 +265,7 @@ def measure_after(
     batch_size: int,
 ) -> None:
     """Statistic of every planned layer, measured again on the written model."""
-    model = load_keras(path, store, architecture)
+    model = load_keras_model(path, store, architecture)
     measure_live(model, result, inputs, batch_size)
 
 

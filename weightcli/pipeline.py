@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from weightcli.child import end_with_parent
 from weightcli.digest import digest, total_size
 from weightcli.errors import UnsupportedError, UsageError, literal
 from weightcli.prefetch import ahead
@@ -37,15 +38,6 @@ _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 
 # Sources at least this large are hashed by a child process; smaller ones by a thread.
 CHILD_DIGEST_BYTES = 256 * 1024 * 1024
-
-
-def _die_with_parent() -> None:
-    """In the hashing child: end when the parent ends, even by SIGKILL (Linux)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 class Digest:
@@ -80,7 +72,7 @@ class Digest:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=end_with_parent,
         )
 
     def _run(self, path: Path) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 from weightcli.errors import InputError, ParameterError, UsageError
 from weightcli.select import Selection
 from weightcli.steps import ClipStep, QuantizeStep, ScaleStep, Step
+from weightcli.stores import capped
 
 SELECTION_KEYS = {"select", "exclude", "layer_types", "kinds", "include_optimizer"}
 STEP_KEYS: dict[str, set[str]] = {
@@ -49,10 +50,8 @@ def load(path: Path) -> list[Step]:
     """Parse a recipe file into steps; every mistake is one clear UsageError naming the
     step and the key (values are type-checked strictly: ``bits = 8.5`` is refused)."""
     try:
-        text = path.read_text()
-    except FileNotFoundError as exc:
-        raise InputError(f"{path}: recipe not found") from exc
-    except (OSError, UnicodeDecodeError) as exc:
+        text = capped.read_bytes(path, capped.RECIPE_BYTES, "recipe").decode()
+    except UnicodeDecodeError as exc:
         raise InputError(f"{path}: cannot read recipe: {exc}") from exc
     try:
         doc = tomllib.loads(text)

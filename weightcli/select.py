@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from weightcli.errors import UsageError
 from weightcli.stores.naming import QUANT_PARAMS
@@ -23,7 +23,6 @@ class Selection:
     kinds: tuple[str, ...] = ()
     include_optimizer: bool = False
     floats_only: bool = True
-    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def explicit(self) -> bool:

@@ -279,6 +279,3 @@ def verify(
         as_json=as_json,
         debug=debug,
     )
-
-
-COMMANDS = [diff, verify]

@@ -504,6 +504,3 @@ def by_activation_run(
         print_json(result.to_json())
     else:
         print_by_activation(result)
-
-
-COMMANDS = [scale, clip, quantize, apply_cmd]

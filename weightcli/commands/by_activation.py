@@ -62,7 +62,7 @@ def run(request: ByActivationRequest, path: str | Path) -> ByActivationResult:
             framework.import_custom_objects(request.custom_objects)
         # Keras and numpy read local files only: remote inputs are downloaded.
         architecture = as_local(request.architecture) if request.architecture else None
-        model = activation.load_keras(as_local(src), store, architecture)
+        model = framework.load_keras_model(as_local(src), store, architecture)
         plan, inputs = activation.plan(
             model,
             store,

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from weightcli.errors import CorruptError, InputError, UnsupportedError
-from weightcli.stores import temps
+from weightcli.stores import capped, temps
 from weightcli.stores.temps import TEMP_TAG
 
 try:  # zip's CRC-32, vectorised (~20 GB/s against zlib's ~3); the same function
@@ -304,9 +304,7 @@ class ArchiveStore(H5Store):
             )
         try:
             with self.open_member(info) as f:
-                value = json.loads(f.read())
-        except RecursionError as exc:
-            raise CorruptError(f"{self.path}: {name} is nested too deeply") from exc
+                value = capped.parse_json(f.read(), f"{self.path}: {name}")
         except (RuntimeError, NotImplementedError) as exc:
             raise UnsupportedError(f"{self.path}: cannot read {name}: {exc}") from exc
         except (ValueError, zipfile.BadZipFile, OSError) as exc:
@@ -673,20 +671,7 @@ class FolderStore(H5Store):
 
 
 def _json_member(folder: Path, name: str) -> dict[str, Any]:
-    path = folder / name
-    try:
-        if path.stat().st_size > MAX_JSON_BYTES:
-            raise CorruptError(
-                f"{path}: {path.stat().st_size} bytes (limit {MAX_JSON_BYTES >> 20} MiB)"
-            )
-        value = json.loads(path.read_bytes())
-    except RecursionError as exc:
-        raise CorruptError(f"{path}: nested too deeply") from exc
-    except (ValueError, OSError) as exc:
-        raise CorruptError(f"{path}: unreadable: {exc}") from exc
-    if not isinstance(value, dict):
-        raise CorruptError(f"{path}: holds {type(value).__name__}, not an object")
-    return value
+    return capped.read_json_object(folder / name, MAX_JSON_BYTES, name)
 
 
 class FolderPatcher(_WeightsMemberPatcher):

@@ -7,14 +7,14 @@ searching directories (``looks_like_model``).
 
 from __future__ import annotations
 
-import json
 import os
 import zipfile
 from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from weightcli.errors import InputError, UnsupportedError
+from weightcli.errors import InputError, UnsupportedError, WeightcliError
+from weightcli.stores import capped
 from weightcli.stores.remote import is_url
 
 if TYPE_CHECKING:
@@ -68,7 +68,8 @@ def checkpoint_prefix(path: Path) -> Path | None:
     if path.is_dir():
         state = path / "checkpoint"
         if state.is_file():
-            for line in state.read_text(errors="replace").splitlines():
+            text = capped.read_bytes(state, capped.STATE_FILE_BYTES, "checkpoint state file")
+            for line in text.decode(errors="replace").splitlines():
                 if line.startswith("model_checkpoint_path:"):
                     target = line.split(":", 1)[1].strip().strip('"')
                     return Path(target) if os.path.isabs(target) else path / target
@@ -173,13 +174,13 @@ def is_weights_map(path: Path) -> bool:
     """A Keras sharded weights map: a JSON object with a ``weight_map`` (read only when the
     file starts like JSON and is of a map's size)."""
     try:
-        if path.stat().st_size > 64 << 20:
+        if path.stat().st_size > capped.JSON_BYTES:
             return False
         with path.open("rb") as f:
             if f.read(64).lstrip()[:1] != b"{":
                 return False
-        doc = json.loads(path.read_bytes())
-    except (OSError, ValueError, RecursionError):
+        doc = capped.read_json(path, what="weights map")
+    except (OSError, WeightcliError):
         return False
     return isinstance(doc, dict) and isinstance(doc.get("weight_map"), dict)
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from weightcli.errors import CorruptError, UnsupportedError
-from weightcli.stores import temps
+from weightcli.stores import capped, temps
 from weightcli.stores.base import Block, Format, Patcher, Store, StoreMeta
 from weightcli.stores.hdf5 import H5Patcher, H5Store
 from weightcli.stores.output import publish, temp_dir_beside
@@ -31,16 +31,7 @@ HISTORY_KEY = "weightcli_history"
 def read_map(path: Path) -> dict[str, Any]:
     """The JSON map, checked: an object whose ``weight_map`` maps group paths to lists of
     shard file names."""
-    try:
-        if path.stat().st_size > MAX_MAP_BYTES:
-            raise CorruptError(
-                f"{path}: {path.stat().st_size} bytes (limit {MAX_MAP_BYTES >> 20} MiB)"
-            )
-        doc = json.loads(path.read_bytes())
-    except RecursionError as exc:
-        raise CorruptError(f"{path}: nested too deeply") from exc
-    except (ValueError, OSError) as exc:
-        raise CorruptError(f"{path}: not a readable weights map: {exc}") from exc
+    doc = capped.read_json(path, capped.JSON_BYTES, "weights map")
     wmap = doc.get("weight_map") if isinstance(doc, dict) else None
     if not isinstance(wmap, dict) or not all(
         isinstance(v, list) and all(isinstance(s, str) for s in v) for v in wmap.values()

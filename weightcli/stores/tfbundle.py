@@ -32,7 +32,7 @@ import numpy as np
 
 from weightcli.dtypes import itemsize, to_numpy
 from weightcli.errors import CorruptError, InputError, OutputError, UnsupportedError
-from weightcli.stores import naming, temps, tfproto, tftable
+from weightcli.stores import capped, naming, temps, tfproto, tftable
 from weightcli.stores.base import BLOCK_ELEMS, Block, Format, Patcher, Store, StoreMeta, split
 from weightcli.stores.detect import checkpoint_prefix, index_path
 from weightcli.stores.output import publish, remove, temp_beside, temp_dir_beside
@@ -96,10 +96,7 @@ class Bundle:
         self.prefix = prefix
         self.index_path = prefix.with_name(prefix.name + ".index")
         label = str(self.index_path)
-        try:
-            data = self.index_path.read_bytes()
-        except OSError as exc:
-            raise InputError(f"{label}: cannot be read: {exc.strerror or exc}") from exc
+        data = capped.read_bytes(self.index_path, capped.INDEX_BYTES, "checkpoint index")
         self.header_raw = b""
         self.entries: dict[str, Entry] = {}
         for key, value in tftable.read_table(data, label):
@@ -261,7 +258,9 @@ class TFStore(Store):
                 )
             sm = tfproto.SavedModel()
             try:
-                sm.ParseFromString((path / "saved_model.pb").read_bytes())
+                sm.ParseFromString(
+                    capped.read_bytes(path / "saved_model.pb", capped.GRAPH_BYTES, "saved_model.pb")
+                )
             except Exception as exc:
                 raise CorruptError(f"{path}/saved_model.pb: damaged protobuf") from exc
             if sm.meta_graphs:
@@ -322,7 +321,7 @@ class TFStore(Store):
             return
         md = tfproto.SavedMetadata()
         try:
-            md.ParseFromString(p.read_bytes())
+            md.ParseFromString(capped.read_bytes(p, capped.GRAPH_BYTES, "keras_metadata.pb"))
         except Exception:
             return
         for node in md.nodes:
@@ -474,7 +473,9 @@ class TFStore(Store):
         p = self.history_path()
         if not p.is_file():
             return []
-        parsed = naming.parse_json(p.read_text(errors="replace"))
+        parsed = naming.parse_json(
+            capped.read_bytes(p, capped.HISTORY_BYTES, "history").decode(errors="replace")
+        )
         return parsed if isinstance(parsed, list) else []
 
     def tensors(self) -> list[TensorInfo]:
@@ -725,7 +726,8 @@ def write_state_file(prefix: Path) -> int:
     state = prefix.parent / "checkpoint"
     others: list[str] = []
     if state.is_file():
-        for line in state.read_text(errors="replace").splitlines():
+        state_text = capped.read_bytes(state, capped.STATE_FILE_BYTES, "checkpoint state file")
+        for line in state_text.decode(errors="replace").splitlines():
             key, _, value = line.partition(":")
             name = value.strip().strip('"')
             if key.strip() == "all_model_checkpoint_paths" and name and name != prefix.name:

@@ -18,14 +18,6 @@ import numpy as np
 NONFINITE = ("keep", "zero", "clip")
 
 
-def check_bounds(lo: float | None, hi: float | None) -> None:
-    for name, v in (("min", lo), ("max", hi)):
-        if v is not None and not math.isfinite(v):
-            raise ValueError(f"{name} must be a finite number, got {v}")
-    if lo is not None and hi is not None and lo > hi:
-        raise ValueError(f"min {lo} is above max {hi}")
-
-
 def clip(
     x: np.ndarray, lo: float | None, hi: float | None, nonfinite: str = "keep"
 ) -> tuple[np.ndarray, int, int]:

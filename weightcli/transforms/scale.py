@@ -2,16 +2,7 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
-
-
-def check_factor(factor: float) -> float:
-    """A factor must be a finite number."""
-    if not math.isfinite(factor):
-        raise ValueError(f"factor must be a finite number, got {factor}")
-    return factor
 
 
 def scale(x: np.ndarray, factor: float) -> np.ndarray:
