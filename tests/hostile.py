@@ -105,6 +105,13 @@ def make(folder: Path) -> list[str]:
     p = _copy(h5, case("history_wrong_type.h5"))
     with h5py.File(p, "r+") as f:
         f.attrs["weightcli_history"] = 42
+    for name, history in (
+        ("history_garbage.h5", '[1, "x", null]'),
+        ("history_types.h5", '[{"changed": 5, "source": null, "note": {"a": 1}, "time": 7}]'),
+    ):
+        p = _copy(h5, case(name))
+        with h5py.File(p, "r+") as f:
+            f.attrs["weightcli_history"] = history
     with h5py.File(case("shape_bomb.h5"), "w") as f:
         f.create_dataset("dense/kernel", shape=(1 << 20, 1 << 20), dtype="f4", chunks=(64, 64))
     # Keras archives
@@ -142,6 +149,21 @@ def make(folder: Path) -> list[str]:
         {"config.json": b" " * (70 << 20) + b"{}"},
         method=zipfile.ZIP_DEFLATED,
     )
+    p = case("deflated_flipped.keras")  # a bit flip inside a deflate stream
+    _rezip(keras, p, {}, method=zipfile.ZIP_DEFLATED)
+    with zipfile.ZipFile(p) as z:
+        info = z.getinfo("model.weights.h5")
+    _flip(p, info.header_offset + 30 + len(info.filename) + info.compress_size // 2)
+    _rezip(keras, case("bzip2.keras"), {}, method=zipfile.ZIP_BZIP2)
+    p = _copy(keras, case("two_weights.keras"))
+    with zipfile.ZipFile(keras) as zin, zipfile.ZipFile(p, "a") as zout:
+        zout.writestr("model.weights.h5", zin.read("model.weights.h5"))
+    # A weights map naming a shard whose name is too long for the system
+    sharded = _copy(SAMPLES / "mlp_sharded", case("long_shard_name"))
+    doc = json.loads((sharded / "mlp.weights.json").read_text())
+    first = next(iter(doc["weight_map"]))
+    doc["weight_map"][first] = ["x" * 5000 + ".weights.h5"]
+    (sharded / "mlp.weights.json").write_text(json.dumps(doc))
     # TF checkpoints: one index entry lies
     _bundle(case("ckpt_huge_shape"), lambda e: _shape(e, [1 << 31, 1 << 31]))
     _bundle(case("ckpt_negative_offset"), lambda e: setattr(e, "offset", -8))
@@ -159,7 +181,10 @@ def _shape(entry, dims: list[int]) -> None:
 
 
 def _checkpoint_arg(path: Path) -> Path:
-    return path / "ckpt" if path.is_dir() and path.name.startswith("ckpt_") else path
+    if path.is_dir() and path.name.startswith("ckpt_"):
+        return path / "ckpt"
+    maps = sorted(path.glob("*.weights.json")) if path.is_dir() else []
+    return maps[0] if maps else path
 
 
 COMMANDS = [

@@ -19,7 +19,13 @@ from helpers import ROOT, SAMPLES
 
 # Readable files with an oddity weightcli tolerates: exit 0 (and outputs) are right for
 # them; every other case must be refused.
-READABLE = {"history_wrong_type.h5", "null_dataspace.h5", "tail_flipped.h5"}
+READABLE = {
+    "history_wrong_type.h5",
+    "history_garbage.h5",
+    "history_types.h5",
+    "null_dataspace.h5",
+    "tail_flipped.h5",
+}
 PEAK_MIB = 200  # the largest resident size any command may reach on this corpus
 
 

@@ -30,6 +30,8 @@ from weightcli.errors import (
     UsageError,
     WeightcliError,
     literal,
+    one_line,
+    os_error,
 )
 from weightcli.results import Result
 from weightcli.stores.registry import file_is_model, folder_is_model, parts_of_models
@@ -195,7 +197,16 @@ def _call(task: Task, item: Item, debug: bool, spell: Callable[[str], str]) -> O
             str(item.path),
             exc.exit_code,
             time.perf_counter() - started,
-            error=exc.render(spell),
+            error=one_line(exc.render(spell)),
+            size=size,
+            label=item.label,
+        )
+    except OSError as exc:  # the machine's answer (no space, no permission), not a bug
+        return Outcome(
+            str(item.path),
+            ExitCode.ERROR,
+            time.perf_counter() - started,
+            error=one_line(f"{item.label}: {os_error(exc)}"),
             size=size,
             label=item.label,
         )

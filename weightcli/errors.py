@@ -118,6 +118,28 @@ def _rebuild(cls: type[WeightcliError], message: str, template: str | None) -> W
     return err
 
 
+# An error line is cut here: a file's own text (a name, an HDF5 message) can be huge.
+MAX_LINE = 1000
+
+
+def one_line(text: str, limit: int = MAX_LINE) -> str:
+    """``text`` as one line of at most ``limit`` characters (embedded newlines, as HDF5
+    messages have them, become spaces)."""
+    import re
+
+    flat = re.sub(r"\s*[\r\n]+\s*", " ", text).strip()
+    if len(flat) > limit:
+        flat = f"{flat[:limit]}... ({len(flat) - limit} more characters)"
+    return flat
+
+
+def os_error(exc: OSError) -> str:
+    """An OSError as a user reads it: the file (cut to 200 characters) and the reason."""
+    name = exc.filename if isinstance(exc.filename, str) else None
+    reason = exc.strerror or str(exc)
+    return f"{name[:200]}: {reason}" if name else reason
+
+
 def literal(text: object) -> str:
     """Text (a path, a tensor name) placed inside a message template: braces kept as they are."""
     return str(text).replace("{", "{{").replace("}", "}}")

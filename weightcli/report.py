@@ -79,11 +79,14 @@ def header_lines(path: Path, meta: StoreMeta) -> list[str | Styled]:
     if bits:
         lines.append("  " + ", ".join(bits))
     for record in meta.history:
-        changed = record.get("changed", [])
+        if "unreadable" in record:
+            lines.append(f"  history: an unreadable entry: {record['unreadable']}")
+            continue
+        changed = record.get("changed") or []
         lines.append(
-            f"  history: {record.get('time', '?')} weightcli {record.get('version', '?')} "
-            f"{record.get('command', '?')} ({len(changed)} tensors changed) "
-            f"from {record.get('source', '?')}"
+            f"  history: {record.get('time') or '?'} weightcli {record.get('version') or '?'} "
+            f"{record.get('command') or '?'} ({len(changed)} tensors changed) "
+            f"from {record.get('source') or '?'}"
             + (f': "{record["note"]}"' if record.get("note") else "")
         )
     return lines

@@ -17,7 +17,7 @@ import sys
 
 import click
 
-from weightcli.errors import ExitCode, Terminated, WeightcliError
+from weightcli.errors import ExitCode, Terminated, WeightcliError, one_line, os_error
 from weightcli.version import __version__
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow, if a command loads it
@@ -89,7 +89,7 @@ class WeightcliGroup(click.Group):
                 raise
             from weightcli.cli.options import spell
 
-            click.echo(f"weightcli: error: {exc.render(spell)}", err=True)
+            click.echo(f"weightcli: error: {one_line(exc.render(spell))}", err=True)
             ctx.exit(exc.exit_code)
         except (KeyboardInterrupt, Terminated) as exc:
             # Every writer has removed its temporary files on the way up.
@@ -104,6 +104,11 @@ class WeightcliGroup(click.Group):
             with contextlib.suppress(OSError):
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             ctx.exit(128 + signal.SIGPIPE)
+        except OSError as exc:
+            if debug:
+                raise
+            click.echo(f"weightcli: error: {one_line(os_error(exc))}", err=True)
+            ctx.exit(ExitCode.ERROR)
         except RecursionError:
             if debug:
                 raise
@@ -112,7 +117,7 @@ class WeightcliGroup(click.Group):
         except Exception as exc:
             if debug:
                 raise
-            line = (str(exc).strip().splitlines() or [""])[0][:300]
+            line = one_line((str(exc).strip().splitlines() or [""])[0], 300)
             click.echo(
                 f"weightcli: internal error (a bug in weightcli, please report it; --debug "
                 f"shows the traceback): {type(exc).__name__}: {line}",

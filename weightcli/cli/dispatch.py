@@ -19,7 +19,7 @@ import click
 from weightcli.batch import Item, Outcome, Runner, default_jobs, ended_badly
 from weightcli.child import ChildDied, ChildTimedOut, Limits, run_in_child
 from weightcli.cli.options import spell
-from weightcli.errors import InputError, literal
+from weightcli.errors import InputError, literal, one_line
 from weightcli.grid import rich_console
 from weightcli.report import fmt_bytes, print_json, print_summary
 from weightcli.results import Result
@@ -170,7 +170,7 @@ def _run_batch(
                     bar.pause()
                 render(outcome.result)  # type: ignore[arg-type]  # the task's own result type
             if outcome.error:
-                click.echo(f"weightcli: error: {outcome.error}", err=True)
+                click.echo(f"weightcli: error: {one_line(outcome.error)}", err=True)
     finally:
         if bar:
             bar.stop()

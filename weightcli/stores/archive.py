@@ -25,7 +25,7 @@ from typing import Any
 
 from weightcli.errors import CorruptError, InputError, UnsupportedError
 from weightcli.stores import capped, temps
-from weightcli.stores.temps import TEMP_TAG
+from weightcli.stores.temps import TEMP_TAG, remove_stale_temps
 
 try:  # zip's CRC-32, vectorised (~20 GB/s against zlib's ~3); the same function
     from zlib_ng.zlib_ng import crc32
@@ -36,7 +36,6 @@ from weightcli.stores.detect import is_keras_archive
 from weightcli.stores.hdf5 import H5Patcher, H5Store
 from weightcli.stores.output import (
     publish,
-    remove_stale_temps,
     temp_beside,
     temp_dir_beside,
 )
@@ -183,7 +182,10 @@ class Inflated(io.RawIOBase):
                 self.tail = self._input()
                 if not self.tail:
                     raise CorruptError(f"{self.label}: ends before its declared size")
-            data = self.z.decompress(self.tail, want)
+            try:
+                data = self.z.decompress(self.tail, want)
+            except zlib.error as exc:
+                raise CorruptError(f"{self.label}: damaged deflate stream: {exc}") from None
             self.tail = self.z.unconsumed_tail
             if data:
                 return data
@@ -195,7 +197,10 @@ class Inflated(io.RawIOBase):
             return
         self.checked = True
         if self.z is not None and not self.z.eof:
-            more = self.z.decompress(self.tail or self._input(), 1)
+            try:
+                more = self.z.decompress(self.tail or self._input(), 1)
+            except zlib.error as exc:
+                raise CorruptError(f"{self.label}: damaged deflate stream: {exc}") from None
             if more:
                 raise CorruptError(
                     f"{self.label}: holds more than the {self.info.file_size} bytes its zip "

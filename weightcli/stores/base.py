@@ -9,6 +9,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import difflib
+import json
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -93,6 +94,35 @@ class StoreMeta:
     def keras_layers(self) -> bool:
         """Keras layers can be rebuilt from it (alone or with an architecture file)."""
         return self.full_model or self.weights_only
+
+
+_HISTORY_TEXT = ("tool", "version", "time", "command", "source", "source_sha256", "note")
+
+
+def clean_history(parsed: Any) -> list[dict[str, Any]]:
+    """A stored history as readers may trust it: a list of objects whose known fields
+    have their types (text fields as text, ``changed`` a list of names). Anything else
+    a damaged or hostile file holds is kept visible, never crashing a reader: an entry
+    that is not an object becomes ``{"unreadable": <its JSON, cut>}``."""
+    if not isinstance(parsed, list):
+        return []
+    out: list[dict[str, Any]] = []
+    for entry in parsed:
+        if not isinstance(entry, dict):
+            out.append({"unreadable": json.dumps(entry)[:200]})
+            continue
+        clean = dict(entry)
+        for key in _HISTORY_TEXT:
+            value = clean.get(key)
+            if value is not None and not isinstance(value, str):
+                clean[key] = json.dumps(value)[:200]
+        changed = clean.get("changed")
+        if changed is not None and not (
+            isinstance(changed, list) and all(isinstance(c, str) for c in changed)
+        ):
+            clean["changed"] = [str(c) for c in changed] if isinstance(changed, list) else []
+        out.append(clean)
+    return out
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import numpy as np
 from weightcli.dtypes import to_numpy
 from weightcli.errors import CorruptError, UnsupportedError
 from weightcli.stores import h5util, naming
-from weightcli.stores.base import Block, Format, Patcher, Store, StoreMeta
+from weightcli.stores.base import Block, Format, Patcher, Store, StoreMeta, clean_history
 from weightcli.stores.output import publish, temp_beside
 from weightcli.stores.rangecopy import RangeCopy
 from weightcli.stores.remote import RangeFile, is_url, open_range
@@ -98,7 +98,7 @@ class H5Store(Store):
         try:
             self._index = h5util.index(self._file, self._size)
             self._tensors = self._list()
-        except (OSError, KeyError, ValueError) as exc:
+        except (OSError, KeyError, ValueError, RuntimeError, TypeError, OverflowError) as exc:
             self.close()
             raise CorruptError(
                 f"{self.label}: damaged HDF5 structure: {h5util.first_line(exc)}"
@@ -149,9 +149,7 @@ class H5Store(Store):
             meta.model_name = naming.model_name_of(config)
         raw = f.attrs.get(h5util.HISTORY_ATTR)
         if raw is not None:
-            parsed = naming.parse_json(raw)
-            if isinstance(parsed, list):
-                meta.history = parsed
+            meta.history = clean_history(naming.parse_json(raw))
         return meta
 
     def _info(
@@ -406,9 +404,10 @@ class H5Store(Store):
             if arr.dtype.byteorder not in "=|":  # big-endian data: computed on natively,
                 arr = arr.astype(arr.dtype.newbyteorder("="))  # written back as stored
             return arr
-        except OSError as exc:
+        except (OSError, RuntimeError, ValueError, TypeError, OverflowError) as exc:
             raise CorruptError(
-                f"{self.label}: cannot read {info.name} (truncated file?): {h5util.first_line(exc)}"
+                f"{self.label}: cannot read {info.name} (damaged or truncated file?): "
+                f"{h5util.first_line(exc)}"
             ) from exc
 
     def supports_dtype(self, dtype: str) -> str | None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import stat as stat_mod
 import tempfile
@@ -21,7 +20,7 @@ from weightcli.stores import temps
 from weightcli.stores.base import Format, Store
 from weightcli.stores.detect import index_path
 from weightcli.stores.remote import RemotePath, as_path, is_url, upload
-from weightcli.stores.temps import TEMP_TAG
+from weightcli.stores.temps import TEMP_TAG, remove_stale_temps
 
 
 def inside(root: Path, name: str) -> Path:
@@ -229,40 +228,6 @@ def _check_folder(out: Path) -> Path:
 # Temporary names carry the writer's process id (``temps.TEMP_TAG``), so that a later run
 # can recognise and remove those a killed process (SIGKILL) could not:
 # ``.OUT.weightcli-PID.XXXX.tmp``.
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_stale_temps(folder: Path, prefix: str = "") -> list[Path]:
-    """Remove the temporary files and folders of dead weightcli processes in ``folder``
-    (those whose names start with ``prefix``); returns what was removed."""
-    pattern = re.compile(re.escape(prefix) + r".*" + re.escape(TEMP_TAG) + r"(\d+)\.")
-    removed: list[Path] = []
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return removed
-    for entry in entries:
-        m = pattern.match(entry.name)
-        if not m or not entry.name.endswith(".tmp") and ".tmp" not in entry.name:
-            continue
-        if int(m.group(1)) == os.getpid() or _alive(int(m.group(1))):
-            continue
-        path = Path(entry.path)
-        if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-        removed.append(path)
-    return removed
 
 
 def _temp_prefix(out: Path) -> str:

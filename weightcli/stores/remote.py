@@ -23,6 +23,7 @@ import json
 import os
 import re
 import stat as stat_mod
+import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -464,9 +465,9 @@ def stage(path: Path, siblings: list[Path] | None = None) -> Path:
     shards), in a fresh temporary folder: ``copy.parent`` is that folder, for the
     caller to remove."""
     assert isinstance(path, RemotePath)
-    folder = temps.make_dir(
-        None, f"{temps.TEMP_TAG}stage-{os.getpid()}."
-    )  # removed at exit if left
+    # Removed at exit if left; a later run removes those of a process killed outright.
+    temps.remove_stale_temps(Path(tempfile.gettempdir()), "stage.")
+    folder = temps.make_dir(None, f"stage.{temps.TEMP_TAG}{os.getpid()}.")
     dest = folder / path.name
     try:
         if path.exists():

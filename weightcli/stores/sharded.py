@@ -17,7 +17,7 @@ import numpy as np
 
 from weightcli.errors import CorruptError, UnsupportedError
 from weightcli.stores import capped, temps
-from weightcli.stores.base import Block, Format, Patcher, Store, StoreMeta
+from weightcli.stores.base import Block, Format, Patcher, Store, StoreMeta, clean_history
 from weightcli.stores.hdf5 import H5Patcher, H5Store
 from weightcli.stores.output import publish, temp_dir_beside
 from weightcli.tensor import TensorInfo
@@ -139,7 +139,7 @@ class ShardedStore(Store):
         self.meta = StoreMeta(
             format=Format.KERAS3_SHARDED,
             format_label=LABEL,
-            history=history if isinstance(history, list) else [],
+            history=clean_history(history),
             extra={"shards": len(self.names)},
         )
 

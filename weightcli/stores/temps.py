@@ -6,7 +6,7 @@ it is still here. A supervising parent (``weightcli.child``) listens: whatever a
 that crashed or was killed still held is removed by the parent.
 
 Names carry the writer's process id (``TEMP_TAG`` + pid), so that a later run can
-recognise and remove those of a process that was killed outright (``output.remove_stale_temps``).
+recognise and remove those of a process that was killed outright (``remove_stale_temps``).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -91,3 +92,37 @@ def remove_all() -> None:
 
 
 atexit.register(remove_all)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(folder: Path, prefix: str = "") -> list[Path]:
+    """Remove the temporary files and folders of dead weightcli processes in ``folder``
+    (those whose names start with ``prefix``); returns what was removed."""
+    pattern = re.compile(re.escape(prefix) + r".*" + re.escape(TEMP_TAG) + r"(\d+)\.")
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = pattern.match(entry.name)
+        if not m or not entry.name.endswith(".tmp") and ".tmp" not in entry.name:
+            continue
+        if int(m.group(1)) == os.getpid() or _alive(int(m.group(1))):
+            continue
+        path = Path(entry.path)
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed

@@ -33,7 +33,16 @@ import numpy as np
 from weightcli.dtypes import itemsize, to_numpy
 from weightcli.errors import CorruptError, InputError, OutputError, UnsupportedError
 from weightcli.stores import capped, naming, temps, tfproto, tftable
-from weightcli.stores.base import BLOCK_ELEMS, Block, Format, Patcher, Store, StoreMeta, split
+from weightcli.stores.base import (
+    BLOCK_ELEMS,
+    Block,
+    Format,
+    Patcher,
+    Store,
+    StoreMeta,
+    clean_history,
+    split,
+)
 from weightcli.stores.detect import checkpoint_prefix, index_path
 from weightcli.stores.output import publish, remove, temp_beside, temp_dir_beside
 from weightcli.stores.rangecopy import RangeCopy
@@ -476,7 +485,7 @@ class TFStore(Store):
         parsed = naming.parse_json(
             capped.read_bytes(p, capped.HISTORY_BYTES, "history").decode(errors="replace")
         )
-        return parsed if isinstance(parsed, list) else []
+        return clean_history(parsed)
 
     def tensors(self) -> list[TensorInfo]:
         return list(self._tensors)
