@@ -105,6 +105,7 @@ def test_bad_recipes(tmp_path: Path) -> None:
         "badkey.toml": '[[step]]\ncommand = "scale"\nfactor = 2\nfactr = 3\n',
         "badnum.toml": '[[step]]\ncommand = "scale"\nfactor = "two"\n',
         "badclip.toml": '[[step]]\ncommand = "clip"\nmin = 1\nmax = 0\n',
+        "notatable.toml": "step = [1, 2]\n",
     }
     for name, text in cases.items():
         r = tmp_path / name

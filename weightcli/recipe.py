@@ -65,6 +65,11 @@ def load(path: Path) -> list[Step]:
     raw = doc.get("step")
     if not isinstance(raw, list) or not raw:
         raise UsageError(f"{path}: no [[step]] tables")
+    for i, entry in enumerate(raw):
+        if not isinstance(entry, dict):
+            raise UsageError(
+                f"{path}: step {i + 1} is {type(entry).__name__}, not a table: write [[step]] tables"
+            )
     return [_step(entry, f"{path}: step {i + 1}") for i, entry in enumerate(raw)]
 
 
