@@ -201,3 +201,27 @@ def test_native_int8_refuses_nan(tmp_path: Path) -> None:
     assert res.code == 0, res.err
     res = run("quantize", nan, "--store", "keras-int8", "-o", tmp_path / "q.keras")
     assert res.code == 2 and "holds NaN or Inf" in res.err and not (tmp_path / "q.keras").exists()
+
+
+def test_a_zero_scale_is_seen_as_nan_inf_and_refused_by_scale(tmp_path: Path) -> None:
+    """An int8 layer whose scale holds a zero dequantizes to NaN/Inf (codes / 0): inspect
+    and verify see it although codes and scale are each finite; scale refuses it."""
+    from helpers import SAMPLES
+    from helpers import run as cli
+
+    src = SAMPLES / "mlp_int8.keras"
+    zero = tmp_path / "zero.npy"
+    np.save(zero, np.zeros(32, "float32"))
+    bad = tmp_path / "bad.keras"
+    res = cli("set", src, f"dense_1/kernel_scale={zero}", "-o", bad)
+    assert res.code == 0, res.err
+    assert cli("inspect", src, "--fail-on-nonfinite").code == 0  # the premise
+    res = cli("inspect", bad, "--fail-on-nonfinite")
+    assert res.code == 1 and "NaN/Inf" in res.err
+    doc = cli("verify", bad, "--no-load", "--json").json()
+    finite = next(c for c in doc["checks"] if c["name"] == "finite")
+    assert finite["status"] == "FAIL" and "dense_1/kernel" in finite["detail"]
+    res = cli("scale", bad, "0.5", "-o", tmp_path / "half.keras")
+    assert res.code == 2 and "zero or NaN/Inf" in res.err
+    assert not (tmp_path / "half.keras").exists()
+    assert cli("scale", src, "0.5", "-o", tmp_path / "ok.keras").code == 0

@@ -19,6 +19,7 @@ from weightcli.results import name_list as _names
 from weightcli.select import Selection
 from weightcli.stats import RunningStats, TensorStats
 from weightcli.stores import Store
+from weightcli.stores.quantized import DequantizedStore, has_quantized
 from weightcli.tensor import TensorInfo
 
 PASS, WARN, FAIL, SKIP = CheckStatus.PASS, CheckStatus.WARN, CheckStatus.FAIL, CheckStatus.SKIP
@@ -28,6 +29,25 @@ KERNEL_KINDS = {"kernel", "depthwise_kernel", "pointwise_kernel", "recurrent_ker
 REINIT_MIN_ELEMS = 64
 REINIT_MAX_CORR = 0.5
 REINIT_SCALE_RANGE = (0.1, 10.0)
+
+
+def _dequantized_nonfinite(store: Store) -> list[str]:
+    """Natively quantized layers whose weights (codes / scale) hold NaN/Inf: a zero or
+    non-finite scale, invisible in the integer codes themselves."""
+    if not has_quantized(store):
+        return []
+    view = DequantizedStore(store)
+    out = []
+    for t in view.tensors():
+        if t.name not in view.dequantized:
+            continue
+        acc = RunningStats()
+        for _, block in view.blocks(t):
+            acc.update(block)
+        s = acc.result()
+        if s.nonfinite:
+            out.append(f"{t.name} ({s.nan} NaN, {s.inf} Inf, dequantized)")
+    return out
 
 
 def static_checks(store: Store) -> tuple[list[Check], dict[str, TensorStats]]:
@@ -62,6 +82,7 @@ def static_checks(store: Store) -> tuple[list[Check], dict[str, TensorStats]]:
         )
     ]
     bad = [f"{n} ({s.nan} NaN, {s.inf} Inf)" for n, s in stats.items() if s.nonfinite]
+    bad += _dequantized_nonfinite(store)
     checks.append(
         Check(
             "finite",

@@ -91,7 +91,14 @@ class InspectResult:
 
     @property
     def nonfinite(self) -> int:
-        return sum(t.stats.nonfinite for t in self.tensors if t.stats)
+        # A quantized layer's codes are integers: its NaN/Inf show in the weights they
+        # stand for (a zero or non-finite scale dequantizes to NaN/Inf).
+        return sum(
+            max(
+                t.stats.nonfinite if t.stats else 0, t.dequantized.nonfinite if t.dequantized else 0
+            )
+            for t in self.tensors
+        )
 
     @property
     def exit_code(self) -> int:

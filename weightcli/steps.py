@@ -115,6 +115,18 @@ class _ScaleOp(TensorOp):
         self.divide = divide  # codes / scale (int8, per-channel int4), else codes * scale
 
     def apply(self, where: Block, block: np.ndarray, count: bool = True) -> np.ndarray:
+        if self.via is not None:  # a quantized layer's scale: refuse a malformed one
+            if block.dtype.kind != "f":
+                raise UnsupportedError(
+                    f"{literal(self.info.name)}: a quantized layer's scale stored as "
+                    f"{block.dtype}, not floats: a malformed layer, refused"
+                )
+            if not np.isfinite(block).all() or (block == 0).any():
+                raise UnsupportedError(
+                    f"{literal(self.info.name)}: a quantized layer's scale holds zero or "
+                    "NaN/Inf (its weights dequantize to NaN/Inf): repair the scale first "
+                    "(set), refused"
+                )
         return scalemod.scale(block, 1.0 / self.factor if self.divide else self.factor)
 
     def figures(self) -> dict[str, Any]:
