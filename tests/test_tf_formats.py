@@ -360,3 +360,36 @@ def test_partly_rewritten_tensor_checksum(tmp_path: Path, monkeypatch) -> None:
     assert res.json()["tensors"][0]["changed"] == 1
     got = tf.train.load_checkpoint(str(out)).get_tensor("w")  # verifies the crc32c
     np.testing.assert_array_equal(got, np.clip(x, -2, 2))
+
+
+def test_damage_in_a_second_copy_is_seen_by_every_reader(tmp_path: Path) -> None:
+    """A flipped byte in one stored copy of a variable (``_all_variables/...``): every
+    command that reads the tensor refuses it (exit 2, or verify's failed check), and a
+    transform never rewrites the damaged copy with a fresh checksum."""
+    from weightcli.stores import open_store
+
+    model = shutil.copytree(SAMPLES / "mlp_export", tmp_path / "sm")
+    with open_store(model) as store:
+        kernel = next(t for t in store.tensors() if t.copies and t.kind == "kernel")
+        copy = next(c for c in kernel.copies if c.startswith("_all_variables"))
+        e = store.entry(copy)  # type: ignore[attr-defined]
+        where = e.proto.offset + e.proto.size // 2
+    shards = sorted((model / "variables").glob("variables.data-*"))
+    assert len(shards) == 1 and e.proto.shard_id == 0
+    shard = shards[0]
+    data = bytearray(Path(shard).read_bytes())
+    data[where] ^= 0xFF
+    Path(shard).write_bytes(bytes(data))
+    for args in (
+        ["inspect", model],
+        ["dump", model, "-o", tmp_path / "d.npz"],
+        ["diff", model, SAMPLES / "mlp_export"],
+        ["scale", model, "0.5", "-o", tmp_path / "o"],
+    ):
+        res = run(*args)
+        assert res.code == 2 and "checksum mismatch" in res.err, (args, res.err)
+    assert not (tmp_path / "o").exists() and not (tmp_path / "d.npz").exists()
+    res = run("verify", model, "--no-load", "--json")
+    assert res.code == 1
+    readable = next(c for c in res.json()["checks"] if c["name"] == "readable")
+    assert readable["status"] == "FAIL"

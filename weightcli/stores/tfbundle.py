@@ -522,6 +522,10 @@ class TFStore(Store):
             raise CorruptError(
                 f"{self.prefix}: checksum mismatch in tensor {e.key} (damaged data shard)"
             )
+        # The other stored copies of this variable too: a transform rewrites them all, so
+        # damage in one must be seen, not overwritten with a fresh checksum.
+        for key in info.copies:
+            self.bundle.check(self._entries[key])
 
     def read_copy(self, info: TensorInfo, key: str) -> np.ndarray:
         """One stored copy of a variable (``key`` is ``info.path`` or one of ``info.copies``)."""
