@@ -164,3 +164,20 @@ def test_whole_file_reads_are_capped_before_reading(tmp_path: Path) -> None:
     recipe.write_text("# " + "x" * (capped.RECIPE_BYTES + 10) + "\n")
     res = run("apply", recipe, SAMPLES / "mlp_keras3.h5", "-o", tmp_path / "o.h5")
     assert res.code == 2 and "over the limit" in res.err and one_line(res.err)
+
+
+def test_a_sharded_output_whose_shard_name_is_taken_publishes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "o.weights.json"
+    (tmp_path / "o_00002.weights.h5").write_bytes(b"someone else's")
+    res = run("scale", SAMPLES / "mlp_sharded" / "mlp.weights.json", "0.5", "-o", out)
+    assert res.code == 2 and "o_00002.weights.h5" in res.err and "already exists" in res.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o_00002.weights.h5"]
+    assert (tmp_path / "o_00002.weights.h5").read_bytes() == b"someone else's"
+
+
+def test_a_shard_that_is_a_full_model_h5_is_refused(tmp_path: Path) -> None:
+    folder = shutil.copytree(SAMPLES / "mlp_sharded", tmp_path / "sh")
+    first = sorted(folder.glob("*.weights.h5"))[0]
+    shutil.copyfile(SAMPLES / "mlp_keras3.h5", first)
+    res = run("inspect", folder / "mlp.weights.json")
+    assert res.code == 2 and "not a shard" in res.err and one_line(res.err)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from weightcli.errors import CorruptError, UnsupportedError
+from weightcli.errors import CorruptError, OutputError, UnsupportedError, literal
 from weightcli.stores import capped, temps
 from weightcli.stores.base import Block, Format, Patcher, Store, StoreMeta, clean_history
 from weightcli.stores.hdf5 import H5Patcher, H5Store
@@ -82,6 +82,11 @@ def _group_names(shards: list[Path]) -> dict[str, str]:
                         "/" + name, value.decode() if isinstance(value, bytes) else str(value)
                     )
 
+            if "model_config" in f.attrs or "layer_names" in f.attrs or "model_weights" in f:
+                raise CorruptError(
+                    f"{shard}: a legacy Keras .h5 (full model or weights), not a shard of a "
+                    "Keras 3 weights map: refused (its names would be read shifted)"
+                )
             f.visititems(lambda n, o: visit(n, o) if isinstance(o, h5py.Group) else None)
         finally:
             f.close()
@@ -219,9 +224,25 @@ class ShardedPatcher(Patcher):
                 self.inners[i].close_file()
             else:
                 shutil.copyfile(self.store.path.parent / name, self.tmp / self.new_names[i])
-        for new in self.new_names:  # the shards first: the map makes them visible
-            publish(self.tmp / new, self.out.parent / new, self.overwrite or self._same_names())
-        publish(self.tmp / self.out.name, self.out, self.overwrite)
+        replace = self.overwrite or self._same_names()
+        if not replace:  # every name checked before any is published
+            taken = [n for n in self.new_names if (self.out.parent / n).exists()]
+            if taken:
+                raise OutputError.naming(
+                    f"{literal(self.out.parent / taken[0])}: already exists (a shard of "
+                    f"{literal(self.out.name)}); use {{force}} to overwrite"
+                )
+        published: list[Path] = []
+        try:
+            for new in self.new_names:  # the shards first: the map makes them visible
+                publish(self.tmp / new, self.out.parent / new, replace)
+                published.append(self.out.parent / new)
+            publish(self.tmp / self.out.name, self.out, self.overwrite)
+        except BaseException:
+            if not replace:  # shards this run put there, and nothing else
+                for p in published:
+                    p.unlink(missing_ok=True)
+            raise
         temps.remove(self.tmp)
 
     def _same_names(self) -> bool:
