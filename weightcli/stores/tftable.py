@@ -21,6 +21,8 @@ MAGIC = 0xDB4775248B80FB57
 FOOTER = 48
 BLOCK_TRAILER = 5
 MASK_DELTA = 0xA282EAD8
+SNAPPY_MAX_RATIO = 32
+SNAPPY_MAX_BLOCK = 64 << 20
 
 
 def crc32c(data: bytes | memoryview) -> int:
@@ -75,9 +77,15 @@ def read_table(data: bytes, label: str) -> Iterator[tuple[bytes, bytes]]:
     index_off, pos = varint(footer, pos)
     index_size, pos = varint(footer, pos)
     index = _block(data, index_off, index_size, label)
+    # Each data block once, in file order, before the index: a crafted index naming one
+    # block many times (or overlapping blocks) would multiply the work without bound.
+    done = 0
     for _, handle in _entries(index, label):
         off, p = varint(handle, 0)
         size, _ = varint(handle, p)
+        if off < done or off + size + BLOCK_TRAILER > index_off:
+            raise CorruptError(f"{label}: index blocks overlap or repeat (damaged file)")
+        done = off + size + BLOCK_TRAILER
         yield from _entries(_block(data, off, size, label), label)
 
 
@@ -101,8 +109,13 @@ def snappy_decompress(data: bytes, label: str) -> bytes:
     """Raw snappy (some TensorFlow versions compress index blocks; they are small)."""
     try:
         n, pos = varint(data, 0)
+        # Snappy expands at most ~32x (a 64-byte copy in 2 bytes); more is a bomb.
+        if n > SNAPPY_MAX_RATIO * len(data) + 64 or n > SNAPPY_MAX_BLOCK:
+            raise ValueError(f"declares {n} bytes from {len(data)}")
         out = bytearray()
         while pos < len(data):
+            if len(out) > n:
+                raise ValueError("longer than declared")
             tag = data[pos]
             pos += 1
             kind = tag & 3
@@ -131,8 +144,11 @@ def snappy_decompress(data: bytes, label: str) -> bytes:
             if offset == 0 or offset > len(out):
                 raise ValueError("bad copy offset")
             start = len(out) - offset
-            for i in range(length):  # copies may overlap their own output
-                out.append(out[start + i])
+            if offset >= length:
+                out += out[start : start + length]
+            else:  # a copy overlapping its own output repeats the last ``offset`` bytes
+                pattern = bytes(out[start:])
+                out += (pattern * (length // offset + 1))[:length]
         if len(out) != n:
             raise ValueError("length mismatch")
         return bytes(out)
