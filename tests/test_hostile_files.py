@@ -181,3 +181,25 @@ def test_a_shard_that_is_a_full_model_h5_is_refused(tmp_path: Path) -> None:
     shutil.copyfile(SAMPLES / "mlp_keras3.h5", first)
     res = run("inspect", folder / "mlp.weights.json")
     assert res.code == 2 and "not a shard" in res.err and one_line(res.err)
+
+
+def test_a_second_in_place_writer_is_refused(tmp_path: Path) -> None:
+    """Two in-place writers of one file: the second is refused while the first holds
+    it, and a writer whose input changed after it read it is refused too (no update is
+    lost in silence)."""
+    from weightcli.errors import OutputError
+    from weightcli.stores import open_store
+    from weightcli.stores.base import _write_lock
+
+    path = shutil.copyfile(SAMPLES / "mlp_keras3.h5", tmp_path / "m.h5")
+    with open(path, "r+b") as held:
+        _write_lock(held.fileno())  # another writer, mid-write
+        res = weightcli("scale", path, "0.5", "--in-place")
+    assert res.returncode == 2 and "another weightcli" in res.stderr, res.stderr
+    before = path.read_bytes()
+    with open_store(path) as store:
+        os.utime(path, ns=(1, 1))  # another writer finished meanwhile
+        with pytest.raises(OutputError, match="changed while"):
+            store.patch(path)
+    assert path.read_bytes() == before
+    assert weightcli("scale", path, "0.5", "--in-place").returncode == 0  # the premise

@@ -86,7 +86,7 @@ class Window(PreadFile):
                     raise CorruptError(f"{label}: object ends at byte {at + len(data)}")
                 crc = crc32(data, crc)
         else:
-            for chunk in read_chunks(self._fd, self.start, self.size):
+            for chunk in read_chunks(self._fd, self.start, self.size, label):
                 crc = crc32(chunk, crc)
         if crc != expected:
             raise zipfile.BadZipFile(f"Bad CRC-32 for {label}")
@@ -101,7 +101,7 @@ COPY_CHUNK = 1 << 20
 REMOTE_CHUNK = 8 << 20  # bytes per ranged read when a remote member is checked whole
 
 
-def read_chunks(fd: int, start: int, size: int) -> Iterator[memoryview]:
+def read_chunks(fd: int, start: int, size: int, label: str = "") -> Iterator[memoryview]:
     """Bytes [start, start + size) of ``fd`` in chunks of one reused buffer (a fresh
     buffer per chunk costs a page fault per page: more than the copying). Each chunk is
     valid until the next one is read."""
@@ -111,7 +111,7 @@ def read_chunks(fd: int, start: int, size: int) -> Iterator[memoryview]:
     while pos < size:
         n = os.preadv(fd, [view[: min(COPY_CHUNK, size - pos)]], start + pos)
         if n == 0:
-            raise CorruptError(f"file ends at byte {start + pos}: data missing")
+            raise CorruptError(f"{label or 'the file'}: ends at byte {start + pos}: data missing")
         yield view[:n]
         pos += n
 
@@ -510,7 +510,7 @@ class ArchivePatcher(_WeightsMemberPatcher):
                     fd = os.open(weights, os.O_RDONLY)
                     try:
                         size = os.fstat(fd).st_size - weights_at
-                        for chunk in read_chunks(fd, weights_at, size):
+                        for chunk in read_chunks(fd, weights_at, size, str(weights)):
                             out.write(chunk)
                     finally:
                         os.close(fd)
@@ -542,7 +542,7 @@ class ArchivePatcher(_WeightsMemberPatcher):
                     if header_at is None:
                         return False
                     crc = 0
-                    for chunk in read_chunks(fd, data_at, size):
+                    for chunk in read_chunks(fd, data_at, size, str(self.zip_tmp)):
                         crc = crc32(chunk, crc)
                     info.CRC = crc
                     info.header_offset = header_at

@@ -11,6 +11,7 @@ import contextlib
 import difflib
 import json
 import math
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -345,6 +346,53 @@ class Patcher(abc.ABC):
             self.abort()
 
 
+def _open_for_lock(path: Path) -> int:
+    """A descriptor a write lock can be taken on (a write lock needs one open for
+    writing; a read-only file this process may not open so: no lock, -1 never)."""
+    if path.is_dir():
+        return os.open(path, os.O_RDONLY)
+    try:
+        return os.open(path, os.O_RDWR)
+    except PermissionError:
+        return os.open(path, os.O_RDONLY)
+
+
+def _write_lock(fd: int, folder: bool = False) -> None:
+    """An exclusive lock on ``fd``, without waiting: BlockingIOError when another process
+    holds one. A file: an open-file-description lock (Linux ``F_OFD_SETLK``), independent
+    of the ``flock`` locks HDF5 takes on the files it opens and of this process's other
+    descriptors of the file; a folder (no HDF5 there): ``flock``. Where neither can be
+    taken (no OFD locks, a file not open for writing), none is."""
+    import fcntl
+    import struct
+
+    if folder:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return
+    import errno
+
+    if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+        return
+    cmd = getattr(fcntl, "F_OFD_SETLK", None)
+    if cmd is None:
+        return
+    # struct flock: l_type, l_whence, l_start, l_len, l_pid (0 for OFD locks), padding.
+    request = struct.pack("hhqqixxxx", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+    try:
+        fcntl.fcntl(fd, cmd, request)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):  # held by another process
+            raise BlockingIOError(exc.errno, exc.strerror) from None
+        if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # no OFD locks
+            raise
+
+
+def fingerprint(path: Path) -> tuple[int, int, int, int]:
+    """Which file ``path`` is, and as of when: device, inode, size, mtime (ns)."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
 class StagedPatcher(Patcher):
     """A patcher of a local copy of a remote checkpoint (``inner``); ``cleanup`` runs
     when it ends, committed or not."""
@@ -449,8 +497,45 @@ class Store(abc.ABC):
             patcher: Patcher = StagedPatcher(inner, [local.close, self.drop_local_copy])
         else:
             patcher = self._patch(out, retype or {})
+            if os.path.realpath(out) == os.path.realpath(self.target):
+                # In place: one writer at a time, and only over what this store read.
+                patcher = StagedPatcher(patcher, [self._lock_in_place()])
         patcher.overwrite = overwrite
         return patcher
+
+    # What the checkpoint's main file was when it was opened (set by the registry).
+    opened_as: tuple[int, int, int, int] | None = None
+
+    def _lock_file(self) -> Path:
+        target = self.target
+        index = target.with_name(target.name + ".index")
+        return index if not target.exists() and index.exists() else target
+
+    def _lock_in_place(self) -> Callable[[], None]:
+        """Lock the checkpoint for an in-place write (``flock``, released by the returned
+        function): a second writer is refused, not silently lost; and a checkpoint that
+        changed since this store read it (another writer finished meanwhile) is refused."""
+        path = self._lock_file()
+        fd = _open_for_lock(path)
+        try:
+            _write_lock(fd, path.is_dir())
+        except BlockingIOError:
+            os.close(fd)
+            raise OutputError(
+                f"{self.target}: another weightcli is writing it in place; run again when it "
+                "has finished"
+            ) from None
+        if self.opened_as is not None and fingerprint(path) != self.opened_as:
+            os.close(fd)
+            raise OutputError(
+                f"{self.target}: changed while weightcli was reading it (another writer?); "
+                "nothing written: run again"
+            )
+
+        def release() -> None:
+            os.close(fd)  # closing the descriptor releases the lock
+
+        return release
 
     def reopen(self, path: Path) -> Store:
         """The same format's store over another copy of this checkpoint."""

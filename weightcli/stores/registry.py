@@ -11,13 +11,15 @@ imports the TensorFlow protobufs.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from weightcli.stores.base import Format, Store
+from weightcli.stores.base import Format, Store, fingerprint
+from weightcli.stores.remote import is_url
 
 
 def _resolve(ref: str | Callable[..., Any]) -> Any:
@@ -54,6 +56,9 @@ class FormatSpec:
     def open(self, path: Path) -> Store:
         cls = _resolve(self.store)
         store: Store = cls(path)
+        if not is_url(path):
+            with contextlib.suppress(OSError):
+                store.opened_as = fingerprint(store._lock_file())
         return store
 
 

@@ -181,7 +181,7 @@ class Bundle:
         lengths = []
         pos = 0
         for _ in range(n):
-            length, pos = tftable.varint(data, pos)
+            length, pos = _varint(data, pos, self.prefix, e)
             lengths.append(length)
         pos += 4
         out = []
@@ -239,12 +239,19 @@ def crc32c_of(f: BinaryIO, offset: int, size: int) -> int | None:
     return crc
 
 
+def _varint(data: bytes, pos: int, where: object, e: Entry) -> tuple[int, int]:
+    try:
+        return tftable.varint(data, pos)
+    except CorruptError as exc:
+        raise CorruptError(f"{where}: string tensor {e.key}: {exc}") from None
+
+
 def _string_crc(data: bytes, e: Entry) -> int:
     n = int(np.prod(e.shape, dtype=np.int64)) if e.shape else 1
     crc = 0
     pos = 0
     for _ in range(n):
-        length, pos = tftable.varint(data, pos)
+        length, pos = _varint(data, pos, "checkpoint", e)
         width = 4 if length <= 0xFFFFFFFF else 8
         crc = google_crc32c.extend(crc, length.to_bytes(width, "little"))
     return int(google_crc32c.extend(crc, data[pos:]))

@@ -66,7 +66,17 @@ def put_varint(n: int) -> bytes:
 
 
 def read_table(data: bytes, label: str) -> Iterator[tuple[bytes, bytes]]:
-    """All (key, value) pairs of a table, in order, verifying every block's checksum."""
+    """All (key, value) pairs of a table, in order, verifying every block's checksum;
+    every error names ``label``."""
+    try:
+        yield from _read_table(data, label)
+    except CorruptError as exc:
+        if str(exc).startswith(label):
+            raise
+        raise CorruptError(f"{label}: {exc}") from None
+
+
+def _read_table(data: bytes, label: str) -> Iterator[tuple[bytes, bytes]]:
     if len(data) < FOOTER:
         raise CorruptError(f"{label}: too short to be a checkpoint index ({len(data)} bytes)")
     footer = data[-FOOTER:]
