@@ -786,3 +786,44 @@ def test_no_collection_runs_while_a_range_is_fetched(
     f = remote.open_range(remote.as_path("memory://b/x.bin"))
     assert f.pread(1 << 18, 0) == (bytes(range(256)) * 1024)[: 1 << 18]
     assert seen == [False, False] and gc.isenabled()
+
+
+def test_an_endpoint_that_never_answers_is_given_up(s3, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that accepts connections and never answers: each request gives up (the
+    defaults are bounded; here shortened to 0.5 s), the run ends with one line, exit 2."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])  # accepted, never answered
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{listener.getsockname()[1]}")
+        monkeypatch.setenv(remote.OPTIONS_ENV, '{"config_kwargs": {"read_timeout": 0.5}}')
+        remote.forget()
+        options = remote.filesystem("s3").config_kwargs  # the defaults kept what was not given
+        assert options["read_timeout"] == 0.5
+        assert options["connect_timeout"] == remote.S3_CONNECT_TIMEOUT
+        started = time.monotonic()
+        _one_line_exit_2(run("inspect", _url(s3, "m/mlp_keras3.h5")))
+        assert time.monotonic() - started < 30
+    finally:
+        stop.set()
+        thread.join()
+        for c in held:
+            c.close()
+        listener.close()
+        remote.forget()

@@ -144,8 +144,11 @@ def filesystem(protocol: str) -> Any:
         raise UsageError(
             f"{protocol}:// paths need fsspec: pip install 'weightcli[remote]'"
         ) from exc
+    options = storage_options()
+    if protocol in S3:
+        options = _s3_deadlines(options)
     try:
-        fs = fsspec.filesystem(protocol, **storage_options())
+        fs = fsspec.filesystem(protocol, **options)
     except ImportError as exc:
         raise UsageError(
             f"{protocol}:// paths need a library fsspec could not import ({exc}): "
@@ -153,8 +156,28 @@ def filesystem(protocol: str) -> Any:
         ) from exc
     except (ValueError, TypeError) as exc:  # an unknown protocol, a wrong option
         raise UsageError(f"{protocol}://: {describe(exc)}") from exc
+    if protocol in S3 and isinstance(getattr(fs, "retries", None), int):
+        fs.retries = min(fs.retries, S3_ATTEMPTS)  # s3fs's own retries around botocore's
     _filesystems[protocol] = fs
     return fs
+
+
+# An endpoint that accepts a connection and never answers must not hang a run: each
+# request gives up after these (botocore's defaults are 60 s, retried; s3fs retries
+# again), unless the user's storage options say otherwise. Whole-run limit: --timeout.
+S3_CONNECT_TIMEOUT = 10
+S3_READ_TIMEOUT = 20
+S3_ATTEMPTS = 2
+
+
+def _s3_deadlines(options: dict[str, Any]) -> dict[str, Any]:
+    out = dict(options)
+    config = dict(out.get("config_kwargs") or {})
+    config.setdefault("connect_timeout", S3_CONNECT_TIMEOUT)
+    config.setdefault("read_timeout", S3_READ_TIMEOUT)
+    config.setdefault("retries", {"max_attempts": S3_ATTEMPTS, "mode": "standard"})
+    out["config_kwargs"] = config
+    return out
 
 
 def describe(exc: BaseException) -> str:
