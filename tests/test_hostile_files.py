@@ -203,3 +203,43 @@ def test_a_second_in_place_writer_is_refused(tmp_path: Path) -> None:
             store.patch(path)
     assert path.read_bytes() == before
     assert weightcli("scale", path, "0.5", "--in-place").returncode == 0  # the premise
+
+
+def test_links_out_of_a_model_are_refused_in_every_format(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    # A weights map's shard linking out of the map's folder.
+    sh = shutil.copytree(SAMPLES / "mlp_sharded", tmp_path / "sh")
+    first = sorted(sh.glob("*.weights.h5"))[0]
+    shutil.move(first, outside / first.name)
+    first.symlink_to(outside / first.name)
+    res = run("inspect", sh / "mlp.weights.json")
+    assert res.code == 2 and "out of the model folder" in res.err, res.err
+    # A model folder whose weights, or whose assets, link out.
+    for link, target in (("model.weights.h5", None), ("assets", "/etc")):
+        folder = shutil.copytree(SAMPLES / "mlp_folder", tmp_path / f"f_{link}")
+        if target is None:
+            shutil.move(folder / link, outside / "w.h5")
+            target = str(outside / "w.h5")
+        (folder / link).symlink_to(target)
+        res = run("scale", folder, "0.5", "-o", tmp_path / f"o_{link}")
+        assert res.code == 2 and "out of the model folder" in res.err, res.err
+        assert not (tmp_path / f"o_{link}").exists()
+    # A link inside the model is fine: the premise.
+    folder = shutil.copytree(SAMPLES / "mlp_folder", tmp_path / "inner")
+    (folder / "alias.json").symlink_to("config.json")
+    assert run("scale", folder, "0.5", "-o", tmp_path / "o_inner").code == 0
+
+
+def test_a_checkpoint_state_file_naming_a_path_elsewhere(tmp_path: Path) -> None:
+    """A state file written on another machine (an absolute path): the prefix of the same
+    name in this folder is read; one naming a checkpoint elsewhere only is refused."""
+    ckpt = shutil.copytree(SAMPLES / "mlp_ckpt", tmp_path / "ckpt")
+    (ckpt / "checkpoint").write_text('model_checkpoint_path: "/home/someone/run/ckpt"\n')
+    res = run("inspect", ckpt, "--json", "--no-stats")
+    assert res.code == 0, res.err
+    elsewhere = shutil.copytree(SAMPLES / "mlp_ckpt", tmp_path / "elsewhere")
+    (ckpt / "checkpoint").write_text(f'model_checkpoint_path: "{elsewhere / "other"}"\n')
+    shutil.move(elsewhere / "ckpt.index", elsewhere / "other.index")
+    res = run("inspect", ckpt)
+    assert res.code == 2 and "outside this folder" in res.err, res.err

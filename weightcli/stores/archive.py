@@ -25,6 +25,7 @@ from typing import Any
 
 from weightcli.errors import CorruptError, InputError, UnsupportedError
 from weightcli.stores import capped, temps
+from weightcli.stores.links import refuse_links_out
 from weightcli.stores.temps import TEMP_TAG, remove_stale_temps
 
 try:  # zip's CRC-32, vectorised (~20 GB/s against zlib's ~3); the same function
@@ -648,6 +649,7 @@ class FolderStore(H5Store):
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        refuse_links_out(path)  # its files are read, and copied into outputs
         config = _json_member(path, "config.json")
         metadata = _json_member(path, "metadata.json") if (path / "metadata.json").is_file() else {}
         super().__init__(path, src=path / WEIGHTS, config=config, label=f"{path}/{WEIGHTS}")

@@ -72,7 +72,7 @@ def checkpoint_prefix(path: Path) -> Path | None:
             for line in text.decode(errors="replace").splitlines():
                 if line.startswith("model_checkpoint_path:"):
                     target = line.split(":", 1)[1].strip().strip('"')
-                    return Path(target) if os.path.isabs(target) else path / target
+                    return _prefix_here(path, target)
         indexes = sorted(path.glob("*.index"))
         if not indexes and index_path(path / "variables" / "variables").is_file():
             return path / "variables" / "variables"
@@ -84,6 +84,25 @@ def checkpoint_prefix(path: Path) -> Path | None:
     if not path.exists() and index_path(path).is_file():
         return path
     return None
+
+
+def _prefix_here(folder: Path, named: str) -> Path:
+    """The prefix a ``checkpoint`` state file names, inside ``folder``: a path from
+    another machine (absolute, or leading out) reads the prefix of the same name here
+    when there is one; a checkpoint elsewhere is never read."""
+    candidate = Path(named) if os.path.isabs(named) else folder / named
+    if not is_url(folder):
+        top = folder.resolve()
+        where = candidate.resolve()
+        if where.parent != top and top not in where.parents:
+            here = folder / Path(named).name
+            if index_path(here).is_file():
+                return here
+            raise UnsupportedError(
+                f"{folder}/checkpoint: names {named!r}, outside this folder, and no "
+                f"{Path(named).name}.index is here: refused (name the prefix to read)"
+            )
+    return candidate
 
 
 def detect(path: Path) -> FormatSpec:

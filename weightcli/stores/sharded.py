@@ -19,6 +19,7 @@ from weightcli.errors import CorruptError, OutputError, UnsupportedError, litera
 from weightcli.stores import capped, temps
 from weightcli.stores.base import Block, Format, Patcher, Store, StoreMeta, clean_history
 from weightcli.stores.hdf5 import H5Patcher, H5Store
+from weightcli.stores.links import check_inside
 from weightcli.stores.output import publish, temp_dir_beside
 from weightcli.tensor import TensorInfo
 
@@ -111,7 +112,7 @@ class ShardedStore(Store):
                     raise UnsupportedError(
                         f"{path}: names shard {name!r} outside the map's folder: refused"
                     )
-                shard = path.parent / name
+                shard = check_inside(path.parent, path.parent / name)
                 if not shard.is_file():
                     raise CorruptError(f"{path}: names shard {name}, which is missing")
                 shards.append(shard)

@@ -44,6 +44,7 @@ from weightcli.stores.base import (
     split,
 )
 from weightcli.stores.detect import checkpoint_prefix, index_path
+from weightcli.stores.links import refuse_links_out
 from weightcli.stores.output import publish, remove, temp_beside, temp_dir_beside
 from weightcli.stores.rangecopy import RangeCopy
 from weightcli.stores.remote import is_url
@@ -585,7 +586,7 @@ class TFPatcher(Patcher):
             if store.kind == Format.SAVEDMODEL:
                 self.root = self.tmp / "model"
                 skip = {p.resolve() for p in shards}
-                _refuse_links_out(store.path)
+                refuse_links_out(store.path)
                 shutil.copytree(
                     store.path,
                     self.root,
@@ -716,27 +717,6 @@ def _first_os_error(exc: BaseException) -> str:
     if isinstance(exc, OSError):
         return exc.strerror or str(exc)
     return str(exc)
-
-
-def _refuse_links_out(root: Path) -> None:
-    """A symbolic link in a SavedModel folder that points out of it (or nowhere it can
-    resolve) is refused: a copy must not carry a reference to files elsewhere."""
-    top = root.resolve()
-    for folder, dirs, files in os.walk(root):
-        for name in dirs + files:
-            p = Path(folder) / name
-            if not p.is_symlink():
-                continue
-            try:
-                target = p.resolve(strict=False)
-            except (OSError, RuntimeError) as exc:  # a loop
-                raise UnsupportedError(
-                    f"{p}: a symbolic link that cannot be resolved: {exc}"
-                ) from exc
-            if target != top and top not in target.parents:
-                raise UnsupportedError(
-                    f"{p}: a symbolic link out of the model folder (to {os.readlink(p)}): refused"
-                )
 
 
 def write_state_file(prefix: Path) -> int:
