@@ -827,3 +827,19 @@ def test_an_endpoint_that_never_answers_is_given_up(s3, monkeypatch: pytest.Monk
             c.close()
         listener.close()
         remote.forget()
+
+
+def test_messages_name_a_staged_copy_by_its_url(s3) -> None:
+    """A message about a downloaded copy names the model as the user did (its URL)."""
+    from weightcli.stores import temps
+
+    url = _url(s3, "m/mlp_keras3.h5")
+    staged = remote.stage(remote.as_path(url))
+    try:
+        assert remote.as_urls(f"{staged}: cannot read dense/kernel") == (
+            f"{url}: cannot read dense/kernel"
+        )
+        assert str(staged.parent) not in remote.as_urls(f"see {staged}")
+    finally:
+        temps.remove(staged.parent)
+        remote.forget_origins(staged.parent)

@@ -35,7 +35,7 @@ from weightcli.errors import (
 )
 from weightcli.results import Result
 from weightcli.stores.registry import file_is_model, folder_is_model, parts_of_models
-from weightcli.stores.remote import RemotePath, as_path
+from weightcli.stores.remote import RemotePath, as_path, as_urls
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,7 @@ def _call(task: Task, item: Item, debug: bool, spell: Callable[[str], str]) -> O
             str(item.path),
             exc.exit_code,
             time.perf_counter() - started,
-            error=one_line(exc.render(spell)),
+            error=one_line(as_urls(exc.render(spell))),
             size=size,
             label=item.label,
         )

@@ -88,8 +88,9 @@ class WeightcliGroup(click.Group):
             if debug:
                 raise
             from weightcli.cli.options import spell
+            from weightcli.stores.remote import as_urls
 
-            click.echo(f"weightcli: error: {one_line(exc.render(spell))}", err=True)
+            click.echo(f"weightcli: error: {one_line(as_urls(exc.render(spell)))}", err=True)
             ctx.exit(exc.exit_code)
         except (KeyboardInterrupt, Terminated) as exc:
             # Every writer has removed its temporary files on the way up.

@@ -13,7 +13,7 @@ from weightcli.compare import check_tolerances
 from weightcli.errors import ParameterError
 from weightcli.results import Check, VerifyResult
 from weightcli.stores import open_store
-from weightcli.stores.remote import as_local, as_path, is_url
+from weightcli.stores.remote import as_local, as_path, as_urls
 
 __all__ = ["VerifyRequest", "VerifyResult", "run"]
 
@@ -77,11 +77,8 @@ def run(request: VerifyRequest, path: str | Path) -> VerifyResult:
         )
         checks = run_in_child(framework_checks, local, as_local(as_path(path)))
         # The details name the models as the user did, not their downloaded copies.
-        urls = (request.reference, request.architecture, request.input_file, as_path(path))
-        names = {str(as_local(u)): str(u) for u in urls if u is not None and is_url(u)}
         for check in checks:
-            for copy, url in names.items():
-                check.detail = check.detail.replace(copy, url)
+            check.detail = as_urls(check.detail)
         result.checks += checks
     except ChildDied as exc:
         result.checks.append(

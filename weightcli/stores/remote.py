@@ -492,6 +492,7 @@ def stage(path: Path, siblings: list[Path] | None = None) -> Path:
     temps.remove_stale_temps(Path(tempfile.gettempdir()), "stage.")
     folder = temps.make_dir(None, f"stage.{temps.TEMP_TAG}{os.getpid()}.")
     dest = folder / path.name
+    _named[str(dest)] = str(path)
     try:
         if path.exists():
             download(path, dest)
@@ -521,6 +522,19 @@ def as_local(path: Path) -> Path:
     if url not in _local_copies:
         _local_copies[url] = stage(path)  # a temporary: removed when the process ends
     return _local_copies[url]
+
+
+# Local copies of remote models (a staged path -> the URL it came from), so that a
+# message about a copy names the model as the user did.
+_named: dict[str, str] = {}
+
+
+def as_urls(text: str) -> str:
+    """``text`` with every staged local copy's path replaced by the URL it came from."""
+    for local in sorted(_named, key=len, reverse=True):
+        if local in text:
+            text = text.replace(local, _named[local])
+    return text
 
 
 def forget_origins(folder: Path) -> None:
