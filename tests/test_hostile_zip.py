@@ -115,3 +115,20 @@ def test_a_compressed_archive_still_reads_and_transforms(tmp_path: Path) -> None
     res = run("scale", path, "0.5", "-o", tmp_path / "half.keras")
     assert res.code == 0, res.err
     assert json.loads(zipfile.ZipFile(tmp_path / "half.keras").read("config.json"))
+
+
+def test_a_file_of_many_small_tensors_is_listed_in_bounded_memory(tmp_path: Path) -> None:
+    """20,000 datasets in a few MB: listed with HDF5's metadata cache bounded and no
+    dataset held open (before: about 1 GB for 60,000)."""
+    import h5py
+    import numpy as np
+
+    path = tmp_path / "many.weights.h5"
+    with h5py.File(path, "w") as f:
+        for i in range(10_000):
+            g = f.create_group(f"layers/dense_{i}/vars")
+            g.create_dataset("0", data=np.zeros((2, 2), "f4"))
+            g.create_dataset("1", data=np.zeros((2,), "f4"))
+    code, peak, err = measured("inspect", path, "--no-stats", "--json")
+    assert code == 0, err
+    assert peak < PEAK_MIB, f"{peak} MiB"
