@@ -132,3 +132,39 @@ def test_a_file_of_many_small_tensors_is_listed_in_bounded_memory(tmp_path: Path
     code, peak, err = measured("inspect", path, "--no-stats", "--json")
     assert code == 0, err
     assert peak < PEAK_MIB, f"{peak} MiB"
+
+
+def test_a_map_of_many_shards_keeps_few_open(tmp_path: Path) -> None:
+    """A weights map of 40 shards (more than are kept open): listed, read and scaled
+    with at most AWAKE_SHARDS open at once; values against numpy."""
+    import h5py
+    import numpy as np
+
+    from weightcli.stores import open_store
+    from weightcli.stores.sharded import AWAKE_SHARDS
+
+    rng = np.random.default_rng(0)
+    weight_map, values = {}, {}
+    for i in range(40):
+        name = f"m_{i:05d}.weights.h5"
+        with h5py.File(tmp_path / name, "w") as f:
+            g = f.create_group(f"layers/dense_{i}/vars")
+            g.attrs["name"] = f"dense_{i}"
+            values[i] = rng.normal(size=(3, 4)).astype("float32")
+            g.create_dataset("0", data=values[i])
+        weight_map[f"/layers/dense_{i}/vars"] = [name]
+    (tmp_path / "m.weights.json").write_text(json.dumps({"weight_map": weight_map}))
+    with open_store(tmp_path / "m.weights.json") as store:
+        open_now = sum(not s._asleep for s in store.stores)  # type: ignore[attr-defined]
+        assert open_now <= AWAKE_SHARDS < 40
+        for t in store.tensors():
+            store.read(t)
+        assert sum(not s._asleep for s in store.stores) <= AWAKE_SHARDS  # type: ignore[attr-defined]
+    out = tmp_path / "o" / "half.weights.json"
+    out.parent.mkdir()
+    res = run("scale", tmp_path / "m.weights.json", "0.5", "-o", out)
+    assert res.code == 0, res.err
+    with open_store(out) as store:
+        for t in store.tensors():
+            i = int(t.name.split("/")[0].split("_")[1])
+            np.testing.assert_array_equal(store.read(t), values[i] * np.float32(0.5))

@@ -402,11 +402,47 @@ class H5Store(Store):
     @property
     def h5file(self) -> h5py.File:
         """The open HDF5 file (read-only)."""
+        self.wake()
         return self._file
 
     def dataset(self, info: TensorInfo) -> h5util.Dset:
         """Where and how ``info`` is stored in the HDF5 file."""
+        self.wake()
         return self._datasets[info.path]
+
+    # A local file can be closed between uses (``sleep``) and reopened when read again
+    # (``wake``): a weights map of thousands of shards keeps only a few open (HDF5 costs
+    # about 0.5 MiB per open file).
+    _asleep = False
+
+    def can_sleep(self) -> bool:
+        return self._remote is None and self.path.is_file()
+
+    def sleep(self) -> None:
+        """Close the file (its listing is kept); reopened by the next read."""
+        if self._asleep or not self.can_sleep():
+            return
+        for ds in self._index.values():
+            ds.release()
+        raw = self._raw
+        if raw is not None and isinstance(raw[0], int):
+            os.close(raw[0])
+        self._raw = None
+        if self._file.id.valid:
+            self._file.close()
+        self._asleep = True
+
+    def wake(self) -> None:
+        if not self._asleep:
+            return
+        self._file = h5util.open_h5(self.path, self.label)
+        for ds in self._index.values():
+            ds.fid = self._file.id
+        region = self.source_region()
+        if region is not None:
+            file, base, size = region
+            self._raw = os.open(file, os.O_RDONLY), base, size
+        self._asleep = False
 
     def blocks(
         self, info: TensorInfo, max_elems: int = BLOCK_ELEMS
@@ -419,6 +455,7 @@ class H5Store(Store):
                 ds.release()
 
     def read(self, info: TensorInfo, block: Block | None = None) -> np.ndarray:
+        self.wake()
         ds = self._datasets[info.path]
         try:
             if self._raw is not None:
@@ -448,7 +485,7 @@ class H5Store(Store):
         if raw is not None and isinstance(raw[0], int):
             os.close(raw[0])
         self._raw = None
-        if self._file.id.valid:
+        if not self._asleep and self._file.id.valid:
             self._file.close()
         remote = getattr(self, "_remote", None)
         if remote is not None:

@@ -26,6 +26,8 @@ from weightcli.tensor import TensorInfo
 SUFFIX = ".weights.json"
 LABEL = "Keras 3 sharded weights (.weights.json)"
 MAX_MAP_BYTES = 64 << 20
+# Shards kept open at once (HDF5 costs about 0.5 MiB per open file).
+AWAKE_SHARDS = 16
 HISTORY_KEY = "weightcli_history"
 
 
@@ -120,7 +122,10 @@ class ShardedStore(Store):
             groups = _group_names(shards)
             for shard in shards:
                 # Every shard is a .weights.h5 layout, even one holding optimizer state only.
-                self.stores.append(H5Store(shard, group_names=groups, kind=Format.KERAS3_WEIGHTS))
+                store = H5Store(shard, group_names=groups, kind=Format.KERAS3_WEIGHTS)
+                self.stores.append(store)
+                if len(shards) > AWAKE_SHARDS:
+                    store.sleep()  # listed; reopened when read
         except BaseException:
             self.close()
             raise
@@ -141,6 +146,9 @@ class ShardedStore(Store):
                 )
                 self._tensors.append(info)
                 self._route[info.path] = (i, t)
+        self._awake: list[int] = []  # the shards open now, least recently used first
+        if len(self.stores) <= AWAKE_SHARDS:
+            self._awake = list(range(len(self.stores)))
         history = self.doc.get(HISTORY_KEY)
         self.meta = StoreMeta(
             format=Format.KERAS3_SHARDED,
@@ -156,9 +164,21 @@ class ShardedStore(Store):
         """Which shard holds ``info``, and the tensor as that shard names it."""
         return self._route[info.path]
 
+    def shard(self, i: int) -> H5Store:
+        """Shard ``i``, open; at most ``AWAKE_SHARDS`` stay open (a shard put to sleep
+        reopens itself when it is read again)."""
+        if i in self._awake:
+            self._awake.remove(i)
+        self._awake.append(i)
+        store = self.stores[i]
+        store.wake()
+        while len(self._awake) > AWAKE_SHARDS:
+            self.stores[self._awake.pop(0)].sleep()
+        return store
+
     def read(self, info: TensorInfo, block: Block | None = None) -> np.ndarray:
         i, inner = self.route(info)
-        return self.stores[i].read(inner, block)
+        return self.shard(i).read(inner, block)
 
     def supports_dtype(self, dtype: str) -> str | None:
         return None
@@ -196,7 +216,7 @@ class ShardedPatcher(Patcher):
             dest.touch()
             prefix = f"{self.store.names[i]}:"
             retype = {k[len(prefix) :]: v for k, v in self.retype.items() if k.startswith(prefix)}
-            self.inners[i] = H5Patcher(self.store.stores[i], self.out, retype, tmp=dest)
+            self.inners[i] = H5Patcher(self.store.shard(i), self.out, retype, tmp=dest)
         return self.inners[i]
 
     def _begin(self, info: TensorInfo, dtype: str) -> None:
