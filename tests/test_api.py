@@ -78,6 +78,22 @@ def test_parameter_errors_name_parameters_not_flags(tmp_path: Path) -> None:
     recipe.write_text('[[step]]\ncommand = "clip"\nabs_max = -1\n')
     res = run("apply", recipe, SAMPLES / "mlp.keras", "-o", tmp_path / "y.keras")
     assert res.code == 2 and "abs_max must be" in res.err and "--abs-max" not in res.err
+    # A selection by layer class on a file without classes: the API's name, the CLI's flag.
+    with pytest.raises(weightcli.errors.UsageError) as usage:
+        weightcli.scale(
+            SAMPLES / "mlp_tfkeras_weights.h5", 2, layer_types=["Dense"], output=tmp_path / "z.h5"
+        )
+    assert "layer_types needs layer classes" in str(usage.value) and "--" not in str(usage.value)
+    res = run(
+        "scale",
+        SAMPLES / "mlp_tfkeras_weights.h5",
+        "2",
+        "--layer-type",
+        "Dense",
+        "-o",
+        tmp_path / "z.h5",
+    )
+    assert res.code == 2 and "--layer-type needs layer classes" in res.err
 
 
 def test_recipes_are_type_checked(tmp_path: Path) -> None:

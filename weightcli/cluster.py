@@ -32,7 +32,9 @@ def _import_distributed() -> Any:
     try:
         import distributed
     except ImportError as exc:
-        raise UsageError("--executor dask needs Dask: pip install 'weightcli[dask]'") from exc
+        raise UsageError.naming(
+            "{executor} dask needs Dask: pip install 'weightcli[dask]'"
+        ) from exc
     return distributed
 
 

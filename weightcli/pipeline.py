@@ -159,8 +159,9 @@ def plan(store: Store, steps: Sequence[Step]) -> list[tuple[TensorInfo, list[Ten
             apply_selection(
                 tensors, step.selection, store.meta.has_config, what
             )  # raises with names
-            raise UsageError(
-                f"{what} matches no tensor it can change (1-D tensors need an explicit --select)"
+            raise UsageError.naming(
+                f"{literal(what)} matches no tensor it can change (1-D tensors need an "
+                "explicit {select})"
             )
     out = []
     for t in tensors:

@@ -88,8 +88,8 @@ def apply(
 ) -> list[TensorInfo]:
     """The selected tensors; a selection that matches nothing is an error naming some that exist."""
     if sel.layer_types and not has_config and not any(t.layer_class for t in tensors):
-        raise UsageError(
-            "--layer-type needs layer classes, and this file records none (no model config)"
+        raise UsageError.naming(
+            "{layer_types} needs layer classes, and this file records none (no model config)"
         )
     chosen = [t for t in tensors if sel.matches(t)]
     if not chosen:

@@ -26,6 +26,8 @@ SPELLING = {
     "max": "--max",
     "lam": "--lambda",
     "from_npz": "--from",
+    "layer_types": "--layer-type",
+    "storage_option": "--storage-option",
     "format": "--format",
 }
 

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path, PosixPath
 from typing import Any
 
-from weightcli.errors import InputError, OutputError, UsageError
+from weightcli.errors import InputError, OutputError, UsageError, literal
 from weightcli.stores import temps
 from weightcli.stores.s3parts import Origin
 
@@ -112,7 +112,7 @@ def parse_storage_option(spec: str) -> tuple[list[str], Any]:
     is JSON when it parses as JSON (``anon=true``, ``default_block_size=1048576``)."""
     key, sep, value = spec.partition("=")
     if not sep or not key:
-        raise UsageError(f"--storage-option takes KEY=VALUE, got {spec!r}")
+        raise UsageError.naming(f"{{storage_option}} takes KEY=VALUE, got {literal(repr(spec))}")
     try:
         parsed: Any = json.loads(value)
     except ValueError:
@@ -592,7 +592,7 @@ def upload(local: Path, out: RemotePath, overwrite: bool) -> None:
     fs = out.fs
     try:
         if not overwrite and fs.exists(out.key):
-            raise OutputError(f"{out}: exists (give --force to replace it)")
+            raise OutputError.naming(f"{literal(out)}: exists (give {{force}} to replace it)")
         if local.is_dir():
             rels = sorted(
                 (p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()),
