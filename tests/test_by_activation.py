@@ -51,6 +51,8 @@ def test_every_layer_lands_on_target(name: str, stat: str, target: float, tmp_pa
     )
     assert res.code == 0, res.err
     doc = res.json()
+    # The same JSON keys as every command's (the one dispatcher).
+    assert doc["path"] == str(src) and doc["exit_code"] == 0
     layers = {a["layer"]: a for a in doc["activation"]}
     assert set(layers) == {"dense_1", "dense_2", "logits"}
     model = load(out, "keras3-full")

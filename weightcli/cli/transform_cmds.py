@@ -21,7 +21,7 @@ from weightcli.cli.options import (
 )
 from weightcli.commands import transform as command
 from weightcli.errors import ParameterError, literal
-from weightcli.report import print_json, print_transform
+from weightcli.report import print_transform
 from weightcli.results import TransformResult
 from weightcli.select import Selection
 from weightcli.steps import ClipStep, QuantizeStep, ScaleStep, Step
@@ -478,7 +478,6 @@ def by_activation_run(
     # Framework-bound (loads the model): imported only on this path.
     from weightcli.commands import by_activation as by_activation_cmd
     from weightcli.report import print_activation, print_by_activation
-    from weightcli.results import ByActivationResult
 
     request = by_activation_cmd.ByActivationRequest(
         selection=sel,
@@ -496,11 +495,14 @@ def by_activation_run(
         custom_objects=opts["custom_objects"],
     )
     try:
-        result: ByActivationResult = by_activation_cmd.run(request, path)
+        dispatch_one(  # the JSON keys, exit codes and supervision of every command
+            path,
+            by_activation_cmd.run,
+            request,
+            print_by_activation,
+            as_json=opts["as_json"],
+            debug=opts["debug"],
+        )
     except by_activation_cmd.NothingToScaleError as exc:
         print_activation(exc.plan)
         raise
-    if opts["as_json"]:
-        print_json(result.to_json())
-    else:
-        print_by_activation(result)

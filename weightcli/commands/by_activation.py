@@ -48,6 +48,10 @@ class NothingToScaleError(UsageError):
         super().__init__("no selected layer could be scaled (see the notes above)")
         self.plan = plan
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Raised in the child a command runs in, raised again here: the plan comes along.
+        return (NothingToScaleError, (self.plan,))
+
 
 def run(request: ByActivationRequest, path: str | Path) -> ByActivationResult:
     """Measure, plan, write, and measure again."""
