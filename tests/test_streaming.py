@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from helpers import run
 
-import weightcli.steps as steps
 import weightcli.stores.base as base
+import weightcli.transforms.clip as clipmod
 from weightcli.api import selection
 from weightcli.commands import transform
 from weightcli.steps import ClipStep, QuantizeStep, ScaleStep, Step
@@ -99,7 +99,7 @@ def test_histogram_percentile_close_to_exact(
 
     exact_out = tmp_path / "e.h5"
     transform_with(big, exact_out, ClipStep(selection(["dense"]), percentile=99), base.BLOCK_ELEMS)
-    monkeypatch.setattr(steps, "EXACT_PERCENTILE_ELEMS", TINY)  # force the histogram route
+    monkeypatch.setattr(clipmod, "EXACT_PERCENTILE_ELEMS", TINY)  # force the histogram route
     approx_out = tmp_path / "a.h5"
     transform_with(big, approx_out, ClipStep(selection(["dense"]), percentile=99), TINY)
     with h5py.File(big) as f:

@@ -26,11 +26,6 @@ from weightcli.transforms import clip as clipmod
 from weightcli.transforms import quantize as qmod
 from weightcli.transforms import scale as scalemod
 
-# Tensors up to this many elements (16 MiB of float32) get an exact percentile in
-# memory; larger ones are located by histogram passes (bounded memory).
-EXACT_PERCENTILE_ELEMS = 1 << 22
-HIST_BINS = 1 << 16
-
 
 class TensorOp:
     """One step applied to one tensor."""
@@ -292,19 +287,21 @@ class _ClipOp(TensorOp):
         self.repaired = 0
         self.passes = 1 if (step.percentile is not None or step.sigma is not None) else 0
         self._stats = RunningStats()
-        self._exact: list[np.ndarray] = []
-        self._hist: np.ndarray | None = None
-        self._hist_top = 0.0
+        self._percentile = (
+            clipmod.AbsPercentile(step.percentile, info.size)
+            if step.percentile is not None
+            else None
+        )
         if step.abs_max is not None:
             self.lo, self.hi = -step.abs_max, step.abs_max
 
     def observe(self, pass_no: int, where: Block, block: np.ndarray) -> None:
         if pass_no == 0:
             self._stats.update(block)
-            if self.step.percentile is not None and self.info.size <= EXACT_PERCENTILE_ELEMS:
-                self._exact.append(block)
-        elif self._hist is not None:
-            self._hist += clipmod.abs_histogram(block, self._hist_top, HIST_BINS)
+            if self._percentile is not None:
+                self._percentile.first(block)
+        elif self._percentile is not None:
+            self._percentile.second(block)
 
     def end_pass(self, pass_no: int) -> bool:
         step = self.step
@@ -316,27 +313,14 @@ class _ClipOp(TensorOp):
                 else:
                     self.lo, self.hi = clipmod.sigma_bounds(s.mean, s.std, step.sigma)
                 return False
-            assert step.percentile is not None
-            if self._exact:
-                both = np.concatenate([b.ravel() for b in self._exact])
-                bound = clipmod.abs_percentile(both, step.percentile)
-                self._exact = []
-                self.lo, self.hi = -bound, bound
-                return False
-            self._hist_top = float(s.abs_max or 0.0)
-            self._finite = s.count - s.nonfinite
-            self._hist = np.zeros(HIST_BINS, np.int64)
-            self.passes = 2
-            return True
-        # Histogram pass: the bin holding the wanted rank, linearly interpolated.
-        assert self._hist is not None and step.percentile is not None
-        rank = step.percentile / 100.0 * max(self._finite - 1, 0)
-        cum = np.cumsum(self._hist)
-        i = int(np.searchsorted(cum, rank, side="right"))
-        width = self._hist_top / HIST_BINS
-        before = cum[i - 1] if i > 0 else 0
-        inside = self._hist[min(i, HIST_BINS - 1)] or 1
-        bound = (min(i, HIST_BINS - 1) + (rank - before) / inside) * width
+            assert self._percentile is not None
+            if self._percentile.end_first(s.abs_max, s.count - s.nonfinite):
+                self.passes = 2
+                return True
+        else:
+            assert self._percentile is not None
+            self._percentile.end_second()
+        bound = self._percentile.value or 0.0
         self.lo, self.hi = -bound, bound
         return False
 

@@ -106,3 +106,65 @@ def abs_histogram(x: np.ndarray, top: float, bins: int) -> np.ndarray:
         idx *= bins
     np.minimum(idx, bins - 1, out=idx)
     return np.bincount(idx.astype(np.intp), minlength=bins)
+
+
+# Tensors up to this many elements (16 MiB of float32) get an exact percentile in
+# memory; larger ones are located by a histogram pass (bounded memory).
+EXACT_PERCENTILE_ELEMS = 1 << 22
+HIST_BINS = 1 << 16
+
+
+class AbsPercentile:
+    """The ``p``-th percentile of |x| over a tensor streamed in blocks, in bounded memory:
+    the one home of ``clip --percentile``'s algorithm.
+
+    Pass 1 (``first``): every block. A tensor of at most ``exact_elems`` elements is
+    kept and its percentile is exact (``abs_percentile``). Otherwise ``end_first``
+    asks for pass 2 (``second``): a histogram of |x| in ``HIST_BINS`` bins over
+    [0, max |x|] (the maximum known from pass 1), and ``bound`` interpolates linearly
+    inside the bin that holds the wanted rank: within one bin width of the exact value.
+    """
+
+    def __init__(self, p: float, size: int, exact_elems: int | None = None) -> None:
+        self.p = p
+        self.exact = size <= (EXACT_PERCENTILE_ELEMS if exact_elems is None else exact_elems)
+        self._blocks: list[np.ndarray] = []
+        self._hist: np.ndarray | None = None
+        self._top = 0.0
+        self._finite = 0
+        self.value: float | None = None
+
+    def first(self, block: np.ndarray) -> None:
+        if self.exact:
+            self._blocks.append(block)
+
+    def end_first(self, abs_max: float | None, finite: int) -> bool:
+        """After pass 1 (with the tensor's max |x| and finite count): True when pass 2
+        is needed; else ``value`` is the exact percentile."""
+        if self.exact:
+            both = (
+                np.concatenate([b.ravel() for b in self._blocks]) if self._blocks else np.zeros(0)
+            )
+            self._blocks = []
+            self.value = abs_percentile(both, self.p)
+            return False
+        self._top = float(abs_max or 0.0)
+        self._finite = finite
+        self._hist = np.zeros(HIST_BINS, np.int64)
+        return True
+
+    def second(self, block: np.ndarray) -> None:
+        assert self._hist is not None
+        self._hist += abs_histogram(block, self._top, HIST_BINS)
+
+    def end_second(self) -> float:
+        """The percentile, from the histogram of pass 2."""
+        assert self._hist is not None
+        rank = self.p / 100.0 * max(self._finite - 1, 0)
+        cum = np.cumsum(self._hist)
+        i = int(np.searchsorted(cum, rank, side="right"))
+        width = self._top / HIST_BINS
+        before = cum[i - 1] if i > 0 else 0
+        inside = self._hist[min(i, HIST_BINS - 1)] or 1
+        self.value = float((min(i, HIST_BINS - 1) + (rank - before) / inside) * width)
+        return self.value
