@@ -294,3 +294,24 @@ def test_note_is_kept_in_the_history(tmp_path: Path, args: list[str]) -> None:
     doc = run("inspect", out, "--json", "--no-stats").json()
     assert doc["history"][-1]["note"] == "ticket 42: calibration fix"
     assert 'ticket 42: calibration fix"' in run("inspect", out, "--no-stats").out
+
+
+def test_output_fields_a_command_cannot_honour_are_refused(tmp_path: Path) -> None:
+    """One parameter group for every writing command (``OutputSpec``); a field that
+    cannot apply is an error, in the request (API and CLI alike), never ignored."""
+    from weightcli.commands.freeze import FreezeRequest
+    from weightcli.params import OutputSpec
+
+    with pytest.raises(ParameterError, match="allow_nonfinite does not apply to freeze"):
+        FreezeRequest(layers=("dense_1",), out=OutputSpec(allow_nonfinite=True))
+    res = run(
+        "quantize",
+        SAMPLES / "mlp.keras",
+        "--store",
+        "keras-int8",
+        "--allow-nonfinite",
+        "-o",
+        tmp_path / "q.keras",
+    )
+    assert res.code == 2 and "--allow-nonfinite does not apply" in res.err
+    assert not (tmp_path / "q.keras").exists()

@@ -16,6 +16,7 @@ import weightcli.stores.base as base
 import weightcli.transforms.clip as clipmod
 from weightcli.api import selection
 from weightcli.commands import transform
+from weightcli.params import OutputSpec
 from weightcli.steps import ClipStep, QuantizeStep, ScaleStep, Step
 
 TINY = 1000
@@ -54,7 +55,7 @@ def block_sizes(monkeypatch) -> list[int]:
 
 def transform_with(src: Path, out: Path, step: Step, block_elems: int) -> None:
     request = transform.TransformRequest(
-        steps=(step,), command="test", output=out, block_elems=block_elems
+        steps=(step,), command="test", block_elems=block_elems, out=OutputSpec(output=out)
     )
     transform.run(request, src)
 

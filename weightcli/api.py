@@ -32,6 +32,7 @@ from weightcli.commands import merge as merge_cmd
 from weightcli.commands import transform as transform_cmd
 from weightcli.commands import transplant as transplant_cmd
 from weightcli.commands import verify as verify_cmd
+from weightcli.params import OutputSpec
 from weightcli.results import (
     DiffResult,
     InspectResult,
@@ -129,11 +130,13 @@ def _transform(
     request = transform_cmd.TransformRequest(
         steps=tuple(steps),
         command=command,
-        output=output,
-        in_place=in_place,
-        force=force,
-        dry_run=dry_run,
-        allow_nonfinite=allow_nonfinite,
+        out=OutputSpec(
+            output=output,
+            in_place=in_place,
+            force=force,
+            dry_run=dry_run,
+            allow_nonfinite=allow_nonfinite,
+        ),
     )
     return transform_cmd.run(request, path)
 
@@ -296,10 +299,7 @@ def transplant(
         strict=strict,
         include_optimizer=include_optimizer,
         from_ema=from_ema,
-        output=output,
-        in_place=in_place,
-        force=force,
-        dry_run=dry_run,
+        out=OutputSpec(output=output, in_place=in_place, force=force, dry_run=dry_run),
     )
     return transplant_cmd.run(request, target)
 
@@ -332,9 +332,7 @@ def merge(
         density=density,
         selection=selection(select, exclude),
         maps=tuple(maps),
-        output=output,
-        force=force,
-        dry_run=dry_run,
+        out=OutputSpec(output=output, force=force, dry_run=dry_run),
     )
     return merge_cmd.run(request, inputs[0])
 

@@ -15,6 +15,7 @@ from weightcli.cli.options import (
     single_output_options,
 )
 from weightcli.commands import assign, dump, freeze, reinit
+from weightcli.params import OutputSpec
 from weightcli.report import print_dump, print_freeze, print_transform
 from weightcli.transforms.initializers import NAMES as INITIALIZERS
 
@@ -62,12 +63,14 @@ def set_cmd(
     request = assign.SetRequest(
         assignments=tuple(assign.parse_assignment(a) for a in assignments),
         from_npz=from_npz,
-        output=output,
-        in_place=in_place,
-        force=force,
-        dry_run=dry_run,
-        note=note,
-        allow_nonfinite=allow_nonfinite,
+        out=OutputSpec(
+            output=output,
+            in_place=in_place,
+            force=force,
+            dry_run=dry_run,
+            note=note,
+            allow_nonfinite=allow_nonfinite,
+        ),
     )
     dispatch_one(path, assign.run, request, print_transform, as_json=as_json, debug=debug)
 
@@ -174,11 +177,7 @@ def freeze_cmd(
     request = freeze.FreezeRequest(
         layers=tuple(layers),
         unfreeze=unfreeze,
-        output=output,
-        in_place=in_place,
-        force=force,
-        dry_run=dry_run,
-        note=note,
+        out=OutputSpec(output=output, in_place=in_place, force=force, dry_run=dry_run, note=note),
     )
     dispatch_one(path, freeze.run, request, print_freeze, as_json=as_json, debug=debug)
 
@@ -270,11 +269,13 @@ def reinit_cmd(
         selection=make_selection(select, exclude, (), kinds, False),
         seed=seed,
         params=params,
-        output=output,
-        in_place=in_place,
-        force=force,
-        dry_run=dry_run,
-        note=note,
-        allow_nonfinite=allow_nonfinite,
+        out=OutputSpec(
+            output=output,
+            in_place=in_place,
+            force=force,
+            dry_run=dry_run,
+            note=note,
+            allow_nonfinite=allow_nonfinite,
+        ),
     )
     dispatch_one(path, reinit.run, request, print_transform, as_json=as_json, debug=debug)

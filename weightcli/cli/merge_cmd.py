@@ -16,6 +16,7 @@ from weightcli.cli.options import (
 )
 from weightcli.commands import merge as command
 from weightcli.errors import ParameterError, literal
+from weightcli.params import OutputSpec
 from weightcli.report import print_transform
 from weightcli.stores.remote import as_path
 
@@ -134,10 +135,8 @@ def merge(
         density=density,
         selection=make_selection(select, exclude, (), (), False),
         maps=tuple(maps),
-        output=output,
-        force=force,
-        dry_run=dry_run,
-        note=note,
-        allow_nonfinite=allow_nonfinite,
+        out=OutputSpec(
+            output=output, force=force, dry_run=dry_run, note=note, allow_nonfinite=allow_nonfinite
+        ),
     )
     dispatch_one(inputs[0], command.run, request, print_transform, as_json=as_json, debug=debug)

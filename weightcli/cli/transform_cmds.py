@@ -21,6 +21,7 @@ from weightcli.cli.options import (
 )
 from weightcli.commands import transform as command
 from weightcli.errors import ParameterError, literal
+from weightcli.params import OutputSpec
 from weightcli.report import print_transform
 from weightcli.results import TransformResult
 from weightcli.select import Selection
@@ -60,13 +61,15 @@ def execute(
     request = command.TransformRequest(
         steps=built,
         command=name,
-        output=None if batch else output,
-        in_place=in_place,
-        force=force,
-        dry_run=dry_run,
         outputs=outputs,
-        allow_nonfinite=opts["allow_nonfinite"],
-        note=opts["note"],
+        out=OutputSpec(
+            output=None if batch else output,
+            in_place=in_place,
+            force=force,
+            dry_run=dry_run,
+            allow_nonfinite=opts["allow_nonfinite"],
+            note=opts["note"],
+        ),
     )
     dispatch(
         items,
@@ -389,8 +392,6 @@ def quantize(
     """
     sel = make_selection(select, exclude, layer_types, kinds, include_optimizer)
     if store == "keras-int8":
-        if opts["allow_nonfinite"]:
-            raise ParameterError("{store} keras-int8 writes no NaN/Inf: give no {allow_nonfinite}")
         given = [
             p
             for p, v in (
@@ -449,11 +450,14 @@ def keras_int8_run(paths: tuple[str, ...], sel: Selection, opts: dict[str, Any])
 
     request = keras_int8.KerasInt8Request(
         selection=sel,
-        output=opts["output"],
-        in_place=opts["in_place"],
-        force=opts["force"],
-        dry_run=opts["dry_run"],
-        note=opts["note"],
+        out=OutputSpec(
+            output=opts["output"],
+            in_place=opts["in_place"],
+            force=opts["force"],
+            dry_run=opts["dry_run"],
+            note=opts["note"],
+            allow_nonfinite=opts["allow_nonfinite"],  # refused there: never ignored
+        ),
     )
     dispatch_one(
         paths[0],
@@ -486,13 +490,16 @@ def by_activation_run(
         stat=stat,
         batch_size=batch_size,
         architecture=architecture,
-        output=opts["output"],
-        in_place=opts["in_place"],
-        force=opts["force"],
-        dry_run=opts["dry_run"],
-        note=opts["note"],
         measure=opts["measure"],
         custom_objects=opts["custom_objects"],
+        out=OutputSpec(
+            output=opts["output"],
+            in_place=opts["in_place"],
+            force=opts["force"],
+            dry_run=opts["dry_run"],
+            note=opts["note"],
+            allow_nonfinite=opts["allow_nonfinite"],  # refused there: never ignored
+        ),
     )
     try:
         dispatch_one(  # the JSON keys, exit codes and supervision of every command

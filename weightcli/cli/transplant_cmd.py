@@ -13,6 +13,7 @@ from weightcli.cli.options import (
     note_option,
 )
 from weightcli.commands import transplant as command
+from weightcli.params import OutputSpec
 from weightcli.report import print_transplant
 from weightcli.stores.remote import as_path
 
@@ -118,11 +119,13 @@ def transplant(
         strict=strict,
         include_optimizer=include_optimizer,
         from_ema=from_ema,
-        output=output,
-        in_place=in_place,
-        force=force,
-        dry_run=dry_run,
-        note=note,
-        allow_nonfinite=allow_nonfinite,
+        out=OutputSpec(
+            output=output,
+            in_place=in_place,
+            force=force,
+            dry_run=dry_run,
+            note=note,
+            allow_nonfinite=allow_nonfinite,
+        ),
     )
     dispatch_one(target, command.run, request, print_transplant, as_json=as_json, debug=debug)

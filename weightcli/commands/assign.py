@@ -9,7 +9,7 @@ float32 rounds; a float into an integer tensor is refused).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import numpy as np
 
 from weightcli import arrays, pipeline
 from weightcli.errors import InputError, ParameterError, UsageError, literal
+from weightcli.params import OutputSpec
 from weightcli.results import TransformResult
 from weightcli.select import Selection
 from weightcli.steps import Step, TensorOp
@@ -36,12 +37,7 @@ class SetRequest:
 
     assignments: tuple[tuple[str, str | float], ...] = ()
     from_npz: Path | None = None
-    output: str | Path | None = None
-    in_place: bool = False
-    force: bool = False
-    dry_run: bool = False
-    note: str | None = None
-    allow_nonfinite: bool = False
+    out: OutputSpec = field(default_factory=OutputSpec)
 
     def __post_init__(self) -> None:
         if not self.assignments and self.from_npz is None:
@@ -173,18 +169,23 @@ def run(request: SetRequest, path: str | Path) -> TransformResult:
                 ops[info.path] = (value, label)
                 params["tensors"][name] = label
             out = plan_output(
-                store, src, request.output, request.in_place, request.force, request.dry_run
+                store,
+                src,
+                request.out.output,
+                request.out.in_place,
+                request.out.force,
+                request.out.dry_run,
             )
             return pipeline.run(
                 store,
                 [_SetStep(ops, params, any(t.optimizer for t in store.tensors() if t.path in ops))],
-                None if request.dry_run else out,
+                None if request.out.dry_run else out,
                 ["set", str(src)],
-                dry_run=request.dry_run,
-                in_place=request.in_place,
-                overwrite=request.force,
-                note=request.note,
-                allow_nonfinite=request.allow_nonfinite,
+                dry_run=request.out.dry_run,
+                in_place=request.out.in_place,
+                overwrite=request.out.force,
+                note=request.out.note,
+                allow_nonfinite=request.out.allow_nonfinite,
             )
         finally:
             if npz is not None:

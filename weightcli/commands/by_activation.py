@@ -3,11 +3,12 @@ then written by the ordinary pipeline and measured again on the written model.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from weightcli import activation, framework, pipeline
 from weightcli.errors import ParameterError, UsageError
+from weightcli.params import OutputSpec
 from weightcli.results import ActivationPlan, ByActivationResult
 from weightcli.select import Selection
 from weightcli.stores import open_store
@@ -27,15 +28,12 @@ class ByActivationRequest:
     stat: str = "mean-abs"
     batch_size: int = 32
     architecture: Path | None = None
-    output: str | Path | None = None
-    in_place: bool = False
-    force: bool = False
-    dry_run: bool = False
-    note: str | None = None
+    out: OutputSpec = field(default_factory=OutputSpec)
     measure: str = "sequential"
     custom_objects: Path | None = None
 
     def __post_init__(self) -> None:
+        self.out.refuse("allow_nonfinite", command="scale --by-activation")
         activation.check_params(self.target, self.stat, self.batch_size)
         if self.measure not in activation.MEASURES:
             raise ParameterError(f"{{measure}} must be one of {', '.join(activation.MEASURES)}")
@@ -58,9 +56,14 @@ def run(request: ByActivationRequest, path: str | Path) -> ByActivationResult:
     src = as_path(path)
     with open_store(src) as store:
         out = plan_output(
-            store, src, request.output, request.in_place, request.force, request.dry_run
+            store,
+            src,
+            request.out.output,
+            request.out.in_place,
+            request.out.force,
+            request.out.dry_run,
         )
-        if request.dry_run:
+        if request.out.dry_run:
             out = None
         if request.custom_objects is not None:
             framework.import_custom_objects(request.custom_objects)
@@ -85,10 +88,10 @@ def run(request: ByActivationRequest, path: str | Path) -> ByActivationResult:
             [step],
             out,
             ["scale", str(src), "--by-activation"],
-            dry_run=request.dry_run,
-            in_place=request.in_place,
-            overwrite=request.force,
-            note=request.note,
+            dry_run=request.out.dry_run,
+            in_place=request.out.in_place,
+            overwrite=request.out.force,
+            note=request.out.note,
         )
     if out is not None:
         with open_store(out) as written:

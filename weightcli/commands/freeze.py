@@ -8,11 +8,12 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import fnmatch
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from weightcli.errors import ParameterError, UnsupportedError, literal
+from weightcli.params import OutputSpec
 from weightcli.results import FreezeResult
 from weightcli.stores import open_store
 from weightcli.stores.base import Provenance
@@ -30,13 +31,10 @@ class FreezeRequest:
 
     layers: tuple[str, ...]
     unfreeze: bool = False
-    output: str | Path | None = None
-    in_place: bool = False
-    force: bool = False
-    dry_run: bool = False
-    note: str | None = None
+    out: OutputSpec = field(default_factory=OutputSpec)
 
     def __post_init__(self) -> None:
+        self.out.refuse("allow_nonfinite", command="freeze")
         if not self.layers:
             raise ParameterError("give the layers to freeze with {select} GLOB")
 
@@ -89,15 +87,20 @@ def run(request: FreezeRequest, path: str | Path) -> FreezeResult:
                 f"{{select}} {literal(', '.join(missing))} matches no layer (layers: {literal(names)})"
             )
         out = plan_output(
-            store, src, request.output, request.in_place, request.force, request.dry_run
+            store,
+            src,
+            request.out.output,
+            request.out.in_place,
+            request.out.force,
+            request.out.dry_run,
         )
         result = FreezeResult(
-            str(src), None if request.dry_run else str(out), [(p, b, want) for p, b in changed]
+            str(src), None if request.out.dry_run else str(out), [(p, b, want) for p, b in changed]
         )
-        if request.dry_run:
+        if request.out.dry_run:
             return result
         assert out is not None
-        patcher = store.patch(out, {}, request.force or request.in_place)
+        patcher = store.patch(out, {}, request.out.force or request.out.in_place)
         try:
             patcher.set_config(new)
             record = Provenance(
@@ -109,7 +112,7 @@ def run(request: FreezeRequest, path: str | Path) -> FreezeResult:
                 source=src.name,
                 source_sha256=None,
                 changed=[],
-                note=request.note,
+                note=request.out.note,
             ).to_json()
             patcher.set_history([*store.meta.history, record])
             patcher.commit()

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from weightcli.errors import UnsupportedError, UsageError
+from weightcli.params import OutputSpec
 from weightcli.results import TensorChange, TransformResult
 from weightcli.select import Selection
 from weightcli.stats import RunningStats
@@ -65,11 +66,10 @@ class KerasInt8Request:
     """Which layers (default: every float32 Dense and Embedding layer) and where to write."""
 
     selection: Selection = field(default_factory=Selection)
-    output: str | Path | None = None
-    in_place: bool = False
-    force: bool = False
-    dry_run: bool = False
-    note: str | None = None
+    out: OutputSpec = field(default_factory=OutputSpec)
+
+    def __post_init__(self) -> None:
+        self.out.refuse("allow_nonfinite", command="quantize --store keras-int8")
 
 
 def run(request: KerasInt8Request, path: str | Path) -> TransformResult:
@@ -84,13 +84,18 @@ def run(request: KerasInt8Request, path: str | Path) -> TransformResult:
             )
         chosen, left_out = _plan(store, request.selection)
         out = plan_output(
-            store, src, request.output, request.in_place, request.force, request.dry_run
+            store,
+            src,
+            request.out.output,
+            request.out.in_place,
+            request.out.force,
+            request.out.dry_run,
         )
         patcher = None
-        if not request.dry_run:
+        if not request.out.dry_run:
             assert out is not None
             patcher = store.patch(
-                out, {t.path: "int8" for t, _ in chosen}, request.force or request.in_place
+                out, {t.path: "int8" for t, _ in chosen}, request.out.force or request.out.in_place
             )
         changes: list[TensorChange] = []
         try:
@@ -106,7 +111,7 @@ def run(request: KerasInt8Request, path: str | Path) -> TransformResult:
                 source=src.name,
                 source_sha256=None,
                 changed=[c.info.name for c in changes],
-                note=request.note,
+                note=request.out.note,
             ).to_json()
             if patcher is not None:
                 patcher.set_config(config)
@@ -118,14 +123,14 @@ def run(request: KerasInt8Request, path: str | Path) -> TransformResult:
             raise
         return TransformResult(
             source=src,
-            output=None if request.dry_run else out,
+            output=None if request.out.dry_run else out,
             changes=changes,
             selected=len(chosen),
             total_tensors=sum(1 for t in store.tensors() if not t.optimizer),
             bytes_written=patcher.bytes_written if patcher is not None else 0,
             elapsed=time.perf_counter() - started,
             record=record,
-            dry_run=request.dry_run,
+            dry_run=request.out.dry_run,
             left_out=left_out,
         )
 

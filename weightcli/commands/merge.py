@@ -27,6 +27,7 @@ import numpy as np
 from weightcli import pipeline
 from weightcli.compare import parse_map, rename
 from weightcli.errors import ParameterError, UsageError, literal
+from weightcli.params import OutputSpec
 from weightcli.results import TransformResult
 from weightcli.select import Selection
 from weightcli.steps import Step, TensorOp
@@ -56,13 +57,10 @@ class MergeRequest:
     density: float | None = None
     selection: Selection = field(default_factory=Selection)
     maps: tuple[str, ...] = ()
-    output: str | Path | None = None
-    force: bool = False
-    dry_run: bool = False
-    note: str | None = None
-    allow_nonfinite: bool = False
+    out: OutputSpec = field(default_factory=OutputSpec)
 
     def __post_init__(self) -> None:
+        self.out.refuse("in_place", command="merge")
         n = len(self.others) + 1
         if self.method not in METHODS:
             raise ParameterError(f"{{method}} must be one of {', '.join(METHODS)}")
@@ -316,16 +314,16 @@ def run(request: MergeRequest, path: str | Path) -> TransformResult:
         out = plan_output(
             carrier,
             carrier_path,
-            request.output,
+            request.out.output,
             False,
-            request.force,
-            request.dry_run,
+            request.out.force,
+            request.out.dry_run,
             other_inputs=(*inputs, *([request.base] if request.base else [])),
         )
         # Every input hashed once, by one process beside the merge (one interpreter,
         # a thread per input in it), while the merge runs.
         unique = list(dict.fromkeys([*inputs, *([request.base] if request.base else [])]))
-        group = None if request.dry_run else pipeline.Digest(unique)
+        group = None if request.out.dry_run else pipeline.Digest(unique)
         hashes = {p: group.of(p) for p in unique} if group is not None else {}
 
         def sha(p: Path) -> pipeline.DigestOf | None:
@@ -348,12 +346,12 @@ def run(request: MergeRequest, path: str | Path) -> TransformResult:
             result = pipeline.run(
                 carrier,
                 [step],
-                None if request.dry_run else out,
+                None if request.out.dry_run else out,
                 ["merge", *map(str, inputs)],
-                dry_run=request.dry_run,
-                overwrite=request.force,
-                note=request.note,
-                allow_nonfinite=request.allow_nonfinite,
+                dry_run=request.out.dry_run,
+                overwrite=request.out.force,
+                note=request.out.note,
+                allow_nonfinite=request.out.allow_nonfinite,
                 source_digest=hashes.get(carrier_path),  # hashed once, not twice
             )
         except BaseException:

@@ -3,7 +3,7 @@ as Keras computes them), reproducibly from a seed, through the surgery writer.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,7 @@ import numpy as np
 
 from weightcli import pipeline
 from weightcli.errors import ParameterError, UsageError, literal
+from weightcli.params import OutputSpec
 from weightcli.results import TransformResult
 from weightcli.select import Selection
 from weightcli.steps import Step, TensorOp
@@ -32,12 +33,7 @@ class ReinitRequest:
     selection: Selection
     seed: int = 0
     params: tuple[tuple[str, float], ...] = ()
-    output: str | Path | None = None
-    in_place: bool = False
-    force: bool = False
-    dry_run: bool = False
-    note: str | None = None
-    allow_nonfinite: bool = False
+    out: OutputSpec = field(default_factory=OutputSpec)
 
     def __post_init__(self) -> None:
         if self.initializer not in init.NAMES:
@@ -137,16 +133,21 @@ def run(request: ReinitRequest, path: str | Path) -> TransformResult:
     with open_store(src) as store:
         order = {t.path: i for i, t in enumerate(store.tensors())}
         out = plan_output(
-            store, src, request.output, request.in_place, request.force, request.dry_run
+            store,
+            src,
+            request.out.output,
+            request.out.in_place,
+            request.out.force,
+            request.out.dry_run,
         )
         return pipeline.run(
             store,
             [_ReinitStep(request, order)],
-            None if request.dry_run else out,
+            None if request.out.dry_run else out,
             ["reinit", str(src), "--initializer", request.initializer],
-            dry_run=request.dry_run,
-            in_place=request.in_place,
-            overwrite=request.force,
-            note=request.note,
-            allow_nonfinite=request.allow_nonfinite,
+            dry_run=request.out.dry_run,
+            in_place=request.out.in_place,
+            overwrite=request.out.force,
+            note=request.out.note,
+            allow_nonfinite=request.out.allow_nonfinite,
         )

@@ -4,12 +4,13 @@ a patched copy of the checkpoint."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from weightcli import pipeline
 from weightcli.batch import Item, plan_outputs
 from weightcli.errors import ParameterError
+from weightcli.params import OutputSpec
 from weightcli.results import TransformResult
 from weightcli.steps import Step
 from weightcli.stores import open_store
@@ -33,19 +34,14 @@ class TransformRequest:
 
     steps: tuple[Step, ...]
     command: str
-    output: str | Path | None = None
-    in_place: bool = False
-    force: bool = False
-    dry_run: bool = False
+    out: OutputSpec = field(default_factory=OutputSpec)
     outputs: tuple[tuple[Path, Path], ...] = ()
     block_elems: int = BLOCK_ELEMS
-    allow_nonfinite: bool = False
-    note: str | None = None
 
     def __post_init__(self) -> None:
         if not self.steps:
             raise ParameterError("give at least one step")
-        if self.in_place and self.outputs:
+        if self.out.in_place and self.outputs:
             raise ParameterError("{in_place} and {output_dir} exclude each other")
         if self.block_elems < 1:
             raise ParameterError("{block_elems} must be at least 1")
@@ -54,7 +50,7 @@ class TransformRequest:
         for src, out in self.outputs:
             if src == path:
                 return out
-        return self.output
+        return self.out.output
 
 
 def batch_outputs(
@@ -75,20 +71,20 @@ def run(request: TransformRequest, path: str | Path) -> TransformResult:
             store,
             src,
             request.output_for(src),
-            request.in_place,
-            request.force,
-            request.dry_run,
+            request.out.in_place,
+            request.out.force,
+            request.out.dry_run,
             mkdirs=bool(request.outputs),
         )
         return pipeline.run(
             store,
             request.steps,
-            None if request.dry_run else out,
+            None if request.out.dry_run else out,
             [request.command, str(src)],
-            dry_run=request.dry_run,
+            dry_run=request.out.dry_run,
             block_elems=request.block_elems,
-            allow_nonfinite=request.allow_nonfinite,
-            in_place=request.in_place,
-            overwrite=request.force,
-            note=request.note,
+            allow_nonfinite=request.out.allow_nonfinite,
+            in_place=request.out.in_place,
+            overwrite=request.out.force,
+            note=request.out.note,
         )

@@ -22,6 +22,7 @@ from weightcli import pipeline
 from weightcli.compare import parse_map, rename
 from weightcli.digest import digest
 from weightcli.errors import ParameterError, UsageError, literal
+from weightcli.params import OutputSpec
 from weightcli.results import TransplantResult, TransplantRow
 from weightcli.select import Selection, match
 from weightcli.steps import Step, TensorOp
@@ -51,12 +52,7 @@ class TransplantRequest:
     strict: bool = False
     include_optimizer: bool = False
     from_ema: bool = False
-    output: str | Path | None = None
-    in_place: bool = False
-    force: bool = False
-    dry_run: bool = False
-    note: str | None = None
-    allow_nonfinite: bool = False
+    out: OutputSpec = field(default_factory=OutputSpec)
 
     def __post_init__(self) -> None:
         if self.match_by not in ("name", "order"):
@@ -193,16 +189,16 @@ def run(request: TransplantRequest, path: str | Path) -> TransplantResult:
         out = plan_output(
             target,
             target_path,
-            request.output,
-            request.in_place,
-            request.force,
-            request.dry_run,
+            request.out.output,
+            request.out.in_place,
+            request.out.force,
+            request.out.dry_run,
             other_inputs=(request.source,),
         )
         params = {
             **({"from_ema": True} if request.from_ema else {}),
             "source": request.source.name,
-            "source_sha256": None if request.dry_run else digest(request.source),
+            "source_sha256": None if request.out.dry_run else digest(request.source),
             "match_by": request.match_by,
             **({"map": list(request.maps)} if request.maps else {}),
         }
@@ -210,13 +206,13 @@ def run(request: TransplantRequest, path: str | Path) -> TransplantResult:
         transform = pipeline.run(
             target,
             [step],
-            None if request.dry_run else out,
+            None if request.out.dry_run else out,
             ["transplant", str(request.source), str(target_path)],
-            dry_run=request.dry_run,
-            in_place=request.in_place,
-            overwrite=request.force,
-            note=request.note,
-            allow_nonfinite=request.allow_nonfinite,
+            dry_run=request.out.dry_run,
+            in_place=request.out.in_place,
+            overwrite=request.out.force,
+            note=request.out.note,
+            allow_nonfinite=request.out.allow_nonfinite,
         )
         changed = {c.info.name: c.max_change for c in transform.changes}
         for r in rows:

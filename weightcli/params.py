@@ -1,0 +1,47 @@
+"""Parameter groups that many requests share, each declared once: a request contains
+them (``request.out``), the CLI adds each group's options once and parses them into it
+(``cli/options.py``), and the Python API takes the same fields as keywords.
+
+Rules about a group are enforced here, on creation, never in click: the API and the
+CLI refuse the same things with the same message (parameters named as ``{name}``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from weightcli.errors import ParameterError
+
+# A note is kept in the output's history: a sentence, not a file.
+MAX_NOTE_CHARS = 4096
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """Where and how a command that writes a checkpoint writes it.
+
+    ``output``: OUT (``OUT/`` or an existing folder: into it, under the input's name);
+    ``in_place``: over the input (atomically, its mode kept); ``force``: over an existing
+    OUT; ``dry_run``: check and report everything, write nothing; ``note``: why, kept in
+    the history; ``allow_nonfinite``: write NaN/Inf the command creates (else an error).
+    """
+
+    output: str | Path | None = None
+    in_place: bool = False
+    force: bool = False
+    dry_run: bool = False
+    note: str | None = None
+    allow_nonfinite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.note is not None and len(self.note) > MAX_NOTE_CHARS:
+            raise ParameterError(
+                f"{{note}} is {len(self.note)} characters (at most {MAX_NOTE_CHARS})"
+            )
+
+    def refuse(self, *fields: str, command: str) -> None:
+        """Fields a command cannot honour: an error when given, never ignored."""
+        for name in fields:
+            if getattr(self, name):
+                raise ParameterError(f"{{{name}}} does not apply to {command}")
