@@ -8,11 +8,10 @@ import click
 
 from weightcli.cli.dispatch import dispatch_one
 from weightcli.cli.options import (
-    allow_nonfinite_option,
     debug_option,
     json_option,
     make_selection,
-    single_output_options,
+    output_group,
 )
 from weightcli.commands import assign, dump, freeze, reinit
 from weightcli.params import OutputSpec
@@ -30,20 +29,14 @@ from weightcli.transforms.initializers import NAMES as INITIALIZERS
     metavar="FILE.npz",
     help="Assign every array of a .npz whose keys are canonical names (as dump writes them).",
 )
-@single_output_options
-@allow_nonfinite_option
+@output_group()
 @json_option
 @debug_option
 def set_cmd(
     path: str,
     assignments: tuple[str, ...],
     from_npz: Path | None,
-    output: str | None,
-    in_place: bool,
-    force: bool,
-    dry_run: bool,
-    note: str | None,
-    allow_nonfinite: bool,
+    out: OutputSpec,
     as_json: bool,
     debug: bool,
 ) -> None:
@@ -63,14 +56,7 @@ def set_cmd(
     request = assign.SetRequest(
         assignments=tuple(assign.parse_assignment(a) for a in assignments),
         from_npz=from_npz,
-        out=OutputSpec(
-            output=output,
-            in_place=in_place,
-            force=force,
-            dry_run=dry_run,
-            note=note,
-            allow_nonfinite=allow_nonfinite,
-        ),
+        out=out,
     )
     dispatch_one(path, assign.run, request, print_transform, as_json=as_json, debug=debug)
 
@@ -148,18 +134,14 @@ def dump_cmd(
     help="Layers (name or path such as 'encoder/*'; repeatable).",
 )
 @click.option("--unfreeze", is_flag=True, help="Make them trainable instead.")
-@single_output_options
+@output_group(nonfinite=False)
 @json_option
 @debug_option
 def freeze_cmd(
     path: str,
     layers: tuple[str, ...],
     unfreeze: bool,
-    output: str | None,
-    in_place: bool,
-    force: bool,
-    dry_run: bool,
-    note: str | None,
+    out: OutputSpec,
     as_json: bool,
     debug: bool,
 ) -> None:
@@ -177,7 +159,7 @@ def freeze_cmd(
     request = freeze.FreezeRequest(
         layers=tuple(layers),
         unfreeze=unfreeze,
-        out=OutputSpec(output=output, in_place=in_place, force=force, dry_run=dry_run, note=note),
+        out=out,
     )
     dispatch_one(path, freeze.run, request, print_freeze, as_json=as_json, debug=debug)
 
@@ -214,8 +196,7 @@ def freeze_cmd(
 @click.option("--minval", type=float, help="random_uniform: the lower bound (-0.05).")
 @click.option("--maxval", type=float, help="random_uniform: the upper bound (0.05).")
 @click.option("--gain", type=float, help="orthogonal: the gain (1.0).")
-@single_output_options
-@allow_nonfinite_option
+@output_group()
 @json_option
 @debug_option
 def reinit_cmd(
@@ -231,12 +212,7 @@ def reinit_cmd(
     minval: float | None,
     maxval: float | None,
     gain: float | None,
-    output: str | None,
-    in_place: bool,
-    force: bool,
-    dry_run: bool,
-    note: str | None,
-    allow_nonfinite: bool,
+    out: OutputSpec,
     as_json: bool,
     debug: bool,
 ) -> None:
@@ -269,13 +245,6 @@ def reinit_cmd(
         selection=make_selection(select, exclude, (), kinds, False),
         seed=seed,
         params=params,
-        out=OutputSpec(
-            output=output,
-            in_place=in_place,
-            force=force,
-            dry_run=dry_run,
-            note=note,
-            allow_nonfinite=allow_nonfinite,
-        ),
+        out=out,
     )
     dispatch_one(path, reinit.run, request, print_transform, as_json=as_json, debug=debug)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
+from weightcli.params import OutputSpec
 from weightcli.select import Selection, selection
 
 F = Callable[..., Any]
@@ -158,6 +160,26 @@ def note_option(f: F) -> F:
     return click.option(
         "--note", metavar="TEXT", help="Why: kept in the output's history, shown by inspect."
     )(f)
+
+
+OUTPUT_FIELDS = ("output", "in_place", "force", "dry_run", "note", "allow_nonfinite")
+
+
+def output_group(nonfinite: bool = True) -> Callable[[F], F]:
+    """The output parameter group of a command that writes one model, declared once:
+    -o, --in-place, --force, --dry-run, --note (and --allow-nonfinite), parsed into one
+    ``params.OutputSpec`` passed as ``out`` (its rules are the spec's, never click's)."""
+
+    def decorate(f: F) -> F:
+        @functools.wraps(f)
+        def parse(*args: Any, **kwargs: Any) -> Any:
+            spec = OutputSpec(**{k: kwargs.pop(k) for k in OUTPUT_FIELDS if k in kwargs})
+            return f(*args, out=spec, **kwargs)
+
+        g = allow_nonfinite_option(parse) if nonfinite else parse
+        return single_output_options(g)
+
+    return decorate
 
 
 def single_output_options(f: F) -> F:
