@@ -315,3 +315,32 @@ def test_output_fields_a_command_cannot_honour_are_refused(tmp_path: Path) -> No
     )
     assert res.code == 2 and "--allow-nonfinite does not apply" in res.err
     assert not (tmp_path / "q.keras").exists()
+
+
+def test_every_writing_command_is_in_the_api_with_every_output_field(tmp_path: Path) -> None:
+    """set, dump, reinit and freeze as functions; note and allow_nonfinite everywhere."""
+    import numpy as np
+
+    src = SAMPLES / "mlp.keras"
+    res = weightcli.assign(src, {"dense_1/bias": 0.0}, output=tmp_path / "a.keras", note="why")
+    assert res.exit_code == 0
+    with weightcli.open(tmp_path / "a.keras") as ckpt:
+        assert not ckpt.array("dense_1/bias").any()
+        assert ckpt.meta.history[-1]["note"] == "why"
+    dumped = weightcli.dump(tmp_path / "a.keras", tmp_path / "d.npz", select=["dense_1/*"])
+    assert dumped.exit_code == 0
+    assert set(np.load(tmp_path / "d.npz").files) == {"dense_1/kernel", "dense_1/bias"}
+    re = weightcli.reinit(
+        src, "zeros", select=["logits/kernel"], output=tmp_path / "r.keras", note="fresh head"
+    )
+    assert [c.info.name for c in re.changes] == ["logits/kernel"]
+    fr = weightcli.freeze(src, ["dense_1"], output=tmp_path / "f.keras")
+    assert fr.exit_code == 0
+    tens = tmp_path / "tens.keras"
+    weightcli.assign(src, {"dense_1/bias": 10.0}, output=tens)
+    with pytest.raises(weightcli.errors.WeightcliError):  # 10 * 1e38 overflows float32
+        weightcli.scale(tens, 1e38, output=tmp_path / "big.keras", select=["dense_1/bias"])
+    big = weightcli.scale(
+        tens, 1e38, output=tmp_path / "big.keras", select=["dense_1/bias"], allow_nonfinite=True
+    )
+    assert big.exit_code == 0 and (tmp_path / "big.keras").exists()

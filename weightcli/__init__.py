@@ -1,7 +1,8 @@
 """weightcli: weight surgery on saved TensorFlow/Keras models.
 
 The Python API (``weightcli.open``, ``inspect``, ``scale``, ``clip``, ``quantize``,
-``apply``, ``diff``, ``verify``) lives in ``weightcli.api`` and is reachable from here;
+``apply``, ``diff``, ``verify``, ``transplant``, ``merge``, ``assign`` (``set``), ``dump``,
+``reinit``, ``freeze``) lives in ``weightcli.api`` and is reachable from here;
 it is imported on first use, so ``weightcli --version`` stays instant.
 """
 
@@ -26,6 +27,10 @@ _API = {
     "selection",
     "transplant",
     "merge",
+    "assign",
+    "dump",
+    "reinit",
+    "freeze",
 }
 
 

@@ -26,15 +26,21 @@ from pathlib import Path
 import numpy as np
 
 from weightcli import recipe
+from weightcli.commands import assign as assign_cmd
 from weightcli.commands import diff as diff_cmd
+from weightcli.commands import dump as dump_cmd
+from weightcli.commands import freeze as freeze_cmd
 from weightcli.commands import inspect as inspect_cmd
 from weightcli.commands import merge as merge_cmd
+from weightcli.commands import reinit as reinit_cmd
 from weightcli.commands import transform as transform_cmd
 from weightcli.commands import transplant as transplant_cmd
 from weightcli.commands import verify as verify_cmd
 from weightcli.params import OutputSpec
 from weightcli.results import (
     DiffResult,
+    DumpResult,
+    FreezeResult,
     InspectResult,
     TransformResult,
     TransplantResult,
@@ -51,12 +57,16 @@ PathLike = str | Path
 __all__ = [
     "Checkpoint",
     "apply",
+    "assign",
     "clip",
     "diff",
+    "dump",
+    "freeze",
     "inspect",
     "merge",
     "open",
     "quantize",
+    "reinit",
     "scale",
     "selection",
     "transplant",
@@ -118,26 +128,9 @@ def inspect(
 
 
 def _transform(
-    path: PathLike,
-    steps: Sequence[Step],
-    command: str,
-    output: PathLike | None,
-    in_place: bool,
-    force: bool,
-    dry_run: bool,
-    allow_nonfinite: bool = False,
+    path: PathLike, steps: Sequence[Step], command: str, out: OutputSpec
 ) -> TransformResult:
-    request = transform_cmd.TransformRequest(
-        steps=tuple(steps),
-        command=command,
-        out=OutputSpec(
-            output=output,
-            in_place=in_place,
-            force=force,
-            dry_run=dry_run,
-            allow_nonfinite=allow_nonfinite,
-        ),
-    )
+    request = transform_cmd.TransformRequest(steps=tuple(steps), command=command, out=out)
     return transform_cmd.run(request, path)
 
 
@@ -151,6 +144,8 @@ def scale(
     in_place: bool = False,
     force: bool = False,
     dry_run: bool = False,
+    note: str | None = None,
+    allow_nonfinite: bool = False,
     select: Sequence[str] = (),
     exclude: Sequence[str] = (),
     layer_types: Sequence[str] = (),
@@ -165,7 +160,9 @@ def scale(
         by_type=dict(by_type or {}),
         by_layer=dict(by_layer or {}),
     )
-    return _transform(path, [step], "scale", output, in_place, force, dry_run)
+    return _transform(
+        path, [step], "scale", OutputSpec(output, in_place, force, dry_run, note, allow_nonfinite)
+    )
 
 
 def clip(
@@ -181,6 +178,8 @@ def clip(
     in_place: bool = False,
     force: bool = False,
     dry_run: bool = False,
+    note: str | None = None,
+    allow_nonfinite: bool = False,
     select: Sequence[str] = (),
     exclude: Sequence[str] = (),
     layer_types: Sequence[str] = (),
@@ -197,7 +196,9 @@ def clip(
         sigma=sigma,
         nonfinite=nonfinite,
     )
-    return _transform(path, [step], "clip", output, in_place, force, dry_run)
+    return _transform(
+        path, [step], "clip", OutputSpec(output, in_place, force, dry_run, note, allow_nonfinite)
+    )
 
 
 def quantize(
@@ -212,6 +213,8 @@ def quantize(
     in_place: bool = False,
     force: bool = False,
     dry_run: bool = False,
+    note: str | None = None,
+    allow_nonfinite: bool = False,
     select: Sequence[str] = (),
     exclude: Sequence[str] = (),
     layer_types: Sequence[str] = (),
@@ -228,7 +231,12 @@ def quantize(
         axis=axis,
         dtype=dtype,
     )
-    return _transform(path, [step], "quantize", output, in_place, force, dry_run)
+    return _transform(
+        path,
+        [step],
+        "quantize",
+        OutputSpec(output, in_place, force, dry_run, note, allow_nonfinite),
+    )
 
 
 def apply(
@@ -239,10 +247,14 @@ def apply(
     in_place: bool = False,
     force: bool = False,
     dry_run: bool = False,
+    note: str | None = None,
+    allow_nonfinite: bool = False,
 ) -> TransformResult:
     """Apply a TOML recipe's steps in one pass and one write."""
     steps = recipe.load(as_path(recipe_path))
-    return _transform(path, steps, "apply", output, in_place, force, dry_run)
+    return _transform(
+        path, steps, "apply", OutputSpec(output, in_place, force, dry_run, note, allow_nonfinite)
+    )
 
 
 def diff(
@@ -287,6 +299,8 @@ def transplant(
     in_place: bool = False,
     force: bool = False,
     dry_run: bool = False,
+    note: str | None = None,
+    allow_nonfinite: bool = False,
 ) -> TransplantResult:
     """Copy SOURCE's weights into a patched copy of TARGET (matched by name after
     ``maps``, or by model order), written to ``output`` in TARGET's format."""
@@ -299,7 +313,7 @@ def transplant(
         strict=strict,
         include_optimizer=include_optimizer,
         from_ema=from_ema,
-        out=OutputSpec(output=output, in_place=in_place, force=force, dry_run=dry_run),
+        out=OutputSpec(output, in_place, force, dry_run, note, allow_nonfinite),
     )
     return transplant_cmd.run(request, target)
 
@@ -319,6 +333,8 @@ def merge(
     exclude: Sequence[str] = (),
     force: bool = False,
     dry_run: bool = False,
+    note: str | None = None,
+    allow_nonfinite: bool = False,
 ) -> TransformResult:
     """Merge checkpoints (mean, ema, task-arithmetic, ties) into a copy of the first
     input (or of ``base``); see ``weightcli.commands.merge``."""
@@ -332,9 +348,108 @@ def merge(
         density=density,
         selection=selection(select, exclude),
         maps=tuple(maps),
-        out=OutputSpec(output=output, force=force, dry_run=dry_run),
+        out=OutputSpec(output, False, force, dry_run, note, allow_nonfinite),
     )
     return merge_cmd.run(request, inputs[0])
+
+
+def assign(
+    path: PathLike,
+    values: Mapping[str, float | PathLike] | None = None,
+    *,
+    from_npz: PathLike | None = None,
+    output: PathLike | None = None,
+    in_place: bool = False,
+    force: bool = False,
+    dry_run: bool = False,
+    note: str | None = None,
+    allow_nonfinite: bool = False,
+) -> TransformResult:
+    """``set``: assign tensors a constant, a ``.npy`` file's array, or every array of a
+    ``.npz`` keyed by canonical names (``from_npz``)."""
+    request = assign_cmd.SetRequest(
+        assignments=tuple(
+            (name, v if isinstance(v, float | int) else str(v))
+            for name, v in (values or {}).items()
+        ),
+        from_npz=as_path(from_npz) if from_npz is not None else None,
+        out=OutputSpec(output, in_place, force, dry_run, note, allow_nonfinite),
+    )
+    return assign_cmd.run(request, path)
+
+
+def dump(
+    path: PathLike,
+    output: PathLike,
+    *,
+    layout: str = "npz",
+    max_bytes: int = dump_cmd.DEFAULT_MAX_BYTES,
+    force: bool = False,
+    select: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    include_optimizer: bool = False,
+) -> DumpResult:
+    """The selected tensors as a ``.npz`` (``layout="npz"``) or a folder of ``.npy``
+    files (``"npy-dir"``), keyed by canonical name."""
+    request = dump_cmd.DumpRequest(
+        output=as_path(output),
+        selection=selection(
+            select, exclude, include_optimizer=include_optimizer, floats_only=False
+        ),
+        layout=layout,
+        max_bytes=max_bytes,
+        force=force,
+    )
+    return dump_cmd.run(request, path)
+
+
+def reinit(
+    path: PathLike,
+    initializer: str,
+    *,
+    select: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    kinds: Sequence[str] = (),
+    seed: int = 0,
+    params: Mapping[str, float] | None = None,
+    output: PathLike | None = None,
+    in_place: bool = False,
+    force: bool = False,
+    dry_run: bool = False,
+    note: str | None = None,
+    allow_nonfinite: bool = False,
+) -> TransformResult:
+    """Draw the selected tensors afresh from a Keras initialiser (``params``: its
+    arguments, e.g. ``{"stddev": 0.02}``)."""
+    request = reinit_cmd.ReinitRequest(
+        initializer=initializer,
+        selection=selection(select, exclude, (), kinds, floats_only=True),
+        seed=seed,
+        params=tuple((params or {}).items()),
+        out=OutputSpec(output, in_place, force, dry_run, note, allow_nonfinite),
+    )
+    return reinit_cmd.run(request, path)
+
+
+def freeze(
+    path: PathLike,
+    layers: Sequence[str],
+    *,
+    unfreeze: bool = False,
+    output: PathLike | None = None,
+    in_place: bool = False,
+    force: bool = False,
+    dry_run: bool = False,
+    note: str | None = None,
+) -> FreezeResult:
+    """Mark layers (name globs) non-trainable (or trainable, ``unfreeze``) in the stored
+    model config; no weight changes."""
+    request = freeze_cmd.FreezeRequest(
+        layers=tuple(layers),
+        unfreeze=unfreeze,
+        out=OutputSpec(output, in_place, force, dry_run, note),
+    )
+    return freeze_cmd.run(request, path)
 
 
 def verify(
