@@ -309,3 +309,33 @@ def test_padding_beyond_an_extra_field_takes_the_copy_route(tmp_path: Path) -> N
         assert zf.read("metadata.json") == z0.read("metadata.json")
     doc = run("diff", out, src, "--json").json()
     assert {r["status"] for r in doc["tensors"]} == {"differs"}
+
+
+def test_the_history_digest_of_a_sharded_map_covers_its_shards(tmp_path: Path) -> None:
+    """The source digest of a weights map is over the map and every shard it names: a
+    shard changed is a different source (it covered the JSON only)."""
+    import hashlib
+    import shutil
+
+    from helpers import run
+
+    src = shutil.copytree(SAMPLES / "mlp_sharded", tmp_path / "sh")
+    wmap = src / "mlp.weights.json"
+
+    def recorded(out: Path) -> str:
+        assert run("scale", wmap, "0.5", "-o", out).code == 0
+        return str(
+            run("inspect", out, "--json", "--no-stats").json()["history"][-1]["source_sha256"]
+        )
+
+    first = recorded(tmp_path / "a.weights.json")
+    files = [wmap, *sorted(src.glob("mlp_*.weights.h5"))]
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.read_bytes())
+    assert first == h.hexdigest()  # an independent digest of the same bytes
+    shard = files[2]
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 1  # a byte of a shard (not of the map)
+    shard.write_bytes(bytes(data))
+    assert recorded(tmp_path / "b.weights.json") != first

@@ -14,7 +14,9 @@ def checkpoint_files(path: Path) -> list[Path]:
     """A file; a directory's files, sorted (symbolic links as links: never followed);
     or a TF checkpoint prefix's index and shards."""
     if path.is_file():
-        return [path]
+        from weightcli.stores.registry import files_of  # a weights map names its shards
+
+        return files_of(path)
     walk_files = getattr(path, "walk_files", None)  # a RemotePath (object storage)
     if walk_files is not None and path.is_dir():
         return list(walk_files())

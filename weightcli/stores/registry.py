@@ -48,6 +48,9 @@ class FormatSpec:
     model_path: Callable[[Path], Path] = field(default=lambda p: p)
     # ... and the files in a folder that belong to a model of this kind (never models).
     parts: str | Callable[[Path, Collection[str]], set[str]] | None = None
+    # The files a checkpoint of this kind is made of, beyond its own path (digests,
+    # staging): a weights map's shards.
+    files: str | Callable[[Path], list[Path]] | None = None
 
     def holds(self, path: Path) -> bool:
         probe: Callable[[Path], bool] = _resolve(self.probe)
@@ -121,6 +124,7 @@ FORMATS: tuple[FormatSpec, ...] = (
         {Format.KERAS3_SHARDED: (".weights.json",)},
         file_model=f"{DETECT}:is_weights_map_named",
         parts="weightcli.stores.sharded:shards_named_in",
+        files="weightcli.stores.sharded:files_of",
     ),
 )
 
@@ -161,6 +165,16 @@ def file_is_model(path: Path) -> Path | None:
         if spec.file_model is not None and _resolve(spec.file_model)(path):
             return spec.model_path(path)
     return None
+
+
+def files_of(path: Path) -> list[Path]:
+    """The files of the checkpoint in the file ``path``: itself, and any it names (a
+    weights map's shards), for digests."""
+    for spec in FORMATS:
+        if spec.files is not None and spec.holds(path):
+            found: list[Path] = _resolve(spec.files)(path)
+            return found
+    return [path]
 
 
 def parts_of_models(folder: Path, names: Collection[str]) -> set[str]:

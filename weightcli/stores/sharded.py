@@ -52,6 +52,11 @@ def shard_names(doc: dict[str, Any]) -> list[str]:
     return list(out)
 
 
+def files_of(path: Path) -> list[Path]:
+    """A weights map and its shards (the shards in the map's folder, as named)."""
+    return [path, *(path.parent / name for name in shard_names(read_map(path)))]
+
+
 def shards_named_in(folder: Path, names: Collection[str]) -> set[str]:
     """Directory searches: the shard files that the weights maps among ``names`` name
     (parts of those models, never models themselves)."""
