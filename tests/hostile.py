@@ -195,6 +195,11 @@ COMMANDS = [
     ["quantize", "-o", "{out}"],
     ["diff", "{case}", str(SAMPLES / "mlp_keras3.h5")],
     ["verify", "--no-load"],
+    ["dump", "-o", "{out}.npz"],
+    ["set", "{case}", "dense_1/bias=0", "-o", "{out}"],
+    ["reinit", "{case}", "--initializer", "zeros", "-s", "dense_1/*", "-o", "{out}"],
+    ["merge", "{case}", "{case}", "-o", "{out}"],
+    ["transplant", "{case}", str(SAMPLES / "mlp_keras3.h5"), "-o", "{out}.h5"],
 ]
 
 
