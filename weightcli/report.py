@@ -23,6 +23,7 @@ from weightcli.results import (
     DumpResult,
     FreezeResult,
     InspectResult,
+    Received,
     TensorReport,
     TransformResult,
     TransplantResult,
@@ -476,7 +477,7 @@ def print_transplant(result: TransplantResult) -> None:
     out = console()
     rows: list[list[Cell]] = []
     for r in result.rows:
-        style = "green" if r.status.startswith("copied") else "bold red"
+        style = "green" if r.received == Received.COPIED else "bold red"
         rows.append(
             [
                 r.target,

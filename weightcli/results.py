@@ -304,15 +304,33 @@ class ByActivationResult:
 # -- transplant --------------------------------------------------------------------------
 
 
+class Received(StrEnum):
+    """What one TARGET tensor of ``transplant`` received."""
+
+    COPIED = "copied"
+    KEPT = "kept"  # no SOURCE tensor for it: TARGET's own values stay
+    SKIPPED = "skipped"  # a SOURCE tensor of another shape: TARGET's own values stay
+
+
 @dataclass
 class TransplantRow:
-    """One TARGET tensor: what it received (``status``) and from which SOURCE tensor."""
+    """One TARGET tensor: what it received (``received``, ``how``: ``name``, ``rename`` or
+    ``order``; ``why`` it did not) and from which SOURCE tensor. ``status`` is the line
+    shown and written to JSON (``copied via rename``, ``skipped: shape (3,) vs (4,)``)."""
 
     target: str
-    status: str
+    received: Received
     source: str | None = None
     detail: str = ""
     max_change: float | None = None
+    how: str = "name"
+    why: str = ""
+
+    @property
+    def status(self) -> str:
+        if self.received == Received.COPIED:
+            return "copied" if self.how == "name" else f"copied via {self.how}"
+        return f"{self.received}: {self.why}" if self.why else str(self.received)
 
     def to_json(self) -> JSON:
         return {
@@ -344,14 +362,14 @@ class TransplantResult:
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for r in self.rows:
-            key = r.status.split(":")[0]
+            key = str(r.received)
             out[key] = out.get(key, 0) + 1
         out["unused source"] = len(self.unused)
         return out
 
     @property
     def incomplete(self) -> bool:
-        return bool(self.unused) or any(r.status.startswith(("kept", "skipped")) for r in self.rows)
+        return bool(self.unused) or any(r.received != Received.COPIED for r in self.rows)
 
     @property
     def exit_code(self) -> int:
@@ -360,7 +378,7 @@ class TransplantResult:
     def explain(self) -> str | None:
         if not self.exit_code:
             return None
-        kept = sum(r.status.startswith(("kept", "skipped")) for r in self.rows)
+        kept = sum(r.received != Received.COPIED for r in self.rows)
         return f"--strict: {kept} target tensors received nothing, {len(self.unused)} source tensors unused"
 
     def to_json(self) -> JSON:

@@ -23,7 +23,7 @@ from weightcli.compare import parse_map, rename
 from weightcli.digest import digest
 from weightcli.errors import ParameterError, UsageError, literal
 from weightcli.params import OutputSpec
-from weightcli.results import TransplantResult, TransplantRow
+from weightcli.results import Received, TransplantResult, TransplantRow
 from weightcli.select import Selection, match
 from weightcli.steps import Step, TensorOp
 from weightcli.stores import open_store
@@ -126,17 +126,20 @@ def _pairs(
 def _row(t: TensorInfo, s: TensorInfo | None, how: str) -> tuple[TransplantRow, bool]:
     """The row of one pair, and whether it is copied."""
     if s is None:
-        return TransplantRow(t.name, "kept: no source"), False
+        return TransplantRow(t.name, Received.KEPT, why="no source"), False
     if s.shape != t.shape:
         return TransplantRow(
-            t.name, f"skipped: shape {s.shape} vs {t.shape}", s.name, "shapes differ"
+            t.name,
+            Received.SKIPPED,
+            s.name,
+            "shapes differ",
+            why=f"shape {s.shape} vs {t.shape}",
         ), False
-    status = {"name": "copied", "rename": "copied via rename", "order": "copied via order"}[how]
     detail = ""
     if s.dtype != t.dtype:
         lossy = (s.dtype, t.dtype) in LOSSY
         detail = f"cast {s.dtype} -> {t.dtype}" + (" (precision lost)" if lossy else "")
-    return TransplantRow(t.name, status, s.name, detail), True
+    return TransplantRow(t.name, Received.COPIED, s.name, detail, how=how), True
 
 
 def run(request: TransplantRequest, path: str | Path) -> TransplantResult:
@@ -216,7 +219,7 @@ def run(request: TransplantRequest, path: str | Path) -> TransplantResult:
         )
         changed = {c.info.name: c.max_change for c in transform.changes}
         for r in rows:
-            if r.status.startswith("copied"):
+            if r.received == Received.COPIED:
                 r.max_change = changed.get(r.target, 0.0)
         return TransplantResult(
             str(request.source), str(target_path), request.match_by, rows, unused, warnings,
