@@ -310,6 +310,22 @@ def test_scale_by_type_and_layer(tmp_path: Path) -> None:
     }
 
 
+@pytest.mark.parametrize("layer_first", [True, False])
+def test_a_layer_rule_beats_a_type_rule_whatever_the_order(tmp_path: Path, layer_first) -> None:
+    """As the help says: --by-layer beats --by-type in either order; among rules of one
+    kind, the last matching one wins."""
+    rules = [["--by-layer", "logits=3"], ["--by-type", "Dense=2"]]
+    args = [a for r in (rules if layer_first else rules[::-1]) for a in r]
+
+    def factors(*more: str) -> dict[str, float]:
+        out = tmp_path / f"o{len(more)}.keras"
+        doc = run("scale", SAMPLES / "cnn.keras", *args, *more, "-o", out, "--json").json()
+        return {t["name"]: t["figures"][0]["factor"] for t in doc["tensors"]}
+
+    assert factors()["logits/kernel"] == 3.0  # the layer rule, before or after the type rule
+    assert factors("--by-layer", "log*=4")["logits/kernel"] == 4.0  # the last layer rule
+
+
 def test_scale_zero_zeroes(tmp_path: Path) -> None:
     out = tmp_path / "z.h5"
     assert run("scale", SAMPLES / "mlp_keras3.h5", "0", "-s", "dense_1", "-o", out).code == 0

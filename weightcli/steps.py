@@ -189,6 +189,8 @@ class ScaleStep(Step):
             raise ParameterError("give a {factor}, {by_type} TYPE=F or {by_layer} GLOB=F")
 
     def factor_for(self, info: TensorInfo) -> float | None:
+        """FACTOR, unless a rule matches: a ``by_layer`` rule beats a ``by_type`` rule
+        (the more specific), and among rules of one kind the last matching one wins."""
         factor = self.factor
         if info.layer_class and info.layer_class in self.by_type:
             factor = self.by_type[info.layer_class]

@@ -207,7 +207,8 @@ def scale(
     """Multiply selected tensors by FACTOR (0 zeroes them).
 
     Default selection: every floating-point model weight. --by-type and --by-layer
-    give other factors to some layers (the last matching rule wins); without
+    give other factors to some layers (a --by-layer rule beats a --by-type rule,
+    whatever their order; among rules of one kind the last matching one wins); without
     FACTOR only the layers they name are scaled. With several inputs (or -r DIR),
     write them below --output-dir.
 
