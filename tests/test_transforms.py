@@ -407,3 +407,20 @@ def test_deflated_keras_archive(tmp_path: Path) -> None:
     }
     with zipfile.ZipFile(src) as a, zipfile.ZipFile(out) as b:  # compressed as they were
         assert [m.compress_type for m in b.infolist()] == [m.compress_type for m in a.infolist()]
+
+
+def test_fake_quantization_rounds_ties_as_tflite_does() -> None:
+    """Exact ties round away from zero (TFLite's std::round): checked against
+    TensorFlow's own quantize op with HALF_AWAY_FROM_ZERO; numpy's round (ties to
+    even) gives 54 for 54.5 where TFLite gives 55."""
+    import tensorflow as tf
+
+    from weightcli.transforms import quantize as qmod
+
+    x = np.array([-55.5, -54.5, -2.5, -0.5, 0.5, 2.5, 54.5, 55.5, 126.5], np.float32)
+    ours = qmod.fake_quantize(x, np.array(1.0), np.array(0.0), 8, "symmetric")
+    codes = tf.quantization.quantize(
+        x, -127.0, 127.0, tf.qint8, mode="SCALED", round_mode="HALF_AWAY_FROM_ZERO"
+    ).output
+    np.testing.assert_array_equal(ours, np.asarray(codes.numpy(), np.float32))
+    assert not np.array_equal(ours, np.round(x))  # the premise: ties to even differ

@@ -26,6 +26,19 @@ def qrange(bits: int, scheme: str) -> tuple[int, int]:
     raise ValueError(f"scheme must be one of {SCHEMES}")
 
 
+def round_half_away(q: np.ndarray) -> np.ndarray:
+    """Round to the nearest integer, ties away from zero, in place (float arrays) and
+    returned: TFLite's rule (``std::round`` in its quantizer); numpy's ``round`` takes
+    ties to even (54.5 -> 54, where TFLite gives 55)."""
+    q = np.asarray(q, np.float64)
+    negative = np.signbit(q)
+    np.abs(q, out=q)
+    q += 0.5
+    np.floor(q, out=q)
+    np.negative(q, out=q, where=negative)
+    return q
+
+
 def params(lo: np.ndarray, hi: np.ndarray, bits: int, scheme: str) -> tuple[np.ndarray, np.ndarray]:
     """(scale, zero_point) arrays from per-channel (or scalar) min and max."""
     qmin, qmax = qrange(bits, scheme)
@@ -38,7 +51,7 @@ def params(lo: np.ndarray, hi: np.ndarray, bits: int, scheme: str) -> tuple[np.n
     else:
         scale = (hi - lo) / (qmax - qmin)
         with np.errstate(divide="ignore", invalid="ignore"):
-            zero = np.clip(np.round(qmin - lo / np.where(scale > 0, scale, 1.0)), qmin, qmax)
+            zero = np.clip(round_half_away(qmin - lo / np.where(scale > 0, scale, 1.0)), qmin, qmax)
     scale = np.where(scale > 0, scale, 1.0)  # an all-zero channel: any scale reproduces it
     return scale, zero
 
@@ -56,7 +69,7 @@ def fake_quantize(
     # In float64, in place: one temporary the size of the block.
     q = x.astype(np.float64)
     np.divide(q, scale, out=q)
-    np.round(q, out=q)
+    round_half_away(q)
     shifted = bool(np.any(zero))  # symmetric: the zero point is 0 everywhere
     if shifted:
         q += zero
