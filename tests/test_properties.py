@@ -126,7 +126,9 @@ def test_fake_quantize_equals_the_plain_formula(
     s, z = s.reshape(shape), z.reshape(shape)
     qmin, qmax = qmod.qrange(bits, scheme)
     wide = x.astype(np.float64)
-    want = ((np.clip(np.round(wide / s) + z, qmin, qmax) - z) * s).astype(np.float32)
+    v = wide / s
+    rounded = np.sign(v) * np.floor(np.abs(v) + 0.5)  # ties away from zero (TFLite)
+    want = ((np.clip(rounded + z, qmin, qmax) - z) * s).astype(np.float32)
     got = qmod.fake_quantize(x, s, z, bits, scheme)
     np.testing.assert_array_equal(got, want)  # NaN positions included
 

@@ -151,7 +151,9 @@ def numpy_fake_quant(w: np.ndarray, bits: int = 8) -> np.ndarray:
     axes = tuple(range(w.ndim - 1))
     s = np.abs(w.astype(np.float64)).max(axis=axes, keepdims=True) / q
     s[s == 0] = 1
-    return (np.clip(np.round(w / s), -q, q) * s).astype(w.dtype)
+    v = w / s
+    rounded = np.sign(v) * np.floor(np.abs(v) + 0.5)  # ties away from zero (TFLite)
+    return (np.clip(rounded, -q, q) * s).astype(w.dtype)
 
 
 def test_quantize_int8_matches_oracle_and_stays_close(tmp_path: Path) -> None:
