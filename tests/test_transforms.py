@@ -426,3 +426,26 @@ def test_fake_quantization_rounds_ties_as_tflite_does() -> None:
     ).output
     np.testing.assert_array_equal(ours, np.asarray(codes.numpy(), np.float32))
     assert not np.array_equal(ours, np.round(x))  # the premise: ties to even differ
+
+
+def test_clip_bounds_leave_normalisation_alone_unless_named(tmp_path: Path) -> None:
+    """As scale does: BatchNormalization's gamma and moving_variance are not clipped by
+    default bounds (they would be: a variance clipped to 1e-3 changes what the layer
+    computes); --kind includes them; a NaN repair alone reaches every tensor."""
+    src = SAMPLES / "cnn.keras"
+    doc = run("clip", src, "--abs-max", "1e-3", "-o", tmp_path / "a.keras", "--json").json()
+    changed = {t["name"] for t in doc["tensors"]}
+    assert "conv/kernel" in changed and not any("/gamma" in n or "moving" in n for n in changed)
+    assert any("moving_variance" in n for n in doc["left_out"])
+    doc = run(
+        "clip",
+        src,
+        "--abs-max",
+        "1e-3",
+        "--kind",
+        "moving_variance",
+        "-o",
+        tmp_path / "b.keras",
+        "--json",
+    ).json()
+    assert {t["name"].rsplit("/", 1)[1] for t in doc["tensors"]} == {"moving_variance"}

@@ -364,7 +364,7 @@ def print_transform(result: TransformResult) -> None:
         out.print(
             f"left out {len(result.left_out)} normalisation tensors "
             f"({', '.join(result.left_out[:3])}{', ...' if len(result.left_out) > 3 else ''}): "
-            "select them with --kind or -s to scale them too"
+            "select them with --kind or -s to include them"
         )
 
 

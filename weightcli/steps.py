@@ -97,6 +97,13 @@ def selection_params(sel: Selection) -> dict[str, Any]:
 NORMALISATION_KINDS = frozenset({"gamma", "beta", "moving_mean", "moving_variance"})
 
 
+def normalisation_left_out(sel: Selection, info: TensorInfo) -> bool:
+    """A normalisation parameter or statistic that a selection matches without naming it
+    (by kind, name or layer class): scale and clip's bounds leave it alone by default."""
+    named = sel.select or sel.kinds or sel.layer_types
+    return info.kind in NORMALISATION_KINDS and not named and sel.matches(info)
+
+
 # -- scale ------------------------------------------------------------------------------------
 
 
@@ -242,9 +249,7 @@ class ScaleStep(Step):
     def leaves_out(self, info: TensorInfo) -> bool:
         """Normalisation parameters and statistics are not "the weights": they are scaled
         only when named (by kind, name or layer class)."""
-        sel = self.selection
-        named = sel.select or sel.kinds or sel.layer_types
-        return info.kind in NORMALISATION_KINDS and not named and sel.matches(info)
+        return normalisation_left_out(self.selection, info)
 
     def op(self, info: TensorInfo) -> TensorOp | None:
         weight = codes_of(info)
@@ -383,6 +388,21 @@ class ClipStep(Step):
 
     def check(self, tensors: list[TensorInfo]) -> None:
         refuse_quantized(self, tensors)
+
+    @property
+    def bounded(self) -> bool:
+        return any(
+            v is not None for v in (self.min, self.max, self.abs_max, self.percentile, self.sigma)
+        )
+
+    def leaves_out(self, info: TensorInfo) -> bool:
+        """Bounds are for weights: BatchNormalization's gamma and moving variance (and
+        the other normalisation tensors) are clipped only when named, as ``scale`` does;
+        a NaN/Inf repair alone (``nonfinite``) reaches every tensor."""
+        return self.bounded and normalisation_left_out(self.selection, info)
+
+    def selects(self, info: TensorInfo) -> bool:
+        return self.selection.matches(info) and not self.leaves_out(info)
 
     def op(self, info: TensorInfo) -> TensorOp | None:
         return _ClipOp(info, self)
