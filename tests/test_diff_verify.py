@@ -229,10 +229,15 @@ def test_weights_only_without_architecture_skips_load() -> None:
     assert res.code == 0 and check(res.json(), "loads")["status"] == "SKIP"
 
 
-def test_truncated_file_exit_two(tmp_path: Path) -> None:
+def test_truncated_file_is_a_failed_check_for_verify_and_exit_2_elsewhere(tmp_path: Path) -> None:
+    """Damage that verify finds is a failed check (exit 1, "readable" named) in every
+    format; other commands refuse the damaged input (exit 2)."""
     p = tmp_path / "t.h5"
     p.write_bytes(MLP.read_bytes()[:5000])
-    assert_clean_error(run("verify", p))
+    res = run("verify", p, "--json")
+    assert res.code == 1 and check(res.json(), "readable")["status"] == "FAIL"
+    assert_clean_error(run("inspect", p))
+    assert run("verify", tmp_path / "missing.h5").code == 2  # nothing to verify: an error
 
 
 def test_flipped_byte_in_savedmodel_shard(tmp_copy) -> None:

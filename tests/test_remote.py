@@ -476,14 +476,18 @@ def test_verify_checks_a_remote_archives_crc(s3, tmp_path: Path) -> None:
     data = bytearray(bad.read_bytes())
     data[at] ^= 0x01
     bad.write_bytes(bytes(data))
-    local = run("verify", "--no-load", bad)
+    local = run("verify", "--no-load", bad, "--json")
     s3.put_file(str(bad), f"{s3.bucket}/m/flipped.keras")
     url = _url(s3, "m/flipped.keras")
     assert run("inspect", url, "--no-stats").code == 0  # metadata only: not fetched
-    res = run("verify", "--no-load", url)
-    msg = _one_line_exit_2(res)
-    assert "CRC" in msg and url in msg
-    assert local.code == 2 and msg.replace(url, "X") == local.err.strip().replace(str(bad), "X")
+    res = run("verify", "--no-load", url, "--json")
+    # Damage that verify finds is a failed check (exit 1), the same for both.
+    assert res.code == 1 and local.code == 1
+    (check,) = res.json()["checks"]
+    (local_check,) = local.json()["checks"]
+    assert check["name"] == "readable" and check["status"] == "FAIL"
+    assert "CRC" in check["detail"] and url in check["detail"]
+    assert check["detail"].replace(url, "X") == local_check["detail"].replace(str(bad), "X")
 
 
 # -- bad input ----------------------------------------------------------------------------------

@@ -242,7 +242,8 @@ def verify(
     unloaded, and a SavedModel (whose graph ops can read and write files when it is
     loaded and run) is not loaded ("loads" is skipped).
 
-    Exit 0 when no check failed, 1 when one failed, 2 when verification could not run.
+    Exit 0 when no check failed, 1 when one failed (damage verify finds, in any format,
+    is a failed "readable" check), 2 when verification could not run.
 
     \b
     Examples:

@@ -10,7 +10,7 @@ from pathlib import Path
 from weightcli.checks import FAIL, SKIP, reference_checks, static_checks
 from weightcli.child import ChildDied, run_in_child
 from weightcli.compare import check_tolerances
-from weightcli.errors import ParameterError
+from weightcli.errors import CorruptError, ParameterError
 from weightcli.results import Check, VerifyResult
 from weightcli.stores import open_store
 from weightcli.stores.remote import as_local, as_path, as_urls
@@ -57,8 +57,19 @@ def run(request: VerifyRequest, path: str | Path) -> VerifyResult:
     that makes TensorFlow abort fails its "loads" check with the signal, and the caller
     goes on (a batch reports the models after it)."""
     result = VerifyResult(str(path))
-    with open_store(path) as store:
-        store.check_container()  # what opening skipped (a remote archive's CRC)
+    try:
+        store = open_store(path)
+    except CorruptError as exc:
+        # Damage that verify finds is a failed check in every format (exit 1), whether
+        # the container says so on opening (a .keras CRC) or a tensor does on reading.
+        result.checks.append(Check("readable", FAIL, str(exc)))
+        return result
+    with store:
+        try:
+            store.check_container()  # what opening skipped (a remote archive's CRC)
+        except CorruptError as exc:
+            result.checks.append(Check("readable", FAIL, str(exc)))
+            return result
         checks, _ = static_checks(store)
         result.checks += checks
         if request.reference is not None:
