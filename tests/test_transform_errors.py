@@ -140,3 +140,25 @@ def test_full_disk_while_writing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert_clean_error(run("scale", src, "2", "-o", out), "No space left")
     assert not out.exists() and list(tmp_path.iterdir()) == []
     assert hashlib.sha256(src.read_bytes()).hexdigest() == before
+
+
+def test_messages_say_what_to_write_instead(tmp_path: Path) -> None:
+    """A negative FACTOR, a folder of models, inputs that disagree: each message says
+    what to write (or which file holds what)."""
+    import shutil
+
+    from helpers import SAMPLES
+
+    res = run("scale", SAMPLES / "mlp.keras", "-1", "-o", tmp_path / "n.keras")
+    assert res.code == 2 and "--factor -1" in res.err
+    assert (
+        run("scale", SAMPLES / "mlp.keras", "--factor", "-1", "-o", tmp_path / "n.keras").code == 0
+    )
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for name in ("mlp.keras", "cnn.keras"):
+        shutil.copyfile(SAMPLES / name, folder / name)
+    res = run("inspect", folder)
+    assert res.code == 2 and "give -r" in res.err
+    res = run("merge", SAMPLES / "cnn.keras", SAMPLES / "mlp.keras", "-o", tmp_path / "m.keras")
+    assert res.code == 2 and "in cnn.keras, not in mlp.keras" in res.err

@@ -80,6 +80,9 @@ class WeightcliGroup(click.Group):
             if debug:
                 raise
             hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+            number = re.search(r"No such option '(-[\d.][\d.eE+-]*)'", exc.format_message())
+            if number is not None:  # a negative FACTOR reads as an option to click
+                hint = f" (a negative number is a value: write --factor {number.group(1)}, or -- {number.group(1)})"
             # One line on stderr: click lists choices one per line ("Choose from:\n\t...").
             message = re.sub(r"\s*\n\s*", " ", exc.format_message().strip())
             click.echo(f"weightcli: error: {message}{hint}", err=True)

@@ -298,10 +298,11 @@ def run(request: MergeRequest, path: str | Path) -> TransformResult:
             for t in chosen:
                 o = names.get(t.name)
                 if o is None:
-                    problems.append(f"{t.name}: not in {s.path.name}")
+                    problems.append(f"{t.name}: in {carrier_path.name}, not in {s.path.name}")
                 elif o.shape != t.shape or o.dtype != t.dtype:
                     problems.append(
-                        f"{t.name}: {o.shape} {o.dtype} in {s.path.name}, {t.shape} {t.dtype} here"
+                        f"{t.name}: {o.shape} {o.dtype} in {s.path.name}, {t.shape} {t.dtype} "
+                        f"in {carrier_path.name}"
                     )
                 else:
                     matched.setdefault(t.path, []).append((s, o))

@@ -134,8 +134,18 @@ def _detect(path: Path) -> FormatSpec:
     if spec is not None:
         return spec
     if folder:
+        models = [p.name for p in sorted(path.iterdir())[:200] if looks_like_model(p)][:3]
+        hint = (
+            f"; it holds models ({', '.join(models)}, ...): give -r to search it" if models else ""
+        )
+        if (path / "variables.index").is_file():
+            hint = (
+                "; it holds variables.* files: its variables checkpoint reads as the prefix "
+                f"{path}/variables"
+            )
         raise InputError(
-            f"{path}: a directory that is neither a SavedModel (no saved_model.pb) nor a TF checkpoint"
+            f"{path}: a directory that is neither a SavedModel (no saved_model.pb) nor a TF "
+            f"checkpoint{hint}"
         )
     if not path.exists():
         raise InputError(f"{path}: no such file or directory")
