@@ -5,7 +5,12 @@ cd "$(dirname "$0")/.."
 W=".venv/bin/weightcli"
 OUT="$(mktemp -d)"
 trap 'rm -rf "$OUT"' EXIT
-step() { printf '\n\033[1m$ weightcli %s\033[0m\n' "$*"; }
+# Bold command lines on a terminal only: a pipe or a log gets plain text.
+if [ -t 1 ] && [ -z "${NO_COLOR:-}" ]; then
+    step() { printf '\n\033[1m$ weightcli %s\033[0m\n' "$*"; }
+else
+    step() { printf '\n$ weightcli %s\n' "$*"; }
+fi
 
 step inspect sample_models/cnn.keras
 $W inspect sample_models/cnn.keras
@@ -49,11 +54,11 @@ $W verify "$OUT/mlp_repaired.h5"
 step transplant sample_models/mlp_tfkeras.h5 sample_models/mlp.keras --match-by order --dry-run
 $W transplant sample_models/mlp_tfkeras.h5 sample_models/mlp.keras --match-by order --dry-run
 
-step merge sample_models/mlp.keras sample_models/mlp_keras3.h5 --method ema --decay 0.5 -o "$OUT/mlp_ema.keras"
-$W merge sample_models/mlp.keras sample_models/mlp_keras3.h5 --method ema --decay 0.5 -o "$OUT/mlp_ema.keras"
-
 step set sample_models/mlp.keras dense_1/bias=0 -o "$OUT/mlp_zero_bias.keras"
 $W set sample_models/mlp.keras dense_1/bias=0 -o "$OUT/mlp_zero_bias.keras"
+
+step merge sample_models/mlp.keras "$OUT/mlp_zero_bias.keras" --method ema --decay 0.5 -o "$OUT/mlp_ema.keras"
+$W merge sample_models/mlp.keras "$OUT/mlp_zero_bias.keras" --method ema --decay 0.5 -o "$OUT/mlp_ema.keras"
 
 step freeze sample_models/mlp.keras -s 'dense_*' --note "fine-tune the head only" -o "$OUT/mlp_frozen.keras"
 $W freeze sample_models/mlp.keras -s 'dense_*' --note "fine-tune the head only" -o "$OUT/mlp_frozen.keras"
