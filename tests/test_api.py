@@ -272,8 +272,25 @@ def test_layers_import_one_way() -> None:
             assert bad <= {"weightcli.tensor", "weightcli.dtypes"}, (m, bad)
 
 
-def test_every_error_is_a_weightcli_error_or_a_bug() -> None:
-    assert issubclass(ParameterError, WeightcliError)
+def test_every_error_is_a_weightcli_error_or_a_bug(tmp_path: Path) -> None:
+    """User errors raised through the API are WeightcliErrors of the right kind, with exit
+    code 2 and one line; they survive pickling (a worker's error, raised again here)."""
+    import pickle
+
+    from weightcli import errors
+
+    cases = [
+        (lambda: weightcli.inspect(tmp_path / "missing.h5"), errors.InputError),
+        (lambda: weightcli.scale(SAMPLES / "mlp.keras", 2), errors.ParameterError),
+        (lambda: weightcli.inspect(SAMPLES / "mlp.keras", select=["nothing*"]), errors.UsageError),
+    ]
+    for call, kind in cases:
+        with pytest.raises(WeightcliError) as err:
+            call()
+        assert type(err.value) is kind or isinstance(err.value, kind), type(err.value)
+        assert err.value.exit_code == 2 and "\n" not in str(err.value)
+        again = pickle.loads(pickle.dumps(err.value))
+        assert type(again) is type(err.value) and str(again) == str(err.value)
 
 
 @pytest.mark.parametrize(

@@ -43,6 +43,18 @@ def test_dump_then_set_is_a_round_trip(tmp_path: Path, source: str) -> None:
             hashlib.sha256(value.tobytes()).digest()
             == hashlib.sha256(want[name].tobytes()).digest()
         )
+    # And a set that writes something: one array changed in the archive, only it changes.
+    name = sorted(n for n, v in want.items() if v.dtype.kind == "f" and v.size > 1)[0]
+    changed = {k: (v * 2 if k == name else v) for k, v in want.items()}
+    npz2 = tmp_path / "w2.npz"
+    np.savez(npz2, **changed)
+    out2 = out.with_name("two" + out.name[len("same") :])
+    res = run("set", SAMPLES / source, "--from", npz2, "-o", out2, "--json")
+    assert res.code == 0, res.err
+    assert res.json()["changed"] == 1
+    got = arrays(out2)
+    np.testing.assert_array_equal(got[name], want[name] * 2)
+    assert all(np.array_equal(got[k], want[k]) for k in want if k != name)
 
 
 def test_dump_npy_dir_and_limits(tmp_path: Path) -> None:

@@ -120,7 +120,8 @@ def test_savedmodel_folder_without_its_graph(tmp_path: Path) -> None:
 def test_recursive_search_finds_each_new_model_once() -> None:
     res = run("inspect", "-r", SAMPLES, "--no-stats", "--json")
     paths = [d["path"] for d in res.lines()[:-1]]
-    assert str(SHARDED) in paths and str(FOLDER) in paths
+    assert paths.count(str(SHARDED)) == 1 and paths.count(str(FOLDER)) == 1
+    assert len(paths) == len(set(paths))  # each model once
     assert not any("mlp_sharded/mlp_0000" in p for p in paths)
     assert not any(p.startswith(str(FOLDER) + "/") for p in paths)
 
