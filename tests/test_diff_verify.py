@@ -348,3 +348,24 @@ def test_keras1_file_fails_to_load_with_a_clear_reason() -> None:
     c = check(res.json(), "loads")
     assert c["status"] == "FAIL" and "Keras 1.2.2" in c["detail"]
     assert check(res.json(), "readable")["status"] == "PASS"
+
+
+def test_ignore_dtype_compares_values_across_dtypes(tmp_path: Path) -> None:
+    """A float16 export within tolerance: DIFFERENT only for its dtype without the flag;
+    with --ignore-dtype its values decide (against numpy), and the verdict says so."""
+    half = tmp_path / "h.h5"
+    assert run("quantize", MLP, "--dtype", "float16", "-o", half).code == 0
+    assert run("diff", half, MLP, "--atol", "1e-3").code == 1
+    res = run("diff", half, MLP, "--atol", "1e-3", "--ignore-dtype", "--json")
+    doc = res.json()
+    assert res.code == 0 and doc["ignore_dtype"] is True and "dtypes ignored" in doc["verdict"]
+    import weightcli
+
+    with weightcli.open(half) as h, weightcli.open(MLP) as m:
+        worst = max(
+            float(np.abs(h.array(t.name).astype(np.float64) - m.array(t.name)).max())
+            for t in h.tensors()
+            if not t.optimizer
+        )
+    assert 0 < worst <= 1e-3  # the premise: values do differ, within the tolerance
+    assert run("diff", half, MLP, "--atol", str(worst / 10), "--ignore-dtype").code == 1

@@ -265,6 +265,7 @@ def diff(
     rtol: float = 0.0,
     nan_equal: bool = False,
     structure: bool = False,
+    ignore_dtype: bool = False,
     maps: Sequence[str] = (),
     select: Sequence[str] = (),
     exclude: Sequence[str] = (),
@@ -279,6 +280,7 @@ def diff(
         rtol=rtol,
         nan_equal=nan_equal,
         structure=structure,
+        ignore_dtype=ignore_dtype,
     )
     return diff_cmd.run(request, a, b)
 

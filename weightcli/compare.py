@@ -205,12 +205,16 @@ def diff_stores(
     nan_equal: bool = False,
     structure: bool = False,
     block_elems: int = BLOCK_ELEMS,
+    ignore_dtype: bool = False,
 ) -> DiffResult:
-    """Compare every selected tensor of A with B's tensor of the same (mapped) name."""
+    """Compare every selected tensor of A with B's tensor of the same (mapped) name
+    (``ignore_dtype``: by value only, after casting both to float64)."""
     check_tolerances(atol, rtol)
     ta = {rename(t.name, maps): t for t in sa.tensors() if sel.matches(t) and t.dtype != "string"}
     tb = {t.name: t for t in sb.tensors() if sel.matches(t) and t.dtype != "string"}
-    result = DiffResult(str(sa.path), str(sb.path), atol, rtol, nan_equal, structure)
+    result = DiffResult(
+        str(sa.path), str(sb.path), atol, rtol, nan_equal, structure, ignore_dtype=ignore_dtype
+    )
     for name in list(ta) + [n for n in tb if n not in ta]:
         a, b = ta.get(name), tb.get(name)
         if a is None:
@@ -223,7 +227,7 @@ def diff_stores(
         if a.shape != b.shape:
             row.status = SHAPE
         elif structure:
-            row.status = DTYPE if a.dtype != b.dtype else IDENTICAL
+            row.status = DTYPE if a.dtype != b.dtype and not ignore_dtype else IDENTICAL
         else:
             acc = _Acc(atol, rtol, nan_equal)
             pairs: Iterator[tuple[tuple[Block, np.ndarray], tuple[Block, np.ndarray]]] = zip(
@@ -236,7 +240,7 @@ def diff_stores(
                 for (_, xa), (_, xb) in pairs:
                     acc.update(xa, xb)
             acc.finish(row)
-            if a.dtype != b.dtype:
+            if a.dtype != b.dtype and not ignore_dtype:
                 row.status = DTYPE
             elif acc.identical:
                 row.status = IDENTICAL

@@ -532,6 +532,7 @@ class DiffResult:
     nan_equal: bool
     structure: bool
     rows: list[TensorDiff] = field(default_factory=list)
+    ignore_dtype: bool = False  # values compared after casting; a dtype change alone is equal
 
     @property
     def equal(self) -> bool:
@@ -563,6 +564,11 @@ class DiffResult:
             else f"atol {self.atol:g}, rtol {self.rtol:g}"
         )
         what = "structure" if self.structure else tol
+        recast = sum(
+            r.a is not None and r.b is not None and r.a.dtype != r.b.dtype for r in self.rows
+        )
+        if self.ignore_dtype and recast:
+            what += f"; dtypes ignored: {recast} tensors compared across dtypes"
         detail = ", ".join(f"{n} {s}" for s, n in counts.items())
         if self.equal:
             return f"EQUAL: {total} tensors ({detail}; {what})"
@@ -580,6 +586,7 @@ class DiffResult:
                 "rtol": self.rtol,
                 "nan_equal": self.nan_equal,
                 "structure": self.structure,
+                "ignore_dtype": self.ignore_dtype or None,
                 "counts": self.counts(),
                 "tensors": [r.to_json() for r in self.rows],
             }

@@ -62,6 +62,12 @@ def _print_pair(result: diff_cmd.DiffResult | diff_cmd.UnpairedResult, all_rows:
     "--structure", is_flag=True, help="Compare names, shapes and dtypes only; read no tensor data."
 )
 @click.option(
+    "--ignore-dtype",
+    is_flag=True,
+    help="Compare values after casting (a float16 export within tolerance is equal); "
+    "the verdict says how many tensors were compared across dtypes.",
+)
+@click.option(
     "--map",
     "maps",
     multiple=True,
@@ -99,6 +105,7 @@ def diff(
     rtol: float,
     nan_equal: bool,
     structure: bool,
+    ignore_dtype: bool,
     maps: tuple[str, ...],
     select: tuple[str, ...],
     exclude: tuple[str, ...],
@@ -139,6 +146,7 @@ def diff(
         rtol=rtol,
         nan_equal=nan_equal,
         structure=structure,
+        ignore_dtype=ignore_dtype,
         dequantize=dequantize,
     )
     pa, pb = as_path(a), as_path(b)

@@ -31,6 +31,9 @@ class DiffRequest:
     structure: bool = False
     block_elems: int = BLOCK_ELEMS
     dequantize: bool | None = None  # None: when either side holds quantized layers
+    ignore_dtype: bool = (
+        False  # compare values after casting: a float16 export within tolerance is equal
+    )
 
     def __post_init__(self) -> None:
         check_tolerances(self.atol, self.rtol)
@@ -91,6 +94,7 @@ def run(request: DiffRequest, a: str | Path, b: str | Path) -> DiffResult:
             nan_equal=request.nan_equal,
             structure=request.structure,
             block_elems=request.block_elems,
+            ignore_dtype=request.ignore_dtype,
         )
 
 
