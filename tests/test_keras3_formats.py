@@ -340,3 +340,54 @@ def test_the_history_digest_of_a_sharded_map_covers_its_shards(tmp_path: Path) -
     data[-1] ^= 1  # a byte of a shard (not of the map)
     shard.write_bytes(bytes(data))
     assert recorded(tmp_path / "b.weights.json") != first
+
+
+def test_a_tf_keras_windows_archive_names_as_keras_does(tmp_path: Path) -> None:
+    """tf.keras 2.15 on Windows writes ``layers\\\\dense/vars/0`` group names and keeps
+    metrics state (``metrics\\\\precision/vars/0``): the same names as the sample's, the
+    metrics hidden as optimizer state is, the writer read from metadata.json."""
+    import io
+    import json
+    import zipfile
+
+    import h5py
+
+    src = SAMPLES / "mlp.keras"
+    with zipfile.ZipFile(src) as z:
+        weights = z.read("model.weights.h5")
+        metadata = json.loads(z.read("metadata.json"))
+    staged = tmp_path / "w.h5"
+    with h5py.File(io.BytesIO(weights)) as fin, h5py.File(staged, "w") as fout:
+
+        def copy(name: str, obj: object) -> None:
+            if isinstance(obj, h5py.Dataset):
+                parts = name.split("/")
+                # "layers/dense/vars/0" -> group "layers\\dense", then "vars/0"
+                win = "\\".join(parts[:2]) + "/" + "/".join(parts[2:]) if len(parts) > 3 else name
+                fout.create_dataset(win, data=obj[()])
+                for k, v in fin[name.rsplit("/", 1)[0]].attrs.items():
+                    fout[win.rsplit("/", 1)[0]].attrs[k] = v
+
+        fin.visititems(copy)
+        fout.create_dataset("metrics\\precision/vars/0", data=np.zeros(3, "float32"))
+    metadata["keras_version"] = "2.15.0"
+    win = tmp_path / "win.keras"
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(win, "w") as zout:
+        for info in zin.infolist():
+            if info.filename == "model.weights.h5":
+                zout.writestr(info, staged.read_bytes())
+            elif info.filename == "metadata.json":
+                zout.writestr(info, json.dumps(metadata))
+            else:
+                zout.writestr(info, zin.read(info.filename))
+    with h5py.File(staged) as f:  # the premise: backslashes are in the group names
+        assert any("\\" in k for k in f)
+
+    def names(path: Path, *extra: str) -> list[str]:
+        doc = run("inspect", path, "--no-stats", "--json", *extra).json()
+        return [t["name"] for t in doc["tensors"]]
+
+    assert names(win) == names(src)
+    assert "metrics/precision/0" in names(win, "--all")
+    doc = run("inspect", win, "--no-stats", "--json").json()
+    assert doc["writer"] == "Keras 2.15.0"

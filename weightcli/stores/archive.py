@@ -50,7 +50,7 @@ MAX_INFLATED = 64 << 30
 # config.json and metadata.json are parsed up to this size.
 MAX_JSON_BYTES = 64 << 20
 FORMAT = Format.KERAS_ARCHIVE
-LABEL = "Keras 3 archive (.keras)"
+LABEL = "Keras archive (.keras)"  # Keras 3's format; tf.keras 2.13+ writes it too
 
 
 class Window(PreadFile):

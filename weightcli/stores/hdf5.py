@@ -62,6 +62,9 @@ def classify(f: h5py.File) -> Format:
         return KERAS3_WEIGHTS
     if "layers" in f and "vars" in f:
         return KERAS3_WEIGHTS
+    # tf.keras on Windows: "layers\\dense" groups at the root, each with its "vars".
+    if any(k.startswith("layers\\") and "vars" in f[k] for k in f if isinstance(f[k], h5py.Group)):
+        return KERAS3_WEIGHTS
     return GENERIC
 
 
@@ -326,20 +329,29 @@ class H5Store(Store):
                 leaves, key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0, k)
             )
             owner = path[: -len("/vars")]
-            if owner == "/optimizer" or owner.startswith("/optimizer/"):
+            logical = owner.replace("\\", "/")  # tf.keras on Windows: backslashes
+            if logical == "/optimizer" or logical.startswith("/optimizer/"):
                 for k in members:
                     ds = self._index[f"{path}/{k}"]
                     out.append(self._info(f"optimizer/{k}", f"{path}/{k}", ds, None, True, classes))
                 continue
+            if logical == "/metrics" or logical.startswith("/metrics/"):
+                # Training metrics' state (tf.keras archives keep it): not model weights,
+                # hidden as optimizer state is (``--all`` shows both).
+                for k in members:
+                    ds = self._index[f"{path}/{k}"]
+                    name = f"{logical.strip('/')}/{k}"
+                    out.append(self._info(name, f"{path}/{k}", ds, None, True, classes))
+                continue
             chain = self._layer_chain(owner, auto)
             layer = chain[-1] if chain else None
             layer_class = classes.get(layer) if layer else None
-            last = owner.rsplit("/", 1)[-1]
+            last = logical.rsplit("/", 1)[-1]
             if layer_class is None:
                 layer_class = naming.class_from_group(last)
             if last == "cell" and len(chain) >= 2:
                 parent_class = classes.get(chain[-2]) or naming.class_from_group(
-                    owner.split("/")[-2]
+                    logical.split("/")[-2]
                 )
                 layer_class = f"{parent_class}Cell" if parent_class else None
             layer_config = configs.get(layer or "")
@@ -375,14 +387,25 @@ class H5Store(Store):
         return self._group_set
 
     def _layer_chain(self, owner: str, auto: dict[str, str]) -> list[str]:
-        """Names of the layer groups from the root down to ``owner`` (``/layers/a/layers/b``)."""
+        """Names of the layer groups from the root down to ``owner`` (``/layers/a/layers/b``).
+
+        A backslash in a group's name is a separator too (tf.keras on Windows wrote
+        ``layers\\conv1d/vars/0``): the logical parts are named as on any system, and
+        each is looked up in the file under the group that really holds it."""
         f = self._file
-        parts = [p for p in owner.split("/") if p]
+        parts: list[str] = []  # logical parts
+        real: list[str] = []  # the file's group path that ends with each part ("" if none)
+        prefix = ""
+        for segment in (p for p in owner.split("/") if p):
+            pieces = segment.split("\\")
+            prefix += "/" + segment
+            for j, piece in enumerate(pieces):
+                parts.append(piece)
+                real.append(prefix if j == len(pieces) - 1 else "")
         chain: list[str] = []
         for i in range(len(parts)):
-            prefix = "/" + "/".join(parts[: i + 1])
-            vars_path = prefix + "/vars"
-            if parts[i] == "layers" or vars_path not in self._groups():
+            vars_path = real[i] + "/vars"
+            if parts[i] == "layers" or not real[i] or vars_path not in self._groups():
                 continue
             vars_group = f[vars_path]
             name = (
