@@ -393,3 +393,36 @@ def test_damage_in_a_second_copy_is_seen_by_every_reader(tmp_path: Path) -> None
     assert res.code == 1
     readable = next(c for c in res.json()["checks"] if c["name"] == "readable")
     assert readable["status"] == "FAIL"
+
+
+def test_tf1_training_state_is_not_shown_as_weights(tmp_path: Path) -> None:
+    """A TF1 Saver checkpoint with two Adam optimizers (beta1_power_1, w/Adam_2) and an
+    int32 step counter named Variable_1: only the model's variables are weights."""
+    import subprocess
+    import sys
+
+    code = f"""
+import os
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import tensorflow.compat.v1 as tf
+tf.disable_eager_execution()
+x = tf.placeholder(tf.float32, [None, 3])
+w = tf.get_variable("dense/kernel", [3, 2])
+b = tf.get_variable("dense/bias", [2])
+v = tf.get_variable("other/kernel", [3, 2])
+step = tf.Variable(0, dtype=tf.int32)
+step2 = tf.Variable(0, dtype=tf.int32)
+loss = tf.reduce_sum(tf.matmul(x, w) + b) + tf.reduce_sum(tf.matmul(x, v))
+t1 = tf.train.AdamOptimizer().minimize(loss, var_list=[w, b])
+t2 = tf.train.AdamOptimizer().minimize(loss, var_list=[v])
+with tf.Session() as s:
+    s.run(tf.global_variables_initializer())
+    tf.train.Saver().save(s, {str(tmp_path / "ckpt")!r})
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    doc = run("inspect", tmp_path / "ckpt", "--no-stats", "--json").json()
+    weights = sorted(t["name"] for t in doc["tensors"])
+    assert weights == ["dense/bias", "dense/kernel", "other/kernel"], weights
+    everything = run("inspect", tmp_path / "ckpt", "--no-stats", "--json", "--all").json()
+    names = {t["name"] for t in everything["tensors"]}
+    assert {"beta1_power_1", "Variable_1"} <= names  # the premise: they are in the file

@@ -376,10 +376,14 @@ def owning_layer(parts: Iterable[str], known: dict[str, str], fallback: str | No
 
 OPTIMIZER_NAMES = re.compile(
     r"(^|/)(Adam|adam|SGD|sgd|RMSprop|rmsprop|Adagrad|adagrad|Adadelta|Adamax|Nadam|Ftrl|AdamW|adamw)"
-    r"(/|$)|(^|/)(beta[12]_power|global_step)$|/(Adam|Adam_1|Momentum|RMSProp|RMSProp_1)$"
+    r"(/|$)|(^|/)(beta[12]_power(_\d+)?|global_step)$"
+    r"|/(Adam|Adam_\d+|Momentum|Momentum_\d+|RMSProp|RMSProp_\d+)$"
 )
 
 
-def looks_like_optimizer(name: str) -> bool:
-    """TF1-style optimizer variables (``w/Adam``, ``beta1_power``, ``global_step``)."""
-    return bool(OPTIMIZER_NAMES.search(name))
+def looks_like_optimizer(name: str, dtype: str = "float32", shape: tuple[int, ...] = (1,)) -> bool:
+    """TF1-style optimizer and training state: ``w/Adam``, ``w/Adam_1``, ``beta1_power``
+    (a second optimizer's ``beta1_power_1``), ``global_step``, and a scalar integer
+    variable (a step counter, whatever its name: ``Variable_1``)."""
+    counter = shape == () and dtype.startswith(("int", "uint"))
+    return counter or bool(OPTIMIZER_NAMES.search(name))

@@ -393,7 +393,7 @@ class TFStore(Store):
                 optimizer = ".OPTIMIZER_SLOT" in key or node_id not in model_nodes
             elif tog is None:
                 var_name = key
-                optimizer = naming.looks_like_optimizer(key)
+                optimizer = naming.looks_like_optimizer(key, e.dtype, e.shape)
             else:
                 optimizer = True  # a key the object graph does not describe
             fallback = key[: -len(VALUE_SUFFIX)] if key.endswith(VALUE_SUFFIX) else key
