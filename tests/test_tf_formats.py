@@ -426,3 +426,23 @@ with tf.Session() as s:
     everything = run("inspect", tmp_path / "ckpt", "--no-stats", "--json", "--all").json()
     names = {t["name"] for t in everything["tensors"]}
     assert {"beta1_power_1", "Variable_1"} <= names  # the premise: they are in the file
+    # A transform keeps the Saver's graph (.meta) beside the new checkpoint, unchanged.
+    out = tmp_path / "o" / "half"
+    out.parent.mkdir()
+    assert run("scale", tmp_path / "ckpt", "0.5", "-o", out).code == 0
+    assert (out.parent / "half.meta").read_bytes() == (tmp_path / "ckpt.meta").read_bytes()
+    restore = f"""
+import os
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import numpy as np
+import tensorflow.compat.v1 as tf
+tf.disable_eager_execution()
+values = []
+for prefix in ({str(tmp_path / "ckpt")!r}, {str(out)!r}):
+    with tf.Graph().as_default(), tf.Session() as s:
+        tf.train.import_meta_graph(prefix + ".meta").restore(s, prefix)
+        kernel = next(v for v in tf.global_variables() if v.op.name == "dense/kernel")
+        values.append(s.run(kernel))
+assert np.array_equal(values[1], values[0] * np.float32(0.5)), values
+"""
+    subprocess.run([sys.executable, "-c", restore], check=True, capture_output=True)

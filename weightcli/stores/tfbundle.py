@@ -44,7 +44,7 @@ from weightcli.stores.base import (
     split,
 )
 from weightcli.stores.detect import checkpoint_prefix, index_path
-from weightcli.stores.links import refuse_links_out
+from weightcli.stores.links import check_inside, refuse_links_out
 from weightcli.stores.output import publish, remove, temp_beside, temp_dir_beside
 from weightcli.stores.rangecopy import RangeCopy
 from weightcli.stores.remote import is_url
@@ -599,6 +599,12 @@ class TFPatcher(Patcher):
                 self.root = self.tmp
                 self.new_prefix = self.tmp / out.name
                 _copy(b.index_path, self.new_prefix.with_name(self.new_prefix.name + ".index"))
+                # A TF1 Saver's graph (``prefix.meta``) comes along: the output restores
+                # into the same graph (a weight edit changes no variable's name or shape).
+                meta = b.prefix.with_name(b.prefix.name + ".meta")
+                if meta.is_file():
+                    check_inside(meta.parent, meta)
+                    _copy(meta, self.new_prefix.with_name(self.new_prefix.name + ".meta"))
             # Data shards: only the bytes of changed tensors are written anew; the rest
             # is copied in the kernel when the output is committed.
             for s, src in enumerate(shards):
@@ -684,6 +690,9 @@ class TFPatcher(Patcher):
             hist = self.store.history_path(self.new_prefix)
             if hist.exists():
                 files.append(hist)
+            meta = self.new_prefix.with_name(self.new_prefix.name + ".meta")
+            if meta.exists():
+                files.append(meta)
             files.append(self.new_prefix.with_name(self.new_prefix.name + ".index"))
             done: list[Path] = []
             try:
