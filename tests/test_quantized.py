@@ -225,3 +225,23 @@ def test_a_zero_scale_is_seen_as_nan_inf_and_refused_by_scale(tmp_path: Path) ->
     assert res.code == 2 and "zero or NaN/Inf" in res.err
     assert not (tmp_path / "half.keras").exists()
     assert cli("scale", src, "0.5", "-o", tmp_path / "ok.keras").code == 0
+
+
+def test_float16_reports_the_file_size_and_says_when_it_grew(tmp_path: Path) -> None:
+    """A dtype change reports the file's size before and after (against os.stat), and
+    says so when a small model's file grows."""
+    import os
+
+    from helpers import SAMPLES
+    from helpers import run as cli
+
+    out = tmp_path / "h.keras"
+    res = cli("quantize", SAMPLES / "mlp.keras", "--dtype", "float16", "-o", out, "--json")
+    doc = res.json()
+    assert doc["size_before"] == os.stat(SAMPLES / "mlp.keras").st_size
+    assert doc["size_after"] == os.stat(out).st_size
+    table = cli("quantize", SAMPLES / "mlp.keras", "--dtype", "float16", "-o", tmp_path / "t.keras")
+    if doc["size_after"] > doc["size_before"]:
+        assert "larger, although the tensors are smaller" in table.out
+    else:
+        assert "larger" not in table.out

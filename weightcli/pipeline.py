@@ -9,6 +9,7 @@ changed tensors are written; everything else in the container keeps its bytes.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
 import os
@@ -30,6 +31,7 @@ from weightcli.select import apply as apply_selection
 from weightcli.stats import RunningStats, TensorStats
 from weightcli.steps import Step, TensorOp
 from weightcli.stores.base import BLOCK_ELEMS, Block, Provenance, Store
+from weightcli.stores.remote import is_url
 from weightcli.tensor import TensorInfo
 from weightcli.version import __version__
 
@@ -284,6 +286,10 @@ def run(
         raise
     written = patcher.bytes_written if patcher is not None else 0
     visible = any(s.selection.include_optimizer for s in steps)
+    sizes: tuple[int | None, int | None] = (None, None)
+    if retype and out is not None and not dry_run and not untouched and not is_url(out):
+        with contextlib.suppress(OSError):
+            sizes = (total_size(store.path), total_size(out))
     return TransformResult(
         source=store.path,
         output=None if dry_run or untouched else out,
@@ -295,6 +301,8 @@ def run(
         record=record,
         dry_run=dry_run,
         left_out=left_out(store, steps),
+        size_before=sizes[0],
+        size_after=sizes[1],
     )
 
 

@@ -360,6 +360,17 @@ def print_transform(result: TransformResult) -> None:
         f"{len(result.changes)} of {result.total_tensors} tensors changed ({result.selected} selected), "
         f"{fmt_bytes(result.bytes_written)} written, {result.elapsed:.2f} s; {where}"
     )
+    if result.size_before is not None and result.size_after is not None:
+        grew = result.size_after > result.size_before
+        out.print(
+            f"file {fmt_bytes(result.size_before)} -> {fmt_bytes(result.size_after)}"
+            + (
+                ": larger, although the tensors are smaller (the container's own overhead, "
+                "rewritten with the new dtype, outweighs the data saved in a model this small)"
+                if grew
+                else ""
+            )
+        )
     if result.left_out:
         out.print(
             f"left out {len(result.left_out)} normalisation tensors "

@@ -214,6 +214,10 @@ class TransformResult:
     record: JSON = field(default_factory=dict)
     dry_run: bool = False
     left_out: list[str] = field(default_factory=list)
+    # The checkpoint's size before and after (local outputs written with a dtype change:
+    # a smaller dtype does not always make a smaller file).
+    size_before: int | None = None
+    size_after: int | None = None
 
     exit_code = ExitCode.OK
 
@@ -239,6 +243,8 @@ class TransformResult:
                 "elapsed_s": self.elapsed,
                 "tensors": [c.to_json() for c in self.changes],
                 "left_out": self.left_out,
+                "size_before": self.size_before,
+                "size_after": self.size_after,
                 "history": self.record,
             }
         )
