@@ -446,3 +446,29 @@ for prefix in ({str(tmp_path / "ckpt")!r}, {str(out)!r}):
 assert np.array_equal(values[1], values[0] * np.float32(0.5)), values
 """
     subprocess.run([sys.executable, "-c", restore], check=True, capture_output=True)
+
+
+def test_model_order_is_the_models_order_in_every_format(tmp_path: Path) -> None:
+    """inspect lists tensors in the model's order (the object graph's, the config's, the
+    .h5's weight_names), not alphabetically: a tf.keras SavedModel's kernel before its
+    bias, as its .h5 twin; so transplant --match-by order works across them."""
+
+    def names(path: Path) -> list[str]:
+        doc = run("inspect", path, "--no-stats", "--json").json()
+        return [t["name"] for t in doc["tensors"]]
+
+    want = names(SAMPLES / "mlp_tfkeras.h5")
+    for model in ("mlp_tfkeras_savedmodel", "mlp_export", "mlp_tfsave", "mlp.keras"):
+        assert names(SAMPLES / model) == want, model
+    res = run(
+        "transplant",
+        SAMPLES / "mlp_tfkeras_savedmodel",
+        SAMPLES / "mlp.keras",
+        "--match-by",
+        "order",
+        "-o",
+        tmp_path / "t.keras",
+        "--json",
+    )
+    assert res.code == 0, res.err
+    assert res.json()["counts"]["copied"] == len(want)

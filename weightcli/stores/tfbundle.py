@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections import defaultdict
 from collections.abc import Iterator
@@ -377,6 +378,18 @@ class TFStore(Store):
                 stack.extend(
                     c.node_id for c in tog.nodes[n].children if c.local_name not in NON_MODEL_EDGES
                 )
+        # Model order: the object graph walked from its root, children in the order the
+        # model lists them (layer_with_weights-0 before -1, a layer's kernel before its
+        # bias), the first visit of each node counting.
+        order: dict[int, int] = {}
+        if tog is not None and len(tog.nodes):
+            walk = [0]
+            while walk:
+                n = walk.pop()
+                if n in order or n >= len(tog.nodes):
+                    continue
+                order[n] = len(order)
+                walk.extend(c.node_id for c in reversed(tog.nodes[n].children))
         records: list[dict[str, Any]] = []
         for key, e in entries.items():
             if key == OBJECT_GRAPH_KEY:
@@ -404,6 +417,7 @@ class TFStore(Store):
                     "fallback": fallback,
                     "optimizer": optimizer,
                     "entry": e,
+                    "order": order.get(by_key[key][0], len(order)) if key in by_key else len(order),
                 }
             )
         # Group the keys holding one variable (same scoped name, dtype and shape).
@@ -434,7 +448,13 @@ class TFStore(Store):
         )
         tensors = []
         by_path: dict[str, Entry] = {}
-        for r, copies in sorted(merged, key=lambda m: (m[0]["optimizer"], m[0]["key"])):
+        def model_order(m: tuple[dict[str, Any], tuple[str, ...]]) -> tuple[Any, ...]:
+            r = m[0]
+            # Without an object graph (TF1): the names' order, numbers compared as numbers.
+            natural = [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", r["key"])]
+            return (r["optimizer"], r["order"], natural)
+
+        for r, copies in sorted(merged, key=model_order):
             name = r["name"]
             if root and not r["optimizer"] and name.startswith(root + "/"):
                 name = name[len(root) + 1 :]
