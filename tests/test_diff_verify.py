@@ -369,3 +369,28 @@ def test_ignore_dtype_compares_values_across_dtypes(tmp_path: Path) -> None:
         )
     assert 0 < worst <= 1e-3  # the premise: values do differ, within the tolerance
     assert run("diff", half, MLP, "--atol", str(worst / 10), "--ignore-dtype").code == 1
+
+
+def test_diff_by_model_order_across_names(tmp_path: Path) -> None:
+    """One model saved under other names: by name every tensor differs ("only in"), by
+    model order the bytes are identical; the pairing checked against h5py."""
+    import shutil
+
+    import h5py
+
+    src = SAMPLES / "mlp.weights.h5"
+    a = shutil.copyfile(src, tmp_path / "renamed.weights.h5")
+    with h5py.File(a, "r+") as f:
+        for i, group in enumerate(
+            ("layers/dense/vars", "layers/dense_1/vars", "layers/dense_2/vars")
+        ):
+            f[group].attrs["name"] = f"renamed_{i}"
+    by_name = run("diff", a, src, "--json").json()
+    assert by_name["equal"] is False  # the premise: the names differ
+    res = run("diff", a, src, "--match-by", "order", "--json")
+    assert res.code == 0, res.out
+    assert res.json()["counts"] == {"identical": 6}
+    with h5py.File(a) as x, h5py.File(src) as y:  # the oracle: the same bytes, in order
+        for g in ("layers/dense/vars", "layers/dense_1/vars", "layers/dense_2/vars"):
+            assert all(np.array_equal(x[g][k][()], y[g][k][()]) for k in ("0", "1"))
+    assert run("diff", a, src, "--match-by", "order", "--map", "a=b").code == 2

@@ -266,6 +266,7 @@ def diff(
     nan_equal: bool = False,
     structure: bool = False,
     ignore_dtype: bool = False,
+    match_by: str = "name",
     maps: Sequence[str] = (),
     select: Sequence[str] = (),
     exclude: Sequence[str] = (),
@@ -281,6 +282,7 @@ def diff(
         nan_equal=nan_equal,
         structure=structure,
         ignore_dtype=ignore_dtype,
+        match_by=match_by,
     )
     return diff_cmd.run(request, a, b)
 

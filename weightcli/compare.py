@@ -206,12 +206,19 @@ def diff_stores(
     structure: bool = False,
     block_elems: int = BLOCK_ELEMS,
     ignore_dtype: bool = False,
+    match_by: str = "name",
 ) -> DiffResult:
     """Compare every selected tensor of A with B's tensor of the same (mapped) name
     (``ignore_dtype``: by value only, after casting both to float64)."""
     check_tolerances(atol, rtol)
     ta = {rename(t.name, maps): t for t in sa.tensors() if sel.matches(t) and t.dtype != "string"}
     tb = {t.name: t for t in sb.tensors() if sel.matches(t) and t.dtype != "string"}
+    if match_by == "order":  # the i-th tensor of A (in model order) with B's i-th, by B's name
+        listed_b = list(tb)
+        ta = {
+            (listed_b[i] if i < len(listed_b) else f"{t.name} (A's #{i + 1})"): t
+            for i, t in enumerate(ta.values())
+        }
     result = DiffResult(
         str(sa.path), str(sb.path), atol, rtol, nan_equal, structure, ignore_dtype=ignore_dtype
     )

@@ -62,6 +62,14 @@ def _print_pair(result: diff_cmd.DiffResult | diff_cmd.UnpairedResult, all_rows:
     "--structure", is_flag=True, help="Compare names, shapes and dtypes only; read no tensor data."
 )
 @click.option(
+    "--match-by",
+    type=click.Choice(["name", "order"]),
+    default="name",
+    show_default=True,
+    help="Pair tensors by (mapped) name, or by position in model order (the same model "
+    "saved under other names: .keras, .h5, SavedModel).",
+)
+@click.option(
     "--ignore-dtype",
     is_flag=True,
     help="Compare values after casting (a float16 export within tolerance is equal); "
@@ -106,6 +114,7 @@ def diff(
     nan_equal: bool,
     structure: bool,
     ignore_dtype: bool,
+    match_by: str,
     maps: tuple[str, ...],
     select: tuple[str, ...],
     exclude: tuple[str, ...],
@@ -147,6 +156,7 @@ def diff(
         nan_equal=nan_equal,
         structure=structure,
         ignore_dtype=ignore_dtype,
+        match_by=match_by,
         dequantize=dequantize,
     )
     pa, pb = as_path(a), as_path(b)

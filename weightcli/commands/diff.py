@@ -8,6 +8,7 @@ from pathlib import Path
 
 from weightcli.batch import Item, discover
 from weightcli.compare import check_tolerances, diff_stores, parse_map
+from weightcli.errors import ParameterError
 from weightcli.results import JSON, DiffResult
 from weightcli.select import Selection
 from weightcli.stores import Store, open_store
@@ -31,12 +32,16 @@ class DiffRequest:
     structure: bool = False
     block_elems: int = BLOCK_ELEMS
     dequantize: bool | None = None  # None: when either side holds quantized layers
-    ignore_dtype: bool = (
-        False  # compare values after casting: a float16 export within tolerance is equal
-    )
+    # Compare values after casting: a float16 export within tolerance is equal.
+    ignore_dtype: bool = False
+    match_by: str = "name"  # or "order": the i-th tensor of A with B's i-th (model order)
 
     def __post_init__(self) -> None:
         check_tolerances(self.atol, self.rtol)
+        if self.match_by not in ("name", "order"):
+            raise ParameterError("{match_by} must be name or order")
+        if self.match_by == "order" and self.maps:
+            raise ParameterError("{match_by} order pairs by position: give no {map}")
         for m in self.maps:
             parse_map(m)
 
@@ -95,6 +100,7 @@ def run(request: DiffRequest, a: str | Path, b: str | Path) -> DiffResult:
             structure=request.structure,
             block_elems=request.block_elems,
             ignore_dtype=request.ignore_dtype,
+            match_by=request.match_by,
         )
 
 

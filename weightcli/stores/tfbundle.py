@@ -448,6 +448,7 @@ class TFStore(Store):
         )
         tensors = []
         by_path: dict[str, Entry] = {}
+
         def model_order(m: tuple[dict[str, Any], tuple[str, ...]]) -> tuple[Any, ...]:
             r = m[0]
             # Without an object graph (TF1): the names' order, numbers compared as numbers.
