@@ -104,14 +104,21 @@ def test_a_signal_mid_write_leaves_nothing(tmp_path: Path, sig: int, code: int) 
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 60
-    while not _temps(out_dir) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.001)
-    assert _temps(out_dir), "premise: the write had started"
     # The model runs in a child of the weightcli process, which passes signals on: hold
-    # the writer mid-write, signal weightcli as a user (or CI) would, then let it go.
-    (writer,) = psutil.Process(proc.pid).children()
-    writer.suspend()
+    # the writer while its temporary exists (mid-write), signal weightcli as a user (or
+    # CI) would, then let it go.
+    deadline = time.monotonic() + 60
+    writer = None
+    while proc.poll() is None and time.monotonic() < deadline:
+        children = psutil.Process(proc.pid).children()
+        if children:
+            children[0].suspend()
+            if _temps(out_dir):
+                writer = children[0]
+                break
+            children[0].resume()
+        time.sleep(0.001)
+    assert writer is not None and _temps(out_dir), "premise: the write had started"
     os.kill(proc.pid, sig)
     time.sleep(0.2)  # the signal reaches weightcli and is passed on to the held writer
     writer.resume()

@@ -216,3 +216,39 @@ def test_names_are_printed_verbatim(tmp_path: Path) -> None:
     res = run("inspect", p, "--no-stats")
     assert res.code == 0
     assert res.out.splitlines()[0].startswith(str(p))
+
+
+def test_a_stale_weight_scope_is_named_by_its_layer(tmp_path: Path) -> None:
+    """Keras 2.0 wrote a model built twice in one session with stale scopes
+    (``dense_1/dense_1_1/kernel:0``): named by its layer as Keras names it
+    (``dense_1/kernel``); the stored name selects it too."""
+    import shutil
+
+    import h5py
+
+    path = shutil.copyfile(SAMPLES / "mlp_tfkeras.h5", tmp_path / "stale.h5")
+    with h5py.File(path, "r+") as f:
+        g = f["model_weights/dense_1"]
+        g.move("dense_1", "dense_1_1")
+        g.attrs["weight_names"] = [b"dense_1_1/kernel:0", b"dense_1_1/bias:0"]
+    doc = run("inspect", path, "--no-stats", "--json").json()
+    names = [t["name"] for t in doc["tensors"]]
+    assert names == [
+        t["name"]
+        for t in run("inspect", SAMPLES / "mlp_tfkeras.h5", "--no-stats", "--json").json()[
+            "tensors"
+        ]
+    ]
+    for glob in ("dense_1", "dense_1_1/kernel"):
+        res = run(
+            "scale",
+            path,
+            "2",
+            "-s",
+            glob,
+            "-o",
+            tmp_path / f"{glob.replace('/', '_')}.h5",
+            "--json",
+        )
+        assert res.code == 0, res.err
+        assert "dense_1/kernel" in [t["name"] for t in res.json()["tensors"]]

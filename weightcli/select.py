@@ -38,9 +38,10 @@ class Selection:
         # reach them through the layer's kernel (scale) or only when named by kind.
         if self.floats_only and t.quantized and t.kind in QUANT_PARAMS and t.kind not in self.kinds:
             return False
-        if self.select and not any(match(t.name, g) for g in self.select):
+        names = (t.name, *t.aliases)
+        if self.select and not any(match(n, g) for n in names for g in self.select):
             return False
-        if any(match(t.name, g) for g in self.exclude):
+        if any(match(n, g) for n in names for g in self.exclude):
             return False
         if self.layer_types and (t.layer_class or "") not in self.layer_types:
             return False

@@ -31,6 +31,9 @@ class TensorInfo:
     optimizer: bool = False
     copies: tuple[str, ...] = field(default=())
     quantized: str | None = None  # a natively quantized layer's mode (int8, int4/128, ...)
+    # Other names that select it too: the name as stored, where Keras's differs (a
+    # Keras 2.0 weight scoped ``conv2d_1_1/kernel`` in layer ``conv2d_1``).
+    aliases: tuple[str, ...] = field(default=())
 
     @property
     def size(self) -> int:

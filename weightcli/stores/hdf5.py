@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -175,6 +176,7 @@ class H5Store(Store):
         classes: dict[str, str],
         kind: str | None = None,
         quantized: str | None = None,
+        aliases: tuple[str, ...] = (),
     ) -> TensorInfo:
         self._datasets[path] = ds
         return TensorInfo(
@@ -187,6 +189,7 @@ class H5Store(Store):
             layer_class=classes.get(layer) if layer else None,
             optimizer=optimizer,
             quantized=quantized,
+            aliases=aliases,
         )
 
     def _list(self) -> list[TensorInfo]:
@@ -226,6 +229,7 @@ class H5Store(Store):
         root = f["model_weights"] if self.kind == LEGACY_FULL else f
         classes = naming.layer_classes(self._config())
         weights: list[tuple[str, str, h5util.Dset, str | None]] = []
+        stored_as: dict[str, str] = {}  # path -> the stored name, where Keras's differs
         groups: list[str] = []  # the top-level layer group of each weight
         seen: set[str] = set()
         for layer in naming.names(
@@ -244,6 +248,13 @@ class H5Store(Store):
                         f"{self.label}: layer {layer!r} lists weight {wname!r} that is missing"
                     )
                 name = naming.strip_suffix(wname)
+                scope, _, rest = name.partition("/")
+                if rest and "/" not in rest and re.fullmatch(re.escape(layer) + r"_\d+", scope):
+                    # A stale scope (a model built twice in one session, Keras 2.0:
+                    # ``conv2d_1_1/kernel`` in layer ``conv2d_1``): Keras names it by
+                    # its layer; the stored name still selects it.
+                    stored_as[path] = name
+                    name = f"{layer}/{rest}"
                 if "/" not in name:  # Keras 1: `dense_1_W`
                     owner: str | None = layer
                 else:
@@ -270,7 +281,9 @@ class H5Store(Store):
                 name = naming.nested_name(name, group, chains[group])
             elif not chains and config is None and naming.is_nested_weight(name, group):
                 name = f"{group}/{name}"  # no config: one level of nesting is all we know
-            out.append(self._info(name, path, ds, owner, False, classes))
+            alias = stored_as.get(path)
+            aliases = (alias,) if alias and alias != name else ()
+            out.append(self._info(name, path, ds, owner, False, classes, aliases=aliases))
         if "optimizer_weights" in f and isinstance(f["optimizer_weights"], h5py.Group):
             opt = f["optimizer_weights"]
             for path, ds in self._under(opt):
