@@ -391,3 +391,59 @@ def test_a_tf_keras_windows_archive_names_as_keras_does(tmp_path: Path) -> None:
     assert "metrics/precision/0" in names(win, "--all")
     doc = run("inspect", win, "--no-stats", "--json").json()
     assert doc["writer"] == "Keras 2.15.0"
+
+
+def test_nested_model_without_recorded_names_is_named_by_its_layers(tmp_path: Path) -> None:
+    """Keras 3.5 recorded no layer names in the weights file: a nested model's inner
+    tensors are named by its layers (functional/dense_8/kernel), not by the file's
+    generated groups (functional/dense/kernel), the same for every command."""
+    import io
+    import subprocess
+    import sys
+    import zipfile
+
+    import h5py
+
+    code = f"""
+import os
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import keras
+inner_in = keras.Input((4,))
+h = keras.layers.Dense(5, name="dense_8")(inner_in)
+h = keras.layers.Dense(3, name="dense_9")(h)
+inner = keras.Model(inner_in, h, name="functional_4")
+x = keras.Input((4,))
+y = keras.layers.Dense(2, name="head")(inner(x))
+keras.Model(x, y, name="outer").save({str(tmp_path / "nested.keras")!r})
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    src = tmp_path / "nested.keras"
+    stripped = tmp_path / "stripped.keras"
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(stripped, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            if info.filename == "model.weights.h5":
+                buf = io.BytesIO(data)
+                with h5py.File(buf, "r+") as f:
+                    f.visititems(
+                        lambda n, o: o.attrs.__delitem__("name") if "name" in o.attrs else None
+                    )
+                data = buf.getvalue()
+            zout.writestr(info, data)
+
+    def names(path: Path) -> list[str]:
+        return [t["name"] for t in run("inspect", path, "--no-stats", "--json").json()["tensors"]]
+
+    want = names(src)
+    assert "functional_4/dense_8/kernel" in want
+    assert names(stripped) == want
+    changed = []
+    for model in (src, stripped):
+        out = tmp_path / f"s_{model.stem}.keras"
+        res = run("scale", model, "2", "-s", "functional_4/dense_8", "-o", out, "--json")
+        assert res.code == 0, res.err
+        changed.append({t["name"] for t in res.json()["tensors"]})
+    assert changed[0] == changed[1] and "functional_4/dense_8/kernel" in changed[1]
+    assert (
+        run("freeze", stripped, "-s", "functional_4/dense_8", "-o", tmp_path / "f.keras").code == 0
+    )

@@ -69,6 +69,43 @@ def classify(f: h5py.File) -> Format:
     return GENERIC
 
 
+def auto_names(config: Any) -> dict[str, str]:
+    """A model config's Keras 3 weight-file group names -> its layers' names, by replaying
+    Keras's naming (a group is named by the layer's class, numbered in order: ``dense``,
+    ``dense_1``, ...; a Sequential's InputLayer takes no name)."""
+    if not isinstance(config, dict) or not isinstance(config.get("config"), dict):
+        return {}
+    layers = config["config"].get("layers") or []
+    if config.get("class_name") == "Sequential":
+        layers = [e for e in layers if isinstance(e, dict) and e.get("class_name") != "InputLayer"]
+    used: dict[str, int] = {}
+    out: dict[str, str] = {}
+    for entry in layers:
+        if not isinstance(entry, dict):
+            continue
+        base = naming.to_snake_case(entry.get("class_name", "") or "")
+        if base in used:
+            used[base] += 1
+            auto = f"{base}_{used[base]}"
+        else:
+            used[base] = 0
+            auto = base
+        name = (entry.get("config") or {}).get("name")
+        if isinstance(name, str):
+            out[auto] = name
+    return out
+
+
+def sub_config(config: Any, layer: str) -> Any:
+    """The config entry of ``layer`` in a model config (a nested model's own config)."""
+    if not isinstance(config, dict) or not isinstance(config.get("config"), dict):
+        return None
+    for entry in config["config"].get("layers") or []:
+        if isinstance(entry, dict) and (entry.get("config") or {}).get("name") == layer:
+            return entry
+    return None
+
+
 class H5Store(Store):
     """Any HDF5-family checkpoint. ``config`` is an archive's ``config.json``, when there is one."""
 
@@ -303,26 +340,7 @@ class H5Store(Store):
 
     def _auto_names(self) -> dict[str, str]:
         """Keras 3 group name -> layer name, by replaying Keras's naming of the top-level layers."""
-        config = self._config()
-        if not isinstance(config, dict) or not isinstance(config.get("config"), dict):
-            return {}
-        layers = config["config"].get("layers") or []
-        if config.get("class_name") == "Sequential":
-            layers = [entry for entry in layers if entry.get("class_name") != "InputLayer"]
-        used: dict[str, int] = {}
-        out: dict[str, str] = {}
-        for entry in layers:
-            base = naming.to_snake_case(entry.get("class_name", ""))
-            if base in used:
-                used[base] += 1
-                auto = f"{base}_{used[base]}"
-            else:
-                used[base] = 0
-                auto = base
-            name = (entry.get("config") or {}).get("name")
-            if isinstance(name, str):
-                out[auto] = name
-        return out
+        return auto_names(self._config())
 
     def _list_keras3(self) -> list[TensorInfo]:
         config = self._config()
@@ -416,6 +434,7 @@ class H5Store(Store):
                 parts.append(piece)
                 real.append(prefix if j == len(pieces) - 1 else "")
         chain: list[str] = []
+        model = self._config()  # the config of the model whose layers this level names
         for i in range(len(parts)):
             vars_path = real[i] + "/vars"
             if parts[i] == "layers" or not real[i] or vars_path not in self._groups():
@@ -426,8 +445,12 @@ class H5Store(Store):
             )
             name = name or self._group_names.get(vars_path)
             if not name:
-                name = auto.get(parts[i], parts[i]) if i == 1 else parts[i]
+                # A generated group name (``dense``): the layer's own, by replaying
+                # Keras's naming in the model (or nested model) that holds it.
+                names = auto if i == 1 else auto_names(model)
+                name = names.get(parts[i], parts[i])
             chain.append(str(name))
+            model = sub_config(model, str(name))
         return chain
 
     # -- reading ---------------------------------------------------------------------------
