@@ -162,3 +162,30 @@ def test_messages_say_what_to_write_instead(tmp_path: Path) -> None:
     assert res.code == 2 and "give -r" in res.err
     res = run("merge", SAMPLES / "cnn.keras", SAMPLES / "mlp.keras", "-o", tmp_path / "m.keras")
     assert res.code == 2 and "in cnn.keras, not in mlp.keras" in res.err
+
+
+def test_hints_say_the_reason_that_applies(tmp_path: Path) -> None:
+    """A selection that matches tensors no rule gives a factor says so (not a hint about
+    1-D tensors); layer hints list layers, not optimizer slots; a transplant's nearest
+    names come with their shapes."""
+    from helpers import SAMPLES
+
+    res = run(
+        "scale",
+        SAMPLES / "cnn.keras",
+        "--by-type",
+        "Conv2D=2",
+        "-s",
+        "logits",
+        "-o",
+        tmp_path / "a.keras",
+    )
+    assert res.code == 2 and "rule names their layers" in res.err and "1-D" not in res.err
+    res = run("quantize", SAMPLES / "mlp.keras", "-s", "*/bias", "-o", tmp_path / "b.keras")
+    assert res.code == 0  # named: biases are quantized
+    res = run("scale", SAMPLES / "mlp.keras", "--by-layer", "nothing=2", "-o", tmp_path / "c.keras")
+    assert res.code == 2 and "optimizer" not in res.err and "dense_1" in res.err
+    res = run(
+        "transplant", SAMPLES / "cnn.keras", SAMPLES / "mlp.keras", "-o", tmp_path / "d.keras"
+    )
+    assert res.code == 2 and "(20, 32) ~ conv/kernel (3, 3, 3, 8)" in res.err

@@ -161,9 +161,9 @@ def plan(store: Store, steps: Sequence[Step]) -> list[tuple[TensorInfo, list[Ten
             apply_selection(
                 tensors, step.selection, store.meta.has_config, what
             )  # raises with names
+            why = step.why_nothing(tensors)
             raise UsageError.naming(
-                f"{literal(what)} matches no tensor it can change (1-D tensors need an "
-                "explicit {select})"
+                f"{literal(what)} matches no tensor it can change" + (f" ({why})" if why else "")
             )
     out = []
     for t in tensors:

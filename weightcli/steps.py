@@ -72,6 +72,11 @@ class Step:
         """True when the selection matches ``info`` but the step leaves it alone by default."""
         return False
 
+    def why_nothing(self, tensors: list[TensorInfo]) -> str | None:
+        """Why the selection matches tensors but the step changes none (a message
+        template naming parameters), or None: said only when it is the reason."""
+        return None
+
     def check(self, tensors: list[TensorInfo]) -> None:  # noqa: B027 - optional hook
         """Refuse parameters that cannot apply to this file (before anything is read)."""
 
@@ -230,7 +235,9 @@ class ScaleStep(Step):
                 )
         for pattern in self.by_layer:
             if not any(self._layer_matches(t, pattern) for t in tensors if not t.optimizer):
-                layers = sorted({t.layer or t.name.rsplit("/", 1)[0] for t in tensors})
+                layers = sorted(
+                    {t.layer or t.name.rsplit("/", 1)[0] for t in tensors if not t.optimizer}
+                )
                 shown = ", ".join(layers[:6]) + (", ..." if len(layers) > 6 else "")
                 raise ParameterError(
                     f"{{by_layer}} {literal(pattern)}: matches no layer (layers here include "
@@ -250,6 +257,21 @@ class ScaleStep(Step):
         """Normalisation parameters and statistics are not "the weights": they are scaled
         only when named (by kind, name or layer class)."""
         return normalisation_left_out(self.selection, info)
+
+    def why_nothing(self, tensors: list[TensorInfo]) -> str | None:
+        matched = [t for t in tensors if self.selection.matches(codes_of(t) or t)]
+        if (
+            matched
+            and self.factor is None
+            and all(self.factor_for(codes_of(t) or t) is None for t in matched)
+        ):
+            return (
+                "no {by_type} or {by_layer} rule names their layers, and no {factor} is "
+                "given for the rest"
+            )
+        if matched and all(self.leaves_out(codes_of(t) or t) for t in matched):
+            return "normalisation tensors are scaled only when named: {kind} or {select}"
+        return None
 
     def op(self, info: TensorInfo) -> TensorOp | None:
         weight = codes_of(info)
@@ -590,6 +612,12 @@ class QuantizeStep(Step):
             return False
         # Biases, normalisation parameters and other 1-D tensors only when named.
         return info.ndim >= 2 or self.selection.explicit
+
+    def why_nothing(self, tensors: list[TensorInfo]) -> str | None:
+        matched = [t for t in tensors if self.selection.matches(t)]
+        if matched and all(t.ndim < 2 for t in matched):
+            return "1-D tensors are quantized only when named: {select} or {kind}"
+        return None
 
     def op(self, info: TensorInfo) -> TensorOp | None:
         if self.dtype is not None:

@@ -283,11 +283,13 @@ def ema_weights(store: Store) -> list[TensorInfo]:
 
 def _nothing_matched(src: list[TensorInfo], tgt: list[TensorInfo]) -> str:
     names = [s.name for s in src]
+    shapes = {s.name: s.shape for s in src}
     near = []
     for t in tgt[:3]:
         close = difflib.get_close_matches(t.name, names, n=1, cutoff=0.3)
         if close:
-            near.append(f"{t.name} ~ {close[0]}")
+            # With their shapes: a name that matches but a shape that does not says so.
+            near.append(f"{t.name} {t.shape} ~ {close[0]} {shapes[close[0]]}")
     hint = f"; nearest: {', '.join(near)}" if near else ""
     return (
         f"no tensor of SOURCE matches one of TARGET{literal(hint)} (rename with {{map}} "
