@@ -396,8 +396,10 @@ def test_damage_in_a_second_copy_is_seen_by_every_reader(tmp_path: Path) -> None
 
 
 def test_tf1_training_state_is_not_shown_as_weights(tmp_path: Path) -> None:
-    """A TF1 Saver checkpoint with two Adam optimizers (beta1_power_1, w/Adam_2) and an
-    int32 step counter named Variable_1: only the model's variables are weights."""
+    """A TF1 Saver checkpoint with two Adam optimizers (beta1_power_1, w/Adam_2), an
+    int32 step counter named Variable_1 and a moving average of a weight (a slot whose
+    name no rule knows: its graph's trainable-variables collection tells): only the
+    model's variables are weights."""
     import subprocess
     import sys
 
@@ -415,6 +417,7 @@ step2 = tf.Variable(0, dtype=tf.int32)
 loss = tf.reduce_sum(tf.matmul(x, w) + b) + tf.reduce_sum(tf.matmul(x, v))
 t1 = tf.train.AdamOptimizer().minimize(loss, var_list=[w, b])
 t2 = tf.train.AdamOptimizer().minimize(loss, var_list=[v])
+averages = tf.train.ExponentialMovingAverage(0.9).apply([w])  # a slot only the graph tells
 with tf.Session() as s:
     s.run(tf.global_variables_initializer())
     tf.train.Saver().save(s, {str(tmp_path / "ckpt")!r})
@@ -425,7 +428,7 @@ with tf.Session() as s:
     assert weights == ["dense/bias", "dense/kernel", "other/kernel"], weights
     everything = run("inspect", tmp_path / "ckpt", "--no-stats", "--json", "--all").json()
     names = {t["name"] for t in everything["tensors"]}
-    assert {"beta1_power_1", "Variable_1"} <= names  # the premise: they are in the file
+    assert {"beta1_power_1", "Variable_1", "dense/kernel/ExponentialMovingAverage"} <= names
     # A transform keeps the Saver's graph (.meta) beside the new checkpoint, unchanged.
     out = tmp_path / "o" / "half"
     out.parent.mkdir()

@@ -333,6 +333,22 @@ class TFStore(Store):
             if isinstance(meta, dict) and meta.get("class_name") and meta.get("name"):
                 self.keras_classes.setdefault(meta["name"], meta["class_name"])
 
+    def _graph_trainables(self) -> set[str] | None:
+        """A TF1 checkpoint's graph (``prefix.meta`` beside it): its trainable variables."""
+        meta = (
+            self.prefix.with_name(self.prefix.name + ".meta")
+            if self.kind == Format.TF_CHECKPOINT
+            else None
+        )
+        if meta is None or not meta.is_file():
+            return None
+        graph = tfproto.MetaGraphDef()
+        try:
+            graph.ParseFromString(capped.read_bytes(meta, capped.GRAPH_BYTES, "graph (.meta)"))
+        except Exception:  # a graph it cannot read: the name rules decide
+            return None
+        return tfproto.trainable_variables(graph)
+
     def _keras_metadata(self) -> None:
         p = self.path / "keras_metadata.pb"
         if not p.is_file():
@@ -378,6 +394,7 @@ class TFStore(Store):
                 stack.extend(
                     c.node_id for c in tog.nodes[n].children if c.local_name not in NON_MODEL_EDGES
                 )
+        trainable = self._graph_trainables() if tog is None else None
         # Model order: the object graph walked from its root, children in the order the
         # model lists them (layer_with_weights-0 before -1, a layer's kernel before its
         # bias), the first visit of each node counting.
@@ -407,6 +424,10 @@ class TFStore(Store):
             elif tog is None:
                 var_name = key
                 optimizer = naming.looks_like_optimizer(key, e.dtype, e.shape)
+                if trainable is not None and key not in trainable and not optimizer:
+                    # With its graph (a TF1 Saver's .meta): a slot of a trainable
+                    # variable (w/Momentum, w/ExponentialMovingAverage) is training state.
+                    optimizer = any(key.startswith(t + "/") for t in trainable)
             else:
                 optimizer = True  # a key the object graph does not describe
             fallback = key[: -len(VALUE_SUFFIX)] if key.endswith(VALUE_SUFFIX) else key

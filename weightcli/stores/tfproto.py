@@ -50,8 +50,17 @@ MESSAGES: dict[str, list[tuple[str, int, int, int, str | None]]] = {
     ],
     "MetaGraphDef": [
         ("meta_info_def", 1, F.TYPE_MESSAGE, OPT, ".wc.MetaInfoDef"),
+        # map<string, CollectionDef>: on the wire, repeated key/value entries.
+        ("collection_def", 4, F.TYPE_MESSAGE, REP, ".wc.CollectionDefEntry"),
         ("object_graph_def", 7, F.TYPE_MESSAGE, OPT, ".wc.SavedObjectGraph"),
     ],
+    "CollectionDefEntry": [
+        ("key", 1, F.TYPE_STRING, OPT, None),
+        ("value", 2, F.TYPE_MESSAGE, OPT, ".wc.CollectionDef"),
+    ],
+    "CollectionDef": [("bytes_list", 2, F.TYPE_MESSAGE, OPT, ".wc.BytesList")],
+    "BytesList": [("value", 1, F.TYPE_BYTES, REP, None)],
+    "VariableDef": [("variable_name", 1, F.TYPE_STRING, OPT, None)],
     "SavedObjectGraph": [("nodes", 1, F.TYPE_MESSAGE, REP, ".wc.SavedObject")],
     "ObjectReference": [
         ("node_id", 1, F.TYPE_INT32, OPT, None),
@@ -124,3 +133,19 @@ BundleEntryProto = _CLASSES["BundleEntryProto"]
 SavedModel = _CLASSES["SavedModel"]
 TrackableObjectGraph = _CLASSES["TrackableObjectGraph"]
 SavedMetadata = _CLASSES["SavedMetadata"]
+MetaGraphDef = _CLASSES["MetaGraphDef"]
+VariableDef = _CLASSES["VariableDef"]
+
+
+def trainable_variables(meta_graph: Any) -> set[str] | None:
+    """The names in a MetaGraphDef's ``trainable_variables`` collection (``dense/kernel``,
+    without ``:0``); None when it has none."""
+    for entry in meta_graph.collection_def:
+        if entry.key == "trainable_variables":
+            names = set()
+            for raw in entry.value.bytes_list.value:
+                var = VariableDef()
+                var.ParseFromString(raw)
+                names.add(var.variable_name.split(":")[0])
+            return names
+    return None
