@@ -475,3 +475,27 @@ def test_model_order_is_the_models_order_in_every_format(tmp_path: Path) -> None
     )
     assert res.code == 0, res.err
     assert res.json()["counts"]["copied"] == len(want)
+
+
+def test_the_models_name_is_dropped_over_its_trainable_weights(tmp_path: Path) -> None:
+    """A SavedModel whose variables are scoped by the model's name (TF 2.1 wrote
+    ``sequential/dense/kernel``) beside state variables with short names (a metric's
+    ``count``): the shared first part is dropped, decided over the trainable weights."""
+    import subprocess
+    import sys
+
+    code = f"""
+import os
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import tensorflow as tf
+m = tf.Module()
+m.w = tf.Variable(tf.ones([3, 2]), name="sequential/dense/kernel")
+m.b = tf.Variable(tf.zeros([2]), name="sequential/dense/bias")
+m.count = tf.Variable(0.0, trainable=False, name="count")
+tf.saved_model.save(m, {str(tmp_path / "sm")!r})
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    doc = run("inspect", tmp_path / "sm", "--no-stats", "--json").json()
+    names = sorted(t["name"] for t in doc["tensors"])
+    assert "dense/kernel" in names and "dense/bias" in names, names
+    assert not any(n.startswith("sequential/") for n in names)

@@ -413,12 +413,15 @@ class TFStore(Store):
                 continue
             var_name = None
             optimizer = False
+            trained: bool | None = None  # the SavedModel's own word: a trainable variable
             if key in by_key:
                 node_id, attr = by_key[key]
                 if self.saved_object_graph is not None and node_id < len(
                     self.saved_object_graph.nodes
                 ):
-                    var_name = self.saved_object_graph.nodes[node_id].variable.name or None
+                    variable = self.saved_object_graph.nodes[node_id].variable
+                    var_name = variable.name or None
+                    trained = bool(variable.trainable) if var_name else None
                 var_name = var_name or attr.full_name or None
                 optimizer = ".OPTIMIZER_SLOT" in key or node_id not in model_nodes
             elif tog is None:
@@ -437,6 +440,7 @@ class TFStore(Store):
                     "name": naming.strip_suffix(var_name) if var_name else None,
                     "fallback": fallback,
                     "optimizer": optimizer,
+                    "trainable": trained,
                     "entry": e,
                     "order": order.get(by_key[key][0], len(order)) if key in by_key else len(order),
                 }
@@ -462,8 +466,14 @@ class TFStore(Store):
             if not r["name"] or counts[r["name"]] > 1:
                 r["name"] = r["fallback"]
         model_names = [r["name"] for r, _ in merged if not r["optimizer"]]
+        # The shared first part (the model's name, TF 2.1's ``sequential/``) is decided
+        # over the trainable weights where the SavedModel says which they are: metric and
+        # other state variables kept beside them do not spoil it.
+        trainable_names = [
+            r["name"] for r, _ in merged if not r["optimizer"] and r.get("trainable")
+        ]
         root = (
-            naming.strip_common_root(model_names, None, self.keras_classes)
+            naming.strip_common_root(trainable_names or model_names, None, self.keras_classes)
             if tog is not None
             else None
         )
