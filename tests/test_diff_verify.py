@@ -394,3 +394,36 @@ def test_diff_by_model_order_across_names(tmp_path: Path) -> None:
         for g in ("layers/dense/vars", "layers/dense_1/vars", "layers/dense_2/vars"):
             assert all(np.array_equal(x[g][k][()], y[g][k][()]) for k in ("0", "1"))
     assert run("diff", a, src, "--match-by", "order", "--map", "a=b").code == 2
+
+
+def test_map_file_renames_as_map_does(tmp_path: Path) -> None:
+    """--map-file: OLD=NEW rules a line (comments, blank lines), the same as --map; a bad
+    line is one error naming its line."""
+    import shutil
+
+    import h5py
+
+    src = SAMPLES / "mlp.weights.h5"
+    a = shutil.copyfile(src, tmp_path / "renamed.weights.h5")
+    with h5py.File(a, "r+") as f:
+        for i, g in enumerate(("layers/dense/vars", "layers/dense_1/vars", "layers/dense_2/vars")):
+            f[g].attrs["name"] = f"renamed_{i}"
+    rules = tmp_path / "map.txt"
+    rules.write_text("# renamed layers\nrenamed_0=dense_1\n\nrenamed_1=dense_2\nrenamed_2=logits\n")
+    by_map = run(
+        "diff",
+        a,
+        src,
+        "--map",
+        "renamed_0=dense_1",
+        "--map",
+        "renamed_1=dense_2",
+        "--map",
+        "renamed_2=logits",
+        "--json",
+    ).json()
+    by_file = run("diff", a, src, "--map-file", rules, "--json")
+    assert by_file.code == 0 and by_file.json()["counts"] == by_map["counts"] == {"identical": 6}
+    rules.write_text("renamed_0=dense_1\nno equals sign\n")
+    res = run("diff", a, src, "--map-file", rules)
+    assert res.code == 2 and "line 2" in res.err

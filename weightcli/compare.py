@@ -13,6 +13,7 @@ import math
 import re
 import threading
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -40,6 +41,27 @@ def parse_map(spec: str) -> tuple[str, str]:
     if old.count("*") != new.count("*"):
         raise ParameterError(f"{{map}} {shown}: OLD and NEW need the same number of '*'")
     return old, new
+
+
+def read_map_file(path: Path) -> tuple[str, ...]:
+    """A file of rename rules, one ``OLD=NEW`` a line (as ``map`` takes them; blank lines
+    and ``#`` comments skipped), each checked; in order (the first matching rule wins)."""
+    from weightcli.stores import capped
+
+    text = capped.read_bytes(path, capped.RECIPE_BYTES, "map file").decode(errors="replace")
+    rules = []
+    for number, line in enumerate(text.splitlines(), 1):
+        rule = line.split("#", 1)[0].strip()
+        if not rule:
+            continue
+        try:
+            parse_map(rule)
+        except ParameterError as exc:
+            raise ParameterError(f"{literal(path)} line {number}: {exc.template}") from None
+        rules.append(rule)
+    if not rules:
+        raise ParameterError(f"{literal(path)}: no OLD=NEW rule in the {{map_file}}")
+    return tuple(rules)
 
 
 def rename(name: str, maps: Sequence[tuple[str, str]]) -> str:

@@ -15,9 +15,11 @@ from weightcli.cli.options import (
     debug_option,
     json_option,
     make_selection,
+    map_file_option,
 )
 from weightcli.commands import diff as diff_cmd
 from weightcli.commands import verify as verify_cmd
+from weightcli.compare import read_map_file
 from weightcli.errors import InputError, WeightcliError
 from weightcli.report import print_diff, print_verify
 from weightcli.results import VerifyResult
@@ -82,6 +84,7 @@ def _print_pair(result: diff_cmd.DiffResult | diff_cmd.UnpairedResult, all_rows:
     metavar="OLD=NEW",
     help="Rename A's tensors before matching: a glob with '*' ('enc_*=encoder_*') or a name prefix (repeatable).",
 )
+@map_file_option
 @click.option(
     "-s",
     "--select",
@@ -116,6 +119,7 @@ def diff(
     ignore_dtype: bool,
     match_by: str,
     maps: tuple[str, ...],
+    map_file: Path | None,
     select: tuple[str, ...],
     exclude: tuple[str, ...],
     include_optimizer: bool,
@@ -150,7 +154,7 @@ def diff(
     """
     request = diff_cmd.DiffRequest(
         selection=make_selection(select, exclude, (), (), include_optimizer, floats_only=False),
-        maps=tuple(maps),
+        maps=tuple(maps) + (read_map_file(map_file) if map_file else ()),
         atol=atol,
         rtol=rtol,
         nan_equal=nan_equal,

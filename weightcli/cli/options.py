@@ -31,6 +31,7 @@ SPELLING = {
     "layer_types": "--layer-type",
     "storage_option": "--storage-option",
     "format": "--format",
+    "map_file": "--map-file",
 }
 
 
@@ -227,6 +228,16 @@ def output_options(f: F) -> F:
     )(f)
     f = batch_options(f)
     return f
+
+
+def map_file_option(f: F) -> F:
+    """--map-file FILE: rename rules (OLD=NEW a line), after the --map ones."""
+    return click.option(
+        "--map-file",
+        type=click.Path(path_type=Path),
+        metavar="FILE",
+        help="Rename rules from a file, one OLD=NEW a line (# comments), after any --map.",
+    )(f)
 
 
 def custom_objects_option(help: str) -> Callable[[F], F]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from weightcli.cli.dispatch import dispatch_one
@@ -10,9 +12,11 @@ from weightcli.cli.options import (
     debug_option,
     json_option,
     make_selection,
+    map_file_option,
     note_option,
 )
 from weightcli.commands import transplant as command
+from weightcli.compare import read_map_file
 from weightcli.params import OutputSpec
 from weightcli.report import print_transplant
 from weightcli.stores.remote import as_path
@@ -34,6 +38,7 @@ from weightcli.stores.remote import as_path
     metavar="OLD=NEW",
     help="Rename SOURCE's tensors before matching (as diff --map; repeatable).",
 )
+@map_file_option
 @click.option(
     "--match-by",
     type=click.Choice(["name", "order"]),
@@ -77,6 +82,7 @@ def transplant(
     target: str,
     output: str | None,
     maps: tuple[str, ...],
+    map_file: Path | None,
     match_by: str,
     select: tuple[str, ...],
     exclude: tuple[str, ...],
@@ -114,7 +120,7 @@ def transplant(
         source=as_path(source),
         selection=make_selection(select, exclude, (), (), False, floats_only=False),
         source_select=tuple(source_select),
-        maps=tuple(maps),
+        maps=tuple(maps) + (read_map_file(map_file) if map_file else ()),
         match_by=match_by,
         strict=strict,
         include_optimizer=include_optimizer,

@@ -86,6 +86,18 @@ def checkpoint_prefix(path: Path) -> Path | None:
     return None
 
 
+def state_file_target(folder: Path) -> str | None:
+    """What a folder's ``checkpoint`` state file names as the newest checkpoint, as written."""
+    state = folder / "checkpoint"
+    if not state.is_file():
+        return None
+    text = capped.read_bytes(state, capped.STATE_FILE_BYTES, "checkpoint state file")
+    for line in text.decode(errors="replace").splitlines():
+        if line.startswith("model_checkpoint_path:"):
+            return line.split(":", 1)[1].strip().strip('"')
+    return None
+
+
 def _prefix_here(folder: Path, named: str) -> Path:
     """The prefix a ``checkpoint`` state file names, inside ``folder``: a path from
     another machine (absolute, or leading out) reads the prefix of the same name here

@@ -44,7 +44,7 @@ from weightcli.stores.base import (
     clean_history,
     split,
 )
-from weightcli.stores.detect import checkpoint_prefix, index_path
+from weightcli.stores.detect import checkpoint_prefix, index_path, state_file_target
 from weightcli.stores.links import check_inside, refuse_links_out
 from weightcli.stores.output import publish, remove, temp_beside, temp_dir_beside
 from weightcli.stores.rangecopy import RangeCopy
@@ -319,6 +319,15 @@ class TFStore(Store):
                 self.meta.extra["note"] = (
                     "no saved_model.pb in this folder: its variables read as a TF checkpoint "
                     "(no graph to load)"
+                )
+            elif (
+                path.is_dir()
+                and (named := state_file_target(path)) is not None
+                and named not in (str(prefix), prefix.name)
+            ):
+                self.meta.extra["note"] = (
+                    f"its checkpoint file names {named} (written elsewhere): read "
+                    f"{prefix.name} in this folder"
                 )
         if self.bundle.num_shards > 1:
             self.meta.extra["shards"] = self.bundle.num_shards
