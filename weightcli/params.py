@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from weightcli.errors import ParameterError
+from weightcli.stores.base import Store
+from weightcli.stores.output import plan_output
 
 # A note is kept in the output's history: a sentence, not a file.
 MAX_NOTE_CHARS = 4096
@@ -39,6 +41,27 @@ class OutputSpec:
             raise ParameterError(
                 f"{{note}} is {len(self.note)} characters (at most {MAX_NOTE_CHARS})"
             )
+
+    def plan(
+        self,
+        store: Store,
+        src: Path,
+        output: str | Path | None = None,
+        mkdirs: bool = False,
+        other_inputs: tuple[Path, ...] = (),
+    ) -> Path | None:
+        """Where ``store``'s patched copy goes (``output`` overrides this spec's, for a
+        batch's mirrored outputs): every rule of ``stores.output.plan_output``."""
+        return plan_output(
+            store,
+            src,
+            self.output if output is None else output,
+            self.in_place,
+            self.force,
+            self.dry_run,
+            mkdirs=mkdirs,
+            other_inputs=other_inputs,
+        )
 
     def refuse(self, *fields: str, command: str) -> None:
         """Fields a command cannot honour: an error when given, never ignored."""

@@ -33,6 +33,13 @@ def _task(request: command.TransformRequest, item: Item) -> TransformResult:
     return command.run(request, item.path)
 
 
+def output_spec(opts: dict[str, Any], **given: Any) -> OutputSpec:
+    """The output group of ``output_options`` as one ``OutputSpec`` (every field passed,
+    so a field a command cannot honour is refused by its request, never ignored)."""
+    fields = {k: opts[k] for k in ("output", "in_place", "force", "dry_run", "note")}
+    return OutputSpec(**{**fields, "allow_nonfinite": opts["allow_nonfinite"], **given})
+
+
 def execute(
     paths: tuple[str, ...], steps: Callable[[], list[Step]], opts: dict[str, Any], name: str
 ) -> None:
@@ -62,14 +69,7 @@ def execute(
         steps=built,
         command=name,
         outputs=outputs,
-        out=OutputSpec(
-            output=None if batch else output,
-            in_place=in_place,
-            force=force,
-            dry_run=dry_run,
-            allow_nonfinite=opts["allow_nonfinite"],
-            note=opts["note"],
-        ),
+        out=output_spec(opts, output=None if batch else output),
     )
     dispatch(
         items,
@@ -451,14 +451,7 @@ def keras_int8_run(paths: tuple[str, ...], sel: Selection, opts: dict[str, Any])
 
     request = keras_int8.KerasInt8Request(
         selection=sel,
-        out=OutputSpec(
-            output=opts["output"],
-            in_place=opts["in_place"],
-            force=opts["force"],
-            dry_run=opts["dry_run"],
-            note=opts["note"],
-            allow_nonfinite=opts["allow_nonfinite"],  # refused there: never ignored
-        ),
+        out=output_spec(opts),
     )
     dispatch_one(
         paths[0],
@@ -493,14 +486,7 @@ def by_activation_run(
         architecture=architecture,
         measure=opts["measure"],
         custom_objects=opts["custom_objects"],
-        out=OutputSpec(
-            output=opts["output"],
-            in_place=opts["in_place"],
-            force=opts["force"],
-            dry_run=opts["dry_run"],
-            note=opts["note"],
-            allow_nonfinite=opts["allow_nonfinite"],  # refused there: never ignored
-        ),
+        out=output_spec(opts),
     )
     try:
         dispatch_one(  # the JSON keys, exit codes and supervision of every command

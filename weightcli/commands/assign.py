@@ -23,7 +23,6 @@ from weightcli.select import Selection
 from weightcli.steps import Step, TensorOp
 from weightcli.stores import open_store
 from weightcli.stores.base import Block
-from weightcli.stores.output import plan_output
 from weightcli.stores.remote import as_path
 from weightcli.tensor import TensorInfo
 
@@ -168,14 +167,7 @@ def run(request: SetRequest, path: str | Path) -> TransformResult:
                 _check(info, value, label)
                 ops[info.path] = (value, label)
                 params["tensors"][name] = label
-            out = plan_output(
-                store,
-                src,
-                request.out.output,
-                request.out.in_place,
-                request.out.force,
-                request.out.dry_run,
-            )
+            out = request.out.plan(store, src)
             return pipeline.run(
                 store,
                 [_SetStep(ops, params, any(t.optimizer for t in store.tensors() if t.path in ops))],

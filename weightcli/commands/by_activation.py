@@ -12,7 +12,6 @@ from weightcli.params import OutputSpec
 from weightcli.results import ActivationPlan, ByActivationResult
 from weightcli.select import Selection
 from weightcli.stores import open_store
-from weightcli.stores.output import plan_output
 from weightcli.stores.remote import as_local, as_path
 
 __all__ = ["ByActivationRequest", "ByActivationResult", "run"]
@@ -55,14 +54,7 @@ def run(request: ByActivationRequest, path: str | Path) -> ByActivationResult:
     """Measure, plan, write, and measure again."""
     src = as_path(path)
     with open_store(src) as store:
-        out = plan_output(
-            store,
-            src,
-            request.out.output,
-            request.out.in_place,
-            request.out.force,
-            request.out.dry_run,
-        )
+        out = request.out.plan(store, src)
         if request.out.dry_run:
             out = None
         if request.custom_objects is not None:

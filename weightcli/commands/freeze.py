@@ -17,7 +17,6 @@ from weightcli.params import OutputSpec
 from weightcli.results import FreezeResult
 from weightcli.stores import open_store
 from weightcli.stores.base import Provenance
-from weightcli.stores.output import plan_output
 from weightcli.stores.remote import as_path
 from weightcli.version import __version__
 
@@ -86,14 +85,7 @@ def run(request: FreezeRequest, path: str | Path) -> FreezeResult:
             raise ParameterError(
                 f"{{select}} {literal(', '.join(missing))} matches no layer (layers: {literal(names)})"
             )
-        out = plan_output(
-            store,
-            src,
-            request.out.output,
-            request.out.in_place,
-            request.out.force,
-            request.out.dry_run,
-        )
+        out = request.out.plan(store, src)
         result = FreezeResult(
             str(src), None if request.out.dry_run else str(out), [(p, b, want) for p, b in changed]
         )

@@ -28,7 +28,6 @@ from weightcli.stats import RunningStats
 from weightcli.stores import open_store
 from weightcli.stores.base import BLOCK_ELEMS, Provenance, Store
 from weightcli.stores.naming import walk_config
-from weightcli.stores.output import plan_output
 from weightcli.stores.remote import as_path
 from weightcli.tensor import TensorInfo
 from weightcli.version import __version__
@@ -83,14 +82,7 @@ def run(request: KerasInt8Request, path: str | Path) -> TransformResult:
                 "an unzipped model folder (the layer's dtype policy lives in its config)"
             )
         chosen, left_out = _plan(store, request.selection)
-        out = plan_output(
-            store,
-            src,
-            request.out.output,
-            request.out.in_place,
-            request.out.force,
-            request.out.dry_run,
-        )
+        out = request.out.plan(store, src)
         patcher = None
         if not request.out.dry_run:
             assert out is not None

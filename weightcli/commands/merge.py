@@ -33,7 +33,6 @@ from weightcli.select import Selection
 from weightcli.steps import Step, TensorOp
 from weightcli.stores import open_store
 from weightcli.stores.base import Block, Store
-from weightcli.stores.output import plan_output
 from weightcli.stores.remote import as_path
 from weightcli.tensor import TensorInfo
 
@@ -312,14 +311,8 @@ def run(request: MergeRequest, path: str | Path) -> TransformResult:
                 f"the inputs do not agree: {literal('; '.join(problems[:5]))}{more} "
                 "(rename with {map} OLD=NEW, or leave tensors out with {exclude})"
             )
-        out = plan_output(
-            carrier,
-            carrier_path,
-            request.out.output,
-            False,
-            request.out.force,
-            request.out.dry_run,
-            other_inputs=(*inputs, *([request.base] if request.base else [])),
+        out = request.out.plan(
+            carrier, carrier_path, other_inputs=(*inputs, *([request.base] if request.base else []))
         )
         # Every input hashed once, by one process beside the merge (one interpreter,
         # a thread per input in it), while the merge runs.

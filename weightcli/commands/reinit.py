@@ -17,7 +17,6 @@ from weightcli.select import Selection
 from weightcli.steps import Step, TensorOp
 from weightcli.stores import open_store
 from weightcli.stores.base import Block
-from weightcli.stores.output import plan_output
 from weightcli.stores.remote import as_path
 from weightcli.tensor import TensorInfo
 from weightcli.transforms import initializers as init
@@ -132,14 +131,7 @@ def run(request: ReinitRequest, path: str | Path) -> TransformResult:
     src = as_path(path)
     with open_store(src) as store:
         order = {t.path: i for i, t in enumerate(store.tensors())}
-        out = plan_output(
-            store,
-            src,
-            request.out.output,
-            request.out.in_place,
-            request.out.force,
-            request.out.dry_run,
-        )
+        out = request.out.plan(store, src)
         return pipeline.run(
             store,
             [_ReinitStep(request, order)],

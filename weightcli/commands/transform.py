@@ -15,7 +15,6 @@ from weightcli.results import TransformResult
 from weightcli.steps import Step
 from weightcli.stores import open_store
 from weightcli.stores.base import BLOCK_ELEMS
-from weightcli.stores.output import plan_output
 from weightcli.stores.remote import as_path
 
 __all__ = ["TransformRequest", "TransformResult", "run", "batch_outputs"]
@@ -67,15 +66,7 @@ def run(request: TransformRequest, path: str | Path) -> TransformResult:
     and writes nothing."""
     src = as_path(path)
     with open_store(src) as store:
-        out = plan_output(
-            store,
-            src,
-            request.output_for(src),
-            request.out.in_place,
-            request.out.force,
-            request.out.dry_run,
-            mkdirs=bool(request.outputs),
-        )
+        out = request.out.plan(store, src, request.output_for(src), mkdirs=bool(request.outputs))
         return pipeline.run(
             store,
             request.steps,

@@ -29,7 +29,6 @@ from weightcli.steps import Step, TensorOp
 from weightcli.stores import open_store
 from weightcli.stores.base import Block, Store
 from weightcli.stores.naming import walk_config
-from weightcli.stores.output import plan_output
 from weightcli.stores.remote import as_path
 from weightcli.tensor import TensorInfo
 
@@ -189,15 +188,7 @@ def run(request: TransplantRequest, path: str | Path) -> TransplantResult:
         if not pairs:
             raise ParameterError(_nothing_matched(src, tgt))
         unused = [s.name for s in src if s.path not in used]
-        out = plan_output(
-            target,
-            target_path,
-            request.out.output,
-            request.out.in_place,
-            request.out.force,
-            request.out.dry_run,
-            other_inputs=(request.source,),
-        )
+        out = request.out.plan(target, target_path, other_inputs=(request.source,))
         params = {
             **({"from_ema": True} if request.from_ema else {}),
             "source": request.source.name,
