@@ -15,6 +15,7 @@ of a short command's run time. Tables too wide for the output fall back to rich'
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import sys
@@ -322,3 +323,15 @@ def out(stderr: bool = False) -> Out:
         columns = os.environ.get("COLUMNS", "")
         width = int(columns) if columns.isdigit() and int(columns) > 0 else 180
     return Out(stream, width, color)
+
+
+def fmt_num(x: float | None, digits: int = 4) -> str:
+    if x is None:
+        return "-"
+    if x == 0:
+        return "0"
+    if not math.isfinite(x):
+        return str(x)
+    if abs(x) >= 1e5 or abs(x) < 1e-3:
+        return f"{x:.{digits - 1}e}"
+    return f"{x:.{digits}g}"

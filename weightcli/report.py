@@ -4,7 +4,6 @@ every figure comes from a result type (``weightcli.results``), which owns its JS
 from __future__ import annotations
 
 import json
-import math
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 
 from weightcli import grid
 from weightcli.batch import Outcome
-from weightcli.grid import Out, Styled
+from weightcli.grid import Out, Styled, fmt_num
 from weightcli.results import (
     ORDER,
     ActivationPlan,
@@ -39,18 +38,6 @@ Cell = str | Styled
 def console(stderr: bool = False) -> Out:
     """Where reports print: stdout (or stderr), in colour only on a terminal."""
     return grid.out(stderr)
-
-
-def fmt_num(x: float | None, digits: int = 4) -> str:
-    if x is None:
-        return "-"
-    if x == 0:
-        return "0"
-    if not math.isfinite(x):
-        return str(x)
-    if abs(x) >= 1e5 or abs(x) < 1e-3:
-        return f"{x:.{digits - 1}e}"
-    return f"{x:.{digits}g}"
 
 
 def fmt_bytes(n: int) -> str:
@@ -255,61 +242,6 @@ def _json_default(o: Any) -> Any:
 # -- transforms -------------------------------------------------------------------------------
 
 
-def _figure_text(fig: dict[str, Any]) -> str:
-    if "factor" in fig and "via" in fig:
-        how = "/" if fig.get("divide") else "x"
-        return f"x{fmt_num(fig['factor'])} (as {fig['via']} {how} {fmt_num(fig['factor'])})"
-    if "factor" in fig:
-        return f"x{fmt_num(fig['factor'])}"
-    if "clipped" in fig and fig["min"] is None and fig["max"] is None:
-        return f"repaired {fig['repaired']} NaN/Inf"
-    if "clipped" in fig:
-        bounds = (
-            f"[{fmt_num(fig['min'])}, {fmt_num(fig['max'])}]"
-            if fig["min"] is not None or fig["max"] is not None
-            else ""
-        )
-        text = f"clipped {fig['clipped_pct']:.2f}% {bounds}".strip()
-        if fig["repaired"]:
-            text += f", repaired {fig['repaired']}"
-        return text
-    if "method" in fig:
-        text = f"{fig['method']}, weights " + ", ".join(fmt_num(w, 3) for w in fig["weights"])
-        if "kept_fraction" in fig:
-            text += f"; kept {100 * fig['kept_fraction']:.1f}%, sign agreement {100 * fig['sign_agreement']:.1f}%"
-        return text
-    if "initializer" in fig:
-        what = ", ".join(
-            f"{k} {fmt_num(fig[k])}"
-            for k in ("limit", "stddev", "value", "mean", "minval", "maxval", "gain")
-            if k in fig
-        )
-        return f"{fig['initializer']} (fan_in {fig['fan_in']}, fan_out {fig['fan_out']}{', ' + what if what else ''}; seed {fig['seed']})"
-    if "set_from" in fig:
-        text = f"set from {fig['set_from']}"
-        if "cast" in fig:
-            text += f", {fig['cast']} (max change {fmt_num(fig['max_cast_error'])})"
-        return text
-    if fig.get("store") == "keras-int8":
-        return (
-            f"Keras int8, scale {fmt_num(fig['scale_min'])}..{fmt_num(fig['scale_max'])}, "
-            f"max err {fmt_num(fig['max_abs_error'])}"
-        )
-    if "dtype" in fig:
-        return f"-> {fig['dtype']}, SQNR {fmt_num(fig['sqnr_db'], 3)} dB, max err {fmt_num(fig['max_abs_error'])}"
-    if "bits" in fig:
-        scale = (
-            fmt_num(fig["scale_min"])
-            if fig["scale_min"] == fig["scale_max"]
-            else f"{fmt_num(fig['scale_min'])}..{fmt_num(fig['scale_max'])}"
-        )
-        return (
-            f"{fig['bits']}-bit, scale {scale}, SQNR {fmt_num(fig['sqnr_db'], 3)} dB, "
-            f"max err {fmt_num(fig['max_abs_error'])}"
-        )
-    return ""
-
-
 def _arrow(a: float | None, b: float | None) -> str:
     return f"{fmt_num(a)} -> {fmt_num(b)}"
 
@@ -346,7 +278,7 @@ def print_transform(result: TransformResult) -> None:
         ]
         if nonfinite:
             row.append(f"{c.before.nonfinite} -> {c.after.nonfinite}")
-        row.append("; ".join(t for t in (_figure_text(f) for f in c.figures) if t))
+        row.append("; ".join(t for t in (f.text() for f in c.figures) if t))
         rows.append(row)
     if rows:
         out.print(table(headers, rows))

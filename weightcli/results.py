@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from weightcli.errors import ExitCode
+from weightcli.figures import Figures
 from weightcli.stats import TensorStats
 from weightcli.stores.base import StoreMeta
 from weightcli.tensor import TensorInfo
@@ -176,7 +177,7 @@ class TensorChange:
     after: TensorStats
     changed: int
     max_change: float
-    figures: list[dict[str, Any]]
+    figures: list[Figures]
 
     def to_json(self) -> JSON:
         def side(s: TensorStats) -> JSON:
@@ -192,7 +193,7 @@ class TensorChange:
             "changed": self.changed,
             "changed_pct": 100.0 * self.changed / self.info.size if self.info.size else 0.0,
             "max_change": self.max_change,
-            "figures": self.figures,
+            "figures": [f.to_json() for f in self.figures],
         }
 
 

@@ -18,6 +18,14 @@ import numpy as np
 
 from weightcli.dtypes import to_numpy
 from weightcli.errors import ParameterError, UnsupportedError, literal
+from weightcli.figures import (
+    CastFigures,
+    ClipFigures,
+    Figures,
+    NoFigures,
+    QuantizeFigures,
+    ScaleFigures,
+)
 from weightcli.select import Selection
 from weightcli.stats import RunningStats
 from weightcli.stores.base import Block
@@ -50,8 +58,8 @@ class TensorOp:
         """Transform one block; ``count`` is False on statistics passes (no figures recorded)."""
         raise NotImplementedError
 
-    def figures(self) -> dict[str, Any]:
-        return {}
+    def figures(self) -> Figures:
+        return NoFigures()
 
 
 class Step:
@@ -136,10 +144,8 @@ class _ScaleOp(TensorOp):
                 )
         return scalemod.scale(block, 1.0 / self.factor if self.divide else self.factor)
 
-    def figures(self) -> dict[str, Any]:
-        if self.via is not None:
-            return {"factor": self.factor, "via": self.via, "divide": self.divide}
-        return {"factor": self.factor}
+    def figures(self) -> Figures:
+        return ScaleFigures(self.factor, self.via, self.divide)
 
 
 # A natively quantized layer's codes are dequantized with its scale: as codes / scale
@@ -360,14 +366,9 @@ class _ClipOp(TensorOp):
             self.repaired += r
         return y
 
-    def figures(self) -> dict[str, Any]:
-        return {
-            "min": self.lo,
-            "max": self.hi,
-            "clipped": self.clipped,
-            "clipped_pct": 100.0 * self.clipped / self.info.size if self.info.size else 0.0,
-            "repaired": self.repaired,
-        }
+    def figures(self) -> Figures:
+        pct = 100.0 * self.clipped / self.info.size if self.info.size else 0.0
+        return ClipFigures(self.lo, self.hi, self.clipped, pct, self.repaired)
 
 
 @dataclass
@@ -520,18 +521,18 @@ class _QuantOp(TensorOp):
         if err.size:
             self.max_err = max(self.max_err, float(np.abs(err).max()))
 
-    def figures(self) -> dict[str, Any]:
+    def figures(self) -> Figures:
         scale = np.asarray(self.scale)
-        return {
-            "bits": self.bits,
-            "scheme": self.scheme,
-            "axis": self.axis,
-            "scale_min": float(scale.min()),
-            "scale_max": float(scale.max()),
-            "sqnr_db": qmod.sqnr_db(self.signal, self.noise),
-            "max_abs_error": self.max_err,
-            "half_step_max": float(scale.max()) / 2,
-        }
+        return QuantizeFigures(
+            bits=self.bits,
+            scheme=self.scheme,
+            axis=self.axis,
+            scale_min=float(scale.min()),
+            scale_max=float(scale.max()),
+            sqnr_db=qmod.sqnr_db(self.signal, self.noise),
+            max_abs_error=self.max_err,
+            half_step_max=float(scale.max()) / 2,
+        )
 
 
 class _CastOp(_QuantOp):
@@ -554,12 +555,9 @@ class _CastOp(_QuantOp):
             self._measure(block, y)
         return y
 
-    def figures(self) -> dict[str, Any]:
-        return {
-            "dtype": self.step.dtype,
-            "sqnr_db": qmod.sqnr_db(self.signal, self.noise),
-            "max_abs_error": self.max_err,
-        }
+    def figures(self) -> Figures:
+        assert self.step.dtype is not None
+        return CastFigures(self.step.dtype, qmod.sqnr_db(self.signal, self.noise), self.max_err)
 
 
 @dataclass

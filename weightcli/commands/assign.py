@@ -17,6 +17,7 @@ import numpy as np
 
 from weightcli import arrays, pipeline
 from weightcli.errors import InputError, ParameterError, UsageError, literal
+from weightcli.figures import Figures, SetFigures
 from weightcli.params import OutputSpec
 from weightcli.results import TransformResult
 from weightcli.select import Selection
@@ -79,12 +80,12 @@ class _SetOp(TensorOp):
             self.cast_error = max(self.cast_error, float(np.nanmax(err)))
         return out
 
-    def figures(self) -> dict[str, Any]:
-        fig: dict[str, Any] = {"set_from": self.label}
+    def figures(self) -> Figures:
         if not isinstance(self.source, float) and self.source.dtype != np.dtype(self.info.dtype):
-            fig["cast"] = f"{self.source.dtype} -> {self.info.dtype}"
-            fig["max_cast_error"] = self.cast_error
-        return fig
+            return SetFigures(
+                self.label, f"{self.source.dtype} -> {self.info.dtype}", self.cast_error
+            )
+        return SetFigures(self.label)
 
 
 class _SetStep(Step):

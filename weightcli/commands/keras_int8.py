@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from weightcli.errors import UnsupportedError, UsageError
+from weightcli.figures import KerasInt8Figures
 from weightcli.params import OutputSpec
 from weightcli.results import TensorChange, TransformResult
 from weightcli.select import Selection
@@ -176,12 +177,11 @@ def _quantize(store: Store, info: TensorInfo, axis: int, patcher: Any) -> Tensor
     scale_path = info.path.rsplit("/", 1)[0] + "/" + str(_next_index(store, info))
     if patcher is not None:
         patcher.create(scale_path, scale)
-    figures = {
-        "store": "keras-int8",
-        "scale_min": float(scale.min()) if scale.size else 0.0,
-        "scale_max": float(scale.max()) if scale.size else 0.0,
-        "max_abs_error": worst,
-    }
+    figures = KerasInt8Figures(
+        scale_min=float(scale.min()) if scale.size else 0.0,
+        scale_max=float(scale.max()) if scale.size else 0.0,
+        max_abs_error=worst,
+    )
     return TensorChange(info, "int8", before.result(), after.result(), info.size, worst, [figures])
 
 

@@ -27,6 +27,7 @@ import numpy as np
 from weightcli import pipeline
 from weightcli.compare import parse_map, rename
 from weightcli.errors import ParameterError, UsageError, literal
+from weightcli.figures import Figures, MergeFigures
 from weightcli.params import OutputSpec
 from weightcli.results import TransformResult
 from weightcli.select import Selection
@@ -224,13 +225,16 @@ class _MergeOp(TensorOp):
         np.copyto(result, out, casting="unsafe")
         return result
 
-    def figures(self) -> dict[str, Any]:
+    def figures(self) -> Figures:
         r = self.step.request
-        fig: dict[str, Any] = {"method": r.method, "weights": r.input_weights()}
         if r.method == "ties" and self.seen:
-            fig["kept_fraction"] = self.kept / (self.seen * len(self.parts))
-            fig["sign_agreement"] = self.agree / self.seen
-        return fig
+            return MergeFigures(
+                r.method,
+                list(r.input_weights()),
+                self.kept / (self.seen * len(self.parts)),
+                self.agree / self.seen,
+            )
+        return MergeFigures(r.method, list(r.input_weights()))
 
 
 class _MergeStep(Step):

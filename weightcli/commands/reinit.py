@@ -11,6 +11,7 @@ import numpy as np
 
 from weightcli import pipeline
 from weightcli.errors import ParameterError, UsageError, literal
+from weightcli.figures import Figures, InitFigures
 from weightcli.params import OutputSpec
 from weightcli.results import TransformResult
 from weightcli.select import Selection
@@ -98,15 +99,15 @@ class _ReinitOp(TensorOp):
         )
         return data.astype(block.dtype).reshape(block.shape)
 
-    def figures(self) -> dict[str, Any]:
+    def figures(self) -> Figures:
         fan_in, fan_out = init.compute_fans(self.info.shape)
-        return {
-            "initializer": self.request.initializer,
-            "fan_in": fan_in,
-            "fan_out": fan_out,
-            **init.parameters(self.request.initializer, self.info.shape, **self.kw),
-            "seed": self.request.seed,
-        }
+        return InitFigures(
+            self.request.initializer,
+            fan_in,
+            fan_out,
+            self.request.seed,
+            dict(init.parameters(self.request.initializer, self.info.shape, **self.kw)),
+        )
 
 
 class _ReinitStep(Step):

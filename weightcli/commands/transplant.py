@@ -22,6 +22,7 @@ from weightcli import pipeline
 from weightcli.compare import parse_map, rename
 from weightcli.digest import digest
 from weightcli.errors import ParameterError, UsageError, literal
+from weightcli.figures import CopyFigures, Figures
 from weightcli.params import OutputSpec
 from weightcli.results import Received, TransplantResult, TransplantRow
 from weightcli.select import Selection, match
@@ -75,8 +76,8 @@ class _CopyOp(TensorOp):
         data = self.source.read(self.src, where)
         return np.asarray(data).astype(block.dtype, copy=False).reshape(block.shape)
 
-    def figures(self) -> dict[str, Any]:
-        return {"source": self.src.name, "how": self.how}
+    def figures(self) -> Figures:
+        return CopyFigures(self.src.name, self.how)
 
 
 class _CopyStep(Step):
