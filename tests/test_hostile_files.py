@@ -239,6 +239,8 @@ def test_a_checkpoint_state_file_naming_a_path_elsewhere(tmp_path: Path) -> None
     res = run("inspect", ckpt, "--no-stats")  # the header says which prefix it read
     assert res.code == 0, res.err
     assert "/home/someone/run/ckpt" in res.out and "read ckpt in this folder" in res.out
+    note = run("inspect", ckpt, "--no-stats", "--json").json()["details"]["note"]
+    assert "read ckpt in this folder" in note  # --json carries it too
     elsewhere = shutil.copytree(SAMPLES / "mlp_ckpt", tmp_path / "elsewhere")
     (ckpt / "checkpoint").write_text(f'model_checkpoint_path: "{elsewhere / "other"}"\n')
     shutil.move(elsewhere / "ckpt.index", elsewhere / "other.index")

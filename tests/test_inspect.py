@@ -239,6 +239,8 @@ def test_a_stale_weight_scope_is_named_by_its_layer(tmp_path: Path) -> None:
             "tensors"
         ]
     ]
+    kernel = next(t for t in doc["tensors"] if t["name"] == "dense_1/kernel")
+    assert kernel["aliases"] == ["dense_1_1/kernel"]  # --json says how it is stored
     for glob in ("dense_1", "dense_1_1/kernel"):
         res = run(
             "scale",

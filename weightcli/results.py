@@ -144,6 +144,8 @@ class InspectResult:
                 item["copies"] = [t.path, *t.copies]
             if t.quantized:
                 item["quantized"] = t.quantized
+            if t.aliases:
+                item["aliases"] = list(t.aliases)  # stored names that select it too
             if rep.stats is not None:
                 item["stats"] = rep.stats.to_json()
             if rep.dequantized is not None:
@@ -155,6 +157,9 @@ class InspectResult:
             "writer": self.meta.writer,
             "model_class": self.meta.model_class,
             "model_name": self.meta.model_name,
+            # What the container says besides (a checkpoint's prefix, its shards, a note
+            # on how it was read), as the table's header shows it.
+            "details": self.meta.extra or None,
             "history": self.meta.history,
             "tensors": tensors,
             "totals": self.totals(),

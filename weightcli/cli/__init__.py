@@ -186,6 +186,7 @@ def cli(
       weightcli clip model.keras --nonfinite zero -o repaired.keras
       weightcli diff old.h5 new.h5 --atol 1e-6
       weightcli inspect s3://bucket/models/model.keras --no-stats
+      weightcli --timeout 600 --max-memory 8G verify -r exports/ --no-load
     """
     if storage_options:
         from weightcli.stores.remote import set_storage_options
