@@ -259,6 +259,20 @@ def _string_crc(data: bytes, e: Entry) -> int:
     return int(google_crc32c.extend(crc, data[pos:]))
 
 
+@dataclass
+class _Variable:
+    """One stored key while a checkpoint's tensors are named: what the object graph (or
+    the names) say of it."""
+
+    key: str
+    name: str | None  # the variable's scoped name, when known
+    fallback: str  # the key without its suffix: the name when two variables share one
+    optimizer: bool  # training state, not a model weight
+    trainable: bool | None  # the SavedModel's own word, where it has one
+    entry: Entry
+    order: int  # first visit in the object graph, walked in its children's order
+
+
 class TFStore(Store):
     """A SavedModel directory or a TF checkpoint."""
 
@@ -416,7 +430,7 @@ class TFStore(Store):
                     continue
                 order[n] = len(order)
                 walk.extend(c.node_id for c in reversed(tog.nodes[n].children))
-        records: list[dict[str, Any]] = []
+        records: list[_Variable] = []
         for key, e in entries.items():
             if key == OBJECT_GRAPH_KEY:
                 continue
@@ -444,42 +458,42 @@ class TFStore(Store):
                 optimizer = True  # a key the object graph does not describe
             fallback = key[: -len(VALUE_SUFFIX)] if key.endswith(VALUE_SUFFIX) else key
             records.append(
-                {
-                    "key": key,
-                    "name": naming.strip_suffix(var_name) if var_name else None,
-                    "fallback": fallback,
-                    "optimizer": optimizer,
-                    "trainable": trained,
-                    "entry": e,
-                    "order": order.get(by_key[key][0], len(order)) if key in by_key else len(order),
-                }
+                _Variable(
+                    key=key,
+                    name=naming.strip_suffix(var_name) if var_name else None,
+                    fallback=fallback,
+                    optimizer=optimizer,
+                    trainable=trained,
+                    entry=e,
+                    order=order.get(by_key[key][0], len(order)) if key in by_key else len(order),
+                )
             )
         # Group the keys holding one variable (same scoped name, dtype and shape).
-        groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+        groups: dict[tuple[Any, ...], list[_Variable]] = defaultdict(list)
         for r in records:
-            e = r["entry"]
-            if r["name"] and "/" in r["name"] and tog is not None:
-                groups[(r["name"], e.dtype, e.shape, r["optimizer"])].append(r)
+            e = r.entry
+            if r.name and "/" in r.name and tog is not None:
+                groups[(r.name, e.dtype, e.shape, r.optimizer)].append(r)
             else:
-                groups[("key", r["key"])].append(r)
+                groups[("key", r.key)].append(r)
         merged = []
         for members in groups.values():
             # The serving signature reads `variables/<i>`; list that copy first.
-            members.sort(key=lambda r: (r["key"].startswith("_all_variables/"), r["key"]))
-            merged.append((members[0], tuple(m["key"] for m in members[1:])))
+            members.sort(key=lambda r: (r.key.startswith("_all_variables/"), r.key))
+            merged.append((members[0], tuple(m.key for m in members[1:])))
         # Unique names; where two distinct variables share one, use their keys.
         counts: dict[str, int] = defaultdict(int)
         for r, _ in merged:
-            counts[r["name"] or ""] += 1
+            counts[r.name or ""] += 1
         for r, _ in merged:
-            if not r["name"] or counts[r["name"]] > 1:
-                r["name"] = r["fallback"]
-        model_names = [r["name"] for r, _ in merged if not r["optimizer"]]
+            if not r.name or counts[r.name] > 1:
+                r.name = r.fallback
+        model_names = [r.name or r.fallback for r, _ in merged if not r.optimizer]
         # The shared first part (the model's name, TF 2.1's ``sequential/``) is decided
         # over the trainable weights where the SavedModel says which they are: metric and
         # other state variables kept beside them do not spoil it.
         trainable_names = [
-            r["name"] for r, _ in merged if not r["optimizer"] and r.get("trainable")
+            r.name or r.fallback for r, _ in merged if not r.optimizer and r.trainable
         ]
         root = (
             naming.strip_common_root(trainable_names or model_names, None, self.keras_classes)
@@ -489,33 +503,33 @@ class TFStore(Store):
         tensors = []
         by_path: dict[str, Entry] = {}
 
-        def model_order(m: tuple[dict[str, Any], tuple[str, ...]]) -> tuple[Any, ...]:
+        def model_order(m: tuple[_Variable, tuple[str, ...]]) -> tuple[Any, ...]:
             r = m[0]
             # Without an object graph (TF1): the names' order, numbers compared as numbers.
-            natural = [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", r["key"])]
-            return (r["optimizer"], r["order"], natural)
+            natural = [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", r.key)]
+            return (r.optimizer, r.order, natural)
 
         for r, copies in sorted(merged, key=model_order):
-            name = r["name"]
-            if root and not r["optimizer"] and name.startswith(root + "/"):
+            name = r.name or r.fallback
+            if root and not r.optimizer and name.startswith(root + "/"):
                 name = name[len(root) + 1 :]
-            e = r["entry"]
+            e = r.entry
             parts = name.split("/")
-            layer = parts[-2] if len(parts) >= 2 and not r["optimizer"] else None
+            layer = parts[-2] if len(parts) >= 2 and not r.optimizer else None
             tensors.append(
                 TensorInfo(
                     name=name,
-                    path=r["key"],
+                    path=r.key,
                     dtype=e.dtype,
                     shape=e.shape,
-                    kind="optimizer" if r["optimizer"] else naming.kind_of(name),
+                    kind="optimizer" if r.optimizer else naming.kind_of(name),
                     layer=layer,
                     layer_class=self.keras_classes.get(layer or ""),
-                    optimizer=r["optimizer"],
+                    optimizer=r.optimizer,
                     copies=copies,
                 )
             )
-            by_path[r["key"]] = e
+            by_path[r.key] = e
             for c in copies:
                 by_path[c] = entries[c]
         if OBJECT_GRAPH_KEY in entries:
