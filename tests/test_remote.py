@@ -847,3 +847,10 @@ def test_messages_name_a_staged_copy_by_its_url(s3) -> None:
     finally:
         temps.remove(staged.parent)
         remote.forget_origins(staged.parent)
+
+
+def test_a_timeout_that_cannot_hold_on_a_remote_pool_is_refused(memfs) -> None:
+    """Models in object storage on several jobs run in a pool of spawned workers, which
+    cannot stop one model: --timeout there is refused, not ignored (-j 1 holds it)."""
+    res = run("--timeout", "30", "inspect", "memory://mem/a.h5", "memory://mem/sm", "-j", "2")
+    assert res.code == 2 and "--timeout" in res.err and "-j 1" in res.err

@@ -118,3 +118,28 @@ def test_limits_are_refused_when_absurd() -> None:
     assert res.returncode == 2 and "--max-memory" in res.stderr
     res = weightcli("--timeout", "-1", "inspect", SAMPLES / "mlp.keras")
     assert res.returncode == 2 and "--timeout" in res.stderr
+
+
+def test_a_limit_that_cannot_hold_is_refused_not_ignored(
+    tmp_path: Path, dask_scheduler: str
+) -> None:
+    """--timeout on a Dask cluster (whose workers this process does not supervise), or
+    verify --trust-code with --no-load: errors, never options quietly ignored."""
+    from helpers import run
+
+    for name in ("a.h5", "b.h5"):
+        shutil.copyfile(SAMPLES / "mlp_keras3.h5", tmp_path / name)
+    res = run(
+        "--timeout",
+        "5",
+        "inspect",
+        "-r",
+        tmp_path,
+        "--executor",
+        "dask",
+        "--scheduler",
+        dask_scheduler,
+    )
+    assert res.code == 2 and "--timeout" in res.err and "dask" in res.err
+    res = run("verify", tmp_path / "a.h5", "--no-load", "--trust-code")
+    assert res.code == 2 and "--trust-code" in res.err and "--no-load" in res.err

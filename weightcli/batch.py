@@ -277,6 +277,7 @@ class Runner:
     limits: Limits = field(default_factory=Limits)
 
     def run(self, items: Sequence[Item]) -> Iterator[Outcome]:
+        self._check_limits(items)
         if self.executor == "dask":
             from weightcli.cluster import run_on_dask
 
@@ -309,6 +310,31 @@ class Runner:
                 yield outcome
         else:
             yield from self._in_pool(items)
+
+    def _check_limits(self, items: Sequence[Item]) -> None:
+        """A limit this run cannot enforce is an error, never ignored in silence."""
+        from weightcli.child import fork_is_safe
+
+        if self.limits == Limits():
+            return
+        if self.executor == "dask":
+            raise UsageError.naming(
+                "{timeout} and {max_memory} limit this machine's children; with {executor} "
+                "dask, set the cluster's own limits (its workers' memory, a task timeout)"
+            )
+        remote = any(isinstance(it.path, RemotePath) for it in items)
+        if fork_is_safe() and not (remote and self.jobs > 1):
+            return  # each model in a forked child: every limit holds
+        if self.jobs <= 1 or len(items) <= 1:  # models would run in this process
+            raise UsageError.naming(
+                "{timeout} and {max_memory} cannot hold here (TensorFlow is loaded in this "
+                "process, so models run in it): run weightcli as a command of its own"
+            )
+        if self.limits.seconds is not None:  # a pool of spawned workers: memory only
+            raise UsageError.naming(
+                "{timeout} needs each model in a child of its own: with models in object "
+                "storage give -j 1"
+            )
 
     def _in_pool(self, items: Sequence[Item]) -> Iterator[Outcome]:
         """Spawned worker processes (models in object storage, or TensorFlow loaded here)."""

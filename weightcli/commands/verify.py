@@ -40,6 +40,8 @@ class VerifyRequest:
 
     def __post_init__(self) -> None:
         check_tolerances(self.atol, self.rtol)
+        if self.trust_code and self.no_load:
+            raise ParameterError("{trust_code} applies to loading the model: drop {no_load}")
         if self.min_cosine is not None and not (
             math.isfinite(self.min_cosine) and -1 <= self.min_cosine <= 1
         ):
