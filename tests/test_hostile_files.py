@@ -85,7 +85,6 @@ def test_an_object_array_is_refused(tmp_path: Path) -> None:
 
 
 def test_set_from_an_ordinary_npz_still_works(tmp_path: Path) -> None:
-    value = np.arange(32, dtype="float32")
     shape = next(
         t["shape"]
         for t in run("inspect", MLP, "--json").json()["tensors"]

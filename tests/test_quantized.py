@@ -190,7 +190,8 @@ def test_native_int8_refuses_nan(tmp_path: Path) -> None:
         "-o",
         tmp_path / "a.keras",
     )
-    assert res.code == 2 and "--allow-nonfinite" in res.err
+    assert res.code == 2 and "--allow-nonfinite does not apply" in res.err  # the request's rule
+    assert not (tmp_path / "a.keras").exists()
     spoiled = tmp_path / "nan.keras"
     assert run("set", SAMPLES / "mlp.keras", "dense_1/bias=0", "-o", spoiled).code == 0
     np.save(tmp_path / "k.npy", np.full((20, 32), np.nan, np.float32))
