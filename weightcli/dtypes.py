@@ -21,6 +21,10 @@ def to_numpy(name: str) -> np.dtype:
     """The numpy dtype for a weightcli dtype name."""
     if name == "bfloat16":
         return bfloat16()
+    if name.startswith("float8_"):  # float8_e4m3fn, float8_e5m2 (safetensors F8_*)
+        import ml_dtypes
+
+        return np.dtype(getattr(ml_dtypes, name))
     return np.dtype(name)
 
 

@@ -52,7 +52,7 @@ class StoreMeta:
     ``checksums``) are what callers test, never the format id itself.
     """
 
-    format: Format
+    format: str  # a format id: a ``Format`` member, or the id a format module declares
     format_label: str
     writer: str | None = None
     model_class: str | None = None

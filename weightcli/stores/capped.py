@@ -48,10 +48,22 @@ def read_bytes(path: Path, limit: int, what: str = "file") -> bytes:
     return data
 
 
-def parse_json(data: bytes | str, label: str) -> Any:
-    """JSON text, or one line that says why not (damaged, nested too deeply)."""
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise CorruptError(f"names {twice!r} twice (readers disagree on which counts): refused")
+    return out
+
+
+def parse_json(data: bytes | str, label: str, unique: bool = False) -> Any:
+    """JSON text, or one line that says why not (damaged, nested too deeply; with
+    ``unique``, an object that names a key twice)."""
     try:
-        return json.loads(data)
+        return json.loads(data, object_pairs_hook=_unique if unique else None)
+    except CorruptError as exc:
+        raise CorruptError(f"{label}: {exc}") from None
     except RecursionError:
         raise CorruptError(f"{label}: nested too deeply") from None
     except (ValueError, TypeError) as exc:

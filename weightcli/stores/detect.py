@@ -165,9 +165,10 @@ def _detect(path: Path) -> FormatSpec:
         raise InputError(f"{path}: not a regular file")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: empty file")
-    raise InputError(
-        f"{path}: unknown format (not HDF5, a Keras archive, a SavedModel or a TF checkpoint)"
-    )
+    from weightcli.stores.registry import FORMATS
+
+    known = ", ".join(spec.name for spec in FORMATS)
+    raise InputError(f"{path}: unknown format (none of the formats weightcli reads: {known})")
 
 
 # -- the probes of registry.FORMATS (content first; cheap) ---------------------------------
@@ -223,7 +224,10 @@ def is_weights_map(path: Path) -> bool:
         doc = capped.read_json(path, what="weights map")
     except (OSError, WeightcliError):
         return False
-    return isinstance(doc, dict) and isinstance(doc.get("weight_map"), dict)
+    # Keras maps each group to a list of shards (Hugging Face's index maps a tensor to one
+    # file name: another format).
+    wmap = doc.get("weight_map") if isinstance(doc, dict) else None
+    return isinstance(wmap, dict) and all(isinstance(v, list) for v in wmap.values())
 
 
 def is_model_folder(path: Path) -> bool:

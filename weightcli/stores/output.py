@@ -17,7 +17,7 @@ from pathlib import Path
 
 from weightcli.errors import OutputError, ParameterError, UnsupportedError, UsageError, literal
 from weightcli.stores import temps
-from weightcli.stores.base import Format, Store
+from weightcli.stores.base import Store
 from weightcli.stores.detect import index_path
 from weightcli.stores.remote import RemotePath, as_path, is_url, upload
 from weightcli.stores.temps import TEMP_TAG, remove_stale_temps
@@ -194,7 +194,7 @@ _PROMISES = {
 }
 
 
-def check_suffix(fmt: Format, label: str, out: Path) -> None:
+def check_suffix(fmt: str, label: str, out: Path) -> None:
     """Refuse an output name whose suffix promises another format than the one written
     (Keras picks its loader by the name: ``x.keras`` holding HDF5 bytes does not load)."""
     from weightcli.stores.registry import allowed_suffixes, known_suffixes

@@ -126,6 +126,13 @@ FORMATS: tuple[FormatSpec, ...] = (
         parts="weightcli.stores.sharded:shards_named_in",
         files="weightcli.stores.sharded:files_of",
     ),
+    FormatSpec(
+        "safetensors",
+        "weightcli.stores.safetensors:probe",
+        "weightcli.stores.safetensors:SafetensorsStore",
+        {"safetensors": (".safetensors",)},
+        file_model="weightcli.stores.safetensors:named",
+    ),
 )
 
 
