@@ -350,3 +350,25 @@ def test_every_writing_command_is_in_the_api_with_every_output_field(tmp_path: P
         tens, 1e38, output=tmp_path / "big.keras", select=["dense_1/bias"], allow_nonfinite=True
     )
     assert big.exit_code == 0 and (tmp_path / "big.keras").exists()
+
+
+def test_the_api_spells_each_parameter_group_once(tmp_path: Path) -> None:
+    """The API's keyword groups are the request groups' fields (no drift), and a
+    misspelt keyword is an error, never ignored."""
+    import dataclasses
+
+    from weightcli import api
+    from weightcli.params import OutputKeywords, OutputSpec
+    from weightcli.select import Selection
+
+    assert set(OutputKeywords.__annotations__) == {f.name for f in dataclasses.fields(OutputSpec)}
+    selection_fields = {f.name for f in dataclasses.fields(Selection)} - {"floats_only"}
+    assert set(api.WriteKeywords.__annotations__) - set(OutputKeywords.__annotations__) == (
+        selection_fields
+    )
+    model = SAMPLES / "mlp.weights.h5"
+    with pytest.raises(TypeError, match="'ouput'"):
+        weightcli.scale(model, 2.0, ouput=tmp_path / "x.weights.h5")  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="'in_plac'"):
+        weightcli.assign(model, {"x": 1.0}, in_plac=True)  # type: ignore[call-arg]
+    assert not list(tmp_path.iterdir())

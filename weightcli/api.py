@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, Unpack
 
 import numpy as np
 
@@ -36,7 +37,7 @@ from weightcli.commands import reinit as reinit_cmd
 from weightcli.commands import transform as transform_cmd
 from weightcli.commands import transplant as transplant_cmd
 from weightcli.commands import verify as verify_cmd
-from weightcli.params import OutputSpec
+from weightcli.params import OUTPUT_FIELDS, OutputKeywords, OutputSpec, take
 from weightcli.results import (
     DiffResult,
     DumpResult,
@@ -46,13 +47,40 @@ from weightcli.results import (
     TransplantResult,
     VerifyResult,
 )
-from weightcli.select import selection
+from weightcli.select import Selection, selection
 from weightcli.steps import ClipStep, QuantizeStep, ScaleStep, Step
 from weightcli.stores import Store, open_store
 from weightcli.stores.remote import as_path
 from weightcli.tensor import TensorInfo
 
 PathLike = str | Path
+
+
+class WriteKeywords(OutputKeywords, total=False):
+    """The keywords of a transform: where and how to write (``OutputKeywords``), and
+    which tensors (``select``, ``exclude``: name globs; ``layer_types``: Keras classes;
+    ``kinds``: kernel, bias, ...; ``include_optimizer``)."""
+
+    select: Sequence[str]
+    exclude: Sequence[str]
+    layer_types: Sequence[str]
+    kinds: Sequence[str]
+    include_optimizer: bool
+
+
+SELECTION_FIELDS = ("select", "exclude", "layer_types", "kinds", "include_optimizer")
+
+
+def _output(keywords: Mapping[str, Any], function: str) -> OutputSpec:
+    return OutputSpec(**take(keywords, OUTPUT_FIELDS, function))
+
+
+def _groups(keywords: Mapping[str, Any], function: str) -> tuple[OutputSpec, Selection]:
+    """A transform's keywords as its two parameter groups."""
+    given = take(keywords, OUTPUT_FIELDS + SELECTION_FIELDS, function)
+    out = OutputSpec(**{k: v for k, v in given.items() if k in OUTPUT_FIELDS})
+    return out, selection(**{k: v for k, v in given.items() if k in SELECTION_FIELDS})
+
 
 __all__ = [
     "Checkpoint",
@@ -138,57 +166,32 @@ def scale(
     path: PathLike,
     factor: float | None = None,
     *,
-    output: PathLike | None = None,
     by_type: Mapping[str, float] | None = None,
     by_layer: Mapping[str, float] | None = None,
-    in_place: bool = False,
-    force: bool = False,
-    dry_run: bool = False,
-    note: str | None = None,
-    allow_nonfinite: bool = False,
-    select: Sequence[str] = (),
-    exclude: Sequence[str] = (),
-    layer_types: Sequence[str] = (),
-    kinds: Sequence[str] = (),
-    include_optimizer: bool = False,
+    **keywords: Unpack[WriteKeywords],
 ) -> TransformResult:
     """Multiply the selected tensors by ``factor`` (or per layer class / layer glob) and
     write the patched copy to ``output``."""
-    step = ScaleStep(
-        selection(select, exclude, layer_types, kinds, include_optimizer),
-        factor=factor,
-        by_type=dict(by_type or {}),
-        by_layer=dict(by_layer or {}),
-    )
-    return _transform(
-        path, [step], "scale", OutputSpec(output, in_place, force, dry_run, note, allow_nonfinite)
-    )
+    out, sel = _groups(keywords, "scale")
+    step = ScaleStep(sel, factor=factor, by_type=dict(by_type or {}), by_layer=dict(by_layer or {}))
+    return _transform(path, [step], "scale", out)
 
 
 def clip(
     path: PathLike,
     *,
-    output: PathLike | None = None,
     min: float | None = None,  # noqa: A002 - the parameter's documented name
     max: float | None = None,  # noqa: A002
     abs_max: float | None = None,
     percentile: float | None = None,
     sigma: float | None = None,
     nonfinite: str = "keep",
-    in_place: bool = False,
-    force: bool = False,
-    dry_run: bool = False,
-    note: str | None = None,
-    allow_nonfinite: bool = False,
-    select: Sequence[str] = (),
-    exclude: Sequence[str] = (),
-    layer_types: Sequence[str] = (),
-    kinds: Sequence[str] = (),
-    include_optimizer: bool = False,
+    **keywords: Unpack[WriteKeywords],
 ) -> TransformResult:
     """Clip the selected tensors to bounds and/or repair NaN/Inf (``nonfinite``)."""
+    out, sel = _groups(keywords, "clip")
     step = ClipStep(
-        selection(select, exclude, layer_types, kinds, include_optimizer),
+        sel,
         min=min,
         max=max,
         abs_max=abs_max,
@@ -196,65 +199,39 @@ def clip(
         sigma=sigma,
         nonfinite=nonfinite,
     )
-    return _transform(
-        path, [step], "clip", OutputSpec(output, in_place, force, dry_run, note, allow_nonfinite)
-    )
+    return _transform(path, [step], "clip", out)
 
 
 def quantize(
     path: PathLike,
     *,
-    output: PathLike | None = None,
     bits: int | None = None,
     scheme: str | None = None,
     granularity: str | None = None,
     axis: int | None = None,
     dtype: str | None = None,
-    in_place: bool = False,
-    force: bool = False,
-    dry_run: bool = False,
-    note: str | None = None,
-    allow_nonfinite: bool = False,
-    select: Sequence[str] = (),
-    exclude: Sequence[str] = (),
-    layer_types: Sequence[str] = (),
-    kinds: Sequence[str] = (),
-    include_optimizer: bool = False,
+    **keywords: Unpack[WriteKeywords],
 ) -> TransformResult:
     """Fake-quantize the selected tensors (``bits`` 8, symmetric, per-channel by default),
     or store them as ``dtype`` (float16, bfloat16): one or the other."""
+    out, sel = _groups(keywords, "quantize")
     step = QuantizeStep(
-        selection(select, exclude, layer_types, kinds, include_optimizer),
+        sel,
         bits=bits,
         scheme=scheme,
         granularity=granularity,
         axis=axis,
         dtype=dtype,
     )
-    return _transform(
-        path,
-        [step],
-        "quantize",
-        OutputSpec(output, in_place, force, dry_run, note, allow_nonfinite),
-    )
+    return _transform(path, [step], "quantize", out)
 
 
 def apply(
-    recipe_path: PathLike,
-    path: PathLike,
-    *,
-    output: PathLike | None = None,
-    in_place: bool = False,
-    force: bool = False,
-    dry_run: bool = False,
-    note: str | None = None,
-    allow_nonfinite: bool = False,
+    recipe_path: PathLike, path: PathLike, **keywords: Unpack[OutputKeywords]
 ) -> TransformResult:
     """Apply a TOML recipe's steps in one pass and one write."""
     steps = recipe.load(as_path(recipe_path))
-    return _transform(
-        path, steps, "apply", OutputSpec(output, in_place, force, dry_run, note, allow_nonfinite)
-    )
+    return _transform(path, steps, "apply", _output(keywords, "apply"))
 
 
 def diff(
@@ -291,7 +268,6 @@ def transplant(
     source: PathLike,
     target: PathLike,
     *,
-    output: PathLike | None = None,
     maps: Sequence[str] = (),
     match_by: str = "name",
     select: Sequence[str] = (),
@@ -300,11 +276,7 @@ def transplant(
     strict: bool = False,
     include_optimizer: bool = False,
     from_ema: bool = False,
-    in_place: bool = False,
-    force: bool = False,
-    dry_run: bool = False,
-    note: str | None = None,
-    allow_nonfinite: bool = False,
+    **keywords: Unpack[OutputKeywords],
 ) -> TransplantResult:
     """Copy SOURCE's weights into a patched copy of TARGET (matched by name after
     ``maps``, or by model order), written to ``output`` in TARGET's format."""
@@ -317,7 +289,7 @@ def transplant(
         strict=strict,
         include_optimizer=include_optimizer,
         from_ema=from_ema,
-        out=OutputSpec(output, in_place, force, dry_run, note, allow_nonfinite),
+        out=_output(keywords, "transplant"),
     )
     return transplant_cmd.run(request, target)
 
@@ -325,7 +297,6 @@ def transplant(
 def merge(
     inputs: Sequence[PathLike],
     *,
-    output: PathLike | None = None,
     method: str = "mean",
     weights: Sequence[float] = (),
     decay: float | None = None,
@@ -335,10 +306,7 @@ def merge(
     maps: Sequence[str] = (),
     select: Sequence[str] = (),
     exclude: Sequence[str] = (),
-    force: bool = False,
-    dry_run: bool = False,
-    note: str | None = None,
-    allow_nonfinite: bool = False,
+    **keywords: Unpack[OutputKeywords],
 ) -> TransformResult:
     """Merge checkpoints (mean, ema, task-arithmetic, ties) into a copy of the first
     input (or of ``base``); see ``weightcli.commands.merge``."""
@@ -352,7 +320,7 @@ def merge(
         density=density,
         selection=selection(select, exclude),
         maps=tuple(maps),
-        out=OutputSpec(output, False, force, dry_run, note, allow_nonfinite),
+        out=_output(keywords, "merge"),
     )
     return merge_cmd.run(request, inputs[0])
 
@@ -362,12 +330,7 @@ def assign(
     values: Mapping[str, float | PathLike] | None = None,
     *,
     from_npz: PathLike | None = None,
-    output: PathLike | None = None,
-    in_place: bool = False,
-    force: bool = False,
-    dry_run: bool = False,
-    note: str | None = None,
-    allow_nonfinite: bool = False,
+    **keywords: Unpack[OutputKeywords],
 ) -> TransformResult:
     """``set``: assign tensors a constant, a ``.npy`` file's array, or every array of a
     ``.npz`` keyed by canonical names (``from_npz``)."""
@@ -377,7 +340,7 @@ def assign(
             for name, v in (values or {}).items()
         ),
         from_npz=as_path(from_npz) if from_npz is not None else None,
-        out=OutputSpec(output, in_place, force, dry_run, note, allow_nonfinite),
+        out=_output(keywords, "assign"),
     )
     return assign_cmd.run(request, path)
 
@@ -416,12 +379,7 @@ def reinit(
     kinds: Sequence[str] = (),
     seed: int = 0,
     params: Mapping[str, float] | None = None,
-    output: PathLike | None = None,
-    in_place: bool = False,
-    force: bool = False,
-    dry_run: bool = False,
-    note: str | None = None,
-    allow_nonfinite: bool = False,
+    **keywords: Unpack[OutputKeywords],
 ) -> TransformResult:
     """Draw the selected tensors afresh from a Keras initialiser (``params``: its
     arguments, e.g. ``{"stddev": 0.02}``)."""
@@ -430,7 +388,7 @@ def reinit(
         selection=selection(select, exclude, (), kinds, floats_only=True),
         seed=seed,
         params=tuple((params or {}).items()),
-        out=OutputSpec(output, in_place, force, dry_run, note, allow_nonfinite),
+        out=_output(keywords, "reinit"),
     )
     return reinit_cmd.run(request, path)
 
@@ -440,18 +398,14 @@ def freeze(
     layers: Sequence[str],
     *,
     unfreeze: bool = False,
-    output: PathLike | None = None,
-    in_place: bool = False,
-    force: bool = False,
-    dry_run: bool = False,
-    note: str | None = None,
+    **keywords: Unpack[OutputKeywords],
 ) -> FreezeResult:
     """Mark layers (name globs) non-trainable (or trainable, ``unfreeze``) in the stored
     model config; no weight changes."""
     request = freeze_cmd.FreezeRequest(
         layers=tuple(layers),
         unfreeze=unfreeze,
-        out=OutputSpec(output, in_place, force, dry_run, note),
+        out=_output(keywords, "freeze"),
     )
     return freeze_cmd.run(request, path)
 

@@ -8,8 +8,10 @@ CLI refuse the same things with the same message (parameters named as ``{name}``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any, TypedDict
 
 from weightcli.errors import ParameterError
 from weightcli.stores.base import Store
@@ -68,3 +70,48 @@ class OutputSpec:
         for name in fields:
             if getattr(self, name):
                 raise ParameterError(f"{{{name}}} does not apply to {command}")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """How a command runs over its inputs and reports (the CLI's batch group).
+
+    ``recursive``: search folders for models; ``output_dir``: several inputs' outputs
+    below DIR, mirroring the input tree; ``jobs``: models at a time (None: one per
+    core); ``progress``: a progress bar (None: on a terminal only); ``as_json``: JSON
+    on stdout; ``debug``: tracebacks."""
+
+    recursive: bool = False
+    output_dir: Path | None = None
+    jobs: int | None = None
+    progress: bool | None = None
+    as_json: bool = False
+    debug: bool = False
+
+    def __post_init__(self) -> None:
+        if self.jobs is not None and self.jobs < 1:
+            raise ParameterError(f"{{jobs}} must be at least 1, got {self.jobs}")
+
+
+class OutputKeywords(TypedDict, total=False):
+    """``OutputSpec`` as the Python API spells it: the keyword arguments every writing
+    function takes (``weightcli.scale(p, 2, output="x.h5", note="why")``)."""
+
+    output: str | Path | None
+    in_place: bool
+    force: bool
+    dry_run: bool
+    note: str | None
+    allow_nonfinite: bool
+
+
+OUTPUT_FIELDS = tuple(f.name for f in fields(OutputSpec))
+
+
+def take(keywords: Mapping[str, Any], names: tuple[str, ...], function: str) -> dict[str, Any]:
+    """The keywords among ``names``; any other is an error (a misspelt keyword is never
+    ignored)."""
+    unknown = sorted(set(keywords) - set(names))
+    if unknown:
+        raise TypeError(f"{function}() got an unexpected keyword argument {unknown[0]!r}")
+    return dict(keywords)

@@ -8,11 +8,10 @@ import click
 
 from weightcli.cli.dispatch import dispatch_one
 from weightcli.cli.options import (
-    allow_nonfinite_option,
     debug_option,
     json_option,
     make_selection,
-    note_option,
+    output_group,
 )
 from weightcli.commands import merge as command
 from weightcli.errors import ParameterError, literal
@@ -35,12 +34,6 @@ def _floats(text: str | None) -> tuple[float, ...]:
 @click.command()
 @click.argument(
     "inputs", nargs=-1, required=True, type=click.Path(path_type=str), metavar="A B [C ...]"
-)
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(path_type=str),
-    help="Where to write the merged checkpoint (the first input's format, or BASE's).",
 )
 @click.option(
     "--method",
@@ -84,15 +77,11 @@ def _floats(text: str | None) -> tuple[float, ...]:
     help="Only merge these tensors (the rest: the first input's).",
 )
 @click.option("-x", "--exclude", multiple=True, metavar="GLOB", help="Do not merge these tensors.")
-@click.option("--dry-run", is_flag=True, help="Check and report everything, write nothing.")
-@click.option("--force", is_flag=True, help="Overwrite an existing OUT.")
-@note_option
-@allow_nonfinite_option
+@output_group()
 @json_option
 @debug_option
 def merge(
     inputs: tuple[str, ...],
-    output: str | None,
     method: str,
     weights: str | None,
     decay: float | None,
@@ -102,10 +91,7 @@ def merge(
     maps: tuple[str, ...],
     select: tuple[str, ...],
     exclude: tuple[str, ...],
-    dry_run: bool,
-    force: bool,
-    note: str | None,
-    allow_nonfinite: bool,
+    out: OutputSpec,
     as_json: bool,
     debug: bool,
 ) -> None:
@@ -135,8 +121,6 @@ def merge(
         density=density,
         selection=make_selection(select, exclude, (), (), False),
         maps=tuple(maps),
-        out=OutputSpec(
-            output=output, force=force, dry_run=dry_run, note=note, allow_nonfinite=allow_nonfinite
-        ),
+        out=out,
     )
     dispatch_one(inputs[0], command.run, request, print_transform, as_json=as_json, debug=debug)

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from weightcli.params import OutputSpec
+from weightcli.params import OutputSpec, RunSpec
 from weightcli.select import Selection, selection
 
 F = Callable[..., Any]
@@ -164,21 +164,58 @@ def note_option(f: F) -> F:
 
 
 OUTPUT_FIELDS = ("output", "in_place", "force", "dry_run", "note", "allow_nonfinite")
+RUN_FIELDS = ("recursive", "output_dir", "jobs", "progress", "as_json", "debug")
+SELECTION_FIELDS = ("select", "exclude", "layer_types", "kinds", "include_optimizer")
+
+
+def parsed_into(name: str, make: Callable[..., Any], fields: tuple[str, ...]) -> Callable[[F], F]:
+    """A decorator that takes a group's parsed options out of a command's keywords and
+    passes them as one object, ``name=make(**those)``: the group's rules are the
+    object's, enforced on creation, never click's."""
+
+    def decorate(f: F) -> F:
+        @functools.wraps(f)
+        def parse(*args: Any, **kwargs: Any) -> Any:
+            group = make(**{k: kwargs.pop(k) for k in fields if k in kwargs})
+            return f(*args, **{name: group}, **kwargs)
+
+        return parse
+
+    return decorate
 
 
 def output_group(nonfinite: bool = True) -> Callable[[F], F]:
     """The output parameter group of a command that writes one model, declared once:
     -o, --in-place, --force, --dry-run, --note (and --allow-nonfinite), parsed into one
-    ``params.OutputSpec`` passed as ``out`` (its rules are the spec's, never click's)."""
+    ``params.OutputSpec`` passed as ``out``."""
 
     def decorate(f: F) -> F:
-        @functools.wraps(f)
-        def parse(*args: Any, **kwargs: Any) -> Any:
-            spec = OutputSpec(**{k: kwargs.pop(k) for k in OUTPUT_FIELDS if k in kwargs})
-            return f(*args, out=spec, **kwargs)
-
-        g = allow_nonfinite_option(parse) if nonfinite else parse
+        g = parsed_into("out", OutputSpec, OUTPUT_FIELDS)(f)
+        g = allow_nonfinite_option(g) if nonfinite else g
         return single_output_options(g)
+
+    return decorate
+
+
+def batch_output_group(f: F) -> F:
+    """The output and run groups of a command that writes one model or many: -o,
+    --output-dir, --in-place, --force, --dry-run, --note, --allow-nonfinite, -r, -j,
+    --progress, --executor, --json, parsed into ``out`` (``OutputSpec``) and ``run``
+    (``RunSpec``)."""
+    g = parsed_into("out", OutputSpec, OUTPUT_FIELDS)(f)
+    g = parsed_into("run", RunSpec, RUN_FIELDS)(g)
+    return output_options(json_option(debug_option(g)))
+
+
+def selection_group(floats_only: bool = True) -> Callable[[F], F]:
+    """-s/-x/--layer-type/--kind/--include-optimizer, parsed into ``sel``
+    (``select.Selection``)."""
+
+    def make(**given: Any) -> Selection:
+        return selection(floats_only=floats_only, **given)
+
+    def decorate(f: F) -> F:
+        return selection_options(parsed_into("sel", make, SELECTION_FIELDS)(f))
 
     return decorate
 

@@ -11,17 +11,10 @@ import click
 
 from weightcli.batch import Item, discover
 from weightcli.cli.dispatch import dispatch, dispatch_one, is_batch
-from weightcli.cli.options import (
-    custom_objects_option,
-    debug_option,
-    json_option,
-    make_selection,
-    output_options,
-    selection_options,
-)
+from weightcli.cli.options import batch_output_group, custom_objects_option, selection_group
 from weightcli.commands import transform as command
 from weightcli.errors import ParameterError, literal
-from weightcli.params import OutputSpec
+from weightcli.params import OutputSpec, RunSpec
 from weightcli.report import print_transform
 from weightcli.results import TransformResult
 from weightcli.select import Selection
@@ -33,54 +26,51 @@ def _task(request: command.TransformRequest, item: Item) -> TransformResult:
     return command.run(request, item.path)
 
 
-def output_spec(opts: dict[str, Any], **given: Any) -> OutputSpec:
-    """The output group of ``output_options`` as one ``OutputSpec`` (every field passed,
-    so a field a command cannot honour is refused by its request, never ignored)."""
-    fields = {k: opts[k] for k in ("output", "in_place", "force", "dry_run", "note")}
-    return OutputSpec(**{**fields, "allow_nonfinite": opts["allow_nonfinite"], **given})
-
-
 def execute(
-    paths: tuple[str, ...], steps: Callable[[], list[Step]], opts: dict[str, Any], name: str
+    paths: tuple[str, ...],
+    steps: Callable[[], list[Step]],
+    out: OutputSpec,
+    run: RunSpec,
+    name: str,
 ) -> None:
     """Run the steps on one input or on many (a batch), through the one dispatcher."""
     built = tuple(steps())
-    output, output_dir = opts["output"], opts["output_dir"]
-    in_place, force, dry_run = opts["in_place"], opts["force"], opts["dry_run"]
-    batch = is_batch(paths, opts["recursive"], output_dir)
+    batch = is_batch(paths, run.recursive, run.output_dir)
     outputs: tuple[tuple[Path, Path], ...] = ()
     if batch:
-        if output is not None:
+        if out.output is not None:
             raise ParameterError(
                 "{output} names one output; with several inputs use {output_dir} DIR"
             )
-        if in_place and output_dir is not None:
+        if out.in_place and run.output_dir is not None:
             raise ParameterError("{in_place} and {output_dir} exclude each other")
-        items = discover(list(paths), opts["recursive"])
-        if not in_place and not dry_run:
-            if output_dir is None:
+        items = discover(list(paths), run.recursive)
+        if not out.in_place and not out.dry_run:
+            if run.output_dir is None:
                 raise ParameterError(
                     "with several inputs, give {output_dir} DIR (or {in_place}, or {dry_run})"
                 )
-            outputs = command.batch_outputs(items, output_dir, force)
+            outputs = command.batch_outputs(items, run.output_dir, out.force)
     else:
         items = [Item(as_path(paths[0]))]
-    request = command.TransformRequest(
-        steps=built,
-        command=name,
-        outputs=outputs,
-        out=output_spec(opts, output=None if batch else output),
-    )
+    request = command.TransformRequest(steps=built, command=name, outputs=outputs, out=out)
     dispatch(
         items,
         partial(_task, request),
         print_transform,
         batch=batch,
-        jobs=opts["jobs"],
-        progress=opts["progress"],
-        as_json=opts["as_json"],
-        debug=opts["debug"],
+        jobs=run.jobs,
+        progress=run.progress,
+        as_json=run.as_json,
+        debug=run.debug,
     )
+
+
+def one_model(paths: tuple[str, ...], run: RunSpec, what: str) -> str:
+    """The one input of a command that takes one model at a time."""
+    if is_batch(paths, run.recursive, run.output_dir):
+        raise ParameterError(f"{what} works on one model at a time")
+    return paths[0]
 
 
 def parse_pairs(values: tuple[str, ...], param: str) -> dict[str, float]:
@@ -180,10 +170,8 @@ def split_factor(
     metavar="GLOB=F",
     help="Factor for layers whose name matches GLOB (repeatable).",
 )
-@selection_options
-@output_options
-@json_option
-@debug_option
+@selection_group()
+@batch_output_group
 def scale(
     args: tuple[str, ...],
     factor: float | None,
@@ -197,12 +185,9 @@ def scale(
     custom_objects: Path | None,
     by_type: tuple[str, ...],
     by_layer: tuple[str, ...],
-    select: tuple[str, ...],
-    exclude: tuple[str, ...],
-    layer_types: tuple[str, ...],
-    kinds: tuple[str, ...],
-    include_optimizer: bool,
-    **opts: Any,
+    sel: Selection,
+    out: OutputSpec,
+    run: RunSpec,
 ) -> None:
     """Multiply selected tensors by FACTOR (0 zeroes them).
 
@@ -225,7 +210,6 @@ def scale(
         raise ParameterError(
             f"{{factor}} must be a number, got {literal(repr(args[-1]))} (FACTOR comes last)"
         )
-    sel = make_selection(select, exclude, layer_types, kinds, include_optimizer)
     if by_activation:
         if factor is not None or by_type or by_layer:
             raise ParameterError(
@@ -233,19 +217,21 @@ def scale(
             )
         if calibration is None:
             raise ParameterError("{by_activation} needs {calibration} DATA (.npy or .npz)")
-        if is_batch(paths, opts["recursive"], opts["output_dir"]):
-            raise ParameterError("{by_activation} works on one model at a time")
-        opts["measure"], opts["custom_objects"] = measure, custom_objects
-        by_activation_run(
-            as_path(paths[0]),
-            sel,
-            as_path(calibration),
-            target,
-            stat,
-            batch_size,
-            as_path(architecture) if architecture else None,
-            opts,
+        # Framework-bound (loads the model): imported only on this path.
+        from weightcli.commands import by_activation as by_activation_cmd
+
+        request = by_activation_cmd.ByActivationRequest(
+            selection=sel,
+            calibration=as_path(calibration),
+            target=target,
+            stat=stat,
+            batch_size=batch_size,
+            architecture=as_path(architecture) if architecture else None,
+            measure=measure,
+            custom_objects=custom_objects,
+            out=out,
         )
+        by_activation_run(one_model(paths, run, "{by_activation}"), request, run)
         return
 
     def steps() -> list[Step]:
@@ -258,7 +244,7 @@ def scale(
             )
         ]
 
-    execute(paths, steps, opts, "scale")
+    execute(paths, steps, out, run, "scale")
 
 
 @click.command()
@@ -280,10 +266,8 @@ def scale(
     show_default=True,
     help="NaN/Inf repair: zero = NaN and Inf to 0; clip = NaN to 0, +-Inf to the bounds (0 without one).",
 )
-@selection_options
-@output_options
-@json_option
-@debug_option
+@selection_group()
+@batch_output_group
 def clip(
     paths: tuple[str, ...],
     lo: float | None,
@@ -292,12 +276,9 @@ def clip(
     percentile: float | None,
     sigma: float | None,
     nonfinite: str,
-    select: tuple[str, ...],
-    exclude: tuple[str, ...],
-    layer_types: tuple[str, ...],
-    kinds: tuple[str, ...],
-    include_optimizer: bool,
-    **opts: Any,
+    sel: Selection,
+    out: OutputSpec,
+    run: RunSpec,
 ) -> None:
     """Clip selected tensors to bounds, and/or repair NaN and Inf.
 
@@ -310,7 +291,6 @@ def clip(
       weightcli clip model.h5 --percentile 99.9 --kind kernel -o tamed.h5
       weightcli clip -r checkpoints/ --nonfinite zero --output-dir repaired/
     """
-    sel = make_selection(select, exclude, layer_types, kinds, include_optimizer)
 
     def steps() -> list[Step]:
         return [
@@ -325,7 +305,7 @@ def clip(
             )
         ]
 
-    execute(paths, steps, opts, "clip")
+    execute(paths, steps, out, run, "clip")
 
 
 @click.command()
@@ -356,10 +336,8 @@ def clip(
     show_default=True,
     help="fake: quantize and dequantize in place; keras-int8: Keras's own int8 layers (.keras / model folder).",
 )
-@selection_options
-@output_options
-@json_option
-@debug_option
+@selection_group()
+@batch_output_group
 def quantize(
     paths: tuple[str, ...],
     bits: int | None,
@@ -368,12 +346,9 @@ def quantize(
     axis: int | None,
     dtype: str | None,
     store: str,
-    select: tuple[str, ...],
-    exclude: tuple[str, ...],
-    layer_types: tuple[str, ...],
-    kinds: tuple[str, ...],
-    include_optimizer: bool,
-    **opts: Any,
+    sel: Selection,
+    out: OutputSpec,
+    run: RunSpec,
 ) -> None:
     """Fake-quantize selected tensors (quantize, then dequantize to their own dtype).
 
@@ -391,7 +366,6 @@ def quantize(
       weightcli quantize model.keras --store keras-int8 -o q8.keras   # Keras's own int8 layers
       weightcli quantize -r models/ --output-dir quantized/ -j 2
     """
-    sel = make_selection(select, exclude, layer_types, kinds, include_optimizer)
     if store == "keras-int8":
         given = [
             p
@@ -409,7 +383,17 @@ def quantize(
             raise ParameterError(
                 f"{{store}} keras-int8 quantizes as Keras does (int8, per channel): give no {names}"
             )
-        keras_int8_run(paths, sel, opts)
+        from weightcli.commands import keras_int8
+
+        request = keras_int8.KerasInt8Request(selection=sel, out=out)
+        dispatch_one(
+            one_model(paths, run, "{store} keras-int8"),
+            keras_int8.run,
+            request,
+            print_transform,
+            as_json=run.as_json,
+            debug=run.debug,
+        )
         return
 
     def steps() -> list[Step]:
@@ -419,16 +403,14 @@ def quantize(
             )
         ]
 
-    execute(paths, steps, opts, "quantize")
+    execute(paths, steps, out, run, "quantize")
 
 
 @click.command(name="apply")
 @click.argument("recipe_path", metavar="RECIPE.toml", type=click.Path(path_type=str))
 @click.argument("paths", nargs=-1, required=True, metavar="IN...")
-@output_options
-@json_option
-@debug_option
-def apply_cmd(recipe_path: str, paths: tuple[str, ...], **opts: Any) -> None:
+@batch_output_group
+def apply_cmd(recipe_path: str, paths: tuple[str, ...], out: OutputSpec, run: RunSpec) -> None:
     """Apply a recipe's steps (scale, clip, quantize) in one pass and one write.
 
     The recipe format is in the README and examples/repair_and_quantize.toml.
@@ -441,61 +423,21 @@ def apply_cmd(recipe_path: str, paths: tuple[str, ...], **opts: Any) -> None:
     """
     from weightcli import recipe  # tomllib and the recipe schema: only for apply
 
-    execute(paths, lambda: recipe.load(as_path(recipe_path)), opts, "apply")
+    execute(paths, lambda: recipe.load(as_path(recipe_path)), out, run, "apply")
 
 
-def keras_int8_run(paths: tuple[str, ...], sel: Selection, opts: dict[str, Any]) -> None:
-    if is_batch(paths, opts["recursive"], opts["output_dir"]):
-        raise ParameterError("{store} keras-int8 works on one model at a time")
-    from weightcli.commands import keras_int8
-
-    request = keras_int8.KerasInt8Request(
-        selection=sel,
-        out=output_spec(opts),
-    )
-    dispatch_one(
-        paths[0],
-        keras_int8.run,
-        request,
-        print_transform,
-        as_json=opts["as_json"],
-        debug=opts["debug"],
-    )
-
-
-def by_activation_run(
-    path: Path,
-    sel: Selection,
-    calibration: Path,
-    target: float,
-    stat: str,
-    batch_size: int,
-    architecture: Path | None,
-    opts: dict[str, Any],
-) -> None:
-    # Framework-bound (loads the model): imported only on this path.
+def by_activation_run(path: str, request: Any, run: RunSpec) -> None:
     from weightcli.commands import by_activation as by_activation_cmd
     from weightcli.report import print_activation, print_by_activation
 
-    request = by_activation_cmd.ByActivationRequest(
-        selection=sel,
-        calibration=calibration,
-        target=target,
-        stat=stat,
-        batch_size=batch_size,
-        architecture=architecture,
-        measure=opts["measure"],
-        custom_objects=opts["custom_objects"],
-        out=output_spec(opts),
-    )
     try:
         dispatch_one(  # the JSON keys, exit codes and supervision of every command
             path,
             by_activation_cmd.run,
             request,
             print_by_activation,
-            as_json=opts["as_json"],
-            debug=opts["debug"],
+            as_json=run.as_json,
+            debug=run.debug,
         )
     except by_activation_cmd.NothingToScaleError as exc:
         print_activation(exc.plan)

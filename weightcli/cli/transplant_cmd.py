@@ -8,12 +8,11 @@ import click
 
 from weightcli.cli.dispatch import dispatch_one
 from weightcli.cli.options import (
-    allow_nonfinite_option,
     debug_option,
     json_option,
     make_selection,
     map_file_option,
-    note_option,
+    output_group,
 )
 from weightcli.commands import transplant as command
 from weightcli.compare import read_map_file
@@ -25,12 +24,6 @@ from weightcli.stores.remote import as_path
 @click.command()
 @click.argument("source", type=click.Path(path_type=str))
 @click.argument("target", type=click.Path(path_type=str))
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(path_type=str),
-    help="Where to write TARGET's patched copy (TARGET's format).",
-)
 @click.option(
     "--map",
     "maps",
@@ -68,19 +61,12 @@ from weightcli.stores.remote import as_path
     is_flag=True,
     help="Exit 1 when a TARGET tensor receives nothing or a SOURCE tensor is unused.",
 )
-@click.option(
-    "--dry-run", is_flag=True, help="Print the plan (which weights would load), write nothing."
-)
-@click.option("--force", is_flag=True, help="Overwrite an existing OUT.")
-@click.option("--in-place", is_flag=True, help="Write into TARGET itself.")
-@note_option
-@allow_nonfinite_option
+@output_group()
 @json_option
 @debug_option
 def transplant(
     source: str,
     target: str,
-    output: str | None,
     maps: tuple[str, ...],
     map_file: Path | None,
     match_by: str,
@@ -90,11 +76,7 @@ def transplant(
     from_ema: bool,
     include_optimizer: bool,
     strict: bool,
-    dry_run: bool,
-    force: bool,
-    in_place: bool,
-    note: str | None,
-    allow_nonfinite: bool,
+    out: OutputSpec,
     as_json: bool,
     debug: bool,
 ) -> None:
@@ -125,13 +107,6 @@ def transplant(
         strict=strict,
         include_optimizer=include_optimizer,
         from_ema=from_ema,
-        out=OutputSpec(
-            output=output,
-            in_place=in_place,
-            force=force,
-            dry_run=dry_run,
-            note=note,
-            allow_nonfinite=allow_nonfinite,
-        ),
+        out=out,
     )
     dispatch_one(target, command.run, request, print_transplant, as_json=as_json, debug=debug)
