@@ -323,18 +323,26 @@ def test_the_history_digest_of_a_sharded_map_covers_its_shards(tmp_path: Path) -
     src = shutil.copytree(SAMPLES / "mlp_sharded", tmp_path / "sh")
     wmap = src / "mlp.weights.json"
 
-    def recorded(out: Path) -> str:
-        assert run("scale", wmap, "0.5", "-o", out).code == 0
-        return str(
-            run("inspect", out, "--json", "--no-stats").json()["history"][-1]["source_sha256"]
+    def recorded(out: Path) -> dict:
+        assert run("scale", wmap, "0.5", "-o", out, "--digest", "sha256").code == 0
+        return dict(
+            run("inspect", out, "--json", "--no-stats").json()["history"][-1]["source_digest"]
         )
 
     first = recorded(tmp_path / "a.weights.json")
     files = [wmap, *sorted(src.glob("mlp_*.weights.h5"))]
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.read_bytes())
-    assert first == h.hexdigest()  # an independent digest of the same bytes
+    # one resource per file of the checkpoint, each an independent sha256 of its bytes
+    assert first["resources"] == sorted(
+        (
+            {
+                "name": f.name,
+                "algorithm": "sha256",
+                "digest": hashlib.sha256(f.read_bytes()).hexdigest(),
+            }
+            for f in files
+        ),
+        key=lambda r: r["name"],
+    )
     shard = files[2]
     data = bytearray(shard.read_bytes())
     data[-1] ^= 1  # a byte of a shard (not of the map)

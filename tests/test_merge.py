@@ -6,6 +6,7 @@ import hashlib
 import math
 from pathlib import Path
 
+import blake3
 import numpy as np
 import pytest
 from helpers import SAMPLES, keras_quiet, mlp_input, run
@@ -112,7 +113,10 @@ def test_each_method_equals_numpy(tuned: list[Path], tmp_path: Path) -> None:
             assert 0 < fig["kept_fraction"] <= 0.31 and 0 <= fig["sign_agreement"] <= 1
         history = res.json()["history"]["steps"][0]
         assert [i["file"] for i in history["inputs"]] == [p.name for p in tuned]
-        assert all(len(i["sha256"]) == 64 for i in history["inputs"])
+        assert all(
+            i["digest"]["resources"][0]["digest"] == blake3.blake3(p.read_bytes()).hexdigest()
+            for i, p in zip(history["inputs"], tuned, strict=True)
+        )
 
 
 def test_copies_of_one_model_give_back_its_bytes(tmp_path: Path) -> None:

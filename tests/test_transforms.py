@@ -8,6 +8,7 @@ import os
 import zipfile
 from pathlib import Path
 
+import blake3
 import h5py
 import numpy as np
 import pytest
@@ -87,12 +88,21 @@ def test_untouched_bytes_identical_and_history_appended(
                     assert za.read(m) == zb.read(m), m
     # History: one record, then appended.
     (rec,) = history(out1, tmp_path)
-    assert rec["source"] == src.name and rec["source_sha256"] == sha(src)
+    assert rec["source"] == src.name
+    assert rec["source_digest"]["resources"] == [
+        {
+            "name": src.name,
+            "algorithm": "blake3",
+            "digest": blake3.blake3(src.read_bytes()).hexdigest(),
+        }
+    ]
     assert rec["changed"] == ["dense_2/kernel"] and rec["steps"][0]["factor"] == 0.5
     assert run("clip", out1, "--abs-max", "0.1", "-o", out2).code == 0
     recs = history(out2, tmp_path)
     assert [r["steps"][0]["command"] for r in recs] == ["scale", "clip"]
-    assert recs[1]["source_sha256"] == sha(out1)
+    assert recs[1]["source_digest"]["resources"][0]["digest"] == (
+        blake3.blake3(out1.read_bytes()).hexdigest()
+    )
     assert "history:" in run("inspect", out2, "--no-stats").out
     load(out2, kind)  # still loads
 

@@ -1,13 +1,54 @@
-"""sha256 of a checkpoint's bytes (for the history record). Imports nothing heavy, so it
-can run as ``python -m weightcli.digest PATH`` beside a transform."""
+"""Digests of a checkpoint's files, for the history record and ``verify --source``.
+
+A digest is recorded in the shape of the OpenSSF model-signing manifest
+(sigstore/model-transparency, ``model_signing``: predicate ``serialization`` and
+``resources``), so a signer can reuse it:
+
+    {"serialization": {"method": "files", "hash_type": "blake3"},
+     "resources": [{"name": "model.h5", "algorithm": "blake3", "digest": "<hex>"}],
+     "root_digest": {"sha256": "<hex>"}}
+
+one resource per file of the checkpoint (a SavedModel or a sharded checkpoint has
+several), named by its path relative to the checkpoint's folder (a folder checkpoint: to
+the folder itself), sorted by name; ``root_digest`` is sha256 over the resources' raw
+digests in that order, as model_signing computes its subject digest. The file digests
+are standard: BLAKE3 as ``b3sum`` prints it, sha256 as ``sha256sum``. ``--digest none``
+records ``{"serialization": {"method": "none"}}``: no digest was taken.
+
+Imports nothing heavy, so it runs as ``python -m weightcli.digest ALGORITHM PATH...``
+beside a transform (one JSON line per path).
+"""
 
 from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
+
+from weightcli.errors import ParameterError, literal
+
+ALGORITHMS = ("blake3", "sha256", "none")
+DEFAULT = "blake3"
+ENV = "WEIGHTCLI_DIGEST"
+NONE: dict[str, Any] = {"serialization": {"method": "none"}}
+
+
+def default_algorithm() -> str:
+    """``$WEIGHTCLI_DIGEST``, or BLAKE3."""
+    return os.environ.get(ENV) or DEFAULT
+
+
+def check_algorithm(name: str) -> str:
+    if name not in ALGORITHMS:
+        raise ParameterError(
+            f"{{digest}} {literal(repr(name))} is not one of {', '.join(ALGORITHMS)} "
+            f"(from {{digest}} or ${ENV})"
+        )
+    return name
 
 
 def checkpoint_files(path: Path) -> list[Path]:
@@ -36,36 +77,70 @@ def total_size(path: Path) -> int:
     return sum(f.lstat().st_size for f in checkpoint_files(path))
 
 
-def digest(path: Path) -> str:
-    """sha256 over the files (for a directory, each relative name too, then its bytes)."""
-    h = hashlib.sha256()
+def _hasher(algorithm: str) -> Any:
+    if algorithm == "blake3":
+        import blake3
+
+        return blake3.blake3(max_threads=blake3.blake3.AUTO)  # every core
+    return hashlib.sha256()
+
+
+def file_digest(f: Path, algorithm: str) -> str:
+    """The standard digest of one file's bytes (a link: of ``-> TARGET``, never followed)."""
+    h = _hasher(algorithm)
+    if f.is_symlink():
+        h.update(b"-> " + os.fsencode(os.readlink(f)))
+        return str(h.hexdigest())
+    if algorithm == "blake3" and getattr(f, "walk_files", None) is None and f.stat().st_size:
+        h.update_mmap(f)  # memory-mapped, hashed on every core
+        return str(h.hexdigest())
     buf = bytearray(1 << 20)  # one buffer, reused: no fresh pages per chunk
     view = memoryview(buf)
-    for f in checkpoint_files(path):
-        if path.is_dir():
-            h.update(str(f.relative_to(path)).encode() + b"\0")
-        if f.is_symlink():
-            h.update(b"-> " + os.fsencode(os.readlink(f)))
-            continue
-        with f.open("rb", buffering=0) as fh:
-            while n := fh.readinto(buf):
-                h.update(view[:n])  # hashlib releases the GIL for a chunk this size
-    return h.hexdigest()
+    with f.open("rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            h.update(view[:n])  # hashlib releases the GIL for a chunk this size
+    return str(h.hexdigest())
 
 
-def digest_all(paths: list[Path]) -> list[str]:
-    """The sha256 of each path, computed by one thread each (hashlib and file reads
+def digest(path: Path, algorithm: str | None = None) -> dict[str, Any]:
+    """The manifest of the checkpoint at ``path`` (see the module's docstring), by
+    ``algorithm`` (None: the default)."""
+    algorithm = check_algorithm(algorithm or default_algorithm())
+    if algorithm == "none":
+        return dict(NONE)
+    base = path if path.is_dir() else path.parent
+    resources = sorted(
+        (
+            {
+                "name": f.relative_to(base).as_posix(),
+                "algorithm": algorithm,
+                "digest": file_digest(f, algorithm),
+            }
+            for f in checkpoint_files(path)
+        ),
+        key=lambda r: r["name"],
+    )
+    root = hashlib.sha256(b"".join(bytes.fromhex(r["digest"]) for r in resources))
+    return {
+        "serialization": {"method": "files", "hash_type": algorithm},
+        "resources": resources,
+        "root_digest": {"sha256": root.hexdigest()},
+    }
+
+
+def digest_all(paths: list[Path], algorithm: str | None = None) -> list[dict[str, Any]]:
+    """The manifest of each path, computed by one thread each (hashes and file reads
     release the GIL: several large files hash at once on several cores)."""
     from concurrent.futures import ThreadPoolExecutor
 
     if len(paths) == 1:
-        return [digest(paths[0])]
+        return [digest(paths[0], algorithm)]
     with ThreadPoolExecutor(max_workers=len(paths)) as pool:
-        return list(pool.map(digest, paths))
+        return list(pool.map(lambda p: digest(p, algorithm), paths))
 
 
 if __name__ == "__main__":
-    # One line per path, in order: one process hashes every input of a merge.
+    # One JSON line per path, in order: one process hashes every input of a merge.
     def as_path(arg: str) -> Path:
         if "://" not in arg:
             return Path(arg)
@@ -73,5 +148,5 @@ if __name__ == "__main__":
 
         return remote_path(arg)
 
-    for value in digest_all([as_path(a) for a in sys.argv[1:]]):
-        print(value)
+    for value in digest_all([as_path(a) for a in sys.argv[2:]], sys.argv[1]):
+        print(json.dumps(value))

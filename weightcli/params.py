@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypedDict
 
+from weightcli.digest import check_algorithm, default_algorithm
 from weightcli.errors import ParameterError
 from weightcli.stores.base import Store
 from weightcli.stores.output import plan_output
@@ -28,7 +29,9 @@ class OutputSpec:
     ``output``: OUT (``OUT/`` or an existing folder: into it, under the input's name);
     ``in_place``: over the input (atomically, its mode kept); ``force``: over an existing
     OUT; ``dry_run``: check and report everything, write nothing; ``note``: why, kept in
-    the history; ``allow_nonfinite``: write NaN/Inf the command creates (else an error).
+    the history; ``allow_nonfinite``: write NaN/Inf the command creates (else an error);
+    ``digest``: how the sources are hashed for the history (blake3, sha256, none;
+    default ``$WEIGHTCLI_DIGEST`` or blake3).
     """
 
     output: str | Path | None = None
@@ -37,8 +40,10 @@ class OutputSpec:
     dry_run: bool = False
     note: str | None = None
     allow_nonfinite: bool = False
+    digest: str | None = None  # None: the default
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "digest", check_algorithm(self.digest or default_algorithm()))
         if self.note is not None and len(self.note) > MAX_NOTE_CHARS:
             raise ParameterError(
                 f"{{note}} is {len(self.note)} characters (at most {MAX_NOTE_CHARS})"
@@ -103,6 +108,7 @@ class OutputKeywords(TypedDict, total=False):
     dry_run: bool
     note: str | None
     allow_nonfinite: bool
+    digest: str | None
 
 
 OUTPUT_FIELDS = tuple(f.name for f in fields(OutputSpec))

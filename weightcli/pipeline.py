@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import math
 import os
 import subprocess
@@ -19,12 +20,14 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from weightcli.child import end_with_parent
-from weightcli.digest import digest, total_size
+from weightcli.digest import check_algorithm, default_algorithm, digest, total_size
 from weightcli.errors import UnsupportedError, UsageError, literal
+from weightcli.params import OutputSpec
 from weightcli.prefetch import ahead
 from weightcli.results import TensorChange, TransformResult
 from weightcli.select import apply as apply_selection
@@ -43,28 +46,30 @@ CHILD_DIGEST_BYTES = 256 * 1024 * 1024
 
 
 class Digest:
-    """sha256 of one or more paths, computed on the other core(s) meanwhile.
+    """The digest manifest (``weightcli.digest``) of one or more paths, by
+    ``algorithm``, computed on the other core(s) meanwhile.
 
     Large sources: one child process (one thread per path in it), since a thread's hash
     and the main thread's many short numpy calls take turns at the GIL (seconds per GB
     here). Small sources: threads, which cost no second interpreter (about 16 MiB).
     """
 
-    def __init__(self, path: Path | Sequence[Path]) -> None:
+    def __init__(self, path: Path | Sequence[Path], algorithm: str | None = None) -> None:
         self.paths = [path] if isinstance(path, Path) else list(path)
         self.path = self.paths[0]
+        self.algorithm = check_algorithm(algorithm or default_algorithm())
         self.proc: subprocess.Popen[str] | None = None
         self.threads: list[threading.Thread] = []
-        self.values: dict[Path, str] = {}
+        self.values: dict[Path, dict[str, Any]] = {}
         self.error: BaseException | None = None
-        if sum(total_size(p) for p in self.paths) < CHILD_DIGEST_BYTES:
+        if self.algorithm == "none" or sum(total_size(p) for p in self.paths) < CHILD_DIGEST_BYTES:
             for p in self.paths:
                 t = threading.Thread(target=self._run, args=(p,), daemon=True)
                 t.start()
                 self.threads.append(t)
             return
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "weightcli.digest", *map(str, self.paths)],
+            [sys.executable, "-m", "weightcli.digest", self.algorithm, *map(str, self.paths)],
             env={
                 **os.environ,
                 "PYTHONPATH": os.pathsep.join(
@@ -79,12 +84,12 @@ class Digest:
 
     def _run(self, path: Path) -> None:
         try:
-            self.values[path] = digest(path)
+            self.values[path] = digest(path, self.algorithm)
         except BaseException as exc:  # reported by result()
             self.error = exc
 
-    def result(self, path: Path | None = None) -> str:
-        """The sha256 of ``path`` (default: the first path); waits for it."""
+    def result(self, path: Path | None = None) -> dict[str, Any]:
+        """The manifest of ``path`` (default: the first path); waits for it."""
         path = self.path if path is None else path
         if path in self.values:
             return self.values[path]
@@ -98,7 +103,9 @@ class Digest:
         if self.proc.returncode != 0:
             last = err.strip().splitlines()[-1:] or ["unknown error"]
             raise OSError(f"{path}: cannot hash the source: {last[0]}")
-        self.values.update(zip(self.paths, out.split(), strict=True))
+        self.values.update(
+            zip(self.paths, (json.loads(line) for line in out.splitlines()), strict=True)
+        )
         return self.values[path]
 
     def of(self, path: Path) -> DigestOf:
@@ -118,7 +125,7 @@ class DigestOf:
         self.group = group
         self.path = path
 
-    def result(self) -> str:
+    def result(self) -> dict[str, Any]:
         return self.group.result(self.path)
 
     def cancel(self) -> None:
@@ -180,27 +187,27 @@ def run(
     steps: Sequence[Step],
     out: Path | None,
     command: Sequence[str],
-    dry_run: bool = False,
+    spec: OutputSpec | None = None,
     block_elems: int = BLOCK_ELEMS,
-    allow_nonfinite: bool = False,
-    in_place: bool = False,
-    overwrite: bool = False,
-    note: str | None = None,
     source_digest: Digest | DigestOf | None = None,
 ) -> TransformResult:
     """Apply ``steps`` to ``store`` and write the patched copy to ``out`` (nothing when
-    ``dry_run``), reading tensors in blocks of at most ``block_elems`` elements.
+    ``spec.dry_run``; ``spec`` is the request's output group, a default one when None),
+    reading tensors in blocks of at most ``block_elems`` elements.
 
     A tensor that would hold more NaN or Inf values after the steps than before (an
     overflow) is an error, and nothing is written, unless ``allow_nonfinite``. When
     ``out`` is the source itself (``in_place``) and no tensor changed, the source is left
     untouched: no rewrite, no history entry. Without ``overwrite`` (``--force``), an
     ``out`` that appears while the output is written is never replaced."""
+    spec = spec or OutputSpec()
+    dry_run, in_place, note = spec.dry_run, spec.in_place, spec.note
+    overwrite, allow_nonfinite = spec.force, spec.allow_nonfinite
     started = time.perf_counter()
     work = plan(store, steps)
     # The source's sha256 (for the history) is computed on the other core meanwhile.
     # In object storage: the local copy the patcher works from (downloaded once).
-    hasher = None if dry_run else source_digest or Digest(store.local_copy())
+    hasher = None if dry_run else source_digest or Digest(store.local_copy(), spec.digest)
     retype = {t.path: ops[-1].out_dtype for t, ops in work if ops[-1].out_dtype != t.dtype}
     for dtype in sorted(set(retype.values())):
         reason = store.supports_dtype(dtype)
@@ -271,7 +278,7 @@ def run(
             command=" ".join(["weightcli", *command]),
             steps=[s.describe() for s in steps],
             source=store.path.name,
-            source_sha256=hasher.result() if hasher else None,
+            source_digest=hasher.result() if hasher else None,
             changed=[c.info.name for c in changes],
             note=note,
         ).to_json()

@@ -109,6 +109,9 @@ def inspect_table(result: InspectResult, layers: bool) -> object:
         headers += [
             (c, "right") for c in ("Min", "Max", "Mean", "Std", "Max |x|", "Zeros %", "NaN", "Inf")
         ]
+    with_digests = any(t.blake3 for t in result.tensors)
+    if with_digests:
+        headers.append(("BLAKE3", "left"))
     rows: list[list[Cell]] = []
     ends: set[int] = set()
     last: object = object()
@@ -149,6 +152,8 @@ def inspect_table(result: InspectResult, layers: bool) -> object:
                     _bad(st.nan),
                     _bad(st.inf),
                 ]
+        if with_digests:
+            row.append(rep.blake3 or "-")
         rows.append(row)
         if rep.dequantized is not None and with_stats:
             d = rep.dequantized
@@ -165,6 +170,7 @@ def inspect_table(result: InspectResult, layers: bool) -> object:
                     _bad(d.nan),
                     _bad(d.inf),
                 ]
+                + ([""] if with_digests else [])
             )
     return table(headers, rows, ends)
 

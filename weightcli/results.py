@@ -76,6 +76,7 @@ class TensorReport:
     info: TensorInfo
     stats: TensorStats | None
     dequantized: TensorStats | None = None
+    blake3: str | None = None  # of its values (``inspect --digests``)
 
 
 @dataclass
@@ -150,6 +151,8 @@ class InspectResult:
                 item["stats"] = rep.stats.to_json()
             if rep.dequantized is not None:
                 item["dequantized"] = rep.dequantized.to_json()
+            if rep.blake3 is not None:
+                item["blake3"] = rep.blake3
             tensors.append(item)
         doc: JSON = {
             "path": str(self.path),

@@ -225,6 +225,14 @@ def diff(
     help="Load models whose loading runs code they carry: a Lambda layer's Python "
     "bytecode, a SavedModel's TensorFlow graph. Off: those are not loaded.",
 )
+@click.option(
+    "--source",
+    "sources",
+    multiple=True,
+    metavar="FILE",
+    help="Check that FILE is a recorded source of PATH's last history entry (by the "
+    "digest recorded; repeatable: a merge's inputs).",
+)
 @batch_options
 @json_option
 @debug_option
@@ -241,6 +249,7 @@ def verify(
     min_cosine: float | None,
     custom_objects: Path | None,
     trust_code: bool,
+    sources: tuple[str, ...],
     recursive: bool,
     jobs: int | None,
     progress: bool | None,
@@ -264,6 +273,10 @@ def verify(
     unloaded, and a SavedModel (whose graph ops can read and write files when it is
     loaded and run) is not loaded ("loads" is skipped).
 
+    --source FILE: FILE must be a recorded source of PATH's last history entry (its
+    digest, by the algorithm recorded: BLAKE3 or sha256), else that check fails; no
+    digest recorded is exit 2.
+
     Exit 0 when no check failed, 1 when one failed (damage verify finds, in any format,
     is a failed "readable" check), 2 when verification could not run.
 
@@ -273,6 +286,7 @@ def verify(
       weightcli verify repaired.h5 --reference original.h5 --atol 1e-3
       weightcli verify weights.h5 --architecture model.h5 --no-load --json
       weightcli verify -r exports/ --no-load
+      weightcli verify fixed.h5 --source model.h5 --no-load   # made from model.h5?
       weightcli verify exported_savedmodel/ --trust-code
     """
     request = verify_cmd.VerifyRequest(
@@ -287,6 +301,7 @@ def verify(
         min_cosine=min_cosine,
         custom_objects=custom_objects,
         trust_code=trust_code,
+        sources=tuple(as_path(p) for p in sources),
     )
     many = is_batch(paths, recursive)
     items = discover(paths, recursive) if many else [Item(as_path(paths[0]))]

@@ -36,6 +36,12 @@ def _task(request: command.InspectRequest, item: Item) -> InspectResult:
     "--all", "show_all", is_flag=True, help="Include optimizer state (hidden by default)."
 )
 @click.option(
+    "--digests",
+    is_flag=True,
+    help="Each tensor's BLAKE3 digest of its values (C order, little-endian): equal for "
+    "the same tensor in every format.",
+)
+@click.option(
     "--fail-on-nonfinite",
     is_flag=True,
     help="Exit 1 when any selected tensor holds NaN or Inf (for CI).",
@@ -53,6 +59,7 @@ def inspect(
     layers: bool,
     no_stats: bool,
     show_all: bool,
+    digests: bool,
     fail_on_nonfinite: bool,
     recursive: bool,
     jobs: int | None,
@@ -74,6 +81,7 @@ def inspect(
       weightcli inspect saved_model/ -s 'dense*' --json
       weightcli inspect ckpt.h5 --fail-on-nonfinite   # exit 1 on NaN/Inf
       weightcli inspect -r checkpoints/ --fail-on-nonfinite --json
+      weightcli inspect model.h5 --digests --no-stats --json   # did any tensor change?
     """
     request = command.InspectRequest(
         selection=make_selection(
@@ -81,6 +89,7 @@ def inspect(
         ),
         with_stats=not no_stats,
         fail_on_nonfinite=fail_on_nonfinite,
+        digests=digests,
     )
     batch = is_batch(paths, recursive)
     items = discover(paths, recursive) if batch else [Item(as_path(paths[0]))]

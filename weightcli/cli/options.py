@@ -9,7 +9,8 @@ from typing import Any
 
 import click
 
-from weightcli.params import OutputSpec, RunSpec
+from weightcli.digest import ALGORITHMS
+from weightcli.params import OUTPUT_FIELDS, OutputSpec, RunSpec
 from weightcli.select import Selection, selection
 
 F = Callable[..., Any]
@@ -157,13 +158,20 @@ def allow_nonfinite_option(f: F) -> F:
 
 
 def note_option(f: F) -> F:
-    """--note TEXT: why, kept in the output's history."""
+    """--note TEXT: why, kept in the output's history; --digest: how sources are hashed
+    for it."""
+    f = click.option(
+        "--digest",
+        type=click.Choice(ALGORITHMS),
+        default=None,
+        help="How the history records the sources: blake3 (default, or $WEIGHTCLI_DIGEST), "
+        "sha256, none.",
+    )(f)
     return click.option(
         "--note", metavar="TEXT", help="Why: kept in the output's history, shown by inspect."
     )(f)
 
 
-OUTPUT_FIELDS = ("output", "in_place", "force", "dry_run", "note", "allow_nonfinite")
 RUN_FIELDS = ("recursive", "output_dir", "jobs", "progress", "as_json", "debug")
 SELECTION_FIELDS = ("select", "exclude", "layer_types", "kinds", "include_optimizer")
 

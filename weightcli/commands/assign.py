@@ -174,11 +174,7 @@ def run(request: SetRequest, path: str | Path) -> TransformResult:
                 [_SetStep(ops, params, any(t.optimizer for t in store.tensors() if t.path in ops))],
                 None if request.out.dry_run else out,
                 ["set", str(src)],
-                dry_run=request.out.dry_run,
-                in_place=request.out.in_place,
-                overwrite=request.out.force,
-                note=request.out.note,
-                allow_nonfinite=request.out.allow_nonfinite,
+                request.out,
             )
         finally:
             if npz is not None:

@@ -80,10 +80,7 @@ def run(request: ByActivationRequest, path: str | Path) -> ByActivationResult:
             [step],
             out,
             ["scale", str(src), "--by-activation"],
-            dry_run=request.out.dry_run,
-            in_place=request.out.in_place,
-            overwrite=request.out.force,
-            note=request.out.note,
+            request.out,
         )
     if out is not None:
         with open_store(out) as written:

@@ -102,7 +102,7 @@ def run(request: FreezeRequest, path: str | Path) -> FreezeResult:
                 command=f"weightcli freeze {src}" + (" --unfreeze" if request.unfreeze else ""),
                 steps=[{"command": "freeze", "layers": list(request.layers), "trainable": want}],
                 source=src.name,
-                source_sha256=None,
+                source_digest=None,
                 changed=[],
                 note=request.out.note,
             ).to_json()

@@ -2,18 +2,45 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from weightcli.errors import ParameterError
 from weightcli.results import InspectResult, TensorReport
 from weightcli.select import Selection, apply
 from weightcli.stats import tensor_stats
 from weightcli.stores import open_store, remote
-from weightcli.stores.base import BLOCK_ELEMS
+from weightcli.stores.base import BLOCK_ELEMS, Block
 from weightcli.stores.quantized import DequantizedStore, has_quantized
 
-__all__ = ["InspectRequest", "InspectResult", "run"]
+__all__ = ["InspectRequest", "InspectResult", "TensorDigest", "run"]
+
+
+class TensorDigest:
+    """BLAKE3 of a tensor's logical value: its elements in C order, little-endian, as
+    stored (no conversion of dtype), so the same tensor has the same digest in every
+    format (an ``.h5``, its ``.keras``, a SavedModel, a ``.safetensors``). Blocks come
+    in storage order, each one run of C-order elements, so hashing them in turn hashes
+    the whole tensor."""
+
+    def __init__(self) -> None:
+        import blake3
+
+        self.h = blake3.blake3()
+
+    def through(
+        self, blocks: Iterator[tuple[Block, np.ndarray]]
+    ) -> Iterator[tuple[Block, np.ndarray]]:
+        for block, values in blocks:
+            little = values.astype(values.dtype.newbyteorder("<"), copy=False)
+            self.h.update(np.ascontiguousarray(little).reshape(-1).view(np.uint8).data)
+            yield block, values
+
+    def hexdigest(self) -> str:
+        return str(self.h.hexdigest())
 
 
 @dataclass(frozen=True)
@@ -24,6 +51,7 @@ class InspectRequest:
     with_stats: bool = True
     fail_on_nonfinite: bool = False
     block_elems: int = BLOCK_ELEMS
+    digests: bool = False  # each tensor's BLAKE3 (``tensor_digest``)
 
     def __post_init__(self) -> None:
         if self.fail_on_nonfinite and not self.with_stats:
@@ -47,11 +75,19 @@ def run(request: InspectRequest, path: str | Path) -> InspectResult:
         deq = {t.name: t for t in view.tensors()} if view is not None else {}
         reports = []
         for t in chosen:
-            stats = dequantized = None
+            stats = dequantized = digest = None
+            hasher = TensorDigest() if request.digests and t.dtype != "string" else None
+            blocks = store.blocks(t, request.block_elems)
+            if hasher is not None:
+                blocks = hasher.through(blocks)  # one pass: the digest and the statistics
             if request.with_stats and t.dtype != "string":
-                stats = tensor_stats(store.blocks(t, request.block_elems))
+                stats = tensor_stats(blocks)
                 if view is not None and t.name in view.dequantized:
                     dequantized = tensor_stats(view.blocks(deq[t.name], request.block_elems))
-            reports.append(TensorReport(t, stats, dequantized))
+            if hasher is not None:
+                for _ in blocks:  # what the statistics did not read (--no-stats)
+                    pass
+                digest = hasher.hexdigest()
+            reports.append(TensorReport(t, stats, dequantized, digest))
         fetched = remote.fetched() - fetched_before if remote.is_url(store.path) else None
         return InspectResult(store.path, store.meta, reports, request.fail_on_nonfinite, fetched)

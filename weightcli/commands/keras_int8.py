@@ -102,7 +102,7 @@ def run(request: KerasInt8Request, path: str | Path) -> TransformResult:
                 command=f"weightcli quantize {src} --store keras-int8",
                 steps=[{"command": "quantize", "store": "keras-int8"}],
                 source=src.name,
-                source_sha256=None,
+                source_digest=None,
                 changed=[c.info.name for c in changes],
                 note=request.out.note,
             ).to_json()

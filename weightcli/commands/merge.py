@@ -321,7 +321,7 @@ def run(request: MergeRequest, path: str | Path) -> TransformResult:
         # Every input hashed once, by one process beside the merge (one interpreter,
         # a thread per input in it), while the merge runs.
         unique = list(dict.fromkeys([*inputs, *([request.base] if request.base else [])]))
-        group = None if request.out.dry_run else pipeline.Digest(unique)
+        group = None if request.out.dry_run else pipeline.Digest(unique, request.out.digest)
         hashes = {p: group.of(p) for p in unique} if group is not None else {}
 
         def sha(p: Path) -> pipeline.DigestOf | None:
@@ -329,11 +329,11 @@ def run(request: MergeRequest, path: str | Path) -> TransformResult:
 
         params: dict[str, Any] = {
             "method": request.method,
-            "inputs": [{"file": p.name, "sha256": sha(p)} for p in inputs],
+            "inputs": [{"file": p.name, "digest": sha(p)} for p in inputs],
             "weights": request.input_weights(),
         }
         if request.base is not None:
-            params["base"] = {"file": request.base.name, "sha256": sha(request.base)}
+            params["base"] = {"file": request.base.name, "digest": sha(request.base)}
         for key in ("decay", "density"):
             if getattr(request, key) is not None:
                 params[key] = getattr(request, key)
@@ -346,10 +346,7 @@ def run(request: MergeRequest, path: str | Path) -> TransformResult:
                 [step],
                 None if request.out.dry_run else out,
                 ["merge", *map(str, inputs)],
-                dry_run=request.out.dry_run,
-                overwrite=request.out.force,
-                note=request.out.note,
-                allow_nonfinite=request.out.allow_nonfinite,
+                request.out,
                 source_digest=hashes.get(carrier_path),  # hashed once, not twice
             )
         except BaseException:

@@ -138,9 +138,5 @@ def run(request: ReinitRequest, path: str | Path) -> TransformResult:
             [_ReinitStep(request, order)],
             None if request.out.dry_run else out,
             ["reinit", str(src), "--initializer", request.initializer],
-            dry_run=request.out.dry_run,
-            in_place=request.out.in_place,
-            overwrite=request.out.force,
-            note=request.out.note,
-            allow_nonfinite=request.out.allow_nonfinite,
+            request.out,
         )

@@ -72,10 +72,6 @@ def run(request: TransformRequest, path: str | Path) -> TransformResult:
             request.steps,
             None if request.out.dry_run else out,
             [request.command, str(src)],
-            dry_run=request.out.dry_run,
+            request.out,
             block_elems=request.block_elems,
-            allow_nonfinite=request.out.allow_nonfinite,
-            in_place=request.out.in_place,
-            overwrite=request.out.force,
-            note=request.out.note,
         )

@@ -193,7 +193,9 @@ def run(request: TransplantRequest, path: str | Path) -> TransplantResult:
         params = {
             **({"from_ema": True} if request.from_ema else {}),
             "source": request.source.name,
-            "source_sha256": None if request.out.dry_run else digest(request.source),
+            "source_digest": None
+            if request.out.dry_run
+            else digest(request.source, request.out.digest),
             "match_by": request.match_by,
             **({"map": list(request.maps)} if request.maps else {}),
         }
@@ -203,11 +205,7 @@ def run(request: TransplantRequest, path: str | Path) -> TransplantResult:
             [step],
             None if request.out.dry_run else out,
             ["transplant", str(request.source), str(target_path)],
-            dry_run=request.out.dry_run,
-            in_place=request.out.in_place,
-            overwrite=request.out.force,
-            note=request.out.note,
-            allow_nonfinite=request.out.allow_nonfinite,
+            request.out,
         )
         changed = {c.info.name: c.max_change for c in transform.changes}
         for r in rows:

@@ -6,13 +6,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
-from weightcli.checks import FAIL, SKIP, reference_checks, static_checks
+from weightcli.checks import FAIL, PASS, SKIP, reference_checks, static_checks
 from weightcli.child import ChildDied, run_in_child
 from weightcli.compare import check_tolerances
-from weightcli.errors import CorruptError, ParameterError
+from weightcli.digest import checkpoint_files, digest
+from weightcli.errors import CorruptError, ParameterError, UsageError
 from weightcli.results import Check, VerifyResult
-from weightcli.stores import open_store
+from weightcli.stores import Store, open_store
 from weightcli.stores.remote import as_local, as_path, as_urls
 
 __all__ = ["VerifyRequest", "VerifyResult", "run"]
@@ -37,6 +39,8 @@ class VerifyRequest:
     custom_objects: Path | None = None
     # Load models whose loading runs code they carry (Lambda bytecode, a SavedModel's graph).
     trust_code: bool = False
+    # Files that should be the recorded sources of the checkpoint's last history entry.
+    sources: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         check_tolerances(self.atol, self.rtol)
@@ -77,6 +81,8 @@ def run(request: VerifyRequest, path: str | Path) -> VerifyResult:
         if request.reference is not None:
             with open_store(request.reference) as ref:
                 result.checks += reference_checks(store, ref)
+        if request.sources:
+            result.checks += source_checks(store, request.sources)
     if request.no_load:
         return result
     try:
@@ -137,3 +143,96 @@ def framework_checks(request: VerifyRequest, path: Path) -> list[Check]:
         framework.compare_outputs(outs, ref_outs, request.atol, request.rtol, request.min_cosine)
     )
     return out
+
+
+def recorded_sources(entry: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(file name, recorded digest) of every source of one history entry: the source
+    (``source_digest``, or ``source_sha256`` in histories before 0.2), a transplant's
+    SOURCE, a merge's inputs and base. A digest is a manifest (``weightcli.digest``) or,
+    in old histories, a sha256 hex string; None where none was taken."""
+    found: list[tuple[str, Any]] = []
+    source = str(entry.get("source", "?"))
+    found.append((source, entry.get("source_digest", entry.get("source_sha256"))))
+    for step in entry.get("steps") or []:
+        if not isinstance(step, dict):
+            continue
+        if "source" in step and ("source_digest" in step or "source_sha256" in step):
+            found.append(
+                (str(step["source"]), step.get("source_digest", step.get("source_sha256")))
+            )
+        inputs = step.get("inputs")
+        for item in [*(inputs if isinstance(inputs, list) else []), step.get("base")]:
+            if isinstance(item, dict) and "file" in item:
+                found.append((str(item["file"]), item.get("digest", item.get("sha256"))))
+    return [(name, d) for name, d in found if _taken(d)]
+
+
+def _taken(recorded: Any) -> bool:
+    if isinstance(recorded, str):
+        return len(recorded) == 64
+    return (
+        isinstance(recorded, dict)
+        and isinstance(recorded.get("serialization"), dict)
+        and recorded["serialization"].get("hash_type") in ("blake3", "sha256")
+        and isinstance(recorded.get("resources"), list)
+    )
+
+
+def _same(path: Path, recorded: Any) -> bool:
+    if isinstance(recorded, str):  # before 0.2: sha256 over the file (a folder: names too)
+        return legacy_sha256(path) == recorded
+    algorithm = recorded["serialization"]["hash_type"]
+    mine = digest(path, algorithm)
+    theirs = sorted(str(r.get("digest")) for r in recorded["resources"] if isinstance(r, dict))
+    return sorted(r["digest"] for r in mine["resources"]) == theirs
+
+
+def source_checks(store: Store, sources: tuple[Path, ...]) -> list[Check]:
+    """Is each of ``sources`` a recorded source of the checkpoint's last history entry
+    (by the digest algorithm that was recorded)? One check per file. No history, or no
+    digest in it, cannot be verified: an error (exit 2), never a pass."""
+    history = store.meta.history
+    if not history:
+        raise UsageError(
+            f"{store.path}: has no weightcli history: no sources were recorded to check"
+        )
+    recorded = recorded_sources(history[-1])
+    if not recorded:
+        raise UsageError(
+            f"{store.path}: its last history entry records no digest of its sources "
+            "(written with --digest none, or by a command that takes none): cannot check"
+        )
+    out = []
+    for path in sources:
+        match = next((name for name, d in recorded if _same(path, d)), None)
+        if match is not None:
+            out.append(Check(f"source {path.name}", PASS, f"{path} is the recorded source {match}"))
+        else:
+            names = ", ".join(name for name, _ in recorded)
+            out.append(
+                Check(
+                    f"source {path.name}",
+                    FAIL,
+                    f"{path} is none of the recorded sources ({names}): its digest differs",
+                )
+            )
+    return out
+
+
+def legacy_sha256(path: Path) -> str:
+    """The digest histories before 0.2 recorded (``source_sha256``): sha256 over the
+    checkpoint's files, each preceded, in a folder, by its relative name."""
+    import hashlib
+    import os
+
+    h = hashlib.sha256()
+    for f in checkpoint_files(path):
+        if path.is_dir():
+            h.update(str(f.relative_to(path)).encode() + b"\0")
+        if f.is_symlink():
+            h.update(b"-> " + os.fsencode(os.readlink(f)))
+            continue
+        with f.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+    return h.hexdigest()

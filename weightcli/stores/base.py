@@ -136,7 +136,9 @@ class Provenance:
     command: str
     steps: list[dict[str, Any]]
     source: str
-    source_sha256: str | None
+    # The source's digest manifest (``weightcli.digest``); None: not taken (a dry run).
+    # Histories written before 0.2 hold ``source_sha256`` (a hex string) instead.
+    source_digest: dict[str, Any] | None
     changed: list[str]
     note: str | None = None  # why, in the user's words (--note)
 
@@ -148,7 +150,7 @@ class Provenance:
             "command": self.command,
             "steps": self.steps,
             "source": self.source,
-            "source_sha256": self.source_sha256,
+            "source_digest": self.source_digest,
             "changed": self.changed,
         }
         if self.note:
