@@ -172,3 +172,27 @@ def test_tensor_digests_are_equal_in_every_format(tmp_path: Path) -> None:
     assert after["dense_2/kernel"] != oracle["dense_2/kernel"]
     assert after["dense_1/kernel"] == oracle["dense_1/kernel"]
     assert "BLAKE3" in run("inspect", out, "--digests", "--no-stats").out
+
+
+def test_hashing_in_a_forked_child_does_not_hang(tmp_path: Path) -> None:
+    """BLAKE3's thread pool does not survive a fork (every model runs in a forked
+    child): a child of a process that hashed on every core hashes on one, and ends."""
+    import signal
+
+    from weightcli import digest
+
+    f = tmp_path / "x.bin"
+    f.write_bytes(os.urandom(1 << 22))
+    want = blake3.blake3(f.read_bytes()).hexdigest()
+    assert digest.file_digest(f, "blake3") == want  # this process has the pool now
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        signal.alarm(20)  # a hang ends the child, and the test fails
+        os.write(w, digest.file_digest(f, "blake3").encode())
+        os._exit(0)
+    os.close(w)
+    got = os.read(r, 100).decode()
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert got == want

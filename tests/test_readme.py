@@ -121,7 +121,15 @@ def test_transplant_block(workspace: Path) -> None:
 
 def test_every_shell_block_is_run() -> None:
     """Premise of this file: each README block with a weightcli command is one of those run."""
-    keys = ("--by-activation", "checkpoints/", "transplant", "merge", "weightcli dump", "s3://")
+    keys = (
+        "--by-activation",
+        "checkpoints/",
+        "transplant",
+        "merge",
+        "weightcli dump",
+        "s3://",
+        "--source",
+    )
     assert all(any(k in b for k in keys) for b in BLOCKS), [b[:60] for b in BLOCKS]
 
 
@@ -183,3 +191,12 @@ def test_object_storage_block(
     assert 0 < meta["bytes_fetched"] <= (SAMPLES / "mlp.keras").stat().st_size  # once at most
     fs.invalidate_cache()
     assert fs.exists("my-models/fixed/mlp.keras")
+
+
+def test_digests_block(workspace: Path) -> None:
+    block = next(b for b in BLOCKS if "--source" in b)
+    res = sh("set -e\n" + block, workspace)
+    assert res.returncode == 0, res.stdout + res.stderr
+    doc = json.loads(res.stdout.strip().splitlines()[-1])
+    assert all(len(t["blake3"]) == 64 for t in doc["tensors"])
+    assert "PASS" in res.stdout  # the source check

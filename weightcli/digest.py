@@ -77,11 +77,27 @@ def total_size(path: Path) -> int:
     return sum(f.lstat().st_size for f in checkpoint_files(path))
 
 
+# The process whose BLAKE3 thread pool (Rust's rayon, made on first use) exists. A
+# process forked after it was made inherits the pool's "made" state but not its threads:
+# hashing there with several threads waits forever. So only the process that made the
+# pool hashes on every core; a forked child of it hashes on one (0.43 s a GB here).
+_POOL_PID: int | None = None
+
+
+def _threads() -> int:
+    global _POOL_PID
+    import blake3
+
+    if _POOL_PID is None:
+        _POOL_PID = os.getpid()
+    return int(blake3.blake3.AUTO) if _POOL_PID == os.getpid() else 1
+
+
 def _hasher(algorithm: str) -> Any:
     if algorithm == "blake3":
         import blake3
 
-        return blake3.blake3(max_threads=blake3.blake3.AUTO)  # every core
+        return blake3.blake3(max_threads=_threads())
     return hashlib.sha256()
 
 
