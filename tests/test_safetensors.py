@@ -255,3 +255,112 @@ def test_an_object_in_s3_reads_and_writes(s3, model: Path, tmp_path: Path) -> No
     np.testing.assert_array_equal(
         load_file(str(got))["model.dense.weight"], load_file(str(model))["model.dense.weight"] * 2
     )
+
+
+# -- Hugging Face's sharded layout: model.safetensors.index.json ----------------------------
+
+
+def _sharded(folder: Path) -> Path:
+    """A sharded checkpoint as transformers' save_pretrained lays it out."""
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    parts = [
+        {"model.layers.0.weight": rng.standard_normal((8, 4)).astype(np.float32)},
+        {
+            "model.layers.1.weight": rng.standard_normal((3, 8)).astype(np.float32),
+            "lm_head.weight": rng.standard_normal((5, 3)).astype(np.float32),
+        },
+    ]
+    wmap = {}
+    for i, part in enumerate(parts):
+        name = f"model-{i + 1:05d}-of-00002.safetensors"
+        save_file(part, str(folder / name), metadata={"format": "pt"})
+        wmap.update(dict.fromkeys(part, name))
+    total = sum(v.nbytes for p in parts for v in p.values())
+    index = folder / "model.safetensors.index.json"
+    index.write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": wmap}))
+    return index
+
+
+def _load_index(index: Path) -> dict[str, np.ndarray]:
+    doc = json.loads(index.read_text())
+    return {t: load_file(str(index.parent / f))[t] for t, f in doc["weight_map"].items()}
+
+
+def test_a_sharded_checkpoint_reads_and_patches_shard_by_shard(tmp_path: Path) -> None:
+    index = _sharded(tmp_path / "hf")
+    doc = run("inspect", index, "--json").json()
+    assert doc["format"] == "safetensors-index" and doc["details"]["shards"] == 2
+    assert {t["name"] for t in doc["tensors"]} == set(_load_index(index))
+    out = tmp_path / "out" / "half.safetensors.index.json"
+    out.parent.mkdir()
+    res = run("scale", index, "0.5", "-s", "lm_head.*", "--digest", "sha256", "-o", out)
+    assert res.code == 0, res.err
+    before, after = _load_index(index), _load_index(out)
+    np.testing.assert_array_equal(
+        after["lm_head.weight"], before["lm_head.weight"] * np.float32(0.5)
+    )
+    written = json.loads(out.read_text())
+    assert set(written["weight_map"].values()) == {
+        "half-00001-of-00002.safetensors",
+        "half-00002-of-00002.safetensors",
+    }
+    # the untouched shard copied byte for byte; the history in the index's metadata
+    assert (out.parent / "half-00001-of-00002.safetensors").read_bytes() == (
+        index.parent / "model-00001-of-00002.safetensors"
+    ).read_bytes()
+    (entry,) = written["metadata"][st.HISTORY_KEY]
+    names = [r["name"] for r in entry["source_digest"]["resources"]]
+    assert names == sorted(
+        [
+            "model.safetensors.index.json",
+            "model-00001-of-00002.safetensors",
+            "model-00002-of-00002.safetensors",
+        ]
+    )
+    assert run("verify", out, "--source", index, "--no-load").code == 0
+
+
+def test_a_sharded_checkpoint_in_place_rewrites_only_the_changed_shard(tmp_path: Path) -> None:
+    index = _sharded(tmp_path / "hf")
+    first = index.parent / "model-00001-of-00002.safetensors"
+    stat = first.stat()
+    assert (
+        run("quantize", index, "--dtype", "float16", "-s", "model.layers.1.*", "--in-place").code
+        == 0
+    )
+    assert first.stat().st_ino == stat.st_ino and first.stat().st_mtime_ns == stat.st_mtime_ns
+    after = _load_index(index)
+    assert after["model.layers.1.weight"].dtype == np.float16
+    doc = json.loads(index.read_text())
+    assert doc["metadata"]["total_size"] == sum(v.nbytes for v in after.values())
+    assert sorted(p.name for p in index.parent.iterdir()) == [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json",
+    ]
+    # directory searches see one model, not its shards
+    found = run("inspect", "-r", tmp_path, "--no-stats", "--json").lines()
+    assert [Path(d["path"]).name for d in found if "tensors" in d] == [
+        "model.safetensors.index.json"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [
+        (lambda d: d["weight_map"].update({"x": "../model-00001-of-00002.safetensors"}), "outside"),
+        (lambda d: d["weight_map"].update({"x": "missing.safetensors"}), "missing"),
+        (
+            lambda d: d["weight_map"].update({"nope": "model-00001-of-00002.safetensors"}),
+            "does not hold",
+        ),
+        (lambda d: d.update({"metadata": []}), "metadata"),
+    ],
+)
+def test_a_bad_index_is_refused(tmp_path: Path, edit, words: str) -> None:
+    index = _sharded(tmp_path / "hf")
+    doc = json.loads(index.read_text())
+    edit(doc)
+    index.write_text(json.dumps(doc))
+    assert_clean_error(run("inspect", index), words)

@@ -90,7 +90,7 @@ def _threads() -> int:
 
     if _POOL_PID is None:
         _POOL_PID = os.getpid()
-    return int(blake3.blake3.AUTO) if _POOL_PID == os.getpid() else 1
+    return int(blake3.blake3.AUTO) if os.getpid() == _POOL_PID else 1
 
 
 def _hasher(algorithm: str) -> Any:

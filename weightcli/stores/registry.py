@@ -133,6 +133,15 @@ FORMATS: tuple[FormatSpec, ...] = (
         {"safetensors": (".safetensors",)},
         file_model="weightcli.stores.safetensors:named",
     ),
+    FormatSpec(
+        "safetensors-index",
+        "weightcli.stores.safetensors:is_index",
+        "weightcli.stores.safetensors:IndexStore",
+        {"safetensors-index": (".safetensors.index.json",)},
+        file_model="weightcli.stores.safetensors:index_named",
+        parts="weightcli.stores.safetensors:index_parts",
+        files="weightcli.stores.safetensors:index_files",
+    ),
 )
 
 

@@ -34,7 +34,7 @@ from weightcli.dtypes import itemsize, to_numpy
 from weightcli.errors import CorruptError, InputError, OutputError, literal
 from weightcli.stores import capped, temps
 from weightcli.stores.base import Block, Patcher, Store, StoreMeta, clean_history
-from weightcli.stores.output import publish, temp_beside
+from weightcli.stores.output import publish, temp_beside, temp_dir_beside
 from weightcli.stores.rangecopy import copy_range
 from weightcli.stores.remote import is_url, open_range
 from weightcli.tensor import TensorInfo
@@ -307,7 +307,13 @@ class SafetensorsPatcher(Patcher):
     with spaces to the room. A header that outgrew the room (always, in a smaller file)
     moves the data section once (a kernel copy)."""
 
-    def __init__(self, store: SafetensorsStore, out: Path, retype: dict[str, str]) -> None:
+    def __init__(
+        self,
+        store: SafetensorsStore,
+        out: Path,
+        retype: dict[str, str],
+        tmp: Path | None = None,
+    ) -> None:
         super().__init__()
         self.store = store
         self.out = out
@@ -340,7 +346,7 @@ class SafetensorsPatcher(Patcher):
         self.written: dict[str, list[tuple[int, int]]] = {}
         self._bytes = 0
         self._doc: dict[str, Any] | None = None
-        self.tmp = temp_beside(out)
+        self.tmp = tmp or temp_beside(out)  # ``tmp``: an empty file made by the caller
         self.fd: int | None = None
         try:
             self.fd = os.open(self.tmp, os.O_RDWR)  # read back if the data section moves
@@ -401,15 +407,20 @@ class SafetensorsPatcher(Patcher):
                         )
                     pos = max(pos, b)
 
-    def _commit(self) -> None:
-        assert self.fd is not None and self._doc is not None
+    def finish(self) -> Path:
+        """Complete the copy (the bytes nobody wrote, the header) without publishing it:
+        the finished temporary file. Without a history (a shard of an index, whose
+        history is the index's), the header keeps the source's metadata."""
+        assert self.fd is not None
+        doc = self._doc if self._doc is not None else self.doc
         self._fill()
-        header = encode_header(self._doc)
+        header = encode_header(doc)
         if len(header) <= self.data_start:  # fits the room (padded to it)
-            header = encode_header(self._doc, self.data_start - 8)
+            header = encode_header(doc, self.data_start - 8)
             os.pwrite(self.fd, header, 0)
         else:  # the history outgrew the room: the data section moves once
-            moved = temp_beside(self.out)
+            moved = temps.make_file(self.tmp.parent, self.tmp.name + ".")
+            os.chmod(moved, os.stat(self.tmp).st_mode & 0o777)
             fd = os.open(moved, os.O_WRONLY)
             try:
                 os.ftruncate(fd, len(header) + self.data_size)
@@ -425,10 +436,256 @@ class SafetensorsPatcher(Patcher):
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
-        publish(self.tmp, self.out, self.overwrite)
+        return self.tmp
+
+    def _commit(self) -> None:
+        publish(self.finish(), self.out, self.overwrite)
 
     def _abort(self) -> None:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
-        self.tmp.unlink(missing_ok=True)
+        temps.remove(self.tmp)
+
+
+# -- Hugging Face's sharded checkpoints: ``model.safetensors.index.json`` -------------------
+#
+# ``{"metadata": {"total_size": N, ...}, "weight_map": {tensor: "model-00001-of-00002.
+# safetensors", ...}}`` beside the shards it names (transformers' ``save_pretrained``,
+# huggingface_hub's ``split_state_dict_into_shards``). Read as one checkpoint of the tensors
+# the map names; patched shard by shard (changed shards rewritten, the others copied;
+# in place: left as they are); the index written last, the history in its ``metadata``.
+
+INDEX_FORMAT = "safetensors-index"
+INDEX_SUFFIX = ".safetensors.index.json"
+INDEX_LABEL = "sharded safetensors (.safetensors.index.json)"
+# Shards one index may name (each stays open: a descriptor and its parsed header).
+MAX_SHARDS = 4096
+
+
+def read_index(path: Path) -> dict[str, Any]:
+    """The index, checked: an object whose ``weight_map`` maps tensor names to the file
+    names of shards in the index's folder, and whose ``metadata`` is an object."""
+    doc = capped.parse_json(
+        capped.read_bytes(path, capped.JSON_BYTES, "safetensors index"), str(path), unique=True
+    )
+    wmap = doc.get("weight_map") if isinstance(doc, dict) else None
+    if not isinstance(wmap, dict) or not all(isinstance(v, str) for v in wmap.values()):
+        raise CorruptError(f"{path}: not a safetensors index (no weight_map of file names)")
+    if not isinstance(doc.get("metadata", {}), dict):
+        raise CorruptError(f"{path}: its metadata is not an object")
+    checked: dict[str, Any] = doc
+    return checked
+
+
+def index_shards(doc: dict[str, Any]) -> list[str]:
+    """The shard files an index names, in order of first mention."""
+    return list(dict.fromkeys(doc["weight_map"].values()))
+
+
+def is_index(path: Path) -> bool:
+    """A safetensors index: named so, and holding a map of tensor names to file names."""
+    if not path.name.endswith(INDEX_SUFFIX) or not path.is_file():
+        return False
+    try:
+        read_index(path)
+    except (OSError, CorruptError, InputError):
+        return path.stat().st_size > 0  # named so: opened, to say why it is refused
+    return True
+
+
+def index_named(path: Path) -> bool:
+    return path.name.endswith(INDEX_SUFFIX)
+
+
+def index_files(path: Path) -> list[Path]:
+    """An index and its shards (for digests)."""
+    return [path, *(path.parent / name for name in index_shards(read_index(path)))]
+
+
+def index_parts(folder: Path, names: Any) -> set[str]:
+    """Directory searches: the shards the indexes among ``names`` name (parts of those
+    models, never models themselves)."""
+    out: set[str] = set()
+    for name in names:
+        if name.endswith(INDEX_SUFFIX):
+            try:
+                out.update(index_shards(read_index(folder / name)))
+            except (OSError, CorruptError, InputError):
+                continue
+    return out
+
+
+class IndexStore(Store):
+    """A ``.safetensors.index.json`` and its shards, as one checkpoint."""
+
+    def __init__(self, path: Path) -> None:
+        from weightcli.stores.links import check_inside
+
+        self.path = path
+        self.doc = read_index(path)
+        self.names = index_shards(self.doc)
+        if len(self.names) > MAX_SHARDS:
+            raise CorruptError(f"{path}: names {len(self.names)} shards (at most {MAX_SHARDS})")
+        self.shards: list[SafetensorsStore] = []
+        try:
+            for name in self.names:
+                if Path(name).name != name or name in ("", ".", ".."):
+                    raise CorruptError(
+                        f"{path}: names shard {literal(repr(name))} outside the index's folder: "
+                        "refused"
+                    )
+                shard = check_inside(path.parent, path.parent / name)
+                if not shard.is_file():
+                    raise CorruptError(f"{path}: names shard {name}, which is missing")
+                self.shards.append(SafetensorsStore(shard))
+        except BaseException:
+            self.close()
+            raise
+        where = {name: i for i, name in enumerate(self.names)}
+        self._route: dict[str, int] = {}
+        for tensor, shard in self.doc["weight_map"].items():
+            i = where[shard]
+            if tensor not in self.shards[i]._entries:
+                self.close()
+                raise CorruptError(f"{path}: maps {tensor!r} to {shard}, which does not hold it")
+            self._route[tensor] = i
+        self._tensors = [
+            t
+            for i, store in enumerate(self.shards)
+            for t in store.tensors()
+            if self._route.get(t.path) == i
+        ]
+        metadata = self.doc.get("metadata", {})
+        self.meta = StoreMeta(
+            format=INDEX_FORMAT,
+            format_label=INDEX_LABEL,
+            history=clean_history(metadata.get(HISTORY_KEY)),
+            extra={
+                "shards": len(self.names),
+                **{
+                    k: v
+                    for k, v in metadata.items()
+                    if k != HISTORY_KEY and not isinstance(v, dict | list)
+                },
+            },
+        )
+
+    def tensors(self) -> list[TensorInfo]:
+        return list(self._tensors)
+
+    def shard_of(self, info: TensorInfo) -> int:
+        return self._route[info.path]
+
+    def read(self, info: TensorInfo, block: Block | None = None) -> np.ndarray:
+        return self.shards[self.shard_of(info)].read(info, block)
+
+    def supports_dtype(self, dtype: str) -> str | None:
+        return None if dtype in CODES else f"safetensors has no {dtype} dtype"
+
+    def siblings(self) -> list[Path]:
+        return [self.path.parent / name for name in self.names]
+
+    def _patch(self, out: Path, retype: dict[str, str]) -> Patcher:
+        return IndexPatcher(self, out, retype)
+
+    def close(self) -> None:
+        for store in getattr(self, "shards", []):
+            store.close()
+
+
+class IndexPatcher(Patcher):
+    """Writes OUT (``<stem>.safetensors.index.json``) and its shards: changed shards
+    patched, the others copied (in place: left alone). Shards are named
+    ``<stem>-NNNNN-of-NNNNN.safetensors`` (in place: as they were); they are moved into
+    place first, the index last."""
+
+    def __init__(self, store: IndexStore, out: Path, retype: dict[str, str]) -> None:
+        super().__init__()
+        self.store = store
+        self.out = out
+        self.retype = retype
+        self.in_place = out.resolve() == store.path.resolve()
+        n = len(store.names)
+        stem = out.name[: -len(INDEX_SUFFIX)] if out.name.endswith(INDEX_SUFFIX) else out.name
+        self.new_names = (
+            list(store.names)
+            if self.in_place
+            else [f"{stem}-{i + 1:05d}-of-{n:05d}{SUFFIX}" for i in range(n)]
+        )
+        self.tmp = temp_dir_beside(out)
+        self.inners: dict[int, SafetensorsPatcher] = {}
+        self._index_bytes = 0
+
+    @property
+    def bytes_written(self) -> int:
+        return self._index_bytes + sum(p.bytes_written for p in self.inners.values())
+
+    def _inner(self, i: int) -> SafetensorsPatcher:
+        if i not in self.inners:
+            dest = self.tmp / self.new_names[i]
+            dest.touch()
+            shard = self.store.shards[i]
+            retype = {k: v for k, v in self.retype.items() if k in shard._entries}
+            self.inners[i] = SafetensorsPatcher(
+                shard, self.out.parent / self.new_names[i], retype, tmp=dest
+            )
+        return self.inners[i]
+
+    def _begin(self, info: TensorInfo, dtype: str) -> None:
+        self._inner(self.store.shard_of(info)).begin(info, dtype)
+
+    def _write(self, info: TensorInfo, block: Block, data: np.ndarray) -> None:
+        self._inner(self.store.shard_of(info)).write(info, block, data)
+
+    def _set_history(self, history: list[dict[str, Any]]) -> None:
+        doc = dict(self.store.doc)
+        renamed = dict(zip(self.store.names, self.new_names, strict=True))
+        doc["weight_map"] = {t: renamed[s] for t, s in self.store.doc["weight_map"].items()}
+        metadata = dict(doc.get("metadata", {}))
+        if "total_size" in metadata:  # the tensors' bytes, as transformers counts them
+            metadata["total_size"] = sum(
+                math.prod(t.shape) * itemsize(self.retype.get(t.path, t.dtype))
+                for t in self.store.tensors()
+            )
+        metadata[HISTORY_KEY] = history
+        doc["metadata"] = metadata
+        text = json.dumps(doc, indent=2)
+        (self.tmp / self.out.name).write_text(text)
+        self._index_bytes = len(text.encode())
+
+    def _commit(self) -> None:
+        import shutil
+
+        finished: dict[int, Path] = {}
+        for i, name in enumerate(self.store.names):
+            if i in self.inners:
+                finished[i] = self.inners[i].finish()
+            elif not self.in_place:
+                shutil.copyfile(self.store.path.parent / name, self.tmp / self.new_names[i])
+                finished[i] = self.tmp / self.new_names[i]
+        replace = self.overwrite or self.in_place
+        if not replace:  # every name checked before any is published
+            taken = [n for n in self.new_names if (self.out.parent / n).exists()]
+            if taken:
+                raise OutputError.naming(
+                    f"{literal(self.out.parent / taken[0])}: already exists (a shard of "
+                    f"{literal(self.out.name)}); use {{force}} to overwrite"
+                )
+        published: list[Path] = []
+        try:
+            for i, path in finished.items():  # the shards first: the index makes them visible
+                publish(path, self.out.parent / self.new_names[i], replace)
+                published.append(self.out.parent / self.new_names[i])
+            publish(self.tmp / self.out.name, self.out, self.overwrite)
+        except BaseException:
+            if not replace:  # shards this run put there, and nothing else
+                for p in published:
+                    p.unlink(missing_ok=True)
+            raise
+        temps.remove(self.tmp)
+
+    def _abort(self) -> None:
+        for inner in self.inners.values():
+            inner.abort()
+        temps.remove(self.tmp)
