@@ -196,6 +196,7 @@ COMMANDS = [
     ["diff", "{case}", str(SAMPLES / "mlp_keras3.h5")],
     ["verify", "--no-load"],
     ["dump", "-o", "{out}.npz"],
+    ["export", "-o", "{out}.safetensors"],
     ["set", "{case}", "dense_1/bias=0", "-o", "{out}"],
     ["reinit", "{case}", "--initializer", "zeros", "-s", "dense_1/*", "-o", "{out}"],
     ["merge", "{case}", "{case}", "-o", "{out}"],

@@ -167,6 +167,7 @@ def test_help_on_every_command() -> None:
         "dump",
         "freeze",
         "reinit",
+        "export",
     }
     for name in names:
         cmd = cli.get_command(ctx, name)

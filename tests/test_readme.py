@@ -129,6 +129,7 @@ def test_every_shell_block_is_run() -> None:
         "weightcli dump",
         "s3://",
         "--source",
+        "--layout torch",
     )
     assert all(any(k in b for k in keys) for b in BLOCKS), [b[:60] for b in BLOCKS]
 
@@ -200,3 +201,10 @@ def test_digests_block(workspace: Path) -> None:
     doc = json.loads(res.stdout.strip().splitlines()[-1])
     assert all(len(t["blake3"]) == 64 for t in doc["tensors"])
     assert "PASS" in res.stdout  # the source check
+
+
+def test_torch_layout_block(workspace: Path) -> None:
+    block = next(b for b in BLOCKS if "--layout torch" in b)
+    res = sh("set -e\n" + block, workspace)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert sh("weightcli diff back.keras sample_models/mlp.keras", workspace).returncode == 0

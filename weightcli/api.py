@@ -30,6 +30,7 @@ from weightcli import recipe
 from weightcli.commands import assign as assign_cmd
 from weightcli.commands import diff as diff_cmd
 from weightcli.commands import dump as dump_cmd
+from weightcli.commands import export as export_cmd
 from weightcli.commands import freeze as freeze_cmd
 from weightcli.commands import inspect as inspect_cmd
 from weightcli.commands import merge as merge_cmd
@@ -41,6 +42,7 @@ from weightcli.params import OUTPUT_FIELDS, OutputKeywords, OutputSpec, take
 from weightcli.results import (
     DiffResult,
     DumpResult,
+    ExportResult,
     FreezeResult,
     InspectResult,
     TransformResult,
@@ -89,6 +91,7 @@ __all__ = [
     "clip",
     "diff",
     "dump",
+    "export",
     "freeze",
     "inspect",
     "merge",
@@ -276,6 +279,7 @@ def transplant(
     strict: bool = False,
     include_optimizer: bool = False,
     from_ema: bool = False,
+    layout: str = "keras",
     **keywords: Unpack[OutputKeywords],
 ) -> TransplantResult:
     """Copy SOURCE's weights into a patched copy of TARGET (matched by name after
@@ -289,6 +293,7 @@ def transplant(
         strict=strict,
         include_optimizer=include_optimizer,
         from_ema=from_ema,
+        layout=layout,
         out=_output(keywords, "transplant"),
     )
     return transplant_cmd.run(request, target)
@@ -368,6 +373,33 @@ def dump(
         force=force,
     )
     return dump_cmd.run(request, path)
+
+
+def export(
+    path: PathLike,
+    output: PathLike,
+    *,
+    to: str = "safetensors",
+    layout: str = "keras",
+    force: bool = False,
+    digest: str | None = None,
+    select: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    include_optimizer: bool = False,
+) -> ExportResult:
+    """Write the weights as a new ``.safetensors`` file, in Keras's layout (as stored)
+    or PyTorch's (``layout="torch"``: names and layouts by layer class)."""
+    request = export_cmd.ExportRequest(
+        output=as_path(output),
+        to=to,
+        layout=layout,
+        selection=selection(
+            select, exclude, include_optimizer=include_optimizer, floats_only=False
+        ),
+        force=force,
+        digest=digest,
+    )
+    return export_cmd.run(request, path)
 
 
 def reinit(

@@ -20,6 +20,7 @@ from weightcli.results import (
     DiffResult,
     DiffStatus,
     DumpResult,
+    ExportResult,
     FreezeResult,
     InspectResult,
     Received,
@@ -472,6 +473,28 @@ def print_dump(result: DumpResult) -> None:
     console().print(
         f"{len(result.tensors)} tensors, {fmt_bytes(total)} written to {result.output} "
         f"({result.layout}), {result.elapsed:.2f} s"
+    )
+
+
+def print_export(result: ExportResult) -> None:
+    rows: list[list[Cell]] = [
+        [
+            r.name,
+            fmt_shape(r.shape),
+            ", ".join(f"{n} {fmt_shape(s)}" for n, s in zip(r.written, r.shapes, strict=True)),
+            r.rule,
+        ]
+        for r in result.rows
+    ]
+    out = console()
+    out.print(
+        table(
+            [("Tensor", "left"), ("Shape", "left"), ("Written as", "left"), ("Rule", "left")], rows
+        )
+    )
+    out.print(
+        f"{len(result.rows)} tensors, {fmt_bytes(result.bytes_written)} written to "
+        f"{result.output} ({result.to}, {result.layout} layout), {result.elapsed:.2f} s"
     )
 
 

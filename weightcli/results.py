@@ -445,6 +445,61 @@ class FreezeResult:
 
 
 @dataclass
+class ExportRow:
+    """One exported tensor: its Keras name and shape, the names and shapes it was written
+    as, and the layout rule applied."""
+
+    name: str
+    written: list[str]
+    shape: tuple[int, ...]
+    shapes: list[tuple[int, ...]]
+    rule: str
+
+
+@dataclass
+class ExportResult:
+    """``export``: JSON ``{"source", "output", "to", "layout", "tensors": [{"name",
+    "shape", "written": [{"name", "shape"}], "rule"}], "bytes_written", "elapsed_s"}``."""
+
+    source: str
+    output: str
+    to: str
+    layout: str
+    rows: list[ExportRow]
+    bytes_written: int
+    elapsed: float
+
+    exit_code = ExitCode.OK
+
+    def explain(self) -> str | None:
+        return None
+
+    def to_json(self) -> JSON:
+        return clean(
+            {
+                "source": self.source,
+                "output": self.output,
+                "to": self.to,
+                "layout": self.layout,
+                "tensors": [
+                    {
+                        "name": r.name,
+                        "shape": list(r.shape),
+                        "written": [
+                            {"name": n, "shape": list(s)}
+                            for n, s in zip(r.written, r.shapes, strict=True)
+                        ],
+                        "rule": r.rule,
+                    }
+                    for r in self.rows
+                ],
+                "bytes_written": self.bytes_written,
+                "elapsed_s": self.elapsed,
+            }
+        )
+
+
+@dataclass
 class DumpResult:
     """``dump``: JSON ``{"source", "output", "format", "tensors": [{"name", "shape",
     "dtype", "bytes"}], "bytes"}``."""

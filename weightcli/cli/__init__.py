@@ -40,6 +40,7 @@ COMMANDS = {
     "dump": "weightcli.cli.edit_cmds:dump_cmd",
     "freeze": "weightcli.cli.edit_cmds:freeze_cmd",
     "reinit": "weightcli.cli.edit_cmds:reinit_cmd",
+    "export": "weightcli.cli.export_cmd:export",
 }
 
 

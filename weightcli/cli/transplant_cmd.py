@@ -40,6 +40,14 @@ from weightcli.stores.remote import as_path
     help="order: pair the weights of both models in model order (rebuilt models whose names shifted).",
 )
 @click.option(
+    "--layout",
+    type=click.Choice(["keras", "torch"]),
+    default="keras",
+    show_default=True,
+    help="torch: SOURCE holds PyTorch's layouts and names (a .safetensors state dict); each "
+    "TARGET layer's rule names the tensors it takes (fc/kernel <- fc.weight) and converts them.",
+)
+@click.option(
     "-s", "--select", multiple=True, metavar="GLOB", help="Only these TARGET tensors (repeatable)."
 )
 @click.option(
@@ -70,6 +78,7 @@ def transplant(
     maps: tuple[str, ...],
     map_file: Path | None,
     match_by: str,
+    layout: str,
     select: tuple[str, ...],
     exclude: tuple[str, ...],
     source_select: tuple[str, ...],
@@ -97,6 +106,7 @@ def transplant(
       weightcli transplant ckpt/ckpt-10 saved_model/ -o refreshed_model/ --strict
       weightcli transplant a.weights.h5 b.h5 --dry-run
       weightcli transplant trained.keras trained.keras --from-ema -o export_ready.keras
+      weightcli transplant torch.safetensors model.keras --layout torch --map 'encoder.*=dense*' -o ported.keras
     """
     request = command.TransplantRequest(
         source=as_path(source),
@@ -104,6 +114,7 @@ def transplant(
         source_select=tuple(source_select),
         maps=tuple(maps) + (read_map_file(map_file) if map_file else ()),
         match_by=match_by,
+        layout=layout,
         strict=strict,
         include_optimizer=include_optimizer,
         from_ema=from_ema,

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from weightcli import pipeline
+from weightcli import layouts, pipeline
 from weightcli.compare import parse_map, rename
 from weightcli.digest import digest
 from weightcli.errors import ParameterError, UsageError, literal
@@ -52,11 +52,15 @@ class TransplantRequest:
     strict: bool = False
     include_optimizer: bool = False
     from_ema: bool = False
+    # "torch": SOURCE holds PyTorch's layouts and names (``weightcli.layouts``).
+    layout: str = "keras"
     out: OutputSpec = field(default_factory=OutputSpec)
 
     def __post_init__(self) -> None:
         if self.match_by not in ("name", "order"):
             raise ParameterError("{match_by} must be name or order")
+        if self.layout not in ("keras", "torch"):
+            raise ParameterError(f"{{layout}} must be keras or torch, got {literal(self.layout)}")
         if self.match_by == "order" and self.maps:
             raise ParameterError("{match_by} order pairs by position: give no {map}")
         for m in self.maps:
@@ -80,12 +84,41 @@ class _CopyOp(TensorOp):
         return CopyFigures(self.src.name, self.how)
 
 
+class _LayoutOp(TensorOp):
+    """A TARGET tensor made of SOURCE's PyTorch tensors by a layout rule: read whole,
+    converted once (one tensor in memory at a time), then handed out block by block."""
+
+    def __init__(
+        self, info: TensorInfo, source: Store, srcs: list[TensorInfo], rule: layouts.Rule
+    ) -> None:
+        super().__init__(info)
+        self.source, self.srcs, self.rule = source, srcs, rule
+        self._full: np.ndarray | None = None
+
+    def apply(self, where: Block, block: np.ndarray, count: bool = True) -> np.ndarray:
+        if self._full is None:
+            arrays = [np.asarray(self.source.read(s)) for s in self.srcs]
+            self._full = self.rule.to_keras(arrays).astype(block.dtype, copy=False)
+        return self._full[where.index].reshape(block.shape)
+
+    def figures(self) -> Figures:
+        return CopyFigures(", ".join(s.name for s in self.srcs), self.rule.what)
+
+
+@dataclass(frozen=True)
+class _Pair:
+    """What one TARGET tensor receives: SOURCE tensors, and the layout rule (None: the
+    one tensor as it is)."""
+
+    sources: list[TensorInfo]
+    how: str
+    rule: layouts.Rule | None = None
+
+
 class _CopyStep(Step):
     command = "transplant"
 
-    def __init__(
-        self, pairs: dict[str, tuple[TensorInfo, str]], source: Store, params: dict[str, Any]
-    ) -> None:
+    def __init__(self, pairs: dict[str, _Pair], source: Store, params: dict[str, Any]) -> None:
         super().__init__(Selection(floats_only=False, include_optimizer=True))
         self.pairs, self.source, self._params = pairs, source, params
 
@@ -93,8 +126,10 @@ class _CopyStep(Step):
         return info.path in self.pairs
 
     def op(self, info: TensorInfo) -> TensorOp | None:
-        src, how = self.pairs[info.path]
-        return _CopyOp(info, self.source, src, how)
+        pair = self.pairs[info.path]
+        if pair.rule is not None:
+            return _LayoutOp(info, self.source, pair.sources, pair.rule)
+        return _CopyOp(info, self.source, pair.sources[0], pair.how)
 
     def params(self) -> dict[str, Any]:
         return self._params
@@ -162,6 +197,10 @@ def run(request: TransplantRequest, path: str | Path) -> TransplantResult:
         ]
         if not tgt:
             raise UsageError("the selection matches no tensor of TARGET")
+        if request.layout == "torch":
+            return _finish(
+                request, target_path, source, target, src, *_torch_rows(src, tgt, request)
+            )
         paired, warnings = _pairs(src, tgt, request)
         refused = [
             f"{t.name} ({t.dtype}) from {s.name} ({s.dtype})"
@@ -173,48 +212,120 @@ def run(request: TransplantRequest, path: str | Path) -> TransplantResult:
                 f"a float cannot be written into an integer tensor: {', '.join(refused[:3])}"
             )
         rows: list[TransplantRow] = []
-        pairs: dict[str, tuple[TensorInfo, str]] = {}
-        used: set[str] = set()
+        pairs: dict[str, _Pair] = {}
         for t, s, how in paired:
             row, copied = _row(t, s, how)
             rows.append(row)
             if copied and s is not None:
-                pairs[t.path] = (s, how)
-                used.add(s.path)
-        if not pairs and request.match_by == "order":
-            raise UsageError(
-                "no pair of SOURCE and TARGET weights in model order has matching shapes "
-                f"({len(src)} source, {len(tgt)} target tensors)"
-            )
-        if not pairs:
-            raise ParameterError(_nothing_matched(src, tgt))
-        unused = [s.name for s in src if s.path not in used]
-        out = request.out.plan(target, target_path, other_inputs=(request.source,))
-        params = {
-            **({"from_ema": True} if request.from_ema else {}),
-            "source": request.source.name,
-            "source_digest": None
-            if request.out.dry_run
-            else digest(request.source, request.out.digest),
-            "match_by": request.match_by,
-            **({"map": list(request.maps)} if request.maps else {}),
-        }
-        step = _CopyStep(pairs, source, params)
-        transform = pipeline.run(
-            target,
-            [step],
-            None if request.out.dry_run else out,
-            ["transplant", str(request.source), str(target_path)],
-            request.out,
+                pairs[t.path] = _Pair([s], how)
+        return _finish(request, target_path, source, target, src, tgt, rows, pairs, warnings)
+
+
+def _finish(
+    request: TransplantRequest,
+    target_path: Path,
+    source: Store,
+    target: Store,
+    src: list[TensorInfo],
+    tgt: list[TensorInfo],
+    rows: list[TransplantRow],
+    pairs: dict[str, _Pair],
+    warnings: list[str],
+) -> TransplantResult:
+    """Write the pairs into TARGET's copy (the one pipeline of every writer); the report."""
+    used = {s.path for p in pairs.values() for s in p.sources}
+    if not pairs and request.match_by == "order":
+        raise UsageError(
+            "no pair of SOURCE and TARGET weights in model order has matching shapes "
+            f"({len(src)} source, {len(tgt)} target tensors)"
         )
-        changed = {c.info.name: c.max_change for c in transform.changes}
-        for r in rows:
-            if r.received == Received.COPIED:
-                r.max_change = changed.get(r.target, 0.0)
-        return TransplantResult(
-            str(request.source), str(target_path), request.match_by, rows, unused, warnings,
-            transform, request.strict,
-        )  # fmt: skip
+    if not pairs:
+        raise ParameterError(_nothing_matched(src, tgt, request.layout))
+    unused = [s.name for s in src if s.path not in used]
+    out = request.out.plan(target, target_path, other_inputs=(request.source,))
+    params = {
+        **({"from_ema": True} if request.from_ema else {}),
+        "source": request.source.name,
+        "source_digest": None
+        if request.out.dry_run
+        else digest(request.source, request.out.digest),
+        "match_by": request.match_by,
+        **({"layout": request.layout} if request.layout != "keras" else {}),
+        **({"map": list(request.maps)} if request.maps else {}),
+    }
+    step = _CopyStep(pairs, source, params)
+    transform = pipeline.run(
+        target,
+        [step],
+        None if request.out.dry_run else out,
+        ["transplant", str(request.source), str(target_path)],
+        request.out,
+    )
+    changed = {c.info.name: c.max_change for c in transform.changes}
+    for r in rows:
+        if r.received == Received.COPIED:
+            r.max_change = changed.get(r.target, 0.0)
+    return TransplantResult(
+        str(request.source), str(target_path), request.match_by, rows, unused, warnings,
+        transform, request.strict,
+    )  # fmt: skip
+
+
+def _torch_rows(
+    src: list[TensorInfo], tgt: list[TensorInfo], request: TransplantRequest
+) -> tuple[list[TensorInfo], list[TransplantRow], dict[str, _Pair], list[str]]:
+    """``--layout torch``: every TARGET tensor's rule (by its layer class) names the
+    PyTorch tensors it is made of (``fc/kernel`` <- ``fc.weight``); SOURCE's names, after
+    ``maps``, are matched to those (or, by order, SOURCE's tensors to the rules' roles
+    in TARGET's model order), and the shapes checked through the rule."""
+    rules = [(t, layouts.rule_for(t)) for t in tgt]
+    warnings: list[str] = []
+    found: dict[str, list[TensorInfo | None]] = {}
+    how = request.match_by
+    if request.match_by == "order":
+        it = iter(src)
+        for t, rule in rules:
+            found[t.path] = [next(it, None) for _ in rule.roles]
+    else:
+        maps = [parse_map(m) for m in request.maps]
+        for old, new in maps:
+            if not any(rename(s.name, [(old, new)]) != s.name for s in src):
+                warnings.append(f"map {old}={new} renames no source tensor")
+        by_name: dict[str, TensorInfo] = {}
+        for s in src:
+            by_name.setdefault(rename(s.name, maps), s)
+        for t, rule in rules:
+            found[t.path] = [by_name.get(n) for n in rule.torch_names(t)]
+        how = "rename" if maps else "name"
+    rows: list[TransplantRow] = []
+    pairs: dict[str, _Pair] = {}
+    for t, rule in rules:
+        got = found[t.path]
+        names = rule.torch_names(t)
+        if not all(got):
+            missing = [n for n, g in zip(names, got, strict=True) if g is None]
+            rows.append(TransplantRow(t.name, Received.KEPT, why=f"no {', '.join(missing)}"))
+            continue
+        srcs = [g for g in got if g is not None]
+        shape = rule.keras_shape([s.shape for s in srcs])
+        label = ", ".join(s.name for s in srcs)
+        if shape != t.shape:
+            shapes = ", ".join(str(s.shape) for s in srcs)
+            rows.append(
+                TransplantRow(
+                    t.name,
+                    Received.SKIPPED,
+                    label,
+                    "shapes differ",
+                    why=f"{shapes} give {shape if shape else 'no'} shape, not {t.shape}",
+                )  # fmt: skip
+            )
+            continue
+        if any(s.is_float for s in srcs) and not t.is_float:
+            raise UsageError(f"a float cannot be written into an integer tensor: {t.name}")
+        rows.append(TransplantRow(t.name, Received.COPIED, label, rule.what, how=how))
+        pairs[t.path] = _Pair(srcs, how, rule)
+    return tgt, rows, pairs, warnings
 
 
 # Kinds Keras keeps out of a model's trainable variables (and so out of the EMA).
@@ -271,7 +382,15 @@ def ema_weights(store: Store) -> list[TensorInfo]:
     return out
 
 
-def _nothing_matched(src: list[TensorInfo], tgt: list[TensorInfo]) -> str:
+def _nothing_matched(src: list[TensorInfo], tgt: list[TensorInfo], layout: str = "keras") -> str:
+    if layout == "torch":
+        want = ", ".join(n for t in tgt[:2] for n in layouts.rule_for(t).torch_names(t))
+        return (
+            f"no tensor of SOURCE has the PyTorch names TARGET's layers expect (such as "
+            f"{literal(want)}): rename SOURCE's with {{map}} OLD=NEW or {{map_file}}, or pair "
+            "by position with {match_by} order; `weightcli export TARGET --to safetensors "
+            "--layout torch` shows every name"
+        )
     names = [s.name for s in src]
     shapes = {s.name: s.shape for s in src}
     near = []

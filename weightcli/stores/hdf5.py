@@ -380,6 +380,11 @@ class H5Store(Store):
             last = logical.rsplit("/", 1)[-1]
             if layer_class is None:
                 layer_class = naming.class_from_group(last)
+            if layer_class is None and last in naming.MHA_PARTS and len(chain) >= 2:
+                # MultiHeadAttention's own EinsumDense sublayers (absent from the config)
+                owner_class = classes.get(chain[-2]) or naming.class_from_group(chain[-2])
+                if owner_class == "MultiHeadAttention":
+                    layer_class = "EinsumDense"
             if last == "cell" and len(chain) >= 2:
                 parent_class = classes.get(chain[-2]) or naming.class_from_group(
                     logical.split("/")[-2]

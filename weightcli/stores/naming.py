@@ -110,6 +110,11 @@ SNAKE_TO_CLASS = {to_snake_case(c): c for c in KERAS3_VARS} | {
 }
 
 
+# The sublayers Keras 3's MultiHeadAttention makes itself (EinsumDense each: kernel, bias),
+# by their group names in a weights file.
+MHA_PARTS = ("query_dense", "key_dense", "value_dense", "output_dense")
+
+
 def class_from_group(group_name: str) -> str | None:
     """Guess a layer class from a Keras 3 group name (``dense_3`` -> ``Dense``)."""
     base = re.sub(r"_\d+$", "", group_name)

@@ -689,3 +689,72 @@ class IndexPatcher(Patcher):
         for inner in self.inners.values():
             inner.abort()
         temps.remove(self.tmp)
+
+
+class NewFile:
+    """A new ``.safetensors`` file, written tensor by tensor (``export``).
+
+    The data section goes to a temporary file first, each tensor's bytes in the order
+    given (streamed by the caller, block by block); the header, which needs every
+    tensor's shape, is put in front at ``commit`` and the data section copied after it
+    by the kernel; the result is published atomically (never over an existing OUT
+    without ``overwrite``)."""
+
+    def __init__(self, out: Path, overwrite: bool = False) -> None:
+        self.out = out
+        self.overwrite = overwrite
+        self.entries: dict[str, dict[str, Any]] = {}
+        self.at = 0
+        self.data = temp_beside(out, ".data")
+        self.fd: int | None = os.open(self.data, os.O_RDWR)
+        self.bytes_written = 0
+
+    def add(self, name: str, dtype: str, shape: tuple[int, ...], chunks: Any) -> None:
+        """The tensor ``name``: ``chunks`` (arrays) are its values in C order."""
+        assert self.fd is not None
+        if name in self.entries or name == METADATA:
+            raise OutputError(f"{self.out}: two tensors would be named {name!r}")
+        if dtype not in CODES:
+            raise OutputError(f"{self.out}: {name}: safetensors has no {dtype} dtype")
+        little = to_numpy(dtype).newbyteorder("<")
+        begin = self.at
+        for chunk in chunks:
+            raw = np.ascontiguousarray(chunk, dtype=little).reshape(-1).view(np.uint8)
+            view = memoryview(raw.data)
+            done = 0
+            while done < len(view):
+                done += os.pwrite(self.fd, view[done:], self.at + done)
+            self.at += len(view)
+        need = math.prod(shape) * itemsize(dtype)
+        if self.at - begin != need:
+            raise ValueError(f"{name}: {self.at - begin} bytes written, {need} expected")
+        self.entries[name] = {
+            "dtype": CODES[dtype],
+            "shape": list(shape),
+            "data_offsets": [begin, self.at],
+        }
+
+    def commit(self, metadata: dict[str, str]) -> None:
+        assert self.fd is not None
+        header = encode_header({METADATA: metadata, **self.entries})
+        final = temp_beside(self.out)
+        try:
+            fd = os.open(final, os.O_WRONLY)
+            try:
+                os.ftruncate(fd, len(header) + self.at)
+                os.pwrite(fd, header, 0)
+                copy_range(self.fd, fd, 0, self.at, 0, len(header))
+            finally:
+                os.close(fd)
+            publish(final, self.out, self.overwrite)
+        except BaseException:
+            temps.remove(final)
+            raise
+        self.bytes_written = len(header) + self.at
+        self.abort()  # the data section's temporary
+
+    def abort(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        temps.remove(self.data)

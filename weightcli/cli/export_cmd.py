@@ -1,0 +1,74 @@
+"""``weightcli export``: a checkpoint's weights as a new file of another format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from weightcli.cli.dispatch import dispatch_one
+from weightcli.cli.options import debug_option, json_option, selection_group
+from weightcli.commands import export as command
+from weightcli.digest import ALGORITHMS
+from weightcli.report import print_export
+from weightcli.select import Selection
+
+
+@click.command()
+@click.argument("path", metavar="IN", type=click.Path(path_type=str))
+@click.option(
+    "--to",
+    type=click.Choice(list(command.TARGETS)),
+    default="safetensors",
+    show_default=True,
+    help="The format written.",
+)
+@click.option(
+    "--layout",
+    type=click.Choice(["keras", "torch"]),
+    default="keras",
+    show_default=True,
+    help="keras: each tensor as stored, by its canonical name; torch: PyTorch's names and "
+    "layouts (fc/kernel -> fc.weight transposed; conv kernels to [O, I, k...]; LSTM/GRU gates).",
+)
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), required=True, help="OUT.safetensors"
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing OUT.")
+@click.option(
+    "--digest",
+    type=click.Choice(ALGORITHMS),
+    default=None,
+    help="How the history records IN: blake3 (default, or $WEIGHTCLI_DIGEST), sha256, none.",
+)
+@selection_group(floats_only=False)
+@json_option
+@debug_option
+def export(
+    path: str,
+    to: str,
+    layout: str,
+    output: Path,
+    force: bool,
+    digest: str | None,
+    sel: Selection,
+    as_json: bool,
+    debug: bool,
+) -> None:
+    """Write IN's weights as a new file of another format (not surgery: a new container).
+
+    Model weights by default (optimizer state with --include-optimizer). --layout torch
+    converts each tensor by its Keras layer class (a full model is needed: .keras, or an
+    .h5 with its config); `weightcli transplant OUT.safetensors IN --layout torch` reads
+    such a file back. The report lists every tensor, the names it was written as and the
+    rule applied.
+
+    \b
+    Examples:
+      weightcli export model.keras --to safetensors -o model.safetensors
+      weightcli export model.keras --to safetensors --layout torch -o pytorch.safetensors
+    """
+    request = command.ExportRequest(
+        output=output, to=to, layout=layout, selection=sel, force=force, digest=digest
+    )
+    dispatch_one(path, command.run, request, print_export, as_json=as_json, debug=debug)
