@@ -306,3 +306,52 @@ def test_what_has_no_pytorch_counterpart_is_refused(tmp_path: Path) -> None:
     res = run("export", plain, "--layout", "torch", "-o", tmp_path / "w.safetensors")
     assert_clean_error(res, "layer class is unknown")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.keras", "w.h5"]
+
+
+def test_a_map_file_of_regular_expressions(models, tmp_path: Path) -> None:
+    """Hugging Face style names (``layers.0.ffn.weight``) renamed by a JSON map file of
+    regular expressions into the names the Keras layers' rules expect."""
+    import json
+
+    from safetensors.numpy import save_file
+
+    path, other, x, y, forward = models["lstm"]
+    exported = tmp_path / "torch.safetensors"
+    assert run("export", path, "--layout", "torch", "-o", exported).code == 0
+    theirs = {
+        k.replace("lstm.lstm_cell.", "encoder.layers.0.rnn."): v
+        for k, v in load_file(str(exported)).items()
+    }
+    save_file(theirs, str(tmp_path / "theirs.safetensors"))
+    rules = tmp_path / "map.json"
+    rules.write_text(json.dumps({r"re:encoder\.layers\.(\d+)\.rnn\.(.*)": r"lstm.lstm_cell.\2"}))
+    back = tmp_path / "back.keras"
+    res = run(
+        "transplant",
+        tmp_path / "theirs.safetensors",
+        other,
+        "--layout",
+        "torch",
+        "--map-file",
+        rules,
+        "--strict",
+        "-o",
+        back,
+    )
+    assert res.code == 0, res.out + res.err
+    assert run("diff", back, path).code == 0
+    rules.write_text(json.dumps({r"re:(unclosed": "x"}))
+    assert_clean_error(
+        run(
+            "transplant",
+            tmp_path / "theirs.safetensors",
+            other,
+            "--layout",
+            "torch",
+            "--map-file",
+            rules,
+            "-o",
+            back,
+        ),
+        "not a regular expression",
+    )

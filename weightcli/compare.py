@@ -34,21 +34,36 @@ DTYPE = DiffStatus.DTYPE
 
 
 def parse_map(spec: str) -> tuple[str, str]:
+    """``OLD=NEW``: a glob with ``*`` (each captured, put in NEW's ``*`` in order) or a
+    prefix; ``re:PATTERN=NEW``: a Python regular expression matching the whole name (no
+    ``=`` in it), NEW with ``\\1``-style groups."""
     old, sep, new = spec.partition("=")
     shown = literal(repr(spec))
     if not sep or not old:
         raise ParameterError(f"{{map}} takes OLD=NEW, got {shown}")
+    if old.startswith("re:"):
+        try:
+            pattern = re.compile(old[3:])
+            groups = [int(g) for g in re.findall(r"\\(\d+)", new)]
+        except re.error as exc:
+            raise ParameterError(f"{{map}} {shown}: not a regular expression: {exc}") from None
+        if any(g > pattern.groups for g in groups):
+            raise ParameterError(f"{{map}} {shown}: NEW names a group the pattern does not have")
+        return old, new
     if old.count("*") != new.count("*"):
         raise ParameterError(f"{{map}} {shown}: OLD and NEW need the same number of '*'")
     return old, new
 
 
 def read_map_file(path: Path) -> tuple[str, ...]:
-    """A file of rename rules, one ``OLD=NEW`` a line (as ``map`` takes them; blank lines
-    and ``#`` comments skipped), each checked; in order (the first matching rule wins)."""
+    """A file of rename rules, in order (the first matching rule wins), each checked:
+    one ``OLD=NEW`` a line (as ``map`` takes them; blank lines and ``#`` comments
+    skipped), or JSON: an object ``{"OLD": "NEW", ...}`` or a list of ``[OLD, NEW]``."""
     from weightcli.stores import capped
 
     text = capped.read_bytes(path, capped.RECIPE_BYTES, "map file").decode(errors="replace")
+    if text.lstrip()[:1] in ("{", "["):
+        return _json_map(path, capped.parse_json(text, str(path), unique=True))
     rules = []
     for number, line in enumerate(text.splitlines(), 1):
         rule = line.split("#", 1)[0].strip()
@@ -64,9 +79,39 @@ def read_map_file(path: Path) -> tuple[str, ...]:
     return tuple(rules)
 
 
+def _json_map(path: Path, doc: object) -> tuple[str, ...]:
+    pairs = list(doc.items()) if isinstance(doc, dict) else doc
+    if not isinstance(pairs, list) or not all(
+        isinstance(p, list | tuple) and len(p) == 2 and all(isinstance(x, str) for x in p)
+        for p in pairs
+    ):
+        raise ParameterError(
+            f"{literal(path)}: a JSON {{map_file}} is an object of OLD: NEW or a list of "
+            "[OLD, NEW] pairs"
+        )
+    rules = []
+    for old, new in pairs:
+        if "=" in old:
+            raise ParameterError(f"{literal(path)}: {literal(repr(old))}: OLD may not hold '='")
+        try:
+            parse_map(f"{old}={new}")
+        except ParameterError as exc:
+            raise ParameterError(f"{literal(path)}: {exc.template}") from None
+        rules.append(f"{old}={new}")
+    if not rules:
+        raise ParameterError(f"{literal(path)}: no rule in the {{map_file}}")
+    return tuple(rules)
+
+
 def rename(name: str, maps: Sequence[tuple[str, str]]) -> str:
-    """Apply the first matching ``--map``: globs with ``*`` (captured in order), else a prefix."""
+    """Apply the first matching ``--map``: a regular expression (``re:``), a glob with
+    ``*`` (captured in order), else a prefix."""
     for old, new in maps:
+        if old.startswith("re:"):
+            hit = re.fullmatch(old[3:], name)
+            if hit:
+                return hit.expand(new)
+            continue
         if "*" in old:
             pattern = "^" + "(.*?)".join(re.escape(p) for p in old.split("*")) + "$"
             m = re.match(pattern, name)
