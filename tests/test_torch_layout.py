@@ -355,3 +355,28 @@ def test_a_map_file_of_regular_expressions(models, tmp_path: Path) -> None:
         ),
         "not a regular expression",
     )
+
+
+def test_export_renames_with_the_map_rules(models, tmp_path: Path) -> None:
+    path, other, *_ = models["dense"]
+    out = tmp_path / "t.safetensors"
+    res = run("export", path, "--layout", "torch", "--map", r"re:fc\.(.*)=head.0.\1", "-o", out)
+    assert res.code == 0, res.err
+    assert sorted(load_file(str(out))) == ["head.0.bias", "head.0.weight"]
+    back = tmp_path / "back.keras"
+    assert (
+        run(
+            "transplant",
+            out,
+            other,
+            "--layout",
+            "torch",
+            "--map",
+            "head.0.*=fc.*",
+            "--strict",
+            "-o",
+            back,
+        ).code
+        == 0
+    )
+    assert run("diff", back, path).code == 0

@@ -383,6 +383,7 @@ def export(
     layout: str = "keras",
     force: bool = False,
     digest: str | None = None,
+    maps: Sequence[str] = (),
     select: Sequence[str] = (),
     exclude: Sequence[str] = (),
     include_optimizer: bool = False,
@@ -398,6 +399,7 @@ def export(
         ),
         force=force,
         digest=digest,
+        maps=tuple(maps),
     )
     return export_cmd.run(request, path)
 

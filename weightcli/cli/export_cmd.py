@@ -7,8 +7,9 @@ from pathlib import Path
 import click
 
 from weightcli.cli.dispatch import dispatch_one
-from weightcli.cli.options import debug_option, json_option, selection_group
+from weightcli.cli.options import debug_option, json_option, map_file_option, selection_group
 from weightcli.commands import export as command
+from weightcli.compare import read_map_file
 from weightcli.digest import ALGORITHMS
 from weightcli.report import print_export
 from weightcli.select import Selection
@@ -41,6 +42,14 @@ from weightcli.select import Selection
     default=None,
     help="How the history records IN: blake3 (default, or $WEIGHTCLI_DIGEST), sha256, none.",
 )
+@click.option(
+    "--map",
+    "maps",
+    multiple=True,
+    metavar="OLD=NEW",
+    help="Rename the written tensors (diff --map's rules; re:PATTERN=NEW too).",
+)
+@map_file_option
 @selection_group(floats_only=False)
 @json_option
 @debug_option
@@ -51,6 +60,8 @@ def export(
     output: Path,
     force: bool,
     digest: str | None,
+    maps: tuple[str, ...],
+    map_file: Path | None,
     sel: Selection,
     as_json: bool,
     debug: bool,
@@ -67,8 +78,15 @@ def export(
     Examples:
       weightcli export model.keras --to safetensors -o model.safetensors
       weightcli export model.keras --to safetensors --layout torch -o pytorch.safetensors
+      weightcli export model.keras --layout torch --map 're:dense_(\\d+)\\.(.*)=fc\1.\2' -o t.safetensors
     """
     request = command.ExportRequest(
-        output=output, to=to, layout=layout, selection=sel, force=force, digest=digest
+        output=output,
+        to=to,
+        layout=layout,
+        selection=sel,
+        force=force,
+        digest=digest,
+        maps=maps + (read_map_file(map_file) if map_file else ()),
     )
     dispatch_one(path, command.run, request, print_export, as_json=as_json, debug=debug)

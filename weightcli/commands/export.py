@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from weightcli import layouts
+from weightcli.compare import parse_map, rename
 from weightcli.digest import digest
 from weightcli.errors import OutputError, ParameterError, UsageError, literal
 from weightcli.results import ExportResult, ExportRow
@@ -39,8 +40,11 @@ class ExportRequest:
     selection: Selection = field(default_factory=lambda: Selection(floats_only=False))
     force: bool = False
     digest: str | None = None  # how the source is hashed for the history
+    maps: tuple[str, ...] = ()  # rename the written names (``diff --map``'s rules)
 
     def __post_init__(self) -> None:
+        for m in self.maps:
+            parse_map(m)
         if self.to not in TARGETS:
             raise ParameterError(
                 f"{{to}} must be one of {', '.join(TARGETS)}, got {literal(self.to)}"
@@ -78,16 +82,18 @@ def run(request: ExportRequest, path: str | Path) -> ExportResult:
             (t, layouts.rule_for(t) if request.layout == "torch" else None) for t in chosen
         ]  # every rule found (or refused) before a byte is written
         rows: list[ExportRow] = []
+        maps = [parse_map(m) for m in request.maps]
         writer = NewFile(out, request.force)
         try:
             packs: dict[str, dict[int, tuple[TensorInfo, np.ndarray]]] = {}
             for t, rule in plan:
                 if rule is None:
-                    writer.add(t.name, t.dtype, t.shape, (b for _, b in store.blocks(t)))
-                    rows.append(ExportRow(t.name, [t.name], t.shape, [t.shape], "as stored"))
+                    name = rename(t.name, maps)
+                    writer.add(name, t.dtype, t.shape, (b for _, b in store.blocks(t)))
+                    rows.append(ExportRow(t.name, [name], t.shape, [t.shape], "as stored"))
                     continue
                 arrays = rule.to_torch(np.asarray(store.read(t)))
-                names = rule.torch_names(t)
+                names = [rename(n, maps) for n in rule.torch_names(t)]
                 if rule.pack is not None:  # a part of one PyTorch tensor (in_proj_weight)
                     index, count = rule.pack
                     parts = packs.setdefault(names[0], {})
