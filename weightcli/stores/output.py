@@ -331,6 +331,33 @@ def publish(tmp: Path, out: Path, overwrite: bool) -> None:
     temps.forget(tmp)
 
 
+def publish_with_parts(
+    parts: list[tuple[Path, Path]], main: tuple[Path, Path], replace: bool, overwrite: bool
+) -> None:
+    """Publish a checkpoint of several files: its ``parts`` (temporary, final), then its
+    ``main`` file (a map or index that makes them visible). Without ``replace`` every
+    part's name is checked free before any is published, and on a failure the parts
+    this call published are removed (nothing else)."""
+    if not replace:
+        taken = [dest for _, dest in parts if dest.exists()]
+        if taken:
+            raise OutputError.naming(
+                f"{literal(taken[0])}: already exists (a part of {literal(main[1].name)}); "
+                "use {force} to overwrite"
+            )
+    published: list[Path] = []
+    try:
+        for tmp, dest in parts:
+            publish(tmp, dest, replace)
+            published.append(dest)
+        publish(main[0], main[1], overwrite)
+    except BaseException:
+        if not replace:
+            for p in published:
+                p.unlink(missing_ok=True)
+        raise
+
+
 def _keep_mode(tmp: Path, out: Path) -> None:
     """A file or folder written over keeps its permission bits, and its owner and
     group where this process may set them (root, or its own files)."""

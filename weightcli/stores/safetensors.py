@@ -34,7 +34,7 @@ from weightcli.dtypes import itemsize, to_numpy
 from weightcli.errors import CorruptError, InputError, OutputError, literal
 from weightcli.stores import capped, temps
 from weightcli.stores.base import Block, Patcher, Store, StoreMeta, clean_history
-from weightcli.stores.output import publish, temp_beside, temp_dir_beside
+from weightcli.stores.output import publish, publish_with_parts, temp_beside, temp_dir_beside
 from weightcli.stores.rangecopy import copy_range
 from weightcli.stores.remote import is_url, open_range
 from weightcli.tensor import TensorInfo
@@ -664,25 +664,9 @@ class IndexPatcher(Patcher):
             elif not self.in_place:
                 shutil.copyfile(self.store.path.parent / name, self.tmp / self.new_names[i])
                 finished[i] = self.tmp / self.new_names[i]
-        replace = self.overwrite or self.in_place
-        if not replace:  # every name checked before any is published
-            taken = [n for n in self.new_names if (self.out.parent / n).exists()]
-            if taken:
-                raise OutputError.naming(
-                    f"{literal(self.out.parent / taken[0])}: already exists (a shard of "
-                    f"{literal(self.out.name)}); use {{force}} to overwrite"
-                )
-        published: list[Path] = []
-        try:
-            for i, path in finished.items():  # the shards first: the index makes them visible
-                publish(path, self.out.parent / self.new_names[i], replace)
-                published.append(self.out.parent / self.new_names[i])
-            publish(self.tmp / self.out.name, self.out, self.overwrite)
-        except BaseException:
-            if not replace:  # shards this run put there, and nothing else
-                for p in published:
-                    p.unlink(missing_ok=True)
-            raise
+        parts = [(path, self.out.parent / self.new_names[i]) for i, path in finished.items()]
+        main = (self.tmp / self.out.name, self.out)
+        publish_with_parts(parts, main, self.overwrite or self.in_place, self.overwrite)
         temps.remove(self.tmp)
 
     def _abort(self) -> None:

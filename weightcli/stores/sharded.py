@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from weightcli.errors import CorruptError, OutputError, UnsupportedError, literal
+from weightcli.errors import CorruptError, UnsupportedError
 from weightcli.stores import capped, temps
 from weightcli.stores.base import Block, Format, Patcher, Store, StoreMeta, clean_history
 from weightcli.stores.hdf5 import H5Patcher, H5Store
 from weightcli.stores.links import check_inside
-from weightcli.stores.output import publish, temp_dir_beside
+from weightcli.stores.output import publish_with_parts, temp_dir_beside
 from weightcli.tensor import TensorInfo
 
 SUFFIX = ".weights.json"
@@ -250,25 +250,9 @@ class ShardedPatcher(Patcher):
                 self.inners[i].close_file()
             else:
                 shutil.copyfile(self.store.path.parent / name, self.tmp / self.new_names[i])
-        replace = self.overwrite or self._same_names()
-        if not replace:  # every name checked before any is published
-            taken = [n for n in self.new_names if (self.out.parent / n).exists()]
-            if taken:
-                raise OutputError.naming(
-                    f"{literal(self.out.parent / taken[0])}: already exists (a shard of "
-                    f"{literal(self.out.name)}); use {{force}} to overwrite"
-                )
-        published: list[Path] = []
-        try:
-            for new in self.new_names:  # the shards first: the map makes them visible
-                publish(self.tmp / new, self.out.parent / new, replace)
-                published.append(self.out.parent / new)
-            publish(self.tmp / self.out.name, self.out, self.overwrite)
-        except BaseException:
-            if not replace:  # shards this run put there, and nothing else
-                for p in published:
-                    p.unlink(missing_ok=True)
-            raise
+        parts = [(self.tmp / new, self.out.parent / new) for new in self.new_names]
+        main = (self.tmp / self.out.name, self.out)
+        publish_with_parts(parts, main, self.overwrite or self._same_names(), self.overwrite)
         temps.remove(self.tmp)
 
     def _same_names(self) -> bool:
