@@ -168,6 +168,7 @@ def test_help_on_every_command() -> None:
         "freeze",
         "reinit",
         "export",
+        "prune",
     }
     for name in names:
         cmd = cli.get_command(ctx, name)

@@ -130,6 +130,7 @@ def test_every_shell_block_is_run() -> None:
         "s3://",
         "--source",
         "--layout torch",
+        "weightcli prune",
     )
     assert all(any(k in b for k in keys) for b in BLOCKS), [b[:60] for b in BLOCKS]
 
@@ -208,3 +209,11 @@ def test_torch_layout_block(workspace: Path) -> None:
     res = sh("set -e\n" + block, workspace)
     assert res.returncode == 0, res.stdout + res.stderr
     assert sh("weightcli diff back.keras sample_models/mlp.keras", workspace).returncode == 0
+
+
+def test_prune_block(workspace: Path) -> None:
+    block = next(b for b in BLOCKS if "weightcli prune" in b)
+    res = sh("set -e\n" + block, workspace)
+    assert res.returncode == 0, res.stdout + res.stderr
+    for name in ("sparse.keras", "sparse_global.keras", "sparse24.keras"):
+        assert (workspace / name).is_file(), name

@@ -17,7 +17,7 @@ import weightcli.transforms.clip as clipmod
 from weightcli.api import selection
 from weightcli.commands import transform
 from weightcli.params import OutputSpec
-from weightcli.steps import ClipStep, QuantizeStep, ScaleStep, Step
+from weightcli.steps import ClipStep, PruneStep, QuantizeStep, ScaleStep, Step
 
 TINY = 1000
 
@@ -44,8 +44,8 @@ def block_sizes(monkeypatch) -> list[int]:
     sizes: list[int] = []
     real = base.Store.blocks
 
-    def blocks(self, info, max_elems=base.BLOCK_ELEMS) -> Iterator:
-        for where, block in real(self, info, max_elems):
+    def blocks(self, info, max_elems=base.BLOCK_ELEMS, align=None) -> Iterator:
+        for where, block in real(self, info, max_elems, align):
             sizes.append(block.size)
             yield where, block
 
@@ -69,6 +69,8 @@ STEPS = {
     "quantize-axis0": lambda: QuantizeStep(SEL, axis=0, scheme="asymmetric"),
     "quantize-axis2": lambda: QuantizeStep(selection(select=["conv/*", "pointwise/*"]), axis=2),
     "quantize-tensor": lambda: QuantizeStep(SEL, granularity="per-tensor"),
+    "prune": lambda: PruneStep(SEL, sparsity=0.6),
+    "prune-global": lambda: PruneStep(SEL, sparsity=0.6, scope="global"),
 }
 
 

@@ -50,7 +50,7 @@ from weightcli.results import (
     VerifyResult,
 )
 from weightcli.select import Selection, selection
-from weightcli.steps import ClipStep, QuantizeStep, ScaleStep, Step
+from weightcli.steps import ClipStep, PruneStep, QuantizeStep, ScaleStep, Step
 from weightcli.stores import Store, open_store
 from weightcli.stores.remote import as_path
 from weightcli.tensor import TensorInfo
@@ -96,6 +96,7 @@ __all__ = [
     "inspect",
     "merge",
     "open",
+    "prune",
     "quantize",
     "reinit",
     "scale",
@@ -227,6 +228,25 @@ def quantize(
         dtype=dtype,
     )
     return _transform(path, [step], "quantize", out)
+
+
+def prune(
+    path: PathLike,
+    sparsity: float | None = None,
+    *,
+    scope: str = "layer",
+    by_layer: Mapping[str, float] | None = None,
+    pattern: tuple[int, int] | None = None,
+    **keywords: Unpack[WriteKeywords],
+) -> TransformResult:
+    """Zero the smallest-magnitude weights: ``sparsity`` of each selected tensor
+    (``scope="global"``: one threshold over all), or N:M structured sparsity
+    (``pattern=(2, 4)``)."""
+    out, sel = _groups(keywords, "prune")
+    step = PruneStep(
+        sel, sparsity=sparsity, scope=scope, by_layer=dict(by_layer or {}), pattern=pattern
+    )
+    return _transform(path, [step], "prune", out)
 
 
 def apply(

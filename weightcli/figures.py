@@ -115,6 +115,29 @@ class QuantizeFigures(Figures):
 
 
 @dataclass
+class PruneFigures(Figures):
+    """``prune``: the target, the sparsity reached (exact zeros after / elements), the
+    elements this run zeroed, and the |x| threshold (None for an N:M pattern)."""
+
+    target: str  # "50%" or "2:4"
+    sparsity: float  # achieved, in [0, 1]
+    zeroed: int
+    threshold: float | None
+
+    def to_json(self) -> JSON:
+        return {
+            "target": self.target,
+            "sparsity": self.sparsity,
+            "zeroed": self.zeroed,
+            "threshold": self.threshold,
+        }
+
+    def text(self) -> str:
+        at = f", |x| <= {fmt_num(self.threshold)}" if self.threshold is not None else ""
+        return f"sparsity {100 * self.sparsity:.2f}% (target {self.target}){at}"
+
+
+@dataclass
 class CastFigures(Figures):
     dtype: str
     sqnr_db: float | None

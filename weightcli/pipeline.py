@@ -135,20 +135,32 @@ class DigestOf:
 class _Blocks:
     """Blocks of one tensor; read once and kept when the tensor is a single block."""
 
-    def __init__(self, store: Store, info: TensorInfo, block_elems: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        info: TensorInfo,
+        block_elems: int,
+        align: tuple[int, int] | None = None,
+    ) -> None:
         self.store = store
         self.info = info
         self.block_elems = block_elems
+        self.align = align
         self.single = info.size <= block_elems
         self._cache: list[tuple[Block, np.ndarray]] | None = None
+
+    def _read(self) -> Iterator[tuple[Block, np.ndarray]]:
+        if self.align is None:  # the common call (a store may not know ``align``)
+            return self.store.blocks(self.info, self.block_elems)
+        return self.store.blocks(self.info, self.block_elems, self.align)
 
     def __iter__(self) -> Iterator[tuple[Block, np.ndarray]]:
         if self._cache is not None:
             return iter(self._cache)
         if self.single:
-            self._cache = list(self.store.blocks(self.info, self.block_elems))
+            self._cache = list(self._read())
             return iter(self._cache)
-        return self.store.blocks(self.info, self.block_elems)
+        return self._read()
 
 
 # Tensors of at least this many elements are read ahead by a thread (smaller ones would
@@ -156,11 +168,14 @@ class _Blocks:
 READ_AHEAD_ELEMS = 4 * BLOCK_ELEMS
 
 
-def plan(store: Store, steps: Sequence[Step]) -> list[tuple[TensorInfo, list[TensorOp]]]:
+def plan(
+    store: Store, steps: Sequence[Step], block_elems: int = BLOCK_ELEMS
+) -> list[tuple[TensorInfo, list[TensorOp]]]:
     """Which tensors each step touches; a step that selects nothing is an error."""
     tensors = store.tensors()
     for step in steps:
         step.check(tensors)
+        step.prepare(store, [t for t in tensors if step.selects(t) and t.size], block_elems)
     for i, step in enumerate(steps):
         chosen = [t for t in tensors if step.selects(t)]
         if not chosen:
@@ -204,7 +219,7 @@ def run(
     dry_run, in_place, note = spec.dry_run, spec.in_place, spec.note
     overwrite, allow_nonfinite = spec.force, spec.allow_nonfinite
     started = time.perf_counter()
-    work = plan(store, steps)
+    work = plan(store, steps, block_elems)
     # The source's sha256 (for the history) is computed on the other core meanwhile.
     # In object storage: the local copy the patcher works from (downloaded once).
     hasher = None if dry_run else source_digest or Digest(store.local_copy(), spec.digest)
@@ -219,7 +234,8 @@ def run(
     patcher = None if dry_run or out is None else store.patch(out, retype, overwrite or in_place)
     try:
         for info, ops in work:
-            blocks = _Blocks(store, info, block_elems)
+            align = next((op.align for op in ops if op.align is not None), None)
+            blocks = _Blocks(store, info, block_elems, align)
             for k, op in enumerate(ops):
                 pass_no = 0
                 while op.passes > pass_no:

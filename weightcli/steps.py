@@ -4,7 +4,8 @@ A step makes one ``TensorOp`` per tensor it touches. An op may need passes over
 the tensor before it can transform it (per-tensor percentiles, sigma bounds,
 per-channel quantization ranges): ``passes`` says how many, ``observe`` sees each
 block of each pass, and ``apply`` transforms one block. The pipeline streams the
-blocks; ops never read files.
+blocks; ops never read files (a step that needs every tensor first reads them through
+the store in ``prepare``: ``prune --scope global``).
 """
 
 from __future__ import annotations
@@ -23,14 +24,16 @@ from weightcli.figures import (
     ClipFigures,
     Figures,
     NoFigures,
+    PruneFigures,
     QuantizeFigures,
     ScaleFigures,
 )
 from weightcli.select import Selection
 from weightcli.stats import RunningStats
-from weightcli.stores.base import Block
+from weightcli.stores.base import BLOCK_ELEMS, Block, Store
 from weightcli.tensor import TensorInfo
 from weightcli.transforms import clip as clipmod
+from weightcli.transforms import prune as prunemod
 from weightcli.transforms import quantize as qmod
 from weightcli.transforms import scale as scalemod
 
@@ -39,6 +42,8 @@ class TensorOp:
     """One step applied to one tensor."""
 
     passes = 0
+    # (axis, m): blocks never cut a run of m indices of axis (N:M sparsity's groups).
+    align: tuple[int, int] | None = None
 
     def __init__(self, info: TensorInfo) -> None:
         self.info = info
@@ -87,6 +92,13 @@ class Step:
 
     def check(self, tensors: list[TensorInfo]) -> None:  # noqa: B027 - optional hook
         """Refuse parameters that cannot apply to this file (before anything is read)."""
+
+    def prepare(  # noqa: B027 - optional hook
+        self, store: Store, chosen: list[TensorInfo], block_elems: int = BLOCK_ELEMS
+    ) -> None:
+        """Read what the step needs across tensors before any is changed, in blocks of at
+        most ``block_elems`` (``prune --scope global``: one threshold over every tensor
+        it prunes)."""
 
     def params(self) -> dict[str, Any]:
         return {}
@@ -633,3 +645,219 @@ class QuantizeStep(Step):
         if self.axis is not None:
             out["axis"] = self.axis
         return out
+
+
+# -- prune ------------------------------------------------------------------------------------
+
+# Kinds pruned by default: the kernels of Dense, Conv*, Embedding and attention layers
+# (``weight`` of a 2-D+ tensor in a file without Keras kinds: a PyTorch state dict).
+PRUNABLE_KINDS = frozenset(
+    {"kernel", "embeddings", "depthwise_kernel", "pointwise_kernel", "recurrent_kernel", "weight"}
+)
+
+
+class _PruneOp(TensorOp):
+    """Zero the ``k`` smallest |x| of one tensor: radix passes find the threshold
+    (``prunemod.AbsKth``), a census pass finds the last tie at it to zero (the first
+    ones in storage order: ``prunemod.Ties``), then ``apply``. With a threshold given
+    (``--scope global``: ``(bits, limit, value)`` in ``wide``'s bits), only ``apply``."""
+
+    def __init__(
+        self,
+        info: TensorInfo,
+        target: str,
+        k: int,
+        given: tuple[int, int, float] | None = None,
+        wide: np.dtype | None = None,
+    ) -> None:
+        super().__init__(info)
+        self.target = target
+        self.dtype = wide if wide is not None else to_numpy(info.dtype)
+        self.kth = prunemod.AbsKth(k, self.dtype) if given is None else None
+        self.ties: prunemod.Ties | None = None
+        self.bits, self.limit, self.threshold = given if given is not None else (0, -1, 0.0)
+        if given is None:
+            self.passes = 1
+        self.zeroed = 0
+        self.zeros_before = 0
+
+    def observe(self, pass_no: int, where: Block, block: np.ndarray) -> None:
+        assert self.kth is not None
+        if self.ties is None:
+            self.kth.observe(block)
+        else:
+            self.ties.observe(where.first, block)
+
+    def end_pass(self, pass_no: int) -> bool:
+        assert self.kth is not None
+        if self.ties is None:
+            if self.kth.end_pass():
+                self.passes += 1  # another radix pass
+                return True
+            self.bits, self.threshold = self.kth.bits, self.kth.value
+            self.ties = prunemod.Ties(self.kth.k - self.kth.below, self.bits, self.dtype)
+            self.passes += 1  # the census of ties
+            return True
+        self.limit = self.ties.limit
+        return False
+
+    def apply(self, where: Block, block: np.ndarray, count: bool = True) -> np.ndarray:
+        out, zeroed = prunemod.prune_block(block, self.dtype, self.bits, where.first, self.limit)
+        if count:
+            self.zeroed += zeroed
+            self.zeros_before += int(np.count_nonzero(block == 0))
+        return out
+
+    def figures(self) -> Figures:
+        n = self.info.size
+        return PruneFigures(
+            self.target, (self.zeros_before + self.zeroed) / n, self.zeroed, self.threshold
+        )
+
+
+class _PatternOp(TensorOp):
+    """N:M along the input axis (-2): blocks aligned to whole groups."""
+
+    def __init__(self, info: TensorInfo, n: int, m: int) -> None:
+        super().__init__(info)
+        self.n, self.m = n, m
+        self.align = (-2, m)
+        self.zeroed = 0
+        self.zeros_before = 0
+
+    def apply(self, where: Block, block: np.ndarray, count: bool = True) -> np.ndarray:
+        out = prunemod.nm_block(block, self.n, self.m)
+        if count:
+            before = int(np.count_nonzero(block == 0))
+            self.zeros_before += before
+            self.zeroed += int(np.count_nonzero(out == 0)) - before
+        return out
+
+    def figures(self) -> Figures:
+        sparsity = (self.zeros_before + self.zeroed) / self.info.size
+        return PruneFigures(f"{self.n}:{self.m}", sparsity, self.zeroed, None)
+
+
+@dataclass
+class PruneStep(Step):
+    """Magnitude pruning to ``sparsity`` (per tensor, ``scope="layer"``; or one
+    threshold over every selected tensor, ``"global"``; ``by_layer`` per-layer targets),
+    or N:M structured sparsity (``pattern=(n, m)``: n zeros in every m consecutive
+    weights along a kernel's input axis). By default the kernels of Dense, Conv,
+    Embedding and attention layers; a bias, normalisation or 1-D tensor only when named."""
+
+    selection: Selection
+    sparsity: float | None = None
+    scope: str = "layer"
+    by_layer: dict[str, float] = field(default_factory=dict)
+    pattern: tuple[int, int] | None = None
+    command = "prune"
+
+    def __post_init__(self) -> None:
+        if (self.sparsity is None and not self.by_layer) == (self.pattern is None):
+            raise ParameterError("give {sparsity} (or {by_layer}) or {pattern}, one of them")
+        for name, s in [
+            ("sparsity", self.sparsity),
+            *(("by_layer", v) for v in self.by_layer.values()),
+        ]:
+            if s is not None and not (
+                isinstance(s, float | int) and 0 <= s < 1 and math.isfinite(s)
+            ):
+                raise ParameterError(f"{{{name}}} must be in [0, 1), got {s}")
+        if self.scope not in ("layer", "global"):
+            raise ParameterError(f"{{scope}} must be layer or global, got {literal(self.scope)}")
+        if self.scope == "global" and (self.by_layer or self.pattern):
+            raise ParameterError("{scope} global is one threshold: give no {by_layer} or {pattern}")
+        if self.pattern is not None:
+            n, m = self.pattern
+            if not (isinstance(n, int) and isinstance(m, int) and 0 < n < m <= 64):
+                raise ParameterError(f"{{pattern}} N:M needs 0 < N < M <= 64, got {n}:{m}")
+        self._global: dict[str, tuple[int, int, float]] = {}
+
+    def check(self, tensors: list[TensorInfo]) -> None:
+        refuse_quantized(self, tensors)
+
+    def selects(self, info: TensorInfo) -> bool:
+        if not self.selection.matches(info) or not info.is_float or info.size == 0:
+            return False
+        if self.pattern is not None and info.ndim < 2:
+            return False
+        if self.selection.explicit:
+            return True
+        return info.ndim >= 2 and info.kind in PRUNABLE_KINDS and not info.optimizer
+
+    def why_nothing(self, tensors: list[TensorInfo]) -> str | None:
+        matched = [t for t in tensors if self.selection.matches(t)]
+        if matched:
+            return (
+                "by default only kernels and embeddings (2-D or more) are pruned: name others "
+                "with {select} or {kind}"
+            )
+        return None
+
+    def target_for(self, info: TensorInfo) -> float | None:
+        for pattern, s in reversed(list(self.by_layer.items())):  # the last rule wins
+            layer = info.layer or ""
+            if fnmatch.fnmatchcase(layer, pattern) or fnmatch.fnmatchcase(info.name, pattern):
+                return s
+        return self.sparsity
+
+    def prepare(
+        self, store: Store, chosen: list[TensorInfo], block_elems: int = BLOCK_ELEMS
+    ) -> None:
+        """``scope="global"``: one exact threshold over every chosen tensor (their |x|
+        compared as float64), and the ties at it allotted in model order."""
+        if self.scope != "global" or not chosen or self.sparsity is None:
+            return
+        n = sum(t.size for t in chosen)
+        k = prunemod.to_zero(n, self.sparsity)
+        if k == 0:
+            return
+        wide = np.dtype(np.float64)
+        kth = prunemod.AbsKth(k, wide)
+        while True:
+            for t in chosen:
+                for _, block in store.blocks(t, block_elems):
+                    kth.observe(block)
+            if not kth.end_pass():
+                break
+        ties = prunemod.Ties(k - kth.below, kth.bits, wide)
+        for t in chosen:  # model order: the first ties of the first tensors
+            ties.limit = -1
+            for where, block in store.blocks(t, block_elems):
+                ties.observe(where.first, block)
+            self._global[t.path] = (kth.bits, ties.limit, kth.value)
+
+    def op(self, info: TensorInfo) -> TensorOp | None:
+        if self.pattern is not None:
+            return _PatternOp(info, *self.pattern)
+        if self.scope == "global":
+            given = self._global.get(info.path)
+            if given is None:
+                return None  # nothing to zero
+            return _GlobalPruneOp(info, f"{100 * (self.sparsity or 0):g}% (global)", given)
+        target = self.target_for(info)
+        if target is None:
+            return None
+        k = prunemod.to_zero(info.size, target)
+        if k == 0:
+            return None
+        return _PruneOp(info, f"{100 * target:g}%", k)
+
+    def params(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.pattern is not None:
+            out["pattern"] = f"{self.pattern[0]}:{self.pattern[1]}"
+        if self.sparsity is not None:
+            out["sparsity"] = self.sparsity
+            out["scope"] = self.scope
+        if self.by_layer:
+            out["by_layer"] = dict(self.by_layer)
+        return out
+
+
+class _GlobalPruneOp(_PruneOp):
+    """A tensor of ``--scope global``: the float64 threshold and its last tie to zero."""
+
+    def __init__(self, info: TensorInfo, target: str, given: tuple[int, int, float]) -> None:
+        super().__init__(info, target, 0, given, wide=np.dtype(np.float64))

@@ -31,6 +31,7 @@ COMMANDS = {
     "scale": "weightcli.cli.transform_cmds:scale",
     "clip": "weightcli.cli.transform_cmds:clip",
     "quantize": "weightcli.cli.transform_cmds:quantize",
+    "prune": "weightcli.cli.transform_cmds:prune",
     "apply": "weightcli.cli.transform_cmds:apply_cmd",
     "diff": "weightcli.cli.compare_cmds:diff",
     "verify": "weightcli.cli.compare_cmds:verify",

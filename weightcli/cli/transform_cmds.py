@@ -18,7 +18,7 @@ from weightcli.params import OutputSpec, RunSpec
 from weightcli.report import print_transform
 from weightcli.results import TransformResult
 from weightcli.select import Selection
-from weightcli.steps import ClipStep, QuantizeStep, ScaleStep, Step
+from weightcli.steps import ClipStep, PruneStep, QuantizeStep, ScaleStep, Step
 from weightcli.stores.remote import as_path
 
 
@@ -404,6 +404,80 @@ def quantize(
         ]
 
     execute(paths, steps, out, run, "quantize")
+
+
+def parse_pattern(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    n, sep, m = text.partition(":")
+    if not sep or not n.strip().isdigit() or not m.strip().isdigit():
+        raise ParameterError(f"{{pattern}} takes N:M (such as 2:4), got {literal(repr(text))}")
+    return int(n), int(m)
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True, metavar="IN...")
+@click.option(
+    "--sparsity", type=float, metavar="S", help="Fraction of each tensor zeroed, in [0, 1)."
+)
+@click.option(
+    "--scope",
+    type=click.Choice(["layer", "global"]),
+    default="layer",
+    show_default=True,
+    help="layer: each tensor to S; global: one threshold over every selected tensor.",
+)
+@click.option(
+    "--by-layer",
+    multiple=True,
+    metavar="GLOB=S",
+    help="Sparsity for layers (or tensors) whose name matches GLOB (repeatable; the last match wins).",
+)
+@click.option(
+    "--pattern",
+    metavar="N:M",
+    help="Structured sparsity: N zeros in every M consecutive weights along the input axis (2:4).",
+)
+@selection_group()
+@batch_output_group
+def prune(
+    paths: tuple[str, ...],
+    sparsity: float | None,
+    scope: str,
+    by_layer: tuple[str, ...],
+    pattern: str | None,
+    sel: Selection,
+    out: OutputSpec,
+    run: RunSpec,
+) -> None:
+    """Zero the smallest-magnitude weights (post-training magnitude pruning).
+
+    Default selection: the kernels of Dense, Conv, Embedding and attention layers (2-D or
+    more); biases, normalisation and 1-D tensors only when named (-s, --kind). Exactly
+    the requested number of weights is zeroed (keep = round(n x (1 - S)), as TFMOT
+    counts): ties at the threshold are zeroed first in storage order. The report gives
+    each tensor's sparsity reached and threshold.
+
+    \b
+    Examples:
+      weightcli prune model.keras --sparsity 0.5 -o half_sparse.keras
+      weightcli prune model.h5 --sparsity 0.8 --scope global -o sparse.h5
+      weightcli prune model.keras --sparsity 0.5 --by-layer 'head*=0.2' -o out.keras
+      weightcli prune model.keras --pattern 2:4 -o sparse24.keras
+    """
+
+    def steps() -> list[Step]:
+        return [
+            PruneStep(
+                sel,
+                sparsity=sparsity,
+                scope=scope,
+                by_layer=parse_pairs(by_layer, "by_layer"),
+                pattern=parse_pattern(pattern),
+            )
+        ]
+
+    execute(paths, steps, out, run, "prune")
 
 
 @click.command(name="apply")

@@ -181,13 +181,20 @@ class Block:
         return tuple(slice(o, o + n) for o, n in zip(self.origin, self.shape, strict=True))
 
 
-def split(shape: tuple[int, ...], max_elems: int = BLOCK_ELEMS) -> Iterator[Block]:
+def split(
+    shape: tuple[int, ...], max_elems: int = BLOCK_ELEMS, align: tuple[int, int] | None = None
+) -> Iterator[Block]:
     """Cover a tensor with blocks of at most ``max_elems`` elements, in storage order.
 
     The split axis is the first one whose trailing sub-array fits the budget; blocks
     take as many of its indices as fit. A (3, 3, 512, 512) conv kernel splits into
     nine (1, 1, 512, 512) blocks, a (2048, 1000) one into (262, 1000) row blocks. A
     scalar or an empty tensor is one block.
+
+    ``align=(axis, m)``: no block cuts a run of ``m`` indices of ``axis`` (counted from
+    0): a split along it takes a multiple of ``m`` indices, and a split past it (rows
+    too long for the budget) moves to it, ``m`` indices at a time (``m`` times the
+    budget at most). For operations on groups of ``m`` along an axis (N:M sparsity).
     """
     if not shape or 0 in shape:
         yield Block(tuple(0 for _ in shape), shape, 0)
@@ -198,6 +205,12 @@ def split(shape: tuple[int, ...], max_elems: int = BLOCK_ELEMS) -> Iterator[Bloc
         k += 1
         inner //= shape[k]
     step = max(1, max_elems // inner)
+    if align is not None:
+        axis, m = align[0] % len(shape), align[1]
+        if k > axis:  # rows too long: split at the axis, m indices at a time
+            k, inner, step = axis, math.prod(shape[axis + 1 :]), m
+        elif k == axis:
+            step = max(m, step // m * m)
     outer_shape = shape[:k]
     for outer_no, outer in enumerate(_indexes(outer_shape)):
         base = outer_no * shape[k] * inner
@@ -471,10 +484,14 @@ class Store(abc.ABC):
         )
 
     def blocks(
-        self, info: TensorInfo, max_elems: int = BLOCK_ELEMS
+        self,
+        info: TensorInfo,
+        max_elems: int = BLOCK_ELEMS,
+        align: tuple[int, int] | None = None,
     ) -> Iterator[tuple[Block, np.ndarray]]:
-        """(block, values) pairs covering the tensor, each at most ``max_elems`` elements."""
-        for block in split(info.shape, max_elems):
+        """(block, values) pairs covering the tensor, each at most ``max_elems`` elements
+        (``align``: see ``split``)."""
+        for block in split(info.shape, max_elems, align):
             yield block, self.read(info, block)
 
     def patch(

@@ -509,10 +509,13 @@ class H5Store(Store):
         self._asleep = False
 
     def blocks(
-        self, info: TensorInfo, max_elems: int = BLOCK_ELEMS
+        self,
+        info: TensorInfo,
+        max_elems: int = BLOCK_ELEMS,
+        align: tuple[int, int] | None = None,
     ) -> Iterator[tuple[Block, np.ndarray]]:
         try:
-            yield from super().blocks(info, max_elems)
+            yield from super().blocks(info, max_elems, align)
         finally:  # read once: closed again (a file of many tensors keeps none open)
             ds = self._datasets.get(info.path)
             if ds is not None:

@@ -64,9 +64,12 @@ class DequantizedStore(Store):
         return self._dequantize(info, block, raw)
 
     def blocks(
-        self, info: TensorInfo, max_elems: int = BLOCK_ELEMS
+        self,
+        info: TensorInfo,
+        max_elems: int = BLOCK_ELEMS,
+        align: tuple[int, int] | None = None,
     ) -> Iterator[tuple[Block, np.ndarray]]:
-        for where, raw in self.inner.blocks(self._inner_info(info), max_elems):
+        for where, raw in self.inner.blocks(self._inner_info(info), max_elems, align):
             yield where, self._dequantize(info, where, raw)
 
     def _inner_info(self, info: TensorInfo) -> TensorInfo:

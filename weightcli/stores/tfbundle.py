@@ -587,7 +587,10 @@ class TFStore(Store):
         return np.frombuffer(data, dtype=dt).reshape(block.shape)
 
     def blocks(
-        self, info: TensorInfo, max_elems: int = BLOCK_ELEMS
+        self,
+        info: TensorInfo,
+        max_elems: int = BLOCK_ELEMS,
+        align: tuple[int, int] | None = None,
     ) -> Iterator[tuple[Block, np.ndarray]]:
         """Blocks of the tensor's primary copy, its crc32c verified on the way (one read)."""
         e = self._entries[info.path]
@@ -597,7 +600,7 @@ class TFStore(Store):
             return
         dt = to_numpy(info.dtype)
         crc = 0
-        for block in split(info.shape, max_elems):
+        for block in split(info.shape, max_elems, align):
             raw = self.bundle.read_bytes(e, block.first * dt.itemsize, block.size * dt.itemsize)
             crc = google_crc32c.extend(crc, raw)
             yield block, np.frombuffer(raw, dtype=dt).reshape(block.shape)
