@@ -169,6 +169,7 @@ def test_help_on_every_command() -> None:
         "reinit",
         "export",
         "prune",
+        "cluster",
     }
     for name in names:
         cmd = cli.get_command(ctx, name)

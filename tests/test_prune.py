@@ -230,3 +230,17 @@ def test_bad_requests(tmp_path: Path) -> None:
         run("prune", src, "--sparsity", "0.5", "-x", "*", "-o", out), "matches no tensor"
     )
     assert not list(tmp_path.iterdir())
+
+
+def test_diff_reports_the_change_in_sparsity(tmp_path: Path) -> None:
+    src, out = SAMPLES / "mlp.keras", tmp_path / "p.keras"
+    assert run("prune", src, "--sparsity", "0.3", "-o", out).code == 0
+    doc = run("diff", src, out, "--json").json()
+    for row in doc["tensors"]:
+        (a,), (b,) = _arrays(src, [row["name"]]), _arrays(out, [row["name"]])
+        want = (np.count_nonzero(b == 0) - np.count_nonzero(a == 0)) / a.size
+        if row["status"] == "identical":
+            continue
+        assert row["sparsity_change"] == pytest.approx(want)
+        assert want > 0.29
+    assert "Sparsity +/-%" in run("diff", src, out).out

@@ -131,6 +131,7 @@ def test_every_shell_block_is_run() -> None:
         "--source",
         "--layout torch",
         "weightcli prune",
+        "weightcli cluster",
     )
     assert all(any(k in b for k in keys) for b in BLOCKS), [b[:60] for b in BLOCKS]
 
@@ -217,3 +218,10 @@ def test_prune_block(workspace: Path) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
     for name in ("sparse.keras", "sparse_global.keras", "sparse24.keras"):
         assert (workspace / name).is_file(), name
+
+
+def test_cluster_block(workspace: Path) -> None:
+    block = next(b for b in BLOCKS if "weightcli cluster" in b)
+    res = sh("set -e\n" + block, workspace)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert (workspace / "clustered.keras").is_file() and (workspace / "c4.keras").is_file()

@@ -50,7 +50,7 @@ from weightcli.results import (
     VerifyResult,
 )
 from weightcli.select import Selection, selection
-from weightcli.steps import ClipStep, PruneStep, QuantizeStep, ScaleStep, Step
+from weightcli.steps import ClipStep, ClusterStep, PruneStep, QuantizeStep, ScaleStep, Step
 from weightcli.stores import Store, open_store
 from weightcli.stores.remote import as_path
 from weightcli.tensor import TensorInfo
@@ -89,6 +89,7 @@ __all__ = [
     "apply",
     "assign",
     "clip",
+    "cluster",
     "diff",
     "dump",
     "export",
@@ -247,6 +248,22 @@ def prune(
         sel, sparsity=sparsity, scope=scope, by_layer=dict(by_layer or {}), pattern=pattern
     )
     return _transform(path, [step], "prune", out)
+
+
+def cluster(
+    path: PathLike,
+    clusters: int = 16,
+    *,
+    per_channel: bool = False,
+    init: str = "kmeans++",
+    seed: int = 0,
+    **keywords: Unpack[WriteKeywords],
+) -> TransformResult:
+    """Leave each selected tensor (or channel) at most ``clusters`` distinct values
+    (exact 1-D k-means from ``init``: kmeans++, linear or density)."""
+    out, sel = _groups(keywords, "cluster")
+    step = ClusterStep(sel, clusters=clusters, per_channel=per_channel, init=init, seed=seed)
+    return _transform(path, [step], "cluster", out)
 
 
 def apply(

@@ -143,6 +143,7 @@ class _Acc:
         self.aa = 0.0
         self.bb = 0.0
         self.ab = 0.0
+        self.zeros_delta = 0  # exact zeros in B minus in A (counted where values differ)
 
     def update(self, a: np.ndarray, b: np.ndarray) -> None:
         if a.dtype.kind not in "fiub" and a.dtype.name != "bfloat16":
@@ -185,6 +186,7 @@ class _Acc:
         np.isclose computes it, with each pass over the slice done once."""
         if worst > 0:
             self.identical = False
+            self.zeros_delta += int(np.count_nonzero(y == 0)) - int(np.count_nonzero(x == 0))
             if self.rtol:
                 limit = self.atol + self.rtol * np.abs(y)
                 self.beyond += int(np.count_nonzero(ad > limit))
@@ -210,6 +212,7 @@ class _Acc:
         if self.identical:
             eq = (xw == yw) | (np.isnan(xw) & np.isnan(yw) & self.nan_equal)
             self.identical = bool(eq.all()) and same_dtype
+        self.zeros_delta += int(np.count_nonzero(yw == 0)) - int(np.count_nonzero(xw == 0))
         close = np.isclose(xw, yw, rtol=self.rtol, atol=self.atol, equal_nan=self.nan_equal)
         self.beyond += int(close.size - np.count_nonzero(close))
         x = xw.astype(np.float64)
@@ -238,9 +241,11 @@ class _Acc:
         self.aa += other.aa
         self.bb += other.bb
         self.ab += other.ab
+        self.zeros_delta += other.zeros_delta
 
     def finish(self, row: TensorDiff) -> None:
         row.beyond = self.beyond
+        row.sparsity_change = self.zeros_delta / row.size if row.size else 0.0
         row.max_abs = self.max_abs
         row.mean_abs = self.sum_abs / self.n if self.n else 0.0
         if self.bb > 0:

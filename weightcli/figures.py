@@ -138,6 +138,38 @@ class PruneFigures(Figures):
 
 
 @dataclass
+class ClusterFigures(Figures):
+    """``cluster``: clusters per tensor (or per channel), the distinct values written,
+    Lloyd iterations (the most over channels), and the error as ``quantize`` reports it."""
+
+    clusters: int
+    per_channel: bool
+    distinct: int
+    iterations: int
+    sqnr_db: float | None
+    max_abs_error: float
+    rms_error: float
+
+    def to_json(self) -> JSON:
+        return {
+            "clusters": self.clusters,
+            "per_channel": self.per_channel,
+            "distinct": self.distinct,
+            "iterations": self.iterations,
+            "sqnr_db": self.sqnr_db,
+            "max_abs_error": self.max_abs_error,
+            "rms_error": self.rms_error,
+        }
+
+    def text(self) -> str:
+        per = " per channel" if self.per_channel else ""
+        return (
+            f"{self.clusters} clusters{per} ({self.distinct} values, {self.iterations} iter), "
+            f"SQNR {fmt_num(self.sqnr_db, 3)} dB, max err {fmt_num(self.max_abs_error)}"
+        )
+
+
+@dataclass
 class CastFigures(Figures):
     dtype: str
     sqnr_db: float | None

@@ -110,6 +110,13 @@ def inspect_table(result: InspectResult, layers: bool) -> object:
         headers += [
             (c, "right") for c in ("Min", "Max", "Mean", "Std", "Max |x|", "Zeros %", "NaN", "Inf")
         ]
+
+    def repeats(rep: TensorReport) -> bool:  # fewer values than elements: codes, centroids
+        return rep.distinct is not None and rep.distinct < rep.info.size
+
+    with_distinct = with_stats and any(repeats(t) for t in result.tensors)
+    if with_distinct:  # a quantized or clustered tensor: how many values it holds
+        headers.append(("Distinct", "right"))
     with_digests = any(t.blake3 for t in result.tensors)
     if with_digests:
         headers.append(("BLAKE3", "left"))
@@ -153,6 +160,8 @@ def inspect_table(result: InspectResult, layers: bool) -> object:
                     _bad(st.nan),
                     _bad(st.inf),
                 ]
+        if with_distinct:
+            row.append(str(rep.distinct) if repeats(rep) else "")
         if with_digests:
             row.append(rep.blake3 or "-")
         rows.append(row)
@@ -171,6 +180,7 @@ def inspect_table(result: InspectResult, layers: bool) -> object:
                     _bad(d.nan),
                     _bad(d.inf),
                 ]
+                + ([""] if with_distinct else [])
                 + ([""] if with_digests else [])
             )
     return table(headers, rows, ends)
@@ -341,9 +351,17 @@ def print_diff(result: DiffResult, all_rows: bool) -> None:
             ("Cosine", "right"),
             ("Beyond tol %", "right"),
         ]
+        sparsity = any(r.sparsity_change for r in shown)
+        if sparsity:  # only when some tensor gained or lost exact zeros (pruning)
+            headers.append(("Sparsity +/-%", "right"))
         cells: list[list[Cell]] = []
         for r in shown:
             style = "green" if r.status in (DiffStatus.IDENTICAL, DiffStatus.WITHIN) else "bold red"
+            change: list[Cell] = []
+            if sparsity:
+                change = [
+                    f"{100 * r.sparsity_change:+.2f}" if r.sparsity_change is not None else "-"
+                ]
             cells.append(
                 [
                     r.name,
@@ -355,6 +373,7 @@ def print_diff(result: DiffResult, all_rows: bool) -> None:
                     fmt_num(r.rel_l2),
                     fmt_num(r.cosine, 7),
                     fmt_num(r.beyond_pct) if r.beyond_pct is not None else "-",
+                    *change,
                 ]
             )
         out.print(table(headers, cells))

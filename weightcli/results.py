@@ -77,6 +77,7 @@ class TensorReport:
     stats: TensorStats | None
     dequantized: TensorStats | None = None
     blake3: str | None = None  # of its values (``inspect --digests``)
+    distinct: int | None = None  # distinct values, when at most 256 (quantized, clustered)
 
 
 @dataclass
@@ -153,6 +154,8 @@ class InspectResult:
                 item["dequantized"] = rep.dequantized.to_json()
             if rep.blake3 is not None:
                 item["blake3"] = rep.blake3
+            if rep.distinct is not None:
+                item["distinct"] = rep.distinct
             tensors.append(item)
         doc: JSON = {
             "path": str(self.path),
@@ -565,6 +568,8 @@ class TensorDiff:
     cosine: float | None = None
     beyond: int | None = None
     size: int = 0
+    # (exact zeros in B - in A) / elements: what pruning did (None: values not compared)
+    sparsity_change: float | None = None
 
     @property
     def beyond_pct(self) -> float | None:
@@ -587,6 +592,7 @@ class TensorDiff:
             "cosine": self.cosine,
             "beyond": self.beyond,
             "beyond_pct": self.beyond_pct,
+            "sparsity_change": self.sparsity_change,
         }
 
 

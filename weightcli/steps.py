@@ -18,10 +18,11 @@ from typing import Any
 import numpy as np
 
 from weightcli.dtypes import to_numpy
-from weightcli.errors import ParameterError, UnsupportedError, literal
+from weightcli.errors import ParameterError, UnsupportedError, UsageError, literal
 from weightcli.figures import (
     CastFigures,
     ClipFigures,
+    ClusterFigures,
     Figures,
     NoFigures,
     PruneFigures,
@@ -33,6 +34,7 @@ from weightcli.stats import RunningStats
 from weightcli.stores.base import BLOCK_ELEMS, Block, Store
 from weightcli.tensor import TensorInfo
 from weightcli.transforms import clip as clipmod
+from weightcli.transforms import cluster as clustermod
 from weightcli.transforms import prune as prunemod
 from weightcli.transforms import quantize as qmod
 from weightcli.transforms import scale as scalemod
@@ -656,6 +658,25 @@ PRUNABLE_KINDS = frozenset(
 )
 
 
+def compressible(sel: Selection, info: TensorInfo) -> bool:
+    """``prune`` and ``cluster``'s selection: by default the kernels and embeddings (2-D
+    or more) of model weights; any float tensor the user names."""
+    if not sel.matches(info) or not info.is_float or info.size == 0:
+        return False
+    if sel.explicit:
+        return True
+    return info.ndim >= 2 and info.kind in PRUNABLE_KINDS and not info.optimizer
+
+
+def why_not_compressible(sel: Selection, tensors: list[TensorInfo]) -> str | None:
+    if any(sel.matches(t) for t in tensors):
+        return (
+            "by default only kernels and embeddings (2-D or more) are changed: name others "
+            "with {select} or {kind}"
+        )
+    return None
+
+
 class _PruneOp(TensorOp):
     """Zero the ``k`` smallest |x| of one tensor: radix passes find the threshold
     (``prunemod.AbsKth``), a census pass finds the last tie at it to zero (the first
@@ -778,22 +799,12 @@ class PruneStep(Step):
         refuse_quantized(self, tensors)
 
     def selects(self, info: TensorInfo) -> bool:
-        if not self.selection.matches(info) or not info.is_float or info.size == 0:
-            return False
         if self.pattern is not None and info.ndim < 2:
             return False
-        if self.selection.explicit:
-            return True
-        return info.ndim >= 2 and info.kind in PRUNABLE_KINDS and not info.optimizer
+        return compressible(self.selection, info)
 
     def why_nothing(self, tensors: list[TensorInfo]) -> str | None:
-        matched = [t for t in tensors if self.selection.matches(t)]
-        if matched:
-            return (
-                "by default only kernels and embeddings (2-D or more) are pruned: name others "
-                "with {select} or {kind}"
-            )
-        return None
+        return why_not_compressible(self.selection, tensors)
 
     def target_for(self, info: TensorInfo) -> float | None:
         for pattern, s in reversed(list(self.by_layer.items())):  # the last rule wins
@@ -861,3 +872,162 @@ class _GlobalPruneOp(_PruneOp):
 
     def __init__(self, info: TensorInfo, target: str, given: tuple[int, int, float]) -> None:
         super().__init__(info, target, 0, given, wide=np.dtype(np.float64))
+
+
+# -- cluster ----------------------------------------------------------------------------------
+
+
+class _ClusterOp(TensorOp):
+    """k-means of one tensor's values (or of each channel's): pass 0 the range and the
+    initialisation's sample, then one pass per Lloyd iteration, then ``apply`` writes
+    each value's centroid."""
+
+    passes = 1
+
+    def __init__(self, info: TensorInfo, step: ClusterStep) -> None:
+        super().__init__(info)
+        self.step = step
+        self.axis = (
+            qmod.channel_axis(info.layer_class, info.kind, info.ndim) if step.per_channel else None
+        )
+        channels = info.shape[self.axis] if self.axis is not None else 1
+        self.per = info.size // channels  # values per channel
+        self.stride = clustermod.sample_stride(self.per)
+        self.lo = np.full(channels, np.inf)
+        self.hi = np.full(channels, -np.inf)
+        self.samples: list[list[np.ndarray]] = [[] for _ in range(channels)]
+        self.lloyd: list[clustermod.Lloyd] = []
+        self.signal = self.noise = self.max_err = 0.0
+        self.distinct: set[float] = set()
+
+    def _split(self, where: Block, block: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """(channel, its values in the block, their index within the channel)."""
+        coords = np.unravel_index(np.arange(block.size) + where.first, self.info.shape)
+        if self.axis is None:
+            return [(0, block.reshape(-1), np.arange(block.size) + where.first)]
+        rest = [c for i, c in enumerate(coords) if i != self.axis]
+        dims = [d for i, d in enumerate(self.info.shape) if i != self.axis]
+        within = np.ravel_multi_index(rest, dims) if rest else np.zeros(block.size, np.int64)
+        channel = coords[self.axis]
+        flat = block.reshape(-1)
+        out = []
+        for c in np.unique(channel):
+            sel = channel == c
+            out.append((int(c), flat[sel], within[sel]))
+        return out
+
+    def observe(self, pass_no: int, where: Block, block: np.ndarray) -> None:
+        if np.isnan(block).any() or np.isinf(block).any():
+            raise UsageError(f"{self.info.name}: NaN or Inf: repair it first (clip --nonfinite)")
+        for c, values, within in self._split(where, block):
+            if pass_no == 0:
+                v = values.astype(np.float64)
+                self.lo[c] = min(self.lo[c], float(v.min()))
+                self.hi[c] = max(self.hi[c], float(v.max()))
+                self.samples[c].append(v[within % self.stride == 0])
+            else:
+                self.lloyd[c].observe(values)
+
+    def end_pass(self, pass_no: int) -> bool:
+        if pass_no == 0:
+            for c, parts in enumerate(self.samples):
+                sample = np.concatenate(parts) if parts else np.zeros(0)
+                start = clustermod.initial(
+                    sample,
+                    self.step.clusters,
+                    self.step.init,
+                    self.lo[c],
+                    self.hi[c],
+                    self.step.seed,
+                )
+                self.lloyd.append(clustermod.Lloyd(start))
+            self.samples = []
+            self.passes += 1
+            return True
+        going = [lloyd.step() for lloyd in self.lloyd]
+        if any(going):
+            self.passes += 1
+            return True
+        return False
+
+    def apply(self, where: Block, block: np.ndarray, count: bool = True) -> np.ndarray:
+        flat = np.empty(block.size, dtype=block.dtype)
+        index = np.arange(block.size)
+        for c, values, _ in self._split(where, block):
+            cents = self.lloyd[c].centroids
+            mapped = cents[clustermod.assign(values, cents)].astype(block.dtype)
+            if self.axis is None:
+                flat[:] = mapped
+            else:
+                coords = np.unravel_index(index + where.first, self.info.shape)
+                flat[coords[self.axis] == c] = mapped
+        y = flat.reshape(block.shape)
+        if count:
+            x64, y64 = block.astype(np.float64).ravel(), y.astype(np.float64).ravel()
+            err = y64 - x64
+            self.signal += float(np.dot(x64, x64))
+            self.noise += float(np.dot(err, err))
+            if err.size:
+                self.max_err = max(self.max_err, float(np.abs(err).max()))
+            if len(self.distinct) <= 1 << 16:
+                self.distinct.update(np.unique(y64).tolist())
+        return y
+
+    def figures(self) -> Figures:
+        return ClusterFigures(
+            clusters=self.step.clusters,
+            per_channel=self.axis is not None,
+            distinct=len(self.distinct),
+            iterations=max((lloyd.iterations for lloyd in self.lloyd), default=0),
+            sqnr_db=qmod.sqnr_db(self.signal, self.noise),
+            max_abs_error=self.max_err,
+            rms_error=math.sqrt(self.noise / max(self.info.size, 1)),
+        )
+
+
+@dataclass
+class ClusterStep(Step):
+    """Weight clustering: each selected tensor (or each of its output channels,
+    ``per_channel``) left with at most ``clusters`` distinct values, by exact 1-D k-means
+    (``transforms/cluster.py``). Default selection as ``prune``'s."""
+
+    selection: Selection
+    clusters: int = 16
+    per_channel: bool = False
+    init: str = "kmeans++"
+    seed: int = 0
+    command = "cluster"
+
+    def __post_init__(self) -> None:
+        if (
+            isinstance(self.clusters, bool)
+            or not isinstance(self.clusters, int)
+            or not 2 <= self.clusters <= 65536
+        ):
+            raise ParameterError(
+                f"{{clusters}} must be a whole number from 2 to 65536, got {self.clusters!r}"
+            )
+        if self.init not in clustermod.INITS:
+            raise ParameterError(f"{{init}} must be one of {', '.join(clustermod.INITS)}")
+        if not 0 <= self.seed < 2**32:
+            raise ParameterError(f"{{seed}} must be from 0 to 2**32-1, got {self.seed}")
+
+    def check(self, tensors: list[TensorInfo]) -> None:
+        refuse_quantized(self, tensors)
+
+    def selects(self, info: TensorInfo) -> bool:
+        return compressible(self.selection, info)
+
+    def why_nothing(self, tensors: list[TensorInfo]) -> str | None:
+        return why_not_compressible(self.selection, tensors)
+
+    def op(self, info: TensorInfo) -> TensorOp | None:
+        return _ClusterOp(info, self)
+
+    def params(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"clusters": self.clusters, "init": self.init}
+        if self.per_channel:
+            out["per_channel"] = True
+        if self.init == "kmeans++":
+            out["seed"] = self.seed
+        return out

@@ -32,6 +32,7 @@ COMMANDS = {
     "clip": "weightcli.cli.transform_cmds:clip",
     "quantize": "weightcli.cli.transform_cmds:quantize",
     "prune": "weightcli.cli.transform_cmds:prune",
+    "cluster": "weightcli.cli.transform_cmds:cluster",
     "apply": "weightcli.cli.transform_cmds:apply_cmd",
     "diff": "weightcli.cli.compare_cmds:diff",
     "verify": "weightcli.cli.compare_cmds:verify",

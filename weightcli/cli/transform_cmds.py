@@ -18,7 +18,7 @@ from weightcli.params import OutputSpec, RunSpec
 from weightcli.report import print_transform
 from weightcli.results import TransformResult
 from weightcli.select import Selection
-from weightcli.steps import ClipStep, PruneStep, QuantizeStep, ScaleStep, Step
+from weightcli.steps import ClipStep, ClusterStep, PruneStep, QuantizeStep, ScaleStep, Step
 from weightcli.stores.remote import as_path
 
 
@@ -478,6 +478,57 @@ def prune(
         ]
 
     execute(paths, steps, out, run, "prune")
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True, metavar="IN...")
+@click.option(
+    "--clusters",
+    "-k",
+    type=int,
+    default=16,
+    show_default=True,
+    help="Distinct values per tensor (or per channel).",
+)
+@click.option(
+    "--per-channel", is_flag=True, help="Cluster each output channel on its own (K values each)."
+)
+@click.option(
+    "--init",
+    type=click.Choice(["kmeans++", "linear", "density"]),
+    default="kmeans++",
+    show_default=True,
+    help="Starting centroids, as TFMOT's CentroidInitialization names them.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of kmeans++'s sampling.")
+@selection_group()
+@batch_output_group
+def cluster(
+    paths: tuple[str, ...],
+    clusters: int,
+    per_channel: bool,
+    init: str,
+    seed: int,
+    sel: Selection,
+    out: OutputSpec,
+    run: RunSpec,
+) -> None:
+    """Weight clustering: each tensor keeps at most K distinct values (exact 1-D k-means).
+
+    Default selection: kernels and embeddings (2-D or more), as prune. Lloyd's algorithm
+    runs on every value, one pass per iteration, to convergence; the report gives each
+    tensor's values written, iterations, SQNR and max error.
+
+    \b
+    Examples:
+      weightcli cluster model.keras --clusters 16 -o clustered.keras
+      weightcli cluster model.h5 -k 8 --per-channel --init linear -o c8.h5
+    """
+
+    def steps() -> list[Step]:
+        return [ClusterStep(sel, clusters=clusters, per_channel=per_channel, init=init, seed=seed)]
+
+    execute(paths, steps, out, run, "cluster")
 
 
 @click.command(name="apply")

@@ -60,6 +60,39 @@ class InspectRequest:
             raise ParameterError("{block_elems} must be at least 1")
 
 
+# Distinct values are counted up to this many (a quantized or clustered tensor's codes);
+# a tensor whose first values already hold more is not counted further.
+DISTINCT_MAX = 256
+DISTINCT_SAMPLE = 4096
+
+
+class DistinctValues:
+    """How many distinct values a tensor holds, when at most ``DISTINCT_MAX`` (else
+    None): counted on the blocks as the statistics read them."""
+
+    def __init__(self) -> None:
+        self.seen: set[float] | None = set()
+
+    def through(
+        self, blocks: Iterator[tuple[Block, np.ndarray]]
+    ) -> Iterator[tuple[Block, np.ndarray]]:
+        for block, values in blocks:
+            if self.seen is not None:
+                flat = values.reshape(-1)
+                head = np.unique(flat[:DISTINCT_SAMPLE])  # most tensors stop here
+                if head.size > DISTINCT_MAX:
+                    self.seen = None
+                else:
+                    self.seen.update(np.unique(flat).tolist())
+                    if len(self.seen) > DISTINCT_MAX:
+                        self.seen = None
+            yield block, values
+
+    @property
+    def count(self) -> int | None:
+        return len(self.seen) if self.seen is not None else None
+
+
 def run(request: InspectRequest, path: str | Path) -> InspectResult:
     """Tensors chosen by the selection (all of them when it names nothing), with
     statistics read block by block."""
@@ -80,6 +113,9 @@ def run(request: InspectRequest, path: str | Path) -> InspectResult:
             blocks = store.blocks(t, request.block_elems)
             if hasher is not None:
                 blocks = hasher.through(blocks)  # one pass: the digest and the statistics
+            distinct = DistinctValues() if request.with_stats and t.dtype != "string" else None
+            if distinct is not None:
+                blocks = distinct.through(blocks)
             if request.with_stats and t.dtype != "string":
                 stats = tensor_stats(blocks)
                 if view is not None and t.name in view.dequantized:
@@ -88,6 +124,8 @@ def run(request: InspectRequest, path: str | Path) -> InspectResult:
                 for _ in blocks:  # what the statistics did not read (--no-stats)
                     pass
                 digest = hasher.hexdigest()
-            reports.append(TensorReport(t, stats, dequantized, digest))
+            reports.append(
+                TensorReport(t, stats, dequantized, digest, distinct.count if distinct else None)
+            )
         fetched = remote.fetched() - fetched_before if remote.is_url(store.path) else None
         return InspectResult(store.path, store.meta, reports, request.fail_on_nonfinite, fetched)
