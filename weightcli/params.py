@@ -31,7 +31,9 @@ class OutputSpec:
     OUT; ``dry_run``: check and report everything, write nothing; ``note``: why, kept in
     the history; ``allow_nonfinite``: write NaN/Inf the command creates (else an error);
     ``digest``: how the sources are hashed for the history (blake3, sha256, none;
-    default ``$WEIGHTCLI_DIGEST`` or blake3).
+    default ``$WEIGHTCLI_DIGEST`` or blake3); ``compress``: store the output's tensors
+    compressed (HDF5 chunks with gzip; a ``.keras`` weights member deflated), where the
+    format allows it (else an error).
     """
 
     output: str | Path | None = None
@@ -41,6 +43,7 @@ class OutputSpec:
     note: str | None = None
     allow_nonfinite: bool = False
     digest: str | None = None  # None: the default
+    compress: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "digest", check_algorithm(self.digest or default_algorithm()))
@@ -59,6 +62,10 @@ class OutputSpec:
     ) -> Path | None:
         """Where ``store``'s patched copy goes (``output`` overrides this spec's, for a
         batch's mirrored outputs): every rule of ``stores.output.plan_output``."""
+        if self.compress:
+            reason = store.cannot_compress()
+            if reason:
+                raise ParameterError(f"{{compress}}: {reason}")
         return plan_output(
             store,
             src,
@@ -109,6 +116,7 @@ class OutputKeywords(TypedDict, total=False):
     note: str | None
     allow_nonfinite: bool
     digest: str | None
+    compress: bool
 
 
 OUTPUT_FIELDS = tuple(f.name for f in fields(OutputSpec))

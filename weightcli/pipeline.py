@@ -231,7 +231,11 @@ def run(
     changes: list[TensorChange] = []
     selected = 0
     untouched = False
-    patcher = None if dry_run or out is None else store.patch(out, retype, overwrite or in_place)
+    patcher = (
+        None
+        if dry_run or out is None
+        else store.patch(out, retype, overwrite or in_place, spec.compress)
+    )
     try:
         for info, ops in work:
             align = next((op.align for op in ops if op.align is not None), None)
@@ -281,7 +285,8 @@ def run(
                     )
                 )
             selected += 1
-        untouched = patcher is not None and not changes and in_place
+        # (compressing is a change of its own: the file is rewritten)
+        untouched = patcher is not None and not changes and in_place and not spec.compress
         if untouched:  # in place, and nothing changed: leave the source as it is
             assert patcher is not None and hasher is not None
             patcher.abort()
@@ -310,7 +315,8 @@ def run(
     written = patcher.bytes_written if patcher is not None else 0
     visible = any(s.selection.include_optimizer for s in steps)
     sizes: tuple[int | None, int | None] = (None, None)
-    if retype and out is not None and not dry_run and not untouched and not is_url(out):
+    resized = retype or spec.compress
+    if resized and out is not None and not dry_run and not untouched and not is_url(out):
         with contextlib.suppress(OSError):
             sizes = (total_size(store.path), total_size(out))
     return TransformResult(

@@ -314,8 +314,8 @@ def print_transform(result: TransformResult) -> None:
         out.print(
             f"file {fmt_bytes(result.size_before)} -> {fmt_bytes(result.size_after)}"
             + (
-                ": larger, although the tensors are smaller (the container's own overhead, "
-                "rewritten with the new dtype, outweighs the data saved in a model this small)"
+                ": larger (the container's own overhead, rewritten: chunk indexes and "
+                "metadata, outweighs the data saved in a model this small)"
                 if grew
                 else ""
             )

@@ -161,6 +161,12 @@ def note_option(f: F) -> F:
     """--note TEXT: why, kept in the output's history; --digest: how sources are hashed
     for it."""
     f = click.option(
+        "--compress",
+        is_flag=True,
+        help="Store the output's tensors compressed (zeros and repeated values cost "
+        "little): HDF5 chunks with gzip, a .keras weights member deflated.",
+    )(f)
+    f = click.option(
         "--digest",
         type=click.Choice(ALGORITHMS),
         default=None,

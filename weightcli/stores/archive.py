@@ -385,8 +385,8 @@ class ArchiveStore(H5Store):
     def supports_dtype(self, dtype: str) -> str | None:
         return None
 
-    def _patch(self, out: Path, retype: dict[str, str]) -> Patcher:
-        return ArchivePatcher(self, out, retype)
+    def _patch(self, out: Path, retype: dict[str, str], compress: bool = False) -> Patcher:
+        return ArchivePatcher(self, out, retype, compress)
 
     def close(self) -> None:
         try:
@@ -444,15 +444,19 @@ class ArchivePatcher(_WeightsMemberPatcher):
     other route: the member patched in a temporary ``.h5``, copied into a new archive.
     """
 
-    def __init__(self, store: ArchiveStore, out: Path, retype: dict[str, str]) -> None:
+    def __init__(
+        self, store: ArchiveStore, out: Path, retype: dict[str, str], compress: bool = False
+    ) -> None:
         super().__init__()
         self.store = store
         self.out = out
+        self.compress = compress  # the weights member deflated (the HDF5 inside as it is)
         self._zip_bytes = 0
         self.config_bytes: bytes | None = None
         self.zip_tmp = temp_beside(out)
         stored = store.zip.getinfo(WEIGHTS).compress_type == zipfile.ZIP_STORED
-        self.data_at = _data_offset(store) if stored and _starts_hdf5(store) else 0
+        in_place = stored and _starts_hdf5(store) and not compress
+        self.data_at = _data_offset(store) if in_place else 0
         h5_tmp = self.zip_tmp if self.data_at else temp_beside(out, ".h5")
         try:
             self.inner = H5Patcher(store, out, retype, tmp=h5_tmp, tmp_base=self.data_at)
@@ -506,6 +510,8 @@ class ArchivePatcher(_WeightsMemberPatcher):
                     self._copy_member(dst, member)
                     continue
                 info = _like(member)
+                if self.compress:
+                    info.compress_type = zipfile.ZIP_DEFLATED
                 zip64 = os.stat(weights).st_size - weights_at > zipfile.ZIP64_LIMIT
                 with dst.open(info, "w", force_zip64=zip64) as out:
                     fd = os.open(weights, os.O_RDONLY)
@@ -673,8 +679,8 @@ class FolderStore(H5Store):
     def copy_source_to(self, dest: Path) -> None:
         shutil.copyfile(self.local_copy() / WEIGHTS, dest)
 
-    def _patch(self, out: Path, retype: dict[str, str]) -> Patcher:
-        return FolderPatcher(self, out, retype)
+    def _patch(self, out: Path, retype: dict[str, str], compress: bool = False) -> Patcher:
+        return FolderPatcher(self, out, retype, compress)
 
 
 def _json_member(folder: Path, name: str) -> dict[str, Any]:
@@ -685,7 +691,9 @@ class FolderPatcher(_WeightsMemberPatcher):
     """A copy of the model folder (every other file as it is, links as links) in which
     ``model.weights.h5`` is patched; moved into place whole."""
 
-    def __init__(self, store: FolderStore, out: Path, retype: dict[str, str]) -> None:
+    def __init__(
+        self, store: FolderStore, out: Path, retype: dict[str, str], compress: bool = False
+    ) -> None:
         super().__init__()
         self.store = store
         self.out = out
@@ -700,7 +708,7 @@ class FolderPatcher(_WeightsMemberPatcher):
             )
             weights = self.root / WEIGHTS
             weights.touch()
-            self.inner = H5Patcher(store, out, retype, tmp=weights)
+            self.inner = H5Patcher(store, out, retype, tmp=weights, compress=compress)
         except BaseException:
             temps.remove(self.tmp)
             raise

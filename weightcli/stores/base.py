@@ -495,7 +495,11 @@ class Store(abc.ABC):
             yield block, self.read(info, block)
 
     def patch(
-        self, out: Path, retype: dict[str, str] | None = None, overwrite: bool = False
+        self,
+        out: Path,
+        retype: dict[str, str] | None = None,
+        overwrite: bool = False,
+        compress: bool = False,
     ) -> Patcher:
         """A patcher writing a copy of this checkpoint to ``out``.
 
@@ -505,17 +509,23 @@ class Store(abc.ABC):
         storage is patched from a local copy (every unchanged byte is needed), removed
         when the patcher ends.
         """
+        if compress and (reason := self.cannot_compress()):
+            raise UnsupportedError(f"{self.path}: {reason}")
         if is_url(self.path):
             local = self.reopen(self.local_copy())
             try:
-                inner = local.patch(out, retype, overwrite)
+                inner = local.patch(out, retype, overwrite, compress)
             except BaseException:
                 local.close()
                 self.drop_local_copy()
                 raise
             patcher: Patcher = StagedPatcher(inner, [local.close, self.drop_local_copy])
         else:
-            patcher = self._patch(out, retype or {})
+            patcher = (
+                self._patch(out, retype or {}, compress=True)  # type: ignore[call-arg]
+                if compress
+                else self._patch(out, retype or {})
+            )
             if os.path.realpath(out) == os.path.realpath(self.target):
                 # In place: one writer at a time, and only over what this store read.
                 patcher = StagedPatcher(patcher, [self._lock_in_place()])
@@ -589,6 +599,11 @@ class Store(abc.ABC):
     def supports_dtype(self, dtype: str) -> str | None:
         """None when the format can store ``dtype``, else the reason it cannot."""
         return None
+
+    def cannot_compress(self) -> str | None:
+        """None when ``patch(..., compress=True)`` works for this format (its ``_patch``
+        takes ``compress``), else why not."""
+        return f"{self.meta.format_label} has no compressed form weightcli writes"
 
     def check(self, info: TensorInfo) -> None:  # noqa: B027 - optional hook
         """Verify every stored copy of a tensor (checksums) where the format has any.

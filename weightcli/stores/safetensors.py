@@ -276,6 +276,9 @@ class SafetensorsStore(Store):
     def source_region(self) -> tuple[Path, int, int]:
         return self.path, self.header.data_start, self.header.data_size
 
+    def cannot_compress(self) -> str | None:
+        return "safetensors has no compressed form (its readers map the data as it is)"
+
     def _patch(self, out: Path, retype: dict[str, str]) -> Patcher:
         return SafetensorsPatcher(self, out, retype)
 

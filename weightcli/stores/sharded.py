@@ -188,8 +188,11 @@ class ShardedStore(Store):
     def supports_dtype(self, dtype: str) -> str | None:
         return None
 
-    def _patch(self, out: Path, retype: dict[str, str]) -> Patcher:
-        return ShardedPatcher(self, out, retype)
+    def _patch(self, out: Path, retype: dict[str, str], compress: bool = False) -> Patcher:
+        return ShardedPatcher(self, out, retype, compress)
+
+    def cannot_compress(self) -> str | None:
+        return None
 
     def close(self) -> None:
         for store in self.stores:
@@ -200,11 +203,14 @@ class ShardedPatcher(Patcher):
     """Writes OUT.weights.json and its shards ``<stem>_NNNNN.weights.h5``: changed shards
     patched, the others copied; shards moved into place first, the map last."""
 
-    def __init__(self, store: ShardedStore, out: Path, retype: dict[str, str]) -> None:
+    def __init__(
+        self, store: ShardedStore, out: Path, retype: dict[str, str], compress: bool = False
+    ) -> None:
         super().__init__()
         self.store = store
         self.out = out
         self.retype = retype
+        self.compress = compress  # every shard rewritten compressed
         stem = out.name[: -len(SUFFIX)] if out.name.endswith(SUFFIX) else out.name
         self.new_names = [f"{stem}_{i:05d}.weights.h5" for i in range(len(store.names))]
         self.tmp = temp_dir_beside(out)
@@ -221,7 +227,9 @@ class ShardedPatcher(Patcher):
             dest.touch()
             prefix = f"{self.store.names[i]}:"
             retype = {k[len(prefix) :]: v for k, v in self.retype.items() if k.startswith(prefix)}
-            self.inners[i] = H5Patcher(self.store.shard(i), self.out, retype, tmp=dest)
+            self.inners[i] = H5Patcher(
+                self.store.shard(i), self.out, retype, tmp=dest, compress=self.compress
+            )
         return self.inners[i]
 
     def _begin(self, info: TensorInfo, dtype: str) -> None:
@@ -246,6 +254,8 @@ class ShardedPatcher(Patcher):
 
     def _commit(self) -> None:
         for i, name in enumerate(self.store.names):
+            if i not in self.inners and self.compress:
+                self._inner(i)  # unchanged, but stored compressed too
             if i in self.inners:
                 self.inners[i].close_file()
             else:

@@ -276,6 +276,12 @@ class _Variable:
 class TFStore(Store):
     """A SavedModel directory or a TF checkpoint."""
 
+    def cannot_compress(self) -> str | None:
+        return (
+            "a TensorFlow checkpoint's data shards have no compressed form (TensorFlow reads "
+            "them raw, by offset): compress the folder for transport instead (tar with zstd)"
+        )
+
     def __init__(self, path: Path, kind: Format) -> None:
         self.path = path
         self.kind = kind
