@@ -245,6 +245,14 @@ def cases() -> list[Case]:
         *transform_cases("1 GB .keras", g1k, ".keras", "cp"),
         *transform_cases("1 GB SavedModel", g1sm, "", "cp -r"),
         Case(
+            "prune 50%, 1 GB .h5",
+            {
+                "weightcli": [W, "prune", str(g1), "--sparsity", "0.5", "-o", str(o / "g_p.h5")],
+                "cp": ["cp", str(g1), str(o / "g_p_cp.h5")],
+            },
+            [o / "g_p.h5", o / "g_p_cp.h5"],
+        ),
+        Case(
             "diff two 1 GB .h5",
             {
                 "weightcli": [W, "diff", str(g1), str(g1b), "--atol", "1e-6"],
@@ -351,6 +359,37 @@ def main() -> None:
     if selected:  # a partial run: printed above, RESULTS.md (the whole run) left as it is
         return
     write_results(all_cases)
+
+
+def sizes() -> list[str]:
+    """File sizes after pruning the 1 GB .h5 (50%, 2:4), with and without --compress
+    (measured once: sizes, not times)."""
+    src = DATA / "dense_1gb.h5"
+    if not src.exists():
+        return []
+    rows = [
+        "",
+        "## File sizes after pruning (1 GB float32 .h5)",
+        "",
+        "| run | size | of the source |",
+        "|---|---:|---:|",
+    ]
+    base = src.stat().st_size
+    for label, args in (
+        ("prune --sparsity 0.5", ["--sparsity", "0.5"]),
+        ("prune --sparsity 0.5 --compress", ["--sparsity", "0.5", "--compress"]),
+        ("prune --pattern 2:4", ["--pattern", "2:4"]),
+        ("prune --pattern 2:4 --compress", ["--pattern", "2:4", "--compress"]),
+    ):
+        out = OUT / "size.h5"
+        out.unlink(missing_ok=True)
+        subprocess.run(
+            [W, "prune", str(src), *args, "-o", str(out)], check=True, capture_output=True
+        )
+        size = out.stat().st_size
+        rows.append(f"| {label} | {size / 2**20:.0f} MiB | {100 * size / base:.0f}% |")
+        out.unlink()
+    return rows
 
 
 def write_results(done: list[Case]) -> None:
@@ -474,6 +513,10 @@ def write_results(done: list[Case]) -> None:
             x <= 2.0 and med_rss(c, "weightcli") < 300,
             f"{x:.2f}x, {med_rss(c, 'weightcli'):.0f} MiB",
         )
+    if have("prune 50%, 1 GB .h5"):
+        x = ratio(by["prune 50%, 1 GB .h5"], "weightcli", "cp")
+        target("", "prune of the 1 GB .h5 within 2x cp", x <= 2.0, f"{x:.2f}x cp")
+    lines += sizes()
     nostats = [c for c in done if "--no-stats" in c.name]
     if nostats:
         worst = max(med_wall(c, "weightcli") for c in nostats)

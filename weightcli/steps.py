@@ -716,6 +716,9 @@ class _PruneOp(TensorOp):
                 self.passes += 1  # another radix pass
                 return True
             self.bits, self.threshold = self.kth.bits, self.kth.value
+            if self.kth.all_ties:  # every tie zeroed: no census (the usual case)
+                self.limit = self.info.size
+                return False
             self.ties = prunemod.Ties(self.kth.k - self.kth.below, self.bits, self.dtype)
             self.passes += 1  # the census of ties
             return True
@@ -832,6 +835,10 @@ class PruneStep(Step):
                     kth.observe(block)
             if not kth.end_pass():
                 break
+        if kth.all_ties:  # every tie zeroed: no census
+            for t in chosen:
+                self._global[t.path] = (kth.bits, t.size, kth.value)
+            return
         ties = prunemod.Ties(k - kth.below, kth.bits, wide)
         for t in chosen:  # model order: the first ties of the first tensors
             ties.limit = -1
