@@ -170,6 +170,7 @@ def test_help_on_every_command() -> None:
         "export",
         "prune",
         "cluster",
+        "strip",
     }
     for name in names:
         cmd = cli.get_command(ctx, name)

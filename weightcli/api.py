@@ -45,6 +45,7 @@ from weightcli.results import (
     ExportResult,
     FreezeResult,
     InspectResult,
+    StripResult,
     TransformResult,
     TransplantResult,
     VerifyResult,
@@ -102,6 +103,7 @@ __all__ = [
     "reinit",
     "scale",
     "selection",
+    "strip",
     "transplant",
     "verify",
 ]
@@ -439,6 +441,14 @@ def export(
         maps=tuple(maps),
     )
     return export_cmd.run(request, path)
+
+
+def strip(path: PathLike, **keywords: Unpack[OutputKeywords]) -> StripResult:
+    """The plain model of a model saved with TFMOT's training wrappers (pruning,
+    clustering, quantization-aware training): Keras loads it without TFMOT."""
+    from weightcli.commands import strip as strip_cmd
+
+    return strip_cmd.run(strip_cmd.StripRequest(out=_output(keywords, "strip")), path)
 
 
 def reinit(

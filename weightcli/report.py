@@ -24,6 +24,7 @@ from weightcli.results import (
     FreezeResult,
     InspectResult,
     Received,
+    StripResult,
     TensorReport,
     TransformResult,
     TransplantResult,
@@ -492,6 +493,38 @@ def print_dump(result: DumpResult) -> None:
     console().print(
         f"{len(result.tensors)} tensors, {fmt_bytes(total)} written to {result.output} "
         f"({result.layout}), {result.elapsed:.2f} s"
+    )
+
+
+def print_strip(result: StripResult) -> None:
+    out = console()
+    rows: list[list[Cell]] = [[r.wrapper, r.layer, r.kind, r.weight, r.how] for r in result.rows]
+    out.print(
+        table(
+            [
+                ("Wrapper", "left"),
+                ("Layer", "left"),
+                ("Kind", "left"),
+                ("Weight", "left"),
+                ("Value", "left"),
+            ],
+            rows,
+        )
+    )
+    if result.removed_layers:
+        out.print(f"removed layers: {', '.join(result.removed_layers)}")
+    out.print(
+        f"dropped {len(result.dropped)} wrapper variables"
+        + (
+            " and the optimizer state (it trained the wrapped model)"
+            if result.optimizer_dropped
+            else ""
+        )
+    )
+    out.print(
+        f"wrote {result.output} ({fmt_bytes(result.bytes_written)})"
+        if result.output
+        else "dry run: nothing written"
     )
 
 

@@ -444,6 +444,59 @@ class FreezeResult:
         }
 
 
+@dataclass
+class StripRow:
+    """One weight of an unwrapped layer: the wrapper, the plain layer, the wrapper's kind
+    (prune, cluster, quantize), the weight, and how its value was made."""
+
+    wrapper: str
+    layer: str
+    kind: str
+    weight: str
+    how: str
+
+
+@dataclass
+class StripResult:
+    """``strip``: JSON ``{"source", "output", "dry_run", "weights": [{"wrapper", "layer",
+    "kind", "weight", "how"}], "removed_layers", "dropped", "optimizer_dropped",
+    "bytes_written"}``."""
+
+    source: str
+    output: str | None
+    rows: list[StripRow]
+    removed_layers: list[str]
+    dropped: list[str]
+    optimizer_dropped: bool
+    bytes_written: int
+
+    exit_code = ExitCode.OK
+
+    def explain(self) -> str | None:
+        return None
+
+    def to_json(self) -> JSON:
+        return {
+            "source": self.source,
+            "output": self.output,
+            "dry_run": self.output is None,
+            "weights": [
+                {
+                    "wrapper": r.wrapper,
+                    "layer": r.layer,
+                    "kind": r.kind,
+                    "weight": r.weight,
+                    "how": r.how,
+                }
+                for r in self.rows
+            ],
+            "removed_layers": self.removed_layers,
+            "dropped": self.dropped,
+            "optimizer_dropped": self.optimizer_dropped,
+            "bytes_written": self.bytes_written,
+        }
+
+
 # -- dump -------------------------------------------------------------------------------------
 
 

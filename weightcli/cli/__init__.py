@@ -43,6 +43,7 @@ COMMANDS = {
     "freeze": "weightcli.cli.edit_cmds:freeze_cmd",
     "reinit": "weightcli.cli.edit_cmds:reinit_cmd",
     "export": "weightcli.cli.export_cmd:export",
+    "strip": "weightcli.cli.edit_cmds:strip_cmd",
 }
 
 

@@ -248,3 +248,31 @@ def reinit_cmd(
         out=out,
     )
     dispatch_one(path, reinit.run, request, print_transform, as_json=as_json, debug=debug)
+
+
+@click.command(name="strip")
+@click.argument("path", metavar="IN", type=click.Path(path_type=str))
+@output_group(nonfinite=False)
+@json_option
+@debug_option
+def strip_cmd(path: str, out: OutputSpec, as_json: bool, debug: bool) -> None:
+    """Remove TensorFlow Model Optimization's training wrappers: the plain model.
+
+    IN: a model saved with TFMOT's pruning, clustering or quantization-aware training
+    wrappers (tf_keras, legacy .h5). OUT is the plain model, which Keras loads without
+    TFMOT: pruned kernels times their masks, clustered ones gathered from their
+    centroids, QAT layers' float weights; the wrappers' own variables (masks,
+    thresholds, cluster indices, quantizer ranges) and the optimizer state dropped.
+    Combine with `weightcli migrate` (when it lands) to reach Keras 3.
+
+    \b
+    Examples:
+      weightcli strip pruned_tfmot.h5 -o plain.h5
+      weightcli strip qat_model.h5 -o float_model.h5 --dry-run
+    """
+    from weightcli.commands import strip
+    from weightcli.report import print_strip
+
+    dispatch_one(
+        path, strip.run, strip.StripRequest(out=out), print_strip, as_json=as_json, debug=debug
+    )

@@ -11,7 +11,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -809,3 +809,69 @@ class H5Patcher(Patcher):
             self._close()
         finally:
             self.tmp.unlink(missing_ok=True)
+
+
+# -- a legacy full model written anew (``strip``: the layers themselves change) -------------
+
+
+def legacy_layers(store: H5Store) -> list[tuple[str, list[tuple[str, str]]]]:
+    """A legacy full model's weight groups as Keras lists them (``layer_names``, then each
+    layer's ``weight_names``): (layer, [(weight name, dataset path)])."""
+    if store.kind != LEGACY_FULL:
+        raise UnsupportedError(
+            f"{store.path}: a {store.meta.format_label}, not a legacy full-model .h5 "
+            "(TFMOT's models are saved so: model.save('m.h5') with tf_keras)"
+        )
+    group = store.h5file["model_weights"]
+    out = []
+    names = h5util.read_attr(group, "layer_names")
+    for layer in [] if names is None else list(names):
+        name = naming.decode(layer)
+        found = h5util.read_attr(group[name], "weight_names")
+        weights = [] if found is None else list(found)
+        out.append(
+            (
+                name,
+                [(naming.decode(w), f"/model_weights/{name}/{naming.decode(w)}") for w in weights],
+            )
+        )
+    return out
+
+
+def write_legacy_model(
+    out: Path,
+    source: H5Store,
+    config: dict[str, Any],
+    layers: list[tuple[str, list[tuple[str, Callable[[], np.ndarray]]]]],
+    history: list[dict[str, Any]],
+    overwrite: bool,
+) -> int:
+    """A legacy full-model ``.h5`` made anew: ``config`` as its ``model_config``, each
+    layer's weights (made one at a time, in order) under ``model_weights``, the source's
+    ``keras_version``, ``backend`` and ``training_config`` kept, no optimizer state.
+    Published atomically; the bytes written."""
+    tmp = temp_beside(out)
+    try:
+        src = source.h5file
+        with h5py.File(tmp, "w") as f:
+            for key in ("keras_version", "backend", "training_config"):
+                if key in src.attrs:
+                    f.attrs[key] = src.attrs[key]
+            f.attrs["model_config"] = json.dumps(config)
+            group = f.create_group("model_weights")
+            for key in ("keras_version", "backend"):
+                if key in src["model_weights"].attrs:
+                    group.attrs[key] = src["model_weights"].attrs[key]
+            group.attrs["layer_names"] = np.array([n.encode() for n, _ in layers])
+            for name, weights in layers:
+                layer = group.create_group(name)
+                layer.attrs["weight_names"] = np.array([w.encode() for w, _ in weights])
+                for weight, make in weights:
+                    layer.create_dataset(weight, data=make())
+            f.attrs[h5util.HISTORY_ATTR] = json.dumps(history)
+        size = tmp.stat().st_size
+        publish(tmp, out, overwrite)
+    except BaseException:
+        temps.remove(tmp)
+        raise
+    return size
