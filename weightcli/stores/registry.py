@@ -142,6 +142,13 @@ FORMATS: tuple[FormatSpec, ...] = (
         parts="weightcli.stores.safetensors:index_parts",
         files="weightcli.stores.safetensors:index_files",
     ),
+    FormatSpec(
+        "tflite",
+        "weightcli.stores.tflite:probe",
+        "weightcli.stores.tflite:TFLiteStore",
+        {},  # read only
+        file_model="weightcli.stores.tflite:named",
+    ),
 )
 
 
