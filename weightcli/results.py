@@ -301,17 +301,21 @@ class ActivationPlan:
         return {p.layer: p.factor for p in self.layers if p.scaled}
 
 
-@dataclass
-class ByActivationResult:
-    """``scale --by-activation``: the transform's JSON plus ``"activation": [...]``."""
-
-    transform: TransformResult
-    plan: ActivationPlan
+class Written:
+    """A result that reports what was written and checks nothing: exit 0."""
 
     exit_code = ExitCode.OK
 
     def explain(self) -> str | None:
         return None
+
+
+@dataclass
+class ByActivationResult(Written):
+    """``scale --by-activation``: the transform's JSON plus ``"activation": [...]``."""
+
+    transform: TransformResult
+    plan: ActivationPlan
 
     def to_json(self) -> JSON:
         return clean(
@@ -420,18 +424,13 @@ class TransplantResult:
 
 
 @dataclass
-class FreezeResult:
+class FreezeResult(Written):
     """``freeze``: JSON ``{"source", "output", "layers": [{"layer", "trainable_before",
     "trainable"}]}``."""
 
     source: str
     output: str | None
     layers: list[tuple[str, bool, bool]]
-
-    exit_code = ExitCode.OK
-
-    def explain(self) -> str | None:
-        return None
 
     def to_json(self) -> JSON:
         return {
@@ -457,7 +456,7 @@ class StripRow:
 
 
 @dataclass
-class StripResult:
+class StripResult(Written):
     """``strip``: JSON ``{"source", "output", "dry_run", "weights": [{"wrapper", "layer",
     "kind", "weight", "how"}], "removed_layers", "dropped", "optimizer_dropped",
     "bytes_written"}``."""
@@ -469,11 +468,6 @@ class StripResult:
     dropped: list[str]
     optimizer_dropped: bool
     bytes_written: int
-
-    exit_code = ExitCode.OK
-
-    def explain(self) -> str | None:
-        return None
 
     def to_json(self) -> JSON:
         return {
@@ -513,7 +507,7 @@ class ExportRow:
 
 
 @dataclass
-class ExportResult:
+class ExportResult(Written):
     """``export``: JSON ``{"source", "output", "to", "layout", "tensors": [{"name",
     "shape", "written": [{"name", "shape"}], "rule"}], "bytes_written", "elapsed_s"}``."""
 
@@ -524,11 +518,6 @@ class ExportResult:
     rows: list[ExportRow]
     bytes_written: int
     elapsed: float
-
-    exit_code = ExitCode.OK
-
-    def explain(self) -> str | None:
-        return None
 
     def to_json(self) -> JSON:
         return clean(
@@ -556,7 +545,7 @@ class ExportResult:
 
 
 @dataclass
-class DumpResult:
+class DumpResult(Written):
     """``dump``: JSON ``{"source", "output", "format", "tensors": [{"name", "shape",
     "dtype", "bytes"}], "bytes"}``."""
 
@@ -565,11 +554,6 @@ class DumpResult:
     layout: str
     tensors: list[TensorInfo]
     elapsed: float
-
-    exit_code = ExitCode.OK
-
-    def explain(self) -> str | None:
-        return None
 
     def to_json(self) -> JSON:
         return clean(
