@@ -128,3 +128,21 @@ def test_formats_without_a_compressed_form_refuse(tmp_path: Path, name: str) -> 
     res = run("prune", SAMPLES / name, "--sparsity", "0.5", "--compress", "-o", out)
     assert_clean_error(res, "--compress", "no compressed form")
     assert not list(tmp_path.iterdir())
+
+
+def test_freeze_and_keras_int8_honour_compress_and_digest(models, tmp_path: Path) -> None:
+    """Every writing command takes --compress and --digest: none ignores them."""
+    out = tmp_path / "f.keras"
+    res = run(
+        "freeze", models["keras"], "-s", "dense*", "--compress", "--digest", "sha256", "-o", out
+    )
+    assert res.code == 0, res.err
+    with zipfile.ZipFile(out) as z:
+        assert z.getinfo("model.weights.h5").compress_type == zipfile.ZIP_DEFLATED
+    history = run("inspect", out, "--json", "--no-stats").json()["history"][-1]
+    assert history["source_digest"]["serialization"]["hash_type"] == "sha256"
+    q = tmp_path / "q.keras"
+    res = run("quantize", models["keras"], "--store", "keras-int8", "--compress", "-o", q)
+    assert res.code == 0, res.err
+    with zipfile.ZipFile(q) as z:
+        assert z.getinfo("model.weights.h5").compress_type == zipfile.ZIP_DEFLATED

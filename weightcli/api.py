@@ -258,7 +258,7 @@ def cluster(
     *,
     per_channel: bool = False,
     init: str = "kmeans++",
-    seed: int = 0,
+    seed: int | None = None,
     **keywords: Unpack[WriteKeywords],
 ) -> TransformResult:
     """Leave each selected tensor (or channel) at most ``clusters`` distinct values

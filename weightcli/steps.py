@@ -800,6 +800,15 @@ class PruneStep(Step):
 
     def check(self, tensors: list[TensorInfo]) -> None:
         refuse_quantized(self, tensors)
+        for pattern in self.by_layer:  # a rule that reaches nothing is an error, not a no-op
+            if not any(
+                fnmatch.fnmatchcase(t.layer or "", pattern) or fnmatch.fnmatchcase(t.name, pattern)
+                for t in tensors
+                if self.selects(t)
+            ):
+                raise ParameterError(
+                    f"{{by_layer}} {literal(pattern)} matches no layer or tensor that is pruned"
+                )
 
     def selects(self, info: TensorInfo) -> bool:
         if self.pattern is not None and info.ndim < 2:
@@ -945,7 +954,7 @@ class _ClusterOp(TensorOp):
                     self.step.init,
                     self.lo[c],
                     self.hi[c],
-                    self.step.seed,
+                    self.step.seed or 0,
                 )
                 self.lloyd.append(clustermod.Lloyd(start))
             self.samples = []
@@ -1002,7 +1011,7 @@ class ClusterStep(Step):
     clusters: int = 16
     per_channel: bool = False
     init: str = "kmeans++"
-    seed: int = 0
+    seed: int | None = None  # kmeans++'s (default 0); an error with another init
     command = "cluster"
 
     def __post_init__(self) -> None:
@@ -1016,7 +1025,13 @@ class ClusterStep(Step):
             )
         if self.init not in clustermod.INITS:
             raise ParameterError(f"{{init}} must be one of {', '.join(clustermod.INITS)}")
-        if not 0 <= self.seed < 2**32:
+        if self.seed is not None and self.init != "kmeans++":
+            raise ParameterError(
+                f"{{seed}} seeds kmeans++'s sampling: {{init}} {self.init} takes none"
+            )
+        if self.seed is None:
+            self.seed = 0 if self.init == "kmeans++" else None
+        if self.seed is not None and not 0 <= self.seed < 2**32:
             raise ParameterError(f"{{seed}} must be from 0 to 2**32-1, got {self.seed}")
 
     def check(self, tensors: list[TensorInfo]) -> None:

@@ -500,7 +500,7 @@ def prune(
     show_default=True,
     help="Starting centroids, as TFMOT's CentroidInitialization names them.",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of kmeans++'s sampling.")
+@click.option("--seed", type=int, default=None, help="Seed of kmeans++'s sampling (default 0).")
 @selection_group()
 @batch_output_group
 def cluster(
@@ -508,7 +508,7 @@ def cluster(
     clusters: int,
     per_channel: bool,
     init: str,
-    seed: int,
+    seed: int | None,
     sel: Selection,
     out: OutputSpec,
     run: RunSpec,

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from weightcli.digest import digest
 from weightcli.errors import ParameterError, UnsupportedError, literal
 from weightcli.params import OutputSpec
 from weightcli.results import FreezeResult
@@ -92,7 +93,9 @@ def run(request: FreezeRequest, path: str | Path) -> FreezeResult:
         if request.out.dry_run:
             return result
         assert out is not None
-        patcher = store.patch(out, {}, request.out.force or request.out.in_place)
+        patcher = store.patch(
+            out, {}, request.out.force or request.out.in_place, request.out.compress
+        )
         try:
             patcher.set_config(new)
             record = Provenance(
@@ -102,7 +105,7 @@ def run(request: FreezeRequest, path: str | Path) -> FreezeResult:
                 command=f"weightcli freeze {src}" + (" --unfreeze" if request.unfreeze else ""),
                 steps=[{"command": "freeze", "layers": list(request.layers), "trainable": want}],
                 source=src.name,
-                source_digest=None,
+                source_digest=digest(store.local_copy(), request.out.digest),
                 changed=[],
                 note=request.out.note,
             ).to_json()

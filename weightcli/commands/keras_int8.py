@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from weightcli.digest import digest
 from weightcli.errors import UnsupportedError, UsageError
 from weightcli.figures import KerasInt8Figures
 from weightcli.params import OutputSpec
@@ -88,7 +89,10 @@ def run(request: KerasInt8Request, path: str | Path) -> TransformResult:
         if not request.out.dry_run:
             assert out is not None
             patcher = store.patch(
-                out, {t.path: "int8" for t, _ in chosen}, request.out.force or request.out.in_place
+                out,
+                {t.path: "int8" for t, _ in chosen},
+                request.out.force or request.out.in_place,
+                request.out.compress,
             )
         changes: list[TensorChange] = []
         try:
@@ -102,7 +106,7 @@ def run(request: KerasInt8Request, path: str | Path) -> TransformResult:
                 command=f"weightcli quantize {src} --store keras-int8",
                 steps=[{"command": "quantize", "store": "keras-int8"}],
                 source=src.name,
-                source_digest=None,
+                source_digest=digest(store.local_copy(), request.out.digest),
                 changed=[c.info.name for c in changes],
                 note=request.out.note,
             ).to_json()
