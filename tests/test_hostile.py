@@ -106,18 +106,25 @@ def test_a_signal_mid_write_leaves_nothing(tmp_path: Path, sig: int, code: int) 
     )
     # The model runs in a child of the weightcli process, which passes signals on: hold
     # the writer while its temporary exists (mid-write), signal weightcli as a user (or
-    # CI) would, then let it go.
+    # CI) would, then let it go. The child is held from the moment it appears and let
+    # run 2 ms at a time until its temporary exists, so the window cannot be missed
+    # however loaded the machine is.
     deadline = time.monotonic() + 60
     writer = None
-    while proc.poll() is None and time.monotonic() < deadline:
+    while proc.poll() is None and time.monotonic() < deadline and writer is None:
         children = psutil.Process(proc.pid).children()
-        if children:
-            children[0].suspend()
+        if not children:
+            time.sleep(0.001)
+            continue
+        child = children[0]
+        child.suspend()
+        while time.monotonic() < deadline:
             if _temps(out_dir):
-                writer = children[0]
+                writer = child
                 break
-            children[0].resume()
-        time.sleep(0.001)
+            child.resume()
+            time.sleep(0.002)
+            child.suspend()
     assert writer is not None and _temps(out_dir), "premise: the write had started"
     os.kill(proc.pid, sig)
     time.sleep(0.2)  # the signal reaches weightcli and is passed on to the held writer

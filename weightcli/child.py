@@ -177,9 +177,29 @@ def run_children(
     stopped: BaseException | None = None
     emitted = 0
 
+    def read(run: _Run) -> bool:
+        """One message of ``run``'s child; False at the end of its pipe."""
+        try:
+            with signals_held():  # a message is read whole
+                kind, payload = pickle.loads(run.conn.recv_bytes())
+        except (EOFError, OSError):
+            return False
+        if kind == "+":
+            run.held[payload] = None
+        elif kind == "-":
+            run.held.pop(payload, None)
+        else:
+            run.answer = payload
+        return True
+
     def finish(run: _Run, error: BaseException | None = None) -> None:
-        run.conn.close()
         run.proc.join()
+        # What the child said before it ended and nobody read yet (a temporary it made
+        # just before it was stopped): read now, so that nothing it held is left behind.
+        with contextlib.suppress(OSError, EOFError):
+            while run.conn.poll() and read(run):
+                pass
+        run.conn.close()
         del running[run.conn]
         for name in run.held:  # what a child that died or was stopped left behind
             remove_path(Path(name))
@@ -190,49 +210,50 @@ def run_children(
         else:
             finished[run.index] = Done(error=error)
 
+    def stop(exc: BaseException) -> None:
+        """SIGINT/SIGTERM here: passed on to the running children (which clean up and
+        answer), no new one started."""
+        nonlocal stopped
+        if stopped is None:
+            stopped = exc
+        pending.clear()
+        sig = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
+        for run in running.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(run.proc.pid, sig)
+
     try:
         while pending or running:
-            while pending and len(running) < max(1, jobs) and stopped is None:
-                index, (fn, args) = pending.popleft()
-                recv, send = ctx.Pipe(duplex=False)
-                proc = ctx.Process(target=_child, args=(send, limits, fn, args))  # type: ignore[attr-defined]
-                with signals_held():  # started and known as one step
-                    proc.start()
-                    deadline = None if limits.seconds is None else time.monotonic() + limits.seconds
-                    running[recv] = _Run(index, proc, recv, deadline)
-                send.close()
-            deadlines = [r.deadline for r in running.values() if r.deadline is not None]
-            wait = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+            # A signal may land anywhere in this loop, not only while it waits: it
+            # stops the run the same way wherever it lands (never killing a child that
+            # is cleaning up, never losing what it said).
             try:
+                while pending and len(running) < max(1, jobs) and stopped is None:
+                    index, (fn, args) = pending.popleft()
+                    recv, send = ctx.Pipe(duplex=False)
+                    proc = ctx.Process(target=_child, args=(send, limits, fn, args))  # type: ignore[attr-defined]
+                    with signals_held():  # started and known as one step
+                        proc.start()
+                        deadline = (
+                            None if limits.seconds is None else time.monotonic() + limits.seconds
+                        )
+                        running[recv] = _Run(index, proc, recv, deadline)
+                    send.close()
+                deadlines = [r.deadline for r in running.values() if r.deadline is not None]
+                wait = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
                 ready = connection.wait(list(running), wait)
+                for conn in ready:
+                    run = running[conn]
+                    if not read(run) or run.answer is not None:
+                        finish(run)
+                now = time.monotonic()
+                for run in list(running.values()):
+                    if run.deadline is not None and now >= run.deadline:
+                        run.proc.kill()
+                        finish(run, ChildTimedOut(limits.seconds or 0.0))
             except (KeyboardInterrupt, Terminated) as exc:
-                stopped = exc
-                pending.clear()
-                sig = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
-                for run in running.values():
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(run.proc.pid, sig)
+                stop(exc)
                 continue
-            for conn in ready:
-                run = running[conn]
-                try:
-                    with signals_held():  # a message is read whole
-                        kind, payload = pickle.loads(run.conn.recv_bytes())
-                except EOFError:
-                    finish(run)
-                    continue
-                if kind == "+":
-                    run.held[payload] = None
-                elif kind == "-":
-                    run.held.pop(payload, None)
-                else:
-                    run.answer = payload
-                    finish(run)
-            now = time.monotonic()
-            for run in list(running.values()):
-                if run.deadline is not None and now >= run.deadline:
-                    run.proc.kill()
-                    finish(run, ChildTimedOut(limits.seconds or 0.0))
             while emitted in finished and stopped is None:
                 yield finished.pop(emitted)
                 emitted += 1

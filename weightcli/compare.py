@@ -23,6 +23,7 @@ from weightcli.results import DiffResult, DiffStatus, TensorDiff
 from weightcli.select import Selection
 from weightcli.stores import Store
 from weightcli.stores.base import BLOCK_ELEMS, Block
+from weightcli.stores.interrupts import start_shielded
 
 IDENTICAL = DiffStatus.IDENTICAL
 WITHIN = DiffStatus.WITHIN
@@ -358,7 +359,7 @@ def _compare_in_two(
             failed.append(exc)
 
     helper = threading.Thread(target=take, args=(other,), name="weightcli-compare", daemon=True)
-    helper.start()
+    start_shielded(helper)
     try:
         take(acc)
     finally:

@@ -34,6 +34,7 @@ from weightcli.select import apply as apply_selection
 from weightcli.stats import RunningStats, TensorStats
 from weightcli.steps import Step, TensorOp
 from weightcli.stores.base import BLOCK_ELEMS, Block, Provenance, Store
+from weightcli.stores.interrupts import start_shielded
 from weightcli.stores.remote import is_url
 from weightcli.tensor import TensorInfo
 from weightcli.version import __version__
@@ -65,7 +66,7 @@ class Digest:
         if self.algorithm == "none" or sum(total_size(p) for p in self.paths) < CHILD_DIGEST_BYTES:
             for p in self.paths:
                 t = threading.Thread(target=self._run, args=(p,), daemon=True)
-                t.start()
+                start_shielded(t)
                 self.threads.append(t)
             return
         self.proc = subprocess.Popen(

@@ -11,6 +11,8 @@ import threading
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
+from weightcli.stores.interrupts import start_shielded
+
 T = TypeVar("T")
 
 _DONE = object()
@@ -46,7 +48,7 @@ def ahead(items: Iterable[T], depth: int = 2) -> Iterator[T]:
         put((True, _DONE))
 
     thread = threading.Thread(target=work, name="weightcli-read-ahead", daemon=True)
-    thread.start()
+    start_shielded(thread)
     try:
         while True:
             ok, item = q.get()

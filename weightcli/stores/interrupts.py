@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import threading
 from collections.abc import Iterator
 
 
@@ -21,3 +22,12 @@ def signals_held() -> Iterator[None]:
     finally:
         if old is not None:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def start_shielded(thread: threading.Thread) -> None:
+    """Start a helper thread that never takes SIGINT or SIGTERM: it inherits the mask
+    held here (as do native threads it starts, such as BLAKE3's pool), so the kernel
+    delivers a signal sent to the process to the main thread, whose ``signals_held``
+    then really holds it."""
+    with signals_held():
+        thread.start()

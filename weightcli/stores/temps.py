@@ -15,6 +15,7 @@ import atexit
 import contextlib
 import os
 import re
+import secrets
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -47,21 +48,40 @@ def _register(path: Path) -> None:
         _listener("+", path)
 
 
+def _make(folder: Path | None, prefix: str, suffix: str, create: Callable[[Path], None]) -> Path:
+    """A fresh temporary, registered *before* it is created: an interrupt that lands
+    anywhere (a signal can reach this thread's Python code even while it holds signals
+    back, when the kernel delivered it to another thread) leaves nothing unknown: a name
+    registered but never created is harmless to remove."""
+    where = Path(folder) if folder is not None else Path(tempfile.gettempdir())
+    for _ in range(100):
+        path = where / f"{prefix}{secrets.token_hex(4)}{suffix}"
+        with signals_held():
+            _register(path)
+            try:
+                create(path)
+            except FileExistsError:
+                forget(path)
+                continue
+            except BaseException:
+                forget(path)
+                raise
+        return path
+    raise FileExistsError(f"no free temporary name in {where}")
+
+
+def _create_file(path: Path) -> None:
+    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+
+
 def make_file(folder: Path | None, prefix: str, suffix: str = ".tmp") -> Path:
     """A fresh empty temporary file (mode 0600) in ``folder`` (None: the system's)."""
-    with signals_held():
-        fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
-        _register(Path(name))
-    os.close(fd)
-    return Path(name)
+    return _make(folder, prefix, suffix, _create_file)
 
 
 def make_dir(folder: Path | None, prefix: str, suffix: str = ".tmp") -> Path:
-    """A fresh temporary folder in ``folder`` (None: the system's)."""
-    with signals_held():
-        made = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=folder))
-        _register(made)
-    return made
+    """A fresh temporary folder (mode 0700) in ``folder`` (None: the system's)."""
+    return _make(folder, prefix, suffix, lambda path: os.mkdir(path, 0o700))
 
 
 def forget(path: Path) -> None:
