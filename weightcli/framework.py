@@ -403,7 +403,10 @@ def _load(
                 "loads", SKIP, f"cannot load this folder: {store.meta.extra['note']}"
             )
         return None, Check(
-            "loads", SKIP, f"a {store.meta.format_label} holds no graph to load: static checks only"
+            "loads",
+            SKIP,
+            f"a {store.meta.format_label} is not loaded (weightcli runs Keras models and "
+            "SavedModels): static checks only",
         )
     except (UsageError, InputError, MissingExtraError):
         raise
