@@ -13,13 +13,14 @@ from weightcli.compare import read_map_file
 from weightcli.digest import ALGORITHMS
 from weightcli.report import print_export
 from weightcli.select import Selection
+from weightcli.stores.registry import export_targets
 
 
 @click.command()
 @click.argument("path", metavar="IN", type=click.Path(path_type=str))
 @click.option(
     "--to",
-    type=click.Choice(list(command.TARGETS)),
+    type=click.Choice(list(export_targets())),
     default="safetensors",
     show_default=True,
     help="The format written.",
@@ -78,7 +79,7 @@ def export(
     Examples:
       weightcli export model.keras --to safetensors -o model.safetensors
       weightcli export model.keras --to safetensors --layout torch -o pytorch.safetensors
-      weightcli export model.keras --layout torch --map 're:dense_(\\d+)\\.(.*)=fc\1.\2' -o t.safetensors
+      weightcli export model.keras --layout torch --map 're:dense_(\\d+)\\.(.*)=fc\\1.\\2' -o t.safetensors
     """
     request = command.ExportRequest(
         output=output,

@@ -21,13 +21,12 @@ from weightcli.results import ExportResult, ExportRow
 from weightcli.select import Selection, apply
 from weightcli.stores import open_store
 from weightcli.stores.base import Provenance
+from weightcli.stores.registry import export_targets, new_file
 from weightcli.stores.remote import as_path
 from weightcli.tensor import TensorInfo
 from weightcli.version import __version__
 
 __all__ = ["ExportRequest", "ExportResult", "run"]
-
-TARGETS = {"safetensors": ".safetensors"}
 
 
 @dataclass(frozen=True)
@@ -45,13 +44,14 @@ class ExportRequest:
     def __post_init__(self) -> None:
         for m in self.maps:
             parse_map(m)
-        if self.to not in TARGETS:
+        targets = export_targets()
+        if self.to not in targets:
             raise ParameterError(
-                f"{{to}} must be one of {', '.join(TARGETS)}, got {literal(self.to)}"
+                f"{{to}} must be one of {', '.join(targets)}, got {literal(self.to)}"
             )
         if self.layout not in ("keras", "torch"):
             raise ParameterError(f"{{layout}} must be keras or torch, got {literal(self.layout)}")
-        suffix = TARGETS[self.to]
+        suffix = targets[self.to]
         if not str(self.output).endswith(suffix):
             raise ParameterError(
                 f"{{output}} {literal(str(self.output))}: a {self.to} file is named *{suffix}"
@@ -67,8 +67,6 @@ def _chosen(tensors: list[TensorInfo], sel: Selection, has_config: bool) -> list
 
 
 def run(request: ExportRequest, path: str | Path) -> ExportResult:
-    from weightcli.stores.safetensors import NewFile
-
     started = time.perf_counter()
     src = as_path(path)
     out = as_path(request.output)
@@ -83,7 +81,7 @@ def run(request: ExportRequest, path: str | Path) -> ExportResult:
         ]  # every rule found (or refused) before a byte is written
         rows: list[ExportRow] = []
         maps = [parse_map(m) for m in request.maps]
-        writer = NewFile(out, request.force)
+        writer = new_file(request.to, out, request.force)
         try:
             packs: dict[str, dict[int, tuple[TensorInfo, np.ndarray]]] = {}
             for t, rule in plan:
@@ -125,15 +123,7 @@ def run(request: ExportRequest, path: str | Path) -> ExportResult:
                 source_digest=digest(store.local_copy(), request.digest),
                 changed=[],
             ).to_json()
-            import json
-
-            from weightcli.stores.safetensors import HISTORY_KEY
-
-            metadata = {
-                "format": "pt" if request.layout == "torch" else "keras",
-                HISTORY_KEY: json.dumps([*store.meta.history, entry]),
-            }
-            writer.commit(metadata)
+            writer.commit([*store.meta.history, entry], request.layout)
         except BaseException:
             writer.abort()
             raise

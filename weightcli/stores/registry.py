@@ -51,6 +51,9 @@ class FormatSpec:
     # The files a checkpoint of this kind is made of, beyond its own path (digests,
     # staging): a weights map's shards.
     files: str | Callable[[Path], list[Path]] | None = None
+    # A writer of new files of this format (``export --to NAME``): "module:Class", its
+    # ``Class(out, overwrite)`` taking tensors with ``add`` and ending with ``commit``.
+    create: str | None = None
 
     def holds(self, path: Path) -> bool:
         probe: Callable[[Path], bool] = _resolve(self.probe)
@@ -132,6 +135,7 @@ FORMATS: tuple[FormatSpec, ...] = (
         "weightcli.stores.safetensors:SafetensorsStore",
         {"safetensors": (".safetensors",)},
         file_model="weightcli.stores.safetensors:named",
+        create="weightcli.stores.safetensors:NewFile",
     ),
     FormatSpec(
         "safetensors-index",
@@ -208,3 +212,19 @@ def parts_of_models(folder: Path, names: Collection[str]) -> set[str]:
         if spec.parts is not None:
             out |= _resolve(spec.parts)(folder, names)
     return out
+
+
+def export_targets() -> dict[str, str]:
+    """The formats ``export`` writes: name -> the output suffix."""
+    return {
+        spec.name: next(iter(spec.writes.values()))[0]
+        for spec in FORMATS
+        if spec.create is not None and spec.writes
+    }
+
+
+def new_file(name: str, out: Path, overwrite: bool) -> Any:
+    """A writer of a new file of format ``name`` (see ``FormatSpec.create``)."""
+    spec = by_name(name)
+    assert spec.create is not None, f"{name}: no writer of new files"
+    return _resolve(spec.create)(out, overwrite)

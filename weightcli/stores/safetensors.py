@@ -721,8 +721,14 @@ class NewFile:
             "data_offsets": [begin, self.at],
         }
 
-    def commit(self, metadata: dict[str, str]) -> None:
+    def commit(self, history: list[dict[str, Any]], layout: str = "keras") -> None:
+        """Publish the file, ``history`` in its ``__metadata__`` (with ``format``: ``pt``
+        for PyTorch's layout, as transformers expects, else ``keras``)."""
         assert self.fd is not None
+        metadata = {
+            "format": "pt" if layout == "torch" else "keras",
+            HISTORY_KEY: json.dumps(history),
+        }
         header = encode_header({METADATA: metadata, **self.entries})
         final = temp_beside(self.out)
         try:
