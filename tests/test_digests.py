@@ -196,3 +196,14 @@ def test_hashing_in_a_forked_child_does_not_hang(tmp_path: Path) -> None:
     os.close(r)
     os.waitpid(pid, 0)
     assert got == want
+
+
+def test_verify_source_of_a_transplant_checks_source_and_target(tmp_path: Path) -> None:
+    source, target = SAMPLES / "mlp.keras", SAMPLES / "mlp_keras3.h5"
+    out = tmp_path / "t.h5"
+    assert run("transplant", source, target, "-o", out).code == 0
+    res = run("verify", out, "--source", source, "--source", target, "--no-load", "--json")
+    assert res.code == 0, res.out
+    names = [c["name"] for c in res.json()["checks"] if c["status"] == "PASS"]
+    assert "source mlp.keras" in names and "source mlp_keras3.h5" in names
+    assert run("verify", out, "--source", SAMPLES / "cnn.keras", "--no-load").code == 1
