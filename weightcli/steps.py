@@ -916,26 +916,29 @@ class _ClusterOp(TensorOp):
         self.signal = self.noise = self.max_err = 0.0
         self.distinct: set[float] = set()
 
-    def _split(self, where: Block, block: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
-        """(channel, its values in the block, their index within the channel)."""
-        coords = np.unravel_index(np.arange(block.size) + where.first, self.info.shape)
+    def _split(
+        self, where: Block, block: np.ndarray
+    ) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]]:
+        """(channel, its values in the block, their index within the channel, where they
+        are in the block: None for the whole block), the flat indexes worked out once."""
+        flat = block.reshape(-1)
         if self.axis is None:
-            return [(0, block.reshape(-1), np.arange(block.size) + where.first)]
+            return [(0, flat, np.arange(block.size) + where.first, None)]
+        coords = np.unravel_index(np.arange(block.size) + where.first, self.info.shape)
         rest = [c for i, c in enumerate(coords) if i != self.axis]
         dims = [d for i, d in enumerate(self.info.shape) if i != self.axis]
         within = np.ravel_multi_index(rest, dims) if rest else np.zeros(block.size, np.int64)
         channel = coords[self.axis]
-        flat = block.reshape(-1)
         out = []
         for c in np.unique(channel):
             sel = channel == c
-            out.append((int(c), flat[sel], within[sel]))
+            out.append((int(c), flat[sel], within[sel], sel))
         return out
 
     def observe(self, pass_no: int, where: Block, block: np.ndarray) -> None:
-        if np.isnan(block).any() or np.isinf(block).any():
+        if pass_no == 0 and not np.isfinite(block).all():
             raise UsageError(f"{self.info.name}: NaN or Inf: repair it first (clip --nonfinite)")
-        for c, values, within in self._split(where, block):
+        for c, values, within, _ in self._split(where, block):
             if pass_no == 0:
                 v = values.astype(np.float64)
                 self.lo[c] = min(self.lo[c], float(v.min()))
@@ -968,15 +971,13 @@ class _ClusterOp(TensorOp):
 
     def apply(self, where: Block, block: np.ndarray, count: bool = True) -> np.ndarray:
         flat = np.empty(block.size, dtype=block.dtype)
-        index = np.arange(block.size)
-        for c, values, _ in self._split(where, block):
+        for c, values, _, sel in self._split(where, block):
             cents = self.lloyd[c].centroids
             mapped = cents[clustermod.assign(values, cents)].astype(block.dtype)
-            if self.axis is None:
+            if sel is None:
                 flat[:] = mapped
             else:
-                coords = np.unravel_index(index + where.first, self.info.shape)
-                flat[coords[self.axis] == c] = mapped
+                flat[sel] = mapped
         y = flat.reshape(block.shape)
         if count:
             x64, y64 = block.astype(np.float64).ravel(), y.astype(np.float64).ravel()
