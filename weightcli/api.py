@@ -38,6 +38,7 @@ from weightcli.commands import reinit as reinit_cmd
 from weightcli.commands import transform as transform_cmd
 from weightcli.commands import transplant as transplant_cmd
 from weightcli.commands import verify as verify_cmd
+from weightcli.errors import ParameterError
 from weightcli.params import OUTPUT_FIELDS, OutputKeywords, OutputSpec, take
 from weightcli.results import (
     DiffResult,
@@ -339,7 +340,7 @@ def transplant(
 
 
 def merge(
-    inputs: Sequence[PathLike],
+    inputs: Sequence[PathLike] = (),
     *,
     method: str = "mean",
     weights: Sequence[float] = (),
@@ -347,13 +348,22 @@ def merge(
     base: PathLike | None = None,
     lam: float | None = None,
     density: float | None = None,
+    gamma: float | None = None,
+    epsilon: float | None = None,
+    t: float | None = None,
+    seed: int | None = None,
+    normalize: bool | None = None,
+    rescale: bool | None = None,
+    config: PathLike | None = None,
     maps: Sequence[str] = (),
     select: Sequence[str] = (),
     exclude: Sequence[str] = (),
     **keywords: Unpack[OutputKeywords],
 ) -> TransformResult:
-    """Merge checkpoints (mean, ema, task-arithmetic, ties) into a copy of the first
-    input (or of ``base``); see ``weightcli.commands.merge``."""
+    """Merge checkpoints into a copy of the first input (or of ``base``), or as the
+    merge file ``config`` says; the methods: ``weightcli.transforms.merge``."""
+    if (config is None) == (not inputs):
+        raise ParameterError("give the inputs, or a merge file as {config}, one of them")
     request = merge_cmd.MergeRequest(
         others=tuple(as_path(p) for p in inputs[1:]),
         method=method,
@@ -362,11 +372,18 @@ def merge(
         base=as_path(base) if base is not None else None,
         lam=lam,
         density=density,
+        gamma=gamma,
+        epsilon=epsilon,
+        t=t,
+        seed=seed,
+        normalize=normalize,
+        rescale=rescale,
+        config=config is not None,
         selection=selection(select, exclude),
         maps=tuple(maps),
         out=_output(keywords, "merge"),
     )
-    return merge_cmd.run(request, inputs[0])
+    return merge_cmd.run(request, config if config is not None else inputs[0])
 
 
 def assign(

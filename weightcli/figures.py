@@ -212,23 +212,30 @@ class KerasInt8Figures(Figures):
 class MergeFigures(Figures):
     method: str
     weights: list[float]
-    kept_fraction: float | None = None  # ties
-    sign_agreement: float | None = None  # ties
+    kept_fraction: float | None = None  # the sparsifying methods: task vectors' values kept
+    sign_agreement: float | None = None  # with sign consensus: elements all inputs agree on
+    coefficients: list[float] | None = None  # slerp (s0, s1), model-stock (t, 1 - t)
 
     def to_json(self) -> JSON:
         out: JSON = {"method": self.method, "weights": self.weights}
         if self.kept_fraction is not None:
             out["kept_fraction"] = self.kept_fraction
+        if self.sign_agreement is not None:
             out["sign_agreement"] = self.sign_agreement
+        if self.coefficients is not None:
+            out["coefficients"] = self.coefficients
         return out
 
     def text(self) -> str:
-        text = f"{self.method}, weights " + ", ".join(fmt_num(w, 3) for w in self.weights)
-        if self.kept_fraction is not None and self.sign_agreement is not None:
-            text += (
-                f"; kept {100 * self.kept_fraction:.1f}%, "
-                f"sign agreement {100 * self.sign_agreement:.1f}%"
-            )
+        text = self.method
+        if self.weights:
+            text += ", weights " + ", ".join(fmt_num(w, 3) for w in self.weights)
+        if self.kept_fraction is not None:
+            text += f"; kept {100 * self.kept_fraction:.1f}%"
+        if self.sign_agreement is not None:
+            text += f", sign agreement {100 * self.sign_agreement:.1f}%"
+        if self.coefficients is not None:
+            text += "; coefficients " + ", ".join(fmt_num(c, 4) for c in self.coefficients)
         return text
 
 

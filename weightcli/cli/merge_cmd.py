@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from weightcli.cli.dispatch import dispatch_one
@@ -32,35 +30,60 @@ def _floats(text: str | None) -> tuple[float, ...]:
 
 
 @click.command()
-@click.argument(
-    "inputs", nargs=-1, required=True, type=click.Path(path_type=str), metavar="A B [C ...]"
-)
+@click.argument("inputs", nargs=-1, type=click.Path(path_type=str), metavar="A B [C ...]")
 @click.option(
     "--method",
-    type=click.Choice(list(command.METHODS)),
     default="mean",
     show_default=True,
-    help="mean (--weights), ema (--decay), task-arithmetic (--base, --lambda), ties (--base, --density, --lambda).",
+    metavar="METHOD",
+    help="mean, ema, task-arithmetic, ties, dare-linear, dare-ties, breadcrumbs, "
+    "breadcrumbs-ties, della, della-linear, slerp, model-stock (- or _).",
 )
 @click.option(
-    "--weights", metavar="W1,W2,...", help="mean: a weight per input (normalised to sum 1)."
+    "--config",
+    "config",
+    type=click.Path(path_type=str),
+    metavar="MERGE.yaml",
+    help="A merge file (models, base, method, parameters per model and per tensor, "
+    "gradients over depth): then give no inputs.",
+)
+@click.option(
+    "--weights",
+    metavar="W1,W2,...",
+    help="mean: a weight per input (normalised); task arithmetic family: each input's weight.",
 )
 @click.option("--decay", type=float, help="ema: the decay, in (0, 1); inputs oldest first.")
 @click.option(
     "--base",
     type=click.Path(path_type=str),
-    help="task-arithmetic, ties: the model the inputs were fine-tuned from.",
+    help="The model the inputs were fine-tuned from (task arithmetic family, model-stock).",
 )
 @click.option(
     "--lambda",
     "lam",
     type=float,
-    help="task-arithmetic, ties: scale of the merged task vector (1.0).",
+    help="Task arithmetic family: scale of the merged task vector (1.0).",
 )
 @click.option(
     "--density",
     type=float,
-    help="ties: fraction of each task vector's largest magnitudes kept, in (0, 1].",
+    help="ties, dare, breadcrumbs, della: fraction of each task vector kept, in (0, 1].",
+)
+@click.option(
+    "--gamma", type=float, help="breadcrumbs: fraction of largest magnitudes dropped (0.01)."
+)
+@click.option("--epsilon", type=float, help="della: spread of the keep probabilities (0.15).")
+@click.option("--t", "t", type=float, help="slerp: 0 gives the first input, 1 the second.")
+@click.option("--seed", type=int, help="dare, della: the seed of the random drops (0).")
+@click.option(
+    "--normalize/--no-normalize",
+    default=None,
+    help="Task arithmetic family: divide by the weights summed (default: the method's).",
+)
+@click.option(
+    "--rescale/--no-rescale",
+    default=None,
+    help="dare, della: divide what is kept by its keep probability (default: yes).",
 )
 @click.option(
     "--map",
@@ -83,11 +106,18 @@ def _floats(text: str | None) -> tuple[float, ...]:
 def merge(
     inputs: tuple[str, ...],
     method: str,
+    config: str | None,
     weights: str | None,
     decay: float | None,
-    base: Path | None,
+    base: str | None,
     lam: float | None,
     density: float | None,
+    gamma: float | None,
+    epsilon: float | None,
+    t: float | None,
+    seed: int | None,
+    normalize: bool | None,
+    rescale: bool | None,
     maps: tuple[str, ...],
     select: tuple[str, ...],
     exclude: tuple[str, ...],
@@ -95,13 +125,15 @@ def merge(
     as_json: bool,
     debug: bool,
 ) -> None:
-    """Average or merge several checkpoints in one streaming pass.
+    """Merge several checkpoints in one streaming pass.
 
     Tensors are matched by canonical name across the inputs (which may be of different
     formats); the inputs must agree on the names, shapes and dtypes of the merged
     tensors. Floating-point weights are combined in float64 and written in their own
-    dtype into a surgery copy of the first input (of BASE for task-arithmetic and
-    ties); integer tensors and optimizer state stay as that file holds them.
+    dtype into a surgery copy of the first input (of BASE when there is one); integer
+    tensors and optimizer state stay as that file holds them. The methods are
+    mergekit's (each cites its paper in weightcli/transforms/merge.py); every parameter
+    is checked at every tensor before a tensor is read.
 
     \b
     Examples:
@@ -110,7 +142,18 @@ def merge(
       weightcli merge ckpt_1.h5 ckpt_2.h5 ckpt_3.h5 --method ema --decay 0.9 -o ema.h5
       weightcli merge ft1.keras ft2.keras --method task-arithmetic --base base.keras --lambda 0.5 -o ta.keras
       weightcli merge ft1.keras ft2.keras --method ties --base base.keras --density 0.2 -o ties.keras
+      weightcli merge ft1.keras ft2.keras --method dare-ties --base base.keras --density 0.5 --seed 1 -o dare.keras
+      weightcli merge a.keras b.keras --method slerp --t 0.3 -o slerp.keras
+      weightcli merge --config merge.yaml -o merged.keras
     """
+    if config is not None:
+        if inputs:
+            raise ParameterError("a merge file names the models: give no inputs with {config}")
+        first = config
+    elif not inputs:
+        raise ParameterError("give the models to merge, or {config} MERGE.yaml")
+    else:
+        first = inputs[0]
     request = command.MergeRequest(
         others=tuple(as_path(p) for p in inputs[1:]),
         method=method,
@@ -119,8 +162,15 @@ def merge(
         base=as_path(base) if base is not None else None,
         lam=lam,
         density=density,
+        gamma=gamma,
+        epsilon=epsilon,
+        t=t,
+        seed=seed,
+        normalize=normalize,
+        rescale=rescale,
+        config=config is not None,
         selection=make_selection(select, exclude, (), (), False),
         maps=tuple(maps),
         out=out,
     )
-    dispatch_one(inputs[0], command.run, request, print_transform, as_json=as_json, debug=debug)
+    dispatch_one(first, command.run, request, print_transform, as_json=as_json, debug=debug)

@@ -1,15 +1,18 @@
-"""``merge``: combine several checkpoints tensor by tensor, in one streaming pass, into a
-surgery copy of the first input (or of ``base`` for the methods that have one).
+"""``merge``: combine several checkpoints tensor by tensor, streaming, into a surgery
+copy of the first input (or of the base, for the methods that have one).
 
-Methods (arithmetic in float64, written in each tensor's own dtype):
+The methods and their definitions are in ``weightcli.transforms.merge`` (mean, ema, the
+task arithmetic family of mergekit: task-arithmetic, ties, dare-linear, dare-ties,
+breadcrumbs, breadcrumbs-ties, della, della-linear; slerp; model-stock); what a merge
+asks for, from flags or a merge file, is a ``mergefile.MergeSpec``, every parameter of
+which is evaluated at every merged tensor and checked before a tensor is read.
 
-- ``mean``: sum(w_i x_i) / sum(w_i); ``weights`` default to equal (they are normalised).
-- ``ema``: e = x_1; e = decay * e + (1 - decay) * x_i for the next inputs, oldest first.
-- ``task-arithmetic``: base + lambda * sum(x_i - base).
-- ``ties`` (TIES-Merging, Yadav et al. 2023): per tensor, each task vector t_i = x_i - base
-  keeps its ``density`` fraction of largest magnitudes (the rest set to 0); the sign of
-  each element is elected by the total mass sum(t_i); the kept values that agree with it
-  are averaged; merged = base + lambda * that average.
+Streaming: every method works block by block. The ones that need a whole tensor's
+figure read it in passes first: magnitude selections (ties, breadcrumbs) the exact
+ranks by a radix select (``Window``: four passes of a float64 task vector, and a census
+of ties when there are any), slerp the dot product and norms, model-stock the Gram
+matrix of the task vectors; DELLA ranks within rows, so its blocks hold whole rows.
+Random draws (DARE, DELLA) are counter-based: the same whatever the split.
 
 Only floating-point model weights are combined; integer tensors, counters and optimizer
 state stay as the first input (or base) holds them, and the report says so.
@@ -24,217 +27,304 @@ from typing import Any
 
 import numpy as np
 
-from weightcli import pipeline
+from weightcli import mergefile, pipeline
 from weightcli.compare import parse_map, rename
 from weightcli.errors import ParameterError, UsageError, literal
 from weightcli.figures import Figures, MergeFigures
+from weightcli.mergefile import MergeSpec, Setting
 from weightcli.params import OutputSpec
 from weightcli.results import TransformResult
 from weightcli.select import Selection
 from weightcli.steps import Step, TensorOp
 from weightcli.stores import open_store
-from weightcli.stores.base import Block, Store
+from weightcli.stores.base import BLOCK_ELEMS, Block, Store
 from weightcli.stores.remote import as_path
 from weightcli.tensor import TensorInfo
+from weightcli.transforms import merge as methods
 
 __all__ = ["MergeRequest", "run"]
 
-METHODS = ("mean", "ema", "task-arithmetic", "ties")
-# TIES finds each task vector's magnitude threshold exactly, in memory, up to this size.
-TIES_MAX_ELEMS = 1 << 22
+METHODS = tuple(methods.METHODS)
 
 
 @dataclass(frozen=True)
 class MergeRequest:
-    """The other inputs (the first is the ``run`` path), the method and its parameters."""
+    """The other inputs (the first is the ``run`` path), the method and its parameters;
+    or ``config``: the ``run`` path is a merge file that says all of it."""
 
-    others: tuple[Path, ...]
+    others: tuple[Path, ...] = ()
     method: str = "mean"
     weights: tuple[float, ...] = ()
     decay: float | None = None
     base: Path | None = None
-    lam: float | None = None  # task-arithmetic, ties: 1.0 when not given
+    lam: float | None = None  # the task arithmetic family: 1.0 when not given
     density: float | None = None
+    gamma: float | None = None
+    epsilon: float | None = None
+    t: float | None = None
+    seed: int | None = None
+    normalize: bool | None = None
+    rescale: bool | None = None
+    config: bool = False
     selection: Selection = field(default_factory=Selection)
     maps: tuple[str, ...] = ()
     out: OutputSpec = field(default_factory=OutputSpec)
+    block_elems: int = BLOCK_ELEMS  # the most elements read at once (tests: small)
 
     def __post_init__(self) -> None:
         self.out.refuse("in_place", command="merge")
-        n = len(self.others) + 1
-        if self.method not in METHODS:
-            raise ParameterError(f"{{method}} must be one of {', '.join(METHODS)}")
-        if n < 2:
-            raise ParameterError("merge needs at least two inputs")
-        if self.weights:
-            if self.method != "mean":
-                raise ParameterError("{weights} go with {method} mean")
-            if len(self.weights) != n:
-                raise ParameterError(
-                    f"{{weights}} gives {len(self.weights)} weights for {n} inputs"
-                )
-            if not all(math.isfinite(w) for w in self.weights) or sum(self.weights) == 0:
-                raise ParameterError("{weights} must be finite numbers whose sum is not 0")
-        needs_base = self.method in ("task-arithmetic", "ties")
-        if needs_base and self.base is None:
-            raise ParameterError(f"{{method}} {self.method} needs {{base}} BASE")
-        if not needs_base and self.base is not None:
-            raise ParameterError(f"{{base}} goes with task-arithmetic or ties, not {self.method}")
-        if self.method == "ema":
-            if self.decay is None:
-                raise ParameterError("{method} ema needs {decay} (between 0 and 1, e.g. 0.9)")
-            if not 0 < self.decay < 1:
-                raise ParameterError(f"{{decay}} must be in (0, 1), got {self.decay}")
-        elif self.decay is not None:
-            raise ParameterError("{decay} goes with {method} ema")
-        if self.method == "ties":
-            if self.density is None or not 0 < self.density <= 1:
-                raise ParameterError(f"{{density}} must be in (0, 1], got {self.density}")
-        elif self.density is not None:
-            raise ParameterError("{density} goes with {method} ties")
-        if self.lam is not None:
-            if not needs_base:
-                raise ParameterError(
-                    f"{{lam}} goes with task-arithmetic or ties, not {self.method}"
-                )
-            if not math.isfinite(self.lam):
-                raise ParameterError("{lam} must be a finite number")
         for m in self.maps:
             parse_map(m)
+        if self.config:
+            given = [k for k in self._flags() if getattr(self, k) not in (None, ())]
+            if given or self.others or self.base is not None or self.method != "mean":
+                raise ParameterError(
+                    "a merge file says the models, the method and its parameters: give "
+                    "no other inputs, {method}, {base} or method parameters with it"
+                )
+            return
+        if methods.method_named(self.method) is None:
+            raise ParameterError(f"{{method}} must be one of {', '.join(METHODS)}")
+        self.spec(Path("first"))  # every flag checked now
 
-    def input_weights(self) -> list[float]:
-        """Each input's weight in the result, as the report shows it (mean and ema)."""
-        n = len(self.others) + 1
-        if self.method == "mean":
-            w = list(self.weights) if self.weights else [1.0] * n
-            total = sum(w)
-            return [x / total for x in w]
-        if self.method == "ema":
-            d = self.decay or 0.0
-            out = [d ** (n - 1)] + [(1 - d) * d ** (n - 1 - i) for i in range(1, n)]
-            return out
-        return [self.scale] * n
+    @staticmethod
+    def _flags() -> tuple[str, ...]:
+        return (
+            "weights",
+            "decay",
+            "lam",
+            "density",
+            "gamma",
+            "epsilon",
+            "t",
+            "seed",
+            "normalize",
+            "rescale",
+        )
 
-    @property
-    def scale(self) -> float:
-        """lambda of task-arithmetic and ties (1.0 by default)."""
-        return 1.0 if self.lam is None else float(self.lam)
+    def spec(self, first: Path) -> MergeSpec:
+        """The merge these flags ask for (``first``: the first input)."""
+        method = methods.method_named(self.method)
+        assert method is not None
+        inputs = (first, *self.others)
+        general: dict[str, Setting] = {}
+        for key, value in (
+            ("decay", self.decay),
+            ("lambda", self.lam),
+            ("density", self.density),
+            ("gamma", self.gamma),
+            ("epsilon", self.epsilon),
+            ("t", self.t),
+            ("seed", self.seed),
+            ("normalize", self.normalize),
+            ("rescale", self.rescale),
+        ):
+            if value is not None:
+                mergefile.check(key, value, None, method)
+                general[key] = Setting.of(value)
+        per_input: tuple[dict[str, Setting], ...] = tuple({} for _ in inputs)
+        if self.weights:
+            if "weight" not in method.per_input:
+                raise ParameterError(f"{{weights}} do not go with {{method}} {method.name}")
+            if len(self.weights) != len(inputs):
+                raise ParameterError(
+                    f"{{weights}} gives {len(self.weights)} weights for {len(inputs)} inputs"
+                )
+            if not all(math.isfinite(w) for w in self.weights) or (
+                method.name == "mean" and sum(self.weights) == 0
+            ):
+                raise ParameterError("{weights} must be finite numbers whose sum is not 0")
+            per_input = tuple({"weight": Setting.of(w)} for w in self.weights)
+        return MergeSpec(method, inputs, self.base, per_input, general)
 
 
 class _MergeOp(TensorOp):
+    """One tensor: the carrier's block (the base, or the first input) and the same block
+    of every other input, combined by the spec's method with the parameters evaluated at
+    this tensor."""
+
     def __init__(
         self, info: TensorInfo, step: _MergeStep, parts: list[tuple[Store, TensorInfo]]
     ) -> None:
         super().__init__(info)
         self.step, self.parts = step, parts
-        self.kept = 0
-        self.agree = 0
-        self.seen = 0
-        self.thresholds: list[float] = []
-        if step.request.method == "ties":
-            if info.size > TIES_MAX_ELEMS:
-                raise UsageError(
-                    f"{literal(info.name)}: ties on tensors over {TIES_MAX_ELEMS} elements is not supported"
-                )
+        spec = step.spec
+        m = self.method = spec.method
+        depth = step.depths[info.path]
+        n = len(spec.inputs)
+        self.values = [{k: spec.value(k, i, info, depth) for k in m.per_input} for i in range(n)]
+        self.general = {
+            k: spec.value(k, None, info, depth)
+            for k in ("lambda", "normalize", "rescale", "seed", "decay", "t")
+            if k in m.general or k in spec.general or k == "lambda"
+        }
+        self.kept = self.agree = self.seen = 0
+        self.windows: list[methods.Window] = []
+        if m.sparsify in ("magnitude", "outliers"):
+            for v in self.values:
+                dens = float(v.get("density", 1.0))
+                if m.sparsify == "magnitude":
+                    lo, hi = info.size - methods.keep_count(info.size, dens), info.size
+                else:
+                    lo, hi = methods.outlier_window(info.size, dens, float(v["gamma"]))
+                self.windows.append(methods.Window(info.size, lo, hi))
+            if not all(w.done for w in self.windows):
+                self.passes = 1
+        if m.random:
+            seed = int(self.general.get("seed", 0))
+            self.keys = [methods.stream_key(seed, info.name, i) for i in range(n)]
+        if m.sparsify == "della":
+            last = info.shape[-1] if info.shape else 1
+            self.align = (max(0, info.ndim - 1), last) if info.ndim else None
+        if m.kind in ("slerp", "stock"):
             self.passes = 1
-            self._tau: list[list[np.ndarray]] = [[] for _ in parts]
+            k = len(parts) if m.kind == "stock" else 2
+            self.gram = np.zeros((k, k))
+        self.coefficients: tuple[float, float] = (1.0, 0.0)
 
     def _inputs(self, where: Block, block: np.ndarray) -> list[np.ndarray]:
-        """The same block of every other input, in their stored dtype (ufuncs below widen
-        them to float64 as they go: no float64 copies)."""
+        """The same block of every other input, in their stored dtype."""
         return [np.asarray(s.read(t, where)).reshape(block.shape) for s, t in self.parts]
 
     def observe(self, pass_no: int, where: Block, block: np.ndarray) -> None:
         base = block.astype(np.float64)
-        for i, x in enumerate(self._inputs(where, block)):
-            self._tau[i].append(np.abs(x - base).ravel())
+        xs = self._inputs(where, block)
+        if self.method.kind == "slerp":
+            v = [base.ravel(), xs[0].astype(np.float64).ravel()]
+        elif self.method.kind == "stock":
+            v = [(x - base).ravel() for x in xs]
+        else:
+            for w, x in zip(self.windows, xs, strict=True):
+                if not w.done:
+                    w.observe(where.first, x - base)
+            return
+        for i in range(len(v)):
+            for j in range(i, len(v)):
+                self.gram[i, j] += float(np.dot(v[i], v[j]))
+                self.gram[j, i] = self.gram[i, j]
 
     def end_pass(self, pass_no: int) -> bool:
-        p = self.step.request.density or 1.0
-        for taus in self._tau:
-            mags = np.concatenate(taus) if taus else np.zeros(0)
-            k = int(math.ceil(p * mags.size))
-            self.thresholds.append(
-                float(np.partition(mags, mags.size - k)[mags.size - k])
-                if 0 < k <= mags.size
-                else math.inf
+        kind = self.method.kind
+        if kind == "slerp":
+            g = self.gram
+            t = float(self.general["t"])
+            self.coefficients = methods.slerp_coefficients(
+                t, g[0, 1], math.sqrt(g[0, 0]), math.sqrt(g[1, 1])
             )
-        self._tau = []
+            return False
+        if kind == "stock":
+            ratio = methods.stock_ratio(self.gram)
+            if not math.isfinite(ratio):
+                raise UsageError(
+                    f"{literal(self.info.name)}: model-stock's ratio is not finite (the task "
+                    "vectors' mean cosine is -1/(N-1)): leave the tensor out with {exclude}"
+                )
+            self.coefficients = (ratio, 1.0 - ratio)
+            return False
+        more = [w.end_pass() for w in self.windows if not w.done]
+        if any(more):
+            self.passes += 1
+            return True
         return False
 
     def apply(self, where: Block, block: np.ndarray, count: bool = True) -> np.ndarray:
-        r = self.step.request
+        m = self.method
         xs = self._inputs(where, block)
-        if r.method != "ties":
+        if m.kind == "linear":
             return self._linear(block, xs)
         carrier = block.astype(np.float64)
-        taus = []
-        for x, thr in zip(xs, self.thresholds, strict=True):
-            t = x - carrier
-            taus.append(np.where(np.abs(t) >= thr, t, 0.0))
-        stack = np.stack(taus)
-        sign = np.sign(stack.sum(axis=0))
-        agree = (np.sign(stack) == sign) & (stack != 0)
-        n_agree = agree.sum(axis=0)
-        merged = np.where(n_agree > 0, (stack * agree).sum(axis=0) / np.maximum(n_agree, 1), 0.0)
-        out = carrier + r.scale * merged
-        if count:
-            self.kept += int(np.count_nonzero(stack))
-            nonzero = stack != 0
-            self.agree += int(np.count_nonzero(agree.sum(axis=0) == nonzero.sum(axis=0)))
-            self.seen += block.size
+        if m.kind == "slerp":
+            s0, s1 = self.coefficients
+            out = s0 * carrier + s1 * xs[0].astype(np.float64)
+        elif m.kind == "stock":
+            ratio, rest = self.coefficients
+            mean = np.mean([x.astype(np.float64) for x in xs], axis=0)
+            out = ratio * mean + rest * carrier
+        else:
+            out = carrier + float(self.general["lambda"]) * self._mixed(where, carrier, xs, count)
         return np.asarray(out).astype(block.dtype)
+
+    def _mixed(
+        self, where: Block, carrier: np.ndarray, xs: list[np.ndarray], count: bool
+    ) -> np.ndarray:
+        m = self.method
+        rescale = bool(self.general.get("rescale", m.rescale))
+        deltas = []
+        for i, x in enumerate(xs):
+            d = x - carrier
+            v = self.values[i]
+            if m.sparsify in ("magnitude", "outliers"):
+                d = np.where(self.windows[i].keep(where.first, d), d, 0.0)
+            elif m.sparsify == "random":
+                p = float(v["density"])
+                if p < 1:
+                    keep = methods.random_keep(self.keys[i], where.first, d, p)
+                    d = np.where(keep, d / p if rescale else d, 0.0)
+            elif m.sparsify == "della":
+                p_el = methods.della_probs(d, float(v["density"]), float(v["epsilon"]))
+                keep = methods.random_keep(self.keys[i], where.first, d, p_el)
+                d = np.where(keep, d / p_el if rescale else d, 0.0)
+            deltas.append(d)
+        weights = [float(v.get("weight", 1.0)) for v in self.values]
+        mixed = methods.combine(
+            deltas, weights, m.consensus, bool(self.general.get("normalize", m.normalize))
+        )
+        if count and m.sparsify is not None:
+            stack = np.stack(deltas)
+            self.kept += int(np.count_nonzero(stack))
+            self.seen += carrier.size
+            if m.consensus:
+                weighted = np.stack([w * d for w, d in zip(weights, deltas, strict=True)])
+                elected = np.where(weighted.sum(axis=0) >= 0, 1.0, -1.0)
+                agree = (np.sign(weighted) == elected) | (weighted == 0)
+                self.agree += int(np.count_nonzero(agree.all(axis=0)))
+        return mixed
 
     def _buffers(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> tuple[np.ndarray, ...]:
         """Float64 work buffers and the output buffer, reused from block to block: fresh
         megabytes for every block cost page faults (they took most of the time)."""
         n = int(np.prod(shape))
         bufs = self.step.buffers  # one set for the step: tensors are merged one at a time
-        if bufs is None or bufs[0].size < n or bufs[3].dtype != dtype:
-            bufs = self.step.buffers = (np.empty(n), np.empty(n), np.empty(n), np.empty(n, dtype))
+        if bufs is None or bufs[0].size < n or bufs[2].dtype != dtype:
+            bufs = self.step.buffers = (np.empty(n), np.empty(n), np.empty(n, dtype))
         return tuple(b[:n].reshape(shape) for b in bufs)
 
     def _linear(self, block: np.ndarray, xs: list[np.ndarray]) -> np.ndarray:
-        """mean, ema, task-arithmetic: float64 arithmetic in reused buffers."""
-        r = self.step.request
-        out, tmp, carrier, result = self._buffers(block.shape, block.dtype)
+        """mean, ema: float64 arithmetic in reused buffers."""
+        out, tmp, result = self._buffers(block.shape, block.dtype)
         np.copyto(out, block)
-        if r.method == "mean":
-            w = r.input_weights()  # the carrier (the first input) is part of the mean
+        if self.method.name == "mean":
+            w = [float(v["weight"]) for v in self.values]
+            total = sum(w)
+            w = [x / total for x in w]  # the carrier (the first input) is part of the mean
             out *= w[0]
             for wi, x in zip(w[1:], xs, strict=True):
                 np.copyto(tmp, x)
                 tmp *= wi
                 out += tmp
-        elif r.method == "ema":
-            d = r.decay or 0.0
+        else:
+            d = float(self.general["decay"])
             for x in xs:
                 out *= d
                 np.copyto(tmp, x)
                 tmp *= 1 - d
                 out += tmp
-        else:  # task arithmetic: base + lambda * sum(x_i - base)
-            np.copyto(carrier, block)
-            out.fill(0.0)
-            for x in xs:
-                np.copyto(tmp, x)
-                tmp -= carrier
-                out += tmp
-            out *= r.scale
-            out += carrier
         np.copyto(result, out, casting="unsafe")
         return result
 
     def figures(self) -> Figures:
-        r = self.step.request
-        if r.method == "ties" and self.seen:
+        m = self.method
+        weights = self.step.shown_weights
+        if m.sparsify is not None and self.seen:
             return MergeFigures(
-                r.method,
-                list(r.input_weights()),
-                self.kept / (self.seen * len(self.parts)),
-                self.agree / self.seen,
+                m.name,
+                weights,
+                self.kept / (self.seen * len(self.values)),
+                self.agree / self.seen if m.consensus else None,
             )
-        return MergeFigures(r.method, list(r.input_weights()))
+        if m.kind in ("slerp", "stock"):
+            return MergeFigures(m.name, weights, coefficients=list(self.coefficients))
+        return MergeFigures(m.name, weights)
 
 
 class _MergeStep(Step):
@@ -242,13 +332,15 @@ class _MergeStep(Step):
 
     def __init__(
         self,
-        request: MergeRequest,
-        selection: Selection,
+        spec: MergeSpec,
         matched: dict[str, list[tuple[Store, TensorInfo]]],
+        depths: dict[str, float],
         params: dict[str, Any],
+        shown_weights: list[float],
     ) -> None:
-        super().__init__(selection)
-        self.request, self.matched, self._params = request, matched, params
+        super().__init__(Selection(floats_only=True))
+        self.spec, self.matched, self.depths, self._params = spec, matched, depths, params
+        self.shown_weights = shown_weights
         self.buffers: tuple[np.ndarray, ...] | None = None
 
     def selects(self, info: TensorInfo) -> bool:
@@ -274,12 +366,38 @@ def _resolve(value: Any) -> Any:
     return value
 
 
+def _shown_weights(spec: MergeSpec) -> list[float]:
+    """Each input's weight as the report shows it (constant settings only)."""
+    m = spec.method
+    n = len(spec.inputs)
+
+    def const(i: int | None, key: str) -> float:
+        settings = spec.per_input[i] if i is not None and spec.per_input else {}
+        s = settings.get(key) or spec.general.get(key)
+        if s is None:
+            return float(methods.DEFAULTS.get(key, 1.0))
+        v = s.rules[0][1]
+        return float(v if not isinstance(v, tuple) else v[0])
+
+    if m.name == "mean":
+        w = [const(i, "weight") for i in range(n)]
+        return [x / sum(w) for x in w]
+    if m.name == "ema":
+        d = const(None, "decay")
+        return [d ** (n - 1)] + [(1 - d) * d ** (n - 1 - i) for i in range(1, n)]
+    if "weight" in m.per_input:
+        return [const(i, "weight") for i in range(n)]
+    return []
+
+
 def run(request: MergeRequest, path: str | Path) -> TransformResult:
-    """Merge ``path`` (the first input) with ``request.others`` into OUT."""
-    first = as_path(path)
-    inputs = [first, *request.others]
-    carrier_path = request.base if request.base is not None else first
-    combined = inputs if request.base is not None else request.others
+    """Merge ``path`` (the first input; with ``request.config``, the merge file) with the
+    other inputs into OUT."""
+    given = as_path(path)
+    spec = mergefile.load(given) if request.config else request.spec(given)
+    inputs = list(spec.inputs)
+    carrier_path = spec.base if spec.base is not None else inputs[0]
+    combined = inputs if spec.base is not None else inputs[1:]
     stores: list[Store] = []
     try:
         carrier = open_store(carrier_path)
@@ -315,38 +433,59 @@ def run(request: MergeRequest, path: str | Path) -> TransformResult:
                 f"the inputs do not agree: {literal('; '.join(problems[:5]))}{more} "
                 "(rename with {map} OLD=NEW, or leave tensors out with {exclude})"
             )
-        out = request.out.plan(
-            carrier, carrier_path, other_inputs=(*inputs, *([request.base] if request.base else []))
-        )
+        depths = mergefile.depths(chosen)
+        spec.check_values(chosen, depths)  # every parameter at every tensor, before reading
+        if spec.method.name == "mean":
+            for t in chosen:
+                if (
+                    sum(
+                        float(spec.value("weight", i, t, depths[t.path]))
+                        for i in range(len(inputs))
+                    )
+                    == 0
+                ):
+                    raise ParameterError(f"{literal(t.name)}: the weights of the mean sum to 0")
+        every = [*inputs, *([spec.base] if spec.base else [])]
+        out = request.out.plan(carrier, carrier_path, other_inputs=tuple(every))
         # Every input hashed once, by one process beside the merge (one interpreter,
         # a thread per input in it), while the merge runs.
-        unique = list(dict.fromkeys([*inputs, *([request.base] if request.base else [])]))
+        unique = list(dict.fromkeys(every))
         group = None if request.out.dry_run else pipeline.Digest(unique, request.out.digest)
         hashes = {p: group.of(p) for p in unique} if group is not None else {}
 
         def sha(p: Path) -> pipeline.DigestOf | None:
             return hashes.get(p)
 
+        shown = _shown_weights(spec)
         params: dict[str, Any] = {
-            "method": request.method,
+            "method": spec.method.name,
             "inputs": [{"file": p.name, "digest": sha(p)} for p in inputs],
-            "weights": request.input_weights(),
         }
-        if request.base is not None:
-            params["base"] = {"file": request.base.name, "digest": sha(request.base)}
-        for key in ("decay", "density"):
-            if getattr(request, key) is not None:
-                params[key] = getattr(request, key)
-        if request.method in ("task-arithmetic", "ties"):
-            params["lambda"] = request.scale
-        step = _MergeStep(request, Selection(floats_only=True), matched, params)
+        if shown:
+            params["weights"] = shown
+        if spec.base is not None:
+            params["base"] = {"file": spec.base.name, "digest": sha(spec.base)}
+        if spec.document is not None:
+            params["merge_file"] = {
+                "file": given.name,
+                "digest": sha_file(given),
+                "content": spec.document,
+            }
+        else:
+            for key, setting in spec.general.items():
+                params[key] = setting.rules[0][1]
+            if "lambda" not in spec.general and spec.method.kind == "gta":
+                params["lambda"] = 1.0
+        step = _MergeStep(spec, matched, depths, params, shown)
+        command = ["merge", *(["--config", str(given)] if request.config else map(str, inputs))]
         try:
             result = pipeline.run(
                 carrier,
                 [step],
                 None if request.out.dry_run else out,
-                ["merge", *map(str, inputs)],
+                command,
                 request.out,
+                block_elems=request.block_elems,
                 source_digest=hashes.get(carrier_path),  # hashed once, not twice
             )
         except BaseException:
@@ -357,3 +496,17 @@ def run(request: MergeRequest, path: str | Path) -> TransformResult:
     finally:
         for s in stores:
             s.close()
+
+
+def sha_file(path: Path) -> str:
+    """The merge file's own sha256 (a small file, read whole)."""
+    import hashlib
+
+    from weightcli.stores import capped
+
+    return (
+        "sha256:"
+        + hashlib.sha256(
+            capped.read_bytes(path, mergefile.MERGE_FILE_BYTES, "merge file")
+        ).hexdigest()
+    )
