@@ -171,6 +171,7 @@ def test_help_on_every_command() -> None:
         "prune",
         "cluster",
         "strip",
+        "lora",
     }
     for name in names:
         cmd = cli.get_command(ctx, name)
@@ -178,3 +179,6 @@ def test_help_on_every_command() -> None:
         r = run(name, "--help")
         assert r.code == 0, name
         assert cmd.help and "Example" in r.out, f"{name} --help should teach with examples"
+        for sub in getattr(cmd, "commands", {}):  # a group's commands too (lora merge)
+            r = run(name, sub, "--help")
+            assert r.code == 0 and "Example" in r.out, f"{name} {sub} --help"

@@ -46,6 +46,7 @@ from weightcli.results import (
     ExportResult,
     FreezeResult,
     InspectResult,
+    LoraExtractResult,
     StripResult,
     TransformResult,
     TransplantResult,
@@ -97,6 +98,8 @@ __all__ = [
     "export",
     "freeze",
     "inspect",
+    "lora_extract",
+    "lora_merge",
     "merge",
     "open",
     "prune",
@@ -466,6 +469,57 @@ def strip(path: PathLike, **keywords: Unpack[OutputKeywords]) -> StripResult:
     from weightcli.commands import strip as strip_cmd
 
     return strip_cmd.run(strip_cmd.StripRequest(out=_output(keywords, "strip")), path)
+
+
+def lora_merge(
+    base: PathLike,
+    adapter: PathLike,
+    *,
+    alpha: float | None = None,
+    architecture: PathLike | None = None,
+    **keywords: Unpack[OutputKeywords],
+) -> TransformResult:
+    """``lora merge``: a KerasHub LoRA adapter merged into ``base``'s kernels."""
+    from weightcli.commands import lora as lora_cmd
+
+    request = lora_cmd.MergeRequest(
+        adapter=as_path(adapter),
+        alpha=alpha,
+        architecture=as_path(architecture) if architecture is not None else None,
+        out=_output(keywords, "lora merge"),
+    )
+    return lora_cmd.merge(request, base)
+
+
+def lora_extract(
+    base: PathLike,
+    tuned: PathLike,
+    output: PathLike,
+    *,
+    rank: int | None = None,
+    energy: float | None = None,
+    targets: Sequence[str] = (),
+    architecture: PathLike | None = None,
+    force: bool = False,
+    digest: str | None = None,
+    note: str | None = None,
+) -> LoraExtractResult:
+    """``lora extract``: a KerasHub LoRA adapter (``output``, ``*.lora.h5``) from
+    ``tuned`` - ``base``, by truncated SVD per kernel."""
+    from weightcli.commands import lora as lora_cmd
+
+    request = lora_cmd.ExtractRequest(
+        tuned=as_path(tuned),
+        output=Path(output),
+        rank=rank,
+        energy=energy,
+        targets=tuple(targets),
+        architecture=as_path(architecture) if architecture is not None else None,
+        force=force,
+        digest=digest,
+        note=note,
+    )
+    return lora_cmd.extract(request, base)
 
 
 def reinit(

@@ -240,6 +240,31 @@ class MergeFigures(Figures):
 
 
 @dataclass
+class LoraFigures(Figures):
+    """``lora merge``: which adapter entry (index and layer), its rank and scale, and
+    the Frobenius norm of the update added to the kernel."""
+
+    layer: str
+    rank: int
+    scale: float
+    update_norm: float
+
+    def to_json(self) -> JSON:
+        return {
+            "adapter_layer": self.layer,
+            "rank": self.rank,
+            "scale": self.scale,
+            "update_norm": self.update_norm,
+        }
+
+    def text(self) -> str:
+        return (
+            f"LoRA layer {self.layer}, rank {self.rank}, scale {fmt_num(self.scale, 4)}; "
+            f"update norm {fmt_num(self.update_norm, 4)}"
+        )
+
+
+@dataclass
 class InitFigures(Figures):
     initializer: str
     fan_in: float

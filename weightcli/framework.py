@@ -556,3 +556,91 @@ def compare_outputs(
         f", min cosine {min_cosine:g})" if min_cosine is not None else ")"
     )
     return Check("outputs match reference", PASS if ok else FAIL, detail, worst)
+
+
+@dataclass(frozen=True)
+class LayerSlot:
+    """A layer with weights, at its index in Keras's ``_flatten_layers(include_self=
+    False)`` order (the index KerasHub's LoRA adapters use), with where its LoRA target
+    variable (``kernel``, ``embeddings``) is stored in a Keras 3 weights file."""
+
+    index: int
+    name: str
+    class_name: str
+    lora: bool  # the layer has ``enable_lora``
+    target: str | None  # the stored path of its LoRA target variable ("/layers/.../vars/0")
+
+
+def keras_layer_slots(config: Any, label: str) -> list[LayerSlot]:
+    """The layers of a Keras 3 model config, as KerasHub indexes them for LoRA.
+
+    The model is built from its config (Keras imports only its own packages: keras,
+    keras_hub, ...; a Lambda's code is refused before) inside a ``StatelessScope`` that
+    does not initialise variables: no weight is allocated, whatever the model's size.
+    Each variable's stored path comes from Keras's own saving walk
+    (``saving_lib._save_state``) run against a store that records names, not values."""
+    if not isinstance(config, dict):
+        raise InputError(f"{label}: no Keras model config to build the layer list from")
+    code = python_code_in(config)
+    if code:
+        raise UnsupportedError(
+            f"{label}: layer(s) {_names(code)} hold Python bytecode (Lambda), which building "
+            "the model would run: refused"
+        )
+    keras = keras_module()
+    try:
+        from keras.src.saving import saving_lib
+    except ImportError as exc:  # pragma: no cover - Keras 2 has no saving_lib
+        raise MissingExtraError.of("LoRA adapters", "tf", "keras>=3") from exc
+    try:
+        with quiet(), keras.StatelessScope(initialize_variables=False):
+            model = keras.saving.deserialize_keras_object(
+                config, custom_objects=_CUSTOM or None, safe_mode=True
+            )
+    except Exception as exc:
+        raise InputError(
+            f"{label}: Keras could not build the model from its config: "
+            f"{type(exc).__name__}: {literal(str(exc).splitlines()[0] if str(exc) else '')}"
+        ) from exc
+    paths: dict[int, str] = {}
+
+    class _Names(saving_lib.H5IOStore):
+        """Keras's saving walk, recording each variable's path instead of its value."""
+
+        def __init__(self) -> None:
+            pass
+
+        def __bool__(self) -> bool:
+            return True
+
+        def make(self, path: str, metadata: Any = None) -> Any:
+            where = "/" + path.strip("/") + "/vars/" if path.strip("/") else "/vars/"
+
+            class _Vars(dict):
+                def __setitem__(self, key: str, value: Any) -> None:
+                    paths[id(value)] = where + str(key)
+
+            return _Vars()
+
+    saving_lib._save_state(
+        model, weights_store=_Names(), assets_store=None, inner_path="", visited_saveables=set()
+    )
+    slots = []
+    layers = [ly for ly in model._flatten_layers(include_self=False) if ly.weights]
+    for i, layer in enumerate(layers):
+        var = None
+        for attr in ("_kernel", "kernel", "_embeddings", "embeddings"):
+            v = getattr(layer, attr, None)
+            if v is not None and hasattr(v, "shape") and id(v) in paths:
+                var = v
+                break
+        slots.append(
+            LayerSlot(
+                i,
+                layer.name,
+                type(layer).__name__,
+                hasattr(layer, "enable_lora"),
+                paths.get(id(var)) if var is not None else None,
+            )
+        )
+    return slots

@@ -23,6 +23,7 @@ from weightcli.results import (
     ExportResult,
     FreezeResult,
     InspectResult,
+    LoraExtractResult,
     Received,
     StripResult,
     TensorReport,
@@ -493,6 +494,42 @@ def print_dump(result: DumpResult) -> None:
     console().print(
         f"{len(result.tensors)} tensors, {fmt_bytes(total)} written to {result.output} "
         f"({result.layout}), {result.elapsed:.2f} s"
+    )
+
+
+def print_lora_extract(result: LoraExtractResult) -> None:
+    out = console()
+    rows: list[list[Cell]] = [
+        [
+            str(k.index),
+            k.layer,
+            k.tensor,
+            str(tuple(k.shape)),
+            f"{100 * k.energy:.2f}%",
+            fmt_num(k.max_error, 3),
+        ]
+        for k in result.kernels
+    ]
+    out.print(
+        table(
+            [
+                ("Index", "right"),
+                ("Layer", "left"),
+                ("Tensor", "left"),
+                ("Shape", "left"),
+                ("Energy kept", "right"),
+                ("Max error", "right"),
+            ],
+            rows,
+        )
+    )
+    if result.not_carried:
+        out.print(f"not carried (an adapter holds kernels only): {', '.join(result.not_carried)}")
+    names = ", ".join(repr(n) for n in result.target_layer_names)
+    out.print(
+        f"rank {result.rank}, {len(result.kernels)} kernels, {fmt_bytes(result.bytes_written)} "
+        f"written to {result.output}; load it with backbone.enable_lora({result.rank}, "
+        f"target_layer_names=[{names}]) then load_lora_weights"
     )
 
 

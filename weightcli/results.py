@@ -491,6 +491,62 @@ class StripResult(Written):
         }
 
 
+# -- lora extract -----------------------------------------------------------------------------
+
+
+@dataclass
+class LoraKernel:
+    """One kernel factored into the adapter: the layer's index and name, the tensor, its
+    shape, the share of its difference's energy kept, and the largest error left."""
+
+    index: int
+    layer: str
+    tensor: str
+    shape: list[int]
+    energy: float
+    max_error: float
+
+
+@dataclass
+class LoraExtractResult(Written):
+    """``lora extract``: JSON ``{"source", "output", "rank", "kernels": [{"index",
+    "layer", "tensor", "shape", "energy", "max_error"}], "target_layer_names",
+    "not_carried", "bytes_written"}``."""
+
+    source: str
+    output: str
+    rank: int
+    kernels: list[LoraKernel]
+    not_carried: list[str]
+    bytes_written: int
+
+    @property
+    def target_layer_names(self) -> list[str]:
+        """What to pass to KerasHub's ``enable_lora(rank, target_layer_names=...)``."""
+        return sorted({k.layer for k in self.kernels})
+
+    def to_json(self) -> JSON:
+        return {
+            "source": self.source,
+            "output": self.output,
+            "rank": self.rank,
+            "kernels": [
+                {
+                    "index": k.index,
+                    "layer": k.layer,
+                    "tensor": k.tensor,
+                    "shape": k.shape,
+                    "energy": k.energy,
+                    "max_error": k.max_error,
+                }
+                for k in self.kernels
+            ],
+            "target_layer_names": self.target_layer_names,
+            "not_carried": self.not_carried,
+            "bytes_written": self.bytes_written,
+        }
+
+
 # -- dump -------------------------------------------------------------------------------------
 
 

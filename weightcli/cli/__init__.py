@@ -38,6 +38,7 @@ COMMANDS = {
     "verify": "weightcli.cli.compare_cmds:verify",
     "transplant": "weightcli.cli.transplant_cmd:transplant",
     "merge": "weightcli.cli.merge_cmd:merge",
+    "lora": "weightcli.cli.lora_cmd:lora",
     "set": "weightcli.cli.edit_cmds:set_cmd",
     "dump": "weightcli.cli.edit_cmds:dump_cmd",
     "freeze": "weightcli.cli.edit_cmds:freeze_cmd",
