@@ -274,6 +274,31 @@ def cases() -> list[Case]:
             [o / "g_m.h5", o / "g_mcp.h5"],
         ),
         Case(
+            "merge --method dare-ties, base and two 1 GB .h5",
+            {
+                "weightcli": [
+                    W,
+                    "merge",
+                    str(g1b),
+                    str(g1c),
+                    "--method",
+                    "dare-ties",
+                    "--base",
+                    str(g1),
+                    "--density",
+                    "0.5",
+                    "-o",
+                    str(o / "g_dare.h5"),
+                ],
+                "cat 3 + cp 1": [
+                    "sh",
+                    "-c",
+                    f'cat "{g1}" "{g1b}" "{g1c}" > /dev/null && cp "{g1}" "{o / "g_darecp.h5"}"',
+                ],
+            },
+            [o / "g_dare.h5", o / "g_darecp.h5"],
+        ),
+        Case(
             "inspect --no-stats, 1.6 GB tensor",
             {"weightcli": [W, "inspect", str(huge), "--no-stats"]},
         ),
@@ -512,6 +537,15 @@ def write_results(done: list[Case]) -> None:
             "merge of three 1 GB .h5 within 2x reading them once plus cp, under 300 MiB",
             x <= 2.0 and med_rss(c, "weightcli") < 300,
             f"{x:.2f}x, {med_rss(c, 'weightcli'):.0f} MiB",
+        )
+    dare = "merge --method dare-ties, base and two 1 GB .h5"
+    if have(dare):
+        x = ratio(by[dare], "weightcli", "cat 3 + cp 1")
+        target(
+            "",
+            "merge --method dare-ties of three 1 GB .h5 within 3x reading them once plus cp",
+            x <= 3.0,
+            f"{x:.2f}x, {med_rss(by[dare], 'weightcli'):.0f} MiB",
         )
     if have("prune 50%, 1 GB .h5"):
         x = ratio(by["prune 50%, 1 GB .h5"], "weightcli", "cp")

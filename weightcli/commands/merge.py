@@ -251,33 +251,31 @@ class _MergeOp(TensorOp):
         rescale = bool(self.general.get("rescale", m.rescale))
         deltas = []
         for i, x in enumerate(xs):
-            d = x - carrier
+            d = np.subtract(x, carrier)  # float64: the carrier is
             v = self.values[i]
             if m.sparsify in ("magnitude", "outliers"):
-                d = np.where(self.windows[i].keep(where.first, d), d, 0.0)
+                d *= self.windows[i].keep(where.first, d)
             elif m.sparsify == "random":
                 p = float(v["density"])
                 if p < 1:
-                    keep = methods.random_keep(self.keys[i], where.first, d, p)
-                    d = np.where(keep, d / p if rescale else d, 0.0)
+                    d *= methods.random_keep(self.keys[i], where.first, d, p)
+                    if rescale:
+                        d *= 1.0 / p
             elif m.sparsify == "della":
                 p_el = methods.della_probs(d, float(v["density"]), float(v["epsilon"]))
-                keep = methods.random_keep(self.keys[i], where.first, d, p_el)
-                d = np.where(keep, d / p_el if rescale else d, 0.0)
+                d *= methods.random_keep(self.keys[i], where.first, d, p_el)
+                if rescale:
+                    d /= p_el
+            if count and m.sparsify is not None:
+                self.kept += int(np.count_nonzero(d))
             deltas.append(d)
         weights = [float(v.get("weight", 1.0)) for v in self.values]
-        mixed = methods.combine(
+        mixed, agreeing = methods.combine(
             deltas, weights, m.consensus, bool(self.general.get("normalize", m.normalize))
         )
         if count and m.sparsify is not None:
-            stack = np.stack(deltas)
-            self.kept += int(np.count_nonzero(stack))
             self.seen += carrier.size
-            if m.consensus:
-                weighted = np.stack([w * d for w, d in zip(weights, deltas, strict=True)])
-                elected = np.where(weighted.sum(axis=0) >= 0, 1.0, -1.0)
-                agree = (np.sign(weighted) == elected) | (weighted == 0)
-                self.agree += int(np.count_nonzero(agree.all(axis=0)))
+            self.agree += agreeing
         return mixed
 
     def _buffers(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> tuple[np.ndarray, ...]:

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -308,17 +309,17 @@ def uniform32(key: int, first: int, n: int) -> np.ndarray:
         return np.zeros(0, np.uint32)
     w0, w1 = first // 2, (first + n - 1) // 2 + 1
     bg = np.random.Philox(key=key, counter=w0 // 4)
-    raw = bg.random_raw(w0 % 4 + (w1 - w0))[w0 % 4 :].astype(np.uint64)
-    halves = np.stack([raw & 0xFFFFFFFF, raw >> 32], axis=-1).astype(np.uint32).ravel()
+    raw = bg.random_raw(w0 % 4 + (w1 - w0))[w0 % 4 :]
+    halves = raw.view(np.uint32)  # little-endian: each word's low half first
+    if sys.byteorder == "big":  # pragma: no cover - no big-endian machine here
+        halves = halves.reshape(-1, 2)[:, ::-1].ravel()
     start = first - 2 * w0
     return halves[start : start + n]
 
 
 def below(p: np.ndarray | float) -> np.ndarray:
-    """The uint32 bound of a probability: u32 < bound happens with probability p."""
-    return np.asarray(
-        np.clip(np.floor(np.asarray(p, np.float64) * 2.0**32), 0, 2.0**32), np.float64
-    )
+    """The bound of a probability: u32 < bound happens with probability p."""
+    return np.asarray(np.clip(np.floor(np.asarray(p, np.float64) * 2.0**32), 0, 2.0**32))
 
 
 def random_keep(key: int, first: int, block: np.ndarray, p: np.ndarray | float) -> np.ndarray:
@@ -326,7 +327,10 @@ def random_keep(key: int, first: int, block: np.ndarray, p: np.ndarray | float) 
     u = uniform32(key, first, block.size).reshape(block.shape)
     if np.ndim(p):
         return np.asarray(u < below(p))
-    return np.asarray(u < np.uint64(int(below(p))))
+    bound = int(below(p))
+    if bound >= 1 << 32:
+        return np.ones(block.shape, bool)
+    return np.asarray(u < np.uint32(bound))
 
 
 def della_probs(d: np.ndarray, density: float, epsilon: float) -> np.ndarray:
@@ -345,27 +349,45 @@ def della_probs(d: np.ndarray, density: float, epsilon: float) -> np.ndarray:
 
 def combine(
     deltas: list[np.ndarray], weights: list[float], consensus: bool, normalize: bool
-) -> np.ndarray:
+) -> tuple[np.ndarray, int]:
     """Steps 2-4 of the generalized task arithmetic (without lambda): the mixed delta of
-    sparsified task vectors (float64 arrays of one shape)."""
-    weighted = [w * d for w, d in zip(weights, deltas, strict=True)]
+    sparsified task vectors (float64 arrays of one shape, scaled by their weights in
+    place), and with consensus the count of elements on which every nonzero weighted
+    delta has the elected sign."""
+    weighted = []
+    for w, d in zip(weights, deltas, strict=True):
+        if w != 1.0:
+            d *= w
+        weighted.append(d)
+    total = weighted[0].copy()
+    for wd in weighted[1:]:
+        total += wd
+    agreeing = 0
     if consensus:
-        total = np.sum(weighted, axis=0)
-        majority = np.where(total >= 0, 1.0, -1.0)
+        # sum >= 0 elects +1 (mergekit's get_mask). copysign gives -1 for a sum of -0.0,
+        # which only sums of zeros make: nothing agrees with either sign there.
+        elected = np.copysign(1.0, total)
         mixed = np.zeros_like(total)
-        divisor = np.zeros_like(total)
+        divisor = np.zeros_like(total) if normalize else None
+        every = np.ones(total.shape, bool)
+        tmp = np.empty_like(total)
         for w, wd in zip(weights, weighted, strict=True):
-            agree = np.sign(wd) == majority
-            mixed += np.where(agree, wd, 0.0)
-            divisor += np.where(agree, w, 0.0)
-        divisor[divisor == 0] = 1.0
-    else:
-        mixed = np.sum(weighted, axis=0)
-        div = float(sum(weights))
-        divisor = np.asarray(1.0 if abs(div) < 1e-8 else div)
+            np.multiply(wd, elected, out=tmp)
+            agree = tmp > 0
+            every &= agree | (tmp == 0)
+            np.multiply(wd, agree, out=tmp)
+            mixed += tmp
+            if divisor is not None:
+                divisor += w * agree
+        agreeing = int(np.count_nonzero(every))
+        if divisor is not None:
+            divisor[divisor == 0] = 1.0
+            mixed /= divisor
+        return mixed, agreeing
     if normalize:
-        mixed = mixed / divisor
-    return np.asarray(mixed)
+        div = float(sum(weights))
+        total /= 1.0 if abs(div) < 1e-8 else div
+    return total, agreeing
 
 
 def slerp_coefficients(t: float, dot: float, norm0: float, norm1: float) -> tuple[float, float]:
