@@ -109,11 +109,34 @@ def keras3_formats(out: Path) -> None:
         model.save(out / f"mlp_{mode}.keras")
 
 
+def lora_adapter(out: Path) -> None:
+    """A KerasHub LoRA adapter for the MLP (rank 2 on dense_1 and dense_2), written by
+    KerasHub's own Backbone.save_lora_weights (it needs only the layer indexes)."""
+    import keras
+    import keras_hub
+
+    mlp = keras.models.load_model(out / "mlp.keras")
+    layers = [ly for ly in mlp._flatten_layers(include_self=False) if ly.weights]
+    rng = np.random.default_rng(7)
+    mlp._lora_enabled_layers = []
+    mlp._lora_rank = 2
+    for i, layer in enumerate(layers):
+        if layer.name in ("dense_1", "dense_2"):
+            layer.enable_lora(2)
+            layer.lora_kernel_a.assign(rng.normal(scale=0.1, size=layer.lora_kernel_a.shape))
+            layer.lora_kernel_b.assign(rng.normal(scale=0.1, size=layer.lora_kernel_b.shape))
+            mlp._lora_enabled_layers.append(i)
+    keras_hub.models.Backbone.save_lora_weights(mlp, str(out / "mlp.lora.h5"))
+
+
 def main() -> None:
     import tensorflow as tf
 
     if sys.argv[2:] == ["--only", "keras3-formats"]:  # add these without touching the rest
         keras3_formats(OUT)
+        return
+    if sys.argv[2:] == ["--only", "lora"]:
+        lora_adapter(OUT)
         return
     if OUT.exists():
         shutil.rmtree(OUT)
@@ -150,6 +173,7 @@ def main() -> None:
     x, _ = data((20,), 3, n=64)
     np.save(OUT / "mlp_calibration.npy", x)
     keras3_formats(OUT)
+    lora_adapter(OUT)
     print(f"wrote {sum(1 for _ in OUT.rglob('*'))} files under {OUT}")
 
 

@@ -301,3 +301,22 @@ def test_extract_refusals(small, tmp_path: Path) -> None:
         res = run("lora", "extract", base, base, *args)
         assert res.code == 2 and says in res.err, (args, res.err)
         assert not (tmp_path / "x.lora.h5").exists()
+
+
+def test_the_sample_adapter_written_by_keras_hub(tmp_path: Path) -> None:
+    """sample_models/mlp.lora.h5 (KerasHub's save_lora_weights on the sample MLP, a
+    compiled Sequential): each kernel becomes W + A @ B, numpy's product of the factors."""
+    from helpers import SAMPLES
+
+    out = tmp_path / "m.keras"
+    res = run("lora", "merge", SAMPLES / "mlp.keras", SAMPLES / "mlp.lora.h5", "-o", out)
+    assert res.code == 0, res.err
+    base, got = arrays(SAMPLES / "mlp.keras"), arrays(out)
+    with h5py.File(SAMPLES / "mlp.lora.h5") as f:
+        factors = {k: (f[f"lora/{k}/vars/lora_kernel_a"][()], f[f"lora/{k}/vars/lora_kernel_b"][()]) for k in f["lora"] if k != "vars"}
+    assert sorted(factors) == ["0", "1"]
+    for k, layer in (("0", "dense_1"), ("1", "dense_2")):
+        a, b = factors[k]
+        want = base[f"{layer}/kernel"].astype(np.float64) + a.astype(np.float64) @ b
+        np.testing.assert_allclose(got[f"{layer}/kernel"], want, rtol=1e-6, atol=1e-7)
+    assert got["logits/kernel"].tobytes() == base["logits/kernel"].tobytes()

@@ -592,6 +592,9 @@ def keras_layer_slots(config: Any, label: str) -> list[LayerSlot]:
         from keras.src.saving import saving_lib
     except ImportError as exc:  # pragma: no cover - Keras 2 has no saving_lib
         raise MissingExtraError.of("LoRA adapters", "tf", "keras>=3") from exc
+    # The compile config would build an optimizer (variables with values): the layers
+    # are all that is needed.
+    config = {k: v for k, v in config.items() if k != "compile_config"}
     try:
         with quiet(), keras.StatelessScope(initialize_variables=False):
             model = keras.saving.deserialize_keras_object(
