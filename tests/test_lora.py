@@ -313,7 +313,11 @@ def test_the_sample_adapter_written_by_keras_hub(tmp_path: Path) -> None:
     assert res.code == 0, res.err
     base, got = arrays(SAMPLES / "mlp.keras"), arrays(out)
     with h5py.File(SAMPLES / "mlp.lora.h5") as f:
-        factors = {k: (f[f"lora/{k}/vars/lora_kernel_a"][()], f[f"lora/{k}/vars/lora_kernel_b"][()]) for k in f["lora"] if k != "vars"}
+        factors = {
+            k: (f[f"lora/{k}/vars/lora_kernel_a"][()], f[f"lora/{k}/vars/lora_kernel_b"][()])
+            for k in f["lora"]
+            if k != "vars"
+        }
     assert sorted(factors) == ["0", "1"]
     for k, layer in (("0", "dense_1"), ("1", "dense_2")):
         a, b = factors[k]

@@ -44,9 +44,9 @@ def merge_files(
         others=tuple(files[1:]),
         method=method,
         base=base,
+        params=merge_cmd.MethodParams(**kw),
         out=OutputSpec(output=out, force=True),
         block_elems=block,
-        **kw,
     )
     merge_cmd.run(request, files[0])
     return load_file(str(out))

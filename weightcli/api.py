@@ -342,49 +342,50 @@ def transplant(
     return transplant_cmd.run(request, target)
 
 
+class MergeKeywords(OutputKeywords, total=False):
+    """A merge method's parameters (``commands.merge.MethodParams``: ``weights``,
+    ``decay``, ``lam``, ``density``, ``gamma``, ``epsilon``, ``t``, ``seed``,
+    ``normalize``, ``rescale``) and the output keywords."""
+
+    weights: Sequence[float]
+    decay: float
+    lam: float
+    density: float
+    gamma: float
+    epsilon: float
+    t: float
+    seed: int
+    normalize: bool
+    rescale: bool
+
+
 def merge(
     inputs: Sequence[PathLike] = (),
     *,
     method: str = "mean",
-    weights: Sequence[float] = (),
-    decay: float | None = None,
     base: PathLike | None = None,
-    lam: float | None = None,
-    density: float | None = None,
-    gamma: float | None = None,
-    epsilon: float | None = None,
-    t: float | None = None,
-    seed: int | None = None,
-    normalize: bool | None = None,
-    rescale: bool | None = None,
     config: PathLike | None = None,
     maps: Sequence[str] = (),
     select: Sequence[str] = (),
     exclude: Sequence[str] = (),
-    **keywords: Unpack[OutputKeywords],
+    **keywords: Unpack[MergeKeywords],
 ) -> TransformResult:
     """Merge checkpoints into a copy of the first input (or of ``base``), or as the
     merge file ``config`` says; the methods: ``weightcli.transforms.merge``."""
     if (config is None) == (not inputs):
         raise ParameterError("give the inputs, or a merge file as {config}, one of them")
+    given = take(keywords, OUTPUT_FIELDS + merge_cmd.METHOD_FIELDS, "merge")
+    params = {k: v for k, v in given.items() if k in merge_cmd.METHOD_FIELDS}
+    params["weights"] = tuple(params.get("weights", ()))
     request = merge_cmd.MergeRequest(
         others=tuple(as_path(p) for p in inputs[1:]),
         method=method,
-        weights=tuple(weights),
-        decay=decay,
         base=as_path(base) if base is not None else None,
-        lam=lam,
-        density=density,
-        gamma=gamma,
-        epsilon=epsilon,
-        t=t,
-        seed=seed,
-        normalize=normalize,
-        rescale=rescale,
+        params=merge_cmd.MethodParams(**params),
         config=config is not None,
         selection=selection(select, exclude),
         maps=tuple(maps),
-        out=_output(keywords, "merge"),
+        out=OutputSpec(**{k: v for k, v in given.items() if k in OUTPUT_FIELDS}),
     )
     return merge_cmd.run(request, config if config is not None else inputs[0])
 

@@ -7,10 +7,15 @@ from pathlib import Path
 import click
 
 from weightcli.cli.dispatch import dispatch_one
-from weightcli.cli.options import debug_option, json_option, map_file_option, selection_group
+from weightcli.cli.options import (
+    debug_option,
+    json_option,
+    map_file_option,
+    new_file_options,
+    selection_group,
+)
 from weightcli.commands import export as command
 from weightcli.compare import read_map_file
-from weightcli.digest import ALGORITHMS
 from weightcli.report import print_export
 from weightcli.select import Selection
 from weightcli.stores.registry import export_targets
@@ -33,16 +38,7 @@ from weightcli.stores.registry import export_targets
     help="keras: each tensor as stored, by its canonical name; torch: PyTorch's names and "
     "layouts (fc/kernel -> fc.weight transposed; conv kernels to [O, I, k...]; LSTM/GRU gates).",
 )
-@click.option(
-    "-o", "--output", type=click.Path(path_type=Path), required=True, help="OUT.safetensors"
-)
-@click.option("--force", is_flag=True, help="Overwrite an existing OUT.")
-@click.option(
-    "--digest",
-    type=click.Choice(ALGORITHMS),
-    default=None,
-    help="How the history records IN: blake3 (default, or $WEIGHTCLI_DIGEST), sha256, none.",
-)
+@new_file_options("OUT.safetensors")
 @click.option(
     "--map",
     "maps",
@@ -58,7 +54,7 @@ def export(
     path: str,
     to: str,
     layout: str,
-    output: Path,
+    output: str,
     force: bool,
     digest: str | None,
     maps: tuple[str, ...],
@@ -82,7 +78,7 @@ def export(
       weightcli export model.keras --layout torch --map 're:dense_(\\d+)\\.(.*)=fc\\1.\\2' -o t.safetensors
     """
     request = command.ExportRequest(
-        output=output,
+        output=Path(output),
         to=to,
         layout=layout,
         selection=sel,

@@ -7,9 +7,8 @@ from pathlib import Path
 import click
 
 from weightcli.cli.dispatch import dispatch_one
-from weightcli.cli.options import debug_option, json_option, output_group
+from weightcli.cli.options import debug_option, json_option, new_file_options, output_group
 from weightcli.commands import lora as command
-from weightcli.digest import ALGORITHMS
 from weightcli.params import OutputSpec
 from weightcli.report import print_lora_extract, print_transform
 from weightcli.stores.remote import as_path
@@ -99,14 +98,7 @@ def merge(
     help="Only these layers (by name); default: every LoRA-capable layer that changed.",
 )
 @architecture_option
-@click.option("-o", "--output", type=click.Path(path_type=str), required=True, help="OUT.lora.h5")
-@click.option("--force", is_flag=True, help="Overwrite an existing OUT.")
-@click.option(
-    "--digest",
-    type=click.Choice(ALGORITHMS),
-    default=None,
-    help="How the history records BASE and TUNED: blake3 (default), sha256, none.",
-)
+@new_file_options("OUT.lora.h5")
 @click.option("--note", help="Why: recorded in the adapter's history.")
 @json_option
 @debug_option

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
+from weightcli.cli import options
 from weightcli.cli.dispatch import dispatch_one
 from weightcli.cli.options import (
     debug_option,
@@ -27,6 +30,10 @@ def _floats(text: str | None) -> tuple[float, ...]:
         raise ParameterError(
             f"{{weights}} takes numbers separated by commas, got {literal(repr(text))}"
         ) from None
+
+
+def _params(weights: str | None = None, **given: Any) -> command.MethodParams:
+    return command.MethodParams(weights=_floats(weights), **given)
 
 
 @click.command()
@@ -100,6 +107,7 @@ def _floats(text: str | None) -> tuple[float, ...]:
     help="Only merge these tensors (the rest: the first input's).",
 )
 @click.option("-x", "--exclude", multiple=True, metavar="GLOB", help="Do not merge these tensors.")
+@options.parsed_into("params", _params, command.METHOD_FIELDS)
 @output_group()
 @json_option
 @debug_option
@@ -107,17 +115,8 @@ def merge(
     inputs: tuple[str, ...],
     method: str,
     config: str | None,
-    weights: str | None,
-    decay: float | None,
     base: str | None,
-    lam: float | None,
-    density: float | None,
-    gamma: float | None,
-    epsilon: float | None,
-    t: float | None,
-    seed: int | None,
-    normalize: bool | None,
-    rescale: bool | None,
+    params: command.MethodParams,
     maps: tuple[str, ...],
     select: tuple[str, ...],
     exclude: tuple[str, ...],
@@ -157,17 +156,8 @@ def merge(
     request = command.MergeRequest(
         others=tuple(as_path(p) for p in inputs[1:]),
         method=method,
-        weights=_floats(weights),
-        decay=decay,
         base=as_path(base) if base is not None else None,
-        lam=lam,
-        density=density,
-        gamma=gamma,
-        epsilon=epsilon,
-        t=t,
-        seed=seed,
-        normalize=normalize,
-        rescale=rescale,
+        params=params,
         config=config is not None,
         selection=make_selection(select, exclude, (), (), False),
         maps=tuple(maps),

@@ -166,16 +166,35 @@ def note_option(f: F) -> F:
         help="Store the output's tensors compressed (zeros and repeated values cost "
         "little): HDF5 chunks with gzip, a .keras weights member deflated.",
     )(f)
-    f = click.option(
+    f = digest_option(f)
+    return click.option(
+        "--note", metavar="TEXT", help="Why: kept in the output's history, shown by inspect."
+    )(f)
+
+
+def digest_option(f: F) -> F:
+    """--digest: how the history records the sources."""
+    return click.option(
         "--digest",
         type=click.Choice(ALGORITHMS),
         default=None,
         help="How the history records the sources: blake3 (default, or $WEIGHTCLI_DIGEST), "
         "sha256, none.",
     )(f)
-    return click.option(
-        "--note", metavar="TEXT", help="Why: kept in the output's history, shown by inspect."
-    )(f)
+
+
+def new_file_options(example: str) -> Callable[[F], F]:
+    """-o/--output (required), --force and --digest of a command that writes a new file
+    of another kind (export, lora extract): not a surgery copy, so no output group."""
+
+    def decorate(f: F) -> F:
+        f = digest_option(f)
+        f = click.option("--force", is_flag=True, help="Overwrite an existing OUT.")(f)
+        return click.option(
+            "-o", "--output", type=click.Path(path_type=str), required=True, help=example
+        )(f)
+
+    return decorate
 
 
 RUN_FIELDS = ("recursive", "output_dir", "jobs", "progress", "as_json", "debug")

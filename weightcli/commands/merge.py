@@ -21,7 +21,7 @@ state stay as the first input (or base) holds them, and the report says so.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +42,40 @@ from weightcli.stores.remote import as_path
 from weightcli.tensor import TensorInfo
 from weightcli.transforms import merge as methods
 
-__all__ = ["MergeRequest", "run"]
+__all__ = ["METHOD_FIELDS", "MergeRequest", "MethodParams", "run"]
 
 METHODS = tuple(methods.METHODS)
+
+
+@dataclass(frozen=True)
+class MethodParams:
+    """A method's parameters as flags give them (None: the method's default; which
+    method takes which: ``transforms.merge.METHODS``). ``lam`` is ``lambda``."""
+
+    weights: tuple[float, ...] = ()
+    decay: float | None = None
+    lam: float | None = None
+    density: float | None = None
+    gamma: float | None = None
+    epsilon: float | None = None
+    t: float | None = None
+    seed: int | None = None
+    normalize: bool | None = None
+    rescale: bool | None = None
+
+    def given(self) -> list[str]:
+        return [f.name for f in fields(self) if getattr(self, f.name) not in (None, ())]
+
+    def general(self) -> list[tuple[str, float | int | bool | None]]:
+        """(merge-file name, value) of every parameter but the weights."""
+        return [
+            ("lambda" if f.name == "lam" else f.name, getattr(self, f.name))
+            for f in fields(self)
+            if f.name != "weights"
+        ]
+
+
+METHOD_FIELDS = tuple(f.name for f in fields(MethodParams))
 
 
 @dataclass(frozen=True)
@@ -54,17 +85,8 @@ class MergeRequest:
 
     others: tuple[Path, ...] = ()
     method: str = "mean"
-    weights: tuple[float, ...] = ()
-    decay: float | None = None
     base: Path | None = None
-    lam: float | None = None  # the task arithmetic family: 1.0 when not given
-    density: float | None = None
-    gamma: float | None = None
-    epsilon: float | None = None
-    t: float | None = None
-    seed: int | None = None
-    normalize: bool | None = None
-    rescale: bool | None = None
+    params: MethodParams = field(default_factory=MethodParams)
     config: bool = False
     selection: Selection = field(default_factory=Selection)
     maps: tuple[str, ...] = ()
@@ -76,8 +98,7 @@ class MergeRequest:
         for m in self.maps:
             parse_map(m)
         if self.config:
-            given = [k for k in self._flags() if getattr(self, k) not in (None, ())]
-            if given or self.others or self.base is not None or self.method != "mean":
+            if self.params.given() or self.others or self.base is not None or self.method != "mean":
                 raise ParameterError(
                     "a merge file says the models, the method and its parameters: give "
                     "no other inputs, {method}, {base} or method parameters with it"
@@ -87,54 +108,30 @@ class MergeRequest:
             raise ParameterError(f"{{method}} must be one of {', '.join(METHODS)}")
         self.spec(Path("first"))  # every flag checked now
 
-    @staticmethod
-    def _flags() -> tuple[str, ...]:
-        return (
-            "weights",
-            "decay",
-            "lam",
-            "density",
-            "gamma",
-            "epsilon",
-            "t",
-            "seed",
-            "normalize",
-            "rescale",
-        )
-
     def spec(self, first: Path) -> MergeSpec:
         """The merge these flags ask for (``first``: the first input)."""
         method = methods.method_named(self.method)
         assert method is not None
         inputs = (first, *self.others)
         general: dict[str, Setting] = {}
-        for key, value in (
-            ("decay", self.decay),
-            ("lambda", self.lam),
-            ("density", self.density),
-            ("gamma", self.gamma),
-            ("epsilon", self.epsilon),
-            ("t", self.t),
-            ("seed", self.seed),
-            ("normalize", self.normalize),
-            ("rescale", self.rescale),
-        ):
+        for key, value in self.params.general():
             if value is not None:
                 mergefile.check(key, value, None, method)
                 general[key] = Setting.of(value)
         per_input: tuple[dict[str, Setting], ...] = tuple({} for _ in inputs)
-        if self.weights:
+        weights = self.params.weights
+        if weights:
             if "weight" not in method.per_input:
                 raise ParameterError(f"{{weights}} do not go with {{method}} {method.name}")
-            if len(self.weights) != len(inputs):
+            if len(weights) != len(inputs):
                 raise ParameterError(
-                    f"{{weights}} gives {len(self.weights)} weights for {len(inputs)} inputs"
+                    f"{{weights}} gives {len(weights)} weights for {len(inputs)} inputs"
                 )
-            if not all(math.isfinite(w) for w in self.weights) or (
-                method.name == "mean" and sum(self.weights) == 0
+            if not all(math.isfinite(w) for w in weights) or (
+                method.name == "mean" and sum(weights) == 0
             ):
                 raise ParameterError("{weights} must be finite numbers whose sum is not 0")
-            per_input = tuple({"weight": Setting.of(w)} for w in self.weights)
+            per_input = tuple({"weight": Setting.of(w)} for w in weights)
         return MergeSpec(method, inputs, self.base, per_input, general)
 
 
