@@ -303,15 +303,17 @@ def test_extract_refusals(small, tmp_path: Path) -> None:
         assert not (tmp_path / "x.lora.h5").exists()
 
 
-def test_the_sample_adapter_written_by_keras_hub(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["mlp.keras", "mlp_keras3.h5", "mlp_folder", "mlp_tfkeras.h5"])
+def test_the_sample_adapter_written_by_keras_hub(tmp_path: Path, name: str) -> None:
     """sample_models/mlp.lora.h5 (KerasHub's save_lora_weights on the sample MLP, a
-    compiled Sequential): each kernel becomes W + A @ B, numpy's product of the factors."""
+    compiled Sequential): each kernel becomes W + A @ B, numpy's product of the factors,
+    in a .keras, a legacy .h5 (Keras 3's and tf.keras's: kernels found by name), a folder."""
     from helpers import SAMPLES
 
-    out = tmp_path / "m.keras"
-    res = run("lora", "merge", SAMPLES / "mlp.keras", SAMPLES / "mlp.lora.h5", "-o", out)
+    out = tmp_path / name
+    res = run("lora", "merge", SAMPLES / name, SAMPLES / "mlp.lora.h5", "-o", out)
     assert res.code == 0, res.err
-    base, got = arrays(SAMPLES / "mlp.keras"), arrays(out)
+    base, got = arrays(SAMPLES / name), arrays(out)
     with h5py.File(SAMPLES / "mlp.lora.h5") as f:
         factors = {
             k: (f[f"lora/{k}/vars/lora_kernel_a"][()], f[f"lora/{k}/vars/lora_kernel_b"][()])

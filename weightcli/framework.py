@@ -569,6 +569,11 @@ class LayerSlot:
     class_name: str
     lora: bool  # the layer has ``enable_lora``
     target: str | None  # the stored path of its LoRA target variable ("/layers/.../vars/0")
+    variable: str | None = None  # that variable's Keras path ("dense_1/kernel")
+
+
+def _without(text: str, prefix: str) -> str:
+    return text[len(prefix) :] if text.startswith(prefix) else text
 
 
 def keras_layer_slots(config: Any, label: str) -> list[LayerSlot]:
@@ -597,13 +602,19 @@ def keras_layer_slots(config: Any, label: str) -> list[LayerSlot]:
     config = {k: v for k, v in config.items() if k != "compile_config"}
     try:
         with quiet(), keras.StatelessScope(initialize_variables=False):
-            model = keras.saving.deserialize_keras_object(
-                config, custom_objects=_CUSTOM or None, safe_mode=True
-            )
+            if "module" in config:  # Keras 3's serialisation
+                model = keras.saving.deserialize_keras_object(
+                    config, custom_objects=_CUSTOM or None, safe_mode=True
+                )
+            else:  # a legacy .h5's config: Keras 3's legacy loader reads it
+                from keras.src.legacy.saving import saving_utils
+
+                model = saving_utils.model_from_config(config, custom_objects=_CUSTOM or None)
     except Exception as exc:
+        first = str(exc).splitlines()[0][:300] if str(exc) else ""
         raise InputError(
             f"{label}: Keras could not build the model from its config: "
-            f"{type(exc).__name__}: {literal(str(exc).splitlines()[0] if str(exc) else '')}"
+            f"{type(exc).__name__}: {first}"
         ) from exc
     paths: dict[int, str] = {}
 
@@ -644,6 +655,7 @@ def keras_layer_slots(config: Any, label: str) -> list[LayerSlot]:
                 type(layer).__name__,
                 hasattr(layer, "enable_lora"),
                 paths.get(id(var)) if var is not None else None,
+                _without(str(var.path), f"{model.name}/") if var is not None else None,
             )
         )
     return slots

@@ -87,6 +87,16 @@ def _slots(store: Store, src: Path, architecture: Path | None) -> list[Any]:
     return framework.keras_layer_slots(_config(store, src, architecture), str(src))
 
 
+def _target(
+    slot: Any, by_path: dict[str, TensorInfo], by_name: dict[str, TensorInfo]
+) -> TensorInfo | None:
+    """The tensor of a slot's LoRA target: by its stored path in a Keras 3 weights file,
+    else (a legacy .h5, a SavedModel) by the variable's Keras path as canonical name."""
+    if slot.target is not None and slot.target in by_path:
+        return by_path[slot.target]
+    return by_name.get(slot.variable) if slot.variable else None
+
+
 # -- merge -----------------------------------------------------------------------------
 
 
@@ -162,6 +172,7 @@ def merge(request: MergeRequest, path: str | Path) -> TransformResult:
     with open_store(src) as store, adapters.Adapter(request.adapter) as adapter:
         slots = _slots(store, src, request.architecture)
         by_path = {t.path: t for t in store.tensors()}
+        by_name = {t.name: t for t in store.tensors() if not t.optimizer}
         plan: dict[str, tuple[np.ndarray, np.ndarray, str]] = {}
         for e in adapter.entries:
             where = f"{request.adapter.name}: layer {e.index}"
@@ -172,14 +183,14 @@ def merge(request: MergeRequest, path: str | Path) -> TransformResult:
                 )
             slot = slots[e.index]
             label = f"layer {e.index} ({slot.name}, {slot.class_name})"
-            if not slot.lora or slot.target is None:
+            if not slot.lora or (slot.target is None and slot.variable is None):
                 raise ParameterError(
                     f"{literal(label)} has no LoRA kernel: the adapter was made for another model"
                 )
-            info = by_path.get(slot.target)
+            info = _target(slot, by_path, by_name)
             if info is None:
                 raise CorruptError(
-                    f"{src}: holds no {literal(slot.target)} ({literal(label)}'s kernel)"
+                    f"{src}: holds no {slot.target or slot.variable} ({label}'s kernel)"
                 )
             if info.quantized:
                 raise UnsupportedError(
@@ -268,6 +279,7 @@ def extract(request: ExtractRequest, path: str | Path) -> LoraExtractResult:
     with open_store(src) as base, open_store(request.tuned) as tuned:
         slots = _slots(base, src, request.architecture)
         by_path = {t.path: t for t in base.tensors()}
+        base_by_name = {t.name: t for t in base.tensors() if not t.optimizer}
         tuned_by_name = {t.name: t for t in tuned.tensors() if not t.optimizer}
         for pattern in request.targets:
             if not any(fnmatch.fnmatchcase(s.name, pattern) for s in slots if s.lora):
@@ -276,13 +288,14 @@ def extract(request: ExtractRequest, path: str | Path) -> LoraExtractResult:
         targets: set[str] = set()
         unchanged: list[tuple[Any, TensorInfo]] = []
         for slot in slots:
-            if not slot.lora or slot.target is None or slot.target not in by_path:
+            found = _target(slot, by_path, base_by_name) if slot.lora else None
+            if found is None:
                 continue
             if request.targets and not any(
                 fnmatch.fnmatchcase(slot.name, p) for p in request.targets
             ):
                 continue
-            info = by_path[slot.target]
+            info = found
             other = tuned_by_name.get(info.name)
             if other is None or other.shape != info.shape:
                 raise ParameterError(
