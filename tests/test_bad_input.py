@@ -172,6 +172,7 @@ def test_help_on_every_command() -> None:
         "cluster",
         "strip",
         "lora",
+        "migrate",
     }
     for name in names:
         cmd = cli.get_command(ctx, name)

@@ -659,3 +659,49 @@ def keras_layer_slots(config: Any, label: str) -> list[LayerSlot]:
             )
         )
     return slots
+
+
+def _load_line(path: Path, line: str | None) -> Runnable:
+    """A legacy .h5 loaded by one Keras line: tf_keras for "tf-keras", Keras 3 else."""
+    _quiet_tf()
+    with quiet():
+        if line == "tf-keras":
+            try:
+                import tf_keras
+            except ImportError as exc:
+                raise MissingExtraError.of("migrate --check", "tf", "tf-keras") from exc
+            with _tf_keras_safe_mode(True):
+                model = tf_keras.models.load_model(path, compile=False)
+            return _keras_runnable(model, "tf_keras.models.load_model")
+        import keras
+
+        model = keras.models.load_model(path, compile=False, safe_mode=True)
+        return _keras_runnable(model, "keras.models.load_model")
+
+
+def check_migrated(src: Path, out: Path, src_line: str | None, target: str, atol: float) -> Check:
+    """IN loaded by the Keras that wrote it and OUT by the target's, run on the same
+    seeded random inputs: PASS when every output is within ``atol``."""
+    name = f"loads in {target} and predicts as the original"
+    try:
+        before = _load_line(src, src_line)
+    except (UsageError, UnsupportedError, MissingExtraError):
+        raise
+    except Exception as exc:
+        return Check(name, SKIP, f"the original does not load in its own Keras: {_first(exc)}")
+    try:
+        after = _load_line(out, target)
+    except Exception as exc:
+        return Check(name, FAIL, f"{target} cannot load the output: {_first(exc)}")
+    feed = make_inputs(before, 0, 4, None)
+    refs, _ = run(before, feed)
+    outs, ran = run(after, adapt(feed, after))
+    if refs is None or outs is None:
+        return Check(name, FAIL, f"a forward pass failed: {ran.detail}")
+    check = compare_outputs(outs, refs, atol, 0.0, None)
+    return Check(name, check.status, check.detail, check.data)
+
+
+def _first(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300] if text else ''}"

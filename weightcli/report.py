@@ -24,6 +24,7 @@ from weightcli.results import (
     FreezeResult,
     InspectResult,
     LoraExtractResult,
+    MigrateResult,
     Received,
     StripResult,
     TensorReport,
@@ -54,6 +55,30 @@ def fmt_bytes(n: int) -> str:
 
 def fmt_shape(shape: tuple[int, ...]) -> str:
     return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+LINES = {"keras3": "Keras 3", "tf-keras": "tf_keras"}
+
+
+def loads_in_line(verdict: dict[str, Any] | None) -> list[str | Styled]:
+    """``loads in: Keras 3 no (DepthwiseConv2D groups x13; run weightcli migrate),
+    tf_keras yes``."""
+    if not verdict:
+        return []
+    bits = []
+    for line, v in verdict.items():
+        if v["loads"]:
+            bits.append(f"{LINES.get(line, line)} yes")
+            continue
+        needs = ", ".join(f"{k} x{n}" if n > 1 else k for k, n in v["needs"].items())
+        fixable = line == "keras3" and not any(
+            k.startswith(("written", "not a", "Lambda", "layer ")) for k in v["needs"]
+        )
+        bits.append(
+            f"{LINES.get(line, line)} no ({needs}"
+            + ("; run weightcli migrate)" if fixable else ")")
+        )
+    return ["  loads in: " + ", ".join(bits)]
 
 
 def header_lines(path: Path, meta: StoreMeta) -> list[str | Styled]:
@@ -237,7 +262,7 @@ def footer_line(result: InspectResult) -> str:
 
 def print_inspect(result: InspectResult, layers: bool) -> None:
     out = console()
-    for line in header_lines(result.path, result.meta):
+    for line in [*header_lines(result.path, result.meta), *loads_in_line(result.loads_in)]:
         out.print(line)
     if result.tensors:
         out.print(inspect_table(result, layers))
@@ -495,6 +520,44 @@ def print_dump(result: DumpResult) -> None:
         f"{len(result.tensors)} tensors, {fmt_bytes(total)} written to {result.output} "
         f"({result.layout}), {result.elapsed:.2f} s"
     )
+
+
+def print_migrate(result: MigrateResult) -> None:
+    out = console()
+    if result.changes:
+        rows: list[list[Cell]] = [
+            [str(c["layer"]), str(c["key"]), _short(c["old"]), _short(c["new"]), str(c["rule"])]
+            for c in result.changes
+        ]
+        out.print(
+            table(
+                [
+                    ("Layer", "left"),
+                    ("Key", "left"),
+                    ("Old", "left"),
+                    ("New", "left"),
+                    ("Rule", "left"),
+                ],
+                rows,
+            )
+        )
+    where = f"written to {result.output}" if result.output else "dry run: nothing written"
+    out.print(
+        f"{result.source}: {result.line} -> {result.target}, {len(result.changes)} config "
+        f"changes, {result.tensors_carried} tensors carried byte for byte; {where}"
+    )
+    if result.optimizer:
+        out.print(
+            f"optimizer state ({len(result.optimizer)} tensors) kept as it is: the target "
+            "Keras loads the model without it (compile=False)"
+        )
+    if result.check is not None:
+        out.print(f"check: {result.check.status}: {result.check.detail}")
+
+
+def _short(value: object) -> str:
+    text = "-" if value is None else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def print_lora_extract(result: LoraExtractResult) -> None:

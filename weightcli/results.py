@@ -91,6 +91,8 @@ class InspectResult:
     tensors: list[TensorReport]
     fail_on_nonfinite: bool = False
     bytes_fetched: int | None = None  # from object storage (a URL); None on disk
+    # A full model's static verdict per Keras line (``migrate.loads_in``), or None.
+    loads_in: JSON | None = None
 
     @property
     def nonfinite(self) -> int:
@@ -172,6 +174,8 @@ class InspectResult:
         }
         if self.bytes_fetched is not None:
             doc["bytes_fetched"] = self.bytes_fetched
+        if self.loads_in is not None:
+            doc["loads_in"] = self.loads_in
         return clean(doc)
 
 
@@ -488,6 +492,49 @@ class StripResult(Written):
             "dropped": self.dropped,
             "optimizer_dropped": self.optimizer_dropped,
             "bytes_written": self.bytes_written,
+        }
+
+
+# -- migrate ------------------------------------------------------------------------------
+
+
+@dataclass
+class MigrateResult:
+    """``migrate``: JSON ``{"source", "output", "dry_run", "from", "for", "changes":
+    [{"layer", "key", "old", "new", "rule"}], "tensors_carried", "optimizer",
+    "check"}``. Exit 1 when ``check`` ran and failed."""
+
+    source: str
+    output: str | None
+    line: str | None  # the Keras line that wrote the source
+    target: str
+    changes: list[JSON]
+    tensors_carried: int
+    optimizer: list[str]  # optimizer state carried as it is (unused by the target)
+    check: Check | None = None
+
+    @property
+    def exit_code(self) -> ExitCode:
+        if self.check is not None and self.check.status == CheckStatus.FAIL:
+            return ExitCode.CHECK_FAILED
+        return ExitCode.OK
+
+    def explain(self) -> str | None:
+        if self.exit_code == ExitCode.CHECK_FAILED and self.check is not None:
+            return f"{self.source}: {self.check.detail}"
+        return None
+
+    def to_json(self) -> JSON:
+        return {
+            "source": self.source,
+            "output": self.output,
+            "dry_run": self.output is None,
+            "from": self.line,
+            "for": self.target,
+            "changes": self.changes,
+            "tensors_carried": self.tensors_carried,
+            "optimizer": self.optimizer,
+            "check": self.check.to_json() if self.check is not None else None,
         }
 
 

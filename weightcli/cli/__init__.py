@@ -39,6 +39,7 @@ COMMANDS = {
     "transplant": "weightcli.cli.transplant_cmd:transplant",
     "merge": "weightcli.cli.merge_cmd:merge",
     "lora": "weightcli.cli.lora_cmd:lora",
+    "migrate": "weightcli.cli.migrate_cmd:migrate",
     "set": "weightcli.cli.edit_cmds:set_cmd",
     "dump": "weightcli.cli.edit_cmds:dump_cmd",
     "freeze": "weightcli.cli.edit_cmds:freeze_cmd",

@@ -16,11 +16,20 @@ from typing import Any, TypeVar
 
 import click
 
-from weightcli.batch import Item, Outcome, Runner, default_jobs, ended_badly
+from weightcli.batch import (
+    Item,
+    Outcome,
+    Runner,
+    default_jobs,
+    discover,
+    ended_badly,
+    plan_outputs,
+)
 from weightcli.child import ChildDied, ChildTimedOut, Limits, run_in_child
 from weightcli.cli.options import spell
-from weightcli.errors import InputError, literal, one_line
+from weightcli.errors import InputError, ParameterError, literal, one_line
 from weightcli.grid import rich_console
+from weightcli.params import OutputSpec, RunSpec
 from weightcli.report import fmt_bytes, print_json, print_summary
 from weightcli.results import Result
 from weightcli.stores.remote import as_path
@@ -54,6 +63,29 @@ def _run_one(run: Callable[[Any, Path], R], request: object, item: Item) -> R:
 
 def is_batch(paths: Sequence[str], recursive: bool, output_dir: object = None) -> bool:
     return len(paths) > 1 or recursive or output_dir is not None
+
+
+def batch_plan(
+    paths: Sequence[str], out: OutputSpec, run: RunSpec
+) -> tuple[list[Item], tuple[tuple[Path, Path], ...], bool]:
+    """The models a writing command runs on, each one's mirrored output below
+    ``--output-dir`` (a batch), and whether it is a batch; the rules of -o against
+    several inputs, --in-place and --output-dir, said once for every such command."""
+    if not is_batch(paths, run.recursive, run.output_dir):
+        return [Item(as_path(paths[0]))], (), False
+    if out.output is not None:
+        raise ParameterError("{output} names one output; with several inputs use {output_dir} DIR")
+    if out.in_place and run.output_dir is not None:
+        raise ParameterError("{in_place} and {output_dir} exclude each other")
+    items = discover(list(paths), run.recursive)
+    outputs: tuple[tuple[Path, Path], ...] = ()
+    if not out.in_place and not out.dry_run:
+        if run.output_dir is None:
+            raise ParameterError(
+                "with several inputs, give {output_dir} DIR (or {in_place}, or {dry_run})"
+            )
+        outputs = tuple(plan_outputs(items, run.output_dir, out.force).items())
+    return items, outputs, True
 
 
 def dispatch(

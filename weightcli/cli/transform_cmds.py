@@ -9,8 +9,8 @@ from typing import Any
 
 import click
 
-from weightcli.batch import Item, discover
-from weightcli.cli.dispatch import dispatch, dispatch_one, is_batch
+from weightcli.batch import Item
+from weightcli.cli.dispatch import batch_plan, dispatch, dispatch_one, is_batch
 from weightcli.cli.options import batch_output_group, custom_objects_option, selection_group
 from weightcli.commands import transform as command
 from weightcli.errors import ParameterError, literal
@@ -35,24 +35,7 @@ def execute(
 ) -> None:
     """Run the steps on one input or on many (a batch), through the one dispatcher."""
     built = tuple(steps())
-    batch = is_batch(paths, run.recursive, run.output_dir)
-    outputs: tuple[tuple[Path, Path], ...] = ()
-    if batch:
-        if out.output is not None:
-            raise ParameterError(
-                "{output} names one output; with several inputs use {output_dir} DIR"
-            )
-        if out.in_place and run.output_dir is not None:
-            raise ParameterError("{in_place} and {output_dir} exclude each other")
-        items = discover(list(paths), run.recursive)
-        if not out.in_place and not out.dry_run:
-            if run.output_dir is None:
-                raise ParameterError(
-                    "with several inputs, give {output_dir} DIR (or {in_place}, or {dry_run})"
-                )
-            outputs = command.batch_outputs(items, run.output_dir, out.force)
-    else:
-        items = [Item(as_path(paths[0]))]
+    items, outputs, batch = batch_plan(paths, out, run)
     request = command.TransformRequest(steps=built, command=name, outputs=outputs, out=out)
     dispatch(
         items,

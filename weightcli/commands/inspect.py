@@ -8,12 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
+from weightcli import migrate
 from weightcli.errors import ParameterError
-from weightcli.results import InspectResult, TensorReport
+from weightcli.results import JSON, InspectResult, TensorReport
 from weightcli.select import Selection, apply
 from weightcli.stats import tensor_stats
-from weightcli.stores import open_store, remote
+from weightcli.stores import Store, open_store, remote
 from weightcli.stores.base import BLOCK_ELEMS, Block
+from weightcli.stores.hdf5 import H5Store
 from weightcli.stores.quantized import DequantizedStore, has_quantized
 
 __all__ = ["InspectRequest", "InspectResult", "TensorDigest", "run"]
@@ -128,4 +130,16 @@ def run(request: InspectRequest, path: str | Path) -> InspectResult:
                 TensorReport(t, stats, dequantized, digest, distinct.count if distinct else None)
             )
         fetched = remote.fetched() - fetched_before if remote.is_url(store.path) else None
-        return InspectResult(store.path, store.meta, reports, request.fail_on_nonfinite, fetched)
+        return InspectResult(
+            store.path, store.meta, reports, request.fail_on_nonfinite, fetched, _loads_in(store)
+        )
+
+
+def _loads_in(store: Store) -> JSON | None:
+    """A full model's static "loads in" verdict (no framework imported)."""
+    config = getattr(store, "model_config", None)
+    if not store.meta.full_model or not isinstance(config, dict):
+        return None
+    return migrate.loads_in(
+        config, store.meta.writer, isinstance(store, H5Store), store.meta.history
+    )

@@ -3,12 +3,10 @@ a patched copy of the checkpoint."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from weightcli import pipeline
-from weightcli.batch import Item, plan_outputs
 from weightcli.errors import ParameterError
 from weightcli.params import OutputSpec
 from weightcli.results import TransformResult
@@ -17,7 +15,7 @@ from weightcli.stores import open_store
 from weightcli.stores.base import BLOCK_ELEMS
 from weightcli.stores.remote import as_path
 
-__all__ = ["TransformRequest", "TransformResult", "run", "batch_outputs"]
+__all__ = ["TransformRequest", "TransformResult", "run"]
 
 
 @dataclass(frozen=True)
@@ -50,13 +48,6 @@ class TransformRequest:
             if src == path:
                 return out
         return self.out.output
-
-
-def batch_outputs(
-    items: Sequence[Item], output_dir: Path, force: bool
-) -> tuple[tuple[Path, Path], ...]:
-    """Each input's output below ``output_dir``, mirroring its place in the input tree."""
-    return tuple(plan_outputs(items, output_dir, force).items())
 
 
 def run(request: TransformRequest, path: str | Path) -> TransformResult:

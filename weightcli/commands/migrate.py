@@ -1,0 +1,137 @@
+"""``migrate``: a model saved by one Keras made loadable by the other, offline.
+
+The stored config is rewritten by ``weightcli.migrate``'s table of per-class rules and
+the file is otherwise a surgery copy: every tensor's bytes, the optimizer state and
+every other attribute stay as they are (``Patcher.set_config``). Today: a legacy
+full-model ``.h5`` (Keras 2 / tf.keras, or Keras 3's legacy writer) to the same format
+for the other line; ``.keras`` archives and SavedModels are refused with what to do.
+
+``check`` (the ``tf`` extra) loads IN with the Keras that wrote it and OUT with the
+target's, runs both on the same seeded random inputs and compares the outputs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from weightcli import migrate as rules
+from weightcli.batch import Item
+from weightcli.digest import digest
+from weightcli.errors import CorruptError, ParameterError, UnsupportedError, literal
+from weightcli.params import OutputSpec
+from weightcli.results import MigrateResult, name_list
+from weightcli.stores import open_store
+from weightcli.stores.base import Format, Provenance
+from weightcli.stores.hdf5 import H5Store
+from weightcli.stores.remote import as_path
+from weightcli.version import __version__
+
+__all__ = ["MigrateRequest", "run"]
+
+
+@dataclass(frozen=True)
+class MigrateRequest:
+    """The Keras to load OUT (None: the other line than IN's writer), whether to load
+    and run both (``check``, with ``atol``), where outputs go."""
+
+    target: str | None = None
+    check: bool = False
+    atol: float = 1e-5
+    outputs: tuple[tuple[Path, Path], ...] = ()  # a batch's mirrored outputs
+    out: OutputSpec = field(default_factory=OutputSpec)
+
+    def __post_init__(self) -> None:
+        self.out.refuse("allow_nonfinite", "compress", command="migrate")
+        if self.target is not None and self.target not in rules.TARGETS:
+            raise ParameterError(f"{{target}} must be one of {', '.join(rules.TARGETS)}")
+        if not (math.isfinite(self.atol) and self.atol >= 0):
+            raise ParameterError(f"{{atol}} must be a number >= 0, got {self.atol}")
+
+    def output_for(self, src: Path) -> Path | None:
+        return dict(self.outputs).get(src)
+
+
+def run(request: MigrateRequest, path: str | Path) -> MigrateResult:
+    src = as_path(path)
+    with open_store(src) as store:
+        config = getattr(store, "model_config", None)
+        legacy = isinstance(store, H5Store) and store.kind == Format.KERAS_H5
+        if legacy and store.meta.full_model and not isinstance(config, dict):
+            raise CorruptError(f"{src}: its model_config is not a model config (damaged?)")
+        if not legacy or not store.meta.full_model or not isinstance(config, dict):
+            raise UnsupportedError(
+                f"{src}: a {store.meta.format_label}: migrate reads a legacy full-model .h5 "
+                "(model.save('m.h5')) today; .keras archives and SavedModels are not yet done"
+            )
+        from weightcli.framework import python_code_in
+
+        code = python_code_in(config)
+        if code:
+            raise UnsupportedError(
+                f"{src}: layer(s) {name_list(code)} are Lambda layers (Python bytecode in the "
+                "file): weightcli never runs or copies it; rebuild those layers in code"
+            )
+        line = rules.writer_line(store.meta.writer)
+        if line == "keras1":
+            raise UnsupportedError(f"{src}: written by Keras 1: neither Keras line loads it")
+        target = request.target or ("keras3" if line != "keras3" else "tf-keras")
+        if line == target:
+            raise ParameterError(
+                f"{literal(str(src))} was written by {store.meta.writer}: it is already in "
+                f"{target}'s form (give {{target}} the other line)"
+            )
+        new, changes = rules.translate(config, target)
+        out = request.out.plan(store, src, request.output_for(src), mkdirs=bool(request.outputs))
+        tensors = [t for t in store.tensors()]
+        optimizer = [t.name for t in tensors if t.optimizer]
+        result = MigrateResult(
+            str(src),
+            None if request.out.dry_run else str(out),
+            line,
+            target,
+            [c.to_json() for c in changes],
+            len([t for t in tensors if not t.optimizer]),
+            optimizer,
+        )
+        if request.out.dry_run:
+            return result
+        assert out is not None
+        patcher = store.patch(out, {}, request.out.force or request.out.in_place, False)
+        try:
+            if changes:
+                patcher.set_config(new)
+            record = Provenance(
+                tool="weightcli",
+                version=__version__,
+                time=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                command=f"weightcli migrate {src} --for {target}",
+                steps=[
+                    {
+                        "command": "migrate",
+                        "from": line,
+                        "for": target,
+                        "changes": [c.to_json() for c in changes],
+                    }
+                ],
+                source=src.name,
+                source_digest=digest(store.local_copy(), request.out.digest),
+                changed=[],
+                note=request.out.note,
+            ).to_json()
+            patcher.set_history([*store.meta.history, record])
+            patcher.commit()
+        except BaseException:
+            patcher.abort()
+            raise
+    if request.check:
+        from weightcli.framework import check_migrated
+
+        result.check = check_migrated(src, out, line, target, request.atol)
+    return result
+
+
+def task(request: MigrateRequest, item: Item) -> MigrateResult:
+    return run(request, item.path)

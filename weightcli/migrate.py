@@ -1,0 +1,565 @@
+"""Keras model configs translated between the two Keras lines that cannot read each
+other's files: Keras 3 and tf.keras 2.x (``tf_keras``, Keras 2), by an explicit table of
+per-class rules. Pure JSON: no framework is imported.
+
+Each rule names the classes it applies to, the Keras whose loader needs it, and where
+that Keras's code says why (each found by round-tripping real files: a model saved by
+one Keras, loaded by the other, refused, and loaded after the rule). The table, in order:
+
+``RULES`` (target ``keras3``: a file written by Keras 2 / tf.keras, loaded by Keras 3's
+legacy loader ``keras/src/legacy/saving/legacy_h5_format.py``, which already patches
+``batch_input_shape``, ``axis`` and Lambda configs itself):
+
+- ``groups``: tf.keras's ``DepthwiseConv2D``, ``SeparableConv1D/2D`` and the transposed
+  convolutions inherit ``Conv``'s ``groups`` argument and save it; Keras 3's classes take
+  no ``groups`` (``keras/src/layers/convolutional/depthwise_conv2d.py``, ...:
+  "Unrecognized keyword arguments ... {'groups': 1}", keras-team/keras #19151, #19441).
+  Dropped when 1; another value is refused (those layers never grouped).
+- ``separable-kernel``: tf.keras's ``SeparableConv*`` also saves ``Conv``'s
+  ``kernel_initializer/regularizer/constraint`` (unused: it has ``depthwise_*`` and
+  ``pointwise_*``); Keras 3's ``BaseSeparableConv`` refuses them. Dropped.
+- ``time_major``: tf.keras's recurrent layers save ``time_major`` (False unless asked);
+  Keras 3's ``RNN`` has no such argument (``keras/src/layers/rnn/rnn.py``). Dropped when
+  False; True is refused (Keras 3 reads batch-major input only).
+- ``attention-shapes``: tf.keras's ``MultiHeadAttention`` saves the shapes it was built
+  with (``query_shape``, ``key_shape``, ``value_shape``) and ``softmax_robust_masking``;
+  Keras 3's builds from its first call (``keras/src/layers/attention/
+  multi_head_attention.py``). The shapes are dropped; ``softmax_robust_masking`` when False.
+
+- ``node-kwargs``: a layer called with tensors as keyword arguments
+  (``MultiHeadAttention(query, value=...)``) is saved by tf.keras as ``[name, node,
+  tensor, {"value": [name, node, tensor]}]``; Keras 3 reads such a legacy node's keyword
+  arguments as they are, a list of strings (``keras/src/models/functional.py``,
+  ``deserialize_node``). The node is rewritten in Keras 3's own form (``args`` and
+  ``kwargs`` of ``__keras_tensor__`` references).
+- ``nested-node``: tf.keras gives a nested model built with its inputs (a Functional
+  model; a Sequential whose first layer is an ``InputLayer`` or has a
+  ``batch_input_shape``) a node of its own at construction, so its first call is node 1;
+  Keras 3 makes none, and a reference to node 1 is unresolved ("The graph of the
+  Functional model either has loops or disconnected nodes"). References to such a model
+  (inbound nodes, the outputs) count one node less.
+
+The other direction (``tf-keras``: a Keras 3 file for tf_keras) has no table yet:
+round-tripping shows Keras 3.15 adds keys tf_keras refuses to most layers
+(``quantization_config``, initializers' ``input_axes``, ``rms_scaling``, ``batch_shape``
+of ``InputLayer``, ...); ``migrate --for tf-keras`` is refused until it is written.
+
+What no rule carries is refused, naming the layer: a ``Lambda`` (Python bytecode in the
+file: never executed, never copied silently), a class neither Keras defines.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from weightcli.errors import UnsupportedError, literal
+
+TARGETS = ("keras3", "tf-keras")
+
+
+@dataclass(frozen=True)
+class Change:
+    """One config edit: which layer, which key, the value before and after (None:
+    absent), and the rule that made it."""
+
+    layer: str
+    key: str
+    old: Any
+    new: Any
+    rule: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "layer": self.layer,
+            "key": self.key,
+            "old": self.old,
+            "new": self.new,
+            "rule": self.rule,
+        }
+
+
+class Refusal(Exception):
+    """A layer no rule can carry: the reason, said to the user with the layer's name."""
+
+
+Fix = Callable[[dict[str, Any]], list[tuple[str, Any, Any]]]
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    classes: tuple[str, ...]  # () = every class
+    fix: Fix
+
+    def applies(self, class_name: str) -> bool:
+        return not self.classes or class_name in self.classes
+
+
+def _drop(cfg: dict[str, Any], key: str) -> list[tuple[str, Any, Any]]:
+    if key not in cfg:
+        return []
+    return [(key, cfg.pop(key), None)]
+
+
+def _groups(cfg: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    if cfg.get("groups", 1) != 1:
+        raise Refusal(f"groups={cfg['groups']}: Keras 3's class takes no groups")
+    return _drop(cfg, "groups")
+
+
+def _separable_kernel(cfg: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    out: list[tuple[str, Any, Any]] = []
+    for key in ("kernel_initializer", "kernel_regularizer", "kernel_constraint"):
+        out += _drop(cfg, key)
+    return out
+
+
+def _time_major(cfg: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    if cfg.get("time_major"):
+        raise Refusal("time_major=True: Keras 3's recurrent layers read batch-major input only")
+    return _drop(cfg, "time_major")
+
+
+def _attention_shapes(cfg: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    out: list[tuple[str, Any, Any]] = []
+    for key in ("query_shape", "key_shape", "value_shape"):
+        out += _drop(cfg, key)
+    if cfg.get("softmax_robust_masking"):
+        raise Refusal("softmax_robust_masking=True: Keras 3's MultiHeadAttention has no such mode")
+    return out + _drop(cfg, "softmax_robust_masking")
+
+
+CONV_NO_GROUPS = (
+    "DepthwiseConv1D",
+    "DepthwiseConv2D",
+    "SeparableConv1D",
+    "SeparableConv2D",
+    "Conv1DTranspose",
+    "Conv2DTranspose",
+    "Conv3DTranspose",
+)
+RECURRENT = ("SimpleRNN", "LSTM", "GRU", "RNN", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D")
+
+RULES: tuple[Rule, ...] = (
+    Rule("groups", CONV_NO_GROUPS, _groups),
+    Rule("separable-kernel", ("SeparableConv1D", "SeparableConv2D"), _separable_kernel),
+    Rule("time_major", RECURRENT, _time_major),
+    Rule("attention-shapes", ("MultiHeadAttention",), _attention_shapes),
+)
+TABLE = {"keras3": RULES}
+# Every layer class of keras.layers (Keras 3.15; with the model classes): a layer of
+# another class is a custom one (or tf.keras's only: LocallyConnected2D, ...).
+KERAS3_LAYERS = frozenset(
+    (
+        "Activation",
+        "ActivityRegularization",
+        "AdaptiveAveragePooling1D",
+        "AdaptiveAveragePooling2D",
+        "AdaptiveAveragePooling3D",
+        "AdaptiveMaxPooling1D",
+        "AdaptiveMaxPooling2D",
+        "AdaptiveMaxPooling3D",
+        "Add",
+        "AdditiveAttention",
+        "AlphaDropout",
+        "Attention",
+        "AugMix",
+        "AutoContrast",
+        "Average",
+        "AveragePooling1D",
+        "AveragePooling2D",
+        "AveragePooling3D",
+        "AvgPool1D",
+        "AvgPool2D",
+        "AvgPool3D",
+        "BatchNormalization",
+        "Bidirectional",
+        "CategoryEncoding",
+        "CenterCrop",
+        "Concatenate",
+        "ContrastLimitedAdaptiveHistogramEqualization",
+        "Conv1D",
+        "Conv1DTranspose",
+        "Conv2D",
+        "Conv2DTranspose",
+        "Conv3D",
+        "Conv3DTranspose",
+        "ConvLSTM1D",
+        "ConvLSTM2D",
+        "ConvLSTM3D",
+        "Convolution1D",
+        "Convolution1DTranspose",
+        "Convolution2D",
+        "Convolution2DTranspose",
+        "Convolution3D",
+        "Convolution3DTranspose",
+        "Cropping1D",
+        "Cropping2D",
+        "Cropping3D",
+        "CutMix",
+        "Dense",
+        "DepthwiseConv1D",
+        "DepthwiseConv2D",
+        "Discretization",
+        "Dot",
+        "Dropout",
+        "ELU",
+        "EinsumDense",
+        "Embedding",
+        "Equalization",
+        "Flatten",
+        "FlaxLayer",
+        "Functional",
+        "GRU",
+        "GRUCell",
+        "GaussianDropout",
+        "GaussianNoise",
+        "GlobalAveragePooling1D",
+        "GlobalAveragePooling2D",
+        "GlobalAveragePooling3D",
+        "GlobalAvgPool1D",
+        "GlobalAvgPool2D",
+        "GlobalAvgPool3D",
+        "GlobalMaxPool1D",
+        "GlobalMaxPool2D",
+        "GlobalMaxPool3D",
+        "GlobalMaxPooling1D",
+        "GlobalMaxPooling2D",
+        "GlobalMaxPooling3D",
+        "GroupNormalization",
+        "GroupQueryAttention",
+        "HashedCrossing",
+        "Hashing",
+        "Identity",
+        "Input",
+        "InputLayer",
+        "InputSpec",
+        "IntegerLookup",
+        "JaxLayer",
+        "LSTM",
+        "LSTMCell",
+        "Lambda",
+        "Layer",
+        "LayerNormalization",
+        "LeakyReLU",
+        "Masking",
+        "MaxNumBoundingBoxes",
+        "MaxPool1D",
+        "MaxPool2D",
+        "MaxPool3D",
+        "MaxPooling1D",
+        "MaxPooling2D",
+        "MaxPooling3D",
+        "Maximum",
+        "MelSpectrogram",
+        "Minimum",
+        "MixUp",
+        "Model",
+        "MultiHeadAttention",
+        "Multiply",
+        "Normalization",
+        "PReLU",
+        "Permute",
+        "Pipeline",
+        "RMSNormalization",
+        "RNN",
+        "RandAugment",
+        "RandomBrightness",
+        "RandomColorDegeneration",
+        "RandomColorJitter",
+        "RandomContrast",
+        "RandomCrop",
+        "RandomElasticTransform",
+        "RandomErasing",
+        "RandomFlip",
+        "RandomGaussianBlur",
+        "RandomGrayscale",
+        "RandomHue",
+        "RandomInvert",
+        "RandomPerspective",
+        "RandomPosterization",
+        "RandomRotation",
+        "RandomSaturation",
+        "RandomSharpness",
+        "RandomShear",
+        "RandomTranslation",
+        "RandomZoom",
+        "ReLU",
+        "RepeatVector",
+        "Rescaling",
+        "Reshape",
+        "Resizing",
+        "ReversibleEmbedding",
+        "STFTSpectrogram",
+        "SeparableConv1D",
+        "SeparableConv2D",
+        "SeparableConvolution1D",
+        "SeparableConvolution2D",
+        "Sequential",
+        "SimpleRNN",
+        "SimpleRNNCell",
+        "Softmax",
+        "Solarization",
+        "SpatialDropout1D",
+        "SpatialDropout2D",
+        "SpatialDropout3D",
+        "SpectralNormalization",
+        "StackedRNNCells",
+        "StringLookup",
+        "Subtract",
+        "TFSMLayer",
+        "TextVectorization",
+        "TimeDistributed",
+        "TorchModuleWrapper",
+        "UnitNormalization",
+        "UpSampling1D",
+        "UpSampling2D",
+        "UpSampling3D",
+        "Wrapper",
+        "ZeroPadding1D",
+        "ZeroPadding2D",
+        "ZeroPadding3D",
+    )
+)
+
+MODELS = ("Functional", "Model", "Sequential")
+
+
+def _is_ref(v: Any) -> bool:
+    return (
+        isinstance(v, list)
+        and len(v) in (3, 4)
+        and isinstance(v[0], str)
+        and isinstance(v[1], int)
+        and isinstance(v[2], int)
+    )
+
+
+def _tensor(ref: list[Any]) -> dict[str, Any]:
+    """A Keras 3 node's reference to a layer's output (its shape is a placeholder: the
+    loader replaces the tensor by the one at ``keras_history``)."""
+    return {
+        "class_name": "__keras_tensor__",
+        "config": {"shape": [None], "dtype": "float32", "keras_history": list(ref[:3])},
+    }
+
+
+def _node_kwargs_of(model_cfg: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
+    out = []
+    for layer in model_cfg.get("layers") or []:
+        nodes = layer.get("inbound_nodes")
+        if not isinstance(nodes, list):
+            continue
+        for i, node in enumerate(nodes):
+            if not (isinstance(node, list) and node and all(_is_ref(r) for r in node)):
+                continue
+            kwargs = node[0][3] if len(node) == 1 and len(node[0]) == 4 else {}
+            if not any(_is_ref(v) for v in kwargs.values()):
+                continue
+            new = {
+                "args": [_tensor(node[0])],
+                "kwargs": {k: _tensor(v) if _is_ref(v) else v for k, v in kwargs.items()},
+            }
+            nodes[i] = new
+            out.append(
+                (
+                    str(layer.get("name") or layer.get("config", {}).get("name")),
+                    "inbound_nodes",
+                    node,
+                    new,
+                )
+            )
+    return out
+
+
+def _built_at_construction(layer: dict[str, Any]) -> bool:
+    cls, cfg = layer.get("class_name"), layer.get("config") or {}
+    if cls in ("Functional", "Model"):
+        return True
+    if cls != "Sequential":
+        return False
+    inner = cfg.get("layers") or []
+    first = inner[0] if inner and isinstance(inner[0], dict) else {}
+    return first.get("class_name") == "InputLayer" or "batch_input_shape" in (
+        first.get("config") or {}
+    )
+
+
+def _nested_node(model_cfg: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
+    layers = model_cfg.get("layers") or []
+    nested = {
+        str((layer.get("config") or {}).get("name"))
+        for layer in layers
+        if isinstance(layer, dict) and _built_at_construction(layer)
+    }
+    if not nested:
+        return []
+    out = []
+
+    def shift(ref: list[Any], where: str, key: str) -> None:
+        if _is_ref(ref) and ref[0] in nested and ref[1] > 0:
+            out.append((where, key, f"{ref[0]} node {ref[1]}", f"{ref[0]} node {ref[1] - 1}"))
+            ref[1] -= 1
+
+    for layer in layers:
+        for node in layer.get("inbound_nodes") or []:
+            for ref in node if isinstance(node, list) else []:
+                shift(ref, str((layer.get("config") or {}).get("name")), "inbound_nodes")
+    for key in ("output_layers", "input_layers"):
+        refs = model_cfg.get(key) or []
+        for ref in [refs] if _is_ref(refs) else refs:
+            shift(ref, "(model)", key)
+    return out
+
+
+GRAPH_RULES = {"keras3": (("node-kwargs", _node_kwargs_of), ("nested-node", _nested_node))}
+
+
+def _objects(node: Any, depth: int = 0) -> list[tuple[str, dict[str, Any], str]]:
+    """Every Keras object in a config: (class name, its config dict, its layer name)."""
+    found: list[tuple[str, dict[str, Any], str]] = []
+    if depth > 200:
+        return found
+    if isinstance(node, dict):
+        cls, cfg = node.get("class_name"), node.get("config")
+        if isinstance(cls, str) and isinstance(cfg, dict):
+            name = cfg.get("name") if isinstance(cfg.get("name"), str) else node.get("name")
+            found.append((cls, cfg, name if isinstance(name, str) else cls))
+        for value in node.values():
+            found += _objects(value, depth + 1)
+    elif isinstance(node, list):
+        for value in node:
+            found += _objects(value, depth + 1)
+    return found
+
+
+def _known(entry: Any) -> None:
+    """A layer of a model's ``layers`` list (and a wrapper's inner layer) must be one of
+    Keras 3's classes: a custom class is not carried (its code is not in the file)."""
+    if not isinstance(entry, dict):
+        return
+    cls = entry.get("class_name")
+    raw = entry.get("config")
+    cfg: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    name = cfg.get("name") if isinstance(cfg.get("name"), str) else cls
+    if isinstance(cls, str) and cls not in KERAS3_LAYERS:
+        raise UnsupportedError(
+            f"layer {literal(str(name))}: class {literal(cls)} is not one of Keras 3's "
+            "layers (a custom class, or tf.keras's only): its code is not in the file; "
+            "rebuild it in code and load the weights with weightcli transplant"
+        )
+    for key in ("layer", "backward_layer", "forward_layer"):
+        if isinstance(cfg.get(key), dict):
+            _known(cfg[key])
+
+
+def translate(config: dict[str, Any], target: str) -> tuple[dict[str, Any], list[Change]]:
+    """The config for ``target``'s loader and every change made; a layer that cannot be
+    carried is refused (``UnsupportedError`` naming it and why)."""
+    if target not in TABLE:
+        raise UnsupportedError(
+            f"migrating for {literal(target)} is not done yet (its rule table): only "
+            f"{', '.join(TABLE)}"
+        )
+    new = copy.deepcopy(config)
+    changes: list[Change] = []
+    for cls, cfg, layer in _objects(new):
+        if cls in MODELS and isinstance(cfg.get("layers"), list):
+            for entry in cfg["layers"]:
+                _known(entry)
+            for rule_name, graph_fix in GRAPH_RULES.get(target, ()):
+                for where, key, old, nv in graph_fix(cfg):
+                    changes.append(Change(where, key, old, nv, rule_name))
+        for rule in TABLE[target]:
+            if rule.applies(cls):
+                try:
+                    edits = rule.fix(cfg)
+                except Refusal as exc:
+                    raise UnsupportedError(f"layer {literal(layer)} ({cls}): {exc}") from None
+                changes += [Change(layer, k, old, nv, rule.name) for k, old, nv in edits]
+    return new, changes
+
+
+def writer_line(writer: str | None) -> str | None:
+    """Which Keras line wrote a file (its ``keras_version``, as ``StoreMeta.writer``
+    says it: "Keras 2.4.0 (tensorflow backend)"): keras3, tf-keras (Keras 2 and tf.keras)
+    or keras1; None when unknown."""
+    m = re.match(r"Keras (\d+)\.", writer or "")
+    if not m:
+        return None
+    major = int(m.group(1))
+    return "keras3" if major >= 3 else "tf-keras" if major == 2 else "keras1"
+
+
+# Rules whose output only Keras 3 reads (tf.keras reads neither form).
+KERAS3_ONLY = ("node-kwargs", "nested-node")
+
+
+def loads_in(
+    config: dict[str, Any],
+    writer: str | None,
+    legacy_h5: bool,
+    history: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The static "loads in" verdict per Keras line, from this table alone: ``{"keras3":
+    {"loads": bool, "needs": {what: count}}, "tf-keras": ...}``. A Keras 3 file is said
+    not to load in tf_keras (there is no reverse table yet); nor is
+    a file ``migrate --for keras3`` gave a graph form only Keras 3 reads (its history
+    says so)."""
+    from weightcli.framework import python_code_in  # pure JSON, no framework import
+
+    line = writer_line(writer)
+    code = python_code_in(config)
+    out: dict[str, Any] = {}
+    for target in TARGETS:
+        needs: dict[str, int]
+        if line == "keras1":
+            needs = {"written by Keras 1": 1}
+        elif line == target:
+            needs = {}
+        elif target == "tf-keras" or not legacy_h5:
+            needs = {"written by Keras 3" if line == "keras3" else "not a legacy .h5": 1}
+        else:
+            needs = needed(config, target)
+        if target == "tf-keras" and line == "tf-keras":
+            for rule in _migrated_rules(history or []):
+                if rule in KERAS3_ONLY:
+                    needs[f"{rule} (migrated for Keras 3)"] = 1
+        if code and needs:
+            needs[f"Lambda in {', '.join(code)}"] = len(code)
+        out[target] = {"loads": not needs, "needs": needs}
+    return out
+
+
+def _migrated_rules(history: list[dict[str, Any]]) -> set[str]:
+    rules: set[str] = set()
+    for record in history:
+        for step in record.get("steps") or []:
+            if isinstance(step, dict) and step.get("command") == "migrate":
+                rules |= {
+                    str(c.get("rule")) for c in step.get("changes") or [] if isinstance(c, dict)
+                }
+    return rules
+
+
+def needed(config: dict[str, Any], target: str) -> dict[str, int]:
+    """What ``target``'s loader would trip on, per rule and class (``"DepthwiseConv2D
+    'groups'": 13``): the static "loads in" check. Empty: loads as it is."""
+    counts: dict[str, int] = {}
+    try:
+        _, changes = translate(config, target)
+    except UnsupportedError as exc:
+        return {str(exc): 1}
+    seen: set[tuple[str, str]] = set()
+    classes = {layer: cls for cls, _, layer in _objects(config)}
+    for c in changes:
+        if (c.layer, c.rule) in seen:
+            continue
+        seen.add((c.layer, c.rule))
+        label = f"{classes.get(c.layer, '?')} {c.rule}"
+        counts[label] = counts.get(label, 0) + 1
+    return counts
