@@ -109,6 +109,32 @@ def keras3_formats(out: Path) -> None:
         model.save(out / f"mlp_{mode}.keras")
 
 
+def mobile_tfkeras(out: Path) -> None:
+    """A small MobileNet-like model saved by tf.keras (as Teachable Machine's exports
+    are: DepthwiseConv2D, which Keras 3 refuses to load for its saved 'groups': 1)."""
+    import tf_keras
+
+    tf_keras.utils.set_random_seed(0)
+    L = tf_keras.layers
+    inp = tf_keras.Input((16, 16, 3), name="image")
+    h = L.Conv2D(8, 3, strides=2, padding="same", name="stem")(inp)
+    h = L.BatchNormalization(name="stem_bn")(h)
+    h = L.ReLU(6.0, name="stem_relu")(h)
+    h = L.DepthwiseConv2D(3, padding="same", name="dw")(h)
+    h = L.BatchNormalization(name="dw_bn")(h)
+    h = L.ReLU(6.0, name="dw_relu")(h)
+    h = L.Conv2D(16, 1, name="pw")(h)
+    h = L.GlobalAveragePooling2D(name="gap")(h)
+    model = tf_keras.Model(inp, L.Dense(3, name="logits")(h), name="mobile")
+    x, y = data((16, 16, 3), 3)
+    model.compile(
+        optimizer=tf_keras.optimizers.Adam(1e-2),
+        loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    model.save(out / "mobile_tfkeras.h5")
+
+
 def lora_adapter(out: Path) -> None:
     """A KerasHub LoRA adapter for the MLP (rank 2 on dense_1 and dense_2), written by
     KerasHub's own Backbone.save_lora_weights (it needs only the layer indexes)."""
@@ -137,6 +163,9 @@ def main() -> None:
         return
     if sys.argv[2:] == ["--only", "lora"]:
         lora_adapter(OUT)
+        return
+    if sys.argv[2:] == ["--only", "mobile"]:
+        mobile_tfkeras(OUT)
         return
     if OUT.exists():
         shutil.rmtree(OUT)
@@ -174,6 +203,7 @@ def main() -> None:
     np.save(OUT / "mlp_calibration.npy", x)
     keras3_formats(OUT)
     lora_adapter(OUT)
+    mobile_tfkeras(OUT)
     print(f"wrote {sum(1 for _ in OUT.rglob('*'))} files under {OUT}")
 
 

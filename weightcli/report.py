@@ -546,10 +546,11 @@ def print_migrate(result: MigrateResult) -> None:
         f"{result.source}: {result.line} -> {result.target}, {len(result.changes)} config "
         f"changes, {result.tensors_carried} tensors carried byte for byte; {where}"
     )
-    if result.optimizer:
+    if result.dropped:
         out.print(
-            f"optimizer state ({len(result.optimizer)} tensors) kept as it is: the target "
-            "Keras loads the model without it (compile=False)"
+            f"dropped: {', '.join(result.dropped)} (the writer's compile config and "
+            f"optimizer state, {len(result.optimizer)} tensors, which Keras 3 refuses when "
+            "it compiles on load): compile the model again to train it"
         )
     if result.check is not None:
         out.print(f"check: {result.check.status}: {result.check.detail}")

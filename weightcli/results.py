@@ -502,7 +502,7 @@ class StripResult(Written):
 class MigrateResult:
     """``migrate``: JSON ``{"source", "output", "dry_run", "from", "for", "changes":
     [{"layer", "key", "old", "new", "rule"}], "tensors_carried", "optimizer",
-    "check"}``. Exit 1 when ``check`` ran and failed."""
+    "dropped", "check"}``. Exit 1 when ``check`` ran and failed."""
 
     source: str
     output: str | None
@@ -510,8 +510,9 @@ class MigrateResult:
     target: str
     changes: list[JSON]
     tensors_carried: int
-    optimizer: list[str]  # optimizer state carried as it is (unused by the target)
+    optimizer: list[str]  # the optimizer state's tensors in the source
     check: Check | None = None
+    dropped: list[str] = field(default_factory=list)  # training state not carried
 
     @property
     def exit_code(self) -> ExitCode:
@@ -534,6 +535,7 @@ class MigrateResult:
             "changes": self.changes,
             "tensors_carried": self.tensors_carried,
             "optimizer": self.optimizer,
+            "dropped": self.dropped,
             "check": self.check.to_json() if self.check is not None else None,
         }
 

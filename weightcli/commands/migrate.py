@@ -103,6 +103,9 @@ def run(request: MigrateRequest, path: str | Path) -> MigrateResult:
         try:
             if changes:
                 patcher.set_config(new)
+            # The compile config and optimizer state are the writer's (tf.keras's loss
+            # and optimizer configs): Keras 3 refuses them when it compiles on load.
+            result.dropped = patcher.drop_training()
             record = Provenance(
                 tool="weightcli",
                 version=__version__,
@@ -114,6 +117,7 @@ def run(request: MigrateRequest, path: str | Path) -> MigrateResult:
                         "from": line,
                         "for": target,
                         "changes": [c.to_json() for c in changes],
+                        "dropped": result.dropped,
                     }
                 ],
                 source=src.name,

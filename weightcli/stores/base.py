@@ -304,6 +304,20 @@ class Patcher(abc.ABC):
         with self._writing():
             self._set_config(config)
 
+    def drop_training(self) -> list[str]:
+        """Remove the stored training state (compile config, optimizer state) of a format
+        that keeps it beside the model; what was removed."""
+        self._expect_open("drop_training")
+        if self._history_set:
+            raise PatcherStateError("drop_training() after set_history()")
+        with self._writing():
+            return self._drop_training()
+
+    def _drop_training(self) -> list[str]:
+        raise UnsupportedError(
+            f"{getattr(self, 'out', 'this output')}: its format stores no training state apart"
+        )
+
     def _create(self, path: str, data: np.ndarray) -> None:
         raise UnsupportedError(
             f"{getattr(self, 'out', 'this output')}: its format cannot take new tensors"
@@ -435,6 +449,9 @@ class StagedPatcher(Patcher):
 
     def _set_config(self, config: dict[str, Any]) -> None:
         self.inner.set_config(config)
+
+    def _drop_training(self) -> list[str]:
+        return self.inner.drop_training()
 
     def _end(self, step: Callable[[], None]) -> None:
         try:

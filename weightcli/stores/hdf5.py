@@ -774,6 +774,22 @@ class H5Patcher(Patcher):
         self.f.attrs["model_config"] = text
         self._h5_bytes += len(text.encode())
 
+    def _drop_training(self) -> list[str]:
+        """A legacy full-model file's ``training_config`` attribute (the compile
+        arguments) and ``optimizer_weights`` group (the optimizer's state)."""
+        if self.store.kind != LEGACY_FULL:
+            raise UnsupportedError(f"{self.out}: this HDF5 file stores no training state")
+        self._complete()
+        assert self.f is not None
+        dropped = []
+        if "training_config" in self.f.attrs:
+            del self.f.attrs["training_config"]
+            dropped.append("training_config")
+        if "optimizer_weights" in self.f:
+            del self.f["optimizer_weights"]
+            dropped.append("optimizer_weights")
+        return dropped
+
     def _create(self, path: str, data: np.ndarray) -> None:
         self._complete()
         assert self.f is not None
