@@ -132,12 +132,35 @@ def test_every_shell_block_is_run() -> None:
         "--layout torch",
         "weightcli prune",
         "weightcli cluster",
+        "merge --config",
+        "weightcli lora",
+        "weightcli migrate",
     )
     assert all(any(k in b for k in keys) for b in BLOCKS), [b[:60] for b in BLOCKS]
+    for k in ("merge --config", "weightcli lora", "weightcli migrate"):  # test_block_runs
+        assert sum(k in b for b in BLOCKS) == 1, k
+
+
+@pytest.mark.parametrize(
+    "key,made",
+    [
+        ("merge --config", ["dare.keras"]),
+        ("weightcli lora", ["merged.keras", "back.lora.h5"]),
+        ("weightcli migrate", ["mobile_keras3.h5"]),
+    ],
+)
+def test_block_runs(workspace: Path, key: str, made: list[str]) -> None:
+    (block,) = [b for b in BLOCKS if key in b]
+    res = sh(block, workspace)
+    assert res.returncode == 0, res.stderr
+    for name in made:
+        assert (workspace / name).exists(), name
+    if key == "weightcli migrate":
+        assert "loads in: Keras 3 no (DepthwiseConv2D groups" in res.stdout
 
 
 def test_merge_block(workspace: Path) -> None:
-    block = next(b for b in BLOCKS if "weightcli merge" in b)
+    block = next(b for b in BLOCKS if "weightcli merge" in b and "--config" not in b)
     res = sh(block, workspace)
     assert res.returncode == 0, res.stderr
     assert (workspace / "soup.keras").is_file() and (workspace / "ta.keras").is_file()
