@@ -10,7 +10,6 @@ changed tensors are written; everything else in the container keeps its bytes.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
 import math
 import os
@@ -37,7 +36,6 @@ from weightcli.stores.base import BLOCK_ELEMS, Block, Provenance, Store
 from weightcli.stores.interrupts import start_shielded
 from weightcli.stores.remote import is_url
 from weightcli.tensor import TensorInfo
-from weightcli.version import __version__
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 
@@ -293,10 +291,7 @@ def run(
             patcher.abort()
             hasher.cancel()
             patcher = hasher = None
-        record = Provenance(
-            tool="weightcli",
-            version=__version__,
-            time=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        record = Provenance.now(
             command=" ".join(["weightcli", *command]),
             steps=[s.describe() for s in steps],
             source=store.path.name,

@@ -6,7 +6,6 @@ block; PyTorch layout: one whole tensor in memory at a time, for its transpose).
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,6 @@ from weightcli.stores.base import Provenance
 from weightcli.stores.registry import export_targets, new_file
 from weightcli.stores.remote import as_path
 from weightcli.tensor import TensorInfo
-from weightcli.version import __version__
 
 __all__ = ["ExportRequest", "ExportResult", "run"]
 
@@ -113,10 +111,7 @@ def run(request: ExportRequest, path: str | Path) -> ExportResult:
                     f"{', '.join(p[0].name.rsplit('/', 2)[0] for p in parts.values())} "
                     "(or none)"
                 )
-            entry = Provenance(
-                tool="weightcli",
-                version=__version__,
-                time=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            entry = Provenance.now(
                 command=f"weightcli export {src} --to {request.to} --layout {request.layout}",
                 steps=[{"command": "export", "to": request.to, "layout": request.layout}],
                 source=src.name,

@@ -6,7 +6,6 @@ exactly those layers frozen (or, with ``unfreeze``, trainable)."""
 from __future__ import annotations
 
 import copy
-import datetime as dt
 import fnmatch
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,6 @@ from weightcli.results import FreezeResult
 from weightcli.stores import open_store
 from weightcli.stores.base import Provenance
 from weightcli.stores.remote import as_path
-from weightcli.version import __version__
 
 __all__ = ["FreezeRequest", "FreezeResult", "run"]
 
@@ -98,10 +96,7 @@ def run(request: FreezeRequest, path: str | Path) -> FreezeResult:
         )
         try:
             patcher.set_config(new)
-            record = Provenance(
-                tool="weightcli",
-                version=__version__,
-                time=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            record = Provenance.now(
                 command=f"weightcli freeze {src}" + (" --unfreeze" if request.unfreeze else ""),
                 steps=[{"command": "freeze", "layers": list(request.layers), "trainable": want}],
                 source=src.name,

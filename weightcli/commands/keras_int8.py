@@ -12,7 +12,6 @@ block (a first pass for the maxima, a second for the codes), bit for bit.
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,6 @@ from weightcli.stores.base import BLOCK_ELEMS, Provenance, Store
 from weightcli.stores.naming import walk_config
 from weightcli.stores.remote import as_path
 from weightcli.tensor import TensorInfo
-from weightcli.version import __version__
 
 __all__ = ["KerasInt8Request", "run"]
 
@@ -99,10 +97,7 @@ def run(request: KerasInt8Request, path: str | Path) -> TransformResult:
             for info, axis in chosen:
                 changes.append(_quantize(store, info, axis, patcher))
             config = _quantized_config(store, [t for t, _ in chosen])
-            record = Provenance(
-                tool="weightcli",
-                version=__version__,
-                time=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            record = Provenance.now(
                 command=f"weightcli quantize {src} --store keras-int8",
                 steps=[{"command": "quantize", "store": "keras-int8"}],
                 source=src.name,

@@ -24,7 +24,6 @@ the whole difference in memory: kernels over ``EXTRACT_MAX_ELEMS`` are refused.
 
 from __future__ import annotations
 
-import datetime as dt
 import fnmatch
 import math
 from dataclasses import dataclass, field
@@ -53,7 +52,6 @@ from weightcli.stores import lora as adapters
 from weightcli.stores.base import Block, Provenance, Store
 from weightcli.stores.remote import as_path
 from weightcli.tensor import TensorInfo
-from weightcli.version import __version__
 
 __all__ = ["ExtractRequest", "MergeRequest", "extract", "merge"]
 
@@ -382,10 +380,7 @@ def extract(request: ExtractRequest, path: str | Path) -> LoraExtractResult:
                 for where, blk in base.blocks(info)
             ):
                 not_carried.append(info.name)
-        history = Provenance(
-            tool="weightcli",
-            version=__version__,
-            time=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        history = Provenance.now(
             command=f"weightcli lora extract {src} {request.tuned}",
             steps=[
                 {

@@ -12,7 +12,6 @@ target's, runs both on the same seeded random inputs and compares the outputs.
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,6 @@ from weightcli.stores import open_store
 from weightcli.stores.base import Format, Provenance
 from weightcli.stores.hdf5 import H5Store
 from weightcli.stores.remote import as_path
-from weightcli.version import __version__
 
 __all__ = ["MigrateRequest", "run"]
 
@@ -106,10 +104,7 @@ def run(request: MigrateRequest, path: str | Path) -> MigrateResult:
             # The compile config and optimizer state are the writer's (tf.keras's loss
             # and optimizer configs): Keras 3 refuses them when it compiles on load.
             result.dropped = patcher.drop_training()
-            record = Provenance(
-                tool="weightcli",
-                version=__version__,
-                time=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            record = Provenance.now(
                 command=f"weightcli migrate {src} --for {target}",
                 steps=[
                     {

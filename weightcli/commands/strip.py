@@ -6,7 +6,6 @@ dropped. A new file (the layers change), written in the source's format."""
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,6 @@ from weightcli.stores.base import Provenance, Store
 from weightcli.stores.hdf5 import H5Store, legacy_layers, write_legacy_model
 from weightcli.stores.remote import as_path
 from weightcli.tensor import TensorInfo
-from weightcli.version import __version__
 
 __all__ = ["StripRequest", "StripResult", "run"]
 
@@ -80,10 +78,7 @@ def run(request: StripRequest, path: str | Path) -> StripResult:
         out = request.out.plan(store, src)
         history = [
             *store.meta.history,
-            Provenance(
-                tool="weightcli",
-                version=__version__,
-                time=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            Provenance.now(
                 command=f"weightcli strip {src}",
                 steps=[{"command": "strip", "unwrapped": [u.wrapper for u in unwrapped]}],
                 source=src.name,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import datetime as dt
 import difflib
 import json
 import math
@@ -141,6 +142,31 @@ class Provenance:
     source_digest: dict[str, Any] | None
     changed: list[str]
     note: str | None = None  # why, in the user's words (--note)
+
+    @classmethod
+    def now(
+        cls,
+        command: str,
+        steps: list[dict[str, Any]],
+        source: str,
+        source_digest: dict[str, Any] | None,
+        changed: list[str],
+        note: str | None = None,
+    ) -> Provenance:
+        """An entry made by this weightcli now (UTC, to the second)."""
+        from weightcli.version import __version__
+
+        return cls(
+            tool="weightcli",
+            version=__version__,
+            time=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            command=command,
+            steps=steps,
+            source=source,
+            source_digest=source_digest,
+            changed=changed,
+            note=note,
+        )
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
