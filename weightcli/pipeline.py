@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from weightcli.results import TensorChange, TransformResult
 from weightcli.select import apply as apply_selection
 from weightcli.stats import RunningStats, TensorStats
 from weightcli.steps import Step, TensorOp
-from weightcli.stores.base import BLOCK_ELEMS, Block, Provenance, Store
+from weightcli.stores.base import BLOCK_ELEMS, Block, Patcher, Provenance, Store
 from weightcli.stores.interrupts import start_shielded
 from weightcli.stores.remote import is_url
 from weightcli.tensor import TensorInfo
@@ -406,3 +406,32 @@ def _scratch(dtype: np.dtype, size: int) -> np.ndarray:
     if buf is None or buf.size < size:
         buf = bufs[dtype] = np.empty(max(size, SUMMARY_SLICE), dtype)
     return buf[:size]
+
+
+def structural(
+    store: Store,
+    src: Path,
+    out: Path,
+    spec: OutputSpec,
+    command: str,
+    edit: Callable[[Patcher], list[dict[str, Any]]],
+) -> None:
+    """A structural edit of ``store`` into ``out`` (a config, training state, new
+    tensors: ``freeze``, ``migrate``): ``edit`` changes the patcher and returns the
+    history's steps; the history is recorded and the copy committed, or nothing is left."""
+    patcher = store.patch(out, {}, spec.force or spec.in_place, spec.compress)
+    try:
+        steps = edit(patcher)
+        record = Provenance.now(
+            command=command,
+            steps=steps,
+            source=src.name,
+            source_digest=digest(store.local_copy(), spec.digest),
+            changed=[],
+            note=spec.note,
+        ).to_json()
+        patcher.set_history([*store.meta.history, record])
+        patcher.commit()
+    except BaseException:
+        patcher.abort()
+        raise

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from weightcli.digest import digest
+from weightcli import pipeline
 from weightcli.errors import ParameterError, UnsupportedError, literal
 from weightcli.params import OutputSpec
 from weightcli.results import FreezeResult
 from weightcli.stores import open_store
-from weightcli.stores.base import Provenance
+from weightcli.stores.base import Patcher
 from weightcli.stores.remote import as_path
 
 __all__ = ["FreezeRequest", "FreezeResult", "run"]
@@ -91,22 +91,11 @@ def run(request: FreezeRequest, path: str | Path) -> FreezeResult:
         if request.out.dry_run:
             return result
         assert out is not None
-        patcher = store.patch(
-            out, {}, request.out.force or request.out.in_place, request.out.compress
-        )
-        try:
+
+        def edit(patcher: Patcher) -> list[dict[str, Any]]:
             patcher.set_config(new)
-            record = Provenance.now(
-                command=f"weightcli freeze {src}" + (" --unfreeze" if request.unfreeze else ""),
-                steps=[{"command": "freeze", "layers": list(request.layers), "trainable": want}],
-                source=src.name,
-                source_digest=digest(store.local_copy(), request.out.digest),
-                changed=[],
-                note=request.out.note,
-            ).to_json()
-            patcher.set_history([*store.meta.history, record])
-            patcher.commit()
-        except BaseException:
-            patcher.abort()
-            raise
+            return [{"command": "freeze", "layers": list(request.layers), "trainable": want}]
+
+        command = f"weightcli freeze {src}" + (" --unfreeze" if request.unfreeze else "")
+        pipeline.structural(store, src, out, request.out, command, edit)
         return result

@@ -15,15 +15,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from weightcli import migrate as rules
+from weightcli import pipeline
 from weightcli.batch import Item
-from weightcli.digest import digest
 from weightcli.errors import CorruptError, ParameterError, UnsupportedError, literal
 from weightcli.params import OutputSpec
 from weightcli.results import MigrateResult, name_list
 from weightcli.stores import open_store
-from weightcli.stores.base import Format, Provenance
+from weightcli.stores.base import Format, Patcher
 from weightcli.stores.hdf5 import H5Store
 from weightcli.stores.remote import as_path
 
@@ -97,34 +98,26 @@ def run(request: MigrateRequest, path: str | Path) -> MigrateResult:
         if request.out.dry_run:
             return result
         assert out is not None
-        patcher = store.patch(out, {}, request.out.force or request.out.in_place, False)
-        try:
+
+        def edit(patcher: Patcher) -> list[dict[str, Any]]:
             if changes:
                 patcher.set_config(new)
             # The compile config and optimizer state are the writer's (tf.keras's loss
             # and optimizer configs): Keras 3 refuses them when it compiles on load.
             result.dropped = patcher.drop_training()
-            record = Provenance.now(
-                command=f"weightcli migrate {src} --for {target}",
-                steps=[
-                    {
-                        "command": "migrate",
-                        "from": line,
-                        "for": target,
-                        "changes": [c.to_json() for c in changes],
-                        "dropped": result.dropped,
-                    }
-                ],
-                source=src.name,
-                source_digest=digest(store.local_copy(), request.out.digest),
-                changed=[],
-                note=request.out.note,
-            ).to_json()
-            patcher.set_history([*store.meta.history, record])
-            patcher.commit()
-        except BaseException:
-            patcher.abort()
-            raise
+            return [
+                {
+                    "command": "migrate",
+                    "from": line,
+                    "for": target,
+                    "changes": [c.to_json() for c in changes],
+                    "dropped": result.dropped,
+                }
+            ]
+
+        pipeline.structural(
+            store, src, out, request.out, f"weightcli migrate {src} --for {target}", edit
+        )
     if request.check:
         from weightcli.framework import check_migrated
 
