@@ -23,9 +23,9 @@ def tf_keras():
     return tf_keras
 
 
-def catalogue(name: str):
-    """One tf_keras model per layer family (the issue's list)."""
-    tk = tf_keras()
+def catalogue(name: str, keras3: bool = False):
+    """One model per layer family (the issue's list), built by tf_keras (or Keras 3)."""
+    tk = keras_quiet() if keras3 else tf_keras()
     L = tk.layers
 
     def seq(shape, *layers):
@@ -45,7 +45,7 @@ def catalogue(name: str):
         return tk.Model(x, [L.Concatenate()([a, b]), L.Add()([a, b])])
 
     def nested():
-        inner = tk.Sequential([L.Dense(4, input_shape=(8,)), L.Dense(3)], name="inner")
+        inner = tk.Sequential([tk.Input((8,)), L.Dense(4), L.Dense(3)], name="inner")
         x = tk.Input((8,))
         return tk.Model(x, L.Dense(2)(inner(x)))
 
@@ -79,7 +79,7 @@ def catalogue(name: str):
         "bidirectional": lambda: seq((5, 3), L.Bidirectional(L.LSTM(4))),
         "timedistributed": lambda: seq((5, 3), L.TimeDistributed(L.Dense(2))),
         "pooling": lambda: seq(
-            (8, 8, 3), L.MaxPooling2D(), L.AveragePooling2D(), L.GlobalAveragePooling2D()
+            (8, 8, 3), L.MaxPooling2D(), L.AveragePooling2D(2), L.GlobalAveragePooling2D()
         ),
         "dropout": lambda: seq((8,), L.Dropout(0.5), L.Dense(2)),
         "rescaling": lambda: seq((8,), L.Rescaling(0.5, 1.0), L.Dense(2)),
@@ -88,7 +88,7 @@ def catalogue(name: str):
         "nested_sequential": nested,
         "nested_functional": nested_functional,
         "shared_layer": shared,
-        "sequential": lambda: tk.Sequential([L.Dense(4, input_shape=(8,)), L.Dense(2)]),
+        "sequential": lambda: tk.Sequential([tk.Input((8,)), L.Dense(4), L.Dense(2)]),
     }
     tk.utils.set_random_seed(0)
     return builders[name]()
@@ -195,6 +195,38 @@ def test_a_tf_keras_model_migrated_loads_and_predicts_in_keras3(tmp_path: Path, 
         assert not loads_elsewhere(out, "tf-keras"), after
 
 
+@pytest.mark.parametrize("name", [f for f in FAMILIES if f != "embedding"])
+def test_a_keras3_model_migrated_loads_and_predicts_in_tf_keras(tmp_path: Path, name: str) -> None:
+    """The reverse: Keras 3's legacy .h5 made loadable by tf_keras."""
+    model = catalogue(name, keras3=True)
+    src = tmp_path / f"{name}.h5"
+    model.save(src)
+    before = verdict(src)
+    assert before["keras3"]["loads"] is True
+    assert before["tf-keras"]["loads"] is False  # every Keras 3 file needs the table
+    out = tmp_path / f"{name}.tf.h5"
+    res = run("migrate", src, "-o", out, "--json")
+    assert res.code == 0, res.err
+    assert res.json()["for"] == "tf-keras"
+    migrated = tf_keras().models.load_model(out)
+    xs = feeds(model, name)
+    for a, b in zip(predict(migrated, xs), predict(model, xs), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    src_data, out_data = datasets(src), datasets(out)
+    weights = {k for k in src_data if k.startswith("model_weights/")}
+    assert weights == set(out_data) and all(src_data[k] == out_data[k] for k in weights)
+    assert verdict(out)["tf-keras"]["loads"] is True
+
+
+def test_keras3_operations_are_refused_for_tf_keras(tmp_path: Path) -> None:
+    """Keras 3 saves the mask of Embedding(mask_zero=True) as an operation layer
+    (NotEqual), which tf.keras has no class for: refused, named."""
+    src = tmp_path / "e.h5"
+    catalogue("embedding", keras3=True).save(src)
+    res = run("migrate", src, "-o", tmp_path / "o.h5")
+    assert res.code == 2 and "NotEqual" in res.err, res.err
+
+
 def test_a_trained_model_loses_only_its_training_state(tmp_path: Path) -> None:
     """sample_models/mobile_tfkeras.h5 (tf.keras, compiled and trained, with
     DepthwiseConv2D): Keras 3 loads the output as users call it (compile=True)."""
@@ -253,9 +285,10 @@ def test_what_cannot_be_carried_is_one_line(tmp_path: Path, case: str) -> None:
         with h5py.File(src, "r+") as f:
             f.attrs["model_config"] = '{"class_name": "Functional", "config": '
         says = "model_config"
-    elif case == "keras3_file":
+    elif case == "keras3_file":  # already in Keras 3's form
         src = SAMPLES / "mlp_keras3.h5"
-        says = "not done yet"
+        args = ["--for", "keras3"]
+        says = "already"
     elif case == "archive":
         src = SAMPLES / "mlp.keras"
         says = "legacy full-model .h5"

@@ -39,10 +39,26 @@ legacy loader ``keras/src/legacy/saving/legacy_h5_format.py``, which already pat
   Functional model either has loops or disconnected nodes"). References to such a model
   (inbound nodes, the outputs) count one node less.
 
-The other direction (``tf-keras``: a Keras 3 file for tf_keras) has no table yet:
-round-tripping shows Keras 3.15 adds keys tf_keras refuses to most layers
-(``quantization_config``, initializers' ``input_axes``, ``rms_scaling``, ``batch_shape``
-of ``InputLayer``, ...); ``migrate --for tf-keras`` is refused until it is written.
+``REVERSE`` and the ``tf-keras`` graph rules (a file written by Keras 3's legacy
+``.h5`` writer, loaded by ``tf_keras/src/saving/legacy/hdf5_format.py``):
+
+- ``input-batch-shape``: Keras 3's ``InputLayer`` saves ``batch_shape``
+  (``keras/src/layers/core/input_layer.py``); tf.keras's takes ``batch_input_shape``
+  ("Unrecognized keyword arguments: ['batch_shape']", tensorflow/tensorflow #66381).
+- ``dtype-policy``: Keras 3 saves a layer's dtype as a ``DTypePolicy`` object; tf.keras
+  takes the policy's name.
+- ``keras3-keys``: keys Keras 3 added that tf.keras's classes refuse
+  (``KERAS3_ONLY_KEYS``: ``quantization_config``, ``rms_scaling``, ``synchronized``,
+  initializers' ``input_axes``/``output_axes``, ``use_cudnn``,
+  ``use_gate``, ``sliding_window``), dropped at the value that means what tf.keras does,
+  refused at any other.
+- ``attention-seed``: Keras 3's ``MultiHeadAttention`` saves a ``seed``; tf.keras's takes
+  none (dropped when null).
+- ``legacy-nodes``: Keras 3's node form back to tf.keras's; a layer called with several
+  tensors positionally (``mha(q, v)``) passes the rest by name (``CALL_ARGS``), and
+  tf.keras's ``MultiHeadAttention`` gets the shapes it is rebuilt from (``query_shape``,
+  ...; its ``from_config`` needs them) from the node's tensors.
+- ``nested-node``: the reverse of the rule above (one node more).
 
 What no rule carries is refused, naming the layer: a ``Lambda`` (Python bytecode in the
 file: never executed, never copied silently), a class neither Keras defines.
@@ -150,7 +166,65 @@ RULES: tuple[Rule, ...] = (
     Rule("time_major", RECURRENT, _time_major),
     Rule("attention-shapes", ("MultiHeadAttention",), _attention_shapes),
 )
-TABLE = {"keras3": RULES}
+
+
+def _input_batch_shape(cfg: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    out: list[tuple[str, Any, Any]] = []
+    if "batch_shape" in cfg:
+        shape = cfg.pop("batch_shape")
+        cfg["batch_input_shape"] = shape
+        out += [("batch_shape", shape, None), ("batch_input_shape", None, shape)]
+    return out
+
+
+def _dtype_policy(cfg: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    d = cfg.get("dtype")
+    if isinstance(d, dict) and d.get("class_name") in ("DTypePolicy", "FloatDTypePolicy"):
+        name = (d.get("config") or {}).get("name")
+        if isinstance(name, str):
+            cfg["dtype"] = name
+            return [("dtype", d.get("class_name"), name)]
+    return []
+
+
+# Keys Keras 3 added that tf.keras's classes refuse, with the value that means "as
+# tf.keras does": dropped at it, refused at any other.
+KERAS3_ONLY_KEYS: dict[str, Any] = {
+    "quantization_config": None,  # Dense, EinsumDense, Embedding (keras/src/layers/core)
+    "rms_scaling": False,  # LayerNormalization
+    "synchronized": False,  # BatchNormalization
+    "input_axes": None,  # initializers' fan axes (keras/src/initializers)
+    "output_axes": None,
+    "use_cudnn": "auto",  # LSTM, GRU
+    "use_gate": False,  # MultiHeadAttention
+    "sliding_window": None,  # MultiHeadAttention
+}
+
+
+def _keras3_keys(cfg: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    out: list[tuple[str, Any, Any]] = []
+    for key, neutral in KERAS3_ONLY_KEYS.items():
+        if key not in cfg:
+            continue
+        if cfg[key] != neutral:
+            raise Refusal(f"{key}={cfg[key]!r}: tf.keras has no such setting")
+        out += _drop(cfg, key)
+    return out
+
+
+def _attention_seed(cfg: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    if cfg.get("seed") is not None:
+        raise Refusal(f"seed={cfg['seed']}: tf.keras's MultiHeadAttention takes no seed")
+    return _drop(cfg, "seed")
+
+
+REVERSE: tuple[Rule, ...] = (
+    Rule("attention-seed", ("MultiHeadAttention",), _attention_seed),
+    Rule("input-batch-shape", ("InputLayer",), _input_batch_shape),
+    Rule("dtype-policy", (), _dtype_policy),
+    Rule("keras3-keys", (), _keras3_keys),
+)
+TABLE = {"keras3": RULES, "tf-keras": REVERSE}
 # Every layer class of keras.layers (Keras 3.15; with the model classes): a layer of
 # another class is a custom one (or tf.keras's only: LocallyConnected2D, ...).
 KERAS3_LAYERS = frozenset(
@@ -389,7 +463,7 @@ def _built_at_construction(layer: dict[str, Any]) -> bool:
     )
 
 
-def _nested_node(model_cfg: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
+def _nested_node(model_cfg: dict[str, Any], shift_by: int = -1) -> list[tuple[str, str, Any, Any]]:
     layers = model_cfg.get("layers") or []
     nested = {
         str((layer.get("config") or {}).get("name"))
@@ -401,9 +475,10 @@ def _nested_node(model_cfg: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
     out = []
 
     def shift(ref: list[Any], where: str, key: str) -> None:
-        if _is_ref(ref) and ref[0] in nested and ref[1] > 0:
-            out.append((where, key, f"{ref[0]} node {ref[1]}", f"{ref[0]} node {ref[1] - 1}"))
-            ref[1] -= 1
+        if _is_ref(ref) and ref[0] in nested and ref[1] + shift_by >= 0:
+            new = ref[1] + shift_by
+            out.append((where, key, f"{ref[0]} node {ref[1]}", f"{ref[0]} node {new}"))
+            ref[1] = new
 
     for layer in layers:
         for node in layer.get("inbound_nodes") or []:
@@ -416,7 +491,80 @@ def _nested_node(model_cfg: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
     return out
 
 
-GRAPH_RULES = {"keras3": (("node-kwargs", _node_kwargs_of), ("nested-node", _nested_node))}
+# The call arguments of layers called with several tensors positionally (Keras 3 saves
+# them as ``args``; tf.keras's node form has one positional input, the rest by name).
+CALL_ARGS = {"MultiHeadAttention": ("query", "value", "key")}
+
+
+def _legacy_ref(t: Any) -> list[Any] | None:
+    if isinstance(t, dict) and t.get("class_name") == "__keras_tensor__":
+        history = (t.get("config") or {}).get("keras_history")
+        if isinstance(history, list) and len(history) == 3:
+            return list(history)
+    return None
+
+
+def _legacy_nodes(model_cfg: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
+    """Keras 3's node form (``{"args": [...], "kwargs": {...}}``) back to tf.keras's
+    (``[[name, node, tensor, kwargs], ...]``: several inputs as several entries)."""
+    out = []
+    for layer in model_cfg.get("layers") or []:
+        nodes = layer.get("inbound_nodes")
+        if not isinstance(nodes, list):
+            continue
+        name = str((layer.get("config") or {}).get("name"))
+        for i, node in enumerate(nodes):
+            if not isinstance(node, dict) or "args" not in node:
+                continue
+            args, kwargs = node.get("args") or [], dict(node.get("kwargs") or {})
+            names = CALL_ARGS.get(str(layer.get("class_name")), ())
+            if len(args) > 1 and len(args) <= len(names):  # mha(q, v): v by its name
+                kwargs.update({names[j]: a for j, a in enumerate(args) if j > 0})
+                args = args[:1]
+            if layer.get("class_name") == "MultiHeadAttention" and i == 0:
+                out += _attention_shapes_back(layer, args, kwargs)
+            first = args[0] if args else None
+            tensors = first if isinstance(first, list) else [first]
+            refs = [_legacy_ref(t) for t in tensors]
+            if len(args) != 1 or any(r is None for r in refs):
+                raise Refusal(f"layer {name}: a call tf.keras's node form cannot say")
+            extra = {k: (_legacy_ref(v) or v) for k, v in kwargs.items()}
+            legacy = [[*r, extra] for r in refs if r is not None]
+            nodes[i] = legacy
+            out.append((name, "inbound_nodes", "Keras 3 node", legacy))
+    return out
+
+
+def _shape(t: Any) -> Any:
+    return (t.get("config") or {}).get("shape") if isinstance(t, dict) else None
+
+
+def _attention_shapes_back(
+    layer: dict[str, Any], args: list[Any], kwargs: dict[str, Any]
+) -> list[tuple[str, str, Any, Any]]:
+    """tf.keras's MultiHeadAttention is rebuilt from the shapes in its config
+    (``from_config`` pops ``query_shape``, ...); Keras 3's node says them."""
+    cfg = layer.get("config") or {}
+    query = _shape(args[0]) if args else None
+    value = _shape(kwargs.get("value"))
+    key = _shape(kwargs.get("key")) or value
+    if query is None or value is None:
+        raise Refusal(f"layer {cfg.get('name')}: the shapes it was called with are not saved")
+    out = []
+    for k, v in (("query_shape", query), ("value_shape", value), ("key_shape", key)):
+        cfg[k] = v
+        out.append((str(cfg.get("name")), k, None, v))
+    return out
+
+
+def _nested_node_back(model_cfg: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
+    return _nested_node(model_cfg, shift_by=+1)
+
+
+GRAPH_RULES = {
+    "keras3": (("node-kwargs", _node_kwargs_of), ("nested-node", _nested_node)),
+    "tf-keras": (("legacy-nodes", _legacy_nodes), ("nested-node", _nested_node_back)),
+}
 
 
 def _objects(node: Any, depth: int = 0) -> list[tuple[str, dict[str, Any], str]]:
@@ -437,24 +585,52 @@ def _objects(node: Any, depth: int = 0) -> list[tuple[str, dict[str, Any], str]]
     return found
 
 
-def _known(entry: Any) -> None:
+# Keras 3's layers that tf.keras does not have, and tf.keras's that Keras 3 does not
+# (dir(keras.layers) against dir(tf_keras.layers), Keras 3.15 and tf_keras 2.21).
+KERAS3_NOT_TF = frozenset(
+    (
+        "AdaptiveAveragePooling1D", "AdaptiveAveragePooling2D", "AdaptiveAveragePooling3D",
+        "AdaptiveMaxPooling1D", "AdaptiveMaxPooling2D", "AdaptiveMaxPooling3D", "AugMix",
+        "AutoContrast", "ContrastLimitedAdaptiveHistogramEqualization", "CutMix",
+        "Equalization", "FlaxLayer", "GroupQueryAttention", "JaxLayer", "MaxNumBoundingBoxes",
+        "MelSpectrogram", "MixUp", "Pipeline", "RMSNormalization", "RandAugment",
+        "RandomColorDegeneration", "RandomColorJitter", "RandomElasticTransform",
+        "RandomErasing", "RandomGaussianBlur", "RandomGrayscale", "RandomHue", "RandomInvert",
+        "RandomPerspective", "RandomPosterization", "RandomSaturation", "RandomSharpness",
+        "RandomShear", "ReversibleEmbedding", "STFTSpectrogram", "Solarization", "TFSMLayer",
+        "TorchModuleWrapper",
+    )
+)  # fmt: skip
+TF_ONLY = frozenset(
+    (
+        "AbstractRNNCell", "DenseFeatures", "LocallyConnected1D", "LocallyConnected2D",
+        "RandomHeight", "RandomWidth", "ThresholdedReLU",
+    )
+)  # fmt: skip
+TF_KERAS_LAYERS = (KERAS3_LAYERS - KERAS3_NOT_TF) | TF_ONLY
+
+
+def _known(entry: Any, target: str) -> None:
     """A layer of a model's ``layers`` list (and a wrapper's inner layer) must be one of
-    Keras 3's classes: a custom class is not carried (its code is not in the file)."""
+    the target Keras's classes: a custom class is not carried (its code is not in the
+    file), nor one the target does not define."""
     if not isinstance(entry, dict):
         return
     cls = entry.get("class_name")
     raw = entry.get("config")
     cfg: dict[str, Any] = raw if isinstance(raw, dict) else {}
     name = cfg.get("name") if isinstance(cfg.get("name"), str) else cls
-    if isinstance(cls, str) and cls not in KERAS3_LAYERS:
+    known = KERAS3_LAYERS if target == "keras3" else TF_KERAS_LAYERS
+    if isinstance(cls, str) and cls not in known:
+        who = "Keras 3's" if target == "keras3" else "tf.keras's"
         raise UnsupportedError(
-            f"layer {literal(str(name))}: class {literal(cls)} is not one of Keras 3's "
-            "layers (a custom class, or tf.keras's only): its code is not in the file; "
+            f"layer {literal(str(name))}: class {literal(cls)} is not one of {who} layers "
+            "(a custom class, or the other Keras's only): its code is not in the file; "
             "rebuild it in code and load the weights with weightcli transplant"
         )
     for key in ("layer", "backward_layer", "forward_layer"):
         if isinstance(cfg.get(key), dict):
-            _known(cfg[key])
+            _known(cfg[key], target)
 
 
 def translate(config: dict[str, Any], target: str) -> tuple[dict[str, Any], list[Change]]:
@@ -470,9 +646,13 @@ def translate(config: dict[str, Any], target: str) -> tuple[dict[str, Any], list
     for cls, cfg, layer in _objects(new):
         if cls in MODELS and isinstance(cfg.get("layers"), list):
             for entry in cfg["layers"]:
-                _known(entry)
+                _known(entry, target)
             for rule_name, graph_fix in GRAPH_RULES.get(target, ()):
-                for where, key, old, nv in graph_fix(cfg):
+                try:
+                    graph_edits = graph_fix(cfg)
+                except Refusal as exc:
+                    raise UnsupportedError(str(exc)) from None
+                for where, key, old, nv in graph_edits:
                     changes.append(Change(where, key, old, nv, rule_name))
         for rule in TABLE[target]:
             if rule.applies(cls):
@@ -495,55 +675,47 @@ def writer_line(writer: str | None) -> str | None:
     return "keras3" if major >= 3 else "tf-keras" if major == 2 else "keras1"
 
 
-# Rules whose output only Keras 3 reads (tf.keras reads neither form).
-KERAS3_ONLY = ("node-kwargs", "nested-node")
-
-
 def loads_in(
     config: dict[str, Any],
     writer: str | None,
     legacy_h5: bool,
     history: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The static "loads in" verdict per Keras line, from this table alone: ``{"keras3":
-    {"loads": bool, "needs": {what: count}}, "tf-keras": ...}``. A Keras 3 file is said
-    not to load in tf_keras (there is no reverse table yet); nor is
-    a file ``migrate --for keras3`` gave a graph form only Keras 3 reads (its history
-    says so)."""
+    """The static "loads in" verdict per Keras line, from these tables alone:
+    ``{"keras3": {"loads": bool, "needs": {what: count}}, "tf-keras": ...}``. A config is
+    in the form of the Keras that wrote it, or of the last ``migrate --for`` its history
+    records; for the other line, what the table would change is what that Keras trips on
+    (a ``.keras`` archive: only Keras 3)."""
     from weightcli.framework import python_code_in  # pure JSON, no framework import
 
-    line = writer_line(writer)
+    form = migrated_for(history or []) or writer_line(writer)
     code = python_code_in(config)
     out: dict[str, Any] = {}
     for target in TARGETS:
         needs: dict[str, int]
-        if line == "keras1":
+        if form == "keras1":
             needs = {"written by Keras 1": 1}
-        elif line == target:
+        elif form == target:
             needs = {}
-        elif target == "tf-keras" or not legacy_h5:
-            needs = {"written by Keras 3" if line == "keras3" else "not a legacy .h5": 1}
+        elif not legacy_h5:
+            needs = {"not a legacy .h5": 1}
         else:
             needs = needed(config, target)
-        if target == "tf-keras" and line == "tf-keras":
-            for rule in _migrated_rules(history or []):
-                if rule in KERAS3_ONLY:
-                    needs[f"{rule} (migrated for Keras 3)"] = 1
         if code and needs:
             needs[f"Lambda in {', '.join(code)}"] = len(code)
         out[target] = {"loads": not needs, "needs": needs}
     return out
 
 
-def _migrated_rules(history: list[dict[str, Any]]) -> set[str]:
-    rules: set[str] = set()
+def migrated_for(history: list[dict[str, Any]]) -> str | None:
+    """The target of the last ``migrate`` a history records."""
+    found = None
     for record in history:
         for step in record.get("steps") or []:
             if isinstance(step, dict) and step.get("command") == "migrate":
-                rules |= {
-                    str(c.get("rule")) for c in step.get("changes") or [] if isinstance(c, dict)
-                }
-    return rules
+                target = step.get("for")
+                found = target if target in TARGETS else found
+    return found
 
 
 def needed(config: dict[str, Any], target: str) -> dict[str, int]:

@@ -73,7 +73,7 @@ def run(request: MigrateRequest, path: str | Path) -> MigrateResult:
                 f"{src}: layer(s) {name_list(code)} are Lambda layers (Python bytecode in the "
                 "file): weightcli never runs or copies it; rebuild those layers in code"
             )
-        line = rules.writer_line(store.meta.writer)
+        line = rules.migrated_for(store.meta.history) or rules.writer_line(store.meta.writer)
         if line == "keras1":
             raise UnsupportedError(f"{src}: written by Keras 1: neither Keras line loads it")
         target = request.target or ("keras3" if line != "keras3" else "tf-keras")
