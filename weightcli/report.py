@@ -549,7 +549,7 @@ def print_migrate(result: MigrateResult) -> None:
     if result.dropped:
         out.print(
             f"dropped: {', '.join(result.dropped)} (the writer's compile config and "
-            f"optimizer state, {len(result.optimizer)} tensors, which Keras 3 refuses when "
+            f"optimizer state, {len(result.optimizer)} tensors, which the other Keras refuses when "
             "it compiles on load): compile the model again to train it"
         )
     if result.check is not None:

@@ -103,7 +103,7 @@ def run(request: MigrateRequest, path: str | Path) -> MigrateResult:
             if changes:
                 patcher.set_config(new)
             # The compile config and optimizer state are the writer's (tf.keras's loss
-            # and optimizer configs): Keras 3 refuses them when it compiles on load.
+            # and optimizer configs): the other Keras refuses them when it compiles on load.
             result.dropped = patcher.drop_training()
             return [
                 {
