@@ -62,7 +62,7 @@ LINES = {"keras3": "Keras 3", "tf-keras": "tf_keras"}
 
 def loads_in_line(verdict: dict[str, Any] | None) -> list[str | Styled]:
     """``loads in: Keras 3 no (DepthwiseConv2D groups x13; run weightcli migrate),
-    tf_keras yes``."""
+    tf_keras yes``: per class when few, else per rule (``--json`` has every one)."""
     if not verdict:
         return []
     bits = []
@@ -70,14 +70,19 @@ def loads_in_line(verdict: dict[str, Any] | None) -> list[str | Styled]:
         if v["loads"]:
             bits.append(f"{LINES.get(line, line)} yes")
             continue
-        needs = ", ".join(f"{k} x{n}" if n > 1 else k for k, n in v["needs"].items())
-        fixable = line == "keras3" and not any(
-            k.startswith(("written", "not a", "Lambda", "layer ")) for k in v["needs"]
-        )
-        bits.append(
-            f"{LINES.get(line, line)} no ({needs}"
-            + ("; run weightcli migrate)" if fixable else ")")
-        )
+        needs: dict[str, int] = v["needs"]
+        fixable = not any(k.startswith(("written", "not a", "Lambda", "layer ")) for k in needs)
+        if len(needs) > 3:  # per rule: "DepthwiseConv2D groups" -> "groups"
+            by_rule: dict[str, int] = {}
+            for k, n in needs.items():
+                rule = k.rsplit(" ", 1)[-1]
+                by_rule[rule] = by_rule.get(rule, 0) + n
+            needs = by_rule
+        shown = [f"{k} x{n}" if n > 1 else k for k, n in needs.items()]
+        if len(shown) > 4:
+            shown = [*shown[:4], f"{len(shown) - 4} more"]
+        hint = "; run weightcli migrate" + ("" if line == "keras3" else " --for tf-keras")
+        bits.append(f"{LINES.get(line, line)} no ({', '.join(shown)}{hint if fixable else ''})")
     return ["  loads in: " + ", ".join(bits)]
 
 
