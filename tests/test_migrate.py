@@ -250,6 +250,16 @@ def test_check_loads_both_and_compares(tmp_path: Path) -> None:
     assert check["status"] == "PASS" and check["data"]["max_abs"] <= 1e-5
 
 
+def test_a_dry_run_writes_nothing_and_says_what_it_would_change(tmp_path: Path) -> None:
+    src = tmp_path / "dw.h5"
+    catalogue("depthwise").save(src)
+    res = run("migrate", src, "--dry-run", "--json")
+    assert res.code == 0 and res.json()["dry_run"] and res.json()["changes"], res.err
+    assert [p.name for p in tmp_path.iterdir()] == ["dw.h5"]
+    res = run("migrate", src, "--dry-run", "--check")
+    assert res.code == 2 and "--check" in res.err and "--dry-run" in res.err
+
+
 def test_a_folder_of_models_in_a_batch(tmp_path: Path) -> None:
     (tmp_path / "in" / "sub").mkdir(parents=True)
     catalogue("depthwise").save(tmp_path / "in" / "a.h5")

@@ -46,6 +46,8 @@ class MigrateRequest:
         self.out.refuse("allow_nonfinite", "compress", command="migrate")
         if self.target is not None and self.target not in rules.TARGETS:
             raise ParameterError(f"{{target}} must be one of {', '.join(rules.TARGETS)}")
+        if self.check and self.out.dry_run:
+            raise ParameterError("{check} loads the output: a {dry_run} writes none")
         if not (math.isfinite(self.atol) and self.atol >= 0):
             raise ParameterError(f"{{atol}} must be a number >= 0, got {self.atol}")
 
