@@ -247,28 +247,36 @@ class _MergeOp(TensorOp):
         m = self.method
         rescale = bool(self.general.get("rescale", m.rescale))
         deltas = []
+        rescales = [1.0] * len(xs)
         for i, x in enumerate(xs):
             d = np.subtract(x, carrier)  # float64: the carrier is
             v = self.values[i]
+            keep: np.ndarray | None = None
             if m.sparsify in ("magnitude", "outliers"):
-                d *= self.windows[i].keep(where.first, d)
+                keep = self.windows[i].keep(where.first, d)
+                d *= keep
             elif m.sparsify == "random":
                 p = float(v["density"])
                 if p < 1:
-                    d *= methods.random_keep(self.keys[i], where.first, d, p)
-                    if rescale:
-                        d *= 1.0 / p
+                    keep = methods.random_keep(self.keys[i], where.first, d, p)
+                    d *= keep
+                    rescales[i] = 1.0 / p if rescale else 1.0  # applied with the weight
             elif m.sparsify == "della":
                 p_el = methods.della_probs(d, float(v["density"]), float(v["epsilon"]))
-                d *= methods.random_keep(self.keys[i], where.first, d, p_el)
+                keep = methods.random_keep(self.keys[i], where.first, d, p_el)
+                d *= keep
                 if rescale:
                     d /= p_el
             if count and m.sparsify is not None:
-                self.kept += int(np.count_nonzero(d))
+                self.kept += int(np.count_nonzero(keep)) if keep is not None else d.size
             deltas.append(d)
         weights = [float(v.get("weight", 1.0)) for v in self.values]
         mixed, agreeing = methods.combine(
-            deltas, weights, m.consensus, bool(self.general.get("normalize", m.normalize))
+            deltas,
+            weights,
+            m.consensus,
+            bool(self.general.get("normalize", m.normalize)),
+            rescales,
         )
         if count and m.sparsify is not None:
             self.seen += carrier.size

@@ -58,7 +58,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from weightcli.transforms.prune import UINT, AbsKth, Ties, abs_bits
+from weightcli.transforms.prune import AbsKth, Ties, abs_bits
 
 WIDE = np.dtype(np.float64)
 SLERP_DOT_THRESHOLD = 0.9995
@@ -348,16 +348,22 @@ def della_probs(d: np.ndarray, density: float, epsilon: float) -> np.ndarray:
 
 
 def combine(
-    deltas: list[np.ndarray], weights: list[float], consensus: bool, normalize: bool
+    deltas: list[np.ndarray],
+    weights: list[float],
+    consensus: bool,
+    normalize: bool,
+    rescales: list[float] | None = None,
 ) -> tuple[np.ndarray, int]:
     """Steps 2-4 of the generalized task arithmetic (without lambda): the mixed delta of
-    sparsified task vectors (float64 arrays of one shape, scaled by their weights in
-    place), and with consensus the count of elements on which every nonzero weighted
-    delta has the elected sign."""
+    sparsified task vectors (float64 arrays of one shape, scaled in place by their
+    weights, and by ``rescales``: DARE's 1 / density, folded in here to save a pass),
+    and with consensus the count of elements on which every nonzero weighted delta has
+    the elected sign."""
     weighted = []
-    for w, d in zip(weights, deltas, strict=True):
-        if w != 1.0:
-            d *= w
+    for i, (w, d) in enumerate(zip(weights, deltas, strict=True)):
+        factor = w * (rescales[i] if rescales else 1.0)
+        if factor != 1.0:
+            d *= factor
         weighted.append(d)
     total = weighted[0].copy()
     for wd in weighted[1:]:
@@ -367,18 +373,21 @@ def combine(
         # sum >= 0 elects +1 (mergekit's get_mask). copysign gives -1 for a sum of -0.0,
         # which only sums of zeros make: nothing agrees with either sign there.
         elected = np.copysign(1.0, total)
-        mixed = np.zeros_like(total)
+        # |kept| summed: max(w d elected, 0) is the magnitude of an agreeing value and 0
+        # for the others (multiplying by +-1 is exact: the same sums as masking).
+        kept = np.zeros_like(total)
         divisor = np.zeros_like(total) if normalize else None
         every = np.ones(total.shape, bool)
         tmp = np.empty_like(total)
         for w, wd in zip(weights, weighted, strict=True):
             np.multiply(wd, elected, out=tmp)
-            agree = tmp > 0
-            every &= agree | (tmp == 0)
-            np.multiply(wd, agree, out=tmp)
-            mixed += tmp
+            every &= tmp >= 0  # this input agrees, or is 0 here
             if divisor is not None:
-                divisor += w * agree
+                divisor += w * (tmp > 0)
+            np.maximum(tmp, 0.0, out=tmp)
+            kept += tmp
+        mixed = kept
+        mixed *= elected
         agreeing = int(np.count_nonzero(every))
         if divisor is not None:
             divisor[divisor == 0] = 1.0
@@ -419,7 +428,6 @@ def stock_ratio(dots: np.ndarray) -> float:
 __all__ = [
     "DEFAULTS",
     "METHODS",
-    "UINT",
     "Method",
     "Window",
     "combine",
