@@ -269,6 +269,7 @@ def test_a_merge_file_with_gradients_and_filters(tmp_path: Path) -> None:
             "epsilon",
         ),
         ("[unclosed\n", "YAML"),
+        ("merge_method: " + "[" * 50000 + "]" * 50000 + "\n", "m.yaml: nested too deeply"),
     ],
 )
 def test_a_bad_merge_file_is_one_line_before_anything_is_read(

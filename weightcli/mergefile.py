@@ -240,6 +240,8 @@ def load(path: Path) -> MergeSpec:
 
     try:
         doc = yaml.load(data, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise UsageError(f"{path}: nested too deeply to be a merge file") from None
     except yaml.YAMLError as exc:
         raise UsageError(f"{path}: not valid YAML: {literal(str(exc).splitlines()[0])}") from None
     if not isinstance(doc, dict):
