@@ -310,3 +310,12 @@ def test_what_cannot_be_carried_is_one_line(tmp_path: Path, case: str) -> None:
     res = run("migrate", src, "-o", out, *args)
     assert res.code == 2 and says in res.err, res.err
     assert len(res.err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_a_keras3_archive_is_said_not_to_load_in_tf_keras() -> None:
+    """inspect's verdict for a .keras archive agrees with tf_keras, and points at no
+    migrate that cannot help (migrate reads legacy .h5 files)."""
+    v = verdict(SAMPLES / "mlp.keras")
+    assert v["keras3"]["loads"] is True and loads(SAMPLES / "mlp.keras", "keras3")
+    assert v["tf-keras"] == {"loads": False, "needs": {"not a legacy .h5": 1}}
+    assert not loads(SAMPLES / "mlp.keras", "tf-keras")

@@ -15,7 +15,6 @@ from weightcli.select import Selection, apply
 from weightcli.stats import tensor_stats
 from weightcli.stores import Store, open_store, remote
 from weightcli.stores.base import BLOCK_ELEMS, Block
-from weightcli.stores.hdf5 import H5Store
 from weightcli.stores.quantized import DequantizedStore, has_quantized
 
 __all__ = ["InspectRequest", "InspectResult", "TensorDigest", "run"]
@@ -141,5 +140,5 @@ def _loads_in(store: Store) -> JSON | None:
     if not store.meta.full_model or not isinstance(config, dict):
         return None
     return migrate.loads_in(
-        config, store.meta.writer, isinstance(store, H5Store), store.meta.history
+        config, store.meta.writer, store.meta.legacy_full_model, store.meta.history
     )

@@ -24,8 +24,7 @@ from weightcli.errors import CorruptError, ParameterError, UnsupportedError, lit
 from weightcli.params import OutputSpec
 from weightcli.results import MigrateResult, name_list
 from weightcli.stores import open_store
-from weightcli.stores.base import Format, Patcher
-from weightcli.stores.hdf5 import H5Store
+from weightcli.stores.base import Patcher
 from weightcli.stores.remote import as_path
 
 __all__ = ["MigrateRequest", "run"]
@@ -59,7 +58,7 @@ def run(request: MigrateRequest, path: str | Path) -> MigrateResult:
     src = as_path(path)
     with open_store(src) as store:
         config = getattr(store, "model_config", None)
-        legacy = isinstance(store, H5Store) and store.kind == Format.KERAS_H5
+        legacy = store.meta.legacy_full_model
         if legacy and store.meta.full_model and not isinstance(config, dict):
             raise CorruptError(f"{src}: its model_config is not a model config (damaged?)")
         if not legacy or not store.meta.full_model or not isinstance(config, dict):

@@ -68,6 +68,13 @@ class StoreMeta:
         return self.format in (Format.KERAS_H5, Format.KERAS_ARCHIVE, Format.KERAS_FOLDER)
 
     @property
+    def legacy_full_model(self) -> bool:
+        """A full model in Keras's legacy HDF5 layout (``model.save("m.h5")``: the config
+        in the ``model_config`` attribute, weights under ``model_weights``, the training
+        state beside them)."""
+        return self.format == Format.KERAS_H5
+
+    @property
     def weights_only(self) -> bool:
         """Keras weights without an architecture (``load_weights`` into a model)."""
         return self.format in (
