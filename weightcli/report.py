@@ -11,6 +11,7 @@ from typing import Any
 
 from weightcli import grid
 from weightcli.batch import Outcome
+from weightcli.distribution import sparkline
 from weightcli.grid import Out, Styled, fmt_num
 from weightcli.results import (
     ORDER,
@@ -26,6 +27,7 @@ from weightcli.results import (
     LoraExtractResult,
     MigrateResult,
     Received,
+    ReportResult,
     StripResult,
     TensorReport,
     TransformResult,
@@ -152,6 +154,9 @@ def inspect_table(result: InspectResult, layers: bool) -> object:
     with_digests = any(t.blake3 for t in result.tensors)
     if with_digests:
         headers.append(("BLAKE3", "left"))
+    with_spark = any(t.histogram is not None for t in result.tensors)
+    if with_spark:  # the report's bins, summed in fours
+        headers.append(("Distribution", "right"))  # never folded
     rows: list[list[Cell]] = []
     ends: set[int] = set()
     last: object = object()
@@ -196,6 +201,8 @@ def inspect_table(result: InspectResult, layers: bool) -> object:
             row.append(str(rep.distinct) if repeats(rep) else "")
         if with_digests:
             row.append(rep.blake3 or "-")
+        if with_spark:
+            row.append(Styled(sparkline(rep.histogram.counts), "cyan") if rep.histogram else "")
         rows.append(row)
         if rep.dequantized is not None and with_stats:
             d = rep.dequantized
@@ -214,6 +221,7 @@ def inspect_table(result: InspectResult, layers: bool) -> object:
                 ]
                 + ([""] if with_distinct else [])
                 + ([""] if with_digests else [])
+                + ([""] if with_spark else [])
             )
     return table(headers, rows, ends)
 
@@ -274,6 +282,26 @@ def print_inspect(result: InspectResult, layers: bool) -> None:
     else:
         out.print("  (no tensors)")
     out.print(footer_line(result))
+
+
+def print_report(result: ReportResult) -> None:
+    """``report``'s terminal lines: the header, the flags and the comparison's verdict
+    (the page has the rest)."""
+    out = console()
+    for line in [
+        *header_lines(result.path, result.figures.meta),
+        *loads_in_line(result.figures.loads_in),
+    ]:
+        out.print(line)
+    totals = result.figures.totals()
+    out.print(
+        f"  {totals['tensors']} tensors drawn, {totals['params']:,} parameters; "
+        f"{len(result.flags)} flags" + (":" if result.flags else "")
+    )
+    for f in result.flags:
+        out.print(Styled(f"  {f.kind.upper()} ", "bold red").append(f"{f.tensor}: {f.text}"))
+    if result.diff is not None:
+        out.print(f"  against {result.against}: {result.diff.verdict}")
 
 
 def print_json(obj: dict[str, Any]) -> None:

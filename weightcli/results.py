@@ -14,6 +14,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
+from weightcli.distribution import Flag, Histogram, SpectralFigures
 from weightcli.errors import ExitCode
 from weightcli.figures import Figures
 from weightcli.stats import TensorStats
@@ -78,6 +79,8 @@ class TensorReport:
     dequantized: TensorStats | None = None
     blake3: str | None = None  # of its values (``inspect --digests``)
     distinct: int | None = None  # distinct values, when at most 256 (quantized, clustered)
+    histogram: Histogram | None = None  # ``InspectRequest.histograms``
+    spectral: SpectralFigures | None = None  # a 2-D (or reshaped) float kernel's
 
 
 @dataclass
@@ -158,6 +161,10 @@ class InspectResult:
                 item["blake3"] = rep.blake3
             if rep.distinct is not None:
                 item["distinct"] = rep.distinct
+            if rep.histogram is not None:
+                item["histogram"] = rep.histogram.to_json()
+            if rep.spectral is not None:
+                item["spectral"] = rep.spectral.to_json()
             tensors.append(item)
         doc: JSON = {
             "path": str(self.path),
@@ -177,6 +184,59 @@ class InspectResult:
         if self.loads_in is not None:
             doc["loads_in"] = self.loads_in
         return clean(doc)
+
+
+# -- report -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Overlay:
+    """A changed tensor's values before (the reference's) and after, in the same bins."""
+
+    name: str
+    before: Histogram
+    after: Histogram
+
+    def to_json(self) -> JSON:
+        return {"name": self.name, "before": self.before.to_json(), "after": self.after.to_json()}
+
+
+@dataclass
+class ReportResult:
+    """``report``: inspect's figures with histograms and spectral figures, the flags,
+    the file's size, and with ``--against`` diff's comparison and the overlays. JSON:
+    ``{"path", "size", "flags", "inspect", "against", "diff", "overlays"}``; exit 0
+    (a picture checks nothing: ``inspect --fail-on-nonfinite`` and ``diff`` do)."""
+
+    figures: InspectResult
+    size: int | None
+    flags: list[Flag]
+    against: Path | None = None
+    against_meta: StoreMeta | None = None
+    diff: DiffResult | None = None
+    overlays: list[Overlay] = field(default_factory=list)
+
+    exit_code = ExitCode.OK
+
+    @property
+    def path(self) -> Path:
+        return self.figures.path
+
+    def explain(self) -> str | None:
+        return None
+
+    def to_json(self) -> JSON:
+        return clean(
+            {
+                "path": str(self.path),
+                "size": self.size,
+                "flags": [f.to_json() for f in self.flags],
+                "inspect": self.figures.to_json(),
+                "against": str(self.against) if self.against is not None else None,
+                "diff": self.diff.to_json() if self.diff is not None else None,
+                "overlays": [o.to_json() for o in self.overlays],
+            }
+        )
 
 
 # -- transforms -------------------------------------------------------------------------------
@@ -236,6 +296,11 @@ class TransformResult:
     size_after: int | None = None
 
     exit_code = ExitCode.OK
+
+    def compared(self) -> tuple[Path, Path | None] | None:
+        """What ``--report-html`` draws: the written file against its source (None
+        when nothing was written)."""
+        return (self.output, self.source) if self.output is not None else None
 
     @property
     def untouched(self) -> bool:
@@ -321,6 +386,9 @@ class ByActivationResult(Written):
     transform: TransformResult
     plan: ActivationPlan
 
+    def compared(self) -> tuple[Path, Path | None] | None:
+        return self.transform.compared()
+
     def to_json(self) -> JSON:
         return clean(
             {**self.transform.to_json(), "activation": [lp.to_json() for lp in self.plan.layers]}
@@ -384,6 +452,9 @@ class TransplantResult:
     transform: TransformResult
     strict: bool = False
 
+    def compared(self) -> tuple[Path, Path | None] | None:
+        return self.transform.compared()
+
     @property
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -436,6 +507,10 @@ class FreezeResult(Written):
     output: str | None
     layers: list[tuple[str, bool, bool]]
 
+    def compared(self) -> tuple[Path, Path | None] | None:
+        """What ``--report-html`` draws: the written file and what it was made from."""
+        return (Path(self.output), Path(self.source)) if self.output else None
+
     def to_json(self) -> JSON:
         return {
             "source": self.source,
@@ -472,6 +547,10 @@ class StripResult(Written):
     dropped: list[str]
     optimizer_dropped: bool
     bytes_written: int
+
+    def compared(self) -> tuple[Path, Path | None] | None:
+        """What ``--report-html`` draws: the written file and what it was made from."""
+        return (Path(self.output), Path(self.source)) if self.output else None
 
     def to_json(self) -> JSON:
         return {
@@ -513,6 +592,10 @@ class MigrateResult:
     optimizer: list[str]  # the optimizer state's tensors in the source
     check: Check | None = None
     dropped: list[str] = field(default_factory=list)  # training state not carried
+
+    def compared(self) -> tuple[Path, Path | None] | None:
+        """What ``--report-html`` draws: the written file and what it was made from."""
+        return (Path(self.output), Path(self.source)) if self.output else None
 
     @property
     def exit_code(self) -> ExitCode:
@@ -569,6 +652,10 @@ class LoraExtractResult(Written):
     not_carried: list[str]
     bytes_written: int
 
+    def compared(self) -> tuple[Path, Path | None] | None:
+        """An adapter has no counterpart: its page draws it alone."""
+        return Path(self.output), None
+
     @property
     def target_layer_names(self) -> list[str]:
         """What to pass to KerasHub's ``enable_lora(rank, target_layer_names=...)``."""
@@ -623,6 +710,10 @@ class ExportResult(Written):
     rows: list[ExportRow]
     bytes_written: int
     elapsed: float
+
+    def compared(self) -> tuple[Path, Path | None] | None:
+        """What ``--report-html`` draws: the written file and what it was made from."""
+        return (Path(self.output), Path(self.source)) if self.output else None
 
     def to_json(self) -> JSON:
         return clean(
@@ -751,6 +842,10 @@ class DiffResult:
     structure: bool
     rows: list[TensorDiff] = field(default_factory=list)
     ignore_dtype: bool = False  # values compared after casting; a dtype change alone is equal
+
+    def compared(self) -> tuple[Path, Path | None]:
+        """``diff --html``: A drawn against B, the reference."""
+        return Path(self.a), Path(self.b)
 
     @property
     def equal(self) -> bool:

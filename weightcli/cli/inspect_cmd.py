@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from functools import partial
 
 import click
@@ -16,6 +17,7 @@ from weightcli.cli.options import (
     selection_options,
 )
 from weightcli.commands import inspect as command
+from weightcli.errors import UsageError
 from weightcli.report import print_inspect
 from weightcli.results import InspectResult
 from weightcli.stores.remote import as_path
@@ -23,6 +25,18 @@ from weightcli.stores.remote import as_path
 
 def _task(request: command.InspectRequest, item: Item) -> InspectResult:
     return command.run(request, item.path)
+
+
+def _sparkline(given: bool | None, no_stats: bool, layers: bool, as_json: bool) -> bool:
+    """Sparklines when asked for, or on a terminal; asked for where they cannot show
+    (no statistics, one row per layer, JSON), an error."""
+    if given is None:
+        return sys.stdout.isatty() and not (no_stats or layers or as_json)
+    if given and no_stats:
+        raise UsageError("--sparkline draws the statistics' values: drop --no-stats")
+    if given and layers:
+        raise UsageError("--sparkline draws each tensor: drop --layers")
+    return given
 
 
 @click.command()
@@ -40,6 +54,12 @@ def _task(request: command.InspectRequest, item: Item) -> InspectResult:
     is_flag=True,
     help="Each tensor's BLAKE3 digest of its values (C order, little-endian): equal for "
     "the same tensor in every format.",
+)
+@click.option(
+    "--sparkline/--no-sparkline",
+    default=None,
+    help="A distribution sparkline per tensor (the report's histogram bins, summed in "
+    "fours; default: on a terminal, off in pipes and with --json).",
 )
 @click.option(
     "--fail-on-nonfinite",
@@ -60,6 +80,7 @@ def inspect(
     no_stats: bool,
     show_all: bool,
     digests: bool,
+    sparkline: bool | None,
     fail_on_nonfinite: bool,
     recursive: bool,
     jobs: int | None,
@@ -90,6 +111,7 @@ def inspect(
         with_stats=not no_stats,
         fail_on_nonfinite=fail_on_nonfinite,
         digests=digests,
+        histograms=_sparkline(sparkline, no_stats, layers, as_json),
     )
     batch = is_batch(paths, recursive)
     items = discover(paths, recursive) if batch else [Item(as_path(paths[0]))]

@@ -9,6 +9,15 @@ from pathlib import Path
 import numpy as np
 
 from weightcli import migrate
+from weightcli.distribution import (
+    WHOLE_ELEMS,
+    GramSpectrum,
+    Histogram,
+    kernel_spectrum,
+    matrix_shape,
+    power_spectral_norm,
+    streamed_exact,
+)
 from weightcli.errors import ParameterError
 from weightcli.results import JSON, InspectResult, TensorReport
 from weightcli.select import Selection, apply
@@ -16,6 +25,7 @@ from weightcli.stats import tensor_stats
 from weightcli.stores import Store, open_store, remote
 from weightcli.stores.base import BLOCK_ELEMS, Block
 from weightcli.stores.quantized import DequantizedStore, has_quantized
+from weightcli.tensor import TensorInfo
 
 __all__ = ["InspectRequest", "InspectResult", "TensorDigest", "run"]
 
@@ -53,12 +63,19 @@ class InspectRequest:
     fail_on_nonfinite: bool = False
     block_elems: int = BLOCK_ELEMS
     digests: bool = False  # each tensor's BLAKE3 (``tensor_digest``)
+    # A second pass per tensor: its histogram (``distribution.BINS`` bins over its own
+    # finite range; the sparkline and the report draw it) and, with ``spectral``, a 2-D
+    # kernel's singular values (``distribution.SpectralFigures``) in the same pass.
+    histograms: bool = False
+    spectral: bool = False
 
     def __post_init__(self) -> None:
         if self.fail_on_nonfinite and not self.with_stats:
             raise ParameterError("{fail_on_nonfinite} needs the statistics: drop {no_stats}")
         if self.block_elems < 1:
             raise ParameterError("{block_elems} must be at least 1")
+        if (self.histograms or self.spectral) and not self.with_stats:
+            raise ParameterError("histograms need the statistics: drop {no_stats}")
 
 
 # Distinct values are counted up to this many (a quantized or clustered tensor's codes);
@@ -117,6 +134,10 @@ def run(request: InspectRequest, path: str | Path) -> InspectResult:
             distinct = DistinctValues() if request.with_stats and t.dtype != "string" else None
             if distinct is not None:
                 blocks = distinct.through(blocks)
+            whole = None
+            if request.histograms and t.dtype != "string" and t.size <= WHOLE_ELEMS:
+                whole = Gather(t.size)
+                blocks = whole.through(blocks)
             if request.with_stats and t.dtype != "string":
                 stats = tensor_stats(blocks)
                 if view is not None and t.name in view.dequantized:
@@ -125,12 +146,70 @@ def run(request: InspectRequest, path: str | Path) -> InspectResult:
                 for _ in blocks:  # what the statistics did not read (--no-stats)
                     pass
                 digest = hasher.hexdigest()
-            reports.append(
-                TensorReport(t, stats, dequantized, digest, distinct.count if distinct else None)
-            )
+            rep = TensorReport(t, stats, dequantized, digest, distinct.count if distinct else None)
+            if request.histograms and stats is not None:
+                _second_pass(store, t, rep, request, whole)
+            reports.append(rep)
         fetched = remote.fetched() - fetched_before if remote.is_url(store.path) else None
         return InspectResult(
             store.path, store.meta, reports, request.fail_on_nonfinite, fetched, _loads_in(store)
+        )
+
+
+class Gather:
+    """A small tensor's values, kept as the first pass reads them: its histogram and
+    spectral figures then need no second read."""
+
+    def __init__(self, size: int) -> None:
+        self.values: np.ndarray | None = None
+        self.filled = 0
+        self.size = size
+
+    def through(
+        self, blocks: Iterator[tuple[Block, np.ndarray]]
+    ) -> Iterator[tuple[Block, np.ndarray]]:
+        for block, values in blocks:
+            flat = values.reshape(-1)
+            if self.values is None:
+                self.values = np.empty(self.size, dtype=flat.dtype)
+            self.values[self.filled : self.filled + flat.size] = flat
+            self.filled += flat.size
+            yield block, values
+
+
+def _second_pass(
+    store: Store, t: TensorInfo, rep: TensorReport, request: InspectRequest, whole: Gather | None
+) -> None:
+    """The histogram over the range the first pass found and, for a 2-D (or reshaped)
+    float kernel, its spectral figures: from the gathered values of a small tensor, else
+    one more pass over the file (power iteration: a few more)."""
+    stats = rep.stats
+    if stats is None or stats.min is None or stats.max is None:
+        return  # no finite value to draw
+    hist = Histogram(stats.min, stats.max)
+    shape = matrix_shape(t.shape) if request.spectral and t.is_float else None
+    if shape is not None and stats.nonfinite:
+        shape = None  # no spectrum with NaN/Inf in it
+    if whole is not None and whole.values is not None and whole.filled == t.size:
+        hist.update(whole.values)
+        rep.histogram = hist
+        if shape is not None:
+            rep.spectral = kernel_spectrum(whole.values.reshape(shape))
+        return
+    gram = GramSpectrum(*shape) if shape is not None and streamed_exact(*shape) else None
+    for _, values in store.blocks(t, request.block_elems):
+        hist.update(values)
+        if gram is not None:
+            gram.update(values)
+    rep.histogram = hist
+    if gram is not None:
+        rep.spectral = gram.result()
+    elif shape is not None:
+        mean, std = stats.mean or 0.0, stats.std or 0.0
+        rep.spectral = power_spectral_norm(
+            *shape,
+            lambda: (v for _, v in store.blocks(t, request.block_elems)),
+            stats.count * (std * std + mean * mean),
         )
 
 
