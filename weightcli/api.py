@@ -35,6 +35,7 @@ from weightcli.commands import freeze as freeze_cmd
 from weightcli.commands import inspect as inspect_cmd
 from weightcli.commands import merge as merge_cmd
 from weightcli.commands import reinit as reinit_cmd
+from weightcli.commands import report as report_cmd
 from weightcli.commands import transform as transform_cmd
 from weightcli.commands import transplant as transplant_cmd
 from weightcli.commands import verify as verify_cmd
@@ -47,6 +48,7 @@ from weightcli.results import (
     FreezeResult,
     InspectResult,
     LoraExtractResult,
+    ReportResult,
     StripResult,
     TransformResult,
     TransplantResult,
@@ -105,6 +107,8 @@ __all__ = [
     "prune",
     "quantize",
     "reinit",
+    "report",
+    "report_page",
     "scale",
     "selection",
     "strip",
@@ -164,6 +168,36 @@ def inspect(
         fail_on_nonfinite=fail_on_nonfinite,
     )
     return inspect_cmd.run(request, path)
+
+
+def report(
+    path: PathLike,
+    *,
+    against: PathLike | None = None,
+    maps: Sequence[str] = (),
+    match_by: str = "name",
+    select: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    layer_types: Sequence[str] = (),
+    kinds: Sequence[str] = (),
+    include_optimizer: bool = False,
+) -> ReportResult:
+    """Everything ``weightcli report`` draws: histograms, spectral figures, flags and,
+    with ``against``, the change from that reference. ``report_page`` makes the HTML."""
+    request = report_cmd.ReportRequest(
+        selection(select, exclude, layer_types, kinds, include_optimizer, floats_only=False),
+        against=against,
+        maps=tuple(maps),
+        match_by=match_by,
+    )
+    return report_cmd.run(request, path)
+
+
+def report_page(result: ReportResult) -> str:
+    """The self-contained HTML page of a ``report`` (write it where you like)."""
+    from weightcli.page import render
+
+    return render(result)
 
 
 def _transform(

@@ -28,6 +28,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 # Each command's module is imported only when that command runs (start-up time).
 COMMANDS = {
     "inspect": "weightcli.cli.inspect_cmd:inspect",
+    "report": "weightcli.cli.report_cmd:report",
     "scale": "weightcli.cli.transform_cmds:scale",
     "clip": "weightcli.cli.transform_cmds:clip",
     "quantize": "weightcli.cli.transform_cmds:quantize",

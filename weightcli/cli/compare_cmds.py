@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from weightcli.batch import Item, discover
-from weightcli.cli.dispatch import dispatch, is_batch
+from weightcli.cli.dispatch import Page, dispatch, is_batch, page_path
 from weightcli.cli.options import (
     batch_options,
     custom_objects_option,
@@ -19,6 +19,7 @@ from weightcli.cli.options import (
 )
 from weightcli.commands import diff as diff_cmd
 from weightcli.commands import verify as verify_cmd
+from weightcli.commands.report import ReportRequest
 from weightcli.compare import read_map_file
 from weightcli.errors import InputError, WeightcliError
 from weightcli.report import print_diff, print_verify
@@ -102,6 +103,12 @@ def _print_pair(result: diff_cmd.DiffResult | diff_cmd.UnpairedResult, all_rows:
     help="Compare natively quantized layers by their dequantized weights (default: when either side has them).",
 )
 @click.option(
+    "--html",
+    "html",
+    metavar="FILE",
+    help="Also write the report page of A against B (weightcli report A --against B).",
+)
+@click.option(
     "--all-rows",
     is_flag=True,
     help="List identical tensors too (default: only the ones that differ).",
@@ -125,6 +132,7 @@ def diff(
     include_optimizer: bool,
     dequantize: bool | None,
     all_rows: bool,
+    html: str | None,
     recursive: bool,
     jobs: int | None,
     progress: bool | None,
@@ -151,6 +159,7 @@ def diff(
       weightcli diff before.h5 after.h5 --atol 1e-6 --json
       weightcli diff old.h5 new.h5 --map 'enc_*=encoder_*' --structure
       weightcli diff -r exports_v1/ exports_v2/ --atol 1e-6
+      weightcli diff tuned.h5 base.h5 --html change.html   # a page of the change
     """
     request = diff_cmd.DiffRequest(
         selection=make_selection(select, exclude, (), (), include_optimizer, floats_only=False),
@@ -166,6 +175,21 @@ def diff(
     pa, pb = as_path(a), as_path(b)
     pairs = pa.is_dir() and pb.is_dir() and (recursive or not (_is_model(pa) or _is_model(pb)))
     items = diff_cmd.pair_items(pa, pb) if pairs else [Item(pa, other=pb)]
+    page = None
+    if html is not None:
+        page = Page(
+            "--html",
+            page_path(html, "--html"),
+            ReportRequest(
+                request.selection,
+                against=pb,
+                maps=request.maps,
+                match_by=match_by,
+                atol=atol,
+                rtol=rtol,
+                nan_equal=nan_equal,
+            ),
+        )
     dispatch(
         items,
         partial(diff_cmd.pair_task, request, pa),
@@ -175,6 +199,7 @@ def diff(
         progress=progress,
         as_json=as_json,
         debug=debug,
+        page=page,
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,14 +28,94 @@ from weightcli.batch import (
 )
 from weightcli.child import ChildDied, ChildTimedOut, Limits, run_in_child
 from weightcli.cli.options import spell
-from weightcli.errors import InputError, ParameterError, literal, one_line
+from weightcli.commands.report import ReportRequest
+from weightcli.errors import InputError, ParameterError, UsageError, literal, one_line
 from weightcli.grid import rich_console
 from weightcli.params import OutputSpec, RunSpec
 from weightcli.report import fmt_bytes, print_json, print_summary
-from weightcli.results import Result
-from weightcli.stores.remote import as_path
+from weightcli.results import ReportResult, Result
+from weightcli.stores.remote import as_path, is_url
 
 R = TypeVar("R", bound=Result)
+
+
+@dataclass(frozen=True)
+class Page:
+    """A report page to write after the command: ``flag`` as the user gave it (its
+    errors name it), the page's path, and the report's own parameters (selection, name
+    maps); its ``against`` comes from the command's result (``compared()``)."""
+
+    flag: str
+    path: Path
+    request: ReportRequest = field(default_factory=ReportRequest)
+
+
+def requested_page() -> Page | None:
+    """``--report-html FILE`` of the running writing command (``report_html_option``
+    puts it in the context, as --executor is)."""
+    ctx = click.get_current_context(silent=True)
+    given = ctx.meta.get("weightcli.report_html") if ctx is not None else None
+    return Page("--report-html", page_path(given, "--report-html")) if given else None
+
+
+def page_path(given: str, flag: str) -> Path:
+    if "://" in given:
+        raise UsageError(
+            f"{flag} {literal(given)}: the page is written on this machine; give a local path"
+        )
+    return Path(given)
+
+
+def _check_page(page: Page, items: list[Item], batch: bool) -> None:
+    """What a page cannot follow, refused before anything runs."""
+    if batch:
+        raise UsageError(
+            f"{page.flag} writes one page: run the command on one model (or weightcli report "
+            "on each output)"
+        )
+    ctx = click.get_current_context(silent=True)
+    params = ctx.params if ctx is not None else {}
+    if params.get("dry_run"):
+        raise UsageError(f"{page.flag} draws the written output: drop --dry-run")
+    if params.get("in_place"):
+        raise UsageError(
+            f"{page.flag} draws the output against its source, which --in-place replaces: "
+            "write to -o OUT instead"
+        )
+    models = [items[0].path, items[0].other, params.get("output")]
+    if page.request.against is not None:
+        models.append(page.request.against)
+    for m in models:
+        if isinstance(m, str | Path) and not is_url(m) and _same_file(Path(m), page.path):
+            raise UsageError(
+                f"{page.flag} {literal(page.path)} is one of the models: give another file"
+            )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def _with_page(task: Callable[[Item], R], page: Page, item: Item) -> R:
+    """The command, then its page: the written file drawn against what it came from."""
+    from weightcli.commands import report as report_cmd
+    from weightcli.page import render as render_page
+    from weightcli.stores.output import write_text
+
+    result = task(item)
+    if isinstance(result, ReportResult):  # ``weightcli report``: the page is its result
+        write_text(page.path, render_page(result))
+        return result
+    pair = result.compared()  # type: ignore[attr-defined]  # every writing result has it
+    if pair is None:
+        raise UsageError(f"{page.flag}: nothing was written, so there is nothing to draw")
+    after, before = pair
+    report = report_cmd.run(replace(page.request, against=before), after)
+    write_text(page.path, render_page(report))
+    return result
 
 
 def dispatch_one(
@@ -98,8 +179,15 @@ def dispatch(
     progress: bool | None = None,
     as_json: bool = False,
     debug: bool = False,
+    page: Page | None = None,
 ) -> None:
-    """Run ``task`` on every item, print each result, and exit with the worst code."""
+    """Run ``task`` on every item, print each result, and exit with the worst code.
+    ``page`` (else a writing command's ``--report-html``): a report page written after
+    the command, of what it wrote or compared."""
+    page = page or requested_page()
+    if page is not None:
+        _check_page(page, items, batch)
+        task = partial(_with_page, task, page)
     executor, scheduler = _executor(jobs)
     isolate, limits = _isolation(debug)
     if batch or executor == "dask":  # on a cluster, even one model is a batch of one
@@ -126,6 +214,8 @@ def dispatch(
         why = result.explain()
         if why:
             click.echo(f"weightcli: {items[0].label}: {why}", err=True)
+        if page is not None:
+            click.echo(f"weightcli: wrote the report page {page.path}", err=True)
     if code:
         raise SystemExit(code)
 

@@ -157,9 +157,25 @@ def allow_nonfinite_option(f: F) -> F:
     )(f)
 
 
+def report_html_option(f: F) -> F:
+    """--report-html FILE: a report page of what the command wrote, drawn against what
+    it came from. It goes to the dispatcher through the context (as --executor), which
+    writes it after the command for every writing command alike."""
+    return click.option(
+        "--report-html",
+        metavar="FILE",
+        default=None,
+        expose_value=False,
+        callback=_to_meta,
+        help="Also write a report page (HTML) of OUT against its source, as weightcli "
+        "report OUT --against IN draws it.",
+    )(f)
+
+
 def note_option(f: F) -> F:
     """--note TEXT: why, kept in the output's history; --digest: how sources are hashed
-    for it."""
+    for it; --report-html: a page of the change."""
+    f = report_html_option(f)
     f = click.option(
         "--compress",
         is_flag=True,
@@ -188,7 +204,7 @@ def new_file_options(example: str) -> Callable[[F], F]:
     of another kind (export, lora extract): not a surgery copy, so no output group."""
 
     def decorate(f: F) -> F:
-        f = digest_option(f)
+        f = report_html_option(digest_option(f))
         f = click.option("--force", is_flag=True, help="Overwrite an existing OUT.")(f)
         return click.option(
             "-o", "--output", type=click.Path(path_type=str), required=True, help=example

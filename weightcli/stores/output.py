@@ -398,3 +398,20 @@ def _replace_dir(new: Path, out: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
         else:
             old.unlink(missing_ok=True)
+
+
+def write_text(out: Path, text: str) -> None:
+    """A text file (a report page) written whole or not at all: a temporary beside it,
+    then renamed over ``out`` (a page is replaced, as ``coverage html`` replaces its)."""
+    if out.is_dir():
+        raise OutputError(f"{out}: is a folder; give a file name")
+    tmp = temp_beside(out)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        publish(tmp, out, overwrite=True)
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot write: {exc.strerror or exc}") from exc
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+            temps.forget(tmp)
