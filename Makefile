@@ -8,10 +8,13 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
+# Chromium (for the report page's browser tests) installs meanwhile, with apt-get.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,tf,remote,dask]'
+	bash scripts/install_browser.sh & browser=$$!; \
+	$(BIN)/python -m pip install --quiet --upgrade pip \
+	&& $(BIN)/python -m pip install --quiet -e '.[dev,tf,remote,dask]'; rc=$$?; \
+	wait $$browser; exit $$rc
 	touch $(STAMP)
 
 demo: install

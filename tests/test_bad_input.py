@@ -155,6 +155,7 @@ def test_help_on_every_command() -> None:
     names = cli.list_commands(ctx)
     assert set(names) == {
         "inspect",
+        "report",
         "scale",
         "clip",
         "quantize",

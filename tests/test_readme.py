@@ -135,9 +135,10 @@ def test_every_shell_block_is_run() -> None:
         "merge --config",
         "weightcli lora",
         "weightcli migrate",
+        "weightcli report",
     )
     assert all(any(k in b for k in keys) for b in BLOCKS), [b[:60] for b in BLOCKS]
-    for k in ("merge --config", "weightcli lora", "weightcli migrate"):  # test_block_runs
+    for k in ("merge --config", "weightcli lora", "weightcli migrate", "weightcli report"):
         assert sum(k in b for b in BLOCKS) == 1, k
 
 
@@ -147,6 +148,7 @@ def test_every_shell_block_is_run() -> None:
         ("merge --config", ["dare.keras"]),
         ("weightcli lora", ["merged.keras", "back.lora.h5"]),
         ("weightcli migrate", ["mobile_keras3.h5"]),
+        ("weightcli report", ["model.html", "pruned.html", "change.html", "nan.html"]),
     ],
 )
 def test_block_runs(workspace: Path, key: str, made: list[str]) -> None:
@@ -157,6 +159,9 @@ def test_block_runs(workspace: Path, key: str, made: list[str]) -> None:
         assert (workspace / name).exists(), name
     if key == "weightcli migrate":
         assert "loads in: Keras 3 no (DepthwiseConv2D groups" in res.stdout
+    if key == "weightcli report":
+        assert "Distribution" in res.stdout and "▁" in res.stdout
+        assert (workspace / "pruned.html").read_text() == (workspace / "change.html").read_text()
 
 
 def test_merge_block(workspace: Path) -> None:
@@ -236,7 +241,7 @@ def test_torch_layout_block(workspace: Path) -> None:
 
 
 def test_prune_block(workspace: Path) -> None:
-    block = next(b for b in BLOCKS if "weightcli prune" in b)
+    block = next(b for b in BLOCKS if "weightcli prune" in b and "--report-html" not in b)
     res = sh("set -e\n" + block, workspace)
     assert res.returncode == 0, res.stdout + res.stderr
     for name in ("sparse.keras", "sparse_global.keras", "sparse24.keras"):
