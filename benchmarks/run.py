@@ -166,6 +166,14 @@ def cases() -> list[Case]:
             {"weightcli": [W, "inspect", str(r_h5)], "h5ls -r": ["h5ls", "-r", str(r_h5)]},
         ),
         Case(
+            "report, ResNet50 .h5",
+            {
+                "weightcli": [W, "report", str(r_h5), "-o", str(o / "r50.html")],
+                "inspect (statistics)": [W, "inspect", str(r_h5)],
+            },
+            [o / "r50.html"],
+        ),
+        Case(
             "inspect --no-stats, ResNet50 .keras",
             {"weightcli": [W, "inspect", str(r_keras), "--no-stats"]},
         ),
@@ -303,6 +311,11 @@ def cases() -> list[Case]:
             {"weightcli": [W, "inspect", str(huge), "--no-stats"]},
         ),
         Case("inspect, 1.6 GB tensor", {"weightcli": [W, "inspect", str(huge)]}),
+        Case(
+            "report, 1.6 GB tensor",
+            {"weightcli": [W, "report", str(huge), "-o", str(o / "huge.html")]},
+            [o / "huge.html"],
+        ),
         Case(
             "scale, 1.6 GB tensor",
             {"weightcli": [W, "scale", str(huge), "0.5", "-o", str(o / "h_s.h5")]},
@@ -546,6 +559,18 @@ def write_results(done: list[Case]) -> None:
             "merge --method dare-ties of three 1 GB .h5 within 3x reading them once plus cp",
             x <= 3.0,
             f"{x:.2f}x, {med_rss(by[dare], 'weightcli'):.0f} MiB",
+        )
+    if have("report, ResNet50 .h5"):
+        x = ratio(by["report, ResNet50 .h5"], "weightcli", "inspect (statistics)")
+        page = OUT / "r50_size.html"
+        subprocess.run([W, "report", str(DATA / "resnet50.h5"), "-o", str(page)], check=True)
+        size = page.stat().st_size
+        page.unlink()
+        target(
+            "",
+            "report page of ResNet50 under 3 MB, written within 2x inspect with statistics",
+            x <= 2.0 and size < 3_000_000,
+            f"{x:.2f}x inspect, {size / 1e6:.2f} MB",
         )
     if have("prune 50%, 1 GB .h5"):
         x = ratio(by["prune 50%, 1 GB .h5"], "weightcli", "cp")
