@@ -383,3 +383,26 @@ def test_every_writing_result_says_what_to_draw() -> None:
 
 def test_flag_json() -> None:
     assert Flag("nan", "t", "x").to_json() == {"kind": "nan", "tensor": "t", "text": "x"}
+
+
+@pytest.mark.parametrize(
+    ("argv", "against"),
+    [
+        (["transplant", "{s}/mlp.keras", "{s}/mlp_keras3.h5", "-o", "{o}/t.h5"], True),
+        (["merge", "{s}/mlp.keras", "{s}/mlp.keras", "-o", "{o}/m.keras"], True),
+        (["export", "{s}/mlp.keras", "--to", "safetensors", "-o", "{o}/e.safetensors"], True),
+        (["freeze", "{s}/mlp.keras", "-s", "dense_1", "-o", "{o}/f.keras"], True),
+    ],
+    ids=["transplant", "merge", "export", "freeze"],
+)
+def test_report_html_after_other_writing_commands(
+    tmp_path: Path, argv: list[str], against: bool
+) -> None:
+    page = tmp_path / "page.html"
+    args = [a.format(s=SAMPLES, o=tmp_path) for a in argv]
+    res = run(*args, "--report-html", page)
+    assert res.code == 0, res.err
+    html = page.read_text()
+    written = Path(args[args.index("-o") + 1])
+    assert f"<h1>{written}</h1>" in html
+    assert ('id="change"' in html) == against

@@ -15,7 +15,7 @@ from weightcli.cli.options import (
     debug_option,
     json_option,
     make_selection,
-    map_file_option,
+    pairing_options,
 )
 from weightcli.commands import diff as diff_cmd
 from weightcli.commands import verify as verify_cmd
@@ -65,27 +65,16 @@ def _print_pair(result: diff_cmd.DiffResult | diff_cmd.UnpairedResult, all_rows:
     "--structure", is_flag=True, help="Compare names, shapes and dtypes only; read no tensor data."
 )
 @click.option(
-    "--match-by",
-    type=click.Choice(["name", "order"]),
-    default="name",
-    show_default=True,
-    help="Pair tensors by (mapped) name, or by position in model order (the same model "
-    "saved under other names: .keras, .h5, SavedModel).",
-)
-@click.option(
     "--ignore-dtype",
     is_flag=True,
     help="Compare values after casting (a float16 export within tolerance is equal); "
     "the verdict says how many tensors were compared across dtypes.",
 )
-@click.option(
-    "--map",
-    "maps",
-    multiple=True,
-    metavar="OLD=NEW",
-    help="Rename A's tensors before matching: a glob with '*' ('enc_*=encoder_*') or a name prefix (repeatable).",
+@pairing_options(
+    "A's",
+    "Pair tensors by (mapped) name, or by position in model order (the same model "
+    "saved under other names: .keras, .h5, SavedModel).",
 )
-@map_file_option
 @click.option(
     "-s",
     "--select",

@@ -326,6 +326,31 @@ def map_file_option(f: F) -> F:
     )(f)
 
 
+def pairing_options(whose: str, order_help: str) -> Callable[[F], F]:
+    """--map OLD=NEW (``whose`` tensors renamed before matching), --map-file and
+    --match-by name|order: how two models' tensors are paired, by diff's rules."""
+
+    def decorate(f: F) -> F:
+        f = click.option(
+            "--match-by",
+            type=click.Choice(["name", "order"]),
+            default="name",
+            show_default=True,
+            help=order_help,
+        )(f)
+        f = map_file_option(f)
+        return click.option(
+            "--map",
+            "maps",
+            multiple=True,
+            metavar="OLD=NEW",
+            help=f"Rename {whose} tensors before matching: a glob with '*' ('enc_*=encoder_*'), "
+            "a name prefix, or re:PATTERN=NEW (repeatable).",
+        )(f)
+
+    return decorate
+
+
 def custom_objects_option(help: str) -> Callable[[F], F]:
     """``--custom-objects FILE.py``: Python code to import, from this machine only
     (code is never run from object storage: download it and pass the local copy)."""

@@ -13,7 +13,7 @@ from weightcli.cli.options import (
     debug_option,
     json_option,
     make_selection,
-    map_file_option,
+    pairing_options,
     selection_options,
 )
 from weightcli.commands import report as command
@@ -43,20 +43,9 @@ def _task(request: command.ReportRequest, item: Item) -> ReportResult:
     help="Draw the change from REF (any format): relative change per tensor, the "
     "largest changes, before/after histograms.",
 )
-@click.option(
-    "--map",
-    "maps",
-    multiple=True,
-    metavar="OLD=NEW",
-    help="With --against: rename PATH's tensors before matching them with REF's, as diff does.",
-)
-@map_file_option
-@click.option(
-    "--match-by",
-    type=click.Choice(["name", "order"]),
-    default="name",
-    show_default=True,
-    help="With --against: pair tensors by (mapped) name, or by position in model order.",
+@pairing_options(
+    "PATH's",
+    "With --against: pair tensors by (mapped) name, or by position in model order.",
 )
 @selection_options
 @json_option

@@ -11,8 +11,8 @@ from weightcli.cli.options import (
     debug_option,
     json_option,
     make_selection,
-    map_file_option,
     output_group,
+    pairing_options,
 )
 from weightcli.commands import transplant as command
 from weightcli.compare import read_map_file
@@ -24,20 +24,9 @@ from weightcli.stores.remote import as_path
 @click.command()
 @click.argument("source", type=click.Path(path_type=str))
 @click.argument("target", type=click.Path(path_type=str))
-@click.option(
-    "--map",
-    "maps",
-    multiple=True,
-    metavar="OLD=NEW",
-    help="Rename SOURCE's tensors before matching (as diff --map; repeatable).",
-)
-@map_file_option
-@click.option(
-    "--match-by",
-    type=click.Choice(["name", "order"]),
-    default="name",
-    show_default=True,
-    help="order: pair the weights of both models in model order (rebuilt models whose names shifted).",
+@pairing_options(
+    "SOURCE's",
+    "order: pair the weights of both models in model order (rebuilt models whose names shifted).",
 )
 @click.option(
     "--layout",

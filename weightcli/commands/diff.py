@@ -11,9 +11,9 @@ from weightcli.compare import check_tolerances, diff_stores, parse_map
 from weightcli.errors import ParameterError
 from weightcli.results import JSON, DiffResult
 from weightcli.select import Selection
-from weightcli.stores import Store, open_store
+from weightcli.stores import open_store
 from weightcli.stores.base import BLOCK_ELEMS
-from weightcli.stores.quantized import DequantizedStore, has_quantized
+from weightcli.stores.quantized import compared_views
 
 __all__ = ["DiffRequest", "DiffResult", "UnpairedResult", "pair_items", "run"]
 
@@ -84,11 +84,7 @@ def run(request: DiffRequest, a: str | Path, b: str | Path) -> DiffResult:
     """Compare every selected tensor of A with B's tensor of the same (mapped) name."""
     maps = [parse_map(m) for m in request.maps]
     with open_store(a) as sa, open_store(b) as sb:
-        dequantize = request.dequantize
-        if dequantize is None:
-            dequantize = has_quantized(sa) or has_quantized(sb)
-        va: Store = DequantizedStore(sa) if dequantize else sa
-        vb: Store = DequantizedStore(sb) if dequantize else sb
+        va, vb = compared_views(sa, sb, request.dequantize)
         return diff_stores(
             va,
             vb,

@@ -21,7 +21,7 @@ from weightcli.select import Selection
 from weightcli.stats import tensor_stats
 from weightcli.stores import Store, open_store, remote
 from weightcli.stores.base import BLOCK_ELEMS
-from weightcli.stores.quantized import DequantizedStore, has_quantized
+from weightcli.stores.quantized import compared_views
 
 __all__ = ["ReportRequest", "ReportResult", "flags", "run"]
 
@@ -127,9 +127,7 @@ def _compare(result: ReportResult, request: ReportRequest) -> None:
     assert request.against is not None
     maps = [parse_map(m) for m in request.maps]
     with open_store(result.figures.path) as sa, open_store(request.against) as sb:
-        dequantize = has_quantized(sa) or has_quantized(sb)
-        va: Store = DequantizedStore(sa) if dequantize else sa
-        vb: Store = DequantizedStore(sb) if dequantize else sb
+        va, vb = compared_views(sa, sb)
         diff = diff_stores(
             va,
             vb,

@@ -114,3 +114,11 @@ def _axis(codes: TensorInfo, scale: TensorInfo) -> int | None:
 
 def has_quantized(store: Store) -> bool:
     return any(t.quantized for t in store.tensors())
+
+
+def compared_views(a: Store, b: Store, dequantize: bool | None = None) -> tuple[Store, Store]:
+    """Two stores as ``diff`` compares them: natively quantized layers by their
+    dequantized weights (``dequantize``; None: when either side has such layers)."""
+    if dequantize is None:
+        dequantize = has_quantized(a) or has_quantized(b)
+    return (DequantizedStore(a), DequantizedStore(b)) if dequantize else (a, b)
