@@ -38,16 +38,20 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             yield [rng.standard_normal((1, 8, 8, 3)).astype("float32")]
 
     out = {}
-    for name in ("f32", "dynamic", "f16", "int8"):
+    for name in ("f32", "dynamic", "f16", "int8", "offsets"):
         conv = tf.lite.TFLiteConverter.from_keras_model(model)
-        if name != "f32":
+        if name not in ("f32", "offsets"):
             conv.optimizations = [tf.lite.Optimize.DEFAULT]
         if name == "f16":
             conv.target_spec.supported_types = [tf.float16]
         if name == "int8":
             conv.representative_dataset = representative
+        if name == "offsets":  # buffers after the flatbuffer, by offset (models over 2 GB)
+            conv._experimental_use_buffer_offset = True
         out[name] = root / f"{name}.tflite"
         out[name].write_bytes(conv.convert())
+    out["keras"] = root / "model.keras"
+    model.save(out["keras"])
     return out
 
 
@@ -100,10 +104,141 @@ def test_diff_and_dump(converted, tmp_path: Path) -> None:
             np.testing.assert_array_equal(z[t.name], ckpt.array(t.name))
 
 
-def test_writing_is_refused(converted, tmp_path: Path) -> None:
-    res = run("scale", converted["f32"], "2", "-o", tmp_path / "x.tflite")
-    assert_clean_error(res, "no writer")
+def _interpret(path: Path, x: np.ndarray) -> np.ndarray:
+    import tensorflow as tf
+
+    it = tf.lite.Interpreter(str(path))  # the flatbuffer verifier runs on load
+    it.allocate_tensors()
+    it.set_tensor(it.get_input_details()[0]["index"], x)
+    it.invoke()
+    return it.get_tensor(it.get_output_details()[0]["index"])
+
+
+def _prefix(path: Path) -> int:
+    history = weightcli.open(path).meta.history
+    assert history, path
+    import re
+
+    found = re.search(rb'\{"prefix": (\d+)', path.read_bytes())
+    assert found is not None
+    return int(found.group(1))
+
+
+def _const_ranges(path: Path) -> list[tuple[int, int]]:
+    with weightcli.open(path) as ckpt:
+        store = ckpt.store
+        out = []
+        for t in ckpt.tensors():
+            c = store.quantization(t)  # type: ignore[attr-defined]
+            out.append((c.at, c.at + c.nbytes))
+        return out
+
+
+@pytest.mark.parametrize("name", ["f32", "f16", "offsets"])
+def test_scale_patches_the_flatbuffer(converted, tmp_path: Path, name: str) -> None:
+    """scale 0.5 of the kernels: the interpreter (which verifies the flatbuffer) computes
+    what Keras computes with halved kernels; every byte but the kernels' is the
+    source's, behind the prefix; scaling back gives the source's bytes exactly and
+    replaces the prefix instead of stacking another."""
+    src = converted[name]
+    half, back = tmp_path / "half.tflite", tmp_path / "back.tflite"
+    res = run("scale", src, "0.5", "--kind", "kernel", "-o", half, "--note", "halved")
+    assert res.code == 0, res.err
+    keras = keras_quiet()
+    model = keras.saving.load_model(converted["keras"])
+    for layer in model.layers:
+        if layer.get_weights():
+            w = layer.get_weights()
+            layer.set_weights([w[0] * 0.5, *w[1:]])
+    x = np.random.default_rng(1).standard_normal((1, 8, 8, 3)).astype("float32")
+    tol = 2e-2 if name == "f16" else 1e-5
+    np.testing.assert_allclose(_interpret(half, x), model.predict(x, verbose=0), atol=tol, rtol=tol)
+    # untouched bytes: the source's, shifted by the prefix
+    data, out = src.read_bytes(), half.read_bytes()
+    p = _prefix(half)
+    assert p % 16 == 0 and len(out) == p + len(data)
+    body = np.frombuffer(out[p:], np.uint8)
+    differ = np.flatnonzero(body != np.frombuffer(data, np.uint8))
+    assert differ.size > 0
+    kernels = []
+    with weightcli.open(src) as ckpt:
+        for t in ckpt.tensors():
+            if t.kind == "kernel":
+                c = ckpt.store.quantization(t)  # type: ignore[attr-defined]
+                kernels.append((c.at, c.at + c.nbytes))
+    # ... and, in a model with buffers by offset, those offsets (moved by the prefix)
+    from weightcli.stores.tflite import BUFFERS, _offsets
+
+    with weightcli.open(src) as ckpt:
+        flat = ckpt.store._flat  # type: ignore[attr-defined]
+        model_table = ckpt.store._original  # type: ignore[attr-defined]
+        fields = [
+            f
+            for at in _offsets(flat, model_table, BUFFERS)
+            if (f := flat.table(at).field(1)) is not None and flat.u64(f) > 1
+        ]
+    assert bool(fields) == (name == "offsets")  # the premise of the offsets case
+    allowed = kernels + [(f, f + 8) for f in fields]
+    assert all(any(a <= i < b for a, b in allowed) for i in differ.tolist())
+    history = weightcli.open(half).meta.history
+    assert [h.get("note") for h in history] == ["halved"]
+    res = run("scale", half, "2", "--kind", "kernel", "-o", back)
+    assert res.code == 0, res.err
+    again = back.read_bytes()
+    p_back = _prefix(back)
+    expected = bytearray(data)  # the source's bytes, each buffer offset moved by the prefix
+    for f in fields:
+        struct.pack_into("<Q", expected, f, struct.unpack_from("<Q", data, f)[0] + p_back)
+    if name != "f16":  # (halving a float16 subnormal loses its last bit)
+        assert again[p_back:] == bytes(expected)
+    assert len(weightcli.open(back).meta.history) == 2
+    assert len(again) - len(data) < 2 * p + 512  # one prefix, not two
+    np.testing.assert_allclose(_interpret(back, x), _interpret(src, x), atol=tol, rtol=tol)
+
+
+def test_clip_and_set_on_a_tflite(converted, tmp_path: Path) -> None:
+    src = converted["f32"]
+    out = tmp_path / "c.tflite"
+    assert run("clip", src, "--abs-max", "0.05", "-o", out).code == 0
+    with weightcli.open(out) as ckpt:
+        floats = [t for t in ckpt.tensors() if t.is_float]
+        assert floats
+        for t in floats:
+            assert np.abs(ckpt.array(t.name)).max() <= 0.05
+    x = np.zeros((1, 8, 8, 3), np.float32)
+    _interpret(out, x)  # loads and runs
+
+
+def test_quantized_weights_are_refused(converted, tmp_path: Path) -> None:
+    for name in ("int8", "dynamic"):
+        out = tmp_path / f"{name}.tflite"
+        res = run(
+            "clip",
+            converted[name],
+            "--abs-max",
+            "0.01",
+            "-s",
+            "*fc*",
+            "--kind",
+            "kernel",
+            "-o",
+            out,
+        )
+        assert_clean_error(res)
+        assert not out.exists()
+    res = run("quantize", converted["f32"], "--dtype", "float16", "-o", tmp_path / "h.tflite")
+    assert_clean_error(res, "keeps its type")
     assert not list(tmp_path.iterdir())
+
+
+def test_a_damaged_history_prefix(converted, tmp_path: Path) -> None:
+    half = tmp_path / "half.tflite"
+    assert run("scale", converted["f32"], "0.5", "-o", half).code == 0
+    data = half.read_bytes()
+    p = _prefix(half)
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(data.replace(f'"prefix": {p}'.encode(), f'"prefix": {p + 8}'.encode(), 1))
+    assert_clean_error(run("inspect", bad, "--no-stats"), "prefix")
 
 
 def _damaged(src: Path, dst: Path, edit) -> Path:

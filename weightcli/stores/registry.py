@@ -150,7 +150,7 @@ FORMATS: tuple[FormatSpec, ...] = (
         "tflite",
         "weightcli.stores.tflite:probe",
         "weightcli.stores.tflite:TFLiteStore",
-        {},  # read only
+        {"tflite": (".tflite",)},
         file_model="weightcli.stores.tflite:named",
     ),
 )

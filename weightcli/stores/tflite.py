@@ -19,12 +19,24 @@ u32 count then its elements. The fields read:
 The constant tensors are those whose buffer holds data; each is named as the converter
 named it (``functional_1/fc_1/MatMul``), and grouped by the operator that uses it (a
 FULLY_CONNECTED's weights are its ``kernel``, shaped ``[out, in]`` as TensorFlow Lite
-stores them). Writing a ``.tflite`` is not supported yet: ``inspect``, ``diff``, ``dump``
-and ``verify`` read it.
+stores them).
+
+Writing (``TFLitePatcher``) is surgery: changed tensors are written over their bytes, no
+table is rebuilt, and the history goes into the model's ``metadata`` as a buffer named
+``weightcli_history``, which LiteRT ignores. Adding a buffer and a metadata entry needs
+new ``buffers`` and ``metadata`` vectors, and a flatbuffer's offsets only point forward,
+so they cannot follow the tables they list: the copy starts with a *prefix* (a new root
+``Model`` table whose fields point at the source's own vectors, strings and tables, the
+two new vectors, the new ``Buffer`` and ``Metadata`` tables and the history's bytes),
+and the source's bytes follow unchanged, shifted by the prefix's length (a multiple of
+16, so every buffer keeps its alignment; a buffer stored by absolute ``offset``, in a
+model over 2 GB, has that offset moved by as much). The history records the prefix's
+length, so a later run replaces that prefix instead of stacking another.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import mmap
 import os
@@ -36,8 +48,11 @@ from typing import Any
 import numpy as np
 
 from weightcli.dtypes import to_numpy
-from weightcli.errors import CorruptError, InputError, UnsupportedError
-from weightcli.stores.base import Block, Patcher, Store, StoreMeta
+from weightcli.errors import CorruptError, InputError, OutputError, UnsupportedError
+from weightcli.stores import capped, temps
+from weightcli.stores.base import Block, Patcher, Store, StoreMeta, clean_history
+from weightcli.stores.output import publish, temp_beside
+from weightcli.stores.rangecopy import RangeCopy, copy_range
 from weightcli.tensor import TensorInfo
 
 FORMAT = "tflite"
@@ -81,6 +96,13 @@ OPS: dict[int, tuple[str, dict[int, str]]] = {
 
 
 DEQUANTIZE = 6
+
+HISTORY = "weightcli_history"  # the metadata entry (and buffer) of weightcli's history
+# Model's fields, in schema order: version (a u32), then offsets to operator_codes,
+# subgraphs, description, buffers, metadata_buffer, metadata, signature_defs.
+MODEL_FIELDS = 8
+BUFFERS, METADATA = 4, 6
+PREFIX_ALIGN = 16
 
 
 def probe(path: Path) -> bool:
@@ -204,6 +226,7 @@ class Constant:
 
     at: int  # file offset of its first byte
     nbytes: int
+    buffer: int = 0  # its index in the model's buffers (several tensors may share one)
     scale: tuple[float, ...] = ()
     zero_point: tuple[int, ...] = ()
     axis: int = 0
@@ -226,14 +249,22 @@ class TFLiteStore(Store):
             self._map: mmap.mmap | None = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
         finally:
             os.close(fd)
+        self._flat = Flat(self._map, str(path))
         try:
-            self._read(Flat(self._map, str(path)))
+            self._read(self._flat)
         except BaseException:
             self.close()
             raise
 
     def _read(self, flat: Flat) -> None:
         model = flat.table(flat.u32(0))
+        history, self._body = self._history(flat, model)
+        # The model as its writer made it: a weightcli prefix's root stands in front of it.
+        self._original = flat.table(self._body + flat.u32(self._body)) if self._body else model
+        if self._original.fields > MODEL_FIELDS:
+            self._unknown = f"its Model table has {self._original.fields} fields"
+        else:
+            self._unknown = ""
         version = model.scalar(0, "u32")
         codes: list[int] = []
         for entry in model.tables(1):
@@ -299,8 +330,37 @@ class TFLiteStore(Store):
             format=FORMAT,
             format_label=LABEL,
             writer=model.text(3),
+            history=history,
             extra={"schema version": version, "subgraphs": len(subgraphs), "buffers": len(buffers)},
         )
+
+    def _history(self, flat: Flat, model: Table) -> tuple[list[dict[str, Any]], int]:
+        """weightcli's history in the model's metadata, and where the source's own bytes
+        begin (the length of the prefix a weightcli write put in front; 0 if none)."""
+        buffers = model.tables(4)
+        for entry in model.tables(METADATA):
+            if entry.text(0) != HISTORY:
+                continue
+            index = entry.scalar(1, "u32")
+            data = buffers[index].field(0) if index < len(buffers) else None
+            if data is None:
+                raise CorruptError(f"{flat.label}: its weightcli history names no data")
+            at, n = flat.vector(data, 1)
+            if n > capped.HISTORY_BYTES:
+                raise CorruptError(f"{flat.label}: a weightcli history of {n} bytes")
+            doc = capped.parse_json(bytes(flat.buf[at : at + n]), f"{flat.label}: history")
+            body = doc.get("prefix", 0) if isinstance(doc, dict) else None
+            if (
+                not isinstance(body, int)
+                or isinstance(body, bool)
+                or body < 0
+                or body % PREFIX_ALIGN
+                or body + 8 > flat.size
+                or (body and bytes(flat.buf[body + 4 : body + 8]) != IDENTIFIER)
+            ):
+                raise CorruptError(f"{flat.label}: a damaged weightcli history (its prefix)")
+            return clean_history(doc.get("history")), body
+        return [], 0
 
     def _constant(
         self, flat: Flat, tensor: Table, buffers: list[Table]
@@ -346,7 +406,7 @@ class TFLiteStore(Store):
                 zero = tuple(struct.unpack_from(f"<{n}q", flat.buf, start))
             axis = q.scalar(6, "i32")
         info = TensorInfo(name=name, path="", dtype=dtype, shape=shape, kind="")
-        return info, Constant(at, nbytes, scale, zero, axis)
+        return info, Constant(at, nbytes, index, scale, zero, axis)
 
     def tensors(self) -> list[TensorInfo]:
         return list(self._infos)
@@ -365,11 +425,25 @@ class TFLiteStore(Store):
         raw = self._map[start : start + count * dtype.itemsize]
         return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
 
-    def _patch(self, out: Path, retype: dict[str, str]) -> Patcher:
-        raise UnsupportedError(
-            f"{self.path}: writing a .tflite is not supported yet (inspect, diff, dump and "
-            "verify read it); patch the model it was converted from and convert again"
+    def supports_dtype(self, dtype: str) -> str | None:
+        return (
+            "a .tflite tensor keeps its type (its operators are compiled for it): convert "
+            "the model again to change it"
         )
+
+    def _patch(self, out: Path, retype: dict[str, str]) -> Patcher:
+        if self._unknown:
+            raise UnsupportedError(
+                f"{self.path}: {self._unknown}, more than this writer knows; nothing written"
+            )
+        return TFLitePatcher(self, out)
+
+    def sharers(self, info: TensorInfo) -> list[TensorInfo]:
+        """The other constant tensors stored in ``info``'s buffer."""
+        buffer = self._consts[info.path].buffer
+        return [
+            t for t in self._infos if t.path != info.path and self._consts[t.path].buffer == buffer
+        ]
 
     def close(self) -> None:
         mapped = getattr(self, "_map", None)
@@ -377,3 +451,219 @@ class TFLiteStore(Store):
             mapped.close()
             self._map = None
         self.drop_local_copy()
+
+
+# -- writing --------------------------------------------------------------------------------
+
+# Room left in front of the source's bytes for the prefix: in a model of ROOM_FROM_BYTES
+# or more, ROOM beyond what the prefix needs with the source's history (the new entry
+# fits in it); a smaller model gets a prefix of the exact size, its bytes moved once when
+# the entry arrives (a kernel copy, as a safetensors header that outgrew its room).
+ROOM = 64 * 1024
+ROOM_FROM_BYTES = 64 * 1024 * 1024
+
+
+def _align(n: int, to: int = PREFIX_ALIGN) -> int:
+    return -(-n // to) * to
+
+
+class _Prefix:
+    """The bytes put in front of a patched model (see the module's docstring)."""
+
+    def __init__(self, store: TFLiteStore, history: list[dict[str, Any]]) -> None:
+        self.store = store
+        self.history = json.dumps(history, separators=(",", ":"), ensure_ascii=False)
+        self.size = len(self.build(0))  # the same for every prefix length (padded number)
+
+    def build(self, length: int) -> bytes:
+        """The prefix for source bytes that start at ``length`` (its own length, padded)."""
+        store, flat, orig = self.store, self.store._flat, self.store._original
+
+        def moved(src: int) -> int:  # where a position of the source lands in the copy
+            return src - store._body + length
+
+        out = bytearray(b"\0\0\0\0" + IDENTIFIER)
+        vtable = len(out)
+        present = [orig.field(i) is not None or i in (BUFFERS, METADATA) for i in range(8)]
+        out += struct.pack("<HH", 4 + 2 * MODEL_FIELDS, 4 + 4 * MODEL_FIELDS)
+        out += struct.pack(
+            f"<{MODEL_FIELDS}H", *[4 + 4 * i if p else 0 for i, p in enumerate(present)]
+        )
+        table = len(out)
+        struct.pack_into("<I", out, 0, table)
+        out += struct.pack("<i", table - vtable) + bytes(4 * MODEL_FIELDS)
+        buffers = _offsets(flat, orig, BUFFERS)
+        entries = [at for at in _offsets(flat, orig, METADATA) if flat.table(at).text(0) != HISTORY]
+        vec_buffers = len(out)
+        out += struct.pack("<I", len(buffers) + 1) + bytes(4 * (len(buffers) + 1))
+        vec_meta = len(out)
+        out += struct.pack("<I", len(entries) + 1) + bytes(4 * (len(entries) + 1))
+        # the history's Buffer table, its Metadata table, the name, the data
+        out += struct.pack("<HHHH", 6, 8, 4, 0)
+        new_buffer = len(out)
+        out += struct.pack("<iI", 8, 0)
+        out += struct.pack("<HHHH", 8, 12, 4, 8)
+        new_entry = len(out)
+        out += struct.pack("<iII", 8, 0, len(buffers))
+        name = len(out)
+        out += struct.pack("<I", len(HISTORY)) + HISTORY.encode() + b"\0"
+        out += bytes(_align(len(out), 4) - len(out))
+        doc = (
+            '{"prefix": ' + str(length).ljust(20) + ', "history": ' + self.history + "}"
+        ).encode()
+        out += bytes(_align(len(out) + 4) - 4 - len(out))  # the data 16-byte aligned
+        data = len(out)
+        out += struct.pack("<I", len(doc)) + doc
+        # the offsets, now that every position is known
+        for i in range(MODEL_FIELDS):
+            field = table + 4 + 4 * i
+            if i == 0 and present[0]:
+                struct.pack_into("<I", out, field, orig.scalar(0, "u32"))
+            elif i == BUFFERS:
+                struct.pack_into("<I", out, field, vec_buffers - field)
+            elif i == METADATA:
+                struct.pack_into("<I", out, field, vec_meta - field)
+            elif present[i]:
+                at = orig.field(i)
+                assert at is not None
+                struct.pack_into("<I", out, field, moved(flat.deref(at)) - field)
+        for k, at in enumerate([*buffers, None]):
+            slot = vec_buffers + 4 + 4 * k
+            struct.pack_into("<I", out, slot, (new_buffer if at is None else moved(at)) - slot)
+        for k, at in enumerate([*entries, None]):
+            slot = vec_meta + 4 + 4 * k
+            struct.pack_into("<I", out, slot, (new_entry if at is None else moved(at)) - slot)
+        struct.pack_into("<I", out, new_buffer + 4, data - (new_buffer + 4))
+        struct.pack_into("<I", out, new_entry + 4, name - (new_entry + 4))
+        if length:
+            if len(out) > length:
+                raise ValueError("the prefix outgrew its length")
+            out += bytes(length - len(out))
+        return bytes(out)
+
+
+def _offsets(flat: Flat, table: Table, i: int) -> list[int]:
+    """The positions of the tables a vector field lists."""
+    at = table.field(i)
+    if at is None:
+        return []
+    start, n = flat.vector(at, 4)
+    return [flat.deref(start + 4 * k) for k in range(n)]
+
+
+class TFLitePatcher(Patcher):
+    """A patched copy of a ``.tflite``: changed tensors written over their bytes, the
+    source's bytes copied by the kernel behind a prefix (see the module's docstring)."""
+
+    def __init__(self, store: TFLiteStore, out: Path) -> None:
+        super().__init__()
+        self.store = store
+        self.out = out
+        size = store.path.stat().st_size
+        need = _Prefix(store, store.meta.history).size
+        self.room = _align(need + (ROOM if size - store._body >= ROOM_FROM_BYTES else 0))
+        self.tmp = temp_beside(out)
+        self.hashes: dict[str, Any] = {}
+        self.history: list[dict[str, Any]] | None = None
+        self.prefix_bytes = 0
+        try:
+            self.copy: RangeCopy | None = RangeCopy(
+                store.path, self.tmp, store._body, size - store._body, self.room
+            )
+        except BaseException:
+            temps.remove(self.tmp)
+            raise
+
+    @property
+    def bytes_written(self) -> int:
+        return (self.copy.bytes_written if self.copy else 0) + self.prefix_bytes
+
+    def _begin(self, info: TensorInfo, dtype: str) -> None:
+        if dtype != info.dtype:
+            raise ValueError(f"{info.name}: a dtype change was not planned")
+        import blake3
+
+        self.hashes[info.path] = blake3.blake3()
+
+    def _write(self, info: TensorInfo, block: Block, data: np.ndarray) -> None:
+        assert self.copy is not None
+        const = self.store._consts[info.path]
+        dtype = to_numpy(info.dtype).newbyteorder("<")
+        raw = np.ascontiguousarray(data, dtype=dtype).reshape(-1).view(np.uint8)
+        self.copy.write(raw.data, const.at - self.store._body + block.first * dtype.itemsize)
+        self.hashes[info.path].update(raw.data)
+
+    def _set_history(self, history: list[dict[str, Any]]) -> None:
+        self.history = history
+
+    def _check_shared(self) -> None:
+        """A buffer that several tensors share is written only when every one of them
+        was, each with the same bytes: else one tensor's change would silently change
+        the other (or be lost)."""
+        for path in self.hashes:
+            info = next(t for t in self.store.tensors() if t.path == path)
+            for other in self.store.sharers(info):
+                if other.path not in self.hashes:
+                    raise UnsupportedError(
+                        f"{self.store.path}: {info.name!r} shares its buffer with "
+                        f"{other.name!r}, which was not selected: select both (they hold "
+                        "the same bytes), or neither; nothing written"
+                    )
+                if self.hashes[other.path].digest() != self.hashes[path].digest():
+                    raise UnsupportedError(
+                        f"{self.store.path}: {info.name!r} and {other.name!r} share one "
+                        "buffer and would get different values; nothing written"
+                    )
+
+    def _commit(self) -> None:
+        assert self.copy is not None
+        self._check_shared()
+        prefix = _Prefix(self.store, self.history or [])
+        length = self.room if prefix.size <= self.room else _align(prefix.size)
+        self._move_offsets(length)
+        self.copy.finish()
+        final = self.tmp
+        if length != self.room:  # the history outgrew the room: the copy moves once
+            final = temp_beside(self.out)
+            body = self.tmp.stat().st_size - self.room
+            src_fd, dst_fd = os.open(self.tmp, os.O_RDONLY), os.open(final, os.O_WRONLY)
+            try:
+                os.ftruncate(dst_fd, length + body)
+                copy_range(src_fd, dst_fd, 0, body, self.room, length)
+            finally:
+                os.close(src_fd)
+                os.close(dst_fd)
+            temps.remove(self.tmp)
+            self.tmp = final
+        head = prefix.build(length)
+        fd = os.open(final, os.O_WRONLY)
+        try:
+            done = 0
+            while done < len(head):
+                done += os.pwrite(fd, head[done:], done)
+        except OSError as exc:
+            raise OutputError(f"{self.out}: cannot write: {exc.strerror or exc}") from exc
+        finally:
+            os.close(fd)
+        self.prefix_bytes = len(head)
+        publish(final, self.out, self.overwrite)
+
+    def _move_offsets(self, length: int) -> None:
+        """Buffers stored by absolute offset (a model over 2 GB) move with the copy."""
+        assert self.copy is not None
+        flat, store = self.store._flat, self.store
+        for at in _offsets(flat, store._original, BUFFERS):
+            buffer = flat.table(at)
+            field = buffer.field(1)
+            if field is None:
+                continue
+            offset = flat.u64(field)
+            if offset > 1:
+                moved = offset - store._body + length
+                self.copy.write(struct.pack("<Q", moved), field - store._body)
+
+    def _abort(self) -> None:
+        if self.copy is not None:
+            self.copy.close()
+            self.copy = None
+        temps.remove(self.tmp)
