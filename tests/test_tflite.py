@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -263,3 +264,47 @@ def test_damaged_files(converted, tmp_path: Path, edit) -> None:
     path = _damaged(converted["f32"], tmp_path / "bad.tflite", edit)
     res = run("inspect", path)
     assert_clean_error(res)
+
+
+def test_a_shared_buffer_is_written_whole_or_not_at_all(converted, tmp_path: Path) -> None:
+    """Two tensors stored in one buffer (made so here: the converter shares tensors
+    rather than buffers in these models): writing one alone, or both with different
+    values, is refused and leaves nothing; both with the same values is written."""
+    from dataclasses import replace
+
+    from weightcli.errors import UnsupportedError
+    from weightcli.stores.base import split
+    from weightcli.stores.tflite import TFLiteStore
+
+    def store_with_shared() -> tuple[TFLiteStore, Any, Any]:
+        store = TFLiteStore(converted["f32"])
+        a = next(t for t in store.tensors() if t.is_float)
+        b = replace(a, name=a.name + "_twin", path="0:9999")  # a second tensor, same buffer
+        store._infos.append(b)
+        store._consts[b.path] = store._consts[a.path]
+        return store, a, b
+
+    def write(store: TFLiteStore, values: dict[Any, np.ndarray], out: Path) -> None:
+        patcher = store.patch(out)
+        try:
+            for info, data in values.items():
+                patcher.begin(info, info.dtype)
+                (block,) = split(info.shape)
+                patcher.write(info, block, data)
+            patcher.set_history([])
+            patcher.commit()
+        except BaseException:
+            patcher.abort()
+            raise
+
+    out = tmp_path / "o.tflite"
+    store, a, b = store_with_shared()
+    with pytest.raises(UnsupportedError, match="shares its buffer"):
+        write(store, {a: np.zeros(a.shape, np.float32)}, out)
+    with pytest.raises(UnsupportedError, match="different values"):
+        write(store, {a: np.zeros(a.shape, np.float32), b: np.ones(b.shape, np.float32)}, out)
+    assert not list(tmp_path.iterdir())
+    write(store, {a: np.zeros(a.shape, np.float32), b: np.zeros(b.shape, np.float32)}, out)
+    store.close()
+    with weightcli.open(out) as ckpt:
+        assert not ckpt.array(a.name).any()
