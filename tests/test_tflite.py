@@ -51,6 +51,14 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             conv._experimental_use_buffer_offset = True
         out[name] = root / f"{name}.tflite"
         out[name].write_bytes(conv.convert())
+    # the oracle of scaling through the scales: the converter's own dynamic-range model
+    # of the same network with every kernel halved
+    halved = keras.models.clone_model(model)
+    halved.set_weights([w * 0.5 if w.ndim > 1 else w for w in model.get_weights()])
+    conv = tf.lite.TFLiteConverter.from_keras_model(halved)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    out["dynamic_half"] = root / "dynamic_half.tflite"
+    out["dynamic_half"].write_bytes(conv.convert())
     out["keras"] = root / "model.keras"
     model.save(out["keras"])
     return out
@@ -69,6 +77,10 @@ def test_constants_agree_with_the_interpreter(converted, name: str) -> None:
     with weightcli.open(path) as ckpt:
         for t in doc["tensors"]:
             index = int(t["path"].split(":")[1])
+            if t["kind"] == "kernel_scale":  # a quantized kernel's scales, as a tensor
+                scales = details[index]["quantization_parameters"]["scales"]
+                np.testing.assert_array_equal(ckpt.array(t["name"]), scales)
+                continue
             d = details[index]
             assert t["name"].rstrip("_") == d["name"]
             assert tuple(t["shape"]) == tuple(d["shape"])
@@ -195,6 +207,63 @@ def test_scale_patches_the_flatbuffer(converted, tmp_path: Path, name: str) -> N
     assert len(weightcli.open(back).meta.history) == 2
     assert len(again) - len(data) < 2 * p + 512  # one prefix, not two
     np.testing.assert_allclose(_interpret(back, x), _interpret(src, x), atol=tol, rtol=tol)
+
+
+def test_scale_through_the_scales(converted, tmp_path: Path) -> None:
+    """scale 0.5 of a dynamic-range int8 model writes the kernels' scales, not their
+    codes: the result equals, code for code and scale for scale, what TensorFlow's
+    converter makes of the Keras model with halved kernels, and the interpreter
+    computes the same outputs."""
+    out = tmp_path / "half.tflite"
+    res = run("scale", converted["dynamic"], "0.5", "--kind", "kernel", "-o", out)
+    assert res.code == 0, res.err
+    doc = run("inspect", out, "--json", "-s", "*kernel_scale").json()
+    assert doc["tensors"], "the premise: a quantized kernel's scales were listed"
+    weights = ["-s", "functional_1/*", "-s", "*kernel_scale"]
+    same = run("diff", out, converted["dynamic_half"], "--no-dequantize", *weights)
+    assert same.code == 0, same.out  # codes and scales as the converter writes them
+    before = run(
+        "diff", converted["dynamic"], converted["dynamic_half"], "--no-dequantize", *weights
+    )
+    assert before.code == 1  # (the premise: the source's scales were not those)
+    x = np.random.default_rng(2).standard_normal((1, 8, 8, 3)).astype("float32")
+    np.testing.assert_array_equal(_interpret(out, x), _interpret(converted["dynamic_half"], x))
+    res = run(
+        "scale",
+        converted["dynamic"],
+        "--factor",
+        "-2",
+        "--kind",
+        "kernel",
+        "-o",
+        tmp_path / "n.tflite",
+    )
+    assert_clean_error(res, "positive scale")
+
+
+def test_dequantized_statistics_of_int8_weights(converted) -> None:
+    """inspect shows an int8 kernel's statistics as the floats the interpreter's own
+    quantization parameters give: (codes - zero_point) * scale along its axis."""
+    import tensorflow as tf
+
+    path = converted["dynamic"]
+    it = tf.lite.Interpreter(str(path))
+    it.allocate_tensors()
+    doc = run("inspect", path, "--json").json()
+    codes = [t for t in doc["tensors"] if t.get("quantized") and t["kind"] == "kernel"]
+    assert codes
+    for t in codes:
+        d = it.get_tensor_details()[int(t["path"].split(":")[1])]
+        q = d["quantization_parameters"]
+        shape = [1] * len(d["shape"])
+        shape[q["quantized_dimension"]] = -1
+        values = (
+            it.get_tensor(d["index"]).astype(np.float64) - q["zero_points"].reshape(shape)
+        ) * q["scales"].reshape(shape)
+        deq = t["dequantized"]
+        assert deq["min"] == pytest.approx(values.min(), rel=1e-6)
+        assert deq["max"] == pytest.approx(values.max(), rel=1e-6)
+        assert deq["mean"] == pytest.approx(values.mean(), rel=1e-5, abs=1e-9)
 
 
 def test_clip_and_set_on_a_tflite(converted, tmp_path: Path) -> None:

@@ -164,7 +164,8 @@ class _ScaleOp(TensorOp):
 
 # A natively quantized layer's codes are dequantized with its scale: as codes / scale
 # (int8, per-channel int4: scaling the weights divides the scale) or, for sub-channel
-# int4 ("int4/128"), as (codes - zero) * scale (scaling them multiplies it).
+# int4 ("int4/128") and TensorFlow Lite's codes ("int8-affine"), as (codes - zero) *
+# scale (scaling them multiplies it).
 SCALE_OF = {"kernel_scale": "kernel", "embeddings_scale": "embeddings"}
 
 
@@ -300,17 +301,24 @@ class ScaleStep(Step):
             return None
         if weight is None:
             return _ScaleOp(info, factor)
-        if not (info.quantized or "").startswith(("int8", "int4")):
+        mode = info.quantized or ""
+        affine = mode.endswith("-affine")  # TensorFlow Lite: (codes - zero) * scale
+        if not (mode.startswith(("int8", "int4")) or affine):
             raise UnsupportedError(
                 f"{literal(weight.name)}: scaling a {info.quantized}-quantized layer is not supported"
             )
         if factor == 0:
             raise UnsupportedError(
                 f"{literal(weight.name)} is stored quantized: a factor of 0 cannot be written "
-                "into its scale (dequantized as codes / scale)"
+                "into its scale"
             )
-        mode = info.quantized or ""
-        return _ScaleOp(info, factor, via=info.kind, divide=not mode.startswith("int4/"))
+        if affine and factor < 0:
+            raise UnsupportedError(
+                f"{literal(weight.name)} is stored quantized: TensorFlow Lite's kernels take a "
+                "positive scale, so a negative factor cannot be written into it"
+            )
+        multiply = mode.startswith("int4/") or affine
+        return _ScaleOp(info, factor, via=info.kind, divide=not multiply)
 
     def params(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

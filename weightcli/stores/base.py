@@ -267,6 +267,16 @@ def _indexes(shape: tuple[int, ...]) -> Iterator[tuple[int, ...]]:
             yield (i, *rest)
 
 
+@dataclass(frozen=True)
+class Affine:
+    """``value = (codes - zero) * scale``, ``scale`` and ``zero`` running along ``axis``
+    of the codes (one entry each: the whole tensor)."""
+
+    scale: TensorInfo
+    zero: tuple[int, ...]
+    axis: int
+
+
 class PatcherStateError(RuntimeError):
     """A patcher was called out of order (a bug in the caller, not a user error)."""
 
@@ -648,6 +658,12 @@ class Store(abc.ABC):
 
     def supports_dtype(self, dtype: str) -> str | None:
         """None when the format can store ``dtype``, else the reason it cannot."""
+        return None
+
+    def affine(self, info: TensorInfo) -> Affine | None:
+        """For integer codes that a format dequantizes as ``(codes - zero) * scale``
+        along an axis (TensorFlow Lite's quantization): where the scale is (a tensor of
+        this store, writable as any) and the zero points; None for any other tensor."""
         return None
 
     def cannot_compress(self) -> str | None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from weightcli.stores.base import BLOCK_ELEMS, Block, Patcher, Store
+from weightcli.stores.base import BLOCK_ELEMS, Affine, Block, Patcher, Store
 from weightcli.tensor import TensorInfo
 
 SCALE_OF_CODES = {"kernel": "kernel_scale", "embeddings": "embeddings_scale"}
@@ -31,10 +31,16 @@ class DequantizedStore(Store):
         self.meta = inner.meta
         by_name = {t.name: t for t in inner.tensors()}
         self._scales: dict[str, tuple[TensorInfo, int]] = {}  # codes path -> (scale, axis)
+        self._affine: dict[str, Affine] = {}  # codes path -> (codes - zero) * scale
         self.unsupported: list[str] = []
         hidden: set[str] = set()
         self._tensors: list[TensorInfo] = []
         for t in inner.tensors():
+            affine = inner.affine(t) if t.quantized else None
+            if affine is not None:
+                self._affine[t.path] = affine
+                hidden.add(affine.scale.path)
+                continue
             scale = by_name.get(_scale_name(t)) if t.quantized else None
             if scale is None or t.kind not in SCALE_OF_CODES:
                 continue
@@ -47,14 +53,14 @@ class DequantizedStore(Store):
         for t in inner.tensors():
             if t.path in hidden:
                 continue
-            if t.path in self._scales:
+            if t.path in self._scales or t.path in self._affine:
                 t = replace(t, dtype="float32", quantized=None)
             self._tensors.append(t)
 
     @property
     def dequantized(self) -> list[str]:
         """Names of the tensors this view dequantizes."""
-        return [t.name for t in self._tensors if t.path in self._scales]
+        return [t.name for t in self._tensors if t.path in self._scales or t.path in self._affine]
 
     def tensors(self) -> list[TensorInfo]:
         return list(self._tensors)
@@ -73,11 +79,25 @@ class DequantizedStore(Store):
             yield where, self._dequantize(info, where, raw)
 
     def _inner_info(self, info: TensorInfo) -> TensorInfo:
-        if info.path not in self._scales:
+        if info.path not in self._scales and info.path not in self._affine:
             return info
         return next(t for t in self.inner.tensors() if t.path == info.path)
 
     def _dequantize(self, info: TensorInfo, where: Block | None, raw: np.ndarray) -> np.ndarray:
+        affine = self._affine.get(info.path)
+        if affine is not None:
+            scale = np.asarray(self.inner.read(affine.scale), np.float32).reshape(-1)
+            zero = np.asarray(affine.zero, np.float32)
+            if scale.size == 1:
+                whole: np.ndarray = (raw.astype(np.float32) - zero[0]) * scale[0]
+                return whole.astype(np.float32)
+            axis = affine.axis
+            first = where.origin[axis] if where is not None and where.origin else 0
+            shape = [1] * raw.ndim
+            shape[axis] = raw.shape[axis]
+            s = scale[first : first + raw.shape[axis]].reshape(shape)
+            z = zero if zero.size == 1 else zero[first : first + raw.shape[axis]].reshape(shape)
+            return ((raw.astype(np.float32) - z) * s).astype(np.float32)
         if info.path not in self._scales:
             return raw
         scale_info, axis = self._scales[info.path]

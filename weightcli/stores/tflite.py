@@ -50,7 +50,7 @@ import numpy as np
 from weightcli.dtypes import to_numpy
 from weightcli.errors import CorruptError, InputError, OutputError, UnsupportedError
 from weightcli.stores import capped, temps
-from weightcli.stores.base import Block, Patcher, Store, StoreMeta, clean_history
+from weightcli.stores.base import Affine, Block, Patcher, Store, StoreMeta, clean_history
 from weightcli.stores.output import publish, temp_beside
 from weightcli.stores.rangecopy import RangeCopy, copy_range
 from weightcli.tensor import TensorInfo
@@ -103,6 +103,8 @@ HISTORY = "weightcli_history"  # the metadata entry (and buffer) of weightcli's 
 MODEL_FIELDS = 8
 BUFFERS, METADATA = 4, 6
 PREFIX_ALIGN = 16
+# Integer codes TensorFlow Lite dequantizes as (codes - zero_point) * scale.
+AFFINE_TYPES = ("int8", "uint8", "int16")
 
 
 def probe(path: Path) -> bool:
@@ -230,6 +232,7 @@ class Constant:
     scale: tuple[float, ...] = ()
     zero_point: tuple[int, ...] = ()
     axis: int = 0
+    scale_at: int | None = None  # file offset of the scale vector's first float
 
 
 class TFLiteStore(Store):
@@ -275,6 +278,7 @@ class TFLiteStore(Store):
         subgraphs = model.tables(2)
         self._infos: list[TensorInfo] = []
         self._consts: dict[str, Constant] = {}
+        self._affine: dict[str, Affine] = {}
         seen: set[str] = set()
         for g, graph in enumerate(subgraphs):
             tensors = graph.tables(0)
@@ -318,14 +322,16 @@ class TFLiteStore(Store):
                 seen.add(name)
                 path = f"{g}:{i}"
                 layer, _, _ = (named_by or name).rpartition("/")
-                self._infos.append(
-                    TensorInfo(
-                        name=name, path=path, dtype=info.dtype, shape=info.shape, kind=kind,
-                        layer=layer or None, layer_class=op_name,
-                        quantized="int8" if const.scale and info.dtype in ("int8", "uint8", "int16") else None,
-                    )
+                affine = bool(const.scale) and info.dtype in AFFINE_TYPES
+                const_info = TensorInfo(
+                    name=name, path=path, dtype=info.dtype, shape=info.shape, kind=kind,
+                    layer=layer or None, layer_class=op_name,
+                    quantized=f"{info.dtype}-affine" if affine else None,
                 )  # fmt: skip
+                self._infos.append(const_info)
                 self._consts[path] = const
+                if affine and kind == "kernel":
+                    self._add_scale(const_info, const, seen)
         self.meta = StoreMeta(
             format=FORMAT,
             format_label=LABEL,
@@ -362,6 +368,34 @@ class TFLiteStore(Store):
             return clean_history(doc.get("history")), body
         return [], 0
 
+    def _add_scale(self, codes: TensorInfo, const: Constant, seen: set[str]) -> None:
+        """A quantized kernel's scale vector, listed as a float tensor of its own
+        (``<layer>/kernel_scale``, as Keras names an int8 layer's): read and written at
+        its place in the flatbuffer, so a factor reaches the weights through it."""
+        name = codes.name.rsplit("/", 1)[0] + "/kernel_scale"
+        if name in seen or const.scale_at is None:
+            return  # (another kernel of that prefix has it: this one keeps its codes)
+        seen.add(name)
+        info = TensorInfo(
+            name=name,
+            path=codes.path + ":scale",
+            dtype="float32",
+            shape=(len(const.scale),),
+            kind="kernel_scale",
+            layer=codes.layer,
+            layer_class=codes.layer_class,
+            quantized=codes.quantized,
+        )
+        self._infos.append(info)
+        # never a buffer: its own id, so it shares with nothing
+        self._consts[info.path] = Constant(
+            const.scale_at, 4 * len(const.scale), -1 - len(self._consts)
+        )
+        self._affine[codes.path] = Affine(info, const.zero_point or (0,), const.axis)
+
+    def affine(self, info: TensorInfo) -> Affine | None:
+        return self._affine.get(info.path)
+
     def _constant(
         self, flat: Flat, tensor: Table, buffers: list[Table]
     ) -> tuple[TensorInfo, Constant] | None:
@@ -394,19 +428,29 @@ class TFLiteStore(Store):
         scale: tuple[float, ...] = ()
         zero: tuple[int, ...] = ()
         axis = 0
+        scale_at = None
         q = tensor.sub(4)
         if q is not None:
             s = q.field(2)
             if s is not None:
                 start, n = flat.vector(s, 4)
                 scale = tuple(struct.unpack_from(f"<{n}f", flat.buf, start))
+                scale_at = start
             z = q.field(3)
             if z is not None:
                 start, n = flat.vector(z, 8)
                 zero = tuple(struct.unpack_from(f"<{n}q", flat.buf, start))
             axis = q.scalar(6, "i32")
         info = TensorInfo(name=name, path="", dtype=dtype, shape=shape, kind="")
-        return info, Constant(at, nbytes, index, scale, zero, axis)
+        if scale and (
+            axis < 0 or (len(scale) > 1 and (axis >= len(shape) or shape[axis] != len(scale)))
+        ):
+            raise CorruptError(
+                f"{flat.label}: tensor {name!r}: {len(scale)} scales along axis {axis} of {shape}"
+            )
+        if zero and len(zero) not in (1, len(scale)):
+            raise CorruptError(f"{flat.label}: tensor {name!r}: {len(zero)} zero points")
+        return info, Constant(at, nbytes, index, scale, zero, axis, scale_at)
 
     def tensors(self) -> list[TensorInfo]:
         return list(self._infos)
