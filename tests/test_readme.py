@@ -136,9 +136,16 @@ def test_every_shell_block_is_run() -> None:
         "weightcli lora",
         "weightcli migrate",
         "weightcli report",
+        "--to tflite",
     )
     assert all(any(k in b for k in keys) for b in BLOCKS), [b[:60] for b in BLOCKS]
-    for k in ("merge --config", "weightcli lora", "weightcli migrate", "weightcli report"):
+    for k in (
+        "merge --config",
+        "weightcli lora",
+        "weightcli migrate",
+        "weightcli report",
+        "--to tflite",
+    ):
         assert sum(k in b for b in BLOCKS) == 1, k
 
 
@@ -149,6 +156,7 @@ def test_every_shell_block_is_run() -> None:
         ("weightcli lora", ["merged.keras", "back.lora.h5"]),
         ("weightcli migrate", ["mobile_keras3.h5"]),
         ("weightcli report", ["model.html", "pruned.html", "change.html", "nan.html"]),
+        ("--to tflite", ["cnn.tflite", "cnn_half.tflite"]),
     ],
 )
 def test_block_runs(workspace: Path, key: str, made: list[str]) -> None:

@@ -377,3 +377,59 @@ def test_a_shared_buffer_is_written_whole_or_not_at_all(converted, tmp_path: Pat
     store.close()
     with weightcli.open(out) as ckpt:
         assert not ckpt.array(a.name).any()
+
+
+def test_export_to_tflite_and_verify(converted, tmp_path: Path) -> None:
+    """The converter route: the exported model computes what the converter's own output
+    computes, carries weightcli's history, passes --check, and verify runs it in the
+    interpreter against the Keras model."""
+    out = tmp_path / "m.tflite"
+    res = run("export", converted["keras"], "--to", "tflite", "-o", out, "--check")
+    assert res.code == 0, res.err
+    assert "PASS: the interpreter computes what the model computes" in res.out
+    history = weightcli.open(out).meta.history
+    assert history and "--to tflite" in history[-1]["command"]
+    x = np.random.default_rng(3).standard_normal((1, 8, 8, 3)).astype("float32")
+    np.testing.assert_array_equal(_interpret(out, x), _interpret(converted["f32"], x))
+    res = run("verify", out, "--reference", converted["keras"], "--json")
+    assert res.code == 0, res.out
+    checks = {c["name"]: c["status"] for c in res.json()["checks"]}
+    assert checks["outputs match reference"] == "PASS" and checks["loads"] == "PASS"
+    assert checks["same structure as reference"] == "SKIP"
+
+
+def test_export_int8_check_fails_beyond_its_tolerance(converted, tmp_path: Path) -> None:
+    samples = tmp_path / "x.npy"
+    np.save(samples, np.random.default_rng(4).standard_normal((8, 8, 8, 3)).astype("float32"))
+    out = tmp_path / "q.tflite"
+    args = ["export", converted["keras"], "--to", "tflite", "--int8", "--calibration", samples]
+    res = run(*args, "-o", out, "--check", "--atol", "0", "--json")
+    assert res.code == 1  # int8 arithmetic is not exact: the check says so
+    doc = res.json()
+    assert doc["check"]["status"] == "FAIL" and 0 < doc["check"]["data"]["max_abs"] < 0.5
+    kinds = {(t["dtype"], t["kind"]) for t in run("inspect", out, "--json").json()["tensors"]}
+    assert ("int8", "kernel") in kinds
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        (["--to", "tflite", "--int8"], "--calibration"),
+        (["--to", "safetensors", "--check"], "converted format"),
+        (["--to", "tflite", "-s", "fc*"], "no selection"),
+        (["--to", "tflite", "--atol", "0.1"], "--check"),
+    ],
+)
+def test_export_refusals(converted, tmp_path: Path, extra: list[str], says: str) -> None:
+    out = tmp_path / ("o.tflite" if "tflite" in extra else "o.safetensors")
+    res = run("export", converted["keras"], *extra, "-o", out)
+    assert_clean_error(res, says)
+    assert not out.exists()
+
+
+def test_export_of_weights_only_is_refused(tmp_path: Path) -> None:
+    from helpers import SAMPLES
+
+    res = run("export", SAMPLES / "mlp.weights.h5", "--to", "tflite", "-o", tmp_path / "w.tflite")
+    assert_clean_error(res, "no model to convert")
+    assert not list(tmp_path.iterdir())

@@ -92,6 +92,31 @@ def quiet() -> Iterator[None]:
                 lg.setLevel(level)
 
 
+@contextlib.contextmanager
+def silent() -> Iterator[None]:
+    """Native code's prints (file descriptors 1 and 2) and Python's stdout kept off
+    stdout, which is the JSON's: TensorFlow's converter prints its progress on both.
+    They go to /dev/null, or with --debug to stderr. Python exceptions still propagate."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    debug = bool(os.environ.get("WEIGHTCLI_DEBUG"))
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with (
+            open(os.devnull, "w") as null,
+            contextlib.redirect_stdout(sys.stderr if debug else null),
+        ):
+            os.dup2(saved[1] if debug else null.fileno(), 1)
+            if not debug:
+                os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+
+
 def import_custom_objects(path: Path) -> dict[str, Any]:
     """Import a Python file of custom Keras objects: the classes it registers with
     ``keras.saving.register_keras_serializable`` are found by ``load_model``; every class
@@ -283,6 +308,123 @@ def _load_savedmodel(path: Path) -> Runnable:
     return Runnable("tf.saved_model.load + serving_default", inputs, call)
 
 
+def _interpreter_class() -> tuple[Any, str]:
+    """LiteRT's interpreter (``ai-edge-litert``), else TensorFlow's own."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        return Interpreter, "LiteRT Interpreter (ai_edge_litert)"
+    except ImportError:
+        pass
+    _quiet_tf()
+    import tensorflow as tf
+
+    return tf.lite.Interpreter, "tf.lite.Interpreter"
+
+
+def load_tflite(path: Path) -> Runnable:
+    """A ``.tflite`` model run by the interpreter (which verifies the flatbuffer as it
+    loads it). A batch runs one sample at a time when the model's batch is fixed at 1,
+    as the converter makes it; int8 inputs and outputs are (de)quantized with their own
+    parameters, so the caller feeds and reads floats."""
+    interpreter_class, how = _interpreter_class()
+    with quiet(), silent():
+        it = interpreter_class(model_path=str(path))
+        it.allocate_tensors()
+    ins, outs = it.get_input_details(), it.get_output_details()
+    inputs = {d["name"]: ((None, *(int(x) for x in d["shape"][1:])), "float32") for d in ins}
+
+    def quantize(x: np.ndarray, d: dict[str, Any]) -> np.ndarray:
+        scale, zero = d["quantization"]
+        if np.dtype(d["dtype"]).kind in "iu" and scale:
+            info = np.iinfo(d["dtype"])
+            return np.clip(np.round(x / scale + zero), info.min, info.max).astype(d["dtype"])
+        return np.asarray(x, d["dtype"])
+
+    def dequantize(y: np.ndarray, d: dict[str, Any]) -> np.ndarray:
+        scale, zero = d["quantization"]
+        if np.dtype(d["dtype"]).kind in "iu" and scale:
+            return (y.astype(np.float32) - zero) * scale
+        return np.asarray(y)
+
+    def call(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        n = len(next(iter(feed.values())))
+        results: list[list[np.ndarray]] = [[] for _ in outs]
+        for k in range(n):
+            for d in ins:
+                it.set_tensor(d["index"], quantize(feed[d["name"]][k : k + 1], d))
+            it.invoke()
+            for j, d in enumerate(outs):
+                results[j].append(dequantize(it.get_tensor(d["index"]), d))
+        return [np.concatenate(r) for r in results]
+
+    return Runnable(how, inputs, call)
+
+
+def convert_tflite(
+    path: Path, store: Store, int8: bool, calibration: dict[str, np.ndarray] | None
+) -> bytes:
+    """TensorFlow's converter on a full Keras model or a SavedModel, the tutorials'
+    route: float32, or (``int8``) full-integer weights and activations calibrated on
+    ``calibration``'s samples (inputs and outputs stay float32)."""
+    refused = code_refusal(store) if not store.meta.has_graph else None
+    if refused is not None:
+        raise UnsupportedError(f"{literal(path)}: {refused.detail}")
+    _quiet_tf()
+    import tensorflow as tf
+
+    with quiet(), silent():
+        if store.meta.full_model:
+            converter = tf.lite.TFLiteConverter.from_keras_model(_full_model(path, store))
+        elif store.meta.has_graph:
+            converter = tf.lite.TFLiteConverter.from_saved_model(str(path))
+        else:
+            raise UsageError(
+                f"{literal(path)}: a {store.meta.format_label} holds no model to convert: "
+                "export --to tflite needs a full model (.keras, an .h5 with its config, "
+                "a SavedModel)"
+            )
+        if int8:
+            assert calibration is not None
+            samples = calibration
+
+            def representative() -> Iterator[list[np.ndarray]]:
+                n = len(next(iter(samples.values())))
+                for k in range(n):
+                    yield [np.asarray(v[k : k + 1], np.float32) for v in samples.values()]
+
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = representative
+        try:
+            return bytes(converter.convert())
+        except Exception as exc:
+            raise UnsupportedError(
+                f"{literal(path)}: TensorFlow's converter refused the model: {_first(exc)}"
+            ) from exc
+
+
+def _full_model(path: Path, store: Store) -> Any:
+    """The Keras model of a full-model file (Keras 3, or tf_keras for a Keras 2 file
+    Keras 3 refuses), in safe mode."""
+    import keras
+
+    try:
+        return keras.models.load_model(path, compile=False, custom_objects=_CUSTOM or None)
+    except Exception as first:
+        if not (store.meta.writer or "").startswith("Keras 2"):
+            raise UnsupportedError(
+                f"{literal(path)}: Keras could not load it: {_first(first)}"
+            ) from first
+        try:
+            import tf_keras
+        except ImportError:
+            raise UnsupportedError(
+                f"{literal(path)}: Keras could not load it: {_first(first)}"
+            ) from first
+        with _tf_keras_safe_mode(True):
+            return tf_keras.models.load_model(path, compile=False, custom_objects=_CUSTOM or None)
+
+
 def weights_match(arch: Store, weights: Store) -> list[str]:
     """Per-layer mismatches between an architecture's weights and a weights-only file."""
     sel = Selection(floats_only=False)
@@ -347,6 +489,9 @@ def _load(
         if refused is not None:
             return None, refused
     try:
+        if meta.format == "tflite":
+            r = load_tflite(path)
+            return r, Check("loads", PASS, f"loaded with {r.how}")
         if meta.full_model:
             r = _load_keras_full(path, store.meta.writer, trust_code)
             return r, Check("loads", PASS, f"loaded with {r.how}")
@@ -694,6 +839,36 @@ def check_migrated(src: Path, out: Path, src_line: str | None, target: str, atol
     except Exception as exc:
         return Check(name, FAIL, f"{target} cannot load the output: {_first(exc)}")
     feed = make_inputs(before, 0, 4, None)
+    refs, _ = run(before, feed)
+    outs, ran = run(after, adapt(feed, after))
+    if refs is None or outs is None:
+        return Check(name, FAIL, f"a forward pass failed: {ran.detail}")
+    check = compare_outputs(outs, refs, atol, 0.0, None)
+    return Check(name, check.status, check.detail, check.data)
+
+
+def check_converted(
+    src: Path, out: Path, samples: dict[str, np.ndarray] | None, atol: float
+) -> Check:
+    """The converted ``out`` run by the interpreter against the model ``src`` on the
+    same inputs (``samples``, or seeded random ones): PASS within ``atol``."""
+    name = "the interpreter computes what the model computes"
+    with open_store(src) as store:
+        try:
+            with quiet():
+                if store.meta.full_model:
+                    before = _keras_runnable(_full_model(src, store), "keras")
+                else:
+                    before = _load_savedmodel(src)
+        except (UsageError, UnsupportedError, MissingExtraError):
+            raise
+        except Exception as exc:
+            return Check(name, SKIP, f"the model does not load to compare with: {_first(exc)}")
+    try:
+        after = load_tflite(out)
+    except Exception as exc:
+        return Check(name, FAIL, f"the interpreter cannot load the output: {_first(exc)}")
+    feed = adapt(samples, before) if samples is not None else make_inputs(before, 0, 4, None)
     refs, _ = run(before, feed)
     outs, ran = run(after, adapt(feed, after))
     if refs is None or outs is None:

@@ -682,6 +682,8 @@ def print_export(result: ExportResult) -> None:
         f"{len(result.rows)} tensors, {fmt_bytes(result.bytes_written)} written to "
         f"{result.output} ({result.to}, {result.layout} layout), {result.elapsed:.2f} s"
     )
+    if result.check is not None:
+        out.print(f"{result.check.status}: {result.check.name}: {result.check.detail}")
 
 
 # -- batch ------------------------------------------------------------------------------------

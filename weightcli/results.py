@@ -700,8 +700,9 @@ class ExportRow:
 
 @dataclass
 class ExportResult(Written):
-    """``export``: JSON ``{"source", "output", "to", "layout", "tensors": [{"name",
-    "shape", "written": [{"name", "shape"}], "rule"}], "bytes_written", "elapsed_s"}``."""
+    """``export``: JSON ``{"source", "output", "to", "layout", "check", "tensors":
+    [{"name", "shape", "written": [{"name", "shape"}], "rule"}], "bytes_written",
+    "elapsed_s"}``; exit 1 when ``--check`` failed."""
 
     source: str
     output: str
@@ -710,6 +711,15 @@ class ExportResult(Written):
     rows: list[ExportRow]
     bytes_written: int
     elapsed: float
+    check: Check | None = None  # ``--check`` of a converted format
+
+    @property
+    def exit_code(self) -> ExitCode:  # type: ignore[override]
+        failed = self.check is not None and self.check.status == CheckStatus.FAIL
+        return ExitCode.CHECK_FAILED if failed else ExitCode.OK
+
+    def explain(self) -> str | None:
+        return self.check.detail if self.exit_code and self.check else None
 
     def compared(self) -> tuple[Path, Path | None] | None:
         """What ``--report-html`` draws: the written file and what it was made from."""
@@ -722,6 +732,7 @@ class ExportResult(Written):
                 "output": self.output,
                 "to": self.to,
                 "layout": self.layout,
+                "check": self.check.to_json() if self.check else None,
                 "tensors": [
                     {
                         "name": r.name,

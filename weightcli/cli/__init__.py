@@ -66,6 +66,16 @@ class WeightcliGroup(click.Group):
         return command
 
     def invoke(self, ctx: click.Context) -> object:
+        before = os.environ.get("WEIGHTCLI_DEBUG")
+        try:
+            return self._invoke(ctx)
+        finally:  # (a run in-process, a test's, leaves the environment as it found it)
+            if before is None:
+                os.environ.pop("WEIGHTCLI_DEBUG", None)
+            else:
+                os.environ["WEIGHTCLI_DEBUG"] = before
+
+    def _invoke(self, ctx: click.Context) -> object:
         rest = (*ctx.protected_args, *ctx.args)
         debug = "--debug" in rest or bool(ctx.params.get("debug"))
         if debug:

@@ -25,10 +25,10 @@ from weightcli.stores.registry import export_targets
 @click.argument("path", metavar="IN", type=click.Path(path_type=str))
 @click.option(
     "--to",
-    type=click.Choice(list(export_targets())),
+    type=click.Choice([*export_targets(), *command.CONVERTED]),
     default="safetensors",
     show_default=True,
-    help="The format written.",
+    help="The format written (tflite: TensorFlow's converter on the whole model; the tf extra).",
 )
 @click.option(
     "--layout",
@@ -47,6 +47,30 @@ from weightcli.stores.registry import export_targets
     help="Rename the written tensors (diff --map's rules; re:PATTERN=NEW too).",
 )
 @map_file_option
+@click.option(
+    "--int8",
+    is_flag=True,
+    help="--to tflite: full-integer weights and activations, calibrated on --calibration.",
+)
+@click.option(
+    "--calibration",
+    type=click.Path(path_type=Path),
+    metavar="FILE",
+    help="--to tflite: sample inputs (.npy, or .npz with one array per input), samples "
+    "first: --int8's calibration and --check's inputs.",
+)
+@click.option(
+    "--check",
+    is_flag=True,
+    help="--to tflite: run OUT in the interpreter and IN in Keras on the same inputs "
+    "(--calibration, or seeded random ones); exit 1 when outputs differ by more than --atol.",
+)
+@click.option(
+    "--atol",
+    type=float,
+    default=None,
+    help="--check's absolute tolerance (default 1e-4; 0.1 with --int8).",
+)
 @selection_group(floats_only=False)
 @json_option
 @debug_option
@@ -59,11 +83,16 @@ def export(
     digest: str | None,
     maps: tuple[str, ...],
     map_file: Path | None,
+    int8: bool,
+    calibration: Path | None,
+    check: bool,
+    atol: float | None,
     sel: Selection,
     as_json: bool,
     debug: bool,
 ) -> None:
-    """Write IN's weights as a new file of another format (not surgery: a new container).
+    """Write IN's weights as a new file of another format (not surgery: a new container),
+    or (--to tflite) convert the whole model with TensorFlow's converter.
 
     Model weights by default (optimizer state with --include-optimizer). --layout torch
     converts each tensor by its Keras layer class (a full model is needed: .keras, or an
@@ -76,6 +105,8 @@ def export(
       weightcli export model.keras --to safetensors -o model.safetensors
       weightcli export model.keras --to safetensors --layout torch -o pytorch.safetensors
       weightcli export model.keras --layout torch --map 're:dense_(\\d+)\\.(.*)=fc\\1.\\2' -o t.safetensors
+      weightcli export model.keras --to tflite -o model.tflite --check
+      weightcli export model.keras --to tflite --int8 --calibration x.npy -o int8.tflite --check
     """
     request = command.ExportRequest(
         output=Path(output),
@@ -85,5 +116,9 @@ def export(
         force=force,
         digest=digest,
         maps=maps + (read_map_file(map_file) if map_file else ()),
+        int8=int8,
+        calibration=calibration,
+        check=check,
+        atol=atol,
     )
     dispatch_one(path, command.run, request, print_export, as_json=as_json, debug=debug)

@@ -1,8 +1,13 @@
-"""``export``: the weights of a checkpoint as a new file of another format: today a
+"""``export``: the weights of a checkpoint as a new file of another format: a
 ``.safetensors`` in Keras's layout (``dense_1/kernel`` as stored) or in PyTorch's
 (``dense_1.weight``, transposed and split by ``weightcli.layouts``' rules, per layer
 class). Not surgery: a new container, written tensor by tensor (Keras layout: block by
-block; PyTorch layout: one whole tensor in memory at a time, for its transpose)."""
+block; PyTorch layout: one whole tensor in memory at a time, for its transpose).
+
+``--to tflite`` is the tutorials' converter route instead: TensorFlow's converter on the
+whole model (float32, or full int8 calibrated on the user's samples), the history added
+by the ``.tflite`` writer, and with ``check`` the interpreter's outputs compared with the
+model's own on the same inputs."""
 
 from __future__ import annotations
 
@@ -21,15 +26,26 @@ from weightcli.select import Selection, apply
 from weightcli.stores import open_store
 from weightcli.stores.base import Provenance
 from weightcli.stores.registry import export_targets, new_file
-from weightcli.stores.remote import as_path
+from weightcli.stores.remote import as_path, is_url
 from weightcli.tensor import TensorInfo
 
 __all__ = ["ExportRequest", "ExportResult", "run"]
 
 
+# Formats made by running a framework's converter on the whole model (the ``tf`` extra),
+# not tensor by tensor: name -> the output suffix.
+CONVERTED = {"tflite": ".tflite"}
+# --check's default tolerance: float32 kernels differ in rounding only; int8 arithmetic
+# moves outputs by a few quantization steps.
+CHECK_ATOL = {False: 1e-4, True: 0.1}
+
+
 @dataclass(frozen=True)
 class ExportRequest:
-    """Where, to which format, in which layout, which tensors."""
+    """Where, to which format, in which layout, which tensors; for a converted format
+    (``CONVERTED``), ``int8`` with ``calibration`` samples, and ``check`` (outputs of
+    OUT against IN's on the calibration samples, or seeded random inputs) within
+    ``atol``."""
 
     output: Path
     to: str = "safetensors"
@@ -38,11 +54,39 @@ class ExportRequest:
     force: bool = False
     digest: str | None = None  # how the source is hashed for the history
     maps: tuple[str, ...] = ()  # rename the written names (``diff --map``'s rules)
+    int8: bool = False
+    calibration: Path | None = None
+    check: bool = False
+    atol: float | None = None
 
     def __post_init__(self) -> None:
         for m in self.maps:
             parse_map(m)
-        targets = export_targets()
+        targets = {**export_targets(), **CONVERTED}
+        if self.to in CONVERTED:
+            sel = self.selection
+            if self.layout != "keras" or self.maps:
+                raise ParameterError(
+                    f"{{to}} {self.to} converts the whole model: give no {{layout}} or {{map}}"
+                )
+            if sel.select or sel.exclude or sel.layer_types or sel.kinds or sel.include_optimizer:
+                raise ParameterError(
+                    f"{{to}} {self.to} converts the whole model: give no selection"
+                )
+            if self.int8 and self.calibration is None:
+                raise ParameterError(
+                    "{int8} calibrates the activations' ranges: give {calibration} FILE "
+                    "(.npy of sample inputs, or .npz with one array per input)"
+                )
+            if self.atol is not None and not self.check:
+                raise ParameterError("{atol} is the tolerance of {check}: give it too")
+            if self.atol is not None and not (self.atol >= 0):
+                raise ParameterError("{atol} must be 0 or more")
+        elif self.int8 or self.calibration is not None or self.check or self.atol is not None:
+            raise ParameterError(
+                f"{{int8}}, {{calibration}}, {{check}} and {{atol}} belong to a converted "
+                f"format ({', '.join(CONVERTED)}), not to {literal(self.to)}"
+            )
         if self.to not in targets:
             raise ParameterError(
                 f"{{to}} must be one of {', '.join(targets)}, got {literal(self.to)}"
@@ -70,6 +114,8 @@ def run(request: ExportRequest, path: str | Path) -> ExportResult:
     out = as_path(request.output)
     if out.exists() and not request.force:
         raise OutputError.naming(f"{literal(str(out))}: already exists; use {{force}} to overwrite")
+    if request.to in CONVERTED:
+        return _converted(request, src, out, started)
     with open_store(src) as store:
         chosen = _chosen(store.tensors(), request.selection, store.meta.has_config)
         if not chosen:
@@ -126,3 +172,65 @@ def run(request: ExportRequest, path: str | Path) -> ExportResult:
             str(path), str(out), request.to, request.layout, rows, writer.bytes_written,
             time.perf_counter() - started,
         )  # fmt: skip
+
+
+def _converted(request: ExportRequest, src: Path, out: Path, started: float) -> ExportResult:
+    """The converter's file, given weightcli's history by the format's own writer, and
+    (``check``) run by its interpreter against the model on the same inputs."""
+    from weightcli import framework
+    from weightcli.stores.temps import make_file, remove
+
+    with open_store(src) as store:
+        if is_url(src) or is_url(out):
+            raise UsageError("export --to tflite works on local paths (download the model first)")
+        calibration = None
+        if request.calibration is not None:
+            calibration = _samples(request.calibration)
+        converted = framework.convert_tflite(src, store, request.int8, calibration)
+        entry = Provenance.now(
+            command=f"weightcli export {src} --to {request.to}"
+            + (" --int8" if request.int8 else ""),
+            steps=[{"command": "export", "to": request.to, "int8": request.int8}],
+            source=src.name,
+            source_digest=digest(store.local_copy(), request.digest),
+            changed=[],
+        ).to_json()
+        history = [*store.meta.history, entry]
+    raw = make_file(out.parent if str(out.parent) else None, f".{out.name}.converted.")
+    try:
+        raw.write_bytes(converted)
+        with open_store(raw) as made:
+            patcher = made.patch(out, overwrite=request.force)
+            try:
+                patcher.set_history(history)
+                patcher.commit()
+            except BaseException:
+                patcher.abort()
+                raise
+            rows = [
+                ExportRow(t.name, [t.name], t.shape, [t.shape], "converted") for t in made.tensors()
+            ]
+    finally:
+        remove(raw)
+    check = None
+    if request.check:
+        atol = request.atol if request.atol is not None else CHECK_ATOL[request.int8]
+        check = framework.check_converted(src, out, calibration, atol)
+    return ExportResult(
+        str(src), str(out), request.to, "keras", rows, out.stat().st_size,
+        time.perf_counter() - started, check,
+    )  # fmt: skip
+
+
+def _samples(path: Path) -> dict[str, np.ndarray]:
+    """Calibration inputs: a .npy (one input) or a .npz (one array per input, by name),
+    samples along the first axis."""
+    from weightcli.arrays import load_any
+
+    data = load_any(path)
+    arrays = {"input": data} if isinstance(data, np.ndarray) else {k: data[k] for k in data.files}
+    if not arrays or any(a.ndim == 0 or len(a) == 0 for a in arrays.values()):
+        raise UsageError(f"{literal(path)}: no samples (an array of inputs, samples first)")
+    if len({len(a) for a in arrays.values()}) != 1:
+        raise UsageError(f"{literal(path)}: its arrays hold different numbers of samples")
+    return arrays
