@@ -201,6 +201,7 @@ COMMANDS = [
     ["reinit", "{case}", "--initializer", "zeros", "-s", "dense_1/*", "-o", "{out}"],
     ["merge", "{case}", "{case}", "-o", "{out}"],
     ["transplant", "{case}", str(SAMPLES / "mlp_keras3.h5"), "-o", "{out}.h5"],
+    ["report", "-o", "{out}.html"],
 ]
 
 

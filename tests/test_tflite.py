@@ -327,12 +327,46 @@ def _damaged(src: Path, dst: Path, edit) -> Path:
             "<i", d, struct.unpack_from("<I", d, 0)[0], -0x7FFFFFF
         ),  # vtable
         lambda d: d.__setitem__(slice(8, len(d)), b"\xff" * (len(d) - 8)),  # garbage
+        lambda d: _edit_tensor(d, "shape"),  # a dimension of 2**31 - 1
+        lambda d: _edit_tensor(d, "data"),  # a buffer's data past the end
+        lambda d: _edit_tensor(d, "cycle"),  # a table that is its own vtable
+        lambda d: _edit_tensor(d, "scales"),  # more scales than channels
     ],
+    ids=["truncated", "root", "vtable", "garbage", "shape", "data", "cycle", "scales"],
 )
 def test_damaged_files(converted, tmp_path: Path, edit) -> None:
-    path = _damaged(converted["f32"], tmp_path / "bad.tflite", edit)
+    source = converted["dynamic"]
+    path = _damaged(source, tmp_path / "bad.tflite", edit)
+    assert path.read_bytes() != source.read_bytes()  # the premise: the edit landed
     res = run("inspect", path)
     assert_clean_error(res)
+    out = tmp_path / "out.tflite"
+    assert_clean_error(run("scale", path, "0.5", "-o", out))
+    assert not out.exists()
+
+
+def _edit_tensor(data: bytearray, what: str) -> None:
+    """Damage the first constant kernel of a converted model, where ``what`` says."""
+    from weightcli.stores.tflite import Flat
+
+    flat = Flat(bytes(data), "x")
+    model = flat.table(flat.u32(0))
+    graph = model.tables(2)[0]
+    buffers = model.tables(4)
+    tensors = graph.tables(0)
+    kernel = next(t for t in tensors if len(t.ints(0)) == 2 and t.scalar(2, "u32") > 0)
+    if what == "shape":
+        start, _ = flat.vector(kernel.field(0), 4)
+        struct.pack_into("<i", data, start, 0x7FFFFFFF)
+    elif what == "data":
+        field = buffers[kernel.scalar(2, "u32")].field(0)
+        struct.pack_into("<I", data, field, len(data))
+    elif what == "cycle":
+        struct.pack_into("<i", data, kernel.at, 0)
+    elif what == "scales":
+        quant = next(t for t in tensors if t.sub(4) is not None and t.sub(4).field(2) is not None)
+        start, n = flat.vector(quant.sub(4).field(2), 4)
+        struct.pack_into("<I", data, start - 4, n + 1000)
 
 
 def test_a_shared_buffer_is_written_whole_or_not_at_all(converted, tmp_path: Path) -> None:
@@ -433,3 +467,47 @@ def test_export_of_weights_only_is_refused(tmp_path: Path) -> None:
     res = run("export", SAMPLES / "mlp.weights.h5", "--to", "tflite", "-o", tmp_path / "w.tflite")
     assert_clean_error(res, "no model to convert")
     assert not list(tmp_path.iterdir())
+
+
+def test_diff_against_the_keras_model_it_came_from(converted) -> None:
+    """A .tflite against its Keras model: kernels and biases under Keras's names and in
+    Keras's layouts (a FULLY_CONNECTED kernel transposed, a CONV_2D kernel's axes
+    moved), so the weights compare equal; int8 ones within their quantization step."""
+    keras_model = converted["keras"]
+    res = run("diff", converted["f32"], keras_model, "-s", "*/kernel", "--json")
+    assert res.code == 0, res.out
+    rows = {r["name"]: r for r in res.json()["tensors"]}
+    assert set(rows) == {"conv/kernel", "fc/kernel", "head/kernel"}
+    assert rows["conv/kernel"]["a"]["shape"] == [3, 3, 3, 4]  # stored [4, 3, 3, 3]
+    assert rows["fc/kernel"]["a"]["shape"] == [144, 64]  # stored [64, 144]
+    assert all(r["status"] == "identical" for r in rows.values())
+    res = run("diff", converted["dynamic"], keras_model, "-s", "*/kernel", "--atol", "0.01")
+    assert res.code == 0, res.out
+    assert "within tolerance" in res.out  # (the premise: int8 weights, dequantized)
+    # two .tflite files keep the converter's names
+    both = run("diff", converted["f32"], converted["f32"], "--json").json()
+    assert "fc/kernel" not in {r["name"] for r in both["tensors"]}
+
+
+def test_keras_forms_of_converter_names_and_layouts() -> None:
+    """The names the converter gives (scoped, with Keras 3's "_1", or fused ops joined by
+    ";") and its layouts, against Keras's: a depthwise kernel [1, kh, kw, C*M] is Keras's
+    [kh, kw, C, M] with output channel c*M + m."""
+    from weightcli.stores.tflite import keras_form, to_keras
+
+    fc = keras_form("functional_1/fc_1/MatMul", "FULLY_CONNECTED", "kernel", (64, 144), 0)
+    assert fc is not None and fc.names == ("fc_1/kernel", "fc/kernel") and fc.shape == (144, 64)
+    fused = "m/dw_bn/FusedBatchNormV3;m/dw/depthwise;m/dw/BiasAdd"
+    dw = keras_form(fused, "DEPTHWISE_CONV_2D", "kernel", (1, 3, 3, 8), 4)
+    assert dw is not None and "dw/depthwise_kernel" in dw.names and dw.shape == (3, 3, 4, 2)
+    stored = np.arange(72, dtype=np.float32).reshape(1, 3, 3, 8)
+    keras = to_keras(dw, stored)
+    for c in range(4):
+        for m in range(2):
+            np.testing.assert_array_equal(keras[:, :, c, m], stored[0, :, :, c * 2 + m])
+    conv = keras_form("a/conv/Conv2D", "CONV_2D", "kernel", (4, 3, 3, 2), 0)
+    assert conv is not None
+    w = np.random.default_rng(0).standard_normal((4, 3, 3, 2))
+    np.testing.assert_array_equal(to_keras(conv, w)[:, :, :, 1], w[1])  # [o] -> [..., o]
+    assert keras_form("noscope", "CONV_2D", "kernel", (4, 3, 3, 2), 0) is None
+    assert keras_form("a/dw/depthwise", "DEPTHWISE_CONV_2D", "kernel", (1, 3, 3, 8), 3) is None

@@ -138,7 +138,11 @@ def has_quantized(store: Store) -> bool:
 
 def compared_views(a: Store, b: Store, dequantize: bool | None = None) -> tuple[Store, Store]:
     """Two stores as ``diff`` compares them: natively quantized layers by their
-    dequantized weights (``dequantize``; None: when either side has such layers)."""
+    dequantized weights (``dequantize``; None: when either side has such layers), and a
+    ``.tflite`` against a model of another format in Keras's names and layouts."""
+    from weightcli.stores.tflite import keras_view
+
     if dequantize is None:
         dequantize = has_quantized(a) or has_quantized(b)
-    return (DequantizedStore(a), DequantizedStore(b)) if dequantize else (a, b)
+    va, vb = (DequantizedStore(a), DequantizedStore(b)) if dequantize else (a, b)
+    return keras_view(va, a, b), keras_view(vb, b, a)

@@ -41,7 +41,8 @@ import math
 import mmap
 import os
 import struct
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,16 @@ import numpy as np
 from weightcli.dtypes import to_numpy
 from weightcli.errors import CorruptError, InputError, OutputError, UnsupportedError
 from weightcli.stores import capped, temps
-from weightcli.stores.base import Affine, Block, Patcher, Store, StoreMeta, clean_history
+from weightcli.stores.base import (
+    BLOCK_ELEMS,
+    Affine,
+    Block,
+    Patcher,
+    Store,
+    StoreMeta,
+    clean_history,
+    split,
+)
 from weightcli.stores.output import publish, temp_beside
 from weightcli.stores.rangecopy import RangeCopy, copy_range
 from weightcli.tensor import TensorInfo
@@ -279,11 +289,13 @@ class TFLiteStore(Store):
         self._infos: list[TensorInfo] = []
         self._consts: dict[str, Constant] = {}
         self._affine: dict[str, Affine] = {}
+        self._keras: dict[str, KerasForm] = {}
         seen: set[str] = set()
         for g, graph in enumerate(subgraphs):
             tensors = graph.tables(0)
-            # tensor index -> (op name, kind, the tensor that names the op's layer: its kernel)
-            roles: dict[int, tuple[str, str, int]] = {}
+            # tensor index -> (op name, kind, the tensor that names the op's layer: its
+            # kernel, the op's input channels: a depthwise kernel's Keras shape needs them)
+            roles: dict[int, tuple[str, str, int, int]] = {}
             operators = graph.tables(3)
             # float16 (and some int8) weights reach their op through a DEQUANTIZE: the
             # constant behind its output plays the role
@@ -304,16 +316,20 @@ class TFLiteStore(Store):
                 owner = next(
                     (inputs[p] for p, k in kinds.items() if k == "kernel" and p < len(inputs)), -1
                 )
+                channels = 0
+                if name == "DEPTHWISE_CONV_2D" and inputs and 0 <= inputs[0] < len(tensors):
+                    dims = tensors[inputs[0]].ints(0)
+                    channels = dims[-1] if dims else 0
                 for position, t in enumerate(inputs):
                     if t >= 0 and t not in roles and position in kinds:
-                        roles[t] = (name, kinds[position], owner)
+                        roles[t] = (name, kinds[position], owner, channels)
             for i, tensor in enumerate(tensors):
                 found = self._constant(flat, tensor, buffers)
                 if found is None:
                     continue
                 info, const = found
-                op_name, kind, owner = roles.get(
-                    i, (None, "weight" if info.ndim >= 2 else "constant", i)
+                op_name, kind, owner, channels = roles.get(
+                    i, (None, "weight" if info.ndim >= 2 else "constant", i, 0)
                 )
                 name = info.name if len(subgraphs) == 1 else f"subgraph_{g}/{info.name}"
                 named_by = tensors[owner].text(3) if 0 <= owner < len(tensors) else None
@@ -330,6 +346,10 @@ class TFLiteStore(Store):
                 )  # fmt: skip
                 self._infos.append(const_info)
                 self._consts[path] = const
+                if op_name and named_by and len(subgraphs) == 1:
+                    form = keras_form(named_by, op_name, kind, info.shape, channels)
+                    if form is not None:
+                        self._keras[path] = form
                 if affine and kind == "kernel":
                     self._add_scale(const_info, const, seen)
         self.meta = StoreMeta(
@@ -495,6 +515,130 @@ class TFLiteStore(Store):
             mapped.close()
             self._map = None
         self.drop_local_copy()
+
+
+# -- Keras's names and layouts --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KerasForm:
+    """How a converted kernel or bias looks in the Keras model it came from: the names
+    it may have there (the layer the converter's scope names, with and without the
+    ``_1`` Keras 3 adds to an op's scope), and the axes to move (``perm``) or the shape to
+    take (``shape``) from TensorFlow Lite's layout to Keras's."""
+
+    names: tuple[str, ...]
+    shape: tuple[int, ...]  # in Keras's layout
+    perm: tuple[int, ...] | None = None
+
+
+def keras_form(
+    named_by: str, op: str, kind: str, shape: tuple[int, ...], channels: int
+) -> KerasForm | None:
+    """The Keras form of an op's ``kind`` input (see ``KerasForm``), None where the
+    converter's layout or name says too little."""
+    if kind not in ("kernel", "bias"):
+        return None
+    # "scope/fc_1/MatMul", or fused ops' names joined by ";" ("m/dw_bn/FusedBatchNormV3;
+    # m/dw/depthwise;..."): each segment's layer, as named and without Keras 3's "_1"
+    layers: list[str] = []
+    for segment in named_by.split(";"):
+        parts = segment.split("/")
+        if len(parts) < 2:
+            continue
+        layer = parts[-2]
+        head, _, tail = layer.rpartition("_")
+        layers += [layer, head] if head and tail.isdigit() else [layer]
+    if not layers:
+        return None
+    stored = (
+        ["depthwise_kernel", kind] if op == "DEPTHWISE_CONV_2D" and kind == "kernel" else [kind]
+    )
+    names = tuple(dict.fromkeys(f"{n}/{k}" for k in stored for n in layers))
+    if kind == "bias":
+        return KerasForm(names, shape)
+    perm = {
+        ("FULLY_CONNECTED", 2): (1, 0),  # [out, in] -> [in, out]
+        ("CONV_2D", 4): (1, 2, 3, 0),  # [out, kh, kw, in] -> [kh, kw, in, out]
+        ("TRANSPOSE_CONV", 4): (1, 2, 0, 3),  # [out, kh, kw, in] -> [kh, kw, out, in]
+        ("CONV_3D", 5): None,  # the same layout
+    }
+    key = (op, len(shape))
+    if key in perm:
+        p = perm[key]
+        return KerasForm(names, tuple(shape[i] for i in p) if p else shape, p)
+    depthwise = op == "DEPTHWISE_CONV_2D" and len(shape) == 4 and shape[0] == 1
+    if depthwise and channels > 0 and shape[3] % channels == 0:
+        # [1, kh, kw, in * mult] -> [kh, kw, in, mult]
+        return KerasForm(names, (shape[1], shape[2], channels, shape[3] // channels))
+    return None
+
+
+def to_keras(form: KerasForm, array: np.ndarray) -> np.ndarray:
+    if form.perm is not None:
+        return np.ascontiguousarray(array.transpose(form.perm))
+    return array.reshape(form.shape)
+
+
+class KerasLayout(Store):
+    """A read-only view of a ``.tflite`` (or of its dequantized view, ``inner``) in which
+    each kernel and bias the converter's ops name takes its Keras name, where the other
+    model (``known``: its names) has it, and Keras's layout: what ``diff`` and
+    ``verify`` compare with the model it came from. A moved tensor is read whole, once
+    per pass (memory: one tensor)."""
+
+    def __init__(self, inner: Store, tflite: TFLiteStore, known: set[str]) -> None:
+        self.inner = inner
+        self.path = inner.path
+        self.meta = inner.meta
+        self._forms: dict[str, tuple[KerasForm, TensorInfo]] = {}
+        self._tensors: list[TensorInfo] = []
+        used: set[str] = set()
+        for t in inner.tensors():
+            form = tflite._keras.get(t.path)
+            name = None
+            if form is not None:
+                name = next((n for n in form.names if n in known and n not in used), None)
+            if form is None or name is None:
+                self._tensors.append(t)
+                continue
+            used.add(name)
+            self._forms[t.path] = (form, t)
+            self._tensors.append(replace(t, name=name, shape=form.shape, aliases=(t.name,)))
+
+    def tensors(self) -> list[TensorInfo]:
+        return list(self._tensors)
+
+    def read(self, info: TensorInfo, block: Block | None = None) -> np.ndarray:
+        if info.path not in self._forms:
+            return self.inner.read(info, block)
+        form, inner = self._forms[info.path]
+        whole = to_keras(form, np.asarray(self.inner.read(inner)))
+        return whole if block is None else whole[block.index]
+
+    def blocks(
+        self, info: TensorInfo, max_elems: int = BLOCK_ELEMS, align: tuple[int, int] | None = None
+    ) -> Iterator[tuple[Block, np.ndarray]]:
+        if info.path not in self._forms:
+            yield from self.inner.blocks(info, max_elems, align)
+            return
+        whole = self.read(info)
+        for block in split(info.shape, max_elems, align):
+            yield block, whole[block.index]
+
+    def _patch(self, out: Path, retype: dict[str, str]) -> Patcher:
+        raise NotImplementedError("the Keras view of a .tflite is read-only")
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def keras_view(view: Store, store: Store, other: Store) -> Store:
+    """``view`` (a store, or its dequantized view) in Keras's names and layouts when
+    ``store`` is a ``.tflite`` compared with a model of another format."""
+    if not isinstance(store, TFLiteStore) or other.meta.format == FORMAT:
+        return view
+    return KerasLayout(view, store, {t.name for t in other.tensors()})
 
 
 # -- writing --------------------------------------------------------------------------------
