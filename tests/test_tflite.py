@@ -511,3 +511,21 @@ def test_keras_forms_of_converter_names_and_layouts() -> None:
     np.testing.assert_array_equal(to_keras(conv, w)[:, :, :, 1], w[1])  # [o] -> [..., o]
     assert keras_form("noscope", "CONV_2D", "kernel", (4, 3, 3, 2), 0) is None
     assert keras_form("a/dw/depthwise", "DEPTHWISE_CONV_2D", "kernel", (1, 3, 3, 8), 3) is None
+
+
+def test_dump_codes_or_dequantized(converted, tmp_path: Path) -> None:
+    """dump writes the int8 codes and their scales as stored, or with --dequantize the
+    floats they stand for (as the interpreter's quantization parameters give them)."""
+    src = converted["dynamic"]
+    codes, floats = tmp_path / "codes.npz", tmp_path / "floats.npz"
+    assert run("dump", src, "-o", codes).code == 0
+    assert run("dump", src, "--dequantize", "-o", floats).code == 0
+    with np.load(codes) as c, np.load(floats) as f:
+        assert "functional_1/fc_1/kernel_scale" in c.files
+        assert "functional_1/fc_1/kernel_scale" not in f.files
+        q = c["functional_1/fc_1/MatMul"]
+        assert q.dtype == np.int8 and f["functional_1/fc_1/MatMul"].dtype == np.float32
+        scale = c["functional_1/fc_1/kernel_scale"]
+        np.testing.assert_allclose(f["functional_1/fc_1/MatMul"], q * scale[:, None], rtol=1e-6)
+    res = run("dump", converted["f32"], "--dequantize", "-o", tmp_path / "x.npz")
+    assert_clean_error(res, "no quantized weights")

@@ -454,9 +454,11 @@ def dump(
     select: Sequence[str] = (),
     exclude: Sequence[str] = (),
     include_optimizer: bool = False,
+    dequantize: bool = False,
 ) -> DumpResult:
     """The selected tensors as a ``.npz`` (``layout="npz"``) or a folder of ``.npy``
-    files (``"npy-dir"``), keyed by canonical name."""
+    files (``"npy-dir"``), keyed by canonical name (``dequantize``: quantized weights as
+    the floats they stand for)."""
     request = dump_cmd.DumpRequest(
         output=as_path(output),
         selection=selection(
@@ -465,6 +467,7 @@ def dump(
         layout=layout,
         max_bytes=max_bytes,
         force=force,
+        dequantize=dequantize,
     )
     return dump_cmd.run(request, path)
 

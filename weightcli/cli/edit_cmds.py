@@ -90,6 +90,12 @@ def set_cmd(
     show_default=True,
     help="Refuse a dump larger than this (0: no limit).",
 )
+@click.option(
+    "--dequantize",
+    is_flag=True,
+    help="Quantized weights (Keras int8 layers, .tflite int8) as the floats they stand "
+    "for, their scales left out; default: the integer codes and scales as stored.",
+)
 @click.option("--force", is_flag=True, help="Overwrite an existing OUT.")
 @json_option
 @debug_option
@@ -101,6 +107,7 @@ def dump_cmd(
     include_optimizer: bool,
     layout: str,
     max_bytes: int,
+    dequantize: bool,
     force: bool,
     as_json: bool,
     debug: bool,
@@ -112,6 +119,7 @@ def dump_cmd(
       weightcli dump model.keras -o weights.npz
       weightcli dump model.h5 -s 'dense_*' --format npy-dir -o weights/
       weightcli dump saved_model/ -o all.npz --max-bytes 0
+      weightcli dump model_int8.tflite --dequantize -o floats.npz
     """
     request = dump.DumpRequest(
         output=output,
@@ -119,6 +127,7 @@ def dump_cmd(
         layout=layout,
         max_bytes=max_bytes,
         force=force,
+        dequantize=dequantize,
     )
     dispatch_one(path, dump.run, request, print_dump, as_json=as_json, debug=debug)
 

@@ -12,7 +12,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from weightcli.errors import OutputError, ParameterError, UnsupportedError
+from weightcli.errors import OutputError, ParameterError, UnsupportedError, UsageError, literal
 from weightcli.results import DumpResult
 from weightcli.select import Selection, apply
 from weightcli.stores import open_store, temps
@@ -24,6 +24,7 @@ from weightcli.stores.output import (
     temp_beside,
     temp_dir_beside,
 )
+from weightcli.stores.quantized import DequantizedStore, has_quantized
 from weightcli.tensor import TensorInfo
 
 __all__ = ["DumpRequest", "DumpResult", "run"]
@@ -40,6 +41,9 @@ class DumpRequest:
     layout: str = "npz"
     max_bytes: int = DEFAULT_MAX_BYTES
     force: bool = False
+    # Quantized weights as the floats they stand for (their scales then left out),
+    # instead of their integer codes.
+    dequantize: bool = False
 
     def __post_init__(self) -> None:
         if self.layout not in ("npz", "npy-dir"):
@@ -65,7 +69,14 @@ def _write(store: Store, info: TensorInfo, fp: BinaryIO) -> None:
 def run(request: DumpRequest, path: str | Path) -> DumpResult:
     """Write the selected tensors of ``path``."""
     started = time.perf_counter()
-    with open_store(path) as store:
+    with open_store(path) as opened:
+        store: Store = opened
+        if request.dequantize:
+            if not has_quantized(opened):
+                raise UsageError(
+                    f"{literal(opened.path)} holds no quantized weights: drop {{dequantize}}"
+                )
+            store = DequantizedStore(opened)
         sel = request.selection
         tensors = store.tensors()
         if sel.select or sel.exclude or sel.layer_types or sel.kinds:
