@@ -529,3 +529,39 @@ def test_dump_codes_or_dequantized(converted, tmp_path: Path) -> None:
         np.testing.assert_allclose(f["functional_1/fc_1/MatMul"], q * scale[:, None], rtol=1e-6)
     res = run("dump", converted["f32"], "--dequantize", "-o", tmp_path / "x.npz")
     assert_clean_error(res, "no quantized weights")
+
+
+def test_requantize(converted, tmp_path: Path) -> None:
+    """clip of int8 weights is refused, or with --requantize writes new codes under the
+    same scales: numpy's rint(clip((q - zero) * scale) / scale + zero) of the
+    interpreter's own tensors and parameters; the interpreter loads the result."""
+    import tensorflow as tf
+
+    src, out = converted["dynamic"], tmp_path / "c.tflite"
+    assert_clean_error(run("clip", src, "--abs-max", "0.05", "-o", out), "--requantize")
+    res = run("clip", src, "--abs-max", "0.05", "--requantize", "-o", out)
+    assert res.code == 0, res.err
+    before, after = tf.lite.Interpreter(str(src)), tf.lite.Interpreter(str(out))
+    after.allocate_tensors()
+    checked = 0
+    for d in before.get_tensor_details():
+        q = d["quantization_parameters"]
+        if d["dtype"] != np.int8 or q["scales"].size < 2:
+            continue
+        shape = [1] * len(d["shape"])
+        shape[q["quantized_dimension"]] = -1
+        s, z = q["scales"].reshape(shape), q["zero_points"].reshape(shape)
+        codes = before.get_tensor(d["index"]).astype(np.float64)
+        values = (codes - z) * s.astype(np.float32).astype(np.float64)
+        want = np.rint(np.clip(values, -0.05, 0.05) / s + z).astype(np.int8)
+        np.testing.assert_array_equal(after.get_tensor(d["index"]), want)
+        assert (want != codes).any()  # the premise: some codes changed
+        checked += 1
+    assert checked
+    far = run("set", src, "functional_1/fc_1/MatMul=5", "--requantize", "-o", tmp_path / "s.tflite")
+    assert_clean_error(far, "outside what int8 codes reach")
+    none = run(
+        "clip", converted["f32"], "--abs-max", "1", "--requantize", "-o", tmp_path / "f.tflite"
+    )
+    assert_clean_error(none, "no quantized weights")
+    assert not (tmp_path / "s.tflite").exists() and not (tmp_path / "f.tflite").exists()

@@ -33,7 +33,8 @@ class OutputSpec:
     ``digest``: how the sources are hashed for the history (blake3, sha256, none;
     default ``$WEIGHTCLI_DIGEST`` or blake3); ``compress``: store the output's tensors
     compressed (HDF5 chunks with gzip; a ``.keras`` weights member deflated), where the
-    format allows it (else an error).
+    format allows it (else an error); ``requantize``: change quantized weights as the
+    floats they stand for and store them as new codes under their scales.
     """
 
     output: str | Path | None = None
@@ -44,6 +45,9 @@ class OutputSpec:
     allow_nonfinite: bool = False
     digest: str | None = None  # None: the default
     compress: bool = False
+    # Quantized weights changed as the floats they stand for, then stored as new codes
+    # under their scales (which stay); else a change that needs new codes is refused.
+    requantize: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "digest", check_algorithm(self.digest or default_algorithm()))
@@ -117,6 +121,7 @@ class OutputKeywords(TypedDict, total=False):
     allow_nonfinite: bool
     digest: str | None
     compress: bool
+    requantize: bool
 
 
 OUTPUT_FIELDS = tuple(f.name for f in fields(OutputSpec))

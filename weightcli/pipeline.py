@@ -34,6 +34,7 @@ from weightcli.stats import RunningStats, TensorStats
 from weightcli.steps import Step, TensorOp
 from weightcli.stores.base import BLOCK_ELEMS, Block, Patcher, Provenance, Store
 from weightcli.stores.interrupts import start_shielded
+from weightcli.stores.quantized import RequantizedStore
 from weightcli.stores.remote import is_url
 from weightcli.tensor import TensorInfo
 
@@ -215,6 +216,8 @@ def run(
     untouched: no rewrite, no history entry. Without ``overwrite`` (``--force``), an
     ``out`` that appears while the output is written is never replaced."""
     spec = spec or OutputSpec()
+    if spec.requantize:
+        store = RequantizedStore.of(store)
     dry_run, in_place, note = spec.dry_run, spec.in_place, spec.note
     overwrite, allow_nonfinite = spec.force, spec.allow_nonfinite
     started = time.perf_counter()
@@ -419,6 +422,7 @@ def structural(
     """A structural edit of ``store`` into ``out`` (a config, training state, new
     tensors: ``freeze``, ``migrate``): ``edit`` changes the patcher and returns the
     history's steps; the history is recorded and the copy committed, or nothing is left."""
+    spec.refuse("requantize", command=command.split(" ")[1] if " " in command else command)
     patcher = store.patch(out, {}, spec.force or spec.in_place, spec.compress)
     try:
         steps = edit(patcher)

@@ -194,8 +194,9 @@ def refuse_quantized(step: Step, tensors: list[TensorInfo]) -> None:
             raise UnsupportedError.naming(
                 f"{literal(t.name)} is stored quantized ({literal(t.quantized)} codes): "
                 f"{step.command} works on float weights and cannot change the codes exactly; "
-                f"leave the layer out ({{exclude}} '{literal(layer)}/*') or {step.command} "
-                "the float model before quantizing it"
+                f"leave the layer out ({{exclude}} '{literal(layer)}/*'), give {{requantize}} "
+                f"(new codes under the same scales), or {step.command} the float model "
+                "before quantizing it"
             )
 
 

@@ -177,6 +177,13 @@ def note_option(f: F) -> F:
     for it; --report-html: a page of the change."""
     f = report_html_option(f)
     f = click.option(
+        "--requantize",
+        is_flag=True,
+        help="Change quantized weights (Keras int8 layers, .tflite int8) as the floats they "
+        "stand for and store new codes under their scales; else a change that needs new "
+        "codes is refused.",
+    )(f)
+    f = click.option(
         "--compress",
         is_flag=True,
         help="Store the output's tensors compressed (zeros and repeated values cost "

@@ -68,7 +68,7 @@ class KerasInt8Request:
     out: OutputSpec = field(default_factory=OutputSpec)
 
     def __post_init__(self) -> None:
-        self.out.refuse("allow_nonfinite", command="quantize --store keras-int8")
+        self.out.refuse("allow_nonfinite", "requantize", command="quantize --store keras-int8")
 
 
 def run(request: KerasInt8Request, path: str | Path) -> TransformResult:

@@ -33,7 +33,7 @@ class StripRequest:
     out: OutputSpec = field(default_factory=OutputSpec)
 
     def __post_init__(self) -> None:
-        self.out.refuse("allow_nonfinite", "in_place", "compress", command="strip")
+        self.out.refuse("allow_nonfinite", "in_place", "compress", "requantize", command="strip")
 
 
 def _reader(store: Store, info: TensorInfo) -> np.ndarray:

@@ -13,9 +13,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from weightcli.errors import UnsupportedError, UsageError, literal
 from weightcli.stores.base import BLOCK_ELEMS, Affine, Block, Patcher, Store
 from weightcli.tensor import TensorInfo
 
@@ -146,3 +148,112 @@ def compared_views(a: Store, b: Store, dequantize: bool | None = None) -> tuple[
         dequantize = has_quantized(a) or has_quantized(b)
     va, vb = (DequantizedStore(a), DequantizedStore(b)) if dequantize else (a, b)
     return keras_view(va, a, b), keras_view(vb, b, a)
+
+
+class RequantizedStore(DequantizedStore):
+    """The dequantized view, writable: a tensor changed as floats is stored as new codes
+    under its scales, which stay as they were (``--requantize``). Codes are
+    ``round(value / scale) + zero`` (TensorFlow Lite) or ``round(value * scale)`` (Keras's
+    int8 layers), checked against the codes' type: a value the scales cannot reach is an
+    error, never a saturated code."""
+
+    @classmethod
+    def of(cls, store: Store) -> RequantizedStore:
+        if not has_quantized(store):
+            raise UsageError(
+                f"{literal(store.path)} holds no quantized weights: drop {{requantize}}"
+            )
+        view = cls(store)
+        if not view.dequantized:
+            raise UnsupportedError(
+                f"{literal(store.path)}: its quantized weights are of a kind weightcli does "
+                f"not requantize ({', '.join(view.unsupported[:3]) or 'unknown'})"
+            )
+        return view
+
+    def local_copy(self) -> Path:
+        return self.inner.local_copy()
+
+    def supports_dtype(self, dtype: str) -> str | None:
+        return self.inner.supports_dtype(dtype)
+
+    def patch(
+        self,
+        out: Path,
+        retype: dict[str, str] | None = None,
+        overwrite: bool = False,
+        compress: bool = False,
+    ) -> Patcher:
+        if retype and any(p in self._scales or p in self._affine for p in retype):
+            raise UnsupportedError(
+                f"{literal(self.path)}: requantized weights keep their codes' type"
+            )
+        return _Requantizing(self, self.inner.patch(out, retype, overwrite, compress))
+
+    def codes(self, info: TensorInfo, where: Block, values: np.ndarray) -> np.ndarray:
+        """``values`` (floats) of ``info`` as its codes, or the error of a value out of reach."""
+        inner = self._inner_info(info)
+        dtype = np.dtype(inner.dtype)
+        v = np.asarray(values, np.float64)
+        affine = self._affine.get(info.path)
+        if affine is not None:
+            scale = np.asarray(self.inner.read(affine.scale), np.float64).reshape(-1)
+            zero = np.asarray(affine.zero, np.float64)
+            axis = affine.axis
+            if scale.size > 1:
+                first = where.origin[axis] if where.origin else 0
+                shape = [1] * v.ndim
+                shape[axis] = v.shape[axis]
+                scale = scale[first : first + v.shape[axis]].reshape(shape)
+                if zero.size > 1:
+                    zero = zero[first : first + v.shape[axis]].reshape(shape)
+            q = np.rint(v / scale + zero)
+        else:
+            scale_info, axis = self._scales[info.path]
+            s = np.asarray(self.inner.read(scale_info), np.float64).reshape(-1)
+            first = where.origin[axis] if where.origin else 0
+            shape = [1] * v.ndim
+            shape[axis] = v.shape[axis]
+            q = np.rint(v * s[first : first + v.shape[axis]].reshape(shape))
+        lo, hi = np.iinfo(dtype).min, np.iinfo(dtype).max
+        out = (q < lo) | (q > hi) | ~np.isfinite(q)
+        if out.any():
+            raise UsageError(
+                f"{literal(info.name)}: {int(out.sum())} new values fall outside what "
+                f"{dtype.name} codes reach at its scales (a scale would have to change): "
+                "change it less, or quantize the float model again"
+            )
+        return q.astype(dtype)
+
+
+class _Requantizing(Patcher):
+    """A patcher of the requantized view: a changed quantized tensor is written as codes."""
+
+    def __init__(self, view: RequantizedStore, inner: Patcher) -> None:
+        super().__init__()
+        self.view = view
+        self.inner = inner
+        self.out = getattr(inner, "out", view.path)
+
+    @property
+    def bytes_written(self) -> int:
+        return self.inner.bytes_written
+
+    def _begin(self, info: TensorInfo, dtype: str) -> None:
+        inner = self.view._inner_info(info)
+        self.inner.begin(inner, inner.dtype if inner is not info else dtype)
+
+    def _write(self, info: TensorInfo, block: Block, data: np.ndarray) -> None:
+        inner = self.view._inner_info(info)
+        if inner is not info:
+            data = self.view.codes(info, block, data)
+        self.inner.write(inner, block, data)
+
+    def _set_history(self, history: list[dict[str, Any]]) -> None:
+        self.inner.set_history(history)
+
+    def _commit(self) -> None:
+        self.inner.commit()
+
+    def _abort(self) -> None:
+        self.inner.abort()
