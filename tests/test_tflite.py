@@ -30,7 +30,9 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     x = keras.layers.Conv2D(4, 3, name="conv")(inp)
     x = keras.layers.Flatten()(x)
     x = keras.layers.Dense(64, activation="relu", name="fc")(x)  # 9,216 weights: quantized
-    model = keras.Model(inp, keras.layers.Dense(5, name="head")(x))
+    # named: Keras numbers unnamed models per process, and the converter's scopes
+    # (net_1/fc_1/MatMul) would depend on the tests that ran before
+    model = keras.Model(inp, keras.layers.Dense(5, name="head")(x), name="net")
     root = tmp_path_factory.mktemp("tflite")
     rng = np.random.default_rng(0)
 
@@ -107,7 +109,7 @@ def test_diff_and_dump(converted, tmp_path: Path) -> None:
         "--atol",
         "1e-2",
         "-s",
-        "functional_1/*",
+        "net_1/*",
     )
     assert res.code == 0, res.out
     out = tmp_path / "w.npz"
@@ -219,7 +221,7 @@ def test_scale_through_the_scales(converted, tmp_path: Path) -> None:
     assert res.code == 0, res.err
     doc = run("inspect", out, "--json", "-s", "*kernel_scale").json()
     assert doc["tensors"], "the premise: a quantized kernel's scales were listed"
-    weights = ["-s", "functional_1/*", "-s", "*kernel_scale"]
+    weights = ["-s", "net_1/*", "-s", "*kernel_scale"]
     same = run("diff", out, converted["dynamic_half"], "--no-dequantize", *weights)
     assert same.code == 0, same.out  # codes and scales as the converter writes them
     before = run(
@@ -521,12 +523,12 @@ def test_dump_codes_or_dequantized(converted, tmp_path: Path) -> None:
     assert run("dump", src, "-o", codes).code == 0
     assert run("dump", src, "--dequantize", "-o", floats).code == 0
     with np.load(codes) as c, np.load(floats) as f:
-        assert "functional_1/fc_1/kernel_scale" in c.files
-        assert "functional_1/fc_1/kernel_scale" not in f.files
-        q = c["functional_1/fc_1/MatMul"]
-        assert q.dtype == np.int8 and f["functional_1/fc_1/MatMul"].dtype == np.float32
-        scale = c["functional_1/fc_1/kernel_scale"]
-        np.testing.assert_allclose(f["functional_1/fc_1/MatMul"], q * scale[:, None], rtol=1e-6)
+        assert "net_1/fc_1/kernel_scale" in c.files
+        assert "net_1/fc_1/kernel_scale" not in f.files
+        q = c["net_1/fc_1/MatMul"]
+        assert q.dtype == np.int8 and f["net_1/fc_1/MatMul"].dtype == np.float32
+        scale = c["net_1/fc_1/kernel_scale"]
+        np.testing.assert_allclose(f["net_1/fc_1/MatMul"], q * scale[:, None], rtol=1e-6)
     res = run("dump", converted["f32"], "--dequantize", "-o", tmp_path / "x.npz")
     assert_clean_error(res, "no quantized weights")
 
@@ -558,7 +560,7 @@ def test_requantize(converted, tmp_path: Path) -> None:
         assert (want != codes).any()  # the premise: some codes changed
         checked += 1
     assert checked
-    far = run("set", src, "functional_1/fc_1/MatMul=5", "--requantize", "-o", tmp_path / "s.tflite")
+    far = run("set", src, "net_1/fc_1/MatMul=5", "--requantize", "-o", tmp_path / "s.tflite")
     assert_clean_error(far, "outside what int8 codes reach")
     none = run(
         "clip", converted["f32"], "--abs-max", "1", "--requantize", "-o", tmp_path / "f.tflite"
