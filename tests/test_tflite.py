@@ -567,3 +567,25 @@ def test_requantize(converted, tmp_path: Path) -> None:
     )
     assert_clean_error(none, "no quantized weights")
     assert not (tmp_path / "s.tflite").exists() and not (tmp_path / "f.tflite").exists()
+
+
+def test_constants_not_read_are_said(tmp_path: Path) -> None:
+    """A constant in the converter's sparse format is not decoded: the header says so
+    (never a silent omission), and a transform finds nothing it can change."""
+    import tensorflow as tf
+
+    keras = keras_quiet()
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((64,))
+    model = keras.Model(inp, keras.layers.Dense(64, name="fc")(inp), name="sparse")
+    kernel, bias = model.get_layer("fc").get_weights()
+    kernel[np.abs(kernel) < np.quantile(np.abs(kernel), 0.8)] = 0
+    model.get_layer("fc").set_weights([kernel, bias])
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
+    path = tmp_path / "sparse.tflite"
+    path.write_bytes(conv.convert())
+    res = run("inspect", path, "--no-stats")
+    assert res.code == 0 and "constants not read 1 sparse" in res.out
+    assert run("inspect", path, "--json").json()["details"]["constants not read"] == "1 sparse"
+    assert_clean_error(run("scale", path, "2", "-o", tmp_path / "o.tflite"))

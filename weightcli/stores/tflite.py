@@ -107,6 +107,9 @@ OPS: dict[int, tuple[str, dict[int, str]]] = {
 
 DEQUANTIZE = 6
 
+SPARSITY = 6  # Tensor's field of the converter's sparse format (its dim_metadata)
+UNREAD = {5: "string", 8: "complex64", 11: "complex128", 13: "resource", 14: "variant", 17: "int4"}
+
 HISTORY = "weightcli_history"  # the metadata entry (and buffer) of weightcli's history
 # Model's fields, in schema order: version (a u32), then offsets to operator_codes,
 # subgraphs, description, buffers, metadata_buffer, metadata, signature_defs.
@@ -290,6 +293,7 @@ class TFLiteStore(Store):
         self._consts: dict[str, Constant] = {}
         self._affine: dict[str, Affine] = {}
         self._keras: dict[str, KerasForm] = {}
+        self._unread: dict[str, int] = {}
         seen: set[str] = set()
         for g, graph in enumerate(subgraphs):
             tensors = graph.tables(0)
@@ -357,7 +361,16 @@ class TFLiteStore(Store):
             format_label=LABEL,
             writer=model.text(3),
             history=history,
-            extra={"schema version": version, "subgraphs": len(subgraphs), "buffers": len(buffers)},
+            extra={
+                "schema version": version,
+                "subgraphs": len(subgraphs),
+                "buffers": len(buffers),
+                **(
+                    {"constants not read": ", ".join(f"{n} {w}" for w, n in self._unread.items())}
+                    if self._unread
+                    else {}
+                ),
+            },
         )
 
     def _history(self, flat: Flat, model: Table) -> tuple[list[dict[str, Any]], int]:
@@ -422,8 +435,15 @@ class TFLiteStore(Store):
         index = tensor.scalar(2, "u32")
         if index == 0 or index >= len(buffers):
             return None  # buffer 0 is the empty sentinel: not a constant
-        dtype = TYPES.get(tensor.scalar(1, "u8"))
-        if dtype is None:
+        code = tensor.scalar(1, "u8")
+        dtype = TYPES.get(code)
+        if dtype is None or tensor.field(SPARSITY) is not None:
+            # a constant weightcli does not read (int4 packed two a byte, a string, the
+            # converter's sparse format): counted, and said in the header, never silent
+            what = (
+                "sparse" if tensor.field(SPARSITY) is not None else UNREAD.get(code, f"type {code}")
+            )
+            self._unread[what] = self._unread.get(what, 0) + 1
             return None
         buffer = buffers[index]
         data = buffer.field(0)
