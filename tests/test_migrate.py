@@ -319,3 +319,68 @@ def test_a_keras3_archive_is_said_not_to_load_in_tf_keras() -> None:
     assert v["keras3"]["loads"] is True and loads(SAMPLES / "mlp.keras", "keras3")
     assert v["tf-keras"] == {"loads": False, "needs": {"not a legacy .h5": 1}}
     assert not loads(SAMPLES / "mlp.keras", "tf-keras")
+
+
+CUSTOM_LAYER = """
+import keras
+
+
+@keras.saving.register_keras_serializable(package="weightcli_test")
+class Scale(keras.layers.Layer):
+    def __init__(self, factor=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = factor
+        self.w = None
+
+    def build(self, shape):
+        self.w = self.add_weight(shape=(shape[-1],), initializer="ones", name="w")
+
+    def call(self, x):
+        return x * self.w * self.factor
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}
+"""
+
+
+def test_custom_objects_carry_the_users_own_layer(tmp_path: Path) -> None:
+    """A tf.keras model with a custom layer: refused without its code; with
+    --custom-objects (the Keras 3 class) its layer is carried as it is, and Keras 3 loads
+    OUT with that class and predicts what tf_keras predicts on the original."""
+    tk = tf_keras()
+
+    class Scale(tk.layers.Layer):
+        def __init__(self, factor=1.0, **kwargs):
+            super().__init__(**kwargs)
+            self.factor = factor
+
+        def build(self, shape):
+            self.w = self.add_weight(shape=(shape[-1],), initializer="random_normal", name="w")
+
+        def call(self, x):
+            return x * self.w * self.factor
+
+        def get_config(self):
+            return {**super().get_config(), "factor": self.factor}
+
+    x = tk.Input((4,))
+    model = tk.Model(x, Scale(2.0, name="scale")(tk.layers.Dense(4, name="d")(x)))
+    src, out, code = tmp_path / "m.h5", tmp_path / "out.h5", tmp_path / "custom.py"
+    model.save(src)
+    code.write_text(CUSTOM_LAYER)
+    refused = run("migrate", src, "-o", out)
+    assert refused.code == 2 and "--custom-objects" in refused.err and not out.exists()
+    res = run("migrate", src, "-o", out, "--custom-objects", code)
+    assert res.code == 0, res.err
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("weightcli_test_custom", code)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    keras = keras_quiet()
+    migrated = keras.models.load_model(out, custom_objects={"Scale": module.Scale})
+    xs = np.random.default_rng(0).standard_normal((3, 4)).astype("float32")
+    np.testing.assert_allclose(
+        migrated.predict(xs, verbose=0), model.predict(xs, verbose=0), atol=1e-6
+    )

@@ -143,6 +143,19 @@ def import_custom_objects(path: Path) -> dict[str, Any]:
     return found
 
 
+def registered_names(found: dict[str, Any]) -> frozenset[str]:
+    """The names a config may give the classes of a custom objects file: each class's
+    own and, where Keras registered it, its registered name (``package>Name``)."""
+    keras = keras_module()
+    names = set(found)
+    for cls in found.values():
+        try:
+            names.add(keras.saving.get_registered_name(cls))
+        except Exception:  # noqa: BLE001, S112 - not a Keras object: its own name only
+            continue
+    return frozenset(names)
+
+
 # Classes from --custom-objects files, passed to every load_model of this process.
 _CUSTOM: dict[str, Any] = {}
 
@@ -816,11 +829,15 @@ def _load_line(path: Path, line: str | None) -> Runnable:
             except ImportError as exc:
                 raise MissingExtraError.of("migrate --check", "tf", "tf-keras") from exc
             with _tf_keras_safe_mode(True):
-                model = tf_keras.models.load_model(path, compile=False)
+                model = tf_keras.models.load_model(
+                    path, compile=False, custom_objects=_CUSTOM or None
+                )
             return _keras_runnable(model, "tf_keras.models.load_model")
         import keras
 
-        model = keras.models.load_model(path, compile=False, safe_mode=True)
+        model = keras.models.load_model(
+            path, compile=False, safe_mode=True, custom_objects=_CUSTOM or None
+        )
         return _keras_runnable(model, "keras.models.load_model")
 
 

@@ -610,10 +610,11 @@ TF_ONLY = frozenset(
 TF_KERAS_LAYERS = (KERAS3_LAYERS - KERAS3_NOT_TF) | TF_ONLY
 
 
-def _known(entry: Any, target: str) -> None:
+def _known(entry: Any, target: str, custom: frozenset[str] = frozenset()) -> None:
     """A layer of a model's ``layers`` list (and a wrapper's inner layer) must be one of
-    the target Keras's classes: a custom class is not carried (its code is not in the
-    file), nor one the target does not define."""
+    the target Keras's classes, or one the user's code defines (``custom``: class and
+    registered names, from ``--custom-objects``): a custom class's code is not in the
+    file, nor is a class the target does not define."""
     if not isinstance(entry, dict):
         return
     cls = entry.get("class_name")
@@ -621,21 +622,28 @@ def _known(entry: Any, target: str) -> None:
     cfg: dict[str, Any] = raw if isinstance(raw, dict) else {}
     name = cfg.get("name") if isinstance(cfg.get("name"), str) else cls
     known = KERAS3_LAYERS if target == "keras3" else TF_KERAS_LAYERS
+    registered = entry.get("registered_name")
+    if cls in custom or (isinstance(registered, str) and registered in custom):
+        return  # the user's own class: its config is carried as it is
     if isinstance(cls, str) and cls not in known:
         who = "Keras 3's" if target == "keras3" else "tf.keras's"
         raise UnsupportedError(
             f"layer {literal(str(name))}: class {literal(cls)} is not one of {who} layers "
             "(a custom class, or the other Keras's only): its code is not in the file; "
-            "rebuild it in code and load the weights with weightcli transplant"
+            "give its code with --custom-objects FILE.py, or rebuild it in code and load "
+            "the weights with weightcli transplant"
         )
     for key in ("layer", "backward_layer", "forward_layer"):
         if isinstance(cfg.get(key), dict):
-            _known(cfg[key], target)
+            _known(cfg[key], target, custom)
 
 
-def translate(config: dict[str, Any], target: str) -> tuple[dict[str, Any], list[Change]]:
+def translate(
+    config: dict[str, Any], target: str, custom: frozenset[str] = frozenset()
+) -> tuple[dict[str, Any], list[Change]]:
     """The config for ``target``'s loader and every change made; a layer that cannot be
-    carried is refused (``UnsupportedError`` naming it and why)."""
+    carried is refused (``UnsupportedError`` naming it and why); ``custom``: the class
+    names of the user's own code, carried as they are."""
     if target not in TABLE:
         raise UnsupportedError(
             f"migrating for {literal(target)} is not done yet (its rule table): only "
@@ -646,7 +654,7 @@ def translate(config: dict[str, Any], target: str) -> tuple[dict[str, Any], list
     for cls, cfg, layer in _objects(new):
         if cls in MODELS and isinstance(cfg.get("layers"), list):
             for entry in cfg["layers"]:
-                _known(entry, target)
+                _known(entry, target, custom)
             for rule_name, graph_fix in GRAPH_RULES.get(target, ()):
                 try:
                     graph_edits = graph_fix(cfg)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 
 import click
 
 from weightcli.cli.dispatch import batch_plan, dispatch
-from weightcli.cli.options import batch_output_group
+from weightcli.cli.options import batch_output_group, custom_objects_option
 from weightcli.commands import migrate as command
 from weightcli.migrate import TARGETS
 from weightcli.params import OutputSpec, RunSpec
@@ -30,12 +31,17 @@ from weightcli.report import print_migrate
     "seeded random inputs; exit 1 when they differ beyond --atol (the tf extra).",
 )
 @click.option("--atol", type=float, default=1e-5, show_default=True, help="--check's tolerance.")
+@custom_objects_option(
+    "A Python file defining (and registering) the model's custom layers: they are carried "
+    "as they are, and --check loads with them."
+)
 @batch_output_group
 def migrate(
     paths: tuple[str, ...],
     target: str | None,
     check: bool,
     atol: float,
+    custom_objects: Path | None,
     out: OutputSpec,
     run: RunSpec,
 ) -> None:
@@ -54,7 +60,12 @@ def migrate(
     """
     items, outputs, batch = batch_plan(paths, out, run)
     request = command.MigrateRequest(
-        target=target, check=check, atol=atol, outputs=outputs, out=out
+        target=target,
+        check=check,
+        atol=atol,
+        outputs=outputs,
+        out=out,
+        custom_objects=custom_objects,
     )
     dispatch(
         items,

@@ -40,6 +40,9 @@ class MigrateRequest:
     atol: float = 1e-5
     outputs: tuple[tuple[Path, Path], ...] = ()  # a batch's mirrored outputs
     out: OutputSpec = field(default_factory=OutputSpec)
+    # A Python file of the model's custom classes (imported: it is the user's own code);
+    # their layers are carried as they are, and --check loads with them.
+    custom_objects: Path | None = None
 
     def __post_init__(self) -> None:
         self.out.refuse("allow_nonfinite", "compress", command="migrate")
@@ -83,7 +86,12 @@ def run(request: MigrateRequest, path: str | Path) -> MigrateResult:
                 f"{literal(str(src))} was written by {store.meta.writer}: it is already in "
                 f"{target}'s form (give {{target}} the other line)"
             )
-        new, changes = rules.translate(config, target)
+        custom: frozenset[str] = frozenset()
+        if request.custom_objects is not None:
+            from weightcli.framework import import_custom_objects, registered_names
+
+            custom = registered_names(import_custom_objects(request.custom_objects))
+        new, changes = rules.translate(config, target, custom)
         out = request.out.plan(store, src, request.output_for(src), mkdirs=bool(request.outputs))
         tensors = [t for t in store.tensors()]
         optimizer = [t.name for t in tensors if t.optimizer]
