@@ -16,6 +16,10 @@ import pytest
 from helpers import run
 from test_bad_input import assert_clean_error
 
+# One worker runs this module: its module-scoped fixtures are built once (make test's
+# --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("test_strip")
+
 BUILD = r"""
 import os, sys, json
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
@@ -76,6 +80,18 @@ for arch, make in (("seq", sequential), ("fun", functional)):
         }
         for layer in qat.layers if hasattr(layer, "layer")
     }
+# per-channel clustering (Conv2D only): each output channel its own centroids
+x2 = rng.standard_normal((8, 6, 6, 2)).astype("float32")
+np.save(os.path.join(out, "x2.npy"), x2)
+conv = keras.Sequential([keras.layers.Input((6, 6, 2)), keras.layers.Conv2D(4, 3, name="c1"), keras.layers.Flatten(), keras.layers.Dense(3, name="d")])
+per_channel = tfmot.clustering.keras.cluster_weights(
+    conv, number_of_clusters=3, cluster_per_channel=True,
+    cluster_centroids_init=tfmot.clustering.keras.CentroidInitialization.LINEAR,
+)
+per_channel.compile("adam", "mse")
+per_channel.fit(x2, rng.standard_normal((8, 3)).astype("float32"), epochs=2, verbose=0)
+per_channel.save(os.path.join(out, "clustered_perchannel.h5"))
+want["clustered_perchannel"] = tfmot.clustering.keras.strip_clustering(per_channel).predict(x2, verbose=0).tolist()
 json.dump(want, open(os.path.join(out, "want.json"), "w"))
 """
 
@@ -88,9 +104,9 @@ import numpy as np
 import tf_keras as keras
 
 out = sys.argv[1]
-x = np.load(os.path.join(out, "x.npy"))
 got = {}
 for name in sys.argv[2:]:
+    x = np.load(os.path.join(out, "x2.npy" if name == "clustered_perchannel" else "x.npy"))
     model = keras.models.load_model(os.path.join(out, f"stripped_{name}.h5"), compile=False)
     assert not any("Prune" in type(l).__name__ or "Cluster" in type(l).__name__ or "Quantize" in type(l).__name__ for l in model.layers)
     got[name] = {
@@ -101,6 +117,7 @@ json.dump(got, open(os.path.join(out, "got.json"), "w"))
 """
 
 NAMES = [f"{kind}_{arch}" for kind in ("pruned", "clustered", "qat") for arch in ("seq", "fun")]
+NAMES.append("clustered_perchannel")
 
 
 def _python(script: str, *args: object) -> None:

@@ -45,6 +45,7 @@ class Unwrapped:
     inner: str
     inner_class: str
     kind: str  # prune | cluster | quantize
+    data_format: str = "channels_last"  # the inner layer's (per-channel clustering's axis)
 
 
 def _layer_name(entry: dict[str, Any]) -> str:
@@ -143,7 +144,12 @@ def unwrap(model_config: dict[str, Any]) -> tuple[dict[str, Any], list[Unwrapped
             plain["name"] = inner_name
         out.append(plain)
         names[wrapper_name] = inner_name
-        found.append(Unwrapped(wrapper_name, inner_name, str(inner.get("class_name")), kind))
+        data_format = inner["config"].get("data_format") or "channels_last"
+        found.append(
+            Unwrapped(
+                wrapper_name, inner_name, str(inner.get("class_name")), kind, str(data_format)
+            )
+        )
     if not found and not removed:
         raise UnsupportedError("no TFMOT wrapper in this model: nothing to strip")
     config["config"]["layers"] = out

@@ -141,23 +141,39 @@ def _effective(
         centroids = own.get(f"cluster_centroids_{short}:0")
         indices = own.get(f"pulling_indices_{short}:0")
         if centroids is not None and indices is not None:
-            if len(centroids.shape) != 1:
+            per_channel = len(centroids.shape) == 2
+            if len(centroids.shape) not in (1, 2):
                 raise UnsupportedError(
-                    f"{u.wrapper}: per-channel clustering is not unwrapped here yet"
+                    f"{u.wrapper}: centroids of shape {centroids.shape} (1-D or per channel)"
                 )
 
-            def gathered() -> np.ndarray:
+            def nearest(values: np.ndarray, c: np.ndarray) -> np.ndarray:
                 # As strip_clustering: the associations recomputed from the original
                 # weight (the saved indices may be a training step old), the nearest
                 # centroid by |w - c| in the weight's dtype, the first on a tie.
-                c = _reader(store, centroids)
-                w = _reader(store, info)
-                flat = w.reshape(-1)
+                flat = values.reshape(-1)
                 idx = np.empty(flat.size, np.int64)
                 for at in range(0, flat.size, 1 << 16):
                     part = flat[at : at + (1 << 16)]
                     idx[at : at + part.size] = np.argmin(np.abs(part[:, None] - c[None, :]), axis=1)
-                return c[idx].reshape(w.shape).astype(info.dtype)
+                return c[idx].reshape(values.shape)
+
+            def gathered() -> np.ndarray:
+                c = _reader(store, centroids)
+                w = _reader(store, info)
+                if not per_channel:
+                    return nearest(w, c).astype(info.dtype)
+                # TFMOT's per-channel clustering (Conv2D): each output channel (the last
+                # axis, or axis 1 for channels_first) has centroids of its own
+                axis = 1 if u.data_format == "channels_first" else w.ndim - 1
+                if w.shape[axis] != c.shape[0]:
+                    raise UnsupportedError(
+                        f"{u.wrapper}: {c.shape[0]} channels of centroids for a weight of "
+                        f"shape {w.shape}"
+                    )
+                moved = np.moveaxis(w, axis, 0)
+                out = np.stack([nearest(moved[i], c[i]) for i in range(c.shape[0])])
+                return np.moveaxis(out, 0, axis).astype(info.dtype)
 
             return "nearest centroid", gathered
     return "as stored", _load(store, info)
