@@ -17,10 +17,6 @@ from test_bad_input import assert_clean_error
 import weightcli
 from weightcli.digest import total_size
 
-# One worker runs this module: its module-scoped fixtures are built once (make test's
-# --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("test_compress")
-
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:

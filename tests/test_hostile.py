@@ -18,10 +18,6 @@ import numpy as np
 import pytest
 from helpers import ROOT, SAMPLES
 
-# One worker runs this module: its module-scoped fixtures are built once (make test's
-# --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("test_hostile")
-
 # Readable files with an oddity weightcli tolerates: exit 0 (and outputs) are right for
 # them; every other case must be refused.
 READABLE = {

@@ -14,10 +14,6 @@ from helpers import keras_quiet, run
 
 import weightcli
 
-# One worker runs this module: its module-scoped fixtures are built once (make test's
-# --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("test_lora")
-
 
 def arrays(path: Path) -> dict[str, np.ndarray]:
     with weightcli.open(path) as ckpt:

@@ -13,10 +13,6 @@ from helpers import SAMPLES, keras_quiet, mlp_input, run
 
 import weightcli
 
-# One worker runs this module: its module-scoped fixtures are built once (make test's
-# --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("test_merge")
-
 NAMES = [
     "dense_1/kernel",
     "dense_1/bias",

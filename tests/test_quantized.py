@@ -12,10 +12,6 @@ from helpers import keras_quiet, run
 
 import weightcli
 
-# One worker runs this module: its module-scoped fixtures are built once (make test's
-# --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("test_quantized")
-
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> Path:

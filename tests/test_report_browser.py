@@ -16,10 +16,6 @@ import numpy as np
 import pytest
 from helpers import ROOT, SAMPLES, run
 
-# One worker runs this module: its module-scoped fixtures are built once (make test's
-# --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("test_report_browser")
-
 SHOTS = ROOT / ".screenshots"
 # The flags that keep a headless Chromium off the network (it would otherwise try to
 # reach Google's services at start) and working as root in a container.

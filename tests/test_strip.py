@@ -16,10 +16,6 @@ import pytest
 from helpers import run
 from test_bad_input import assert_clean_error
 
-# One worker runs this module: its module-scoped fixtures are built once (make test's
-# --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("test_strip")
-
 BUILD = r"""
 import os, sys, json
 os.environ["TF_USE_LEGACY_KERAS"] = "1"

@@ -17,10 +17,6 @@ from test_bad_input import assert_clean_error
 
 import weightcli
 
-# One worker runs this module: its module-scoped fixtures are built once (make test's
-# --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("test_tflite")
-
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 

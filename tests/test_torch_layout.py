@@ -15,10 +15,6 @@ from helpers import keras_quiet, run
 from safetensors.numpy import load_file
 from test_bad_input import assert_clean_error
 
-# One worker runs this module: its module-scoped fixtures are built once (make test's
-# --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("test_torch_layout")
-
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1 / (1 + np.exp(-x))

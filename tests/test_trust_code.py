@@ -15,10 +15,6 @@ from pathlib import Path
 import pytest
 from helpers import run
 
-# One worker runs this module: its module-scoped fixtures are built once (make test's
-# --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("test_trust_code")
-
 MAKE = textwrap.dedent(
     """
     import os, sys
