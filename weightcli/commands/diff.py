@@ -11,7 +11,7 @@ from weightcli.compare import check_tolerances, diff_stores, parse_map
 from weightcli.errors import ParameterError
 from weightcli.results import JSON, DiffResult
 from weightcli.select import Selection
-from weightcli.stores import open_store
+from weightcli.stores import Store, open_store
 from weightcli.stores.base import BLOCK_ELEMS
 from weightcli.stores.quantized import compared_views
 
@@ -82,22 +82,25 @@ def pair_items(a_dir: Path, b_dir: Path) -> list[Item]:
 
 def run(request: DiffRequest, a: str | Path, b: str | Path) -> DiffResult:
     """Compare every selected tensor of A with B's tensor of the same (mapped) name."""
-    maps = [parse_map(m) for m in request.maps]
     with open_store(a) as sa, open_store(b) as sb:
-        va, vb = compared_views(sa, sb, request.dequantize)
-        return diff_stores(
-            va,
-            vb,
-            request.selection,
-            maps,
-            atol=request.atol,
-            rtol=request.rtol,
-            nan_equal=request.nan_equal,
-            structure=request.structure,
-            block_elems=request.block_elems,
-            ignore_dtype=request.ignore_dtype,
-            match_by=request.match_by,
-        )
+        return compare(request, *compared_views(sa, sb, request.dequantize))
+
+
+def compare(request: DiffRequest, va: Store, vb: Store) -> DiffResult:
+    """The request's comparison of two open stores (or their views)."""
+    return diff_stores(
+        va,
+        vb,
+        request.selection,
+        [parse_map(m) for m in request.maps],
+        atol=request.atol,
+        rtol=request.rtol,
+        nan_equal=request.nan_equal,
+        structure=request.structure,
+        block_elems=request.block_elems,
+        ignore_dtype=request.ignore_dtype,
+        match_by=request.match_by,
+    )
 
 
 def pair_task(request: DiffRequest, a_root: Path, item: Item) -> DiffResult | UnpairedResult:

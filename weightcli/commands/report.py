@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from weightcli.commands import diff as diff_cmd
 from weightcli.commands import inspect
-from weightcli.compare import check_tolerances, diff_stores, parse_map
+from weightcli.compare import check_tolerances, parse_map
 from weightcli.digest import total_size
 from weightcli.distribution import EXPLODING, Flag, Histogram, peer_outliers
 from weightcli.errors import ParameterError
@@ -125,19 +126,20 @@ def _compare(result: ReportResult, request: ReportRequest) -> None:
     """Diff's metrics per matched tensor, and for each one that changed its values and
     the reference's as two histograms over the union of their ranges."""
     assert request.against is not None
-    maps = [parse_map(m) for m in request.maps]
     with open_store(result.figures.path) as sa, open_store(request.against) as sb:
         va, vb = compared_views(sa, sb)
-        diff = diff_stores(
+        diff = diff_cmd.compare(
+            diff_cmd.DiffRequest(
+                selection=request.selection,
+                maps=request.maps,
+                atol=request.atol,
+                rtol=request.rtol,
+                nan_equal=request.nan_equal,
+                block_elems=request.block_elems,
+                match_by=request.match_by,
+            ),
             va,
             vb,
-            request.selection,
-            maps,
-            atol=request.atol,
-            rtol=request.rtol,
-            nan_equal=request.nan_equal,
-            block_elems=request.block_elems,
-            match_by=request.match_by,
         )
         overlays = []
         for row in diff.rows:
