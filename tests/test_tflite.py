@@ -567,6 +567,9 @@ def test_requantize(converted, tmp_path: Path) -> None:
     )
     assert_clean_error(none, "no quantized weights")
     assert not (tmp_path / "s.tflite").exists() and not (tmp_path / "f.tflite").exists()
+    # merge reads its other inputs as stored: requantizing only the first is refused
+    both = run("merge", src, src, "--requantize", "-o", tmp_path / "m.tflite")
+    assert_clean_error(both, "does not apply to merge")
 
 
 def test_constants_not_read_are_said(tmp_path: Path) -> None:

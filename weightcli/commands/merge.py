@@ -94,7 +94,7 @@ class MergeRequest:
     block_elems: int = BLOCK_ELEMS  # the most elements read at once (tests: small)
 
     def __post_init__(self) -> None:
-        self.out.refuse("in_place", command="merge")
+        self.out.refuse("in_place", "requantize", command="merge")
         for m in self.maps:
             parse_map(m)
         if self.config:
