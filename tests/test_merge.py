@@ -175,3 +175,16 @@ def test_lambda_only_with_the_methods_that_use_it(tmp_path: Path) -> None:
         tmp_path / "o.keras",
     )
     assert res.code == 2 and "--lambda does not go with --method mean" in res.err
+
+
+def test_quantized_models_merge_only_with_the_same_codes(tmp_path: Path) -> None:
+    """A natively quantized layer merges through its float scale; its codes are the
+    first model's. Inputs whose codes differ are refused (the result would pair one
+    model's codes with a merged scale), inputs with the same codes merge."""
+    src = SAMPLES / "mlp_int8.keras"
+    other = tmp_path / "clipped.keras"
+    assert run("clip", src, "--abs-max", "0.05", "--requantize", "-o", other).code == 0
+    res = run("merge", src, other, "-o", tmp_path / "m.keras")
+    assert res.code == 2 and "codes differ" in res.err and "Traceback" not in res.err
+    assert not (tmp_path / "m.keras").exists()
+    assert run("merge", src, src, "-o", tmp_path / "same.keras").code == 0

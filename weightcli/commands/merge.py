@@ -29,7 +29,7 @@ import numpy as np
 
 from weightcli import mergefile, pipeline
 from weightcli.compare import parse_map, rename
-from weightcli.errors import ParameterError, UsageError, literal
+from weightcli.errors import ParameterError, UnsupportedError, UsageError, literal
 from weightcli.figures import Figures, MergeFigures
 from weightcli.mergefile import MergeSpec, Setting
 from weightcli.params import OutputSpec
@@ -393,6 +393,33 @@ def _shown_weights(spec: MergeSpec) -> list[float]:
     return []
 
 
+def _same_codes(carrier: Store, others: list[Store], maps: list[tuple[str, str]]) -> None:
+    """A natively quantized layer is merged through its float scale only: its integer
+    codes are the carrier's. That is right only when every input holds the same codes
+    (fine-tunes of one quantized model's scales); else refused, before anything is read
+    further, rather than pairing one model's codes with a merged scale."""
+    codes = [t for t in carrier.tensors() if t.quantized and not t.is_float and not t.optimizer]
+    for s in others:
+        names = {rename(t.name, maps): t for t in s.tensors() if not t.optimizer}
+        for t in codes:
+            o = names.get(t.name)
+            same = (
+                o is not None
+                and o.shape == t.shape
+                and o.dtype == t.dtype
+                and all(
+                    np.array_equal(a, b)
+                    for (_, a), (_, b) in zip(carrier.blocks(t), s.blocks(o), strict=True)
+                )
+            )
+            if not same:
+                raise UnsupportedError(
+                    f"{literal(t.name)} is stored quantized and its codes differ between "
+                    f"{literal(carrier.path.name)} and {literal(s.path.name)}: merge the float "
+                    "models, then quantize the result"
+                )
+
+
 def run(request: MergeRequest, path: str | Path) -> TransformResult:
     """Merge ``path`` (the first input; with ``request.config``, the merge file) with the
     other inputs into OUT."""
@@ -436,6 +463,7 @@ def run(request: MergeRequest, path: str | Path) -> TransformResult:
                 f"the inputs do not agree: {literal('; '.join(problems[:5]))}{more} "
                 "(rename with {map} OLD=NEW, or leave tensors out with {exclude})"
             )
+        _same_codes(carrier, others, maps)
         depths = mergefile.depths(chosen)
         spec.check_values(chosen, depths)  # every parameter at every tensor, before reading
         if spec.method.name == "mean":
