@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -28,13 +28,15 @@ from weightcli.batch import (
 )
 from weightcli.child import ChildDied, ChildTimedOut, Limits, run_in_child
 from weightcli.cli.options import spell
-from weightcli.commands.report import ReportRequest
 from weightcli.errors import InputError, ParameterError, UsageError, literal, one_line
 from weightcli.grid import rich_console
 from weightcli.params import OutputSpec, RunSpec
 from weightcli.report import fmt_bytes, print_json, print_summary
 from weightcli.results import ReportResult, Result
 from weightcli.stores.remote import as_path, is_url
+
+if TYPE_CHECKING:
+    from weightcli.commands.report import ReportRequest
 
 R = TypeVar("R", bound=Result)
 
@@ -47,7 +49,7 @@ class Page:
 
     flag: str
     path: Path
-    request: ReportRequest = field(default_factory=ReportRequest)
+    request: ReportRequest | None = None  # None: the report's defaults
 
 
 def requested_page() -> Page | None:
@@ -83,7 +85,7 @@ def _check_page(page: Page, items: list[Item], batch: bool) -> None:
             "write to -o OUT instead"
         )
     models = [items[0].path, items[0].other, params.get("output")]
-    if page.request.against is not None:
+    if page.request is not None and page.request.against is not None:
         models.append(page.request.against)
     for m in models:
         if isinstance(m, str | Path) and not is_url(m) and _same_file(Path(m), page.path):
@@ -101,6 +103,7 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def _with_page(task: Callable[[Item], R], page: Page, item: Item) -> R:
     """The command, then its page: the written file drawn against what it came from."""
+    # (imported here: a command without a page starts without the report's modules)
     from weightcli.commands import report as report_cmd
     from weightcli.page import render as render_page
     from weightcli.stores.output import write_text
@@ -113,7 +116,8 @@ def _with_page(task: Callable[[Item], R], page: Page, item: Item) -> R:
     if pair is None:
         raise UsageError(f"{page.flag}: nothing was written, so there is nothing to draw")
     after, before = pair
-    report = report_cmd.run(replace(page.request, against=before), after)
+    request = replace(page.request or report_cmd.ReportRequest(), against=before)
+    report = report_cmd.run(request, after)
     write_text(page.path, render_page(report))
     return result
 
