@@ -67,6 +67,7 @@ file: never executed, never copied silently), a class neither Keras defines.
 from __future__ import annotations
 
 import copy
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -557,9 +558,85 @@ def _attention_shapes_back(
     return out
 
 
+def _implicit_mask(model_cfg: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
+    """Keras 3 saves the mask of ``Embedding(mask_zero=True)`` as a layer of its own,
+    ``NotEqual(x, 0)`` on the embedding's input, handed to the layers that read the
+    embedding's output as their ``mask`` (keras/src/models/functional.py records a
+    tensor's mask in the node). tf.keras has no such class, and needs none: its
+    Embedding computes the same mask (``not_equal(inputs, 0)``, ``compute_mask``) and its
+    functional graph passes it on by itself. So that layer and those ``mask`` arguments
+    go, where that is all it is: a NotEqual of an embedding's own input against 0,
+    read only as the mask of layers fed by that embedding. Any other NotEqual stays (and
+    is refused as a class tf.keras does not have)."""
+    layers = model_cfg.get("layers")
+    if not isinstance(layers, list):
+        return []
+    outputs = json.dumps(model_cfg.get("output_layers"))
+
+    def nodes(layer: dict[str, Any]) -> list[dict[str, Any]]:
+        found = layer.get("inbound_nodes")
+        return [n for n in found if isinstance(n, dict)] if isinstance(found, list) else []
+
+    def name(layer: Any) -> str:
+        return str(((layer or {}).get("config") or {}).get("name"))
+
+    masked_inputs: dict[str, str] = {}  # the embedding's input tensor -> the embedding
+    for layer in layers:
+        cfg = layer.get("config") or {}
+        if layer.get("class_name") == "Embedding" and cfg.get("mask_zero") is True:
+            for node in nodes(layer):
+                ref = _legacy_ref((node.get("args") or [None])[0])
+                if ref is not None:
+                    masked_inputs[json.dumps(ref)] = name(layer)
+    out: list[tuple[str, str, Any, Any]] = []
+    for layer in list(layers):
+        if layer.get("class_name") != "NotEqual" or len(nodes(layer)) != 1:
+            continue
+        node = nodes(layer)[0]
+        args, kwargs = node.get("args") or [], node.get("kwargs") or {}
+        other = args[1] if len(args) > 1 else kwargs.get("y")
+        ref = _legacy_ref(args[0]) if args else None
+        embedding = masked_inputs.get(json.dumps(ref)) if ref is not None else None
+        mine = name(layer)
+        if embedding is None or other != 0 or f'"{mine}"' in outputs:
+            continue
+        uses = []  # (consumer, its node) reading this layer's output
+        plain = True
+        for consumer in layers:
+            for cnode in nodes(consumer):
+                text = json.dumps(cnode)
+                if f'"keras_history": ["{mine}", ' not in text:
+                    continue
+                mask = _legacy_ref((cnode.get("kwargs") or {}).get("mask"))
+                fed = _legacy_ref((cnode.get("args") or [None])[0])
+                rest = {k: v for k, v in cnode.items() if k != "kwargs"}
+                others = {k: v for k, v in (cnode.get("kwargs") or {}).items() if k != "mask"}
+                if (
+                    mask is None
+                    or mask[0] != mine
+                    or fed is None
+                    or fed[0] != embedding
+                    or f'"keras_history": ["{mine}", ' in json.dumps([rest, others])
+                ):
+                    plain = False
+                uses.append((consumer, cnode))
+        if not plain:
+            continue
+        for consumer, cnode in uses:
+            del cnode["kwargs"]["mask"]
+            out.append((name(consumer), "mask", mine, None))
+        layers.remove(layer)
+        out.append((mine, "layer", "NotEqual", None))
+    return out
+
+
 def _nested_node_back(model_cfg: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
     return _nested_node(model_cfg, shift_by=+1)
 
+
+# Graph rules that remove layers the target needs no class for: run before every layer's
+# class is checked.
+REMOVALS = {"tf-keras": (("implicit-mask", _implicit_mask),)}
 
 GRAPH_RULES = {
     "keras3": (("node-kwargs", _node_kwargs_of), ("nested-node", _nested_node)),
@@ -653,15 +730,18 @@ def translate(
     changes: list[Change] = []
     for cls, cfg, layer in _objects(new):
         if cls in MODELS and isinstance(cfg.get("layers"), list):
-            for entry in cfg["layers"]:
-                _known(entry, target, custom)
-            for rule_name, graph_fix in GRAPH_RULES.get(target, ()):
-                try:
-                    graph_edits = graph_fix(cfg)
-                except Refusal as exc:
-                    raise UnsupportedError(str(exc)) from None
-                for where, key, old, nv in graph_edits:
-                    changes.append(Change(where, key, old, nv, rule_name))
+            removals = REMOVALS.get(target, ())
+            for step, rules in enumerate((removals, GRAPH_RULES.get(target, ()))):
+                if step == 1:  # what is left must be the target's (or the user's) classes
+                    for entry in cfg["layers"]:
+                        _known(entry, target, custom)
+                for rule_name, graph_fix in rules:
+                    try:
+                        graph_edits = graph_fix(cfg)
+                    except Refusal as exc:
+                        raise UnsupportedError(str(exc)) from None
+                    for where, key, old, nv in graph_edits:
+                        changes.append(Change(where, key, old, nv, rule_name))
         for rule in TABLE[target]:
             if rule.applies(cls):
                 try:
