@@ -572,9 +572,10 @@ def test_requantize(converted, tmp_path: Path) -> None:
     assert_clean_error(both, "does not apply to merge")
 
 
-def test_constants_not_read_are_said(tmp_path: Path) -> None:
-    """A constant in the converter's sparse format is not decoded: the header says so
-    (never a silent omission), and a transform finds nothing it can change."""
+def test_a_sparse_tensor_is_read_dense_and_never_written(tmp_path: Path) -> None:
+    """The converter's sparse format (EXPERIMENTAL_SPARSITY: rows dense, columns CSR, only
+    the nonzeros in the buffer) is read as the dense tensor, equal to the Keras model's
+    pruned kernel; writing it is refused."""
     import tensorflow as tf
 
     keras = keras_quiet()
@@ -588,7 +589,12 @@ def test_constants_not_read_are_said(tmp_path: Path) -> None:
     conv.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
     path = tmp_path / "sparse.tflite"
     path.write_bytes(conv.convert())
-    res = run("inspect", path, "--no-stats")
-    assert res.code == 0 and "constants not read 1 sparse" in res.out
-    assert run("inspect", path, "--json").json()["details"]["constants not read"] == "1 sparse"
-    assert_clean_error(run("scale", path, "2", "-o", tmp_path / "o.tflite"))
+    with weightcli.open(path) as ckpt:
+        consts = ckpt.store._consts  # type: ignore[attr-defined]
+        sparse = [t for t in ckpt.tensors() if consts[t.path].csr is not None]
+        assert len(sparse) == 1  # the premise: the converter wrote it sparse
+        assert sparse[0].kind == "kernel"  # its role found through the DENSIFY op
+        np.testing.assert_array_equal(ckpt.array(sparse[0].name), kernel.T)  # [out, in]
+    assert "constants not read" not in run("inspect", path, "--no-stats").out
+    assert_clean_error(run("scale", path, "2", "-o", tmp_path / "o.tflite"), "stored sparse")
+    assert not (tmp_path / "o.tflite").exists()

@@ -106,6 +106,7 @@ OPS: dict[int, tuple[str, dict[int, str]]] = {
 
 
 DEQUANTIZE = 6
+DENSIFY = 124  # a sparse constant reaches its op through it, as a float16 one through DEQUANTIZE
 
 SPARSITY = 6  # Tensor's field of the converter's sparse format (its dim_metadata)
 UNREAD = {5: "string", 8: "complex64", 11: "complex128", 13: "resource", 14: "variant", 17: "int4"}
@@ -246,6 +247,54 @@ class Constant:
     zero_point: tuple[int, ...] = ()
     axis: int = 0
     scale_at: int | None = None  # file offset of the scale vector's first float
+    # The converter's sparse layout, rows of CSR: (row segments, column indices); the
+    # buffer then holds only the nonzeros. Read as the dense tensor; never written.
+    csr: tuple[np.ndarray, np.ndarray] | None = None
+
+
+# SparsityParameters: 0 traversal_order, 1 block_map, 2 dim_metadata; DimensionMetadata:
+# 0 format (DENSE 0, SPARSE_CSR 1), 1 dense_size, 2 and 3 array_segments (union type,
+# table), 4 and 5 array_indices; a SparseIndexVector union's table holds ``values``
+# (field 0): Int32Vector 1, Uint16Vector 2, Uint8Vector 3.
+INDEX_VECTORS = {1: ("<i4", 4), 2: ("<u2", 2), 3: ("u1", 1)}
+
+
+def _csr(flat: Flat, tensor: Table) -> tuple[np.ndarray, np.ndarray] | None:
+    """The one sparse layout read here: a 2-D tensor in its own order, rows dense and
+    columns CSR, no blocks (what the converter's EXPERIMENTAL_SPARSITY writes). None for
+    a dense tensor or any other layout."""
+    sparsity = tensor.sub(SPARSITY)
+    if sparsity is None:
+        return None
+    dims = sparsity.tables(2)
+    formats = [d.scalar(0, "u8") for d in dims]
+    if sparsity.ints(0) != [0, 1] or sparsity.ints(1) or formats != [0, 1]:
+        return None
+
+    def index_vector(table: Table, type_field: int) -> np.ndarray | None:
+        kind = INDEX_VECTORS.get(table.scalar(type_field, "u8"))
+        holder = table.sub(type_field + 1)
+        field = holder.field(0) if holder is not None else None
+        if kind is None or field is None:
+            return None
+        start, n = flat.vector(field, kind[1])
+        return np.frombuffer(bytes(flat.buf[start : start + n * kind[1]]), kind[0]).astype(np.int64)
+
+    segments, columns = index_vector(dims[1], 2), index_vector(dims[1], 4)
+    if segments is None or columns is None or (np.diff(segments) < 0).any():
+        raise CorruptError(f"{flat.label}: a damaged sparse layout")
+    return segments, columns
+
+
+def _csr_fits(csr: tuple[np.ndarray, np.ndarray], shape: tuple[int, ...]) -> bool:
+    segments, columns = csr
+    return (
+        len(shape) == 2
+        and len(segments) == shape[0] + 1
+        and segments[0] == 0
+        and segments[-1] == len(columns)
+        and bool(((columns >= 0) & (columns < shape[1])).all())
+    )
 
 
 class TFLiteStore(Store):
@@ -301,12 +350,12 @@ class TFLiteStore(Store):
             # kernel, the op's input channels: a depthwise kernel's Keras shape needs them)
             roles: dict[int, tuple[str, str, int, int]] = {}
             operators = graph.tables(3)
-            # float16 (and some int8) weights reach their op through a DEQUANTIZE: the
-            # constant behind its output plays the role
+            # float16 (and some int8) weights reach their op through a DEQUANTIZE, sparse
+            # ones through a DENSIFY: the constant behind its output plays the role
             behind: dict[int, int] = {}
             for operator in operators:
                 index = operator.scalar(0, "u32")
-                if index < len(codes) and codes[index] == DEQUANTIZE:
+                if index < len(codes) and codes[index] in (DEQUANTIZE, DENSIFY):
                     ins, outs = operator.ints(1), operator.ints(2)
                     if ins and outs:
                         behind[outs[0]] = ins[0]
@@ -437,12 +486,11 @@ class TFLiteStore(Store):
             return None  # buffer 0 is the empty sentinel: not a constant
         code = tensor.scalar(1, "u8")
         dtype = TYPES.get(code)
-        if dtype is None or tensor.field(SPARSITY) is not None:
-            # a constant weightcli does not read (int4 packed two a byte, a string, the
-            # converter's sparse format): counted, and said in the header, never silent
-            what = (
-                "sparse" if tensor.field(SPARSITY) is not None else UNREAD.get(code, f"type {code}")
-            )
+        csr = _csr(flat, tensor) if dtype is not None else None
+        if dtype is None or (tensor.field(SPARSITY) is not None and csr is None):
+            # a constant weightcli does not read (int4 packed two a byte, a string, a
+            # sparse layout other than rows of CSR): counted, and said in the header
+            what = "sparse" if dtype is not None else UNREAD.get(code, f"type {code}")
             self._unread[what] = self._unread.get(what, 0) + 1
             return None
         buffer = buffers[index]
@@ -459,8 +507,11 @@ class TFLiteStore(Store):
         shape = tuple(tensor.ints(0))
         if len(shape) > MAX_NDIM or any(d < 0 for d in shape):
             raise CorruptError(f"{flat.label}: a tensor of shape {shape[:8]}")
-        need = math.prod(shape) * to_numpy(dtype).itemsize
         name = tensor.text(3) or f"tensor_{index}"
+        stored = len(csr[1]) if csr is not None else math.prod(shape)  # nonzeros, if sparse
+        need = stored * to_numpy(dtype).itemsize
+        if csr is not None and not _csr_fits(csr, shape):
+            raise CorruptError(f"{flat.label}: tensor {name!r}: a damaged sparse layout")
         if need != nbytes:
             raise CorruptError(
                 f"{flat.label}: tensor {name!r}: {nbytes} bytes for a {dtype} of shape {shape}"
@@ -490,7 +541,7 @@ class TFLiteStore(Store):
             )
         if zero and len(zero) not in (1, len(scale)):
             raise CorruptError(f"{flat.label}: tensor {name!r}: {len(zero)} zero points")
-        return info, Constant(at, nbytes, index, scale, zero, axis, scale_at)
+        return info, Constant(at, nbytes, index, scale, zero, axis, scale_at, csr)
 
     def tensors(self) -> list[TensorInfo]:
         return list(self._infos)
@@ -502,6 +553,15 @@ class TFLiteStore(Store):
     def read(self, info: TensorInfo, block: Block | None = None) -> np.ndarray:
         const = self._consts[info.path]
         dtype = to_numpy(info.dtype)
+        if const.csr is not None:
+            assert self._map is not None
+            raw = self._map[const.at : const.at + const.nbytes]
+            values = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype)
+            segments, columns = const.csr
+            dense = np.zeros(info.shape, dtype)
+            rows = np.repeat(np.arange(info.shape[0]), np.diff(segments))
+            dense[rows, columns] = values
+            return dense if block is None else dense[block.index]
         first, shape = (block.first, block.shape) if block is not None else (0, info.shape)
         start = const.at + first * dtype.itemsize
         count = math.prod(shape)
@@ -789,6 +849,12 @@ class TFLitePatcher(Patcher):
     def _begin(self, info: TensorInfo, dtype: str) -> None:
         if dtype != info.dtype:
             raise ValueError(f"{info.name}: a dtype change was not planned")
+        if self.store._consts[info.path].csr is not None:
+            raise UnsupportedError(
+                f"{self.store.path}: {info.name!r} is stored sparse (the converter's CSR "
+                "rows): it is read, not written; leave it out, or change the model and "
+                "convert it again"
+            )
         import blake3
 
         self.hashes[info.path] = blake3.blake3()
