@@ -18,6 +18,7 @@ from weightcli import api
 from weightcli.batch import discover
 from weightcli.commands import inspect as inspect_cmd
 from weightcli.commands import report as report_cmd
+from weightcli.commands.diff import DiffRequest
 from weightcli.distribution import (
     BINS,
     SPARK_CELLS,
@@ -279,7 +280,7 @@ def test_diff_html_is_the_report_page(tmp_path: Path) -> None:
     assert res.code == 1  # the diff's own verdict and exit code are kept
     html = page.read_text()
     # diff's tolerances and NaN rule, not the report's default (NaN equal to NaN)
-    same = report_cmd.ReportRequest(against=b, nan_equal=False)
+    same = report_cmd.ReportRequest(against=b, pairing=DiffRequest())
     assert html == render(report_cmd.run(same, a))
     assert 'data-flag="nan"' in html and "DIFFERENT" in html
     page2 = tmp_path / "e.html"
@@ -287,6 +288,21 @@ def test_diff_html_is_the_report_page(tmp_path: Path) -> None:
     assert "EQUAL" in page2.read_text()
     assert run("diff", a, a, "--html", page2).code == 1  # NaN equals nothing, as diff says
     assert "DIFFERENT" in page2.read_text()
+
+
+def test_every_diff_option_reaches_its_page(tmp_path: Path) -> None:
+    """diff --html compares as the diff did: here across dtypes (--ignore-dtype) and with
+    a tolerance, where the default page would see a dtype change."""
+    src, half = SAMPLES / "cnn.keras", tmp_path / "f16.keras"
+    assert run("quantize", src, "--dtype", "float16", "-o", half).code == 0
+    page = tmp_path / "p.html"
+    args = ("diff", half, src, "--ignore-dtype", "--atol", "1e-2", "--html", page)
+    res = run(*args)
+    assert res.code == 0, res.out
+    assert "EQUAL" in page.read_text() and "dtypes ignored" in page.read_text()
+    default = tmp_path / "d.html"
+    assert run("report", half, "--against", src, "-o", default).code == 0
+    assert "dtype differs" in default.read_text()  # the premise: without them it differs
 
 
 def test_report_command_writes_the_page(tmp_path: Path) -> None:
@@ -345,6 +361,7 @@ def test_names_from_the_file_are_escaped(tmp_path: Path) -> None:
         (("report", "{tmp}/missing.h5", "-o", "{page}"), "missing.h5"),
         (("report", "{src}", "-o", "s3://bucket/p.html"), "local path"),
         (("diff", "{src}", "{src}", "--html", "{src}"), "one of the models"),
+        (("diff", "{src}", "{src}", "--structure", "--html", "{page}"), "--structure"),
     ],
 )
 def test_refusals(tmp_path: Path, args: tuple[str, ...], says: str) -> None:

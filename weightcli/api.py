@@ -184,11 +184,11 @@ def report(
 ) -> ReportResult:
     """Everything ``weightcli report`` draws: histograms, spectral figures, flags and,
     with ``against``, the change from that reference. ``report_page`` makes the HTML."""
+    chosen = selection(select, exclude, layer_types, kinds, include_optimizer, floats_only=False)
     request = report_cmd.ReportRequest(
-        selection(select, exclude, layer_types, kinds, include_optimizer, floats_only=False),
+        chosen,
         against=against,
-        maps=tuple(maps),
-        match_by=match_by,
+        pairing=diff_cmd.DiffRequest(chosen, maps=tuple(maps), match_by=match_by, nan_equal=True),
     )
     return report_cmd.run(request, path)
 

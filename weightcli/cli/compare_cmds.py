@@ -169,15 +169,7 @@ def diff(
         page = Page(
             "--html",
             page_path(html, "--html"),
-            ReportRequest(
-                request.selection,
-                against=pb,
-                maps=request.maps,
-                match_by=match_by,
-                atol=atol,
-                rtol=rtol,
-                nan_equal=nan_equal,
-            ),
+            ReportRequest(request.selection, against=pb, pairing=request),
         )
     dispatch(
         items,

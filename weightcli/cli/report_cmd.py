@@ -17,6 +17,7 @@ from weightcli.cli.options import (
     selection_options,
 )
 from weightcli.commands import report as command
+from weightcli.commands.diff import DiffRequest
 from weightcli.compare import read_map_file
 from weightcli.report import print_report
 from weightcli.results import ReportResult
@@ -82,13 +83,18 @@ def report(
       weightcli report model.h5 -s 'dense*' -o dense.html
       weightcli scale model.h5 0.5 -o half.h5 --report-html half.html
     """
+    selection = make_selection(
+        select, exclude, layer_types, kinds, include_optimizer, floats_only=False
+    )
     request = command.ReportRequest(
-        selection=make_selection(
-            select, exclude, layer_types, kinds, include_optimizer, floats_only=False
-        ),
+        selection=selection,
         against=as_path(against) if against else None,
-        maps=tuple(maps) + (read_map_file(map_file) if map_file else ()),
-        match_by=match_by,
+        pairing=DiffRequest(
+            selection=selection,
+            maps=tuple(maps) + (read_map_file(map_file) if map_file else ()),
+            match_by=match_by,
+            nan_equal=True,
+        ),
     )
     # The dispatcher's page step writes it, as for every --report-html.
     page = Page("-o/--output", page_path(page_file, "-o/--output"), request)

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import contextlib
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from weightcli.commands import diff as diff_cmd
 from weightcli.commands import inspect
-from weightcli.compare import check_tolerances, parse_map
 from weightcli.digest import total_size
 from weightcli.distribution import EXPLODING, Flag, Histogram, peer_outliers
 from weightcli.errors import ParameterError
@@ -37,31 +36,31 @@ MATRIX_KINDS = {
 }
 
 
+def _pairing() -> diff_cmd.DiffRequest:
+    # a page shows what changed: a NaN left where it was did not
+    return diff_cmd.DiffRequest(nan_equal=True)
+
+
 @dataclass(frozen=True)
 class ReportRequest:
     """Which tensors, and optionally the reference to compare with (``against``: any
-    format, tensors matched as ``diff`` matches them: by name through ``maps``, or by
-    order; equal within ``atol``/``rtol`` as diff decides, NaN at the same place equal
-    unless ``nan_equal`` is off: a page shows what changed, and a NaN left where it was
-    did not)."""
+    format). ``pairing`` is diff's own request, so every diff option reaches the page
+    as it reaches ``diff`` (names through maps or by order, tolerances, NaN, dequantized
+    or not, dtypes ignored or not); by default NaN at the same place is equal."""
 
     selection: Selection = field(default_factory=lambda: Selection(floats_only=False))
     against: str | Path | None = None
-    maps: tuple[str, ...] = ()
-    match_by: str = "name"
+    pairing: diff_cmd.DiffRequest = field(default_factory=_pairing)
     block_elems: int = BLOCK_ELEMS
-    atol: float = 0.0
-    rtol: float = 0.0
-    nan_equal: bool = True
 
     def __post_init__(self) -> None:
-        check_tolerances(self.atol, self.rtol)
-        if self.match_by not in ("name", "order"):
-            raise ParameterError("{match_by} must be name or order")
-        if self.against is None and (self.maps or self.match_by != "name"):
+        pairing = self.pairing
+        if self.against is None and (pairing.maps or pairing.match_by != "name"):
             raise ParameterError("{map} and {match_by} pair tensors with {against}: give it")
-        for m in self.maps:
-            parse_map(m)
+        if pairing.structure:
+            raise ParameterError(
+                "the page draws values: a {structure} comparison reads none (drop one)"
+            )
 
 
 def run(request: ReportRequest, path: str | Path) -> ReportResult:
@@ -127,20 +126,9 @@ def _compare(result: ReportResult, request: ReportRequest) -> None:
     the reference's as two histograms over the union of their ranges."""
     assert request.against is not None
     with open_store(result.figures.path) as sa, open_store(request.against) as sb:
-        va, vb = compared_views(sa, sb)
-        diff = diff_cmd.compare(
-            diff_cmd.DiffRequest(
-                selection=request.selection,
-                maps=request.maps,
-                atol=request.atol,
-                rtol=request.rtol,
-                nan_equal=request.nan_equal,
-                block_elems=request.block_elems,
-                match_by=request.match_by,
-            ),
-            va,
-            vb,
-        )
+        va, vb = compared_views(sa, sb, request.pairing.dequantize)
+        pairing = replace(request.pairing, block_elems=request.block_elems)
+        diff = diff_cmd.compare(pairing, va, vb)
         overlays = []
         for row in diff.rows:
             if row.status not in (DiffStatus.DIFFERS, DiffStatus.DTYPE):
