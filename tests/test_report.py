@@ -165,6 +165,61 @@ def test_histogram_edges_and_constant_tensors() -> None:
         Histogram(1.0, 0.0)
 
 
+def test_the_float32_fast_path_counts_as_numpy() -> None:
+    """Float32 values known to be in range are binned in float32 and only values at an
+    edge against numpy's edges: the counts equal np.histogram's, on values that sit
+    exactly on edges and one float32 step either side, and far from zero."""
+    rng = np.random.default_rng(1)
+    fast = at_edges = 0
+    for trial in range(1000):
+        kind, n = trial % 4, int(rng.integers(1, 3000))
+        if kind == 0:
+            x = rng.standard_normal(n).astype(np.float32) * np.float32(10.0 ** rng.integers(-8, 8))
+        elif kind == 1:  # a grid: many values on edges
+            x = (rng.integers(-50, 50, n) * 0.01).astype(np.float32)
+        elif kind == 2:  # far from zero: the edges are rounded
+            x = (1000 + rng.standard_normal(n) * 10.0 ** rng.integers(-1, 1)).astype(np.float32)
+        else:  # every edge and its float32 neighbours
+            lo = np.float32(rng.standard_normal())
+            e = np.linspace(float(lo), float(lo) + 3, BINS + 1, dtype=np.float32)
+            x = np.concatenate([e, np.nextafter(e, -np.inf), np.nextafter(e, np.inf)])
+            x = x[(x >= e[0]) & (x <= e[-1])]
+        h = Histogram(float(x.min()), float(x.max()), inside=True)
+        h.update(x)
+        np.testing.assert_array_equal(h.counts, np.histogram(x, BINS, (h.lo, h.hi))[0])
+        fast += h._fast is not None
+        at_edges += kind == 3 and h._fast is not None
+    assert fast > 900 and at_edges > 200  # premise: the fast path did the counting
+
+
+def test_bins_narrower_than_float32_are_counted_in_float64(tmp_path: Path) -> None:
+    """1000 +- 0.0005 in float32: numpy refuses float32 input over that range (too many
+    bins for the data range); the report counts the values in float64 instead."""
+    x = (1000 + np.random.default_rng(0).standard_normal(500) * 2e-4).astype(np.float32)
+    h = Histogram(float(x.min()), float(x.max()), inside=True)
+    h.update(x)
+    with pytest.raises(ValueError):
+        np.histogram(x, BINS, (h.lo, h.hi))  # premise: numpy's float32 route refuses
+    np.testing.assert_array_equal(
+        h.counts, np.histogram(x.astype(np.float64), BINS, (h.lo, h.hi))[0]
+    )
+    path = tmp_path / "w.h5"
+    with h5py.File(path, "w") as f:
+        f["dense/moving_variance:0"] = x
+    res = run("report", path, "-o", tmp_path / "page.html")
+    assert res.code == 0, res.err
+
+
+def test_spectra_on_helper_threads_leave_blas_as_it_was() -> None:
+    from threadpoolctl import threadpool_info
+
+    before = [(i["internal_api"], i["num_threads"]) for i in threadpool_info()]
+    path = SAMPLES / "cnn.weights.h5"
+    result = inspect_cmd.run(inspect_cmd.InspectRequest(histograms=True, spectral=True), path)
+    assert any(rep.spectral is not None for rep in result.tensors)  # premise: solved
+    assert [(i["internal_api"], i["num_threads"]) for i in threadpool_info()] == before
+
+
 def test_sparkline_sums_the_report_bins() -> None:
     counts = np.zeros(BINS, dtype=np.int64)
     counts[0:4] = 1  # cell 0: 4

@@ -59,22 +59,39 @@ class Histogram:
     every count goes to the middle bin, over the edges ``lo - 0.5 .. lo + 0.5`` as
     numpy chooses them."""
 
-    def __init__(self, lo: float, hi: float, bins: int = BINS) -> None:
+    def __init__(self, lo: float, hi: float, bins: int = BINS, *, inside: bool = False) -> None:
+        """``inside``: the caller knows every value it will give is finite and within
+        ``[lo, hi]`` (the statistics' own range), which lets float32 blocks take the
+        fast path (``_Float32Bins``)."""
         if not (math.isfinite(lo) and math.isfinite(hi)) or hi < lo:
             raise ValueError(f"histogram range [{lo}, {hi}]")
         if lo == hi:
             lo, hi = lo - 0.5, hi + 0.5
         self.lo, self.hi, self.bins = float(lo), float(hi), bins
         self.counts = np.zeros(bins, dtype=np.int64)
+        # numpy's edges for float32 values and a Python-float range. Bins narrower than
+        # float32 can tell apart (values of 1000 +- 0.0005) make numpy refuse float32
+        # input ("too many bins for data range"): such values are counted in float64.
+        edges32 = np.linspace(self.lo, self.hi, bins + 1, dtype=np.float32)
+        self._float64 = not bool((edges32[1:] > edges32[:-1]).all())
+        fast = inside and bins <= 256 and not self._float64
+        self._fast = _Float32Bins.of(self.lo, self.hi, edges32) if fast else None
 
     @property
     def edges(self) -> np.ndarray:
         return np.linspace(self.lo, self.hi, self.bins + 1)
 
     def update(self, block: np.ndarray) -> None:
+        if self._fast is not None and block.dtype == np.float32:
+            flat = block.reshape(-1)
+            for i in range(0, flat.size, _Float32Bins.CHUNK):
+                self._fast.count(flat[i : i + _Float32Bins.CHUNK], self.counts)
+            return
         x = _finite_floats(block)
         if x.size == 0:
             return
+        if self._float64:
+            x = x.astype(np.float64)
         # np.histogram's own rule for equal bins (float64, the last edge in the last bin);
         # values outside [lo, hi] are not counted, as np.histogram leaves them out.
         self.counts += np.histogram(x, bins=self.bins, range=(self.lo, self.hi))[0]
@@ -86,6 +103,49 @@ class Histogram:
 
     def to_json(self) -> JSON:
         return {"lo": self.lo, "hi": self.hi, "counts": self.counts.tolist()}
+
+
+class _Float32Bins:
+    """``np.histogram``'s counts of float32 values over equal bins, exactly, at a
+    fraction of its cost. numpy computes each value's bin in float64 and then corrects
+    it against its float32 edges (two gathers, compares and masked adds over every
+    value). Here the bin is ``floor((x - lo) * scale)`` in float32, which is right for
+    every value farther than ``near`` (in bins) from an edge: ``near`` bounds the
+    rounding of the subtraction, the product and the edges themselves. The few values
+    nearer an edge are binned against numpy's own edges (``searchsorted``). The caller
+    vouches that every value is finite and within ``[lo, hi]``; a range too narrow for
+    float32 to tell the bins apart (``near`` past a tenth of a bin) gets no fast path."""
+
+    CHUNK = 1 << 16  # values per step: the temporaries stay in cache
+
+    def __init__(self, lo: float, hi: float, edges: np.ndarray, near: float) -> None:
+        self.bins, self.near, self.edges = edges.size - 1, near, edges
+        self.lo = np.float32(lo)
+        self.scale = np.float32(self.bins / (hi - lo))
+        self.top = np.float32(self.bins - 1)
+
+    @classmethod
+    def of(cls, lo: float, hi: float, edges: np.ndarray) -> _Float32Bins | None:
+        """``edges``: numpy's float32 edges, strictly increasing."""
+        bins = edges.size - 1
+        width = (hi - lo) / bins
+        ulp = float(np.spacing(np.float32(max(abs(lo), abs(hi)))))
+        near = 4 * ulp / width + 8 * bins * 2.0**-24 + 1e-4
+        return cls(lo, hi, edges, near) if width > 0 and near <= 0.1 else None
+
+    def count(self, x: np.ndarray, counts: np.ndarray) -> None:
+        f = x - self.lo
+        f *= self.scale
+        edge = np.flatnonzero(np.abs(f - np.rint(f)) < self.near)
+        np.maximum(f, 0, out=f)
+        np.minimum(f, self.top, out=f)
+        idx = f.astype(np.uint8)
+        counts += np.bincount(idx, minlength=self.bins)
+        if edge.size:  # values at an edge: numpy's own comparison decides
+            exact = np.searchsorted(self.edges, x[edge], side="right") - 1
+            exact = np.minimum(np.maximum(exact, 0), self.bins - 1)
+            counts -= np.bincount(idx[edge], minlength=self.bins)
+            counts += np.bincount(exact, minlength=self.bins)
 
 
 def sparkline(counts: Sequence[int] | np.ndarray, cells: int = SPARK_CELLS) -> str:
@@ -196,6 +256,45 @@ def kernel_spectrum(w: np.ndarray) -> SpectralFigures | None:
         gram += part.T @ part if tall else part @ part.T
     eig = np.linalg.eigvalsh(gram)
     return spectral_from_singular(rows, cols, np.sqrt(np.clip(eig, 0, None)), "exact")
+
+
+class Solver:
+    """Spectral figures of in-memory kernels solved on ``workers`` helper threads while
+    the caller reads on: numpy's BLAS and LAPACK calls release the GIL, and each helper
+    is given one BLAS thread (``threadpool_limits``) so that the helpers, the caller's
+    histograms and the BLAS pool do not fight over the same cores. At most ``pending``
+    kernels wait at a time (each is a tensor the caller already holds), so memory stays
+    bounded. Results arrive through ``done(figures)``; ``close`` waits for them all."""
+
+    def __init__(self, workers: int = 2, pending: int = 1) -> None:
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
+        from threadpoolctl import threadpool_limits
+
+        self._limits = threadpool_limits(1, user_api="blas")
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="weightcli-spectra")
+        self._slots = threading.BoundedSemaphore(pending + workers)
+        self._futures: list[Any] = []
+
+    def submit(self, w: np.ndarray, done: Callable[[SpectralFigures | None], None]) -> None:
+        self._slots.acquire()
+
+        def job() -> None:
+            try:
+                done(kernel_spectrum(w))
+            finally:
+                self._slots.release()
+
+        self._futures.append(self._pool.submit(job))
+
+    def close(self) -> None:
+        try:
+            self._pool.shutdown(wait=True)
+            for f in self._futures:
+                f.result()  # a helper's exception is the caller's
+        finally:
+            self._limits.restore_original_limits()
 
 
 def streamed_exact(rows: int, cols: int) -> bool:

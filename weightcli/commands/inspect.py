@@ -13,6 +13,7 @@ from weightcli.distribution import (
     WHOLE_ELEMS,
     GramSpectrum,
     Histogram,
+    Solver,
     kernel_spectrum,
     matrix_shape,
     power_spectral_norm,
@@ -124,36 +125,56 @@ def run(request: InspectRequest, path: str | Path) -> InspectResult:
             chosen = [t for t in tensors if sel.include_optimizer or not t.optimizer]
         view = DequantizedStore(store) if has_quantized(store) else None
         deq = {t.name: t for t in view.tensors()} if view is not None else {}
-        reports = []
-        for t in chosen:
-            stats = dequantized = digest = None
-            hasher = TensorDigest() if request.digests and t.dtype != "string" else None
-            blocks = store.blocks(t, request.block_elems)
-            if hasher is not None:
-                blocks = hasher.through(blocks)  # one pass: the digest and the statistics
-            distinct = DistinctValues() if request.with_stats and t.dtype != "string" else None
-            if distinct is not None:
-                blocks = distinct.through(blocks)
-            whole = None
-            if request.histograms and t.dtype != "string" and t.size <= WHOLE_ELEMS:
-                whole = Gather(t.size)
-                blocks = whole.through(blocks)
-            if request.with_stats and t.dtype != "string":
-                stats = tensor_stats(blocks)
-                if view is not None and t.name in view.dequantized:
-                    dequantized = tensor_stats(view.blocks(deq[t.name], request.block_elems))
-            if hasher is not None:
-                for _ in blocks:  # what the statistics did not read (--no-stats)
-                    pass
-                digest = hasher.hexdigest()
-            rep = TensorReport(t, stats, dequantized, digest, distinct.count if distinct else None)
-            if request.histograms and stats is not None:
-                _second_pass(store, t, rep, request, whole)
-            reports.append(rep)
+        reports: list[TensorReport] = []
+        solver = Solver() if request.spectral else None
+        try:
+            _read(store, chosen, request, view, deq, reports, solver)
+        finally:
+            if solver is not None:
+                solver.close()
         fetched = remote.fetched() - fetched_before if remote.is_url(store.path) else None
         return InspectResult(
             store.path, store.meta, reports, request.fail_on_nonfinite, fetched, _loads_in(store)
         )
+
+
+def _read(
+    store: Store,
+    chosen: list[TensorInfo],
+    request: InspectRequest,
+    view: DequantizedStore | None,
+    deq: dict[str, TensorInfo],
+    reports: list[TensorReport],
+    solver: Solver | None,
+) -> None:
+    """The first pass over each chosen tensor (statistics, digest, distinct values)
+    and, for pictures, the second; reports appended in order (a kernel's spectral
+    figures may still be on ``solver``'s threads when this returns)."""
+    for t in chosen:
+        stats = dequantized = digest = None
+        hasher = TensorDigest() if request.digests and t.dtype != "string" else None
+        blocks = store.blocks(t, request.block_elems)
+        if hasher is not None:
+            blocks = hasher.through(blocks)  # one pass: the digest and the statistics
+        distinct = DistinctValues() if request.with_stats and t.dtype != "string" else None
+        if distinct is not None:
+            blocks = distinct.through(blocks)
+        whole = None
+        if request.histograms and t.dtype != "string" and t.size <= WHOLE_ELEMS:
+            whole = Gather(t.size)
+            blocks = whole.through(blocks)
+        if request.with_stats and t.dtype != "string":
+            stats = tensor_stats(blocks)
+            if view is not None and t.name in view.dequantized:
+                dequantized = tensor_stats(view.blocks(deq[t.name], request.block_elems))
+        if hasher is not None:
+            for _ in blocks:  # what the statistics did not read (--no-stats)
+                pass
+            digest = hasher.hexdigest()
+        rep = TensorReport(t, stats, dequantized, digest, distinct.count if distinct else None)
+        if request.histograms and stats is not None:
+            _second_pass(store, t, rep, request, whole, solver)
+        reports.append(rep)
 
 
 class Gather:
@@ -178,7 +199,12 @@ class Gather:
 
 
 def _second_pass(
-    store: Store, t: TensorInfo, rep: TensorReport, request: InspectRequest, whole: Gather | None
+    store: Store,
+    t: TensorInfo,
+    rep: TensorReport,
+    request: InspectRequest,
+    whole: Gather | None,
+    solver: Solver | None = None,
 ) -> None:
     """The histogram over the range the first pass found and, for a 2-D (or reshaped)
     float kernel, its spectral figures: from the gathered values of a small tensor, else
@@ -186,7 +212,7 @@ def _second_pass(
     stats = rep.stats
     if stats is None or stats.min is None or stats.max is None:
         return  # no finite value to draw
-    hist = Histogram(stats.min, stats.max)
+    hist = Histogram(stats.min, stats.max, inside=not stats.nonfinite)
     shape = matrix_shape(t.shape) if request.spectral and t.is_float else None
     if shape is not None and stats.nonfinite:
         shape = None  # no spectrum with NaN/Inf in it
@@ -194,7 +220,11 @@ def _second_pass(
         hist.update(whole.values)
         rep.histogram = hist
         if shape is not None:
-            rep.spectral = kernel_spectrum(whole.values.reshape(shape))
+            w = whole.values.reshape(shape)
+            if solver is None:
+                rep.spectral = kernel_spectrum(w)
+            else:
+                solver.submit(w, lambda figures: setattr(rep, "spectral", figures))
         return
     gram = GramSpectrum(*shape) if shape is not None and streamed_exact(*shape) else None
     for _, values in store.blocks(t, request.block_elems):
