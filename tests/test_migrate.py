@@ -157,6 +157,23 @@ def datasets(path: Path) -> dict[str, bytes]:
     return out
 
 
+def archive_datasets(path: Path) -> dict[str, bytes]:
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        assert z.namelist() == ["metadata.json", "config.json", "model.weights.h5"]
+        data = z.read("model.weights.h5")
+    out: dict[str, bytes] = {}
+    with h5py.File(io.BytesIO(data)) as f:
+        f.visititems(
+            lambda n, o: (
+                out.__setitem__(n, o[()].tobytes()) if isinstance(o, h5py.Dataset) else None
+            )
+        )
+    return out
+
+
 def verdict(path: Path) -> dict:
     res = run("inspect", path, "--no-stats", "--json")
     assert res.code == 0, res.err
@@ -193,6 +210,19 @@ def test_a_tf_keras_model_migrated_loads_and_predicts_in_keras3(tmp_path: Path, 
         assert loads(out, "tf-keras")
     else:  # the Keras 3 graph forms: tf_keras refuses them, or loops forever on them
         assert not loads_elsewhere(out, "tf-keras"), after
+    # a .keras archive: Keras 3's layout, each weight where Keras 3's own loader of the
+    # .h5 (by layer name) puts it
+    archive = tmp_path / f"{name}.keras"
+    res = run("migrate", src, "-o", archive, "--json")
+    assert res.code == 0, res.err
+    from_archive = keras.models.load_model(archive)
+    assert len(from_archive.weights) == len(migrated.weights) == len(model.weights)
+    for a, b in zip(from_archive.weights, migrated.weights, strict=True):
+        assert a.path == b.path and np.array_equal(np.asarray(a), np.asarray(b)), a.path
+    for a, b in zip(predict(from_archive, xs), predict(model, xs), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert sorted(archive_datasets(archive).values()) == sorted(src_data[k] for k in weights)
+    assert verdict(archive)["keras3"]["loads"] is True
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -314,6 +344,86 @@ def test_what_cannot_be_carried_is_one_line(tmp_path: Path, case: str) -> None:
     res = run("migrate", src, "-o", out, *args)
     assert res.code == 2 and says in res.err, res.err
     assert len(res.err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_a_branched_graph_takes_keras3s_layer_order(tmp_path: Path) -> None:
+    """Keras 3 numbers a functional model's layers by depth and by the order its search
+    from the outputs meets them, not as the config lists them: two Dense layers of one
+    shape, listed in the other order, land where Keras 3 looks for each."""
+    tk = tf_keras()
+    L = tk.layers
+    tk.utils.set_random_seed(1)
+    x = tk.Input((4,))
+    a, b = L.Dense(4, name="z_first")(x), L.Dense(4, name="a_second")(x)
+    c = L.Dense(4, name="m_third")(a)
+    d = L.Add()([c, b])
+    model = tk.Model(x, [L.Concatenate()([L.Dense(4)(d), a, L.Dense(2)(x)]), L.Dense(3)(b)])
+    src, out = tmp_path / "m.h5", tmp_path / "m.keras"
+    model.save(src)
+    with h5py.File(src, "r+") as f:  # the layers listed backwards (loaders accept any order)
+        cfg = json.loads(f.attrs["model_config"])
+        cfg["config"]["layers"].reverse()
+        f.attrs["model_config"] = json.dumps(cfg)
+    res = run("migrate", src, "-o", out)
+    assert res.code == 0, res.err
+    keras = keras_quiet()
+    migrated = keras.models.load_model(out)
+    listed = [layer["config"]["name"] for layer in cfg["config"]["layers"]]
+    order = [layer.name for layer in migrated.layers]
+    assert order != listed  # premise: the config's order is not Keras 3's
+    xs = [np.random.default_rng(0).standard_normal((3, 4)).astype("float32")]
+    for p, q in zip(predict(migrated, xs), predict(model, xs), strict=True):
+        np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-5)
+
+
+def test_layer_names_with_a_slash_are_renamed_in_a_keras_archive(tmp_path: Path) -> None:
+    """tf.keras's DenseNet names layers ``conv1/conv``; Keras 3 refuses a "/" in a name.
+    The names are changed in the config; a .keras archive carries them (its weights are
+    placed by position); a legacy .h5, which files weights under the names, is refused."""
+    tk = tf_keras()
+    L = tk.layers
+    tk.utils.set_random_seed(2)
+    x = tk.Input((6,))
+    y = L.BatchNormalization(name="conv1/bn")(L.Dense(4, name="conv1/conv")(x))
+    model = tk.Model(x, L.Dense(3, name="conv1_conv")(L.Add()([y, L.Dense(4)(x)])))
+    src = tmp_path / "m.h5"
+    model.save(src)
+    before = verdict(src)
+    assert before["keras3"]["loads"] is False and not loads(src, "keras3")
+    assert "OUT.keras" in run("inspect", src, "--no-stats").out
+    refused = run("migrate", src, "-o", tmp_path / "out.h5")
+    assert refused.code == 2 and "conv1/conv" in refused.err and "OUT.keras" in refused.err
+    out = tmp_path / "out.keras"
+    res = run("migrate", src, "-o", out, "--json")
+    assert res.code == 0, res.err
+    renamed = {c["old"]: c["new"] for c in res.json()["changes"] if c["rule"] == "slash-names"}
+    assert renamed == {"conv1/conv": "conv1_conv_1", "conv1/bn": "conv1_bn"}
+    migrated = keras_quiet().models.load_model(out)
+    assert {layer.name for layer in migrated.layers} >= {"conv1_conv_1", "conv1_bn"}
+    xs = [np.random.default_rng(0).standard_normal((3, 6)).astype("float32")]
+    for p, q in zip(predict(migrated, xs), predict(model, xs), strict=True):
+        np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-5)
+    assert verdict(out)["keras3"]["loads"] is True
+
+
+def test_what_a_keras_archive_cannot_hold_is_refused(tmp_path: Path) -> None:
+    res = run("migrate", SAMPLES / "mlp_keras3.h5", "-o", tmp_path / "x.keras")
+    assert res.code == 2 and "Keras 3's format" in res.err, res.err  # for tf_keras
+    src = tmp_path / "m.h5"
+    catalogue("dense").save(src)
+    res = run("migrate", src, "-o", tmp_path / "x.h5", "--for", "tf-keras")
+    assert res.code == 2 and "give --for the other line" in res.err, res.err
+    with h5py.File(src, "r+") as f:  # a weighted class the layout table does not know
+        cfg = json.loads(f.attrs["model_config"])
+        cfg["config"]["layers"][1]["class_name"] = "MyDense"
+        f.attrs["model_config"] = json.dumps(cfg)
+    code = tmp_path / "custom.py"
+    code.write_text(CUSTOM_LAYER.replace("class Scale", "class MyDense"))
+    res = run("migrate", src, "-o", tmp_path / "x.keras", "--custom-objects", code)
+    assert res.code == 2 and "MyDense" in res.err and "OUT.h5" in res.err, res.err
+    assert len(res.err.strip().splitlines()) == 1
+    assert set(tmp_path.iterdir()) == {src, code}  # nothing written, no temporary left
+    assert run("migrate", src, "-o", tmp_path / "x.h5", "--custom-objects", code).code == 0
 
 
 def test_a_keras3_archive_is_said_not_to_load_in_tf_keras() -> None:

@@ -260,9 +260,10 @@ def kernel_spectrum(w: np.ndarray) -> SpectralFigures | None:
 
 class Solver:
     """Spectral figures of in-memory kernels solved on ``workers`` helper threads while
-    the caller reads on: numpy's BLAS and LAPACK calls release the GIL, and each helper
-    is given one BLAS thread (``threadpool_limits``) so that the helpers, the caller's
-    histograms and the BLAS pool do not fight over the same cores. At most ``pending``
+    the caller reads on: numpy's BLAS and LAPACK calls release the GIL, and BLAS is held
+    to one thread meanwhile (``threadpool_limits``, process-wide, undone by ``close``)
+    so that the helpers, the caller's histograms and a BLAS pool do not fight over the
+    two cores (measured: threads gain nothing while BLAS runs its own). At most ``pending``
     kernels wait at a time (each is a tensor the caller already holds), so memory stays
     bounded. Results arrive through ``done(figures)``; ``close`` waits for them all."""
 
@@ -286,7 +287,10 @@ class Solver:
             finally:
                 self._slots.release()
 
-        self._futures.append(self._pool.submit(job))
+        from weightcli.stores.interrupts import signals_held
+
+        with signals_held():  # a helper thread started here never takes SIGINT/SIGTERM
+            self._futures.append(self._pool.submit(job))
 
     def close(self) -> None:
         try:

@@ -634,12 +634,73 @@ def _nested_node_back(model_cfg: dict[str, Any]) -> list[tuple[str, str, Any, An
     return _nested_node(model_cfg, shift_by=+1)
 
 
+def _layer_name(layer: dict[str, Any]) -> Any:
+    return (layer.get("config") or {}).get("name", layer.get("name"))
+
+
+def _slash_names(model_cfg: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
+    """Keras 3 refuses a layer name holding "/" ("Argument `name` must be a string and
+    cannot contain character `/`": keras/src/ops/operation.py); tf.keras's DenseNet
+    names its layers ``conv1/conv``. Each such name becomes ``conv1_conv`` (numbered if
+    taken), in the layer and in every reference to it. Only a ``.keras`` output can
+    carry this: a legacy ``.h5`` files each layer's weights under its name."""
+    layers = [x for x in model_cfg.get("layers") or [] if isinstance(x, dict)]
+    taken = {str(_layer_name(x)) for x in layers}
+    renames: dict[str, str] = {}
+    for layer in layers:
+        name = _layer_name(layer)
+        if isinstance(name, str) and "/" in name:
+            base = new = name.replace("/", "_")
+            k = 0
+            while new in taken:
+                k += 1
+                new = f"{base}_{k}"
+            taken.add(new)
+            renames[name] = new
+    if not renames:
+        return []
+    out: list[tuple[str, str, Any, Any]] = []
+    for layer in layers:
+        name = _layer_name(layer)
+        if name in renames:
+            if layer.get("name") == name:
+                layer["name"] = renames[name]
+            if isinstance(layer.get("config"), dict):
+                layer["config"]["name"] = renames[name]
+            out.append((name, "name", name, renames[name]))
+
+    def fix(x: Any) -> None:
+        if isinstance(x, list):
+            if _is_ref(x) and x[0] in renames:
+                x[0] = renames[x[0]]
+            for v in x:
+                fix(v)
+        elif isinstance(x, dict):
+            cfg = x.get("config")
+            history = cfg.get("keras_history") if isinstance(cfg, dict) else None
+            tensor = x.get("class_name") == "__keras_tensor__" and isinstance(history, list)
+            if tensor and history and history[0] in renames:
+                history[0] = renames[history[0]]
+            for v in x.values():
+                fix(v)
+
+    for layer in layers:
+        fix(layer.get("inbound_nodes"))
+    fix(model_cfg.get("input_layers"))
+    fix(model_cfg.get("output_layers"))
+    return out
+
+
 # Graph rules that remove layers the target needs no class for: run before every layer's
 # class is checked.
 REMOVALS = {"tf-keras": (("implicit-mask", _implicit_mask),)}
 
 GRAPH_RULES = {
-    "keras3": (("node-kwargs", _node_kwargs_of), ("nested-node", _nested_node)),
+    "keras3": (
+        ("node-kwargs", _node_kwargs_of),
+        ("nested-node", _nested_node),
+        ("slash-names", _slash_names),
+    ),
     "tf-keras": (("legacy-nodes", _legacy_nodes), ("nested-node", _nested_node_back)),
 }
 

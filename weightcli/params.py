@@ -63,6 +63,7 @@ class OutputSpec:
         output: str | Path | None = None,
         mkdirs: bool = False,
         other_inputs: tuple[Path, ...] = (),
+        as_format: tuple[str, str] | None = None,
     ) -> Path | None:
         """Where ``store``'s patched copy goes (``output`` overrides this spec's, for a
         batch's mirrored outputs): every rule of ``stores.output.plan_output``."""
@@ -79,6 +80,7 @@ class OutputSpec:
             self.dry_run,
             mkdirs=mkdirs,
             other_inputs=other_inputs,
+            as_format=as_format,
         )
 
     def refuse(self, *fields: str, command: str) -> None:

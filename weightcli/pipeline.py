@@ -426,16 +426,23 @@ def structural(
     patcher = store.patch(out, {}, spec.force or spec.in_place, spec.compress)
     try:
         steps = edit(patcher)
-        record = Provenance.now(
-            command=command,
-            steps=steps,
-            source=src.name,
-            source_digest=digest(store.local_copy(), spec.digest),
-            changed=[],
-            note=spec.note,
-        ).to_json()
-        patcher.set_history([*store.meta.history, record])
+        patcher.set_history([*store.meta.history, record(store, src, spec, command, steps)])
         patcher.commit()
     except BaseException:
         patcher.abort()
         raise
+
+
+def record(
+    store: Store, src: Path, spec: OutputSpec, command: str, steps: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The history entry of a structural edit or a rewrite of ``store`` (no tensor's
+    values changed)."""
+    return Provenance.now(
+        command=command,
+        steps=steps,
+        source=src.name,
+        source_digest=digest(store.local_copy(), spec.digest),
+        changed=[],
+        note=spec.note,
+    ).to_json()

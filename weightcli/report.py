@@ -84,6 +84,8 @@ def loads_in_line(verdict: dict[str, Any] | None) -> list[str | Styled]:
         if len(shown) > 4:
             shown = [*shown[:4], f"{len(shown) - 4} more"]
         hint = "; run weightcli migrate" + ("" if line == "keras3" else " --for tf-keras")
+        if any(k.endswith("slash-names") for k in v["needs"]):
+            hint += " -o OUT.keras"  # renamed layers: only Keras 3's layout carries them
         bits.append(f"{LINES.get(line, line)} no ({', '.join(shown)}{hint if fixable else ''})")
     return ["  loads in: " + ", ".join(bits)]
 

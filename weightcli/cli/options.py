@@ -37,8 +37,31 @@ SPELLING = {
 
 
 def spell(param: str) -> str:
-    """A library parameter name as the CLI spells it (``abs_max`` -> ``--abs-max``)."""
-    return SPELLING.get(param) or "--" + param.replace("_", "-")
+    """A library parameter name as the CLI spells it (``abs_max`` -> ``--abs-max``): as
+    ``SPELLING`` says, else as the running command declares it (migrate's ``target`` is
+    ``--for``), else by the name."""
+    if param in SPELLING:
+        return SPELLING[param]
+    for p in _running_params():
+        if p.name == param and isinstance(p, click.Option) and p.opts:
+            return max(p.opts, key=len)
+    return "--" + param.replace("_", "-")
+
+
+def _running_params() -> list[click.Parameter]:
+    """The parameters of the command being run (and of a subgroup's commands)."""
+    ctx = click.get_current_context(silent=True)
+    cmd = ctx.command if ctx is not None else None
+    while ctx is not None and isinstance(cmd, click.Group) and ctx.invoked_subcommand:
+        cmd = cmd.get_command(ctx, ctx.invoked_subcommand)
+        ctx = None  # deeper groups: every command of the group is searched
+    if isinstance(cmd, click.Group):
+        subs = [
+            cmd.get_command(click.get_current_context(), n)
+            for n in cmd.list_commands(click.get_current_context())
+        ]
+        return [p for c in subs if c is not None for p in c.params]
+    return list(cmd.params) if cmd is not None else []
 
 
 def debug_option(f: F) -> F:

@@ -13,6 +13,7 @@ target's, runs both on the same seeded random inputs and compares the outputs.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,10 @@ from weightcli.batch import Item
 from weightcli.errors import CorruptError, ParameterError, UnsupportedError, literal
 from weightcli.params import OutputSpec
 from weightcli.results import MigrateResult, name_list
-from weightcli.stores import open_store
-from weightcli.stores.base import Patcher
+from weightcli.stores import keras3_layout, open_store
+from weightcli.stores.archive import write_new_archive
+from weightcli.stores.base import Format, Patcher
+from weightcli.stores.hdf5 import H5Store, legacy_layers, training_state
 from weightcli.stores.remote import as_path
 
 __all__ = ["MigrateRequest", "run"]
@@ -92,7 +95,36 @@ def run(request: MigrateRequest, path: str | Path) -> MigrateResult:
 
             custom = registered_names(import_custom_objects(request.custom_objects))
         new, changes = rules.translate(config, target, custom)
-        out = request.out.plan(store, src, request.output_for(src), mkdirs=bool(request.outputs))
+        raw = request.output_for(src) or request.out.output
+        archive = str(raw or "").lower().endswith(".keras")
+        if archive and target != "keras3":
+            raise ParameterError(
+                f"{literal(str(raw))}: a .keras archive is Keras 3's format: give an .h5 "
+                "name for tf_keras"
+            )
+        renamed = {c.old: c.new for c in changes if c.rule == "slash-names"}
+        if renamed and not archive:
+            first = next(iter(renamed))
+            raise UnsupportedError(
+                f"layer {literal(first)}: Keras 3 refuses '/' in a layer name, and a legacy "
+                ".h5 files each layer's weights under its name: write OUT.keras (Keras 3's "
+                "own layout) instead"
+            )
+        legacy_h5 = store if isinstance(store, H5Store) else None
+        if archive and legacy_h5 is None:
+            raise UnsupportedError(f"{src}: a .keras archive is written from a legacy .h5")
+        placed, names = (
+            keras3_layout.layout(new, legacy_layers(legacy_h5), renamed)
+            if archive and legacy_h5 is not None
+            else (None, {})
+        )
+        out = request.out.plan(
+            store,
+            src,
+            request.output_for(src),
+            mkdirs=bool(request.outputs),
+            as_format=(Format.KERAS_ARCHIVE, "Keras archive (.keras)") if archive else None,
+        )
         tensors = [t for t in store.tensors()]
         optimizer = [t.name for t in tensors if t.optimizer]
         result = MigrateResult(
@@ -108,12 +140,7 @@ def run(request: MigrateRequest, path: str | Path) -> MigrateResult:
             return result
         assert out is not None
 
-        def edit(patcher: Patcher) -> list[dict[str, Any]]:
-            if changes:
-                patcher.set_config(new)
-            # The compile config and optimizer state are the writer's (tf.keras's loss
-            # and optimizer configs): the other Keras refuses them when it compiles on load.
-            result.dropped = patcher.drop_training()
+        def steps() -> list[dict[str, Any]]:
             return [
                 {
                     "command": "migrate",
@@ -124,9 +151,37 @@ def run(request: MigrateRequest, path: str | Path) -> MigrateResult:
                 }
             ]
 
-        pipeline.structural(
-            store, src, out, request.out, f"weightcli migrate {src} --for {target}", edit
-        )
+        def edit(patcher: Patcher) -> list[dict[str, Any]]:
+            if changes:
+                patcher.set_config(new)
+            # The compile config and optimizer state are the writer's (tf.keras's loss
+            # and optimizer configs): the other Keras refuses them when it compiles on load.
+            result.dropped = patcher.drop_training()
+            return steps()
+
+        command = f"weightcli migrate {src} --for {target}"
+        if placed is None or legacy_h5 is None:
+            pipeline.structural(store, src, out, request.out, command, edit)
+        else:  # a new container: Keras 3's layout, the training state not carried
+            request.out.refuse("in_place", command="migrate to .keras")
+            result.dropped = training_state(legacy_h5)
+            history = [
+                *store.meta.history,
+                pipeline.record(store, src, request.out, command, steps()),
+            ]
+            write_new_archive(
+                out,
+                keras3_layout.archive_config(new),
+                {"date_saved": time.strftime("%Y-%m-%d@%H:%M:%S", time.gmtime())},
+                [
+                    (placed[t.path], legacy_h5.dataset(t).dtype, t.shape, store.blocks(t))
+                    for t in tensors
+                    if t.path in placed
+                ],
+                names,
+                history,
+                request.out.force,
+            )
     if request.check:
         from weightcli.framework import check_migrated
 

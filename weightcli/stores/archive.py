@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from weightcli.errors import CorruptError, InputError, UnsupportedError
-from weightcli.stores import capped, temps
+from weightcli.stores import capped, h5util, temps
 from weightcli.stores.links import refuse_links_out
 from weightcli.stores.temps import TEMP_TAG, remove_stale_temps
 
@@ -730,3 +730,53 @@ class FolderPatcher(_WeightsMemberPatcher):
             self.inner.abort()
         finally:
             temps.remove(self.tmp)
+
+
+# -- a Keras 3 archive written anew (``migrate`` of a legacy .h5 to .keras) ----------------
+
+
+def write_new_archive(
+    out: Path,
+    config: dict[str, Any],
+    metadata: dict[str, Any],
+    weights: list[tuple[str, Any, tuple[int, ...], Iterator[tuple[Block, Any]]]],
+    names: dict[str, str],
+    history: list[dict[str, Any]],
+    overwrite: bool,
+) -> int:
+    """A ``.keras`` archive made anew, as Keras's ``saving_lib`` lays one out:
+    ``metadata.json``, ``config.json`` and ``model.weights.h5`` (stored, not deflated),
+    each weight (dataset path, dtype, shape, its blocks) streamed block by block into
+    its dataset, each object's ``vars`` group named (``names``: its path -> its name),
+    weightcli's history on the weights file. Published atomically; the
+    bytes written."""
+    import h5py
+
+    tmp = temp_beside(out)
+    inner = temp_beside(out)
+    try:
+        with h5py.File(inner, "w") as f:
+            f.create_group("vars")  # the model's own variables (none)
+            for path, name in names.items():
+                f.require_group(f"{path}/vars").attrs["name"] = name
+            for path, dtype, shape, blocks in weights:
+                ds = f.create_dataset(path, shape=shape, dtype=dtype)
+                for block, data in blocks:
+                    if ds.shape == ():
+                        ds[()] = data
+                    else:
+                        ds[block.index] = data
+            f.attrs[h5util.HISTORY_ATTR] = json.dumps(history)
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+            z.writestr("metadata.json", json.dumps(metadata))
+            z.writestr("config.json", json.dumps(config))
+            with open(inner, "rb") as src, z.open(WEIGHTS, "w", force_zip64=True) as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        size = tmp.stat().st_size
+        publish(tmp, out, overwrite)
+    except BaseException:
+        temps.remove(tmp)
+        raise
+    finally:
+        temps.remove(inner)
+    return size

@@ -390,6 +390,12 @@ class H5Store(Store):
                 parent_class = classes.get(chain[-2]) or naming.class_from_group(
                     logical.split("/")[-2]
                 )
+                side = logical.split("/")[-2]
+                if parent_class is None and side in ("forward_layer", "backward_layer"):
+                    # a Bidirectional's sublayer, named in its config's ``layer`` only
+                    wrapper = (configs.get(chain[-3]) if len(chain) >= 3 else None) or {}
+                    inner = wrapper.get(side) or wrapper.get("layer") or {}
+                    parent_class = inner.get("class_name") if isinstance(inner, dict) else None
                 layer_class = f"{parent_class}Cell" if parent_class else None
             layer_config = configs.get(layer or "")
             names = naming.keras3_var_names(layer_class, len(members), layer_config)
@@ -852,6 +858,15 @@ def legacy_layers(store: H5Store) -> list[tuple[str, list[tuple[str, str]]]]:
             )
         )
     return out
+
+
+def training_state(store: H5Store) -> list[str]:
+    """What a legacy full model stores for training (its compile arguments, its
+    optimizer's state): what a rewrite that does not carry them drops."""
+    f = store.h5file
+    return [k for k in ("training_config",) if k in f.attrs] + [
+        k for k in ("optimizer_weights",) if k in f
+    ]
 
 
 def write_legacy_model(

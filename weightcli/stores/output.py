@@ -68,11 +68,13 @@ def plan_output(
     dry_run: bool,
     mkdirs: bool = False,
     other_inputs: tuple[Path, ...] = (),
+    as_format: tuple[str, str] | None = None,
 ) -> Path | None:
     """Where a command writes ``store``'s patched copy (None: a dry run that names no
     output, a plan only). Applies every rule a real run applies (``resolve_output``, the
     suffix of the format written), in a dry run too. ``other_inputs`` (a merge's, a
-    transplant's source) are never written over, ``force`` or not."""
+    transplant's source) are never written over, ``force`` or not. ``as_format``: the
+    (format id, label) written when it is not the input's (``migrate`` to ``.keras``)."""
     if raw is None and not in_place and dry_run:
         return None
     target = output_target(src, raw, store.target.name)
@@ -87,7 +89,7 @@ def plan_output(
         mkdirs=mkdirs,
         dry_run=dry_run,
     )
-    check_suffix(store.meta.format, store.meta.format_label, out)
+    check_suffix(*(as_format or (store.meta.format, store.meta.format_label)), out)
     return out
 
 
