@@ -27,7 +27,7 @@ from weightcli.results import MigrateResult, name_list
 from weightcli.stores import keras3_layout, open_store
 from weightcli.stores.archive import write_new_archive
 from weightcli.stores.base import Format, Patcher
-from weightcli.stores.hdf5 import H5Store, legacy_layers, training_state
+from weightcli.stores.hdf5 import H5Store, legacy_layers, training_state, write_legacy_model
 from weightcli.stores.remote import as_path
 
 __all__ = ["MigrateRequest", "run"]
@@ -64,14 +64,20 @@ def run(request: MigrateRequest, path: str | Path) -> MigrateResult:
     src = as_path(path)
     with open_store(src) as store:
         config = getattr(store, "model_config", None)
-        legacy = store.meta.legacy_full_model
-        if legacy and store.meta.full_model and not isinstance(config, dict):
-            raise CorruptError(f"{src}: its model_config is not a model config (damaged?)")
-        if not legacy or not store.meta.full_model or not isinstance(config, dict):
+        meta = store.meta
+        native = meta.keras3_model  # config.json and Keras 3's weights layout
+        if (meta.legacy_full_model or native) and not isinstance(config, dict):
+            what = "config.json" if native else "model_config"
+            raise CorruptError(f"{src}: its {what} is not a model config (damaged?)")
+        if not (meta.legacy_full_model or native) or not isinstance(config, dict):
             raise UnsupportedError(
-                f"{src}: a {store.meta.format_label}: migrate reads a legacy full-model .h5 "
-                "(model.save('m.h5')) today; .keras archives and SavedModels are not yet done"
+                f"{src}: a {meta.format_label}: migrate reads a full model: a legacy .h5 "
+                "(model.save('m.h5')), a .keras archive or a Keras 3 model folder; "
+                "SavedModels are not yet done"
             )
+        h5 = store if isinstance(store, H5Store) else None
+        if h5 is None:  # every full-model store is HDF5 inside
+            raise UnsupportedError(f"{src}: a {meta.format_label} is not read as HDF5")
         from weightcli.framework import python_code_in
 
         code = python_code_in(config)
@@ -80,21 +86,24 @@ def run(request: MigrateRequest, path: str | Path) -> MigrateResult:
                 f"{src}: layer(s) {name_list(code)} are Lambda layers (Python bytecode in the "
                 "file): weightcli never runs or copies it; rebuild those layers in code"
             )
-        line = rules.migrated_for(store.meta.history) or rules.writer_line(store.meta.writer)
+        line = rules.migrated_for(meta.history) or rules.writer_line(meta.writer)
+        if native and line is None:
+            line = "keras3"  # a .keras weightcli wrote from a legacy file names no writer
         if line == "keras1":
             raise UnsupportedError(f"{src}: written by Keras 1: neither Keras line loads it")
         target = request.target or ("keras3" if line != "keras3" else "tf-keras")
         if line == target:
             raise ParameterError(
-                f"{literal(str(src))} was written by {store.meta.writer}: it is already in "
-                f"{target}'s form (give {{target}} the other line)"
+                f"{literal(str(src))} was written by {meta.writer or 'Keras 3'}: it is "
+                f"already in {target}'s form (give {{target}} the other line)"
             )
         custom: frozenset[str] = frozenset()
         if request.custom_objects is not None:
             from weightcli.framework import import_custom_objects, registered_names
 
             custom = registered_names(import_custom_objects(request.custom_objects))
-        new, changes = rules.translate(config, target, custom)
+        source_config = keras3_layout.legacy_config(config) if native else config
+        new, changes = rules.translate(source_config, target, custom)
         raw = request.output_for(src) or request.out.output
         archive = str(raw or "").lower().endswith(".keras")
         if archive and target != "keras3":
@@ -110,23 +119,31 @@ def run(request: MigrateRequest, path: str | Path) -> MigrateResult:
                 ".h5 files each layer's weights under its name: write OUT.keras (Keras 3's "
                 "own layout) instead"
             )
-        legacy_h5 = store if isinstance(store, H5Store) else None
-        if archive and legacy_h5 is None:
-            raise UnsupportedError(f"{src}: a .keras archive is written from a legacy .h5")
-        placed, names = (
-            keras3_layout.layout(new, legacy_layers(legacy_h5), renamed)
-            if archive and legacy_h5 is not None
-            else (None, {})
-        )
+        tensors = [t for t in store.tensors()]
+        # Where each weight goes when the layout changes: Keras 3's (legacy .h5 to
+        # .keras) or the legacy one (.keras to .h5); None: the same container, patched.
+        placed: dict[str, str] | None = None
+        names: dict[str, str] = {}
+        layers: list[tuple[str, list[tuple[str, str]]]] = []
+        if archive:
+            placed, names = keras3_layout.layout(new, legacy_layers(h5), renamed)
+        elif native:
+            layers = keras3_layout.legacy_weights(
+                config, [t.path for t in tensors if not t.optimizer]
+            )
         out = request.out.plan(
             store,
             src,
             request.output_for(src),
             mkdirs=bool(request.outputs),
-            as_format=(Format.KERAS_ARCHIVE, "Keras archive (.keras)") if archive else None,
+            as_format=(
+                (Format.KERAS_ARCHIVE, "Keras archive (.keras)")
+                if archive
+                else (Format.KERAS_H5, "Keras legacy HDF5 (full model)")
+                if native
+                else None
+            ),
         )
-        tensors = [t for t in store.tensors()]
-        optimizer = [t.name for t in tensors if t.optimizer]
         result = MigrateResult(
             str(src),
             None if request.out.dry_run else str(out),
@@ -134,7 +151,7 @@ def run(request: MigrateRequest, path: str | Path) -> MigrateResult:
             target,
             [c.to_json() for c in changes],
             len([t for t in tensors if not t.optimizer]),
-            optimizer,
+            [t.name for t in tensors if t.optimizer],
         )
         if request.out.dry_run:
             return result
@@ -160,28 +177,44 @@ def run(request: MigrateRequest, path: str | Path) -> MigrateResult:
             return steps()
 
         command = f"weightcli migrate {src} --for {target}"
-        if placed is None or legacy_h5 is None:
+        if not archive and not native:
             pipeline.structural(store, src, out, request.out, command, edit)
-        else:  # a new container: Keras 3's layout, the training state not carried
-            request.out.refuse("in_place", command="migrate to .keras")
-            result.dropped = training_state(legacy_h5)
+        else:  # a new container in the other layout; the training state is not carried
+            request.out.refuse("in_place", "compress", command=f"migrate to {out.suffix}")
+            by_path = {t.path.strip("/"): t for t in tensors}
+            if native:
+                result.dropped = keras3_layout.training_state(config, tensors)
+            else:
+                result.dropped = training_state(h5)
             history = [
-                *store.meta.history,
+                *meta.history,
                 pipeline.record(store, src, request.out, command, steps()),
             ]
-            write_new_archive(
-                out,
-                keras3_layout.archive_config(new),
-                {"date_saved": time.strftime("%Y-%m-%d@%H:%M:%S", time.gmtime())},
-                [
-                    (placed[t.path], legacy_h5.dataset(t).dtype, t.shape, store.blocks(t))
-                    for t in tensors
-                    if t.path in placed
-                ],
-                names,
-                history,
-                request.out.force,
-            )
+
+            def weight(path: str) -> tuple[Any, tuple[int, ...], Any]:
+                t = by_path[path.strip("/")]
+                return h5.dataset(t).dtype, t.shape, store.blocks(t)
+
+            if placed is not None:
+                write_new_archive(
+                    out,
+                    keras3_layout.archive_config(new),
+                    {"date_saved": time.strftime("%Y-%m-%d@%H:%M:%S", time.gmtime())},
+                    [(placed[p], *weight(p)) for p in placed],
+                    names,
+                    history,
+                    request.out.force,
+                )
+            else:
+                version = (meta.writer or "").removeprefix("Keras ").split(" ")[0]
+                write_legacy_model(
+                    out,
+                    {"keras_version": version} if version else {},
+                    new,
+                    [(name, [(w, weight(p)) for w, p in ws]) for name, ws in layers],
+                    history,
+                    request.out.force,
+                )
     if request.check:
         from weightcli.framework import check_migrated
 

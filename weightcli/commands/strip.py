@@ -19,7 +19,7 @@ from weightcli.params import OutputSpec
 from weightcli.results import StripResult, StripRow
 from weightcli.stores import open_store
 from weightcli.stores.base import Provenance, Store
-from weightcli.stores.hdf5 import H5Store, legacy_layers, write_legacy_model
+from weightcli.stores.hdf5 import H5Store, legacy_layers, source_attrs, write_legacy_model
 from weightcli.stores.remote import as_path
 from weightcli.tensor import TensorInfo
 
@@ -94,7 +94,7 @@ def run(request: StripRequest, path: str | Path) -> StripResult:
         if out is not None:
             written = write_legacy_model(
                 out,
-                store,
+                source_attrs(store),
                 config,
                 plan,
                 history,

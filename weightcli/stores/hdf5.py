@@ -11,7 +11,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -869,36 +869,46 @@ def training_state(store: H5Store) -> list[str]:
     ]
 
 
+Made = Callable[[], np.ndarray] | tuple[Any, tuple[int, ...], Iterator[tuple[Block, np.ndarray]]]
+
+
 def write_legacy_model(
     out: Path,
-    source: H5Store,
+    attrs: dict[str, Any],
     config: dict[str, Any],
-    layers: list[tuple[str, list[tuple[str, Callable[[], np.ndarray]]]]],
+    layers: Sequence[tuple[str, Sequence[tuple[str, Made]]]],
     history: list[dict[str, Any]],
     overwrite: bool,
 ) -> int:
     """A legacy full-model ``.h5`` made anew: ``config`` as its ``model_config``, each
-    layer's weights (made one at a time, in order) under ``model_weights``, the source's
-    ``keras_version``, ``backend`` and ``training_config`` kept, no optimizer state.
-    Published atomically; the bytes written."""
+    layer's weights under ``model_weights`` (each made whole by a function, or streamed
+    as (dtype, shape, blocks)), ``attrs`` (``keras_version``, ...) on the file and on
+    ``model_weights``, no optimizer state. Published atomically; the bytes written."""
     tmp = temp_beside(out)
     try:
-        src = source.h5file
         with h5py.File(tmp, "w") as f:
-            for key in ("keras_version", "backend", "training_config"):
-                if key in src.attrs:
-                    f.attrs[key] = src.attrs[key]
+            for key, value in attrs.items():
+                f.attrs[key] = value
             f.attrs["model_config"] = json.dumps(config)
             group = f.create_group("model_weights")
             for key in ("keras_version", "backend"):
-                if key in src["model_weights"].attrs:
-                    group.attrs[key] = src["model_weights"].attrs[key]
+                if key in attrs:
+                    group.attrs[key] = attrs[key]
             group.attrs["layer_names"] = np.array([n.encode() for n, _ in layers])
             for name, weights in layers:
                 layer = group.create_group(name)
                 layer.attrs["weight_names"] = np.array([w.encode() for w, _ in weights])
-                for weight, make in weights:
-                    layer.create_dataset(weight, data=make())
+                for weight, made in weights:
+                    if callable(made):
+                        layer.create_dataset(weight, data=made())
+                        continue
+                    dtype, shape, blocks = made
+                    ds = layer.create_dataset(weight, shape=shape, dtype=dtype)
+                    for block, data in blocks:
+                        if ds.shape == ():
+                            ds[()] = data
+                        else:
+                            ds[block.index] = data
             f.attrs[h5util.HISTORY_ATTR] = json.dumps(history)
         size = tmp.stat().st_size
         publish(tmp, out, overwrite)
@@ -906,3 +916,12 @@ def write_legacy_model(
         temps.remove(tmp)
         raise
     return size
+
+
+def source_attrs(store: H5Store) -> dict[str, Any]:
+    """The attributes of a legacy full model that a new one made from it keeps: its
+    writer's ``keras_version`` and ``backend``, its ``training_config``."""
+    src = store.h5file
+    return {
+        k: src.attrs[k] for k in ("keras_version", "backend", "training_config") if k in src.attrs
+    }

@@ -213,7 +213,14 @@ def _graph_order(cfg: dict[str, Any], layers: list[dict[str, Any]]) -> list[dict
             layer_depth[t[0]] = 0
             first_seen[t[0]] = -1
     order = sorted(layer_depth, key=lambda name: (-layer_depth[name], first_seen[name]))
-    return [by_name[name] for name in order]
+    # ``Functional.layers`` holds layers only: a Keras operation in the graph (NotEqual,
+    # module keras.src.ops...) has neither a place in the list nor weights
+    return [by_name[name] for name in order if not _operation(by_name[name])]
+
+
+def _operation(layer: dict[str, Any]) -> bool:
+    module = layer.get("module")
+    return isinstance(module, str) and module.startswith(("keras.src.ops.", "keras.ops."))
 
 
 def _unique(used: dict[str, int], cls: str) -> str:
@@ -415,3 +422,148 @@ def archive_config(model: dict[str, Any]) -> dict[str, Any]:
         "config": model.get("config"),
         "registered_name": cls,
     }
+
+
+# -- the other way: a Keras 3 model's weights as a legacy .h5 lists them -------------------
+
+# Keys of a layer's entry that a ``.keras`` config has and Keras 3's legacy ``.h5``
+# writer leaves out (compared on every catalogue model: the only differences).
+ARCHIVE_ONLY = ("module", "registered_name", "build_config", "compile_config")
+
+
+def legacy_config(archive: dict[str, Any]) -> dict[str, Any]:
+    """A ``config.json`` as Keras 3's own legacy writer stores it in ``model_config``:
+    every layer entry (and the model's) without ``module``, ``registered_name``,
+    ``build_config``, ``compile_config``; no ``shared_object_id`` anywhere."""
+
+    def strip(x: Any, entry: bool) -> Any:
+        if isinstance(x, dict):
+            out = {}
+            for k, v in x.items():
+                if k == "shared_object_id" or (entry and k in ARCHIVE_ONLY):
+                    continue
+                out[k] = strip(v, False)
+                if k == "config" and entry and isinstance(v, dict) and "layers" in v:
+                    layers = v["layers"]
+                    out[k] = {**out[k], "layers": [strip(e, True) for e in layers]}
+            return out
+        if isinstance(x, list):
+            return [strip(v, False) for v in x]
+        return x
+
+    out: dict[str, Any] = strip(archive, True)
+    return out
+
+
+def _var_names(cls: str, count: int) -> list[str]:
+    order = VARIABLES.get(cls)
+    if order is not None and len(order) == count:
+        return [names[0] for names in order]
+    return [f"variable_{i}" for i in range(count)]
+
+
+def _indices(present: dict[str, list[int]], path: str) -> list[int]:
+    return present.pop(f"{path}/vars", [])
+
+
+def _unplace(
+    layer: dict[str, Any], path: str, scope: str, present: dict[str, list[int]]
+) -> Weights:
+    """The inverse of ``place``: the variables Keras 3 keeps for ``layer`` under
+    ``path`` as (a legacy weight name under ``scope``, the dataset path), in Keras 3's
+    order (which is the order a legacy file lists them in)."""
+    cls = _class_of(str(layer.get("class_name")))
+    cfg = layer.get("config") or {}
+    out: Weights = []
+    if cls in MODELS:
+        return _unplace_members(layer, f"{path}/layers", present)
+    own = _indices(present, path)
+    if own:
+        names = _var_names(cls, len(own))
+        out += [(f"{scope}/{names[n]}", f"{path}/vars/{i}") for n, i in enumerate(own)]
+    if cls in CELLS:
+        cell = _indices(present, f"{path}/cell")
+        names = _var_names(CELLS[cls], len(cell))
+        sub = snake(CELLS[cls])
+        out += [(f"{scope}/{sub}/{names[n]}", f"{path}/cell/vars/{i}") for n, i in enumerate(cell)]
+    elif cls == "Bidirectional":
+        inner = cfg.get("layer") or {}
+        back = cfg.get("backward_layer") or inner
+        for side, half in (("forward", inner), ("backward", back)):
+            inner_name = str((half.get("config") or {}).get("name", side))
+            if not inner_name.startswith(f"{side}_"):
+                inner_name = f"{side}_{inner_name}"
+            out += _unplace(half, f"{path}/{side}_layer", f"{scope}/{inner_name}", present)
+    elif cls == "TimeDistributed":
+        inner = cfg.get("layer") or {}
+        wrapped = (inner.get("config") or {}).get("name")
+        sub = f"{scope}/{wrapped}" if isinstance(wrapped, str) else scope
+        out += _unplace(inner, f"{path}/layer", sub, present)
+    elif cls == "MultiHeadAttention":
+        for legacy, attr in ATTENTION.items():
+            idx = _indices(present, f"{path}/{attr}")
+            names = _var_names("EinsumDense", len(idx))
+            out += [
+                (f"{scope}/{legacy}/{names[n]}", f"{path}/{attr}/vars/{i}")
+                for n, i in enumerate(idx)
+            ]
+    elif own and cls not in VARIABLES:
+        raise UnsupportedError(
+            f"layer {literal(scope)}: weightcli does not know the order of a {cls} layer's weights"
+        )
+    return out
+
+
+def _member_scope(model: dict[str, Any], member: dict[str, Any]) -> str:
+    """The scope Keras 3 names a model member's variables in: a Sequential's members
+    under the model's name (``sequential/dense/kernel``), a Functional's by their own."""
+    if model.get("class_name") == "Sequential":
+        return f"{(model.get('config') or {}).get('name', 'sequential')}/{_name(member)}"
+    return _name(member)
+
+
+def _unplace_members(model: dict[str, Any], path: str, present: dict[str, list[int]]) -> Weights:
+    out: Weights = []
+    used: dict[str, int] = {}
+    for member in model_layers(model):
+        name = _unique(used, str(member.get("class_name")))
+        out += _unplace(member, f"{path}/{name}", _member_scope(model, member), present)
+    return out
+
+
+def legacy_weights(model: dict[str, Any], datasets: Iterable[str]) -> list[tuple[str, Weights]]:
+    """A Keras 3 model's weights (``datasets``: the weights file's dataset paths) as a
+    legacy full-model ``.h5`` lists them: each layer of ``model.layers`` in order, with
+    its weights (a legacy name, the dataset) in Keras 3's order; every dataset claimed,
+    or ``UnsupportedError`` naming one that is where no layer keeps weights."""
+    present: dict[str, list[int]] = defaultdict(list)
+    for path in datasets:
+        owner, _, leaf = path.strip("/").rpartition("/")
+        if not (owner.endswith("vars") and leaf.isdigit()):
+            raise UnsupportedError(f"weight {literal(path)} is not where Keras 3 keeps one")
+        present[owner].append(int(leaf))
+    for owner in present:
+        present[owner].sort()
+    out: list[tuple[str, Weights]] = []
+    used: dict[str, int] = {}
+    for member in model_layers(model):
+        name = _unique(used, str(member.get("class_name")))
+        scope = _member_scope(model, member)
+        out.append((_name(member), _unplace(member, f"layers/{name}", scope, present)))
+    left = [f"{owner}/{i}" for owner, idx in present.items() for i in idx]
+    if left:
+        raise UnsupportedError(
+            f"weight {literal(left[0])} belongs to no layer of the model config ({len(left)} such)"
+        )
+    return out
+
+
+def training_state(config: dict[str, Any], tensors: Iterable[Any]) -> list[str]:
+    """What a Keras 3 model stores for training (``compile_config``, the optimizer's
+    and metrics' variables): what a legacy rewrite of it does not carry."""
+    out = ["compile_config"] if config.get("compile_config") else []
+    if any(t.optimizer and t.path.strip("/").startswith("optimizer") for t in tensors):
+        out.append("optimizer")
+    if any(t.optimizer and t.path.strip("/").startswith("metrics") for t in tensors):
+        out.append("metrics")
+    return out
