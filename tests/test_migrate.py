@@ -429,6 +429,41 @@ def test_layer_names_with_a_slash_are_renamed_in_a_keras_archive(tmp_path: Path)
     assert verdict(out)["keras3"]["loads"] is True
 
 
+def test_a_tf_keras_savedmodel_migrated_to_a_keras_archive(tmp_path: Path) -> None:
+    """model.save("folder") with tf.keras: the config from keras_metadata.pb, each
+    variable found through the object graph (its checkpoint key is its shortest path,
+    often the model's ``variables/N``), written in Keras 3's layout; Keras 3 loads OUT and
+    predicts what tf_keras predicts on the SavedModel."""
+    tk = tf_keras()
+    L = tk.layers
+    tk.utils.set_random_seed(3)
+    x = tk.Input((5, 3))
+    y = L.Bidirectional(L.LSTM(4, return_sequences=True))(x)
+    y = L.GlobalAveragePooling1D()(L.MultiHeadAttention(2, 4)(y, y))
+    y = tk.Sequential([tk.Input((8,)), L.BatchNormalization(), L.Dense(2)], name="inner")(y)
+    model = tk.Model(x, y)
+    model.compile("adam", "mse")
+    src, out = tmp_path / "saved", tmp_path / "m.keras"
+    model.save(src)  # a folder: the SavedModel format
+    assert (src / "keras_metadata.pb").is_file()  # premise
+    refused = run("migrate", src, "-o", tmp_path / "m.h5")
+    assert refused.code == 2 and "*.keras" in refused.err
+    res = run("migrate", src, "-o", out, "--json")
+    assert res.code == 0, res.err
+    assert "wrapped-module" in {c["rule"] for c in res.json()["changes"]}
+    migrated = keras_quiet().models.load_model(out)
+    xs = [np.random.default_rng(0).standard_normal((3, 5, 3)).astype("float32")]
+    for p, q in zip(predict(migrated, xs), predict(model, xs), strict=True):
+        np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-5)
+    assert len(migrated.weights) == len(model.weights)
+    from weightcli.stores import open_store
+
+    with open_store(src) as saved:  # every variable's bytes, carried
+        want = [saved.read(t) for t in saved.tensors() if not t.optimizer]
+        want = sorted(np.asarray(a).tobytes() for a in want)
+    assert sorted(archive_datasets(out).values()) == want
+
+
 def test_what_a_keras_archive_cannot_hold_is_refused(tmp_path: Path) -> None:
     res = run("migrate", SAMPLES / "mlp_keras3.h5", "-o", tmp_path / "x.keras")
     assert res.code == 2 and "Keras 3's format" in res.err, res.err  # for tf_keras

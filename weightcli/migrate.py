@@ -161,7 +161,28 @@ CONV_NO_GROUPS = (
 )
 RECURRENT = ("SimpleRNN", "LSTM", "GRU", "RNN", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D")
 
+
+def _wrapped_module(cfg: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """A wrapper's inner layer (Bidirectional's ``layer``, TimeDistributed's, an RNN's
+    ``cell``) is read by Keras 3's new deserializer (``Bidirectional.from_config`` calls
+    ``serialization_lib.deserialize_keras_object``), which finds a class only by its
+    ``module``; tf.keras's SavedModel metadata leaves it out (its ``.h5`` has it)."""
+    out: list[tuple[str, Any, Any]] = []
+    for key in ("layer", "backward_layer", "cell"):
+        inner = cfg.get(key)
+        if (
+            isinstance(inner, dict)
+            and "module" not in inner
+            and inner.get("class_name") in KERAS3_LAYERS
+        ):
+            inner["module"] = "keras.layers"
+            inner.setdefault("registered_name", None)
+            out.append((f"{key}.module", None, "keras.layers"))
+    return out
+
+
 RULES: tuple[Rule, ...] = (
+    Rule("wrapped-module", ("Bidirectional", "TimeDistributed", "RNN"), _wrapped_module),
     Rule("groups", CONV_NO_GROUPS, _groups),
     Rule("separable-kernel", ("SeparableConv1D", "SeparableConv2D"), _separable_kernel),
     Rule("time_major", RECURRENT, _time_major),

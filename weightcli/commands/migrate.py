@@ -21,6 +21,7 @@ from typing import Any
 from weightcli import migrate as rules
 from weightcli import pipeline
 from weightcli.batch import Item
+from weightcli.dtypes import to_numpy
 from weightcli.errors import CorruptError, ParameterError, UnsupportedError, literal
 from weightcli.params import OutputSpec
 from weightcli.results import MigrateResult, name_list
@@ -29,6 +30,7 @@ from weightcli.stores.archive import write_new_archive
 from weightcli.stores.base import Format, Patcher
 from weightcli.stores.hdf5 import H5Store, legacy_layers, training_state, write_legacy_model
 from weightcli.stores.remote import as_path
+from weightcli.stores.tfbundle import SavedModelStore
 
 __all__ = ["MigrateRequest", "run"]
 
@@ -66,18 +68,18 @@ def run(request: MigrateRequest, path: str | Path) -> MigrateResult:
         config = getattr(store, "model_config", None)
         meta = store.meta
         native = meta.keras3_model  # config.json and Keras 3's weights layout
+        saved = isinstance(store, SavedModelStore) and config is not None  # keras_metadata.pb
         if (meta.legacy_full_model or native) and not isinstance(config, dict):
             what = "config.json" if native else "model_config"
             raise CorruptError(f"{src}: its {what} is not a model config (damaged?)")
-        if not (meta.legacy_full_model or native) or not isinstance(config, dict):
+        if not (meta.legacy_full_model or native or saved) or not isinstance(config, dict):
             raise UnsupportedError(
                 f"{src}: a {meta.format_label}: migrate reads a full model: a legacy .h5 "
-                "(model.save('m.h5')), a .keras archive or a Keras 3 model folder; "
-                "SavedModels are not yet done"
+                "(model.save('m.h5')), a .keras archive, a Keras 3 model folder, or a "
+                "tf.keras SavedModel (with its keras_metadata.pb)"
             )
         h5 = store if isinstance(store, H5Store) else None
-        if h5 is None:  # every full-model store is HDF5 inside
-            raise UnsupportedError(f"{src}: a {meta.format_label} is not read as HDF5")
+        writer = store.keras_writer if isinstance(store, SavedModelStore) else meta.writer
         from weightcli.framework import python_code_in
 
         code = python_code_in(config)
@@ -86,7 +88,7 @@ def run(request: MigrateRequest, path: str | Path) -> MigrateResult:
                 f"{src}: layer(s) {name_list(code)} are Lambda layers (Python bytecode in the "
                 "file): weightcli never runs or copies it; rebuild those layers in code"
             )
-        line = rules.migrated_for(meta.history) or rules.writer_line(meta.writer)
+        line = rules.migrated_for(meta.history) or rules.writer_line(writer)
         if native and line is None:
             line = "keras3"  # a .keras weightcli wrote from a legacy file names no writer
         if line == "keras1":
@@ -94,7 +96,7 @@ def run(request: MigrateRequest, path: str | Path) -> MigrateResult:
         target = request.target or ("keras3" if line != "keras3" else "tf-keras")
         if line == target:
             raise ParameterError(
-                f"{literal(str(src))} was written by {meta.writer or 'Keras 3'}: it is "
+                f"{literal(str(src))} was written by {writer or 'Keras 3'}: it is "
                 f"already in {target}'s form (give {{target}} the other line)"
             )
         custom: frozenset[str] = frozenset()
@@ -106,6 +108,11 @@ def run(request: MigrateRequest, path: str | Path) -> MigrateResult:
         new, changes = rules.translate(source_config, target, custom)
         raw = request.output_for(src) or request.out.output
         archive = str(raw or "").lower().endswith(".keras")
+        if saved and not archive and not (raw is None and request.out.dry_run):
+            raise ParameterError(
+                f"{literal(str(raw))}: a tf.keras SavedModel is migrated to a Keras 3 "
+                "archive: name OUT *.keras"
+            )
         if archive and target != "keras3":
             raise ParameterError(
                 f"{literal(str(raw))}: a .keras archive is Keras 3's format: give an .h5 "
@@ -126,7 +133,11 @@ def run(request: MigrateRequest, path: str | Path) -> MigrateResult:
         names: dict[str, str] = {}
         layers: list[tuple[str, list[tuple[str, str]]]] = []
         if archive:
-            placed, names = keras3_layout.layout(new, legacy_layers(h5), renamed)
+            grouped = store.keras_layers() if isinstance(store, SavedModelStore) else None
+            if grouped is None:
+                assert h5 is not None
+                grouped = legacy_layers(h5)
+            placed, names = keras3_layout.layout(new, grouped, renamed)
         elif native:
             layers = keras3_layout.legacy_weights(
                 config, [t.path for t in tensors if not t.optimizer]
@@ -184,8 +195,10 @@ def run(request: MigrateRequest, path: str | Path) -> MigrateResult:
             by_path = {t.path.strip("/"): t for t in tensors}
             if native:
                 result.dropped = keras3_layout.training_state(config, tensors)
-            else:
+            elif h5 is not None:
                 result.dropped = training_state(h5)
+            else:  # a SavedModel's optimizer state and signatures stay behind
+                result.dropped = ["optimizer"] if any(t.optimizer for t in tensors) else []
             history = [
                 *meta.history,
                 pipeline.record(store, src, request.out, command, steps()),
@@ -193,7 +206,8 @@ def run(request: MigrateRequest, path: str | Path) -> MigrateResult:
 
             def weight(path: str) -> tuple[Any, tuple[int, ...], Any]:
                 t = by_path[path.strip("/")]
-                return h5.dataset(t).dtype, t.shape, store.blocks(t)
+                dtype = h5.dataset(t).dtype if h5 is not None else to_numpy(t.dtype)
+                return dtype, t.shape, store.blocks(t)
 
             if placed is not None:
                 write_new_archive(
@@ -206,7 +220,7 @@ def run(request: MigrateRequest, path: str | Path) -> MigrateResult:
                     request.out.force,
                 )
             else:
-                version = (meta.writer or "").removeprefix("Keras ").split(" ")[0]
+                version = (writer or "").removeprefix("Keras ").split(" ")[0]
                 write_legacy_model(
                     out,
                     {"keras_version": version} if version else {},

@@ -287,6 +287,7 @@ class TFStore(Store):
         self.kind = kind
         self.saved_object_graph: Any = None
         self.keras_classes: dict[str, str] = {}
+        self._keras_nodes: dict[str, dict[str, Any]] = {}  # keras_metadata.pb: path -> JSON
         writer = None
         tags: list[str] = []
         if kind == Format.SAVEDMODEL:
@@ -391,6 +392,8 @@ class TFStore(Store):
             meta = naming.parse_json(node.metadata)
             if isinstance(meta, dict) and meta.get("class_name") and meta.get("name"):
                 self.keras_classes.setdefault(meta["name"], meta["class_name"])
+            if isinstance(meta, dict):
+                self._keras_nodes[node.node_path] = meta
 
     def _object_graph(self) -> Any:
         e = self.bundle.entries.get(OBJECT_GRAPH_KEY)
@@ -844,6 +847,80 @@ class SavedModelStore(TFStore):
 
     def __init__(self, path: Path) -> None:
         super().__init__(path, Format.SAVEDMODEL)
+
+    @property
+    def model_config(self) -> dict[str, Any] | None:
+        """A tf.keras model's config, as ``keras_metadata.pb`` keeps it for the root
+        (``model.save("folder")`` with tf.keras; a subclassed model has none), in the
+        form a legacy ``.h5``'s ``model_config`` has: tf.keras's JSON encoding of tuples
+        and shapes (``{"class_name": "__tuple__", "items": [...]}``) read as lists."""
+        root = self._keras_nodes.get("root")
+        if not isinstance(root, dict) or not isinstance(root.get("config"), dict):
+            return None
+        decoded = _decode_keras_json(root["config"])
+        return {"class_name": root.get("class_name"), "config": decoded}
+
+    @property
+    def keras_writer(self) -> str | None:
+        root = self._keras_nodes.get("root") or {}
+        version = root.get("keras_version")
+        return f"Keras {version}" if isinstance(version, str) else None
+
+    def keras_layers(self) -> list[tuple[str, list[tuple[str, str]]]]:
+        """A tf.keras SavedModel's weights as a legacy ``.h5`` groups them: each top-level
+        layer with weights (its name, from ``keras_metadata.pb``'s
+        ``root.layer_with_weights-K``) and its variables (tf.keras's names,
+        ``lstm/lstm_cell/kernel:0``, and their checkpoint keys)."""
+        tog = self._object_graph()
+        graph = self.saved_object_graph
+        if tog is None or graph is None:
+            raise UnsupportedError(f"{self.path}: no object graph names its variables")
+        node_of = {a.checkpoint_key: n for n, node in enumerate(tog.nodes) for a in node.attributes}
+        # A variable's checkpoint key is its shortest path from the root (often the
+        # model's ``variables/7``), so its layer is the top-level ``layer_with_weights-K``
+        # it is reached from.
+        owner: dict[int, str] = {}
+        for child in tog.nodes[0].children if len(tog.nodes) else ():
+            if not re.fullmatch(r"layer_with_weights-\d+", child.local_name):
+                continue
+            stack = [child.node_id]
+            while stack:
+                n = stack.pop()
+                if n in owner or n >= len(tog.nodes):
+                    continue
+                owner[n] = child.local_name
+                stack.extend(
+                    c.node_id for c in tog.nodes[n].children if c.local_name not in NON_MODEL_EDGES
+                )
+        out: dict[str, list[tuple[str, str]]] = {}
+        for t in self.tensors():
+            if t.optimizer:
+                continue
+            node = node_of.get(t.path)
+            edge = owner.get(node) if node is not None else None
+            layer = (self._keras_nodes.get(f"root.{edge}") or {}).get("name") if edge else None
+            name = (
+                graph.nodes[node].variable.name
+                if node is not None and node < len(graph.nodes)
+                else ""
+            )
+            if not isinstance(layer, str) or not name:
+                raise UnsupportedError(
+                    f"{self.path}: variable {t.path} is not one of a tf.keras layer's weights"
+                )
+            out.setdefault(layer, []).append((name, t.path))
+        return list(out.items())
+
+
+def _decode_keras_json(x: Any) -> Any:
+    """tf.keras's ``json_utils`` encodings undone: a tuple or a TensorShape as a list."""
+    if isinstance(x, dict):
+        if x.get("class_name") in ("__tuple__", "TensorShape") and "items" in x:
+            return [_decode_keras_json(v) for v in x.get("items") or []]
+        return {k: _decode_keras_json(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_decode_keras_json(v) for v in x]
+    return x
 
 
 class CheckpointStore(TFStore):
