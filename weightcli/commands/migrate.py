@@ -63,6 +63,13 @@ class MigrateRequest:
 
 
 def run(request: MigrateRequest, path: str | Path) -> MigrateResult:
+    try:
+        return _run(request, path)
+    except RecursionError:  # a config nested past Python's limit: a hostile file
+        raise CorruptError(f"{path}: its model config is nested too deeply") from None
+
+
+def _run(request: MigrateRequest, path: str | Path) -> MigrateResult:
     src = as_path(path)
     with open_store(src) as store:
         config = getattr(store, "model_config", None)

@@ -177,22 +177,35 @@ def _graph_order(cfg: dict[str, Any], layers: list[dict[str, Any]]) -> list[dict
     first_seen: dict[str, int] = {}
     input_set = set(inputs)
 
-    def visit(tensor: tuple[str, int, int]) -> None:  # _build_map_helper
-        node = tensor[:2]
-        if node in finished:
-            return
-        if not is_input(node[0]) and tensor in input_set:
+    def visit(tensor: tuple[str, int, int]) -> None:
+        """``_build_map_helper``, depth-first from ``tensor``, without recursion (a
+        deep model would pass Python's recursion limit)."""
+        stack: list[tuple[tuple[str, int, int], Any]] = [(tensor, None)]
+        while stack:
+            t, pending = stack[-1]
+            node = t[:2]
+            if pending is None:
+                if node in finished:
+                    stack.pop()
+                    continue
+                if not is_input(node[0]) and t in input_set:
+                    finished.add(node)
+                    stack.pop()
+                    continue
+                if node in in_progress:
+                    raise UnsupportedError(f"layer {literal(node[0])} is part of a cycle")
+                first_seen.setdefault(node[0], len(first_seen))
+                in_progress.add(node)
+                pending = iter(parents(node))
+                stack[-1] = (t, pending)
+            step = next(pending, None)
+            if step is not None:
+                stack.append((step, None))
+                continue
             finished.add(node)
-            return
-        if node in in_progress:
-            raise UnsupportedError(f"layer {literal(node[0])} is part of a cycle")
-        first_seen.setdefault(node[0], len(first_seen))
-        in_progress.add(node)
-        for t in parents(node):
-            visit(t)
-        finished.add(node)
-        in_progress.remove(node)
-        decreasing.append(node)
+            in_progress.discard(node)
+            decreasing.append(node)
+            stack.pop()
 
     for t in outputs:
         if t[0] not in by_name:
