@@ -5,8 +5,9 @@ no temporary file left (beside the output or in $TMPDIR), bounded memory.
     python tests/hostile.py make DIR     # write the corpus
     python tests/hostile.py run DIR      # run every command on every case; JSON report
 
-``run`` starts each command as its own process, two at a time, and reports the largest
-resident size any of them reached (``getrusage`` of its children).
+``run`` runs each command in its own process (forked from one that imported weightcli
+once), two at a time, and reports the largest resident size any of them reached
+(``getrusage`` of its children).
 """
 
 from __future__ import annotations
@@ -15,11 +16,9 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import h5py
@@ -213,46 +212,92 @@ def _digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _one(folder: Path, case: str, command: list[str], k: int) -> dict[str, object]:
+def _start(args: list[str], tmpdir: Path, log: Path) -> int:
+    """``weightcli ARGS`` in a forked child of this process, which has imported
+    weightcli already (a fresh interpreter's start-up, about 0.2 s, times every run of
+    the corpus was most of this test's time): the child runs the console entry point
+    itself (``main`` ends the process with the command's exit code), its stdout and
+    stderr into ``log`` files, its $TMPDIR ``tmpdir``."""
+    pid = os.fork()
+    if pid:
+        return pid
+    try:  # the child
+        os.environ["TMPDIR"] = str(tmpdir)
+        os.environ["COLUMNS"] = "120"
+        tempfile.tempdir = None  # gettempdir() reads $TMPDIR again
+        for fd, name in ((1, "stdout"), (2, "stderr")):
+            out = os.open(log.with_suffix(f".{name}"), os.O_WRONLY | os.O_CREAT, 0o644)
+            os.dup2(out, fd)
+            os.close(out)
+        from weightcli.cli import main
+
+        main(args)
+    finally:
+        os._exit(70)  # main returned or raised: never the case for a finished command
+
+
+def _prepare(folder: Path, case: str, command: list[str]) -> dict[str, object]:
     src = folder / case
     target = _checkpoint_arg(src)
     work = Path(tempfile.mkdtemp(prefix="hostile-"))
-    out_dir = work / "out"
+    out_dir, tmpdir = work / "out", work / "tmp"
     out_dir.mkdir()
-    tmpdir = work / "tmp"
     tmpdir.mkdir()
     out = out_dir / (Path(case).name if not src.is_dir() else "o")
     args = [a.format(case=target, out=out) for a in command]
     if "{case}" not in command:
         args.insert(1, str(target))
-    before = _digest(src)
-    env = {**os.environ, "TMPDIR": str(tmpdir), "COLUMNS": "120"}
-    res = subprocess.run(
-        [sys.executable, "-m", "weightcli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
+    return {"case": case, "src": src, "work": work, "out_dir": out_dir, "tmpdir": tmpdir,
+            "args": args, "before": _digest(src)}  # fmt: skip
+
+
+def _finish(job: dict[str, object], code: int) -> dict[str, object]:
+    work, src = Path(str(job["work"])), Path(str(job["src"]))
+    args = list(job["args"])  # type: ignore[call-overload]
     report = {
-        "case": case,
+        "case": job["case"],
         "command": " ".join(args[:1] + args[2:]),
-        "code": res.returncode,
-        "stderr": res.stderr,
-        "unchanged": _digest(src) == before,
-        "left_in_out": sorted(os.listdir(out_dir)),
-        "left_in_tmp": sorted(os.listdir(tmpdir)),
+        "code": code,
+        "stderr": (work / "log.stderr").read_text(errors="replace"),
+        "unchanged": _digest(src) == job["before"],
+        "left_in_out": sorted(os.listdir(Path(str(job["out_dir"])))),
+        "left_in_tmp": sorted(os.listdir(Path(str(job["tmpdir"])))),
     }
     shutil.rmtree(work, ignore_errors=True)
     return report
 
 
-def run(folder: Path, cases: list[str]) -> dict[str, object]:
+def run(
+    folder: Path, cases: list[str], at_once: int = 2, timeout: float = 120
+) -> dict[str, object]:
+    """Every command on every case, ``at_once`` at a time, each in its own forked
+    process (started from this single-threaded one), killed after ``timeout``."""
     import resource
+    import signal
+    import time
 
-    jobs = [(c, cmd) for c in cases for cmd in COMMANDS]
-    with ThreadPoolExecutor(2) as pool:
-        reports = list(pool.map(lambda job: _one(folder, job[0], job[1], 0), jobs))
+    import weightcli.cli  # noqa: F401  imported once, before any fork
+    import weightcli.cli.dispatch  # noqa: F401
+
+    todo = [(c, cmd) for c in cases for cmd in COMMANDS]
+    running: dict[int, tuple[dict[str, object], float]] = {}
+    reports: list[dict[str, object]] = []
+    while todo or running:
+        while todo and len(running) < at_once:
+            case, command = todo.pop(0)
+            job = _prepare(folder, case, command)
+            work = Path(str(job["work"]))
+            pid = _start(list(job["args"]), Path(str(job["tmpdir"])), work / "log")  # type: ignore[call-overload]
+            running[pid] = (job, time.monotonic())
+        pid, status = os.waitpid(-1, os.WNOHANG)
+        if pid == 0:
+            for p, (_, started) in running.items():
+                if time.monotonic() - started > timeout:
+                    os.kill(p, signal.SIGKILL)
+            time.sleep(0.002)
+            continue
+        job, _ = running.pop(pid)
+        reports.append(_finish(job, os.waitstatus_to_exitcode(status)))
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux
     return {"peak_rss_mib": peak / 1024, "runs": reports}
 
