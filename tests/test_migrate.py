@@ -464,6 +464,60 @@ def test_a_tf_keras_savedmodel_migrated_to_a_keras_archive(tmp_path: Path) -> No
     assert sorted(archive_datasets(out).values()) == want
 
 
+def test_a_keras_2_1_sequential_config_is_put_in_the_form_keras3_reads(tmp_path: Path) -> None:
+    """Keras 2.0 to 2.2 saved a Sequential's config as a bare list, its input shape as
+    the first layer's ``batch_input_shape`` (no InputLayer): Keras 3 cannot load it.
+    Migrated, Keras 3 loads it and predicts what tf_keras predicts on the original."""
+    tk = tf_keras()
+    tk.utils.set_random_seed(4)
+    model = tk.Sequential([tk.Input((5, 3)), tk.layers.LSTM(4), tk.layers.Dense(2)])
+    src = tmp_path / "old.h5"
+    model.save(src)
+    with h5py.File(src, "r+") as f:
+        cfg = json.loads(f.attrs["model_config"])
+        layers = [x for x in cfg["config"]["layers"] if x["class_name"] != "InputLayer"]
+        layers[0]["config"]["batch_input_shape"] = [None, 5, 3]
+        f.attrs["model_config"] = json.dumps({"class_name": "Sequential", "config": layers})
+    assert not loads(src, "keras3")  # premise: Keras 3 refuses the old form
+    assert verdict(src)["keras3"]["loads"] is False
+    xs = [np.random.default_rng(0).standard_normal((3, 5, 3)).astype("float32")]
+    for out in (tmp_path / "new.h5", tmp_path / "new.keras"):
+        res = run("migrate", src, "-o", out, "--json")
+        assert res.code == 0, res.err
+        rules_used = {c["rule"] for c in res.json()["changes"]}
+        assert {"sequential-list", "sequential-input"} <= rules_used
+        migrated = keras_quiet().models.load_model(out)
+        for p, q in zip(predict(migrated, xs), predict(model, xs), strict=True):
+            np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-5)
+
+
+def test_hard_sigmoid_means_another_function_in_keras3(tmp_path: Path) -> None:
+    """tf.keras's hard_sigmoid is clip(0.2x + 0.5), Keras 3's clip(x/6 + 0.5): a model
+    using it (here a Dense layer's activation) loads in Keras 3 and computes other numbers. inspect says it does not load
+    as it was, and migrate refuses it (either way), naming the layer."""
+    tk = tf_keras()
+    tk.utils.set_random_seed(5)
+    model = tk.Sequential(
+        [tk.Input((6,)), tk.layers.Dense(4, activation="hard_sigmoid", name="gate")]
+    )
+    src = tmp_path / "m.h5"
+    model.save(src)
+    xs = [np.random.default_rng(0).standard_normal((3, 6)).astype("float32")]
+    in_keras3 = keras_quiet().models.load_model(src, compile=False)
+    assert not np.allclose(predict(in_keras3, xs)[0], predict(model, xs)[0], atol=1e-3)
+    v = verdict(src)["keras3"]
+    assert v["loads"] is False and any("hard_sigmoid" in k for k in v["needs"])
+    for out in (tmp_path / "o.h5", tmp_path / "o.keras"):
+        res = run("migrate", src, "-o", out)
+        assert res.code == 2 and "gate" in res.err and "hard_sigmoid" in res.err
+        assert len(res.err.strip().splitlines()) == 1 and not out.exists()
+    keras = keras_quiet()  # the other way: a Keras 3 model for tf_keras
+    k3 = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, activation="hard_sigmoid")])
+    k3.save(tmp_path / "k3.keras")
+    res = run("migrate", tmp_path / "k3.keras", "-o", tmp_path / "k3.h5")
+    assert res.code == 2 and "hard_sigmoid" in res.err and not (tmp_path / "k3.h5").exists()
+
+
 def test_what_a_keras_archive_cannot_hold_is_refused(tmp_path: Path) -> None:
     res = run("migrate", SAMPLES / "mlp_keras3.h5", "-o", tmp_path / "x.keras")
     assert res.code == 2 and "Keras 3's format" in res.err, res.err  # for tf_keras

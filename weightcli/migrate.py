@@ -181,7 +181,26 @@ def _wrapped_module(cfg: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     return out
 
 
+def _same_meaning(cfg: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """An activation whose name means another function in the other Keras is refused:
+    ``hard_sigmoid`` is ``clip(0.2 x + 0.5)`` in tf.keras (and Keras 2's LSTM/GRU
+    default ``recurrent_activation``) but ``clip(x / 6 + 0.5)`` in Keras 3
+    (keras/src/activations/activations.py). The model would load and compute other
+    numbers: measured, 0.05 off on a Keras 2.1 LSTM."""
+    for key in ("activation", "recurrent_activation"):
+        v = cfg.get(key)
+        name = v.get("config") if isinstance(v, dict) and v.get("class_name") == "function" else v
+        if name == "hard_sigmoid":
+            raise Refusal(
+                f"{key} 'hard_sigmoid' is clip(0.2x + 0.5) in tf.keras and clip(x/6 + 0.5) "
+                "in Keras 3: the model would compute other numbers; rebuild it with an "
+                "activation both define (sigmoid) and retrain, or keep it in tf_keras"
+            )
+    return []
+
+
 RULES: tuple[Rule, ...] = (
+    Rule("same-meaning", (), _same_meaning),
     Rule("wrapped-module", ("Bidirectional", "TimeDistributed", "RNN"), _wrapped_module),
     Rule("groups", CONV_NO_GROUPS, _groups),
     Rule("separable-kernel", ("SeparableConv1D", "SeparableConv2D"), _separable_kernel),
@@ -241,6 +260,7 @@ def _attention_seed(cfg: dict[str, Any]) -> list[tuple[str, Any, Any]]:
 
 
 REVERSE: tuple[Rule, ...] = (
+    Rule("same-meaning", (), _same_meaning),
     Rule("attention-seed", ("MultiHeadAttention",), _attention_seed),
     Rule("input-batch-shape", ("InputLayer",), _input_batch_shape),
     Rule("dtype-policy", (), _dtype_policy),
@@ -797,6 +817,71 @@ def _known(entry: Any, target: str, custom: frozenset[str] = frozenset()) -> Non
             _known(cfg[key], target, custom)
 
 
+def _sequential_input(node: dict[str, Any]) -> list[Change]:
+    """A Sequential whose first layer carries ``batch_input_shape`` (Keras 2.0 to 2.2
+    saved no InputLayer): Keras 3's legacy loader turns that into the layer's
+    ``input_shape``, batch axis included (one axis too many: "expected ndim=3, found
+    ndim=4"). An InputLayer with that ``batch_input_shape`` goes first instead, as
+    later tf.keras versions save it."""
+    cfg = node.get("config")
+    layers = (
+        cfg.get("layers")
+        if node.get("class_name") == "Sequential" and isinstance(cfg, dict)
+        else None
+    )
+    if not layers or not isinstance(layers[0], dict):
+        return []
+    first = layers[0]
+    inner = first.get("config")
+    if first.get("class_name") == "InputLayer" or not isinstance(inner, dict):
+        return []
+    shape = inner.get("batch_input_shape")
+    if not isinstance(shape, list):
+        return []
+    del inner["batch_input_shape"]
+    name = f"{inner.get('name', 'input')}_input"
+    layers.insert(
+        0,
+        {
+            "class_name": "InputLayer",
+            "config": {
+                "batch_input_shape": shape,
+                "dtype": inner.get("dtype", "float32"),
+                "sparse": False,
+                "name": name,
+            },
+        },
+    )
+    layer = str(inner.get("name"))
+    return [
+        Change(layer, "batch_input_shape", shape, None, "sequential-input"),
+        Change(name, "(layer)", None, "InputLayer", "sequential-input"),
+    ]
+
+
+def _sequential_lists(node: Any, depth: int = 0) -> list[Change]:
+    """Keras 2.0 to 2.2.0 saved a Sequential's config as its list of layers; Keras 3's
+    loader reads ``config["config"]`` as a dict (``saving_utils.model_from_config``:
+    "pop expected at most 1 argument"). Each becomes ``{"name", "layers"}``."""
+    out: list[Change] = []
+    if depth > 200:
+        return out
+    if isinstance(node, dict):
+        if node.get("class_name") == "Sequential" and isinstance(node.get("config"), list):
+            layers = node["config"]
+            node["config"] = {"name": "sequential", "layers": layers}
+            out.append(
+                Change("(model)", "config", "a list of layers", "{name, layers}", "sequential-list")
+            )
+        out += _sequential_input(node)
+        for value in node.values():
+            out += _sequential_lists(value, depth + 1)
+    elif isinstance(node, list):
+        for value in node:
+            out += _sequential_lists(value, depth + 1)
+    return out
+
+
 def translate(
     config: dict[str, Any], target: str, custom: frozenset[str] = frozenset()
 ) -> tuple[dict[str, Any], list[Change]]:
@@ -810,6 +895,8 @@ def translate(
         )
     new = copy.deepcopy(config)
     changes: list[Change] = []
+    if target == "keras3":
+        changes += _sequential_lists(new)
     for cls, cfg, layer in _objects(new):
         if cls in MODELS and isinstance(cfg.get("layers"), list):
             removals = REMOVALS.get(target, ())
