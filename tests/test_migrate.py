@@ -13,7 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from helpers import SAMPLES, keras_quiet, run
+from helpers import REAL, SAMPLES, keras_quiet, run
 
 
 def tf_keras():
@@ -511,11 +511,43 @@ def test_hard_sigmoid_means_another_function_in_keras3(tmp_path: Path) -> None:
         res = run("migrate", src, "-o", out)
         assert res.code == 2 and "gate" in res.err and "hard_sigmoid" in res.err
         assert len(res.err.strip().splitlines()) == 1 and not out.exists()
+    real = REAL / "dl4j_keras2_bidirectional_lstm" / "bidirectional_lstm_tensorflow_2.h5"
+    if real.exists():  # a Keras 2.1.3 LSTM, hard_sigmoid by default
+        res = run("migrate", real, "-o", tmp_path / "real.keras")
+        assert res.code == 2 and "lstm_1" in res.err and "hard_sigmoid" in res.err
     keras = keras_quiet()  # the other way: a Keras 3 model for tf_keras
     k3 = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, activation="hard_sigmoid")])
     k3.save(tmp_path / "k3.keras")
     res = run("migrate", tmp_path / "k3.keras", "-o", tmp_path / "k3.h5")
     assert res.code == 2 and "hard_sigmoid" in res.err and not (tmp_path / "k3.h5").exists()
+
+
+@pytest.mark.parametrize(
+    ("model", "out", "line"),
+    [
+        ("hrithik_gan_nested_sequential/gan.h5", "gan.keras", "keras3"),
+        ("cryptic_keras3_keras_zip/model.keras", "model.h5", "tf-keras"),
+    ],
+)
+def test_real_models_written_by_other_people(
+    tmp_path: Path, model: str, out: str, line: str
+) -> None:
+    """Files from other people's projects (../shared/real_models): a Keras 2.10 GAN of
+    nested Sequentials to .keras, a Keras 3.5 archive to .h5 for tf_keras; the output
+    predicts what the original predicts in its own Keras."""
+    src = REAL / model
+    if not src.exists():
+        pytest.skip("needs ../shared/real_models")
+    res = run("migrate", src, "-o", tmp_path / out)
+    assert res.code == 0, res.err
+    mine = tf_keras() if line == "tf-keras" else keras_quiet()
+    theirs = keras_quiet() if line == "tf-keras" else tf_keras()
+    original = theirs.models.load_model(src, compile=False)
+    migrated = mine.models.load_model(tmp_path / out, compile=False)
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal((2, *t.shape[1:])).astype("float32") for t in original.inputs]
+    for p, q in zip(predict(migrated, xs), predict(original, xs), strict=True):
+        np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-5)
 
 
 def test_what_a_keras_archive_cannot_hold_is_refused(tmp_path: Path) -> None:
