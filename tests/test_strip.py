@@ -56,6 +56,9 @@ for arch, make in (("seq", sequential), ("fun", functional)):
     train(pruned, [tfmot.sparsity.keras.UpdatePruningStep()])
     pruned.save(os.path.join(out, f"pruned_{arch}.h5"))
     want[f"pruned_{arch}"] = tfmot.sparsity.keras.strip_pruning(pruned).predict(x, verbose=0).tolist()
+    if arch == "fun":  # and as a SavedModel folder (TFMOT allows it for pruning)
+        pruned.save(os.path.join(out, f"pruned_{arch}_saved"))
+        want[f"pruned_{arch}_saved"] = want[f"pruned_{arch}"]
 
     clustered = tfmot.clustering.keras.cluster_weights(
         make(), number_of_clusters=4,
@@ -64,6 +67,9 @@ for arch, make in (("seq", sequential), ("fun", functional)):
     train(clustered)
     clustered.save(os.path.join(out, f"clustered_{arch}.h5"))
     want[f"clustered_{arch}"] = tfmot.clustering.keras.strip_clustering(clustered).predict(x, verbose=0).tolist()
+    if arch == "seq":  # and as a SavedModel folder
+        clustered.save(os.path.join(out, f"clustered_{arch}_saved"))
+        want[f"clustered_{arch}_saved"] = want[f"clustered_{arch}"]
 
     qat = tfmot.quantization.keras.quantize_model(make())
     train(qat)
@@ -114,6 +120,7 @@ json.dump(got, open(os.path.join(out, "got.json"), "w"))
 
 NAMES = [f"{kind}_{arch}" for kind in ("pruned", "clustered", "qat") for arch in ("seq", "fun")]
 NAMES.append("clustered_perchannel")
+SAVED = ["pruned_fun_saved", "clustered_seq_saved"]  # SavedModel folders (model.save(dir))
 
 
 def _python(script: str, *args: object) -> None:
@@ -132,16 +139,17 @@ def _python(script: str, *args: object) -> None:
 def stripped(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, dict]:
     root = tmp_path_factory.mktemp("tfmot")
     _python(BUILD, root)
-    for name in NAMES:
-        res = run("strip", root / f"{name}.h5", "-o", root / f"stripped_{name}.h5", "--json")
+    for name in NAMES + SAVED:
+        src = root / (name if name in SAVED else f"{name}.h5")
+        res = run("strip", src, "-o", root / f"stripped_{name}.h5", "--json")
         assert res.code == 0, res.err
-    _python(LOAD, root, *NAMES)
+    _python(LOAD, root, *NAMES, *SAVED)
     want = json.loads((root / "want.json").read_text())
     got = json.loads((root / "got.json").read_text())
     return root, want, got
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if not n.startswith("qat")])
+@pytest.mark.parametrize("name", [n for n in NAMES + SAVED if not n.startswith("qat")])
 def test_stripped_models_predict_what_tfmot_strip_gives(stripped, name: str) -> None:
     _, want, got = stripped
     np.testing.assert_allclose(got[name]["predict"], want[name], atol=1e-6)
@@ -178,4 +186,8 @@ def test_a_plain_model_has_nothing_to_strip(tmp_path: Path) -> None:
         run("strip", SAMPLES / "mlp_tfkeras.h5", "-o", tmp_path / "x.h5"), "nothing to strip"
     )
     assert_clean_error(run("strip", SAMPLES / "mlp.keras", "-o", tmp_path / "x.keras"), "legacy")
+    assert_clean_error(  # a SavedModel without TFMOT's wrappers
+        run("strip", SAMPLES / "mlp_tfkeras_savedmodel", "-o", tmp_path / "x.h5"),
+        "nothing to strip",
+    )
     assert not list(tmp_path.iterdir())

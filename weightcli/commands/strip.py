@@ -18,9 +18,10 @@ from weightcli.errors import UnsupportedError
 from weightcli.params import OutputSpec
 from weightcli.results import StripResult, StripRow
 from weightcli.stores import open_store
-from weightcli.stores.base import Provenance, Store
+from weightcli.stores.base import Format, Provenance, Store
 from weightcli.stores.hdf5 import H5Store, legacy_layers, source_attrs, write_legacy_model
 from weightcli.stores.remote import as_path
+from weightcli.stores.tfbundle import SavedModelStore
 from weightcli.tensor import TensorInfo
 
 __all__ = ["StripRequest", "StripResult", "run"]
@@ -43,13 +44,26 @@ def _reader(store: Store, info: TensorInfo) -> np.ndarray:
 def run(request: StripRequest, path: str | Path) -> StripResult:
     src = as_path(path)
     with open_store(src) as store:
-        if not isinstance(store, H5Store):
+        saved = isinstance(store, SavedModelStore) and store.model_config is not None
+        if not isinstance(store, H5Store) and not saved:
             raise UnsupportedError(
-                f"{src}: strip reads TFMOT models saved as a legacy .h5 (tf_keras "
-                "model.save('m.h5')); save the wrapped model so first"
+                f"{src}: strip reads TFMOT models saved by tf_keras as a legacy .h5 "
+                "(model.save('m.h5')) or a SavedModel with its keras_metadata.pb "
+                "(model.save('folder'))"
             )
-        layers = legacy_layers(store)
-        config, unwrapped, removed = tfmot.unwrap(store.model_config)
+        if isinstance(store, SavedModelStore):
+            layers = store.keras_layers()  # every variable through the object graph
+            model_config = store.model_config
+            version = (store.keras_writer or "").removeprefix("Keras ")
+            attrs: dict[str, object] = {"keras_version": version, "backend": "tensorflow"}
+        else:
+            assert isinstance(store, H5Store)
+            layers = legacy_layers(store)
+            model_config = store.model_config
+            attrs = source_attrs(store)
+        if not isinstance(model_config, dict):
+            raise UnsupportedError(f"{src}: no model config to unwrap")
+        config, unwrapped, removed = tfmot.unwrap(model_config)
         by_path = {t.path: t for t in store.tensors()}
         wrappers = {u.wrapper: u for u in unwrapped}
         plan: list[tuple[str, list[tuple[str, Callable[[], np.ndarray]]]]] = []
@@ -75,7 +89,11 @@ def run(request: StripRequest, path: str | Path) -> StripResult:
                 rows.append(StripRow(u.wrapper, u.inner, u.kind, w, how))
             dropped += [f"{name}/{k}" for k in own]
             plan.append((u.inner, made))
-        out = request.out.plan(store, src)
+        out = request.out.plan(  # a SavedModel's plain model: a legacy .h5 (no graph to write)
+            store,
+            src,
+            as_format=(Format.KERAS_H5, "Keras legacy HDF5 (full model)") if saved else None,
+        )
         history = [
             *store.meta.history,
             Provenance.now(
@@ -94,7 +112,7 @@ def run(request: StripRequest, path: str | Path) -> StripResult:
         if out is not None:
             written = write_legacy_model(
                 out,
-                source_attrs(store),
+                attrs,
                 config,
                 plan,
                 history,

@@ -869,8 +869,8 @@ class SavedModelStore(TFStore):
     def keras_layers(self) -> list[tuple[str, list[tuple[str, str]]]]:
         """A tf.keras SavedModel's weights as a legacy ``.h5`` groups them: each top-level
         layer with weights (its name, from ``keras_metadata.pb``'s
-        ``root.layer_with_weights-K``) and its variables (tf.keras's names,
-        ``lstm/lstm_cell/kernel:0``, and their checkpoint keys)."""
+        ``root.layer_with_weights-K``) and its variables (the names a legacy ``.h5``
+        gives them, ``lstm/lstm_cell/kernel:0``, and their checkpoint keys)."""
         tog = self._object_graph()
         graph = self.saved_object_graph
         if tog is None or graph is None:
@@ -908,6 +908,8 @@ class SavedModelStore(TFStore):
                 raise UnsupportedError(
                     f"{self.path}: variable {t.path} is not one of a tf.keras layer's weights"
                 )
+            if not re.search(r":\d+$", name):  # as tf.keras names it in a legacy .h5
+                name += ":0"
             out.setdefault(layer, []).append((name, t.path))
         return list(out.items())
 
