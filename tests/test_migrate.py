@@ -550,6 +550,62 @@ def test_real_models_written_by_other_people(
         np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-5)
 
 
+def _unknown_layer(c: dict) -> None:
+    c["config"]["layers"][1]["inbound_nodes"][0][0][0] = "nope"
+
+
+def _cycle(c: dict) -> None:
+    layers = c["config"]["layers"]
+    layers[1]["inbound_nodes"][0][0][0] = layers[2]["name"]
+    layers[2]["inbound_nodes"][0][0][0] = layers[1]["name"]
+
+
+def _bad_node(c: dict) -> None:
+    c["config"]["layers"][1]["inbound_nodes"] = [[["x"]]]
+
+
+def _input_node(c: dict) -> None:
+    c["config"]["layers"][1]["inbound_nodes"][0][0][1] = 99
+
+
+def _ghost_output(c: dict) -> None:
+    c["config"]["output_layers"] = [["ghost", 0, 0]]
+
+
+def _deep(c: dict) -> None:
+    x: dict = {}
+    for _ in range(900):  # as deep as json.dumps goes: past what a recursive walk can
+        x = {"a": x}
+    c["config"]["layers"][1]["config"]["junk"] = x
+
+
+@pytest.mark.parametrize(
+    ("damage", "says"),
+    [
+        (_unknown_layer, "unknown layer"),
+        (_cycle, "cycle"),
+        (_bad_node, "not understood"),
+        (_input_node, "does not exist"),
+        (_ghost_output, "unknown layer"),
+        (_deep, "model"),
+    ],
+    ids=lambda v: getattr(v, "__name__", None),
+)
+def test_a_damaged_graph_is_one_line_for_a_keras_archive(tmp_path: Path, damage, says: str) -> None:
+    """The layout replays the config's graph: a graph that cannot be replayed is one
+    line, exit 2, nothing written."""
+    src = tmp_path / "m.h5"
+    catalogue("concatenate_add").save(src)
+    with h5py.File(src, "r+") as f:
+        cfg = json.loads(f.attrs["model_config"])
+        damage(cfg)
+        f.attrs["model_config"] = json.dumps(cfg)
+    res = run("migrate", src, "-o", tmp_path / "out.keras")
+    assert res.code == 2 and says in res.err, res.err
+    assert len(res.err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.h5"]
+
+
 def test_what_a_keras_archive_cannot_hold_is_refused(tmp_path: Path) -> None:
     res = run("migrate", SAMPLES / "mlp_keras3.h5", "-o", tmp_path / "x.keras")
     assert res.code == 2 and "Keras 3's format" in res.err, res.err  # for tf_keras

@@ -156,13 +156,15 @@ def _graph_order(cfg: dict[str, Any], layers: list[dict[str, Any]]) -> list[dict
     outputs = _tensor_refs(cfg.get("output_layers"))
 
     def is_input(layer: str) -> bool:
+        if layer not in by_name:
+            raise UnsupportedError(f"the model config calls an unknown layer {literal(layer)}")
         return by_name[layer].get("class_name") == "InputLayer"
 
     def parents(node: tuple[str, int]) -> list[tuple[str, int, int]]:
         layer, index = node
-        if layer not in by_name:
-            raise UnsupportedError(f"the model config calls an unknown layer {literal(layer)}")
         if is_input(layer):
+            if index != 0:
+                raise UnsupportedError(f"input {literal(layer)}: node {index} does not exist")
             return []
         nodes = by_name[layer].get("inbound_nodes") or []
         if not 0 <= index < len(nodes):
