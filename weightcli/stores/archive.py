@@ -760,12 +760,7 @@ def write_new_archive(
             for path, name in names.items():
                 f.require_group(f"{path}/vars").attrs["name"] = name
             for path, dtype, shape, blocks in weights:
-                ds = f.create_dataset(path, shape=shape, dtype=dtype)
-                for block, data in blocks:
-                    if ds.shape == ():
-                        ds[()] = data
-                    else:
-                        ds[block.index] = data
+                h5util.write_streamed(f, path, dtype, shape, blocks)
             f.attrs[h5util.HISTORY_ATTR] = json.dumps(history)
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
             z.writestr("metadata.json", json.dumps(metadata))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -270,3 +271,20 @@ def read_direct(
             raise OSError(f"file ends at byte {at + done}: data missing")
         done += n
     return arr.view(bfloat16()) if bf16 else arr
+
+
+def write_streamed(
+    group: h5py.Group,
+    name: str,
+    dtype: Any,
+    shape: tuple[int, ...],
+    blocks: Iterator[tuple[Block, np.ndarray]],
+) -> None:
+    """A new dataset filled block by block (each block at its place in the tensor): a
+    tensor copied without ever being whole in memory."""
+    ds = group.create_dataset(name, shape=shape, dtype=dtype)
+    for block, data in blocks:
+        if ds.shape == ():
+            ds[()] = data
+        else:
+            ds[block.index] = data

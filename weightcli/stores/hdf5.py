@@ -902,13 +902,7 @@ def write_legacy_model(
                     if callable(made):
                         layer.create_dataset(weight, data=made())
                         continue
-                    dtype, shape, blocks = made
-                    ds = layer.create_dataset(weight, shape=shape, dtype=dtype)
-                    for block, data in blocks:
-                        if ds.shape == ():
-                            ds[()] = data
-                        else:
-                            ds[block.index] = data
+                    h5util.write_streamed(layer, weight, *made)
             f.attrs[h5util.HISTORY_ATTR] = json.dumps(history)
         size = tmp.stat().st_size
         publish(tmp, out, overwrite)
