@@ -207,3 +207,34 @@ def test_verify_source_of_a_transplant_checks_source_and_target(tmp_path: Path) 
     names = [c["name"] for c in res.json()["checks"] if c["status"] == "PASS"]
     assert "source mlp.keras" in names and "source mlp_keras3.h5" in names
     assert run("verify", out, "--source", SAMPLES / "cnn.keras", "--no-load").code == 1
+
+
+def test_a_blake3_digest_maps_the_file_a_window_at_a_time(tmp_path: Path) -> None:
+    """The digest equals BLAKE3 of the bytes across window edges, and hashing a file
+    many times the window's size keeps this process's resident memory bounded (the
+    whole file mapped at once counted every page: 1 GiB resident for a 1 GB model)."""
+    import subprocess
+    import sys
+
+    import blake3
+
+    from weightcli.digest import MMAP_WINDOW, file_digest
+
+    f = tmp_path / "w.bin"
+    data = np.random.default_rng(0).integers(0, 256, 3 * MMAP_WINDOW + 123, np.uint8)
+    f.write_bytes(data.tobytes())
+    assert file_digest(f, "blake3") == blake3.blake3(data.tobytes()).hexdigest()
+    big = tmp_path / "big.bin"
+    with big.open("wb") as fh:
+        fh.write(data.tobytes() * 3)  # about 150 MiB
+    code = (  # VmHWM: this process's peak resident memory (ru_maxrss outlives an exec)
+        "import re; from pathlib import Path; from weightcli.digest import file_digest\n"
+        "def hwm(): return int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1])\n"
+        "before = hwm()\n"
+        f"file_digest(Path({str(big)!r}), 'blake3')\n"
+        "print((hwm() - before) // 1024)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    grew = int(done.stdout)
+    assert big.stat().st_size > 8 * MMAP_WINDOW  # premise: far more than one window
+    assert grew < 3 * (MMAP_WINDOW >> 20), grew  # MiB

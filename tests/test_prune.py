@@ -244,3 +244,38 @@ def test_diff_reports_the_change_in_sparsity(tmp_path: Path) -> None:
         assert row["sparsity_change"] == pytest.approx(want)
         assert want > 0.29
     assert "Sparsity +/-%" in run("diff", src, out).out
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from([0.0, -0.0, 1.0, -1.0, 0.5, 3e-39, -3e-39, 2.0**-20, 7.25, np.inf]),
+        min_size=1,
+        max_size=200,
+    ),
+    st.integers(1, 50),
+    st.integers(1, 7),
+)
+def test_the_float32_radix_path_counts_as_the_general_one(values, k, block) -> None:
+    """AbsKth reads float32 halves in place; the general path (here forced by big-endian
+    blocks) makes |x|'s bit patterns: the same threshold, count below and ties."""
+    x = np.array(values, dtype=np.float32)
+    k = min(k, x.size)
+    fast, slow = prunemod.AbsKth(k, np.dtype(np.float32)), prunemod.AbsKth(k, np.dtype(np.float32))
+    again = True
+    while again:
+        for i in range(0, x.size, block):
+            fast.observe(x[i : i + block])
+            slow.observe(x[i : i + block].astype(">f4"))
+        again = fast.end_pass()
+        assert slow.end_pass() == again
+    assert (fast.bits, fast.below, fast.equal) == (slow.bits, slow.below, slow.equal)
+    assert fast.value == np.sort(np.abs(x))[k - 1]  # the oracle
+
+
+def test_nan_is_found_by_the_float32_path() -> None:
+    kth = prunemod.AbsKth(1, np.dtype(np.float32))
+    kth.observe(np.array([1.0, 2.0], np.float32))  # Inf-free, NaN-free: fine
+    with pytest.raises(weightcli.errors.UsageError, match="NaN"):
+        kth.observe(np.array([1.0, np.nan], np.float32))
+    kth.observe(np.array([np.inf], np.float32))  # Inf is not NaN
