@@ -606,6 +606,21 @@ def test_a_damaged_graph_is_one_line_for_a_keras_archive(tmp_path: Path, damage,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.h5"]
 
 
+def test_a_keras_1_file_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    """A Keras 1.2.2 LSTM (its weights as 12 gate arrays): no current Keras loads it,
+    and carrying it would mean rewriting its weights; one line says what to do."""
+    src = REAL / "dl4j_keras1_lstm_full_model" / "simple_lstm_tf_keras_1_model.h5"
+    if not src.exists():
+        pytest.skip("needs ../shared/real_models")
+    v = verdict(src)
+    assert v["keras3"]["loads"] is False and v["tf-keras"]["loads"] is False
+    for out in ("o.h5", "o.keras"):
+        res = run("migrate", src, "-o", tmp_path / out)
+        assert res.code == 2 and "Keras 1" in res.err and "Keras 2.2" in res.err
+        assert len(res.err.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())
+
+
 def test_what_a_keras_archive_cannot_hold_is_refused(tmp_path: Path) -> None:
     res = run("migrate", SAMPLES / "mlp_keras3.h5", "-o", tmp_path / "x.keras")
     assert res.code == 2 and "Keras 3's format" in res.err, res.err  # for tf_keras

@@ -99,7 +99,12 @@ def _run(request: MigrateRequest, path: str | Path) -> MigrateResult:
         if native and line is None:
             line = "keras3"  # a .keras weightcli wrote from a legacy file names no writer
         if line == "keras1":
-            raise UnsupportedError(f"{src}: written by Keras 1: neither Keras line loads it")
+            raise UnsupportedError(
+                f"{src}: written by Keras 1: neither Keras line loads it, and its weights "
+                "are laid out as Keras 1's (an LSTM's 12 gate arrays), which migrate does "
+                "not rewrite (it carries weights byte for byte); load and re-save it with "
+                "Keras 2.2 (which converts Keras 1 files), then migrate that"
+            )
         target = request.target or ("keras3" if line != "keras3" else "tf-keras")
         if line == target:
             raise ParameterError(
