@@ -201,6 +201,8 @@ COMMANDS = [
     ["merge", "{case}", "{case}", "-o", "{out}"],
     ["transplant", "{case}", str(SAMPLES / "mlp_keras3.h5"), "-o", "{out}.h5"],
     ["report", "-o", "{out}.html"],
+    ["migrate", "-o", "{out}.keras"],
+    ["strip", "-o", "{out}.h5"],
 ]
 
 
