@@ -54,6 +54,9 @@ $W verify "$OUT/mlp_repaired.h5"
 step transplant sample_models/mlp_tfkeras.h5 sample_models/mlp.keras --match-by order --dry-run
 $W transplant sample_models/mlp_tfkeras.h5 sample_models/mlp.keras --match-by order --dry-run
 
+step migrate sample_models/mobile_tfkeras.h5 -o "$OUT/mobile_keras3.keras"
+$W migrate sample_models/mobile_tfkeras.h5 -o "$OUT/mobile_keras3.keras"
+
 step set sample_models/mlp.keras dense_1/bias=0 -o "$OUT/mlp_zero_bias.keras"
 $W set sample_models/mlp.keras dense_1/bias=0 -o "$OUT/mlp_zero_bias.keras"
 
