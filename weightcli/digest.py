@@ -103,7 +103,7 @@ def _hasher(algorithm: str) -> Any:
 
 
 # Bytes of a file mapped at a time for BLAKE3 (a multiple of mmap's granularity).
-MMAP_WINDOW = 16 << 20
+MMAP_WINDOW = 8 << 20
 
 
 def file_digest(f: Path, algorithm: str) -> str:
