@@ -606,6 +606,21 @@ def test_a_damaged_graph_is_one_line_for_a_keras_archive(tmp_path: Path, damage,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.h5"]
 
 
+def test_an_activation_only_keras3_defines_is_refused_for_tf_keras(tmp_path: Path) -> None:
+    keras = keras_quiet()
+    model = keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(4, activation="hard_silu", name="act")]
+    )
+    src = tmp_path / "m.h5"
+    model.save(src)
+    assert not loads(src, "tf-keras")  # premise: tf_keras cannot load it
+    v = verdict(src)["tf-keras"]
+    assert v["loads"] is False and any("hard_silu" in k for k in v["needs"])
+    res = run("migrate", src, "-o", tmp_path / "out.h5")
+    assert res.code == 2 and "act" in res.err and "hard_silu" in res.err
+    assert not (tmp_path / "out.h5").exists()
+
+
 def test_a_keras_1_file_is_refused_with_what_to_do(tmp_path: Path) -> None:
     """A Keras 1.2.2 LSTM (its weights as 12 gate arrays): no current Keras loads it,
     and carrying it would mean rewriting its weights; one line says what to do."""

@@ -188,13 +188,42 @@ def _same_meaning(cfg: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     (keras/src/activations/activations.py). The model would load and compute other
     numbers: measured, 0.05 off on a Keras 2.1 LSTM."""
     for key in ("activation", "recurrent_activation"):
-        v = cfg.get(key)
-        name = v.get("config") if isinstance(v, dict) and v.get("class_name") == "function" else v
+        name = _activation_name(cfg.get(key))
         if name == "hard_sigmoid":
             raise Refusal(
                 f"{key} 'hard_sigmoid' is clip(0.2x + 0.5) in tf.keras and clip(x/6 + 0.5) "
                 "in Keras 3: the model would compute other numbers; rebuild it with an "
                 "activation both define (sigmoid) and retrain, or keep it in tf_keras"
+            )
+    return []
+
+
+# Activations Keras 3 defines and tf.keras does not (keras.src.activations' names against
+# tf_keras.activations.get, Keras 3.15 and tf_keras 2.21): tf_keras cannot load a layer
+# using one.
+KERAS3_ONLY_ACTIVATIONS = frozenset(
+    (
+        "celu", "glu", "hard_shrink", "hard_silu", "hard_swish", "hard_tanh", "log_sigmoid",
+        "soft_shrink", "sparse_plus", "sparse_sigmoid", "sparsemax", "squareplus",
+        "tanh_shrink", "threshold",
+    )
+)  # fmt: skip
+
+
+def _activation_name(v: Any) -> Any:
+    """An activation as a layer's config names it: a string, or Keras 3's function form."""
+    if isinstance(v, dict) and v.get("class_name") == "function":
+        return v.get("config")
+    return v
+
+
+def _keras3_activation(cfg: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    for key in ("activation", "recurrent_activation"):
+        name = _activation_name(cfg.get(key))
+        if isinstance(name, str) and name in KERAS3_ONLY_ACTIVATIONS:
+            raise Refusal(
+                f"{key} {name!r} is Keras 3's only: tf.keras has no such function; "
+                "rebuild the layer with one both define"
             )
     return []
 
@@ -261,6 +290,7 @@ def _attention_seed(cfg: dict[str, Any]) -> list[tuple[str, Any, Any]]:
 
 REVERSE: tuple[Rule, ...] = (
     Rule("same-meaning", (), _same_meaning),
+    Rule("keras3-activation", (), _keras3_activation),
     Rule("attention-seed", ("MultiHeadAttention",), _attention_seed),
     Rule("input-batch-shape", ("InputLayer",), _input_batch_shape),
     Rule("dtype-policy", (), _dtype_policy),
