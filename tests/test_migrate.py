@@ -621,6 +621,23 @@ def test_an_activation_only_keras3_defines_is_refused_for_tf_keras(tmp_path: Pat
     assert not (tmp_path / "out.h5").exists()
 
 
+def test_a_keras3_leaky_relu_loads_in_tf_keras(tmp_path: Path) -> None:
+    """Keras 3 saves LeakyReLU's slope as ``negative_slope``; tf_keras reads ``alpha``."""
+    keras = keras_quiet()
+    keras.utils.set_random_seed(6)
+    model = keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(4), keras.layers.LeakyReLU(0.2)]
+    )
+    src, out = tmp_path / "m.h5", tmp_path / "out.h5"
+    model.save(src)
+    assert not loads(src, "tf-keras") and verdict(src)["tf-keras"]["loads"] is False
+    res = run("migrate", src, "-o", out, "--json")
+    assert res.code == 0 and "leaky-alpha" in {c["rule"] for c in res.json()["changes"]}
+    xs = [np.random.default_rng(0).standard_normal((3, 6)).astype("float32")]
+    migrated = tf_keras().models.load_model(out)
+    np.testing.assert_allclose(predict(migrated, xs)[0], predict(model, xs)[0], atol=1e-6)
+
+
 def test_a_keras_1_file_is_refused_with_what_to_do(tmp_path: Path) -> None:
     """A Keras 1.2.2 LSTM (its weights as 12 gate arrays): no current Keras loads it,
     and carrying it would mean rewriting its weights; one line says what to do."""

@@ -288,8 +288,20 @@ def _attention_seed(cfg: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     return _drop(cfg, "seed")
 
 
+def _leaky_alpha(cfg: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """Keras 3's LeakyReLU says ``negative_slope`` (and reads tf.keras's ``alpha`` as a
+    deprecated name); tf.keras's takes ``alpha`` only ("Error when deserializing class
+    'LeakyReLU'": measured)."""
+    if "negative_slope" not in cfg:
+        return []
+    value = cfg.pop("negative_slope")
+    cfg["alpha"] = value
+    return [("negative_slope", value, None), ("alpha", None, value)]
+
+
 REVERSE: tuple[Rule, ...] = (
     Rule("same-meaning", (), _same_meaning),
+    Rule("leaky-alpha", ("LeakyReLU",), _leaky_alpha),
     Rule("keras3-activation", (), _keras3_activation),
     Rule("attention-seed", ("MultiHeadAttention",), _attention_seed),
     Rule("input-batch-shape", ("InputLayer",), _input_batch_shape),
