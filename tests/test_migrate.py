@@ -638,6 +638,62 @@ def test_a_keras3_leaky_relu_loads_in_tf_keras(tmp_path: Path) -> None:
     np.testing.assert_allclose(predict(migrated, xs)[0], predict(model, xs)[0], atol=1e-6)
 
 
+@pytest.mark.parametrize("family", ["spatial_dropout", "layernorm_axes"])
+def test_layers_keras3_reads_another_way(tmp_path: Path, family: str) -> None:
+    """tf.keras's SpatialDropout saves arguments Keras 3's does not take
+    (``spatial-noise-shape``); Keras 3's legacy loader drops a LayerNormalization's
+    multi-axis ``axis`` (``list-axis``). Both load in Keras 3 and predict as before."""
+    tk = tf_keras()
+    L = tk.layers
+    tk.utils.set_random_seed(7)
+    x = tk.Input((8, 3) if family == "spatial_dropout" else (4, 6))
+    y = (
+        L.Conv1D(2, 3)(L.SpatialDropout1D(0.2)(x))
+        if family == "spatial_dropout"
+        else L.LayerNormalization(axis=[1, 2], name="ln")(x)
+    )
+    model = tk.Model(x, y)
+    src = tmp_path / "m.h5"
+    model.save(src)
+    assert verdict(src)["keras3"]["loads"] is False
+    xs = [np.random.default_rng(0).standard_normal((4, *x.shape[1:])).astype("float32")]
+    # the reference: tf_keras's model called eagerly (its predict() of a multi-axis
+    # LayerNormalization fails in graph mode: "scale must be 1D")
+    want = [np.asarray(model(xs[0], training=False))]
+    for out in (tmp_path / "o.h5", tmp_path / "o.keras"):
+        res = run("migrate", src, "-o", out)
+        assert res.code == 0, res.err
+        migrated = keras_quiet().models.load_model(out)
+        for p, q in zip(predict(migrated, xs), want, strict=True):
+            np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-5)
+
+
+def test_check_feeds_an_embedding_valid_indices(tmp_path: Path) -> None:
+    """--check's seeded inputs for an input read by an Embedding are row indices (random
+    floats made the original fail, and the check said the output had)."""
+    src = tmp_path / "m.h5"
+    model = tf_keras().Sequential(
+        [tf_keras().Input((5,)), tf_keras().layers.Embedding(30, 4), tf_keras().layers.Flatten()]
+    )
+    model.save(src)
+    res = run("migrate", src, "-o", tmp_path / "o.keras", "--check", "--json")
+    assert res.code == 0, res.err
+    assert res.json()["check"]["status"] == "PASS", res.json()["check"]
+
+
+def test_a_keras3_convlstm_loads_in_tf_keras(tmp_path: Path) -> None:
+    keras = keras_quiet()
+    keras.utils.set_random_seed(8)
+    model = keras.Sequential([keras.Input((3, 5, 5, 2)), keras.layers.ConvLSTM2D(2, 3)])
+    src, out = tmp_path / "m.h5", tmp_path / "o.h5"
+    model.save(src)
+    res = run("migrate", src, "-o", out)
+    assert res.code == 0, res.err
+    xs = [np.random.default_rng(0).standard_normal((2, 3, 5, 5, 2)).astype("float32")]
+    migrated = tf_keras().models.load_model(out)
+    np.testing.assert_allclose(predict(migrated, xs)[0], predict(model, xs)[0], atol=1e-5)
+
+
 def test_a_keras_1_file_is_refused_with_what_to_do(tmp_path: Path) -> None:
     """A Keras 1.2.2 LSTM (its weights as 12 gate arrays): no current Keras loads it,
     and carrying it would mean rewriting its weights; one line says what to do."""

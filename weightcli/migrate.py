@@ -228,8 +228,23 @@ def _keras3_activation(cfg: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     return []
 
 
+def _spatial_noise_shape(cfg: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """tf.keras's SpatialDropout saves ``noise_shape: null`` (inherited from Dropout)
+    and ``trainable``; Keras 3's ``__init__(rate, seed, name, dtype)`` takes neither
+    (measured: "Error when deserializing class 'SpatialDropout1D'"). The spatial layer
+    computes its noise shape itself, and a dropout layer holds no weights to train."""
+    if cfg.get("noise_shape") is not None:
+        raise Refusal(f"noise_shape={cfg['noise_shape']}: Keras 3's class takes none")
+    return _drop(cfg, "noise_shape") + _drop(cfg, "trainable")
+
+
 RULES: tuple[Rule, ...] = (
     Rule("same-meaning", (), _same_meaning),
+    Rule(
+        "spatial-noise-shape",
+        ("SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D"),
+        _spatial_noise_shape,
+    ),
     Rule("wrapped-module", ("Bidirectional", "TimeDistributed", "RNN"), _wrapped_module),
     Rule("groups", CONV_NO_GROUPS, _groups),
     Rule("separable-kernel", ("SeparableConv1D", "SeparableConv2D"), _separable_kernel),
@@ -283,8 +298,9 @@ def _keras3_keys(cfg: dict[str, Any]) -> list[tuple[str, Any, Any]]:
 
 
 def _attention_seed(cfg: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """A dropout seed tf.keras's class does not take (MultiHeadAttention, ConvLSTM)."""
     if cfg.get("seed") is not None:
-        raise Refusal(f"seed={cfg['seed']}: tf.keras's MultiHeadAttention takes no seed")
+        raise Refusal(f"seed={cfg['seed']}: tf.keras's class takes no seed")
     return _drop(cfg, "seed")
 
 
@@ -301,6 +317,9 @@ def _leaky_alpha(cfg: dict[str, Any]) -> list[tuple[str, Any, Any]]:
 
 REVERSE: tuple[Rule, ...] = (
     Rule("same-meaning", (), _same_meaning),
+    # Keras 3's ConvLSTM takes a dropout seed; tf.keras's does not ("Keyword argument
+    # not understood: 'seed'": measured).
+    Rule("attention-seed", ("ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D"), _attention_seed),
     Rule("leaky-alpha", ("LeakyReLU",), _leaky_alpha),
     Rule("keras3-activation", (), _keras3_activation),
     Rule("attention-seed", ("MultiHeadAttention",), _attention_seed),
@@ -778,8 +797,29 @@ def _slash_names(model_cfg: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
 # class is checked.
 REMOVALS = {"tf-keras": (("implicit-mask", _implicit_mask),)}
 
+
+def _list_axis(model_cfg: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
+    """Keras 3's legacy loader (``saving_utils.model_from_config``) pops a layer's
+    ``axis`` and puts back only an int or a one-item list: LayerNormalization over
+    ``axis=[1, 2]`` came back over the last axis ("Shape mismatch ... for weight
+    gamma": measured). A layer entry with ``module`` is read by Keras 3's other
+    deserializer (``functional.process_layer``), which keeps the axis."""
+    out = []
+    for entry in model_cfg.get("layers") or []:
+        if not isinstance(entry, dict) or "module" in entry:
+            continue
+        cfg = entry.get("config")
+        axis = cfg.get("axis") if isinstance(cfg, dict) else None
+        if isinstance(axis, list) and len(axis) > 1 and entry.get("class_name") in KERAS3_LAYERS:
+            entry["module"] = "keras.layers"
+            entry["registered_name"] = None
+            out.append((str(_layer_name(entry)), "module", None, "keras.layers"))
+    return out
+
+
 GRAPH_RULES = {
     "keras3": (
+        ("list-axis", _list_axis),
         ("node-kwargs", _node_kwargs_of),
         ("nested-node", _nested_node),
         ("slash-names", _slash_names),
