@@ -681,6 +681,26 @@ def test_check_feeds_an_embedding_valid_indices(tmp_path: Path) -> None:
     assert res.json()["check"]["status"] == "PASS", res.json()["check"]
 
 
+def test_a_keras3_masking_layer_loads_in_tf_keras(tmp_path: Path) -> None:
+    """Keras 3 saves Masking's mask as ``Any(NotEqual(x, v), axis=-1)`` layers passed
+    as the next layer's ``mask``; tf.keras's Masking computes and passes it itself (the
+    ``implicit-mask`` rule). Masked time steps included, tf_keras predicts as Keras 3."""
+    keras = keras_quiet()
+    keras.utils.set_random_seed(9)
+    x = keras.Input((5, 3))
+    model = keras.Model(x, keras.layers.SimpleRNN(2)(keras.layers.Masking(0.0)(x)))
+    src, out = tmp_path / "m.keras", tmp_path / "o.h5"
+    model.save(src)
+    res = run("migrate", src, "-o", out, "--json")
+    assert res.code == 0, res.err
+    removed = {c["old"] for c in res.json()["changes"] if c["key"] == "layer"}
+    assert removed == {"NotEqual", "Any"}
+    x = np.random.default_rng(0).standard_normal((4, 5, 3)).astype("float32")
+    x[:, 3:] = 0.0  # masked steps: the mask matters
+    migrated = tf_keras().models.load_model(out)
+    np.testing.assert_allclose(predict(migrated, [x])[0], predict(model, [x])[0], atol=1e-5)
+
+
 def test_a_keras3_convlstm_loads_in_tf_keras(tmp_path: Path) -> None:
     keras = keras_quiet()
     keras.utils.set_random_seed(8)

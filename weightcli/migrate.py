@@ -660,75 +660,118 @@ def _attention_shapes_back(
     return out
 
 
+def _dict_nodes(layer: dict[str, Any]) -> list[dict[str, Any]]:
+    """A layer's nodes in Keras 3's form (``{"args", "kwargs"}``)."""
+    found = layer.get("inbound_nodes")
+    return [n for n in found if isinstance(n, dict)] if isinstance(found, list) else []
+
+
+def _entry_name(layer: Any) -> str:
+    return str(((layer or {}).get("config") or {}).get("name"))
+
+
+def _mask_uses(
+    layers: list[dict[str, Any]], mine: str, fed_by: str
+) -> list[tuple[dict[str, Any], dict[str, Any]]] | None:
+    """Every node reading layer ``mine``'s output, when each reads it only as its
+    ``mask`` and is fed (first argument) by layer ``fed_by``; None otherwise."""
+    uses = []
+    for consumer in layers:
+        for cnode in _dict_nodes(consumer):
+            if f'"keras_history": ["{mine}", ' not in json.dumps(cnode):
+                continue
+            mask = _legacy_ref((cnode.get("kwargs") or {}).get("mask"))
+            fed = _legacy_ref((cnode.get("args") or [None])[0])
+            rest = {k: v for k, v in cnode.items() if k != "kwargs"}
+            others = {k: v for k, v in (cnode.get("kwargs") or {}).items() if k != "mask"}
+            if (
+                mask is None
+                or mask[0] != mine
+                or fed is None
+                or fed[0] != fed_by
+                or f'"keras_history": ["{mine}", ' in json.dumps([rest, others])
+            ):
+                return None
+            uses.append((consumer, cnode))
+    return uses
+
+
+def _drop_mask(
+    layers: list[dict[str, Any]],
+    uses: list[tuple[dict[str, Any], dict[str, Any]]],
+    removed: list[dict[str, Any]],
+) -> list[tuple[str, str, Any, Any]]:
+    out: list[tuple[str, str, Any, Any]] = []
+    for consumer, cnode in uses:
+        old = cnode["kwargs"].pop("mask")
+        out.append((_entry_name(consumer), "mask", _legacy_ref(old)[0], None))  # type: ignore[index]
+    for layer in removed:
+        layers.remove(layer)
+        out.append((_entry_name(layer), "layer", layer.get("class_name"), None))
+    return out
+
+
 def _implicit_mask(model_cfg: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
-    """Keras 3 saves the mask of ``Embedding(mask_zero=True)`` as a layer of its own,
-    ``NotEqual(x, 0)`` on the embedding's input, handed to the layers that read the
-    embedding's output as their ``mask`` (keras/src/models/functional.py records a
-    tensor's mask in the node). tf.keras has no such class, and needs none: its
-    Embedding computes the same mask (``not_equal(inputs, 0)``, ``compute_mask``) and its
-    functional graph passes it on by itself. So that layer and those ``mask`` arguments
-    go, where that is all it is: a NotEqual of an embedding's own input against 0,
-    read only as the mask of layers fed by that embedding. Any other NotEqual stays (and
-    is refused as a class tf.keras does not have)."""
+    """Keras 3 saves the mask a layer computes for the next ones as layers of its own,
+    handed to the layers that read its output as their ``mask`` (keras/src/models/
+    functional.py records a tensor's mask in the node):
+    - ``Embedding(mask_zero=True)``: ``NotEqual(x, 0)`` on the embedding's input;
+    - ``Masking(mask_value=v)``: ``Any(NotEqual(x, v), axis=-1)`` on the Masking's input.
+    tf.keras has no such classes, and needs none: those layers compute the same masks
+    (``compute_mask``) and its functional graph passes them on by itself. So those
+    layers and ``mask`` arguments go, where that is all they are: read only as the mask
+    of layers fed by that Embedding or Masking. Any other NotEqual or Any stays (and is
+    refused as a class tf.keras does not have)."""
     layers = model_cfg.get("layers")
     if not isinstance(layers, list):
         return []
     outputs = json.dumps(model_cfg.get("output_layers"))
-
-    def nodes(layer: dict[str, Any]) -> list[dict[str, Any]]:
-        found = layer.get("inbound_nodes")
-        return [n for n in found if isinstance(n, dict)] if isinstance(found, list) else []
-
-    def name(layer: Any) -> str:
-        return str(((layer or {}).get("config") or {}).get("name"))
-
-    masked_inputs: dict[str, str] = {}  # the embedding's input tensor -> the embedding
+    # the masking layer's input tensor -> (the layer, the value it masks)
+    masked_inputs: dict[str, tuple[str, Any]] = {}
     for layer in layers:
         cfg = layer.get("config") or {}
-        if layer.get("class_name") == "Embedding" and cfg.get("mask_zero") is True:
-            for node in nodes(layer):
+        cls = layer.get("class_name")
+        if (cls == "Embedding" and cfg.get("mask_zero") is True) or cls == "Masking":
+            value = 0 if cls == "Embedding" else cfg.get("mask_value", 0.0)
+            for node in _dict_nodes(layer):
                 ref = _legacy_ref((node.get("args") or [None])[0])
                 if ref is not None:
-                    masked_inputs[json.dumps(ref)] = name(layer)
+                    masked_inputs[json.dumps(ref)] = (_entry_name(layer), value)
+    by_name = {_entry_name(x): x for x in layers}
     out: list[tuple[str, str, Any, Any]] = []
     for layer in list(layers):
-        if layer.get("class_name") != "NotEqual" or len(nodes(layer)) != 1:
+        if layer.get("class_name") != "NotEqual" or len(_dict_nodes(layer)) != 1:
             continue
-        node = nodes(layer)[0]
+        node = _dict_nodes(layer)[0]
         args, kwargs = node.get("args") or [], node.get("kwargs") or {}
         other = args[1] if len(args) > 1 else kwargs.get("y")
         ref = _legacy_ref(args[0]) if args else None
-        embedding = masked_inputs.get(json.dumps(ref)) if ref is not None else None
-        mine = name(layer)
-        if embedding is None or other != 0 or f'"{mine}"' in outputs:
+        found = masked_inputs.get(json.dumps(ref)) if ref is not None else None
+        mine = _entry_name(layer)
+        if found is None or other != found[1] or f'"{mine}"' in outputs:
             continue
-        uses = []  # (consumer, its node) reading this layer's output
-        plain = True
-        for consumer in layers:
-            for cnode in nodes(consumer):
-                text = json.dumps(cnode)
-                if f'"keras_history": ["{mine}", ' not in text:
-                    continue
-                mask = _legacy_ref((cnode.get("kwargs") or {}).get("mask"))
-                fed = _legacy_ref((cnode.get("args") or [None])[0])
-                rest = {k: v for k, v in cnode.items() if k != "kwargs"}
-                others = {k: v for k, v in (cnode.get("kwargs") or {}).items() if k != "mask"}
-                if (
-                    mask is None
-                    or mask[0] != mine
-                    or fed is None
-                    or fed[0] != embedding
-                    or f'"keras_history": ["{mine}", ' in json.dumps([rest, others])
-                ):
-                    plain = False
-                uses.append((consumer, cnode))
-        if not plain:
+        source = found[0]
+        if by_name[source].get("class_name") == "Embedding":
+            uses = _mask_uses(layers, mine, source)
+            if uses is not None:
+                out += _drop_mask(layers, uses, [layer])
             continue
-        for consumer, cnode in uses:
-            del cnode["kwargs"]["mask"]
-            out.append((name(consumer), "mask", mine, None))
-        layers.remove(layer)
-        out.append((mine, "layer", "NotEqual", None))
+        # Masking: the NotEqual feeds one Any(axis=-1), whose output is the mask
+        readers = [
+            x for x in layers if f'"keras_history": ["{mine}", ' in json.dumps(_dict_nodes(x))
+        ]
+        if len(readers) != 1 or readers[0].get("class_name") != "Any":
+            continue
+        reduce = readers[0]
+        rcfg = reduce.get("config") or {}
+        if rcfg.get("axis") != -1 or rcfg.get("keepdims") or len(_dict_nodes(reduce)) != 1:
+            continue
+        any_name = _entry_name(reduce)
+        if f'"{any_name}"' in outputs:
+            continue
+        uses = _mask_uses(layers, any_name, source)
+        if uses is not None:
+            out += _drop_mask(layers, uses, [reduce, layer])
     return out
 
 
