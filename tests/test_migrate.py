@@ -714,6 +714,93 @@ def test_a_keras3_convlstm_loads_in_tf_keras(tmp_path: Path) -> None:
     np.testing.assert_allclose(predict(migrated, xs)[0], predict(model, xs)[0], atol=1e-5)
 
 
+def _preprocessing_zoo(k) -> dict:
+    """Small models of layers whose saved configs differ between the two Kerases."""
+    L = k.layers
+
+    def model(shape, *layers, dtype="float32"):
+        x = k.Input(shape, dtype=dtype)
+        y = x
+        for layer in layers:
+            y = layer(y)
+        return k.Model(x, y)
+
+    def normalization():
+        n = L.Normalization()
+        n.adapt(np.random.default_rng(0).random((20, 4)).astype("float32") * 3 + 1)
+        return model((4,), n, L.Dense(2))
+
+    def attention():
+        q = k.Input((5, 4))
+        return k.Model(q, L.Attention()([q, q]))
+
+    return {
+        "normalization": normalization,
+        "discretization": lambda: model(
+            (4,), L.Discretization(bin_boundaries=[0.0, 0.5]), L.CategoryEncoding(3, "count")
+        ),
+        "augmentation": lambda: model(
+            (8, 8, 3), L.RandomFlip(), L.RandomRotation(0.1), L.Resizing(4, 4), L.Conv2D(2, 3)
+        ),
+        "lookup": lambda: model((3,), L.IntegerLookup(vocabulary=[1, 2, 3]), dtype="int64"),
+        "attention": attention,
+    }
+
+
+def _zoo_inputs(model) -> list[np.ndarray]:
+    rng = np.random.default_rng(1)
+    xs = []
+    for t in model.inputs:
+        shape = (2, *t.shape[1:])
+        if "int" in str(t.dtype):
+            xs.append(rng.integers(0, 5, size=shape).astype("int64"))
+        else:
+            xs.append(rng.random(shape).astype("float32"))
+    return xs
+
+
+@pytest.mark.parametrize(
+    "name", ["normalization", "discretization", "augmentation", "lookup", "attention"]
+)
+def test_preprocessing_and_attention_both_ways(tmp_path: Path, name: str) -> None:
+    """tf.keras to a Keras 3 archive (``no-trainable``, ``rng-type``,
+    ``attention-score-mode``, the Normalization and Attention variables), and Keras 3
+    to tf.keras (``keras3-keys`` per class, ``lookup-dtype``, node ``training`` dropped:
+    with it, tf_keras's RandomFlip kept flipping at inference). Predictions equal."""
+    tk, keras = tf_keras(), keras_quiet()
+    tk.utils.set_random_seed(10)
+    model = _preprocessing_zoo(tk)[name]()
+    src, out = tmp_path / "tk.h5", tmp_path / "tk.keras"
+    model.save(src)
+    res = run("migrate", src, "-o", out)
+    assert res.code == 0, res.err
+    xs = _zoo_inputs(model)
+    got = keras.models.load_model(out)
+    for p, q in zip(predict(got, xs), predict(model, xs), strict=True):
+        np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-5)
+    keras.utils.set_random_seed(10)
+    model3 = _preprocessing_zoo(keras)[name]()
+    src3, out3 = tmp_path / "k3.keras", tmp_path / "k3.h5"
+    model3.save(src3)
+    res = run("migrate", src3, "-o", out3)
+    assert res.code == 0, res.err
+    back = tk.models.load_model(out3)
+    for p, q in zip(predict(back, xs), predict(model3, xs), strict=True):
+        np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-5)
+
+
+def test_monte_carlo_dropout_is_refused_for_keras3(tmp_path: Path) -> None:
+    """``training=True`` in a tf.keras graph survives predict(); Keras 3 overrides it."""
+    tk = tf_keras()
+    x = tk.Input((6,))
+    model = tk.Model(x, tk.layers.Dropout(0.5, name="mc")(tk.layers.Dense(4)(x), training=True))
+    src = tmp_path / "m.h5"
+    model.save(src)
+    assert verdict(src)["keras3"]["loads"] is False
+    res = run("migrate", src, "-o", tmp_path / "o.keras")
+    assert res.code == 2 and "mc" in res.err and "training=True" in res.err
+
+
 def test_a_keras_1_file_is_refused_with_what_to_do(tmp_path: Path) -> None:
     """A Keras 1.2.2 LSTM (its weights as 12 gate arrays): no current Keras loads it,
     and carrying it would mean rewriting its weights; one line says what to do."""

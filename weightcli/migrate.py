@@ -238,8 +238,38 @@ def _spatial_noise_shape(cfg: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     return _drop(cfg, "noise_shape") + _drop(cfg, "trainable")
 
 
+def _no_trainable(cfg: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """Keras 3's Discretization takes no ``trainable`` (its ``__init__`` has no
+    ``**kwargs``: measured, "unexpected keyword argument 'trainable'"); it holds no
+    weights to train. Its ``dtype`` is tf.keras's output dtype (int64), but Keras 3
+    takes it as the layer's dtype and its inputs arrive cast to it: values in [0, 1)
+    became 0 before bucketing, a silent wrong result (measured). Keras 3 saves float32
+    there."""
+    out = _drop(cfg, "trainable")
+    old = cfg.get("dtype")
+    if isinstance(old, str) and old.startswith(("int", "uint")):
+        cfg["dtype"] = "float32"
+        out.append(("dtype", old, "float32"))
+    return out
+
+
+# tf.keras's random augmentation layers (identity at inference) save the RNG they use;
+# Keras 3's take no ``rng_type`` ("Error when deserializing class 'RandomFlip'":
+# measured).
+RANDOM_LAYERS = (
+    "RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation", "RandomContrast",
+    "RandomCrop", "RandomHeight", "RandomWidth", "RandomBrightness",
+)  # fmt: skip
+
+
+def _rng_type(cfg: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    return _drop(cfg, "rng_type") + _drop(cfg, "force_generator")
+
+
 RULES: tuple[Rule, ...] = (
     Rule("same-meaning", (), _same_meaning),
+    Rule("no-trainable", ("Discretization",), _no_trainable),
+    Rule("rng-type", RANDOM_LAYERS, _rng_type),
     Rule(
         "spatial-noise-shape",
         ("SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D"),
@@ -304,6 +334,38 @@ def _attention_seed(cfg: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     return _drop(cfg, "seed")
 
 
+# Keys Keras 3 saves for one class that tf.keras's class does not take, with the value
+# that means tf.keras's behaviour (get_config of each class in both, Keras 3.15 and
+# tf_keras 2.21; measured: "Error when deserializing class 'RandomFlip'", 'Resizing',
+# 'IntegerLookup'). Another value is refused.
+_CHANNELS_LAST = {"data_format": "channels_last"}
+KERAS3_CLASS_KEYS: dict[str, dict[str, Any]] = {
+    "Resizing": {
+        **_CHANNELS_LAST, "fill_mode": "constant", "fill_value": 0.0, "antialias": False,
+        "pad_to_aspect_ratio": False,
+    },
+    "CenterCrop": _CHANNELS_LAST,
+    **{cls: _CHANNELS_LAST for cls in RANDOM_LAYERS},
+    "RandomContrast": {**_CHANNELS_LAST, "value_range": [0, 255]},
+    "IntegerLookup": {"salt": None, "oov_method": "floormod"},
+    "StringLookup": {"salt": None, "oov_method": "floormod"},
+}  # fmt: skip
+
+
+def _keras3_class_keys(cls: str) -> Fix:
+    def fix(cfg: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+        out: list[tuple[str, Any, Any]] = []
+        for key, neutral in KERAS3_CLASS_KEYS[cls].items():
+            if key not in cfg:
+                continue
+            if cfg[key] != neutral:
+                raise Refusal(f"{key}={cfg[key]!r}: tf.keras's {cls} has no such setting")
+            out += _drop(cfg, key)
+        return out
+
+    return fix
+
+
 def _leaky_alpha(cfg: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     """Keras 3's LeakyReLU says ``negative_slope`` (and reads tf.keras's ``alpha`` as a
     deprecated name); tf.keras's takes ``alpha`` only ("Error when deserializing class
@@ -321,13 +383,30 @@ REVERSE: tuple[Rule, ...] = (
     # not understood: 'seed'": measured).
     Rule("attention-seed", ("ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D"), _attention_seed),
     Rule("leaky-alpha", ("LeakyReLU",), _leaky_alpha),
+    *(Rule("keras3-keys", (cls,), _keras3_class_keys(cls)) for cls in KERAS3_CLASS_KEYS),
     Rule("keras3-activation", (), _keras3_activation),
     Rule("attention-seed", ("MultiHeadAttention",), _attention_seed),
     Rule("input-batch-shape", ("InputLayer",), _input_batch_shape),
     Rule("dtype-policy", (), _dtype_policy),
     Rule("keras3-keys", (), _keras3_keys),
+    Rule("lookup-dtype", ("IntegerLookup", "StringLookup"), lambda cfg: _lookup_dtype(cfg)),
 )
 TABLE = {"keras3": RULES, "tf-keras": REVERSE}
+
+
+def _lookup_dtype(cfg: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """Keras 3 saves a lookup layer's float dtype policy; tf.keras's lookup layers in
+    ``output_mode="int"`` want an integer dtype, their output's ("When output_mode='int',
+    dtype should be an integer type": measured). Keras 3 outputs int64 indices there."""
+    if cfg.get("output_mode", "int") != "int":
+        return []
+    old = cfg.get("dtype")
+    if isinstance(old, str) and old.startswith(("float", "bfloat", "mixed")):
+        cfg["dtype"] = "int64"
+        return [("dtype", old, "int64")]
+    return []
+
+
 # Every layer class of keras.layers (Keras 3.15; with the model classes): a layer of
 # another class is a custom one (or tf.keras's only: LocallyConnected2D, ...).
 KERAS3_LAYERS = frozenset(
@@ -631,6 +710,11 @@ def _legacy_nodes(model_cfg: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
             refs = [_legacy_ref(t) for t in tensors]
             if len(args) != 1 or any(r is None for r in refs):
                 raise Refusal(f"layer {name}: a call tf.keras's node form cannot say")
+            # A node's ``training`` is what the layer's call defaulted to while the graph
+            # was built (a random augmentation layer: True). Keras 3 overrides it with
+            # the model's own flag on every call; tf.keras obeys it, so RandomFlip kept
+            # flipping at inference (measured: outputs 1.0 off). It goes.
+            kwargs.pop("training", None)
             extra = {k: (_legacy_ref(v) or v) for k, v in kwargs.items()}
             legacy = [[*r, extra] for r in refs if r is not None]
             nodes[i] = legacy
@@ -841,28 +925,67 @@ def _slash_names(model_cfg: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
 REMOVALS = {"tf-keras": (("implicit-mask", _implicit_mask),)}
 
 
-def _list_axis(model_cfg: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
-    """Keras 3's legacy loader (``saving_utils.model_from_config``) pops a layer's
-    ``axis`` and puts back only an int or a one-item list: LayerNormalization over
-    ``axis=[1, 2]`` came back over the last axis ("Shape mismatch ... for weight
-    gamma": measured). A layer entry with ``module`` is read by Keras 3's other
-    deserializer (``functional.process_layer``), which keeps the axis."""
+def _with_module(
+    model_cfg: dict[str, Any], needs: Callable[[dict[str, Any]], bool]
+) -> list[tuple[str, str, Any, Any]]:
+    """Layer entries Keras 3's legacy loader would read wrongly are given ``module``:
+    ``functional.process_layer`` then reads them with Keras 3's own deserializer."""
     out = []
     for entry in model_cfg.get("layers") or []:
         if not isinstance(entry, dict) or "module" in entry:
             continue
-        cfg = entry.get("config")
-        axis = cfg.get("axis") if isinstance(cfg, dict) else None
-        if isinstance(axis, list) and len(axis) > 1 and entry.get("class_name") in KERAS3_LAYERS:
+        if entry.get("class_name") in KERAS3_LAYERS and needs(entry):
             entry["module"] = "keras.layers"
             entry["registered_name"] = None
             out.append((str(_layer_name(entry)), "module", None, "keras.layers"))
     return out
 
 
+def _list_axis(model_cfg: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
+    """Keras 3's legacy loader (``saving_utils.model_from_config``) pops a layer's
+    ``axis`` and puts back only an int or a one-item list: LayerNormalization over
+    ``axis=[1, 2]`` came back over the last axis ("Shape mismatch ... for weight
+    gamma": measured)."""
+
+    def needs(entry: dict[str, Any]) -> bool:
+        cfg = entry.get("config")
+        axis = cfg.get("axis") if isinstance(cfg, dict) else None
+        return isinstance(axis, list) and len(axis) > 1
+
+    return _with_module(model_cfg, needs)
+
+
+def _node_training(model_cfg: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
+    """A layer called with ``training=True`` in the graph (Monte Carlo dropout) keeps
+    training behaviour in tf.keras, even in ``predict``. Keras 3's functional model
+    overrides a node's ``training`` with the model's own whenever one is given
+    (``functional.operation_fn``), so ``predict`` would stop sampling: refused.
+    (``training=False`` gives the same predictions in both.)"""
+    for layer in model_cfg.get("layers") or []:
+        for node in layer.get("inbound_nodes") or [] if isinstance(layer, dict) else []:
+            for ref in node if isinstance(node, list) else []:
+                kwargs = ref[3] if isinstance(ref, list) and len(ref) == 4 else None
+                if isinstance(kwargs, dict) and kwargs.get("training") is True:
+                    raise Refusal(
+                        f"layer {_layer_name(layer)} is called with training=True (Monte "
+                        "Carlo dropout?): tf.keras keeps that in predict(), Keras 3 "
+                        "overrides it with predict()'s training=False; rebuild the layer "
+                        "so that its call ignores training (a custom layer)"
+                    )
+    return []
+
+
+def _attention_score_mode(model_cfg: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
+    """Keras 3's legacy loader turns Attention's ``score_mode: "dot"`` into the
+    function ``dot`` ("Error when deserializing class 'Attention'": measured)."""
+    return _with_module(model_cfg, lambda entry: entry.get("class_name") == "Attention")
+
+
 GRAPH_RULES = {
     "keras3": (
+        ("node-training", _node_training),
         ("list-axis", _list_axis),
+        ("attention-score-mode", _attention_score_mode),
         ("node-kwargs", _node_kwargs_of),
         ("nested-node", _nested_node),
         ("slash-names", _slash_names),

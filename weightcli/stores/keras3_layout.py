@@ -60,6 +60,9 @@ VARIABLES: dict[str, tuple[tuple[str, ...], ...]] = {
     "GroupNormalization": (("gamma",), ("beta",)),
     "Embedding": (("embeddings",),),
     "PReLU": (("alpha",),),
+    "Normalization": (("mean",), ("variance",), ("count",)),
+    "AdditiveAttention": (("scale",),),
+    "Attention": (("scale",), ("concat_score_weight",)),
     # recurrent cells (the layer's ``cell``)
     "SimpleRNNCell": (("kernel",), ("recurrent_kernel",), ("bias",)),
     "LSTMCell": (("kernel",), ("recurrent_kernel",), ("bias",)),
