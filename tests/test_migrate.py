@@ -768,25 +768,20 @@ def test_preprocessing_and_attention_both_ways(tmp_path: Path, name: str) -> Non
     to tf.keras (``keras3-keys`` per class, ``lookup-dtype``, node ``training`` dropped:
     with it, tf_keras's RandomFlip kept flipping at inference). Predictions equal."""
     tk, keras = tf_keras(), keras_quiet()
-    tk.utils.set_random_seed(10)
-    model = _preprocessing_zoo(tk)[name]()
-    src, out = tmp_path / "tk.h5", tmp_path / "tk.keras"
-    model.save(src)
-    res = run("migrate", src, "-o", out)
-    assert res.code == 0, res.err
-    xs = _zoo_inputs(model)
-    got = keras.models.load_model(out)
-    for p, q in zip(predict(got, xs), predict(model, xs), strict=True):
-        np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-5)
-    keras.utils.set_random_seed(10)
-    model3 = _preprocessing_zoo(keras)[name]()
-    src3, out3 = tmp_path / "k3.keras", tmp_path / "k3.h5"
-    model3.save(src3)
-    res = run("migrate", src3, "-o", out3)
-    assert res.code == 0, res.err
-    back = tk.models.load_model(out3)
-    for p, q in zip(predict(back, xs), predict(model3, xs), strict=True):
-        np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-5)
+    # (built by, saved as, migrated to, loaded by)
+    for maker, src, out, loader in (
+        (tk, tmp_path / "tk.h5", tmp_path / "tk.keras", keras),
+        (keras, tmp_path / "k3.keras", tmp_path / "k3.h5", tk),
+    ):
+        maker.utils.set_random_seed(10)
+        model = _preprocessing_zoo(maker)[name]()
+        model.save(src)
+        res = run("migrate", src, "-o", out)
+        assert res.code == 0, res.err
+        xs = _zoo_inputs(model)
+        got = loader.models.load_model(out)
+        for p, q in zip(predict(got, xs), predict(model, xs), strict=True):
+            np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-5)
 
 
 def test_monte_carlo_dropout_is_refused_for_keras3(tmp_path: Path) -> None:

@@ -316,15 +316,22 @@ KERAS3_ONLY_KEYS: dict[str, Any] = {
 }
 
 
-def _keras3_keys(cfg: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+def _drop_neutral(
+    cfg: dict[str, Any], keys: dict[str, Any], who: str
+) -> list[tuple[str, Any, Any]]:
+    """``keys`` dropped where they hold their neutral value; another value is refused."""
     out: list[tuple[str, Any, Any]] = []
-    for key, neutral in KERAS3_ONLY_KEYS.items():
+    for key, neutral in keys.items():
         if key not in cfg:
             continue
         if cfg[key] != neutral:
-            raise Refusal(f"{key}={cfg[key]!r}: tf.keras has no such setting")
+            raise Refusal(f"{key}={cfg[key]!r}: {who} has no such setting")
         out += _drop(cfg, key)
     return out
+
+
+def _keras3_keys(cfg: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    return _drop_neutral(cfg, KERAS3_ONLY_KEYS, "tf.keras")
 
 
 def _attention_seed(cfg: dict[str, Any]) -> list[tuple[str, Any, Any]]:
@@ -353,17 +360,7 @@ KERAS3_CLASS_KEYS: dict[str, dict[str, Any]] = {
 
 
 def _keras3_class_keys(cls: str) -> Fix:
-    def fix(cfg: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-        out: list[tuple[str, Any, Any]] = []
-        for key, neutral in KERAS3_CLASS_KEYS[cls].items():
-            if key not in cfg:
-                continue
-            if cfg[key] != neutral:
-                raise Refusal(f"{key}={cfg[key]!r}: tf.keras's {cls} has no such setting")
-            out += _drop(cfg, key)
-        return out
-
-    return fix
+    return lambda cfg: _drop_neutral(cfg, KERAS3_CLASS_KEYS[cls], f"tf.keras's {cls}")
 
 
 def _leaky_alpha(cfg: dict[str, Any]) -> list[tuple[str, Any, Any]]:
