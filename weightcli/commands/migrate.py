@@ -21,16 +21,14 @@ from typing import Any
 from weightcli import migrate as rules
 from weightcli import pipeline
 from weightcli.batch import Item
-from weightcli.dtypes import to_numpy
 from weightcli.errors import CorruptError, ParameterError, UnsupportedError, literal
 from weightcli.params import OutputSpec
 from weightcli.results import MigrateResult, name_list
 from weightcli.stores import keras3_layout, open_store
 from weightcli.stores.archive import write_new_archive
 from weightcli.stores.base import Format, Patcher
-from weightcli.stores.hdf5 import H5Store, legacy_layers, training_state, write_legacy_model
+from weightcli.stores.hdf5 import write_legacy_model
 from weightcli.stores.remote import as_path
-from weightcli.stores.tfbundle import SavedModelStore
 
 __all__ = ["MigrateRequest", "run"]
 
@@ -75,7 +73,10 @@ def _run(request: MigrateRequest, path: str | Path) -> MigrateResult:
         config = getattr(store, "model_config", None)
         meta = store.meta
         native = meta.keras3_model  # config.json and Keras 3's weights layout
-        saved = isinstance(store, SavedModelStore) and config is not None  # keras_metadata.pb
+        # another full model whose weights the store groups by layer (a tf.keras
+        # SavedModel, from its keras_metadata.pb)
+        grouped = None if meta.legacy_full_model or native else store.keras_layers()
+        saved = grouped is not None
         if (meta.legacy_full_model or native) and not isinstance(config, dict):
             what = "config.json" if native else "model_config"
             raise CorruptError(f"{src}: its {what} is not a model config (damaged?)")
@@ -85,8 +86,7 @@ def _run(request: MigrateRequest, path: str | Path) -> MigrateResult:
                 "(model.save('m.h5')), a .keras archive, a Keras 3 model folder, or a "
                 "tf.keras SavedModel (with its keras_metadata.pb)"
             )
-        h5 = store if isinstance(store, H5Store) else None
-        writer = store.keras_writer if isinstance(store, SavedModelStore) else meta.writer
+        writer = store.keras_writer()
         from weightcli.framework import python_code_in
 
         code = python_code_in(config)
@@ -145,10 +145,9 @@ def _run(request: MigrateRequest, path: str | Path) -> MigrateResult:
         names: dict[str, str] = {}
         layers: list[tuple[str, list[tuple[str, str]]]] = []
         if archive:
-            grouped = store.keras_layers() if isinstance(store, SavedModelStore) else None
+            grouped = grouped or store.keras_layers()
             if grouped is None:
-                assert h5 is not None
-                grouped = legacy_layers(h5)
+                raise UnsupportedError(f"{src}: its weights are not grouped by layer")
             placed, names = keras3_layout.layout(new, grouped, renamed)
         elif native:
             layers = keras3_layout.legacy_weights(
@@ -205,12 +204,7 @@ def _run(request: MigrateRequest, path: str | Path) -> MigrateResult:
         else:  # a new container in the other layout; the training state is not carried
             request.out.refuse("in_place", "compress", command=f"migrate to {out.suffix}")
             by_path = {t.path.strip("/"): t for t in tensors}
-            if native:
-                result.dropped = keras3_layout.training_state(config, tensors)
-            elif h5 is not None:
-                result.dropped = training_state(h5)
-            else:  # a SavedModel's optimizer state and signatures stay behind
-                result.dropped = ["optimizer"] if any(t.optimizer for t in tensors) else []
+            result.dropped = store.training_state()
             history = [
                 *meta.history,
                 pipeline.record(store, src, request.out, command, steps()),
@@ -218,8 +212,7 @@ def _run(request: MigrateRequest, path: str | Path) -> MigrateResult:
 
             def weight(path: str) -> tuple[Any, tuple[int, ...], Any]:
                 t = by_path[path.strip("/")]
-                dtype = h5.dataset(t).dtype if h5 is not None else to_numpy(t.dtype)
-                return dtype, t.shape, store.blocks(t)
+                return store.stored_dtype(t), t.shape, store.blocks(t)
 
             if placed is not None:
                 write_new_archive(
@@ -232,10 +225,9 @@ def _run(request: MigrateRequest, path: str | Path) -> MigrateResult:
                     request.out.force,
                 )
             else:
-                version = (writer or "").removeprefix("Keras ").split(" ")[0]
                 write_legacy_model(
                     out,
-                    {"keras_version": version} if version else {},
+                    {k: v for k, v in store.legacy_attrs().items() if k != "training_config"},
                     new,
                     [(name, [(w, weight(p)) for w, p in ws]) for name, ws in layers],
                     history,

@@ -19,9 +19,8 @@ from weightcli.params import OutputSpec
 from weightcli.results import StripResult, StripRow
 from weightcli.stores import open_store
 from weightcli.stores.base import Format, Provenance, Store
-from weightcli.stores.hdf5 import H5Store, legacy_layers, source_attrs, write_legacy_model
+from weightcli.stores.hdf5 import write_legacy_model
 from weightcli.stores.remote import as_path
-from weightcli.stores.tfbundle import SavedModelStore
 from weightcli.tensor import TensorInfo
 
 __all__ = ["StripRequest", "StripResult", "run"]
@@ -44,23 +43,17 @@ def _reader(store: Store, info: TensorInfo) -> np.ndarray:
 def run(request: StripRequest, path: str | Path) -> StripResult:
     src = as_path(path)
     with open_store(src) as store:
-        saved = isinstance(store, SavedModelStore) and store.model_config is not None
-        if not isinstance(store, H5Store) and not saved:
+        layers = store.keras_layers()
+        model_config = getattr(store, "model_config", None)
+        if layers is None:
             raise UnsupportedError(
                 f"{src}: strip reads TFMOT models saved by tf_keras as a legacy .h5 "
                 "(model.save('m.h5')) or a SavedModel with its keras_metadata.pb "
                 "(model.save('folder'))"
             )
-        if isinstance(store, SavedModelStore):
-            layers = store.keras_layers()  # every variable through the object graph
-            model_config = store.model_config
-            version = (store.keras_writer or "").removeprefix("Keras ")
-            attrs: dict[str, object] = {"keras_version": version, "backend": "tensorflow"}
-        else:
-            assert isinstance(store, H5Store)
-            layers = legacy_layers(store)
-            model_config = store.model_config
-            attrs = source_attrs(store)
+        attrs = store.legacy_attrs()
+        # a legacy .h5 in, the same format out; a SavedModel's plain model: a legacy .h5
+        saved = not store.meta.legacy_full_model
         if not isinstance(model_config, dict):
             raise UnsupportedError(f"{src}: no model config to unwrap")
         config, unwrapped, removed = tfmot.unwrap(model_config)

@@ -666,6 +666,35 @@ class Store(abc.ABC):
         this store, writable as any) and the zero points; None for any other tensor."""
         return None
 
+    # -- a full Keras model's weights, as a legacy .h5 lists them (migrate, strip) ----------
+
+    def keras_layers(self) -> list[tuple[str, list[tuple[str, str]]]] | None:
+        """A full Keras model's weights grouped as a legacy full-model ``.h5`` lists
+        them: each layer with weights and its (weight name, tensor path) in order; None
+        when this store does not hold a model in a form that says so."""
+        return None
+
+    def keras_writer(self) -> str | None:
+        """The Keras that wrote the model (``Keras 2.15.0``), where the store says."""
+        return self.meta.writer
+
+    def legacy_attrs(self) -> dict[str, Any]:
+        """The file attributes of a legacy ``.h5`` made anew from this store's model:
+        its writer's ``keras_version`` (and ``backend``, ``training_config`` where kept)."""
+        version = (self.keras_writer() or "").removeprefix("Keras ").split(" ")[0]
+        return {"keras_version": version} if version else {}
+
+    def training_state(self) -> list[str]:
+        """What this store keeps for training beside the model (the compile config, the
+        optimizer's state): what a rewrite into another layout does not carry."""
+        return ["optimizer"] if any(t.optimizer for t in self.tensors()) else []
+
+    def stored_dtype(self, info: TensorInfo) -> np.dtype:
+        """The numpy dtype a tensor is stored in (a copy keeps its bytes)."""
+        from weightcli.dtypes import to_numpy
+
+        return to_numpy(info.dtype)
+
     def cannot_compress(self) -> str | None:
         """None when ``patch(..., compress=True)`` works for this format (its ``_patch``
         takes ``compress``), else why not."""

@@ -568,6 +568,25 @@ class H5Store(Store):
     def _patch(self, out: Path, retype: dict[str, str], compress: bool = False) -> Patcher:
         return H5Patcher(self, out, retype, compress=compress)
 
+    def keras_layers(self) -> list[tuple[str, list[tuple[str, str]]]] | None:
+        return legacy_layers(self) if self.kind == LEGACY_FULL else None
+
+    def legacy_attrs(self) -> dict[str, Any]:
+        return source_attrs(self) if self.kind == LEGACY_FULL else super().legacy_attrs()
+
+    def training_state(self) -> list[str]:
+        if self.kind == LEGACY_FULL:
+            return training_state(self)
+        config = self._config()
+        if self.meta.keras3_model and isinstance(config, dict):
+            from weightcli.stores.keras3_layout import training_state as keras3_state
+
+            return keras3_state(config, self.tensors())
+        return super().training_state()
+
+    def stored_dtype(self, info: TensorInfo) -> np.dtype:
+        return np.dtype(self.dataset(info).dtype)
+
     def cannot_compress(self) -> str | None:
         return None
 

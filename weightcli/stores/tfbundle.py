@@ -860,17 +860,21 @@ class SavedModelStore(TFStore):
         decoded = _decode_keras_json(root["config"])
         return {"class_name": root.get("class_name"), "config": decoded}
 
-    @property
     def keras_writer(self) -> str | None:
         root = self._keras_nodes.get("root") or {}
         version = root.get("keras_version")
         return f"Keras {version}" if isinstance(version, str) else None
 
-    def keras_layers(self) -> list[tuple[str, list[tuple[str, str]]]]:
+    def legacy_attrs(self) -> dict[str, Any]:
+        return {**super().legacy_attrs(), "backend": "tensorflow"}
+
+    def keras_layers(self) -> list[tuple[str, list[tuple[str, str]]]] | None:
         """A tf.keras SavedModel's weights as a legacy ``.h5`` groups them: each top-level
         layer with weights (its name, from ``keras_metadata.pb``'s
         ``root.layer_with_weights-K``) and its variables (the names a legacy ``.h5``
         gives them, ``lstm/lstm_cell/kernel:0``, and their checkpoint keys)."""
+        if self.model_config is None:
+            return None  # no tf.keras model in it (keras_metadata.pb)
         tog = self._object_graph()
         graph = self.saved_object_graph
         if tog is None or graph is None:
