@@ -831,6 +831,25 @@ def test_what_a_keras_archive_cannot_hold_is_refused(tmp_path: Path) -> None:
     assert run("migrate", src, "-o", tmp_path / "x.h5", "--custom-objects", code).code == 0
 
 
+def test_a_batch_names_each_output_for_its_layout(tmp_path: Path) -> None:
+    """Over a folder: a Keras 3 archive becomes an .h5 for tf_keras, a tf.keras
+    SavedModel a .keras for Keras 3 (the mirrored names take the written format's
+    suffix), a legacy .h5 stays an .h5."""
+    import shutil
+
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(SAMPLES / "mlp.keras", src / "mlp.keras")
+    shutil.copytree(SAMPLES / "mlp_tfkeras_savedmodel", src / "saved")
+    shutil.copy(SAMPLES / "mobile_tfkeras.h5", src / "mobile.h5")
+    out = tmp_path / "out"
+    res = run("migrate", "-r", src, "--output-dir", out)
+    assert res.code == 0, res.err
+    assert sorted(p.name for p in out.iterdir()) == ["mlp.h5", "mobile.h5", "saved.keras"]
+    assert verdict(out / "mlp.h5")["tf-keras"]["loads"] is True
+    assert verdict(out / "saved.keras")["keras3"]["loads"] is True
+
+
 def test_a_keras3_archive_is_said_not_to_load_in_tf_keras() -> None:
     """inspect's verdict for a .keras archive agrees with tf_keras, and points at no
     migrate that cannot help (migrate reads legacy .h5 files)."""

@@ -118,7 +118,14 @@ def _run(request: MigrateRequest, path: str | Path) -> MigrateResult:
             custom = registered_names(import_custom_objects(request.custom_objects))
         source_config = keras3_layout.legacy_config(config) if native else config
         new, changes = rules.translate(source_config, target, custom)
-        raw = request.output_for(src) or request.out.output
+        mirrored = request.output_for(src)  # a batch's output: named by weightcli
+        if mirrored is not None and (native or saved):
+            # the other layout's file: a Keras 3 model to .h5, a SavedModel to .keras
+            mirrored = mirrored.with_name(
+                (mirrored.stem if native and mirrored.suffix else mirrored.name)
+                + (".h5" if native else ".keras")
+            )
+        raw = mirrored or request.out.output
         archive = str(raw or "").lower().endswith(".keras")
         if saved and not archive and not (raw is None and request.out.dry_run):
             raise ParameterError(
@@ -156,7 +163,7 @@ def _run(request: MigrateRequest, path: str | Path) -> MigrateResult:
         out = request.out.plan(
             store,
             src,
-            request.output_for(src),
+            mirrored,
             mkdirs=bool(request.outputs),
             as_format=(
                 (Format.KERAS_ARCHIVE, "Keras archive (.keras)")
