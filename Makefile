@@ -9,7 +9,8 @@ STAMP := $(VENV)/.installed
 install: $(STAMP)
 
 # Chromium (for the report page's browser tests) installs meanwhile, with apt-get.
-$(STAMP): pyproject.toml
+# (setup.py and _native.c too: a changed kernel is compiled again)
+$(STAMP): pyproject.toml setup.py weightcli/_native.c
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	bash scripts/install_browser.sh & browser=$$!; \
 	$(BIN)/python -m pip install --quiet --upgrade pip \
@@ -23,8 +24,8 @@ demo: install
 test: install lint typecheck pytest
 
 lint: install
-	$(BIN)/ruff check weightcli tests scripts benchmarks
-	$(BIN)/ruff format --check weightcli tests scripts benchmarks
+	$(BIN)/ruff check weightcli tests scripts benchmarks setup.py
+	$(BIN)/ruff format --check weightcli tests scripts benchmarks setup.py
 
 typecheck: install
 	$(BIN)/mypy
@@ -41,4 +42,4 @@ bench: install
 	cd benchmarks && ../$(BIN)/python run.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) build *.egg-info weightcli/*.so .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from weightcli import native
+
 
 @dataclass(frozen=True)
 class TensorStats:
@@ -93,9 +95,23 @@ class RunningStats:
         self.hi = max(self.hi, hi)
         self.abs_max = max(self.abs_max, abs(lo), abs(hi))
 
+    def add_moments(
+        self, n: int, mean: float, m2: float, lo: float, hi: float, zeros: int = 0
+    ) -> None:
+        """Add ``n`` finite elements summarised elsewhere (the native kernels)."""
+        self.count += n
+        if self.count_zeros:
+            self.zeros += zeros
+        self._merge(n, mean, m2)
+        self._bounds(lo, hi)
+
     def update(self, block: np.ndarray) -> None:
         a = np.asarray(block)
         if a.dtype.kind not in "fiub" and a.dtype.name != "bfloat16":
+            return
+        fast = native.stats_f32(a.reshape(-1)) if a.dtype == np.float32 else None
+        if fast is not None:  # one fused pass over a float32 block without NaN/Inf
+            self.add_moments(*fast)
             return
         if a.dtype.kind == "b":
             a = a.astype(np.uint8)

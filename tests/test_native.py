@@ -1,0 +1,233 @@
+"""The native kernels (weightcli/_native.c) against the numpy path they replace, and
+against numpy itself: the same bytes where bytes are written, the same counts, and
+moments within float rounding."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from weightcli import native, pipeline
+from weightcli.stats import RunningStats
+from weightcli.transforms import quantize as qmod
+
+
+def test_the_kernels_were_built() -> None:
+    """make install compiles them (gcc is on every machine this project runs CI on): a
+    build that silently fell back to numpy would make every test below vacuous."""
+    assert native.kernels is not None, "weightcli._native was not built"
+
+
+def numpy_path(fn, *args):
+    """``fn(*args)`` with the kernels switched off."""
+    saved = native.kernels
+    native.kernels = None
+    try:
+        return fn(*args)
+    finally:
+        native.kernels = saved
+
+
+def _blocks(draw_seed: int, n: int, kind: str) -> np.ndarray:
+    rng = np.random.default_rng(draw_seed)
+    if kind == "normal":
+        x = rng.standard_normal(n)
+    elif kind == "offset":  # the mean dominates: the deviations pass
+        x = 1000.0 + rng.standard_normal(n) * 1e-3
+    elif kind == "tiny":  # squares underflow float32: the float64 sums
+        x = rng.standard_normal(n) * 1e-30
+    elif kind == "huge":  # squares overflow float32
+        x = rng.standard_normal(n) * 1e30
+    elif kind == "zeros":
+        x = rng.standard_normal(n) * (rng.random(n) < 0.5)
+    else:  # ties and repeated values
+        x = rng.integers(-3, 4, n).astype(np.float64)
+    return x.astype(np.float32)
+
+
+KINDS = ["normal", "offset", "tiny", "huge", "zeros", "ties"]
+
+
+@settings(max_examples=80, deadline=None)
+@given(n=st.integers(1, 5000), seed=st.integers(0, 2**32 - 1), kind=st.sampled_from(KINDS))
+def test_stats_kernel_matches_numpy(n: int, seed: int, kind: str) -> None:
+    x = _blocks(seed, n, kind)
+    r = native.stats_f32(x)
+    assert r is not None
+    count, mean, m2, lo, hi, zeros = r
+    w = x.astype(np.float64)
+    assert count == n
+    assert (lo, hi) == (float(x.min()), float(x.max()))
+    assert zeros == int((x == 0).sum())
+    scale = float(np.abs(w).max()) or 1.0
+    assert mean == pytest.approx(w.mean(), rel=1e-6, abs=1e-6 * scale)
+    ref = float(((w - w.mean()) ** 2).sum())
+    assert m2 == pytest.approx(ref, rel=1e-5, abs=1e-12 * scale * scale * n)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    n=st.integers(1, 5000),
+    seed=st.integers(0, 2**32 - 1),
+    kind=st.sampled_from(KINDS),
+    op=st.sampled_from(["scale", "clip", "same", "noise"]),
+)
+def test_pair_kernel_gives_what_the_numpy_summary_gives(
+    n: int, seed: int, kind: str, op: str
+) -> None:
+    x = _blocks(seed, n, kind)
+    if op == "scale":
+        y = x * np.float32(0.5)
+    elif op == "clip":
+        y = np.clip(x, -np.float32(0.1) * np.abs(x).max(), np.float32(0.1) * np.abs(x).max())
+    elif op == "same":
+        y = x.copy()  # equal values, another array: nothing changed
+    else:
+        y = x + np.random.default_rng(seed).standard_normal(n).astype(np.float32) * np.float32(
+            1e-6
+        ) * (np.random.default_rng(seed + 1).random(n) < 0.3)
+    assert native.pair_f32(x, y) is not None  # premise: the kernel takes this block
+
+    def summary():
+        b, a = RunningStats(count_zeros=True), RunningStats(count_zeros=True)
+        changed, worst = pipeline._summarize(x, y, b, a, 0, 0.0)
+        return b.result(), a.result(), changed, worst
+
+    fast, slow = summary(), numpy_path(summary)
+    assert fast[2:] == slow[2:]  # changes counted and the largest change: exact
+    assert fast[2] == int((x != y).sum())
+    for f, s in zip(fast[:2], slow[:2], strict=True):
+        assert (f.count, f.min, f.max, f.abs_max, f.zeros, f.nan, f.inf) == (
+            s.count,
+            s.min,
+            s.max,
+            s.abs_max,
+            s.zeros,
+            s.nan,
+            s.inf,
+        )
+        assert f.mean == pytest.approx(s.mean, rel=1e-5, abs=1e-6 * (s.abs_max or 1))
+        assert f.std == pytest.approx(s.std, rel=1e-4, abs=1e-6 * (s.abs_max or 1))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_kernels_hand_nonfinite_blocks_back(bad: float) -> None:
+    x = np.linspace(-1, 1, 1000, dtype=np.float32)
+    y = x.copy()
+    y[500] = bad
+    assert native.stats_f32(y) is None
+    assert native.pair_f32(x, y) is None
+    assert native.pair_f32(y, x) is None
+    out = native.fake_quant_f32(y, np.ones(1), np.zeros(1), 1000, -127, 127)
+    assert out is None
+
+
+def test_a_difference_that_overflows_float32_is_handed_back() -> None:
+    x = np.array([3e38, -1.0], np.float32)
+    y = np.array([-3e38, -1.0], np.float32)
+    assert native.pair_f32(x, y) is None  # |y - x| is inf in float32: the numpy path
+
+
+def test_kernels_take_only_contiguous_native_float32() -> None:
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    assert native.stats_f32(x[:, ::2]) is None  # strided
+    assert native.stats_f32(x.astype(np.float64)) is None
+    assert native.stats_f32(x.astype(">f4")) is None  # big-endian
+    assert native.stats_f32(x.astype("<f4")) is not None  # h5py's explicit '<f4'
+    assert native.stats_f32(np.zeros(0, np.float32)) is None
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    shape=st.sampled_from([(37,), (5, 7), (3, 4, 6), (2, 3, 2, 5), (1100, 3), (2, 1500)]),
+    axis=st.sampled_from([None, 0, -1, 1]),
+    bits=st.sampled_from([2, 4, 8, 16]),
+    scheme=st.sampled_from(qmod.SCHEMES),
+    seed=st.integers(0, 2**32 - 1),
+    ties=st.booleans(),
+)
+def test_fake_quant_kernel_writes_the_numpy_paths_bytes(shape, axis, bits, scheme, seed, ties):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * rng.choice([1e-3, 1.0, 50.0])).astype(np.float32)
+    if ties:  # values on exact half steps: the rounding rule decides them
+        x = (np.round(x * 4) / 4).astype(np.float32)
+    x.reshape(-1)[:: max(1, x.size // 5)] = 0.0
+    if axis is not None and axis >= x.ndim:
+        axis = -1
+    ax = None if axis is None else axis % x.ndim
+    lo, hi = qmod.reduce_minmax(x, ax)
+    scale, zero = qmod.params(lo.reshape(-1), hi.reshape(-1), bits, scheme)
+    shape_b = (1,) * x.ndim if ax is None else qmod.channel_shape(x.ndim, ax)
+    ref = qmod.fake_quantize(x, scale.reshape(shape_b), zero.reshape(shape_b), bits, scheme)
+    inner = x.size if ax is None else int(np.prod(x.shape[ax + 1 :], dtype=np.int64))
+    got = native.fake_quant_f32(x, scale, zero, inner, *qmod.qrange(bits, scheme))
+    assert got is not None
+    y, (signal, noise, worst) = got
+    assert y.dtype == np.float32 and y.shape == x.shape
+    assert np.array_equal(y.view(np.int32), ref.view(np.int32))  # bit for bit, -0.0 included
+    err = ref.astype(np.float64) - x.astype(np.float64)
+    xd = x.astype(np.float64)
+    assert signal == pytest.approx(float((xd * xd).sum()), rel=1e-5)
+    assert noise == pytest.approx(float((err * err).sum()), rel=1e-4, abs=1e-30)
+    assert worst == float(np.abs(ref - x).max())
+
+
+def test_the_environment_switch_turns_the_kernels_off() -> None:
+    code = "from weightcli import native; print(native.kernels is None)"
+    for env, expect in (({"WEIGHTCLI_NATIVE": "0"}, "True"), ({}, "False")):
+        out = subprocess.run(
+            [sys.executable, "-c", code], env={**_env(), **env}, capture_output=True, text=True
+        )
+        assert out.stdout.strip() == expect, out.stderr
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if k != "WEIGHTCLI_NATIVE"}
+
+
+def _approx_tree(fast: object, slow: object) -> None:
+    """JSON from both paths: counts and names exact, floats to 1e-5 relative."""
+    if isinstance(slow, dict):
+        assert isinstance(fast, dict) and fast.keys() == slow.keys()
+        for k in slow:
+            if k not in ("elapsed_s", "output", "time"):  # when each ran, where it wrote
+                _approx_tree(fast[k], slow[k])
+    elif isinstance(slow, list):
+        assert isinstance(fast, list) and len(fast) == len(slow)
+        for f, s in zip(fast, slow, strict=True):
+            _approx_tree(f, s)
+    elif isinstance(slow, float):
+        assert fast == pytest.approx(slow, rel=1e-5, abs=1e-9)
+    else:
+        assert fast == slow
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["scale", "0.5"],
+        ["clip", "--abs-max", "0.05"],
+        ["quantize", "--bits", "4"],
+        ["quantize", "--scheme", "asymmetric", "--granularity", "per-tensor"],
+    ],
+    ids=lambda a: " ".join(a),
+)
+def test_a_command_writes_the_same_tensors_with_or_without_kernels(args, tmp_path) -> None:
+    from tests.helpers import SAMPLES, differing, run
+
+    src = SAMPLES / "cnn_keras3.h5"
+    fast_out, slow_out = tmp_path / "fast.h5", tmp_path / "slow.h5"
+    fast = run(args[0], src, *args[1:], "-o", fast_out, "--json")
+    slow = numpy_path(run, args[0], src, *args[1:], "-o", slow_out, "--json")
+    assert fast.code == slow.code == 0, (fast.err, slow.err)
+    assert fast.json()["changed"] > 0  # premise: the run changed tensors
+    _approx_tree(fast.json(), slow.json())
+    # Only the history (its time stamp) differs: every tensor holds the same bytes.
+    assert differing(fast_out, slow_out, tmp_path) <= {"/"}

@@ -1,0 +1,446 @@
+/* Fused float32 block kernels: what the numpy path does in several passes over a block,
+ * done in one pass while the block is in cache.
+ *
+ * Optional: weightcli/native.py imports this module when it was built and falls back to
+ * numpy when it was not (or when WEIGHTCLI_NATIVE=0). Every kernel returns None for a
+ * block it does not take (NaN/Inf in it, or a result that would overflow), and the
+ * caller then runs the numpy path on that block, so the two paths agree by construction
+ * on every hard case; tests check the two against each other and against numpy.
+ *
+ * Built without -ffast-math and with -ffp-contract=off: every floating-point operation
+ * is the IEEE one numpy performs, in the same order where the result must be bit-equal
+ * (fake_quant_f32 writes the same bytes as transforms/quantize.py's numpy path). Sums
+ * are accumulated in double in LANES independent lanes, so the compiler can vectorise
+ * them without reassociating anything.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <string.h>
+
+/* Compiled for AVX-512, AVX2 and baseline x86-64; the loader picks the best one this CPU
+ * runs (GCC's function multiversioning). */
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+#define VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define VECTOR_CLONES
+#endif
+
+/* A C-contiguous float32 (format "f") or float64 ("d") buffer in the host's byte order,
+ * or an error. */
+static int get_buffer(PyObject *obj, Py_buffer *view, const char *fmt, int writable) {
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT |
+                                          (writable ? PyBUF_WRITABLE : 0)) < 0)
+        return -1;
+    const char *f = view->format;
+    /* numpy names an explicitly little-endian dtype (h5py's '<f4') "<f": the same bytes
+     * on a little-endian host; a big-endian one is refused (weightcli/native.py never
+     * passes one). */
+#if PY_LITTLE_ENDIAN
+    if (f != NULL && (f[0] == '<' || f[0] == '=' || f[0] == '@'))
+        f++;
+#else
+    if (f != NULL && (f[0] == '=' || f[0] == '@'))
+        f++;
+#endif
+    if (f == NULL || strcmp(f, fmt) != 0) {
+        PyBuffer_Release(view);
+        PyErr_Format(PyExc_TypeError, "expected a buffer of format '%s'", fmt);
+        return -1;
+    }
+    return 0;
+}
+
+typedef struct {
+    float lo, hi;
+    double sum, sumsq, m2;
+    Py_ssize_t zeros;
+} moments;
+
+/* Sums run in W float32 lanes over chunks of CHUNK elements (W * 64 terms: a lane's
+ * rounding error stays near 64 ulp, below numpy's pairwise sum over a block), and the
+ * chunks' sums add up in double. Eight times faster than double lanes here. */
+#define W 16
+#define CHUNK 1024
+
+/* Magnitudes whose float32 squares neither overflow nor lose precision to underflow
+ * (stats.py's FLOAT32_SAFE); a block outside them sums squares in double. */
+#define SAFE_LO 1e-15
+#define SAFE_HI 1e15
+
+VECTOR_CLONES
+static void sums_f32(const float *x, Py_ssize_t n, moments *m) {
+    float lo[W], hi[W];
+    double sum = 0.0, sumsq = 0.0;
+    Py_ssize_t zeros = 0;
+    for (int j = 0; j < W; j++) {
+        lo[j] = INFINITY;
+        hi[j] = -INFINITY;
+    }
+    Py_ssize_t i = 0;
+    for (Py_ssize_t c = 0; c + W <= n; c += CHUNK) {
+        float s[W], q[W];
+        int z[W];
+        for (int j = 0; j < W; j++) {
+            s[j] = q[j] = 0.0f;
+            z[j] = 0;
+        }
+        Py_ssize_t end = c + CHUNK < n ? c + CHUNK : n;
+        for (i = c; i + W <= end; i += W)
+            for (int j = 0; j < W; j++) {
+                float v = x[i + j];
+                lo[j] = v < lo[j] ? v : lo[j];
+                hi[j] = v > hi[j] ? v : hi[j];
+                s[j] += v;
+                q[j] += v * v;
+                z[j] += (v == 0.0f);
+            }
+        for (int j = 0; j < W; j++) {
+            sum += s[j];
+            sumsq += q[j];
+            zeros += z[j];
+        }
+    }
+    for (; i < n; i++) {
+        float v = x[i];
+        lo[0] = v < lo[0] ? v : lo[0];
+        hi[0] = v > hi[0] ? v : hi[0];
+        sum += v;
+        sumsq += (double)v * v;
+        zeros += (v == 0.0f);
+    }
+    m->lo = lo[0];
+    m->hi = hi[0];
+    for (int j = 1; j < W; j++) {
+        m->lo = lo[j] < m->lo ? lo[j] : m->lo;
+        m->hi = hi[j] > m->hi ? hi[j] : m->hi;
+    }
+    m->sum = sum;
+    m->sumsq = sumsq;
+    m->zeros = zeros;
+}
+
+/* The sum of squared deviations from ``mean``, in double (the rare cases: the mean
+ * dominates, or magnitudes outside SAFE_LO..SAFE_HI). */
+static double deviations_f64(const float *x, Py_ssize_t n, double mean) {
+    double d2[4] = {0.0, 0.0, 0.0, 0.0};
+    Py_ssize_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        for (int j = 0; j < 4; j++) {
+            double d = (double)x[i + j] - mean;
+            d2[j] += d * d;
+        }
+    for (; i < n; i++) {
+        double d = (double)x[i] - mean;
+        d2[0] += d * d;
+    }
+    return d2[0] + d2[1] + d2[2] + d2[3];
+}
+
+/* min, max, mean's sum, m2 and zeros of x[0:n]; returns 0 when something is not finite
+ * (NaN or Inf make the sums non-finite). */
+static int moments_f32(const float *x, Py_ssize_t n, moments *m) {
+    sums_f32(x, n, m);
+    if (!isfinite(m->sum) || !isfinite(m->lo) || !isfinite(m->hi))
+        return 0;
+    double amax = fmax(-(double)m->lo, (double)m->hi);
+    double mean = m->sum / (double)n;
+    if (!(amax == 0.0 || (SAFE_LO < amax && amax < SAFE_HI))) {
+        double s = 0.0;
+        for (Py_ssize_t i = 0; i < n; i++)
+            s += x[i];
+        mean = s / (double)n;
+        m->sum = s;
+        m->m2 = deviations_f64(x, n, mean);
+        return 1;
+    }
+    /* From the two sums, or (where the mean dominates and they would cancel) from the
+     * deviations, while the block is in cache. */
+    double m2 = m->sumsq - (double)n * mean * mean;
+    if (mean * mean > 1e-2 * (m->sumsq / (double)n) || m2 < 0)
+        m2 = deviations_f64(x, n, mean);
+    m->m2 = m2;
+    return 1;
+}
+
+PyDoc_STRVAR(stats_doc,
+             "stats_f32(x) -> (n, mean, m2, min, max, zeros) or None\n\n"
+             "Moments of a C-contiguous float32 buffer; None when it holds NaN/Inf.");
+
+static PyObject *stats_f32(PyObject *self, PyObject *args) {
+    PyObject *xo;
+    if (!PyArg_ParseTuple(args, "O", &xo))
+        return NULL;
+    Py_buffer xb;
+    if (get_buffer(xo, &xb, "f", 0) < 0)
+        return NULL;
+    Py_ssize_t n = xb.len / (Py_ssize_t)sizeof(float);
+    moments m;
+    int ok = 0;
+    if (n > 0) {
+        Py_BEGIN_ALLOW_THREADS;
+        ok = moments_f32((const float *)xb.buf, n, &m);
+        Py_END_ALLOW_THREADS;
+    }
+    PyBuffer_Release(&xb);
+    if (!ok)
+        Py_RETURN_NONE;
+    return Py_BuildValue("(nddddn)", n, m.sum / (double)n, m.m2, (double)m.lo, (double)m.hi,
+                         m.zeros);
+}
+
+PyDoc_STRVAR(pair_doc,
+             "pair_f32(x, y) -> (x_moments, y_moments, changed, max_abs_change) or None\n\n"
+             "Both sides' moments (mean, m2, min, max, zeros) and how many elements differ and by\n"
+             "how much at most (|y - x| in float32, as numpy's subtract gives it); None when\n"
+             "either side holds NaN/Inf or a difference overflows float32.");
+
+typedef struct {
+    Py_ssize_t changed;
+    float worst;
+} changes;
+
+VECTOR_CLONES
+static int changes_f32(const float *restrict x, const float *restrict y, Py_ssize_t n, changes *c) {
+    float w[W];
+    Py_ssize_t changed = 0;
+    for (int j = 0; j < W; j++)
+        w[j] = 0.0f;
+    Py_ssize_t i = 0;
+    for (Py_ssize_t s = 0; s + W <= n; s += CHUNK) {
+        int k[W];
+        for (int j = 0; j < W; j++)
+            k[j] = 0;
+        Py_ssize_t end = s + CHUNK < n ? s + CHUNK : n;
+        for (i = s; i + W <= end; i += W)
+            for (int j = 0; j < W; j++) {
+                /* (written so GCC vectorises it: fabsf and a bool sum it does not) */
+                float d = y[i + j] - x[i + j];
+                float a = d < 0.0f ? -d : d;
+                k[j] -= a != 0.0f ? -1 : 0;
+                w[j] = a > w[j] ? a : w[j];
+            }
+        for (int j = 0; j < W; j++)
+            changed += k[j];
+    }
+    for (; i < n; i++) {
+        float d = fabsf(y[i] - x[i]);
+        changed += (d != 0.0f);
+        w[0] = d > w[0] ? d : w[0];
+    }
+    c->changed = changed;
+    c->worst = w[0];
+    for (int j = 1; j < W; j++)
+        c->worst = w[j] > c->worst ? w[j] : c->worst;
+    return isfinite(c->worst);
+}
+
+static PyObject *pair_f32(PyObject *self, PyObject *args) {
+    PyObject *xo, *yo;
+    if (!PyArg_ParseTuple(args, "OO", &xo, &yo))
+        return NULL;
+    Py_buffer xb, yb;
+    if (get_buffer(xo, &xb, "f", 0) < 0)
+        return NULL;
+    if (get_buffer(yo, &yb, "f", 0) < 0) {
+        PyBuffer_Release(&xb);
+        return NULL;
+    }
+    Py_ssize_t n = xb.len / (Py_ssize_t)sizeof(float);
+    if (yb.len != xb.len) {
+        PyBuffer_Release(&xb);
+        PyBuffer_Release(&yb);
+        PyErr_SetString(PyExc_ValueError, "x and y differ in size");
+        return NULL;
+    }
+    moments mx, my;
+    changes c;
+    int ok = 0;
+    if (n > 0) {
+        const float *x = (const float *)xb.buf, *y = (const float *)yb.buf;
+        Py_BEGIN_ALLOW_THREADS;
+        ok = moments_f32(x, n, &mx) && moments_f32(y, n, &my) && changes_f32(x, y, n, &c);
+        Py_END_ALLOW_THREADS;
+    }
+    PyBuffer_Release(&xb);
+    PyBuffer_Release(&yb);
+    if (!ok)
+        Py_RETURN_NONE;
+    return Py_BuildValue("((ddddn)(ddddn)nd)", mx.sum / (double)n, mx.m2, (double)mx.lo,
+                         (double)mx.hi, mx.zeros, my.sum / (double)n, my.m2, (double)my.lo,
+                         (double)my.hi, my.zeros, c.changed, (double)c.worst);
+}
+
+PyDoc_STRVAR(fq_doc,
+             "fake_quant_f32(x, out, scale, zero, inner, qmin, qmax) ->\n"
+             "    (signal, noise, max_abs_error) or None\n\n"
+             "Quantize-dequantize float32 x into out, bit for bit as quantize.py's numpy\n"
+             "path: q = x / scale (float64), rounded half away from zero, + zero, clipped to\n"
+             "[qmin, qmax], - zero, * scale, to float32. scale and zero are float64 vectors\n"
+             "of C channels; element i belongs to channel (i / inner) %% C. Also the error\n"
+             "figures: sum of x^2, sum of (out - x)^2 and max |out - x|. None (out partly\n"
+             "written) when x holds NaN/Inf.");
+
+typedef struct {
+    double signal, noise;
+    float worst;
+} qerror;
+
+/* One run of ``len`` elements; channel ``c`` of element k is k (per_element) or 0.
+ * Inlined into one function per (per_element, shifted) so each loop has no branch;
+ * the quantization and the error sums are two loops over the run (each vectorises). */
+static inline __attribute__((always_inline)) void fq_run(const float *restrict x,
+                                                         float *restrict out, Py_ssize_t len,
+                                                         const double *restrict scale,
+                                                         const double *restrict zero,
+                                                         int per_element, int shifted,
+                                                         double qmin, double qmax, qerror *err) {
+    for (Py_ssize_t i = 0; i < len; i++) {
+        Py_ssize_t c = per_element ? i : 0;
+        double q = (double)x[i] / scale[c];
+        double t = floor(fabs(q) + 0.5);
+        q = copysign(t, q);
+        if (shifted)
+            q += zero[c];
+        q = q < qmin ? qmin : q; /* np.clip: minimum(maximum(q, qmin), qmax) */
+        q = q > qmax ? qmax : q;
+        if (shifted)
+            q -= zero[c];
+        q *= scale[c];
+        out[i] = (float)q;
+    }
+    float sg[W], ns[W], w[W];
+    for (int j = 0; j < W; j++)
+        sg[j] = ns[j] = w[j] = 0.0f;
+    Py_ssize_t i = 0;
+    for (; i + W <= len; i += W)
+        for (int j = 0; j < W; j++) {
+            float v = x[i + j];
+            float e = out[i + j] - v; /* as np.subtract(y, x) in float32 */
+            float a = e < 0.0f ? -e : e;
+            sg[j] += v * v;
+            ns[j] += e * e;
+            w[j] = a > w[j] ? a : w[j];
+        }
+    double signal = 0.0, noise = 0.0;
+    float worst = 0.0f;
+    for (; i < len; i++) {
+        float e = out[i] - x[i];
+        float a = e < 0.0f ? -e : e;
+        signal += (double)x[i] * x[i];
+        noise += (double)e * e;
+        worst = a > worst ? a : worst;
+    }
+    for (int j = 0; j < W; j++) {
+        signal += sg[j];
+        noise += ns[j];
+        worst = w[j] > worst ? w[j] : worst;
+    }
+    err->signal += signal;
+    err->noise += noise;
+    err->worst = worst > err->worst ? worst : err->worst;
+}
+
+#define FQ_VARIANT(name, per_element, shifted)                                              \
+    VECTOR_CLONES                                                                            \
+    static void name(const float *x, float *out, Py_ssize_t len, const double *scale,       \
+                     const double *zero, double qmin, double qmax, qerror *err) {           \
+        fq_run(x, out, len, scale, zero, per_element, shifted, qmin, qmax, err);             \
+    }
+FQ_VARIANT(fq_vector, 1, 0)
+FQ_VARIANT(fq_vector_shifted, 1, 1)
+FQ_VARIANT(fq_scalar, 0, 0)
+FQ_VARIANT(fq_scalar_shifted, 0, 1)
+
+static PyObject *fake_quant_f32(PyObject *self, PyObject *args) {
+    PyObject *xo, *oo, *so, *zo;
+    Py_ssize_t inner;
+    double qmin, qmax;
+    if (!PyArg_ParseTuple(args, "OOOOndd", &xo, &oo, &so, &zo, &inner, &qmin, &qmax))
+        return NULL;
+    Py_buffer xb, ob, sb, zb;
+    if (get_buffer(xo, &xb, "f", 0) < 0)
+        return NULL;
+    if (get_buffer(oo, &ob, "f", 1) < 0) {
+        PyBuffer_Release(&xb);
+        return NULL;
+    }
+    if (get_buffer(so, &sb, "d", 0) < 0) {
+        PyBuffer_Release(&xb);
+        PyBuffer_Release(&ob);
+        return NULL;
+    }
+    if (get_buffer(zo, &zb, "d", 0) < 0) {
+        PyBuffer_Release(&xb);
+        PyBuffer_Release(&ob);
+        PyBuffer_Release(&sb);
+        return NULL;
+    }
+    Py_ssize_t n = xb.len / (Py_ssize_t)sizeof(float);
+    Py_ssize_t channels = sb.len / (Py_ssize_t)sizeof(double);
+    int bad = ob.len != xb.len || zb.len != sb.len || channels < 1 || inner < 1 ||
+              n % (channels * inner) != 0;
+    int ok = 0;
+    double signal = 0.0, noise = 0.0;
+    float worst = 0.0f;
+    if (!bad) {
+        const float *x = (const float *)xb.buf;
+        float *out = (float *)ob.buf;
+        const double *scale = (const double *)sb.buf, *zero = (const double *)zb.buf;
+        int shifted = 0;
+        for (Py_ssize_t c = 0; c < channels; c++)
+            shifted |= zero[c] != 0.0;
+        Py_BEGIN_ALLOW_THREADS;
+        qerror err = {0.0, 0.0, 0.0f};
+        Py_ssize_t run = channels * inner;
+        /* Runs of at most CHUNK elements: float32 error sums stay short. */
+        for (Py_ssize_t o = 0; o < n; o += run) {
+            if (inner == 1) { /* channels along the last axis: one scale per element */
+                for (Py_ssize_t c = 0; c < channels; c += CHUNK) {
+                    Py_ssize_t len = channels - c < CHUNK ? channels - c : CHUNK;
+                    (shifted ? fq_vector_shifted : fq_vector)(x + o + c, out + o + c, len,
+                                                               scale + c, zero + c, qmin, qmax,
+                                                               &err);
+                }
+            } else {
+                for (Py_ssize_t c = 0; c < channels; c++)
+                    for (Py_ssize_t k = 0; k < inner; k += CHUNK) {
+                        Py_ssize_t at = o + c * inner + k;
+                        Py_ssize_t len = inner - k < CHUNK ? inner - k : CHUNK;
+                        (shifted ? fq_scalar_shifted : fq_scalar)(x + at, out + at, len,
+                                                               scale + c, zero + c, qmin, qmax,
+                                                               &err);
+                    }
+            }
+        }
+        signal = err.signal;
+        noise = err.noise;
+        worst = err.worst;
+        ok = isfinite(signal) && isfinite(noise) && isfinite(worst);
+        Py_END_ALLOW_THREADS;
+    }
+    PyBuffer_Release(&xb);
+    PyBuffer_Release(&ob);
+    PyBuffer_Release(&sb);
+    PyBuffer_Release(&zb);
+    if (bad) {
+        PyErr_SetString(PyExc_ValueError, "fake_quant_f32: sizes do not fit");
+        return NULL;
+    }
+    if (!ok)
+        Py_RETURN_NONE;
+    return Py_BuildValue("(ddd)", signal, noise, (double)worst);
+}
+
+static PyMethodDef methods[] = {
+    {"stats_f32", stats_f32, METH_VARARGS, stats_doc},
+    {"pair_f32", pair_f32, METH_VARARGS, pair_doc},
+    {"fake_quant_f32", fake_quant_f32, METH_VARARGS, fq_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "weightcli._native", "Fused float32 block kernels.", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__native(void) { return PyModule_Create(&module); }

@@ -1,0 +1,72 @@
+"""The optional native kernels (``weightcli/_native.c``): fused float32 block passes.
+
+The numpy code beside each call is the reference path and runs wherever a kernel does
+not apply: no compiled module (built at install when a C compiler is there), a dtype
+other than float32, a non-contiguous block, NaN/Inf in the block (each kernel returns
+None and the caller's numpy path takes the block), or ``WEIGHTCLI_NATIVE=0`` in the
+environment (for A/B runs; the tests compare both paths on the same blocks).
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+ENV = "WEIGHTCLI_NATIVE"
+
+
+def _load() -> ModuleType | None:
+    if os.environ.get(ENV, "1") == "0":
+        return None
+    try:
+        from weightcli import _native
+    except ImportError:
+        return None
+    return _native
+
+
+# The compiled module, or None; tests set it to None to run the numpy path.
+kernels: ModuleType | None = _load()
+
+
+def _f32(*arrays: np.ndarray) -> bool:
+    return kernels is not None and all(
+        a.dtype == np.float32 and a.flags.c_contiguous and a.size for a in arrays
+    )
+
+
+def stats_f32(x: np.ndarray) -> tuple[int, float, float, float, float, int] | None:
+    """(n, mean, sum of squared deviations, min, max, zeros) of a float32 block, or None."""
+    if not _f32(x):
+        return None
+    assert kernels is not None
+    r: Any = kernels.stats_f32(x)
+    return r
+
+
+def pair_f32(x: np.ndarray, y: np.ndarray) -> Any:
+    """((mean, m2, min, max, zeros) of x, the same of y, elements changed, max |y - x|) for two
+    float32 blocks of one shape, or None."""
+    if not _f32(x, y) or x.shape != y.shape:
+        return None
+    assert kernels is not None
+    return kernels.pair_f32(x, y)
+
+
+def fake_quant_f32(
+    x: np.ndarray, scale: np.ndarray, zero: np.ndarray, inner: int, qmin: int, qmax: int
+) -> tuple[np.ndarray, tuple[float, float, float]] | None:
+    """``x`` quantized and dequantized (see transforms/quantize.py) with its error figures
+    (sum of x^2, sum of errors^2, max |error|), or None. ``scale``/``zero``: one float64
+    per channel; element i belongs to channel ``(i // inner) % len(scale)``."""
+    if not _f32(x):
+        return None
+    assert kernels is not None
+    out = np.empty_like(x)
+    sc = np.ascontiguousarray(scale, np.float64).reshape(-1)
+    zp = np.ascontiguousarray(zero, np.float64).reshape(-1)
+    r = kernels.fake_quant_f32(x, out, sc, zp, inner, float(qmin), float(qmax))
+    return None if r is None else (out, r)
