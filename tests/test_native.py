@@ -216,6 +216,7 @@ def _approx_tree(fast: object, slow: object) -> None:
         ["clip", "--abs-max", "0.05"],
         ["quantize", "--bits", "4"],
         ["quantize", "--scheme", "asymmetric", "--granularity", "per-tensor"],
+        ["prune", "--sparsity", "0.6"],
     ],
     ids=lambda a: " ".join(a),
 )
@@ -231,3 +232,26 @@ def test_a_command_writes_the_same_tensors_with_or_without_kernels(args, tmp_pat
     _approx_tree(fast.json(), slow.json())
     # Only the history (its time stamp) differs: every tensor holds the same bytes.
     assert differing(fast_out, slow_out, tmp_path) <= {"/"}
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 5000), seed=st.integers(0, 2**32 - 1), kind=st.sampled_from(KINDS))
+def test_radix_histograms_count_what_numpy_counts(n: int, seed: int, kind: str) -> None:
+    x = _blocks(seed, n, kind)
+    bits = x.view(np.uint32) & np.uint32(0x7FFFFFFF)
+    high = np.zeros(65536, np.int64)
+    assert native.abs_hist_f32(x, high, None) is False
+    assert np.array_equal(high, np.bincount(bits >> 16, minlength=65536))
+    prefix = int(bits[len(bits) // 2] >> 16)
+    low = np.zeros(65536, np.int64)
+    assert native.abs_hist_f32(x, low, prefix) is False
+    chosen = bits[(bits >> 16) == prefix] & np.uint32(0xFFFF)
+    assert np.array_equal(low, np.bincount(chosen, minlength=65536))
+    assert low.sum() == high[prefix] > 0
+
+
+def test_the_radix_histogram_sees_nan_but_not_inf() -> None:
+    x = np.array([1.0, -np.inf, np.inf, 0.0], np.float32)
+    assert native.abs_hist_f32(x, np.zeros(65536, np.int64), None) is False
+    x[0] = -np.nan
+    assert native.abs_hist_f32(x, np.zeros(65536, np.int64), None) is True

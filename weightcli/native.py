@@ -70,3 +70,16 @@ def fake_quant_f32(
     zp = np.ascontiguousarray(zero, np.float64).reshape(-1)
     r = kernels.fake_quant_f32(x, out, sc, zp, inner, float(qmin), float(qmax))
     return None if r is None else (out, r)
+
+
+def abs_hist_f32(x: np.ndarray, hist: np.ndarray, prefix: int | None) -> bool | None:
+    """Add the radix histogram of a float32 block's |x| bit patterns to ``hist`` (65536
+    int64 counts): the high 16 bits (``prefix`` None), or the low 16 bits of the values
+    whose high 16 bits are ``prefix``. Returns whether the block holds a NaN (first kind
+    only), or None when the kernel does not apply."""
+    if not _f32(x) or hist.dtype != np.int64 or hist.shape != (65536,):
+        return None
+    if not hist.flags.c_contiguous or not 0 <= (prefix or 0) <= 0x7FFF:
+        return None
+    assert kernels is not None
+    return bool(kernels.abs_hist_f32(x.reshape(-1), hist, -1 if prefix is None else prefix))

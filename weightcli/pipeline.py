@@ -243,10 +243,12 @@ def run(
         for info, ops in work:
             align = next((op.align for op in ops if op.align is not None), None)
             blocks = _Blocks(store, info, block_elems, align)
+            # Several blocks: the next one is read meanwhile, on the other core.
+            read_ahead = info.size >= READ_AHEAD_ELEMS
             for k, op in enumerate(ops):
                 pass_no = 0
                 while op.passes > pass_no:
-                    for where, block in blocks:
+                    for where, block in ahead(blocks) if read_ahead else blocks:
                         y = block
                         for prev in ops[:k]:
                             y = prev.apply(where, y, count=False)
@@ -260,8 +262,6 @@ def run(
             before, after = RunningStats(count_zeros=False), RunningStats(count_zeros=False)
             n_changed = 0
             max_change = 0.0
-            # Several blocks: the next one is read meanwhile, on the other core.
-            read_ahead = info.size >= READ_AHEAD_ELEMS
             for where, block in ahead(blocks) if read_ahead else blocks:
                 y = block
                 for op in ops:

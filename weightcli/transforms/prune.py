@@ -26,6 +26,7 @@ import sys
 
 import numpy as np
 
+from weightcli import native
 from weightcli.errors import UsageError
 
 BINS = 1 << 16
@@ -47,6 +48,9 @@ def abs_bits(block: np.ndarray, dtype: np.dtype) -> np.ndarray:
         x = x.astype(dtype)
     u = x.reshape(-1).view(UINT[dtype.itemsize])
     return u & np.array((1 << (8 * dtype.itemsize - 1)) - 1, dtype=u.dtype)
+
+
+NAN_REFUSED = "NaN in a tensor to prune: repair it first (clip --nonfinite zero)"
 
 
 class AbsKth:
@@ -79,7 +83,7 @@ class AbsKth:
             return
         a = abs_bits(block, self.dtype)
         if self.shift == self.width - 16 and np.isnan(np.asarray(block, dtype=self.dtype)).any():
-            raise UsageError("NaN in a tensor to prune: repair it first (clip --nonfinite zero)")
+            raise UsageError(NAN_REFUSED)
         top = self.shift + 16
         if top < self.width:
             a = a[(a >> np.array(top, a.dtype)) == self.prefix]
@@ -90,14 +94,18 @@ class AbsKth:
         """``observe`` of float32 values without making |x|'s bit patterns: the two
         16-bit halves of each value read in place (little-endian: the high half second),
         the sign bit masked off the high one. The same counts as the general path."""
+        first = self.shift == 16
+        nan = native.abs_hist_f32(x, self.hist, None if first else self.prefix)
+        if nan is not None:  # the native kernel counted the block
+            if nan:
+                raise UsageError(NAN_REFUSED)
+            return
         halves = np.ascontiguousarray(x).reshape(-1).view(np.uint16)
         high, low = halves[1::2], halves[0::2]
         top = np.bitwise_and(high, np.uint16(0x7FFF))
         if self.shift == 16:  # the first pass: the high halves of |x|
             if int(top.max()) >= 0x7F80 and np.isnan(x).any():  # exponent all ones
-                raise UsageError(
-                    "NaN in a tensor to prune: repair it first (clip --nonfinite zero)"
-                )
+                raise UsageError(NAN_REFUSED)
             self.hist += np.bincount(top, minlength=BINS)
         else:  # the second: the low halves of the values in the chosen bin
             self.hist += np.bincount(low[top == self.prefix], minlength=BINS)
