@@ -217,6 +217,8 @@ def _approx_tree(fast: object, slow: object) -> None:
         ["quantize", "--bits", "4"],
         ["quantize", "--scheme", "asymmetric", "--granularity", "per-tensor"],
         ["prune", "--sparsity", "0.6"],
+        ["merge", "cnn_keras3.h5", "--weights", "1,3"],
+        ["merge", "cnn_keras3.h5", "--method", "ema", "--decay", "0.3"],
     ],
     ids=lambda a: " ".join(a),
 )
@@ -224,6 +226,10 @@ def test_a_command_writes_the_same_tensors_with_or_without_kernels(args, tmp_pat
     from tests.helpers import SAMPLES, differing, run
 
     src = SAMPLES / "cnn_keras3.h5"
+    if args[0] == "merge":  # the sample and a scaled copy of it
+        other = tmp_path / "other.h5"
+        assert run("scale", src, "0.5", "-o", other).code == 0
+        args = [args[0], other, *args[2:]]
     fast_out, slow_out = tmp_path / "fast.h5", tmp_path / "slow.h5"
     fast = run(args[0], src, *args[1:], "-o", fast_out, "--json")
     slow = numpy_path(run, args[0], src, *args[1:], "-o", slow_out, "--json")
@@ -255,3 +261,29 @@ def test_the_radix_histogram_sees_nan_but_not_inf() -> None:
     assert native.abs_hist_f32(x, np.zeros(65536, np.int64), None) is False
     x[0] = -np.nan
     assert native.abs_hist_f32(x, np.zeros(65536, np.int64), None) is True
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 3000),
+    k=st.integers(1, 5),
+    seed=st.integers(0, 2**32 - 1),
+    kind=st.sampled_from(KINDS),
+    ema=st.booleans(),
+)
+def test_linear_combination_writes_the_numpy_steps_bytes(n, k, seed, kind, ema) -> None:
+    xs = [_blocks(seed + i, n, kind) for i in range(k)]
+    rng = np.random.default_rng(seed)
+    if ema:
+        d = float(rng.random())
+        a, c = [1.0] + [1 - d] * (k - 1), [1.0] + [d] * (k - 1)
+    else:
+        w = rng.random(k) + 0.1
+        a, c = list(w / w.sum()), [1.0] * k
+    acc = xs[0].astype(np.float64) * a[0]
+    for x, ai, ci in zip(xs[1:], a[1:], c[1:], strict=True):
+        acc *= ci
+        acc += x.astype(np.float64) * ai
+    out = np.empty(n, np.float32)
+    assert native.lincomb_f32(out, xs, a, c) is out
+    assert np.array_equal(out.view(np.int32), acc.astype(np.float32).view(np.int32))

@@ -496,11 +496,94 @@ static PyObject *abs_hist_f32(PyObject *self, PyObject *args) {
     return PyBool_FromLong(nan);
 }
 
+PyDoc_STRVAR(lincomb_doc,
+             "lincomb_f32(out, xs, a, c) -> None\n\n"
+             "out = float32(acc) where acc = x0 * a0, then acc = acc * c[k] + x[k] * a[k]\n"
+             "for k >= 1, in float64 in that order (merge's mean and ema, bit for bit as\n"
+             "their numpy path). xs: float32 buffers of out's size; a, c: floats, one per x\n"
+             "(c[0] unused).");
+
+#define MAX_INPUTS 64
+
+VECTOR_CLONES
+static void lincomb(float *restrict out, const float **xs, int k, Py_ssize_t n,
+                    const double *a, const double *c) {
+    double acc[CHUNK];
+    for (Py_ssize_t s = 0; s < n; s += CHUNK) {
+        Py_ssize_t len = n - s < CHUNK ? n - s : CHUNK;
+        const float *x0 = xs[0] + s;
+        const double a0 = a[0];
+        for (Py_ssize_t j = 0; j < len; j++)
+            acc[j] = (double)x0[j] * a0;
+        for (int i = 1; i < k; i++) {
+            const float *xi = xs[i] + s;
+            const double ai = a[i], ci = c[i];
+            for (Py_ssize_t j = 0; j < len; j++) {
+                double t = (double)xi[j] * ai;
+                acc[j] = acc[j] * ci + t;
+            }
+        }
+        for (Py_ssize_t j = 0; j < len; j++)
+            out[s + j] = (float)acc[j];
+    }
+}
+
+static PyObject *lincomb_f32(PyObject *self, PyObject *args) {
+    PyObject *oo, *xso, *ao, *co;
+    if (!PyArg_ParseTuple(args, "OO!O!O!", &oo, &PyTuple_Type, &xso, &PyTuple_Type, &ao,
+                          &PyTuple_Type, &co))
+        return NULL;
+    Py_ssize_t k = PyTuple_GET_SIZE(xso);
+    if (k < 1 || k > MAX_INPUTS || PyTuple_GET_SIZE(ao) != k || PyTuple_GET_SIZE(co) != k) {
+        PyErr_SetString(PyExc_ValueError, "lincomb_f32: 1 to 64 inputs, one a and c each");
+        return NULL;
+    }
+    Py_buffer ob, xb[MAX_INPUTS];
+    const float *xs[MAX_INPUTS];
+    double a[MAX_INPUTS], c[MAX_INPUTS];
+    for (Py_ssize_t i = 0; i < k; i++) {
+        a[i] = PyFloat_AsDouble(PyTuple_GET_ITEM(ao, i));
+        c[i] = PyFloat_AsDouble(PyTuple_GET_ITEM(co, i));
+    }
+    if (PyErr_Occurred())
+        return NULL;
+    if (get_buffer(oo, &ob, "f", 1) < 0)
+        return NULL;
+    Py_ssize_t got = 0;
+    int bad = 0;
+    for (; got < k; got++) {
+        if (get_buffer(PyTuple_GET_ITEM(xso, got), &xb[got], "f", 0) < 0) {
+            bad = 1;
+            break;
+        }
+        xs[got] = (const float *)xb[got].buf;
+        if (xb[got].len != ob.len) {
+            got++;
+            bad = 2;
+            break;
+        }
+    }
+    if (!bad) {
+        Py_BEGIN_ALLOW_THREADS;
+        lincomb((float *)ob.buf, xs, (int)k, ob.len / (Py_ssize_t)sizeof(float), a, c);
+        Py_END_ALLOW_THREADS;
+    }
+    for (Py_ssize_t i = 0; i < got; i++)
+        PyBuffer_Release(&xb[i]);
+    PyBuffer_Release(&ob);
+    if (bad == 2)
+        PyErr_SetString(PyExc_ValueError, "lincomb_f32: inputs differ in size");
+    if (bad)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"stats_f32", stats_f32, METH_VARARGS, stats_doc},
     {"pair_f32", pair_f32, METH_VARARGS, pair_doc},
     {"fake_quant_f32", fake_quant_f32, METH_VARARGS, fq_doc},
     {"abs_hist_f32", abs_hist_f32, METH_VARARGS, hist_doc},
+    {"lincomb_f32", lincomb_f32, METH_VARARGS, lincomb_doc},
     {NULL, NULL, 0, NULL},
 };
 

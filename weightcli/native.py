@@ -83,3 +83,16 @@ def abs_hist_f32(x: np.ndarray, hist: np.ndarray, prefix: int | None) -> bool | 
         return None
     assert kernels is not None
     return bool(kernels.abs_hist_f32(x.reshape(-1), hist, -1 if prefix is None else prefix))
+
+
+def lincomb_f32(
+    out: np.ndarray, xs: list[np.ndarray], a: list[float], c: list[float]
+) -> np.ndarray | None:
+    """``out`` (float32) = x0 * a0, then ``acc * c[k] + x[k] * a[k]`` for each further
+    input, in float64 in that order and rounded once; None when the kernel does not apply
+    (then ``out`` is untouched)."""
+    if not _f32(out, *xs) or any(x.shape != out.shape for x in xs) or not 1 <= len(xs) <= 64:
+        return None
+    assert kernels is not None
+    kernels.lincomb_f32(out, tuple(xs), tuple(map(float, a)), tuple(map(float, c)))
+    return out

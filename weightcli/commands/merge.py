@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from weightcli import mergefile, pipeline
+from weightcli import mergefile, native, pipeline
 from weightcli.compare import parse_map, rename
 from weightcli.errors import ParameterError, UnsupportedError, UsageError, literal
 from weightcli.figures import Figures, MergeFigures
@@ -295,18 +295,25 @@ class _MergeOp(TensorOp):
     def _linear(self, block: np.ndarray, xs: list[np.ndarray]) -> np.ndarray:
         """mean, ema: float64 arithmetic in reused buffers."""
         out, tmp, result = self._buffers(block.shape, block.dtype)
-        np.copyto(out, block)
         if self.method.name == "mean":
             w = [float(v["weight"]) for v in self.values]
             total = sum(w)
             w = [x / total for x in w]  # the carrier (the first input) is part of the mean
+            a, c = w, [1.0] * len(w)
+        else:
+            d = float(self.general["decay"])
+            a, c = [1.0] + [1 - d] * len(xs), [1.0] + [d] * len(xs)
+        # The same float64 steps as below, in one pass (native.py): the same bytes.
+        if native.lincomb_f32(result, [block, *xs], a, c) is not None:
+            return result
+        np.copyto(out, block)
+        if self.method.name == "mean":
             out *= w[0]
             for wi, x in zip(w[1:], xs, strict=True):
                 np.copyto(tmp, x)
                 tmp *= wi
                 out += tmp
         else:
-            d = float(self.general["decay"])
             for x in xs:
                 out *= d
                 np.copyto(tmp, x)
