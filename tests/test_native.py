@@ -287,3 +287,40 @@ def test_linear_combination_writes_the_numpy_steps_bytes(n, k, seed, kind, ema) 
     out = np.empty(n, np.float32)
     assert native.lincomb_f32(out, xs, a, c) is out
     assert np.array_equal(out.view(np.int32), acc.astype(np.float32).view(np.int32))
+
+
+def test_diff_reads_each_side_on_a_thread_and_gives_the_numpy_paths_metrics(tmp_path) -> None:
+    """Multi-block float32 tensors: each side read ahead by a thread of its own and
+    compared by the kernel; the rows equal the numpy path's (two comparing threads)."""
+    import threading
+
+    from tests.helpers import SAMPLES, run
+    from weightcli.compare import diff_stores
+    from weightcli.select import Selection
+    from weightcli.stores import open_store
+
+    other = tmp_path / "other.h5"
+    assert run("clip", SAMPLES / "cnn_keras3.h5", "--abs-max", "0.1", "-o", other).code == 0
+
+    def rows(block_elems: int) -> list[tuple]:
+        with open_store(SAMPLES / "cnn_keras3.h5") as sa, open_store(other) as sb:
+            res = diff_stores(sa, sb, Selection(), atol=1e-3, block_elems=block_elems)
+        return [
+            (r.name, r.status, r.beyond, r.max_abs, r.sparsity_change, round(r.rel_l2 or 0, 6))
+            for r in res.rows
+        ]
+
+    names: list[str] = []
+    real_start = threading.Thread.start
+
+    def spy(self):  # the premise: readers really ran, and no comparing thread
+        names.append(self.name)
+        return real_start(self)
+
+    with pytest.MonkeyPatch().context() as mp:
+        mp.setattr(threading.Thread, "start", spy)
+        fast = rows(50)
+    assert names and set(names) == {"weightcli-read-ahead"}, names
+    slow = numpy_path(rows, 50)
+    assert fast == slow
+    assert any(r[1].name == "DIFFERS" for r in fast)

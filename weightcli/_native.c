@@ -578,12 +578,126 @@ static PyObject *lincomb_f32(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(diff_doc,
+             "diff_f32(a, b, atol, rtol) -> (beyond, max_abs, sum_abs, dd, aa, bb, ab,\n"
+             "    zeros_a, zeros_b) or None\n\n"
+             "diff's metrics of two float32 blocks: how many elements np.isclose calls not\n"
+             "close (|a - b| > atol + rtol * |b|, in float32 as numpy computes it), the\n"
+             "largest and summed |a - b|, the sums of (a-b)^2, a^2, b^2, a*b, and the exact\n"
+             "zeros of each; None when either holds NaN/Inf or a difference overflows.");
+
+typedef struct {
+    Py_ssize_t beyond, zeros_a, zeros_b;
+    float worst;
+    double sum_abs, dd, aa, bb, ab;
+} diffsums;
+
+VECTOR_CLONES
+static void diff_run(const float *restrict x, const float *restrict y, Py_ssize_t n,
+                     float atol, float rtol, diffsums *r) {
+    float w[W];
+    for (int j = 0; j < W; j++)
+        w[j] = 0.0f;
+    Py_ssize_t i = 0;
+    for (Py_ssize_t s = 0; s + W <= n; s += CHUNK) {
+        float sa[W], sd[W], sx[W], sy[W], sxy[W];
+        int kb[W], kx[W], ky[W];
+        for (int j = 0; j < W; j++) {
+            sa[j] = sd[j] = sx[j] = sy[j] = sxy[j] = 0.0f;
+            kb[j] = kx[j] = ky[j] = 0;
+        }
+        Py_ssize_t end = s + CHUNK < n ? s + CHUNK : n;
+        for (i = s; i + W <= end; i += W)
+            for (int j = 0; j < W; j++) {
+                float u = x[i + j], v = y[i + j];
+                float d = u - v;
+                float ad = d < 0.0f ? -d : d;
+                float av = v < 0.0f ? -v : v;
+                float limit = atol + rtol * av;
+                kb[j] -= ad > limit ? -1 : 0;
+                kx[j] -= u == 0.0f ? -1 : 0;
+                ky[j] -= v == 0.0f ? -1 : 0;
+                w[j] = ad > w[j] ? ad : w[j];
+                sa[j] += ad;
+                sd[j] += ad * ad;
+                sx[j] += u * u;
+                sy[j] += v * v;
+                sxy[j] += u * v;
+            }
+        for (int j = 0; j < W; j++) {
+            r->beyond += kb[j];
+            r->zeros_a += kx[j];
+            r->zeros_b += ky[j];
+            r->sum_abs += sa[j];
+            r->dd += sd[j];
+            r->aa += sx[j];
+            r->bb += sy[j];
+            r->ab += sxy[j];
+        }
+    }
+    for (; i < n; i++) {
+        float u = x[i], v = y[i];
+        float d = u - v;
+        float ad = d < 0.0f ? -d : d;
+        float av = v < 0.0f ? -v : v;
+        float limit = atol + rtol * av;
+        r->beyond += ad > limit;
+        r->zeros_a += u == 0.0f;
+        r->zeros_b += v == 0.0f;
+        w[0] = ad > w[0] ? ad : w[0];
+        r->sum_abs += ad;
+        r->dd += (double)ad * ad;
+        r->aa += (double)u * u;
+        r->bb += (double)v * v;
+        r->ab += (double)u * v;
+    }
+    r->worst = w[0];
+    for (int j = 1; j < W; j++)
+        r->worst = w[j] > r->worst ? w[j] : r->worst;
+}
+
+static PyObject *diff_f32(PyObject *self, PyObject *args) {
+    PyObject *xo, *yo;
+    double atol, rtol;
+    if (!PyArg_ParseTuple(args, "OOdd", &xo, &yo, &atol, &rtol))
+        return NULL;
+    Py_buffer xb, yb;
+    if (get_buffer(xo, &xb, "f", 0) < 0)
+        return NULL;
+    if (get_buffer(yo, &yb, "f", 0) < 0) {
+        PyBuffer_Release(&xb);
+        return NULL;
+    }
+    if (yb.len != xb.len) {
+        PyBuffer_Release(&xb);
+        PyBuffer_Release(&yb);
+        PyErr_SetString(PyExc_ValueError, "a and b differ in size");
+        return NULL;
+    }
+    Py_ssize_t n = xb.len / (Py_ssize_t)sizeof(float);
+    diffsums r = {0, 0, 0, 0.0f, 0.0, 0.0, 0.0, 0.0, 0.0};
+    int ok;
+    Py_BEGIN_ALLOW_THREADS;
+    diff_run((const float *)xb.buf, (const float *)yb.buf, n, (float)atol, (float)rtol, &r);
+    /* NaN/Inf anywhere reach these sums (or the largest difference: an overflow) */
+    ok = isfinite(r.worst) && isfinite(r.aa) && isfinite(r.bb) && isfinite(r.sum_abs) &&
+         isfinite(r.dd) && isfinite(r.ab);
+    Py_END_ALLOW_THREADS;
+    PyBuffer_Release(&xb);
+    PyBuffer_Release(&yb);
+    if (!ok || n == 0)
+        Py_RETURN_NONE;
+    return Py_BuildValue("(nddddddnn)", r.beyond, (double)r.worst, r.sum_abs, r.dd, r.aa, r.bb,
+                         r.ab, r.zeros_a, r.zeros_b);
+}
+
 static PyMethodDef methods[] = {
     {"stats_f32", stats_f32, METH_VARARGS, stats_doc},
     {"pair_f32", pair_f32, METH_VARARGS, pair_doc},
     {"fake_quant_f32", fake_quant_f32, METH_VARARGS, fq_doc},
     {"abs_hist_f32", abs_hist_f32, METH_VARARGS, hist_doc},
     {"lincomb_f32", lincomb_f32, METH_VARARGS, lincomb_doc},
+    {"diff_f32", diff_f32, METH_VARARGS, diff_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -32,6 +32,11 @@ def _load() -> ModuleType | None:
 kernels: ModuleType | None = _load()
 
 
+def fused(*dtypes: Any) -> bool:
+    """Whether blocks of these dtypes go through the kernels (when contiguous and finite)."""
+    return kernels is not None and all(str(d) == "float32" for d in dtypes)
+
+
 def _f32(*arrays: np.ndarray) -> bool:
     return kernels is not None and all(
         a.dtype == np.float32 and a.flags.c_contiguous and a.size for a in arrays
@@ -96,3 +101,13 @@ def lincomb_f32(
     assert kernels is not None
     kernels.lincomb_f32(out, tuple(xs), tuple(map(float, a)), tuple(map(float, c)))
     return out
+
+
+def diff_f32(a: np.ndarray, b: np.ndarray, atol: float, rtol: float) -> Any:
+    """``diff``'s metrics of two float32 blocks of one shape: (not close by np.isclose's
+    rule, max |a - b|, sum |a - b|, sum (a - b)^2, sum a^2, sum b^2, sum a*b, zeros of a,
+    zeros of b), or None."""
+    if not _f32(a, b) or a.shape != b.shape:
+        return None
+    assert kernels is not None
+    return kernels.diff_f32(a, b, float(atol), float(rtol))

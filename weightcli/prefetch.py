@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable
 from typing import TypeVar
 
 from weightcli.stores.interrupts import start_shielded
@@ -18,7 +18,7 @@ T = TypeVar("T")
 _DONE = object()
 
 
-def ahead(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+def ahead(items: Iterable[T], depth: int = 2) -> Generator[T, None, None]:
     """The items of ``items`` in order, produced by a thread at most ``depth`` ahead.
 
     An exception raised while producing is raised here, at the item where it happened.
