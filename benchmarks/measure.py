@@ -1,4 +1,5 @@
-"""Run a command; measure its wall time and the peak resident set size of its process tree."""
+"""Run a command; measure its wall time and the peak resident set size of its process tree
+(and, when asked, its proportional set size)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,10 @@ class Measurement:
     wall: float
     peak_rss: int  # bytes, the whole process tree
     code: int
+    # bytes: the tree's proportional set size (a page shared by the forked worker, its
+    # supervisor and the digest child counted once, not once per process); only when
+    # asked for, as reading it costs the kernel a page-table walk per poll
+    peak_pss: int | None = None
 
 
 def tree(proc: psutil.Process) -> list[int]:
@@ -41,15 +46,29 @@ def rss(pids: list[int]) -> int:
     return total
 
 
+def pss(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) * 1024
+                    break
+    return total
+
+
 def measure(
-    cmd: list[str], env: dict[str, str] | None = None, cwd: str | None = None
+    cmd: list[str],
+    env: dict[str, str] | None = None,
+    cwd: str | None = None,
+    with_pss: bool = False,
 ) -> Measurement:
     start = time.perf_counter()
     popen = subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=cwd
     )
     proc = psutil.Process(popen.pid)
-    peak = 0
+    peak = peak_pss = 0
     pids = [popen.pid]
     scanned = start
     # Poll the whole tree (children such as a hashing process count too) until the
@@ -63,6 +82,8 @@ def measure(
         if now - scanned >= SCAN:
             pids, scanned = tree(proc), now
         peak = max(peak, rss(pids))
+        if with_pss:
+            peak_pss = max(peak_pss, pss(pids))
         time.sleep(POLL)
     wall = time.perf_counter() - start
     popen.returncode = os.waitstatus_to_exitcode(status)
@@ -70,11 +91,15 @@ def measure(
     peak = max(peak, int(usage.ru_maxrss) * 1024)
     if popen.returncode not in (0, 1):
         raise RuntimeError(f"{' '.join(cmd)} exited {popen.returncode}: {err[-2000:]}")
-    return Measurement(wall, peak, popen.returncode)
+    return Measurement(wall, peak, popen.returncode, peak_pss if with_pss else None)
 
 
 if __name__ == "__main__":
     import sys
 
-    m = measure(sys.argv[1:])
-    print(f"wall {m.wall:.3f} s, peak RSS {m.peak_rss / 2**20:.1f} MiB, exit {m.code}")
+    m = measure(sys.argv[1:], with_pss=True)
+    assert m.peak_pss is not None
+    print(
+        f"wall {m.wall:.3f} s, peak RSS {m.peak_rss / 2**20:.1f} MiB, "
+        f"peak PSS {m.peak_pss / 2**20:.1f} MiB, exit {m.code}"
+    )

@@ -165,6 +165,37 @@ def test_whole_file_reads_are_capped_before_reading(tmp_path: Path) -> None:
     assert res.code == 2 and "over the limit" in res.err and one_line(res.err)
 
 
+def test_a_capped_read_allocates_what_the_file_holds_and_sees_growth(tmp_path: Path) -> None:
+    """A small file is read with a buffer of its own size (not the cap: a 1 GiB
+    allocation for every saved_model.pb), and a file that grew after its size was taken
+    is still read whole, or refused over the cap."""
+    import os
+    import tracemalloc
+
+    from weightcli.errors import CorruptError
+    from weightcli.stores import capped
+
+    small = tmp_path / "small.pb"
+    small.write_bytes(b"x" * 1000)
+    tracemalloc.start()
+    try:
+        assert capped.read_bytes(small, capped.GRAPH_BYTES) == b"x" * 1000
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, peak
+
+    class Shrunk(type(small)):  # type: ignore[misc]
+        def stat(self, *a, **k):  # the size it had before it grew
+            st = os.stat(self)
+            return os.stat_result((*st[:6], 10, *st[7:]))
+
+    grown = Shrunk(small)
+    assert capped.read_bytes(grown, 2000) == b"x" * 1000
+    with pytest.raises(CorruptError, match="over the limit"):
+        capped.read_bytes(grown, 500)
+
+
 def test_a_sharded_output_whose_shard_name_is_taken_publishes_nothing(tmp_path: Path) -> None:
     out = tmp_path / "o.weights.json"
     (tmp_path / "o_00002.weights.h5").write_bytes(b"someone else's")

@@ -40,7 +40,12 @@ def read_bytes(path: Path, limit: int, what: str = "file") -> bytes:
         )
     try:
         with path.open("rb") as f:
-            data: bytes = f.read(limit + 1)
+            # The size stat gave, plus one byte to see growth: f.read(n) allocates n bytes
+            # before it reads (a 1 GiB allocation for every small saved_model.pb).
+            want = st.st_size + 1
+            data: bytes = f.read(want)
+            if len(data) == want:  # it grew since: read on, up to the limit
+                data += f.read(limit + 1 - len(data))
     except OSError as exc:
         raise InputError(f"{path}: cannot read it: {exc.strerror or exc}") from None
     if len(data) > limit:
