@@ -165,10 +165,17 @@ def test_histogram_edges_and_constant_tensors() -> None:
         Histogram(1.0, 0.0)
 
 
-def test_the_float32_fast_path_counts_as_numpy() -> None:
+@pytest.mark.parametrize("kernel", [True, False], ids=["native", "numpy"])
+def test_the_float32_fast_path_counts_as_numpy(kernel: bool, monkeypatch) -> None:
     """Float32 values known to be in range are binned in float32 and only values at an
     edge against numpy's edges: the counts equal np.histogram's, on values that sit
-    exactly on edges and one float32 step either side, and far from zero."""
+    exactly on edges and one float32 step either side, and far from zero; by the native
+    kernel and by the numpy code it replaces."""
+    from weightcli import native
+
+    assert native.kernels is not None  # premise: both paths are there to test
+    if not kernel:
+        monkeypatch.setattr(native, "kernels", None)
     rng = np.random.default_rng(1)
     fast = at_edges = 0
     for trial in range(1000):

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from weightcli import native
+
 # Bins of every histogram: the report draws them; the terminal's sparkline sums them in
 # runs of BINS // SPARK_CELLS, so its cells have every fourth edge of the report's.
 BINS = 64
@@ -84,6 +86,9 @@ class Histogram:
     def update(self, block: np.ndarray) -> None:
         if self._fast is not None and block.dtype == np.float32:
             flat = block.reshape(-1)
+            f = self._fast
+            if native.bins_f32(flat, self.counts, f.lo, f.scale, f.top, f.near, f.edges):
+                return  # the same rule, one pass (native.py)
             for i in range(0, flat.size, _Float32Bins.CHUNK):
                 self._fast.count(flat[i : i + _Float32Bins.CHUNK], self.counts)
             return

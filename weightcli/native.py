@@ -111,3 +111,21 @@ def diff_f32(a: np.ndarray, b: np.ndarray, atol: float, rtol: float) -> Any:
         return None
     assert kernels is not None
     return kernels.diff_f32(a, b, float(atol), float(rtol))
+
+
+def bins_f32(
+    x: np.ndarray,
+    counts: np.ndarray,
+    lo: np.float32,
+    scale: np.float32,
+    top: np.float32,
+    near: float,
+    edges: np.ndarray,
+) -> bool:
+    """``distribution._Float32Bins.count`` of a float32 block in one pass (see there);
+    False when the kernel does not apply (nothing counted)."""
+    if not _f32(x, edges) or counts.dtype != np.int64 or not counts.flags.c_contiguous:
+        return False
+    assert kernels is not None
+    kernels.bins_f32(x, counts, float(lo), float(scale), float(top), float(near), edges)
+    return True
