@@ -219,6 +219,29 @@ def _approx_tree(fast: object, slow: object) -> None:
         ["prune", "--sparsity", "0.6"],
         ["merge", "cnn_keras3.h5", "--weights", "1,3"],
         ["merge", "cnn_keras3.h5", "--method", "ema", "--decay", "0.3"],
+        ["merge", "cnn_keras3.h5", "--method", "dare-ties", "--base", "BASE", "--seed", "3"],
+        [
+            "merge",
+            "cnn_keras3.h5",
+            "--method",
+            "dare-linear",
+            "--base",
+            "BASE",
+            "--weights",
+            "0.3,2",
+        ],
+        ["merge", "cnn_keras3.h5", "--method", "ties", "--base", "BASE", "--density", "0.4"],
+        [
+            "merge",
+            "cnn_keras3.h5",
+            "--method",
+            "task-arithmetic",
+            "--base",
+            "BASE",
+            "--lambda",
+            "0.7",
+        ],
+        ["merge", "cnn_keras3.h5", "--method", "breadcrumbs-ties", "--base", "BASE"],
     ],
     ids=lambda a: " ".join(a),
 )
@@ -226,10 +249,11 @@ def test_a_command_writes_the_same_tensors_with_or_without_kernels(args, tmp_pat
     from tests.helpers import SAMPLES, differing, run
 
     src = SAMPLES / "cnn_keras3.h5"
-    if args[0] == "merge":  # the sample and a scaled copy of it
-        other = tmp_path / "other.h5"
+    if args[0] == "merge":  # the sample and a scaled copy of it (a base: a clipped one)
+        other, base = tmp_path / "other.h5", tmp_path / "base.h5"
         assert run("scale", src, "0.5", "-o", other).code == 0
-        args = [args[0], other, *args[2:]]
+        assert run("clip", src, "--abs-max", "0.1", "-o", base).code == 0
+        args = [args[0], other, *(base if a == "BASE" else a for a in args[2:])]
     fast_out, slow_out = tmp_path / "fast.h5", tmp_path / "slow.h5"
     fast = run(args[0], src, *args[1:], "-o", fast_out, "--json")
     slow = numpy_path(run, args[0], src, *args[1:], "-o", slow_out, "--json")
@@ -324,3 +348,62 @@ def test_diff_reads_each_side_on_a_thread_and_gives_the_numpy_paths_metrics(tmp_
     slow = numpy_path(rows, 50)
     assert fast == slow
     assert any(r[1].name == "DIFFERS" for r in fast)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    n=st.integers(1, 2000),
+    k=st.integers(1, 4),
+    seed=st.integers(0, 2**32 - 1),
+    consensus=st.booleans(),
+    normalize=st.booleans(),
+    masks=st.booleans(),
+    odd=st.booleans(),
+)
+def test_task_arithmetic_kernel_writes_the_numpy_steps_bytes(
+    n, k, seed, consensus, normalize, masks, odd
+) -> None:
+    """transforms/merge.combine and _MergeOp's steps around it, against the kernel: the
+    same float32 bytes and the same count of agreeing elements, NaN, Inf, zeros, ties of
+    sign and negative weights included."""
+    from weightcli.transforms import merge as methods
+
+    rng = np.random.default_rng(seed)
+    carrier = rng.standard_normal(n).astype(np.float32)
+    xs = [carrier + rng.standard_normal(n).astype(np.float32) * np.float32(0.1) for _ in range(k)]
+    if odd:  # values numpy's steps must meet exactly as the kernel does
+        xs[0][:: max(1, n // 7)] = carrier[:: max(1, n // 7)]  # zero deltas
+        xs[-1][1 :: max(2, n // 5)] = np.nan
+        carrier[2 :: max(3, n // 4)] = np.inf
+    keeps = [rng.random(n) < 0.6 if masks else None for _ in range(k)]
+    weights = list(rng.choice([1.0, 0.5, -0.3, 2.0], k))
+    rescales = list(rng.choice([1.0, 2.0, 1 / 0.3], k))
+    lam = float(rng.choice([1.0, 0.7]))
+    c64 = carrier.astype(np.float64)
+    deltas = []
+    for x, keep in zip(xs, keeps, strict=True):
+        d = np.subtract(x, c64)
+        if keep is not None:
+            d *= keep
+        deltas.append(d)
+    with np.errstate(all="ignore"):
+        mixed, agreeing = methods.combine(deltas, weights, consensus, normalize, rescales)
+        ref = (c64 + lam * mixed).astype(np.float32)
+    got = native.task_combine_f32(
+        carrier,
+        xs,
+        keeps,
+        [w * r for w, r in zip(weights, rescales, strict=True)],
+        weights,
+        consensus,
+        normalize,
+        lam,
+    )
+    assert got is not None
+    out, agree = got
+    # Bit for bit, but for a NaN's sign and payload (the CPU picks them by operand order,
+    # which numpy's vector loops and the kernel's need not share)
+    nan = np.isnan(ref)
+    assert np.array_equal(np.isnan(out), nan)
+    assert np.array_equal(out[~nan].view(np.int32), ref[~nan].view(np.int32))
+    assert agree == agreeing

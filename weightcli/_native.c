@@ -775,6 +775,195 @@ static PyObject *bins_f32(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(task_doc,
+             "task_combine_f32(out, carrier, xs, keeps, factors, weights, consensus,\n"
+             "    normalize, lam) -> agreeing\n\n"
+             "The generalized task arithmetic of transforms/merge.py (combine) and\n"
+             "commands/merge.py (_mixed, apply) for float32 blocks, bit for bit as their\n"
+             "float64 numpy steps (a NaN's sign and payload aside: the CPU takes them from\n"
+             "the operand order, which numpy's vector loops choose): d_i = (x_i - carrier)\n"
+             "* keep_i * factor_i; with consensus the elected sign of their sum, the agreeing\n"
+             "magnitudes summed (divided by the agreeing weights with normalize); else the\n"
+             "sum (divided by the weights' sum with normalize); out = carrier + lam * mixed.\n"
+             "keeps: a bool buffer or None per input. Returns the elements on which every\n"
+             "input agrees (consensus).");
+
+typedef struct {
+    const float *x;
+    const uint8_t *keep;
+    double factor, weight;
+} task_input;
+
+/* One chunk of ``len`` elements, input by input (each loop runs over the chunk, so it
+ * vectorises): d holds the k weighted deltas, one row of CHUNK each. */
+VECTOR_CLONES
+static Py_ssize_t task_chunk(float *restrict out, const float *restrict carrier, Py_ssize_t len,
+                             const task_input *in, int k, int consensus, int normalize,
+                             double wsum, double lam, double *restrict d) {
+    double c[CHUNK], total[CHUNK], kept[CHUNK], div[CHUNK], el[CHUNK];
+    int every[CHUNK];
+    for (Py_ssize_t j = 0; j < len; j++)
+        c[j] = (double)carrier[j];
+    for (int i = 0; i < k; i++) {
+        double *restrict di = d + (Py_ssize_t)i * CHUNK;
+        const float *restrict x = in[i].x;
+        const uint8_t *restrict keep = in[i].keep;
+        const double f = in[i].factor;
+        for (Py_ssize_t j = 0; j < len; j++)
+            di[j] = (double)x[j] - c[j];
+        if (keep)
+            for (Py_ssize_t j = 0; j < len; j++)
+                di[j] = di[j] * (keep[j] ? 1.0 : 0.0);
+        if (f != 1.0)
+            for (Py_ssize_t j = 0; j < len; j++)
+                di[j] = di[j] * f;
+        if (i == 0)
+            for (Py_ssize_t j = 0; j < len; j++)
+                total[j] = di[j];
+        else
+            for (Py_ssize_t j = 0; j < len; j++)
+                total[j] = total[j] + di[j];
+    }
+    Py_ssize_t agreeing = 0;
+    if (consensus) {
+        for (Py_ssize_t j = 0; j < len; j++) {
+            el[j] = copysign(1.0, total[j]);
+            kept[j] = div[j] = 0.0;
+            every[j] = 1;
+        }
+        for (int i = 0; i < k; i++) {
+            const double *restrict di = d + (Py_ssize_t)i * CHUNK;
+            const double w = in[i].weight, w0 = in[i].weight * 0.0;
+            for (Py_ssize_t j = 0; j < len; j++) {
+                double t = di[j] * el[j];
+                every[j] &= t >= 0.0;
+                if (normalize)
+                    div[j] = div[j] + (t > 0.0 ? w : w0);
+                t = (t >= 0.0 || t != t) ? t : 0.0; /* np.maximum(t, 0): NaN stays */
+                kept[j] = kept[j] + t;
+            }
+        }
+        for (Py_ssize_t j = 0; j < len; j++) {
+            double mixed = kept[j] * el[j];
+            agreeing += every[j];
+            if (normalize)
+                mixed = mixed / (div[j] == 0.0 ? 1.0 : div[j]);
+            out[j] = (float)(c[j] + lam * mixed);
+        }
+    } else {
+        for (Py_ssize_t j = 0; j < len; j++) {
+            double mixed = normalize ? total[j] / wsum : total[j];
+            out[j] = (float)(c[j] + lam * mixed);
+        }
+    }
+    return agreeing;
+}
+
+static Py_ssize_t task_run(float *out, const float *carrier, Py_ssize_t n, task_input *in, int k,
+                           int consensus, int normalize, double wsum, double lam, double *d) {
+    Py_ssize_t agreeing = 0;
+    const float *x0[MAX_INPUTS];
+    const uint8_t *k0[MAX_INPUTS];
+    for (int i = 0; i < k; i++) {
+        x0[i] = in[i].x;
+        k0[i] = in[i].keep;
+    }
+    for (Py_ssize_t s = 0; s < n; s += CHUNK) {
+        Py_ssize_t len = n - s < CHUNK ? n - s : CHUNK;
+        for (int i = 0; i < k; i++) {
+            in[i].x = x0[i] + s;
+            in[i].keep = k0[i] ? k0[i] + s : NULL;
+        }
+        agreeing += task_chunk(out + s, carrier + s, len, in, k, consensus, normalize, wsum, lam,
+                               d);
+    }
+    return agreeing;
+}
+
+static PyObject *task_combine_f32(PyObject *self, PyObject *args) {
+    PyObject *oo, *co, *xso, *kso, *fo, *wo;
+    int consensus, normalize;
+    double lam;
+    if (!PyArg_ParseTuple(args, "OOO!O!O!O!ppd", &oo, &co, &PyTuple_Type, &xso, &PyTuple_Type,
+                          &kso, &PyTuple_Type, &fo, &PyTuple_Type, &wo, &consensus, &normalize,
+                          &lam))
+        return NULL;
+    Py_ssize_t k = PyTuple_GET_SIZE(xso);
+    if (k < 1 || k > MAX_INPUTS || PyTuple_GET_SIZE(kso) != k || PyTuple_GET_SIZE(fo) != k ||
+        PyTuple_GET_SIZE(wo) != k) {
+        PyErr_SetString(PyExc_ValueError, "task_combine_f32: 1 to 64 inputs, all lists alike");
+        return NULL;
+    }
+    task_input in[MAX_INPUTS];
+    double wsum = 0.0;
+    for (Py_ssize_t i = 0; i < k; i++) {
+        in[i].factor = PyFloat_AsDouble(PyTuple_GET_ITEM(fo, i));
+        in[i].weight = PyFloat_AsDouble(PyTuple_GET_ITEM(wo, i));
+        in[i].keep = NULL;
+        wsum += in[i].weight;
+    }
+    if (PyErr_Occurred())
+        return NULL;
+    /* combine: total /= (1.0 if abs(sum(weights)) < 1e-8 else sum(weights)) */
+    if (fabs(wsum) < 1e-8)
+        wsum = 1.0;
+    Py_buffer ob, cb, xb[MAX_INPUTS], kb[MAX_INPUTS];
+    int held_x = 0, held_k[MAX_INPUTS] = {0};
+    if (get_buffer(oo, &ob, "f", 1) < 0)
+        return NULL;
+    if (get_buffer(co, &cb, "f", 0) < 0) {
+        PyBuffer_Release(&ob);
+        return NULL;
+    }
+    int bad = cb.len != ob.len;
+    for (; !bad && held_x < k; held_x++) {
+        if (get_buffer(PyTuple_GET_ITEM(xso, held_x), &xb[held_x], "f", 0) < 0) {
+            bad = 2;
+            break;
+        }
+        in[held_x].x = (const float *)xb[held_x].buf;
+        bad = xb[held_x].len != ob.len;
+    }
+    Py_ssize_t n = ob.len / (Py_ssize_t)sizeof(float);
+    for (Py_ssize_t i = 0; !bad && i < k; i++) {
+        PyObject *ko = PyTuple_GET_ITEM(kso, i);
+        if (ko == Py_None)
+            continue;
+        if (get_buffer(ko, &kb[i], "?", 0) < 0) {
+            bad = 2;
+            break;
+        }
+        held_k[i] = 1;
+        in[i].keep = (const uint8_t *)kb[i].buf;
+        bad = kb[i].len != n;
+    }
+    Py_ssize_t agreeing = 0;
+    double *d = bad ? NULL : PyMem_RawMalloc((size_t)k * CHUNK * sizeof(double));
+    if (!bad && d == NULL)
+        bad = 3;
+    if (!bad) {
+        Py_BEGIN_ALLOW_THREADS;
+        agreeing = task_run((float *)ob.buf, (const float *)cb.buf, n, in, (int)k, consensus,
+                            normalize, wsum, lam, d);
+        Py_END_ALLOW_THREADS;
+    }
+    PyMem_RawFree(d);
+    for (int i = 0; i < held_x; i++)
+        PyBuffer_Release(&xb[i]);
+    for (Py_ssize_t i = 0; i < k; i++)
+        if (held_k[i])
+            PyBuffer_Release(&kb[i]);
+    PyBuffer_Release(&ob);
+    PyBuffer_Release(&cb);
+    if (bad == 1)
+        PyErr_SetString(PyExc_ValueError, "task_combine_f32: buffers differ in size");
+    if (bad == 3)
+        PyErr_NoMemory();
+    if (bad)
+        return NULL;
+    return PyLong_FromSsize_t(agreeing);
+}
+
 static PyMethodDef methods[] = {
     {"stats_f32", stats_f32, METH_VARARGS, stats_doc},
     {"pair_f32", pair_f32, METH_VARARGS, pair_doc},
@@ -783,6 +972,7 @@ static PyMethodDef methods[] = {
     {"lincomb_f32", lincomb_f32, METH_VARARGS, lincomb_doc},
     {"diff_f32", diff_f32, METH_VARARGS, diff_doc},
     {"bins_f32", bins_f32, METH_VARARGS, bins_doc},
+    {"task_combine_f32", task_combine_f32, METH_VARARGS, task_doc},
     {NULL, NULL, 0, NULL},
 };
 

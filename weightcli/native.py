@@ -129,3 +129,40 @@ def bins_f32(
     assert kernels is not None
     kernels.bins_f32(x, counts, float(lo), float(scale), float(top), float(near), edges)
     return True
+
+
+def task_combine_f32(
+    carrier: np.ndarray,
+    xs: list[np.ndarray],
+    keeps: list[np.ndarray | None],
+    factors: list[float],
+    weights: list[float],
+    consensus: bool,
+    normalize: bool,
+    lam: float,
+) -> tuple[np.ndarray, int] | None:
+    """The merged float32 block of the generalized task arithmetic (``carrier + lam *
+    mixed``, see transforms/merge.combine) and how many elements every input agreed on;
+    None when the kernel does not apply."""
+    if not _f32(carrier, *xs) or any(x.shape != carrier.shape for x in xs):
+        return None
+    if not 1 <= len(xs) <= 64 or any(
+        k is not None
+        and (k.dtype != np.bool_ or k.shape != carrier.shape or not k.flags.c_contiguous)
+        for k in keeps
+    ):
+        return None
+    assert kernels is not None
+    out = np.empty_like(carrier)
+    agreeing = kernels.task_combine_f32(
+        out,
+        carrier,
+        tuple(xs),
+        tuple(keeps),
+        tuple(map(float, factors)),
+        tuple(map(float, weights)),
+        consensus,
+        normalize,
+        float(lam),
+    )
+    return out, int(agreeing)

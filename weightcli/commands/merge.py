@@ -229,6 +229,10 @@ class _MergeOp(TensorOp):
         xs = self._inputs(where, block)
         if m.kind == "linear":
             return self._linear(block, xs)
+        if m.kind not in ("slerp", "stock"):
+            fused = self._fused(where, block, xs, count)
+            if fused is not None:
+                return fused
         carrier = block.astype(np.float64)
         if m.kind == "slerp":
             s0, s1 = self.coefficients
@@ -240,6 +244,50 @@ class _MergeOp(TensorOp):
         else:
             out = carrier + float(self.general["lambda"]) * self._mixed(where, carrier, xs, count)
         return np.asarray(out).astype(block.dtype)
+
+    def _fused(
+        self, where: Block, block: np.ndarray, xs: list[np.ndarray], count: bool
+    ) -> np.ndarray | None:
+        """``apply`` of a task-arithmetic method by the native kernel (native.py): the
+        same masks as ``_mixed`` draws, the same float64 steps, the same bytes. None where
+        it does not apply (DELLA's per-element rescale, other dtypes)."""
+        m = self.method
+        if m.sparsify == "della" or not native.fused(block.dtype, *(x.dtype for x in xs)):
+            return None
+        rescale = bool(self.general.get("rescale", m.rescale))
+        keeps: list[np.ndarray | None] = []
+        rescales = [1.0] * len(xs)
+        for i, x in enumerate(xs):
+            keep: np.ndarray | None = None
+            if m.sparsify in ("magnitude", "outliers"):
+                keep = self.windows[i].keep(where.first, np.subtract(x, block, dtype=np.float64))
+            elif m.sparsify == "random":
+                p = float(self.values[i]["density"])
+                if p < 1:
+                    keep = methods.random_keep(self.keys[i], where.first, block, p)
+                    rescales[i] = 1.0 / p if rescale else 1.0
+            keeps.append(None if keep is None else np.ascontiguousarray(keep))
+        weights = [float(v.get("weight", 1.0)) for v in self.values]
+        got = native.task_combine_f32(
+            block,
+            xs,
+            keeps,
+            [w * r for w, r in zip(weights, rescales, strict=True)],  # as combine folds them
+            weights,
+            m.consensus,
+            bool(self.general.get("normalize", m.normalize)),
+            float(self.general["lambda"]),
+        )
+        if got is None:
+            return None
+        out, agreeing = got
+        if count and m.sparsify is not None:
+            self.kept += sum(
+                int(np.count_nonzero(k)) if k is not None else block.size for k in keeps
+            )
+            self.seen += block.size
+            self.agree += agreeing
+        return out
 
     def _mixed(
         self, where: Block, carrier: np.ndarray, xs: list[np.ndarray], count: bool
