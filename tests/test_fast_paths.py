@@ -184,3 +184,63 @@ def test_an_error_while_comparing_in_two_is_raised_and_both_threads_end() -> Non
     with pytest.raises(OSError, match="block 20"):
         compare._compare_in_two(ahead(pairs()), acc, 0.0, 0.0, False)
     assert threading.active_count() == before
+
+
+def test_speculative_hands_over_what_it_computed_ahead_and_recomputes_a_miss() -> None:
+    from weightcli.prefetch import Speculative
+
+    calls: list[tuple[int, str]] = []
+
+    def fn(key: int) -> int:
+        calls.append((key, threading.current_thread().name))
+        if key == 13:
+            raise ValueError("thirteen")
+        return key * 10
+
+    before = threading.active_count()
+    s = Speculative(fn)
+    assert s.take(1) == 10 and calls[-1] == (1, threading.current_thread().name)
+    s.start(2)
+    assert s.take(2) == 20 and calls[-1] == (2, "weightcli-ahead")  # computed ahead
+    s.start(3)
+    here = threading.current_thread().name
+    assert s.take(4) == 40 and calls[-2:] == [(3, "weightcli-ahead"), (4, here)]
+    s.start(13)  # an error ahead is raised here, where the caller asks
+    with pytest.raises(ValueError, match="thirteen"):
+        s.take(13)
+    s.start(5)
+    s.start(6)  # a start not taken is dropped
+    assert s.take(6) == 60
+    assert threading.active_count() == before  # every helper joined
+
+
+def test_dare_draws_the_next_blocks_masks_ahead(tmp_path) -> None:
+    """The premise of the dare-ties speed-up: a multi-block tensor's masks are drawn on the
+    helper thread (and the output equals the numpy path's, in test_native)."""
+    from tests.helpers import SAMPLES, run
+    from weightcli.commands import merge as merge_cmd
+
+    a, base = tmp_path / "a.h5", tmp_path / "base.h5"
+    assert run("scale", SAMPLES / "cnn_keras3.h5", "0.5", "-o", a).code == 0
+    assert run("clip", SAMPLES / "cnn_keras3.h5", "--abs-max", "0.1", "-o", base).code == 0
+    names: list[str] = []
+    real = merge_cmd._MergeOp._draw
+
+    def spy(self, at):
+        names.append(threading.current_thread().name)
+        return real(self, at)
+
+    from weightcli.params import OutputSpec
+
+    request = merge_cmd.MergeRequest(
+        others=(a,),
+        method="dare-ties",
+        base=base,
+        out=OutputSpec(output=tmp_path / "o.h5"),
+        block_elems=64,  # several blocks a tensor
+    )
+    with pytest.MonkeyPatch().context() as mp:
+        mp.setattr(merge_cmd._MergeOp, "_draw", spy)
+        assert merge_cmd.run(request, SAMPLES / "cnn_keras3.h5").changes
+    # the first block of each tensor drawn here, the others ahead
+    assert names.count("weightcli-ahead") > names.count("MainThread") > 0

@@ -1,4 +1,5 @@
-"""Read ahead: the next blocks are read by a thread while the caller computes on this one.
+"""Read ahead: the next blocks are read by a thread while the caller computes on this one
+(``ahead``); a value the caller will need next computed meanwhile (``Speculative``).
 
 Reads (``preadv``, h5py, file reads) release the GIL, as numpy's loops do, so on two
 cores reading and computing overlap. Memory stays bounded: at most ``depth`` items wait.
@@ -6,10 +7,11 @@ cores reading and computing overlap. Memory stays bounded: at most ``depth`` ite
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
-from collections.abc import Generator, Iterable
-from typing import TypeVar
+from collections.abc import Callable, Generator, Iterable
+from typing import Generic, TypeVar
 
 from weightcli.stores.interrupts import start_shielded
 
@@ -61,3 +63,42 @@ def ahead(items: Iterable[T], depth: int = 2) -> Generator[T, None, None]:
     finally:
         stop.set()
         thread.join()
+
+
+K = TypeVar("K")
+
+
+class Speculative(Generic[K, T]):
+    """``fn(key)`` computed ahead, on a helper thread, for the key the caller says it will
+    ask for next (``start``); ``take(key)`` returns that result when the key is the one
+    started, else computes ``fn(key)`` here. At most one computation is ahead (bounded
+    memory); an error raised ahead is dropped and the computation done again here, so
+    it is raised where the caller asked."""
+
+    def __init__(self, fn: Callable[[K], T]) -> None:
+        self.fn = fn
+        self._key: K | None = None
+        self._thread: threading.Thread | None = None
+        self._result: list[T] = []
+
+    def take(self, key: K) -> T:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+            if self._key == key and self._result:
+                return self._result.pop()
+            self._result.clear()
+        return self.fn(key)
+
+    def start(self, key: K) -> None:
+        if self._thread is not None:  # (not taken: dropped)
+            self._thread.join()
+            self._result.clear()
+        self._key = key
+
+        def run() -> None:
+            with contextlib.suppress(BaseException):  # computed again, and raised, by take
+                self._result.append(self.fn(key))
+
+        self._thread = threading.Thread(target=run, name="weightcli-ahead", daemon=True)
+        start_shielded(self._thread)
