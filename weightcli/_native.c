@@ -52,6 +52,23 @@ static int get_buffer(PyObject *obj, Py_buffer *view, const char *fmt, int writa
     return 0;
 }
 
+/* Two float32 buffers of one size (x, y), or an error with neither held. */
+static int get_two_f32(PyObject *xo, PyObject *yo, Py_buffer *xb, Py_buffer *yb) {
+    if (get_buffer(xo, xb, "f", 0) < 0)
+        return -1;
+    if (get_buffer(yo, yb, "f", 0) < 0) {
+        PyBuffer_Release(xb);
+        return -1;
+    }
+    if (yb->len != xb->len) {
+        PyBuffer_Release(xb);
+        PyBuffer_Release(yb);
+        PyErr_SetString(PyExc_ValueError, "the two blocks differ in size");
+        return -1;
+    }
+    return 0;
+}
+
 typedef struct {
     float lo, hi;
     double sum, sumsq, m2;
@@ -241,19 +258,9 @@ static PyObject *pair_f32(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OO", &xo, &yo))
         return NULL;
     Py_buffer xb, yb;
-    if (get_buffer(xo, &xb, "f", 0) < 0)
+    if (get_two_f32(xo, yo, &xb, &yb) < 0)
         return NULL;
-    if (get_buffer(yo, &yb, "f", 0) < 0) {
-        PyBuffer_Release(&xb);
-        return NULL;
-    }
     Py_ssize_t n = xb.len / (Py_ssize_t)sizeof(float);
-    if (yb.len != xb.len) {
-        PyBuffer_Release(&xb);
-        PyBuffer_Release(&yb);
-        PyErr_SetString(PyExc_ValueError, "x and y differ in size");
-        return NULL;
-    }
     moments mx, my;
     changes c;
     int ok = 0;
@@ -662,18 +669,8 @@ static PyObject *diff_f32(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOdd", &xo, &yo, &atol, &rtol))
         return NULL;
     Py_buffer xb, yb;
-    if (get_buffer(xo, &xb, "f", 0) < 0)
+    if (get_two_f32(xo, yo, &xb, &yb) < 0)
         return NULL;
-    if (get_buffer(yo, &yb, "f", 0) < 0) {
-        PyBuffer_Release(&xb);
-        return NULL;
-    }
-    if (yb.len != xb.len) {
-        PyBuffer_Release(&xb);
-        PyBuffer_Release(&yb);
-        PyErr_SetString(PyExc_ValueError, "a and b differ in size");
-        return NULL;
-    }
     Py_ssize_t n = xb.len / (Py_ssize_t)sizeof(float);
     diffsums r = {0, 0, 0, 0.0f, 0.0, 0.0, 0.0, 0.0, 0.0};
     int ok;
