@@ -22,7 +22,7 @@ def _load() -> ModuleType | None:
     if os.environ.get(ENV, "1") == "0":
         return None
     try:
-        from weightcli import _native
+        import weightcli._native as _native
     except ImportError:
         return None
     return _native
