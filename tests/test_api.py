@@ -204,11 +204,6 @@ def _imports(package: Path) -> dict[str, set[str]]:
         ".".join(p.relative_to(package.parent).with_suffix("").parts).removesuffix(".__init__"): p
         for p in package.rglob("*.py")
     }
-    # Compiled modules (weightcli/_native.c) are leaves: they import nothing of ours.
-    mods |= {
-        ".".join(p.relative_to(package.parent).with_suffix("").parts): p
-        for p in package.rglob("*.c")
-    }
     graph: dict[str, set[str]] = {m: set() for m in mods}
 
     def known(t: str) -> str:
@@ -217,8 +212,6 @@ def _imports(package: Path) -> dict[str, set[str]]:
         return t
 
     for m, p in mods.items():
-        if p.suffix == ".c":
-            continue
         pkg = m if p.name == "__init__.py" else m.rsplit(".", 1)[0]
         for node in ast.walk(ast.parse(p.read_text())):
             targets: list[str] = []
@@ -240,8 +233,6 @@ def _imports(package: Path) -> dict[str, set[str]]:
 def _externals(module: str) -> set[str]:
     """Top-level names of the packages a module imports (lazily or not)."""
     path = ROOT / (module.replace(".", "/") + ".py")
-    if (ROOT / (module.replace(".", "/") + ".c")).exists():
-        return set()  # a compiled module: Python's C API only
     if not path.exists():
         path = ROOT / module.replace(".", "/") / "__init__.py"
     out = set()

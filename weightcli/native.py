@@ -9,6 +9,7 @@ environment (for A/B runs; the tests compare both paths on the same blocks).
 
 from __future__ import annotations
 
+import importlib
 import os
 from types import ModuleType
 from typing import Any
@@ -22,10 +23,11 @@ def _load() -> ModuleType | None:
     if os.environ.get(ENV, "1") == "0":
         return None
     try:
-        import weightcli._native as _native
+        # By its full name, not ``from weightcli import``: the compiled module is a leaf
+        # and needs nothing of the package face (weightcli/__init__.py) above it.
+        return importlib.import_module("weightcli._native")
     except ImportError:
         return None
-    return _native
 
 
 # The compiled module, or None; tests set it to None to run the numpy path.
