@@ -4,6 +4,7 @@ must give what the slow, obvious computation gives."""
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -211,7 +212,15 @@ def test_speculative_hands_over_what_it_computed_ahead_and_recomputes_a_miss() -
     s.start(5)
     s.start(6)  # a start not taken is dropped
     assert s.take(6) == 60
-    assert threading.active_count() == before  # every helper joined
+    assert threading.active_count() == before + 1  # one helper served every start
+    s.close()
+    assert threading.active_count() == before
+    s.start(7)  # a helper again, which ends by itself when no more work comes
+    assert s.take(7) == 70 and calls[-1] == (7, "weightcli-ahead")
+    deadline = time.monotonic() + 10 * s.IDLE
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert threading.active_count() == before
 
 
 def test_dare_draws_the_next_blocks_masks_ahead(tmp_path) -> None:
@@ -239,8 +248,10 @@ def test_dare_draws_the_next_blocks_masks_ahead(tmp_path) -> None:
         out=OutputSpec(output=tmp_path / "o.h5"),
         block_elems=64,  # several blocks a tensor
     )
+    before = threading.active_count()
     with pytest.MonkeyPatch().context() as mp:
         mp.setattr(merge_cmd._MergeOp, "_draw", spy)
         assert merge_cmd.run(request, SAMPLES / "cnn_keras3.h5").changes
+    assert threading.active_count() == before  # each tensor's helper ended with it
     # the first block of each tensor drawn here, the others ahead
     assert names.count("weightcli-ahead") > names.count("MainThread") > 0

@@ -73,32 +73,67 @@ class Speculative(Generic[K, T]):
     ask for next (``start``); ``take(key)`` returns that result when the key is the one
     started, else computes ``fn(key)`` here. At most one computation is ahead (bounded
     memory); an error raised ahead is dropped and the computation done again here, so
-    it is raised where the caller asked."""
+    it is raised where the caller asked. One helper thread serves the ``start`` calls (a
+    thread each cost more than it saved); ``close`` ends it, and it ends by itself when
+    no work came for ``IDLE`` seconds (a caller that failed half-way leaves none behind)."""
+
+    IDLE = 1.0
 
     def __init__(self, fn: Callable[[K], T]) -> None:
         self.fn = fn
         self._key: K | None = None
+        self._pending = False
+        self._jobs: queue.Queue[K | None] = queue.Queue()
+        self._done: queue.Queue[list[T]] = queue.Queue()
+        self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._result: list[T] = []
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                key = self._jobs.get(timeout=self.IDLE)
+            except queue.Empty:
+                with self._lock:
+                    if self._jobs.empty():
+                        self._thread = None
+                        return
+                continue
+            if key is None:
+                return
+            out: list[T] = []
+            with contextlib.suppress(BaseException):  # computed again, and raised, by take
+                out.append(self.fn(key))
+            self._done.put(out)
+
+    def _collect(self) -> list[T]:
+        if not self._pending:
+            return []
+        self._pending = False
+        return self._done.get()
 
     def take(self, key: K) -> T:
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-            if self._key == key and self._result:
-                return self._result.pop()
-            self._result.clear()
+        got = self._collect()
+        if got and self._key == key:
+            return got[0]
         return self.fn(key)
 
     def start(self, key: K) -> None:
-        if self._thread is not None:  # (not taken: dropped)
-            self._thread.join()
-            self._result.clear()
-        self._key = key
+        self._collect()  # (not taken: dropped)
+        self._key, self._pending = key, True
+        with self._lock:
+            self._jobs.put(key)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._serve, name="weightcli-ahead", daemon=True
+                )
+                start_shielded(self._thread)
 
-        def run() -> None:
-            with contextlib.suppress(BaseException):  # computed again, and raised, by take
-                self._result.append(self.fn(key))
-
-        self._thread = threading.Thread(target=run, name="weightcli-ahead", daemon=True)
-        start_shielded(self._thread)
+    def close(self) -> None:
+        """Drop what is ahead and end the helper thread (joined)."""
+        self._collect()
+        with self._lock:
+            thread, self._thread = self._thread, None
+            if thread is not None:
+                self._jobs.put(None)
+        if thread is not None:
+            thread.join()

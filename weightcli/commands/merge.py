@@ -268,6 +268,8 @@ class _MergeOp(TensorOp):
             following = where.first + block.size
             if following < self.info.size:  # most blocks have the shape of the one before
                 self.draws.start((following, block.shape))
+            else:  # the tensor's last block: its helper thread is done
+                self.draws.close()
             for i, keep in enumerate(keeps):
                 if keep is not None and rescale:
                     rescales[i] = 1.0 / float(self.values[i]["density"])
