@@ -103,7 +103,7 @@ def _hasher(algorithm: str) -> Any:
 
 
 # Bytes of a file mapped at a time for BLAKE3 (a multiple of mmap's granularity).
-MMAP_WINDOW = 8 << 20
+MMAP_WINDOW = 4 << 20  # (8 MiB: the same speed, 4 MiB more resident)
 
 
 def file_digest(f: Path, algorithm: str) -> str:
@@ -158,12 +158,14 @@ def digest(path: Path, algorithm: str | None = None) -> dict[str, Any]:
 
 
 def digest_all(paths: list[Path], algorithm: str | None = None) -> list[dict[str, Any]]:
-    """The manifest of each path, computed by one thread each (hashes and file reads
-    release the GIL: several large files hash at once on several cores)."""
+    """The manifest of each path: for sha256, one thread each (hashes and file reads
+    release the GIL: several large files hash at once on several cores); BLAKE3 hashes
+    one file at a time, on every core already (a mapped window a file at once cost the
+    memory of three windows for a three-input merge, and no time)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    if len(paths) == 1:
-        return [digest(paths[0], algorithm)]
+    if len(paths) == 1 or check_algorithm(algorithm or default_algorithm()) != "sha256":
+        return [digest(p, algorithm) for p in paths]
     with ThreadPoolExecutor(max_workers=len(paths)) as pool:
         return list(pool.map(lambda p: digest(p, algorithm), paths))
 
