@@ -158,13 +158,18 @@ def digest(path: Path, algorithm: str | None = None) -> dict[str, Any]:
 
 
 def digest_all(paths: list[Path], algorithm: str | None = None) -> list[dict[str, Any]]:
-    """The manifest of each path: for sha256, one thread each (hashes and file reads
-    release the GIL: several large files hash at once on several cores); BLAKE3 hashes
-    one file at a time, on every core already (a mapped window a file at once cost the
-    memory of three windows for a three-input merge, and no time)."""
+    """The manifest of each path, one thread each (hashes and file reads release the
+    GIL: several large files hash at once on several cores, several objects download at
+    once); local files by BLAKE3 one at a time instead, on every core already (a mapped
+    window a file at once cost the memory of three windows for a three-input merge, and
+    no time)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    if len(paths) == 1 or check_algorithm(algorithm or default_algorithm()) != "sha256":
+    blake3_local = check_algorithm(algorithm or default_algorithm()) != "sha256" and not any(
+        getattr(p, "walk_files", None) is not None
+        for p in paths  # (remote: fetched at once)
+    )
+    if len(paths) == 1 or blake3_local:
         return [digest(p, algorithm) for p in paths]
     with ThreadPoolExecutor(max_workers=len(paths)) as pool:
         return list(pool.map(lambda p: digest(p, algorithm), paths))
