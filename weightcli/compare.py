@@ -327,9 +327,6 @@ def diff_stores(
             row.status = DTYPE if a.dtype != b.dtype and not ignore_dtype else IDENTICAL
         else:
             acc = _Acc(atol, rtol, nan_equal)
-            pairs: Iterator[tuple[tuple[Block, np.ndarray], tuple[Block, np.ndarray]]] = zip(
-                sa.blocks(a, block_elems), sb.blocks(b, block_elems), strict=True
-            )
             if a.size > block_elems and native.fused(a.dtype, b.dtype):
                 # Several blocks, compared by a native kernel faster than they are read:
                 # each side read ahead by a thread of its own, compared here.
@@ -341,12 +338,16 @@ def diff_stores(
                 finally:  # both readers stopped and joined, whatever happened
                     ra.close()
                     rb.close()
-            elif a.size > block_elems:
-                # Several blocks: the next pairs are read by one thread while two compare.
-                _compare_in_two(ahead(pairs, depth=3), acc, atol, rtol, nan_equal)
             else:
-                for (_, xa), (_, xb) in pairs:
-                    acc.update(xa, xb)
+                pairs: Iterator[tuple[tuple[Block, np.ndarray], tuple[Block, np.ndarray]]] = zip(
+                    sa.blocks(a, block_elems), sb.blocks(b, block_elems), strict=True
+                )
+                if a.size > block_elems:
+                    # Several blocks: the next pairs are read by one thread while two compare.
+                    _compare_in_two(ahead(pairs, depth=3), acc, atol, rtol, nan_equal)
+                else:
+                    for (_, xa), (_, xb) in pairs:
+                        acc.update(xa, xb)
             acc.finish(row)
             if a.dtype != b.dtype and not ignore_dtype:
                 row.status = DTYPE
