@@ -8,7 +8,7 @@ order) and holds memory bounded by its own size, never by the tensor's."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -235,25 +235,28 @@ class _Rows:
         return flat[:whole].reshape(-1, self.cols)
 
 
-def kernel_spectrum(w: np.ndarray) -> SpectralFigures | None:
-    """A 2-D kernel's spectral figures from memory (None when it holds NaN/Inf)."""
+def kernel_spectrum(w: np.ndarray, finite: bool = False) -> SpectralFigures | None:
+    """A 2-D kernel's spectral figures from memory (None when it holds NaN/Inf;
+    ``finite``: the caller knows it holds none)."""
     rows, cols = w.shape
-    if not np.isfinite(w).all():
+    if not finite and not np.isfinite(w).all():
         return None
     tall = rows >= cols
     side = cols if tall else rows
     if side > EXACT_SIDE:
-        flat = w.reshape(-1)
-        fro = sum(
-            float(np.dot(c, c))
-            for c in (
-                flat[i : i + GRAM_CHUNK].astype(np.float64) for i in range(0, flat.size, GRAM_CHUNK)
-            )
-        )
-        chunks = range(0, flat.size, GRAM_CHUNK)  # float64 a chunk at a time: bounded memory
-        return power_spectral_norm(
-            rows, cols, lambda: (flat[i : i + GRAM_CHUNK] for i in chunks), fro
-        )
+        step = max(1, GRAM_CHUNK // cols)
+        buf = np.empty((min(step, rows), cols), dtype=np.float64)
+
+        def row_blocks() -> Iterator[np.ndarray]:
+            """Whole rows in float64, a chunk at a time, in one reused buffer (bounded
+            memory, no fresh pages; each is used before the next is made)."""
+            for i in range(0, rows, step):
+                part = buf[: min(step, rows - i)]
+                np.copyto(part, w[i : i + step])
+                yield part
+
+        fro = sum(float(np.vdot(part, part)) for part in row_blocks())
+        return power_spectral_norm(rows, cols, row_blocks, fro)
     gram = np.zeros((side, side), dtype=np.float64)
     step = max(1, GRAM_CHUNK // side)
     for i in range(0, rows if tall else cols, step):
@@ -283,12 +286,18 @@ class Solver:
         self._slots = threading.BoundedSemaphore(pending + workers)
         self._futures: list[Any] = []
 
-    def submit(self, w: np.ndarray, done: Callable[[SpectralFigures | None], None]) -> None:
+    def submit(
+        self,
+        w: np.ndarray,
+        done: Callable[[SpectralFigures | None], None],
+        finite: bool = False,
+    ) -> None:
+        """``kernel_spectrum(w, finite)`` on a helper, its result to ``done``."""
         self._slots.acquire()
 
         def job() -> None:
             try:
-                done(kernel_spectrum(w))
+                done(kernel_spectrum(w, finite))
             finally:
                 self._slots.release()
 
@@ -360,7 +369,7 @@ def power_spectral_norm(
             r = rows_of.feed(block)
             if r is None:
                 continue
-            r64 = r.astype(np.float64)
+            r64 = r.astype(np.float64, copy=False)
             z += r64.T @ (r64 @ v)
         if not np.isfinite(z).all():
             return None

@@ -24,7 +24,7 @@ from weightcli.results import JSON, InspectResult, TensorReport
 from weightcli.select import Selection, apply
 from weightcli.stats import tensor_stats
 from weightcli.stores import Store, open_store, remote
-from weightcli.stores.base import BLOCK_ELEMS, Block
+from weightcli.stores.base import BLOCK_ELEMS, Block, split
 from weightcli.stores.quantized import DequantizedStore, has_quantized
 from weightcli.tensor import TensorInfo
 
@@ -153,16 +153,19 @@ def _read(
     for t in chosen:
         stats = dequantized = digest = None
         hasher = TensorDigest() if request.digests and t.dtype != "string" else None
-        blocks = store.blocks(t, request.block_elems)
+        whole = None
+        if request.histograms and t.dtype != "string" and t.size <= WHOLE_ELEMS:
+            # A small tensor is read whole, at once: its histogram and spectral figures
+            # then need no second read, and its blocks are views (no copy).
+            whole = _read_whole(store, t)
+            blocks = _views(whole, t.shape, request.block_elems)
+        else:
+            blocks = store.blocks(t, request.block_elems)
         if hasher is not None:
             blocks = hasher.through(blocks)  # one pass: the digest and the statistics
         distinct = DistinctValues() if request.with_stats and t.dtype != "string" else None
         if distinct is not None:
             blocks = distinct.through(blocks)
-        whole = None
-        if request.histograms and t.dtype != "string" and t.size <= WHOLE_ELEMS:
-            whole = Gather(t.size)
-            blocks = whole.through(blocks)
         if request.with_stats and t.dtype != "string":
             stats = tensor_stats(blocks)
             if view is not None and t.name in view.dequantized:
@@ -177,25 +180,18 @@ def _read(
         reports.append(rep)
 
 
-class Gather:
-    """A small tensor's values, kept as the first pass reads them: its histogram and
-    spectral figures then need no second read."""
+def _read_whole(store: Store, t: TensorInfo) -> np.ndarray:
+    """Every value of ``t``, in one read (a single block as big as the tensor)."""
+    parts = [values.reshape(-1) for _, values in store.blocks(t, max(t.size, 1))]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    def __init__(self, size: int) -> None:
-        self.values: np.ndarray | None = None
-        self.filled = 0
-        self.size = size
 
-    def through(
-        self, blocks: Iterator[tuple[Block, np.ndarray]]
-    ) -> Iterator[tuple[Block, np.ndarray]]:
-        for block, values in blocks:
-            flat = values.reshape(-1)
-            if self.values is None:
-                self.values = np.empty(self.size, dtype=flat.dtype)
-            self.values[self.filled : self.filled + flat.size] = flat
-            self.filled += flat.size
-            yield block, values
+def _views(
+    flat: np.ndarray, shape: tuple[int, ...], block_elems: int
+) -> Iterator[tuple[Block, np.ndarray]]:
+    """The blocks ``Store.blocks`` would give, as views of the tensor's values ``flat``."""
+    for block in split(shape, block_elems):
+        yield block, flat[block.first : block.first + block.size].reshape(block.shape)
 
 
 def _second_pass(
@@ -203,7 +199,7 @@ def _second_pass(
     t: TensorInfo,
     rep: TensorReport,
     request: InspectRequest,
-    whole: Gather | None,
+    whole: np.ndarray | None,
     solver: Solver | None = None,
 ) -> None:
     """The histogram over the range the first pass found and, for a 2-D (or reshaped)
@@ -216,15 +212,15 @@ def _second_pass(
     shape = matrix_shape(t.shape) if request.spectral and t.is_float else None
     if shape is not None and stats.nonfinite:
         shape = None  # no spectrum with NaN/Inf in it
-    if whole is not None and whole.values is not None and whole.filled == t.size:
-        hist.update(whole.values)
+    if whole is not None:
+        hist.update(whole)
         rep.histogram = hist
-        if shape is not None:
-            w = whole.values.reshape(shape)
+        if shape is not None:  # (finite: the statistics counted no NaN/Inf)
+            w = whole.reshape(shape)
             if solver is None:
-                rep.spectral = kernel_spectrum(w)
+                rep.spectral = kernel_spectrum(w, finite=True)
             else:
-                solver.submit(w, lambda figures: setattr(rep, "spectral", figures))
+                solver.submit(w, lambda figures: setattr(rep, "spectral", figures), finite=True)
         return
     gram = GramSpectrum(*shape) if shape is not None and streamed_exact(*shape) else None
     for _, values in store.blocks(t, request.block_elems):
