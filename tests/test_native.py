@@ -115,6 +115,65 @@ def test_pair_kernel_gives_what_the_numpy_summary_gives(
         assert f.std == pytest.approx(s.std, rel=1e-4, abs=1e-6 * (s.abs_max or 1))
 
 
+@settings(max_examples=80, deadline=None)
+@given(
+    n=st.integers(1, 70000),  # past one slice (16 * 1024 elements) of the kernel
+    seed=st.integers(0, 2**32 - 1),
+    kind=st.sampled_from(KINDS),
+    op=st.sampled_from(["scale", "clip", "clip-low", "clip-high", "clip-crossed"]),
+    a=st.floats(0.01, 3.0),
+)
+def test_the_fused_scale_and_clip_kernel_writes_numpys_bytes_and_the_pair_summary(
+    n: int, seed: int, kind: str, op: str, a: float
+) -> None:
+    """map_pair_f32: the bytes of scale.py's float32 product and of np.clip (bounds
+    other than zero), and pair_f32's figures of the block and that result."""
+    x = _blocks(seed, n, kind)
+    top = float(np.abs(x).max()) or 1.0
+    lo, hi = np.float32(-a * 0.3 * top), np.float32(a * 0.3 * top)
+    if op == "scale":
+        kind_no, p, q = 0, np.float32(a), 0.0
+        want = x * np.float32(a)
+    else:
+        kind_no = 1
+        p = np.float32(-np.inf) if op == "clip-high" else lo
+        q = np.float32(np.inf) if op == "clip-low" else hi
+        if op == "clip-crossed":
+            p, q = hi, lo  # np.clip gives the upper bound everywhere
+        if p == 0 or q == 0:
+            return  # (tiny magnitudes: the caller never passes a zero bound)
+        want = np.clip(x, p, q)
+    fused = native.map_pair_f32(x, kind_no, float(p), float(q))
+    if not np.isfinite(want).all():
+        assert fused is None  # an overflow: the numpy path takes the block
+        return
+    assert fused is not None
+    out, summary = fused
+    assert out.tobytes() == want.tobytes()
+    ref = native.pair_f32(x, want)
+    assert summary[2:] == ref[2:]  # changes: exact
+    for f, r in zip(summary[:2], ref[:2], strict=True):
+        assert f[2:] == r[2:]  # min, max, zeros: exact
+        assert f[0] == pytest.approx(r[0], rel=1e-9, abs=1e-12 * top)
+        assert f[1] == pytest.approx(r[1], rel=1e-9, abs=1e-12 * top * top * n)
+
+
+def test_a_zero_clip_bound_takes_the_numpy_path() -> None:
+    """np.clip's sign of a zero result depends on its code path, so a zero bound is
+    left to it; any other bound goes through the kernel."""
+    from weightcli.steps import ClipStep, _ClipOp
+    from weightcli.stores.base import Block
+    from weightcli.tensor import TensorInfo
+
+    x = np.array([-0.0, 0.0, -1.0, 2.0], np.float32)
+    info = TensorInfo(name="k", path="k", shape=(4,), dtype="float32", kind="kernel")
+    where = Block((0,), (4,), 0)
+    for lo, hi, fused in ((0.0, None, False), (None, -0.0, False), (-0.5, 1.0, True)):
+        step = ClipStep(selection=None, min=lo, max=hi)  # type: ignore[arg-type]
+        op = _ClipOp(info, step)
+        assert (op.apply_summarized(where, x) is not None) is fused
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_kernels_hand_nonfinite_blocks_back(bad: float) -> None:
     x = np.linspace(-1, 1, 1000, dtype=np.float32)
@@ -123,6 +182,8 @@ def test_kernels_hand_nonfinite_blocks_back(bad: float) -> None:
     assert native.stats_f32(y) is None
     assert native.pair_f32(x, y) is None
     assert native.pair_f32(y, x) is None
+    assert native.map_pair_f32(y, 0, 0.5, 0.0) is None
+    assert native.map_pair_f32(y, 1, -0.5, 0.5) is None
     out = native.fake_quant_f32(y, np.ones(1), np.zeros(1), 1000, -127, 127)
     assert out is None
 
@@ -214,6 +275,8 @@ def _approx_tree(fast: object, slow: object) -> None:
     [
         ["scale", "0.5"],
         ["clip", "--abs-max", "0.05"],
+        ["clip", "--min", "0"],  # (a zero bound: the numpy path on both sides)
+        ["clip", "--max", "0.02"],
         ["quantize", "--bits", "4"],
         ["quantize", "--scheme", "asymmetric", "--granularity", "per-tensor"],
         ["prune", "--sparsity", "0.6"],

@@ -86,8 +86,16 @@ typedef struct {
 #define SAFE_LO 1e-15
 #define SAFE_HI 1e15
 
+static void moments_init(moments *m) {
+    m->lo = INFINITY;
+    m->hi = -INFINITY;
+    m->sum = m->sumsq = m->m2 = 0.0;
+    m->zeros = 0;
+}
+
+/* Adds x[0:n] to m's extremes, sums and zeros. */
 VECTOR_CLONES
-static void sums_f32(const float *x, Py_ssize_t n, moments *m) {
+static void sums_add(const float *x, Py_ssize_t n, moments *m) {
     float lo[W], hi[W];
     double sum = 0.0, sumsq = 0.0;
     Py_ssize_t zeros = 0;
@@ -127,15 +135,18 @@ static void sums_f32(const float *x, Py_ssize_t n, moments *m) {
         sumsq += (double)v * v;
         zeros += (v == 0.0f);
     }
-    m->lo = lo[0];
-    m->hi = hi[0];
-    for (int j = 1; j < W; j++) {
+    for (int j = 0; j < W; j++) {
         m->lo = lo[j] < m->lo ? lo[j] : m->lo;
         m->hi = hi[j] > m->hi ? hi[j] : m->hi;
     }
-    m->sum = sum;
-    m->sumsq = sumsq;
-    m->zeros = zeros;
+    m->sum += sum;
+    m->sumsq += sumsq;
+    m->zeros += zeros;
+}
+
+static void sums_f32(const float *x, Py_ssize_t n, moments *m) {
+    moments_init(m);
+    sums_add(x, n, m);
 }
 
 /* The sum of squared deviations from ``mean``, in double (the rare cases: the mean
@@ -157,8 +168,16 @@ static double deviations_f64(const float *x, Py_ssize_t n, double mean) {
 
 /* min, max, mean's sum, m2 and zeros of x[0:n]; returns 0 when something is not finite
  * (NaN or Inf make the sums non-finite). */
+static int moments_finish(const float *x, Py_ssize_t n, moments *m);
+
 static int moments_f32(const float *x, Py_ssize_t n, moments *m) {
     sums_f32(x, n, m);
+    return moments_finish(x, n, m);
+}
+
+/* m2 from the sums that sums_add gathered over all of x[0:n] (or, where they would
+ * cancel, from the deviations); 0 when something is not finite. */
+static int moments_finish(const float *x, Py_ssize_t n, moments *m) {
     if (!isfinite(m->sum) || !isfinite(m->lo) || !isfinite(m->hi))
         return 0;
     double amax = fmax(-(double)m->lo, (double)m->hi);
@@ -218,8 +237,10 @@ typedef struct {
     float worst;
 } changes;
 
+/* Adds x[0:n] -> y[0:n] to c's count of changed elements and largest change. */
 VECTOR_CLONES
-static int changes_f32(const float *restrict x, const float *restrict y, Py_ssize_t n, changes *c) {
+static void changes_add(const float *restrict x, const float *restrict y, Py_ssize_t n,
+                        changes *c) {
     float w[W];
     Py_ssize_t changed = 0;
     for (int j = 0; j < W; j++)
@@ -246,11 +267,24 @@ static int changes_f32(const float *restrict x, const float *restrict y, Py_ssiz
         changed += (d != 0.0f);
         w[0] = d > w[0] ? d : w[0];
     }
-    c->changed = changed;
-    c->worst = w[0];
-    for (int j = 1; j < W; j++)
+    c->changed += changed;
+    for (int j = 0; j < W; j++)
         c->worst = w[j] > c->worst ? w[j] : c->worst;
+}
+
+static int changes_f32(const float *restrict x, const float *restrict y, Py_ssize_t n, changes *c) {
+    c->changed = 0;
+    c->worst = 0.0f;
+    changes_add(x, y, n, c);
     return isfinite(c->worst);
+}
+
+/* pair_f32's result tuple. */
+static PyObject *pair_value(Py_ssize_t n, const moments *mx, const moments *my, const changes *c) {
+    return Py_BuildValue("((ddddn)(ddddn)nd)", mx->sum / (double)n, mx->m2, (double)mx->lo,
+                         (double)mx->hi, mx->zeros, my->sum / (double)n, my->m2,
+                         (double)my->lo, (double)my->hi, my->zeros, c->changed,
+                         (double)c->worst);
 }
 
 static PyObject *pair_f32(PyObject *self, PyObject *args) {
@@ -274,9 +308,86 @@ static PyObject *pair_f32(PyObject *self, PyObject *args) {
     PyBuffer_Release(&yb);
     if (!ok)
         Py_RETURN_NONE;
-    return Py_BuildValue("((ddddn)(ddddn)nd)", mx.sum / (double)n, mx.m2, (double)mx.lo,
-                         (double)mx.hi, mx.zeros, my.sum / (double)n, my.m2, (double)my.lo,
-                         (double)my.hi, my.zeros, c.changed, (double)c.worst);
+    return pair_value(n, &mx, &my, &c);
+}
+
+PyDoc_STRVAR(map_pair_doc,
+             "map_pair_f32(x, out, kind, a, b) -> (x_moments, y_moments, changed,\n"
+             "    max_abs_change) or None\n\n"
+             "out = x * a (kind 0: scale.py's float32 product) or min(max(x, a), b) (kind 1:\n"
+             "np.clip's float32 result, for bounds other than zero), and then pair_f32(x,\n"
+             "out)'s figures, a slice at a time while it is in cache: one pass over the\n"
+             "block instead of the transform's and the summary's. None (out written) where\n"
+             "pair_f32 gives None.");
+
+/* Elements mapped, then summed, at a time: x's and out's slices stay in L1/L2. */
+#define SLICE (16 * CHUNK)
+
+VECTOR_CLONES
+static void map_run(const float *restrict x, float *restrict y, Py_ssize_t n, int kind, float a,
+                    float b) {
+    if (kind == 0) {
+        for (Py_ssize_t i = 0; i < n; i++)
+            y[i] = x[i] * a;
+    } else {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            float v = x[i] < a ? a : x[i];
+            y[i] = v > b ? b : v;
+        }
+    }
+}
+
+static PyObject *map_pair_f32(PyObject *self, PyObject *args) {
+    PyObject *xo, *yo;
+    int kind;
+    double a_d, b_d;
+    if (!PyArg_ParseTuple(args, "OOidd", &xo, &yo, &kind, &a_d, &b_d))
+        return NULL;
+    if (kind != 0 && kind != 1) {
+        PyErr_SetString(PyExc_ValueError, "map_pair_f32: kind is 0 (scale) or 1 (clip)");
+        return NULL;
+    }
+    Py_buffer xb, yb;
+    if (get_buffer(xo, &xb, "f", 0) < 0)
+        return NULL;
+    if (get_buffer(yo, &yb, "f", 1) < 0) {
+        PyBuffer_Release(&xb);
+        return NULL;
+    }
+    if (yb.len != xb.len) {
+        PyBuffer_Release(&xb);
+        PyBuffer_Release(&yb);
+        PyErr_SetString(PyExc_ValueError, "the two blocks differ in size");
+        return NULL;
+    }
+    Py_ssize_t n = xb.len / (Py_ssize_t)sizeof(float);
+    moments mx, my;
+    changes c;
+    int ok = 0;
+    if (n > 0) {
+        const float *x = (const float *)xb.buf;
+        float *y = (float *)yb.buf;
+        const float a = (float)a_d, b = (float)b_d;
+        Py_BEGIN_ALLOW_THREADS;
+        moments_init(&mx);
+        moments_init(&my);
+        c.changed = 0;
+        c.worst = 0.0f;
+        for (Py_ssize_t s = 0; s < n; s += SLICE) {
+            Py_ssize_t len = n - s < SLICE ? n - s : SLICE;
+            map_run(x + s, y + s, len, kind, a, b);
+            sums_add(x + s, len, &mx);
+            sums_add(y + s, len, &my);
+            changes_add(x + s, y + s, len, &c);
+        }
+        ok = moments_finish(x, n, &mx) && moments_finish(y, n, &my) && isfinite(c.worst);
+        Py_END_ALLOW_THREADS;
+    }
+    PyBuffer_Release(&xb);
+    PyBuffer_Release(&yb);
+    if (!ok)
+        Py_RETURN_NONE;
+    return pair_value(n, &mx, &my, &c);
 }
 
 PyDoc_STRVAR(fq_doc,
@@ -964,6 +1075,7 @@ static PyObject *task_combine_f32(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"stats_f32", stats_f32, METH_VARARGS, stats_doc},
     {"pair_f32", pair_f32, METH_VARARGS, pair_doc},
+    {"map_pair_f32", map_pair_f32, METH_VARARGS, map_pair_doc},
     {"fake_quant_f32", fake_quant_f32, METH_VARARGS, fq_doc},
     {"abs_hist_f32", abs_hist_f32, METH_VARARGS, hist_doc},
     {"lincomb_f32", lincomb_f32, METH_VARARGS, lincomb_doc},

@@ -263,11 +263,20 @@ def run(
             n_changed = 0
             max_change = 0.0
             for where, block in ahead(blocks) if read_ahead else blocks:
-                y = block
-                for op in ops:
-                    y = op.apply(where, y)
                 before_n = n_changed
-                n_changed, max_change = _summarize(block, y, before, after, n_changed, max_change)
+                fused = ops[0].apply_summarized(where, block) if len(ops) == 1 else None
+                if fused is not None:  # the transform and its summary in one pass
+                    y = fused[0]
+                    n_changed, max_change = _add_pair(
+                        fused[1], block.size, before, after, n_changed, max_change
+                    )
+                else:
+                    y = block
+                    for op in ops:
+                        y = op.apply(where, y)
+                    n_changed, max_change = _summarize(
+                        block, y, before, after, n_changed, max_change
+                    )
                 # The copy already holds the original bytes: a block that did not change
                 # (same values, same dtype) needs no write.
                 if patcher is not None and (n_changed > before_n or out_dtype != info.dtype):
@@ -366,10 +375,7 @@ def _summarize(
     fx, fy = x.reshape(-1), y.reshape(-1)
     fast = native.pair_f32(fx, fy) if y is not x else None
     if fast is not None:  # float32 both sides, no NaN/Inf: one fused pass
-        x_moments, y_moments, changed, top = fast
-        before.add_moments(fx.size, *x_moments)
-        after.add_moments(fy.size, *y_moments)
-        return n + changed, max(worst, top)
+        return _add_pair(fast, fx.size, before, after, n, worst)
     if y is x:  # the steps left this block as it was: one set of statistics serves both
         part = RunningStats(count_zeros=before.count_zeros)
         part.update(fx)
@@ -382,6 +388,17 @@ def _summarize(
         after.update(ys)
         n, worst = _count_changes(xs, ys, n, worst)
     return n, worst
+
+
+def _add_pair(
+    pair: Any, size: int, before: RunningStats, after: RunningStats, n: int, worst: float
+) -> tuple[int, float]:
+    """Add ``native.pair_f32``'s summary of a block of ``size`` elements to the running
+    figures (statistics before and after, changes, largest change)."""
+    x_moments, y_moments, changed, top = pair
+    before.add_moments(size, *x_moments)
+    after.add_moments(size, *y_moments)
+    return n + changed, max(worst, top)
 
 
 def _count_changes(x: np.ndarray, y: np.ndarray, n: int, worst: float) -> tuple[int, float]:

@@ -66,6 +66,12 @@ class TensorOp:
         """Transform one block; ``count`` is False on statistics passes (no figures recorded)."""
         raise NotImplementedError
 
+    def apply_summarized(self, where: Block, block: np.ndarray) -> tuple[np.ndarray, Any] | None:
+        """``apply(where, block)`` and ``native.pair_f32``'s summary of the change, in one
+        pass; None where no fused kernel applies (then ``apply`` runs, and the summary
+        after it)."""
+        return None
+
     def figures(self) -> Figures:
         return NoFigures()
 
@@ -158,6 +164,12 @@ class _ScaleOp(TensorOp):
                     "(set), refused"
                 )
         return scalemod.scale(block, 1.0 / self.factor if self.divide else self.factor)
+
+    def apply_summarized(self, where: Block, block: np.ndarray) -> tuple[np.ndarray, Any] | None:
+        if self.via is not None or block.dtype != np.float32:
+            return None
+        factor = np.float32(1.0 / self.factor if self.divide else self.factor)
+        return native.map_pair_f32(block, 0, float(factor), 0.0)  # scale.scale's product
 
     def figures(self) -> Figures:
         return ScaleFigures(self.factor, self.via, self.divide)
@@ -389,6 +401,19 @@ class _ClipOp(TensorOp):
             self.clipped += c
             self.repaired += r
         return y
+
+    def apply_summarized(self, where: Block, block: np.ndarray) -> tuple[np.ndarray, Any] | None:
+        if block.dtype != np.float32:
+            return None
+        with np.errstate(over="ignore"):  # (a bound past float32: clip.clip's own cast)
+            lo = np.float32(-np.inf if self.lo is None else self.lo)
+            hi = np.float32(np.inf if self.hi is None else self.hi)
+        if lo == 0 or hi == 0 or np.isnan(lo) or np.isnan(hi):
+            return None  # np.clip's sign of a zero result varies with its code path
+        fused = native.map_pair_f32(block, 1, float(lo), float(hi))
+        if fused is not None:
+            self.clipped += fused[1][2]  # (every change is a clipped value)
+        return fused
 
     def figures(self) -> Figures:
         pct = 100.0 * self.clipped / self.info.size if self.info.size else 0.0
