@@ -21,6 +21,11 @@ from weightcli.errors import ExitCode, Terminated, WeightcliError, one_line, os_
 from weightcli.version import __version__
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow, if a command loads it
+# numpy's OpenBLAS starts a thread per core at import, and each one spins for a while
+# before it sleeps: 0.1 s of CPU on this two-core machine, taken from the read-ahead and
+# hashing threads of every command (measured with perf: ``blas_thread_server``). No
+# command needs threaded BLAS (report's spectra run one BLAS thread per helper).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
