@@ -1,8 +1,10 @@
 """`make bench`: weightcli against the tools users would otherwise run.
 
 Every case: one warm-up run of each contender, then REPS rounds in which the
-contenders run in rotating order, `sync` before each timed run (so no run pays for
-the previous one's disk writeback), outputs removed before each run. Reported:
+contenders run in rotating order, the case's input files read and `sync` before each
+timed run (so every run starts with its inputs in the page cache, which this machine
+empties of pages idle for a minute, and none pays for the previous one's disk
+writeback), outputs removed before each run. Reported:
 median wall time and median peak RSS of the whole process tree; each ratio is
 computed pair by pair within a round, then its median taken. weightcli's warm-up run
 also measures the peak PSS of its tree (untimed: reading it costs the kernel a walk of
@@ -66,16 +68,39 @@ def run_case(case: Case) -> None:
         if m.peak_pss is not None:
             case.pss[n] = m.peak_pss / 2**20
     case.results = {n: [] for n in names}
+    inputs = case_inputs(case)
     for r in range(case.reps or REPS):
         order = names[r % len(names) :] + names[: r % len(names)]
         for n in order:
             case.clean()
+            warm(inputs)
             os.sync()
             case.results[n].append(measure(case.contenders[n]))
     case.clean()
     print(
         f"  {case.name}: " + ", ".join(f"{n} {med_wall(case, n):.3f} s" for n in names), flush=True
     )
+
+
+def case_inputs(case: Case) -> list[Path]:
+    """The benchmark files a case reads (the paths in weightcli's command line)."""
+    found = []
+    for arg in case.contenders.get("weightcli", []):
+        p = Path(arg)
+        if arg.startswith(str(DATA)) and not arg.startswith(str(OUT)) and p.exists():
+            found += sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    return found
+
+
+def warm(files: list[Path]) -> None:
+    """Read ``files`` (untimed) so every contender starts with them in the page cache:
+    this machine evicts pages idle for a minute (DAMON's pageout), and a contender that
+    found its input evicted would measure the disk, not itself."""
+    buf = bytearray(1 << 20)
+    for f in files:
+        with f.open("rb", buffering=0) as fh:
+            while fh.readinto(buf):
+                pass
 
 
 def med_wall(case: Case, n: str) -> float:
