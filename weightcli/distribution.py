@@ -24,8 +24,8 @@ SPARK_LEVELS = "▁▂▃▄▅▆▇█"
 
 # Spectral figures are exact (every singular value: the eigenvalues of a float64 Gram
 # matrix, eigvalsh) when the kernel's smaller side has at most EXACT_SIDE entries: a
-# kernel of at most WHOLE_ELEMS elements is in memory already (inspect gathers it in its
-# first pass) and its Gram is taken on its smaller side (W W^T or W^T W: the same
+# kernel of at most WHOLE_ELEMS elements is in memory already (inspect reads it whole in
+# its first pass) and its Gram is taken on its smaller side (W W^T or W^T W: the same
 # non-zero eigenvalues); a bigger one with at most EXACT_SIDE columns and a Gram cost
 # (rows x cols^2 multiply-adds) of at most GRAM_FLOPS is summed row block by row block.
 # Otherwise the largest singular value is estimated by POWER_ITERATIONS rounds of power
