@@ -723,14 +723,16 @@ class TFPatcher(Patcher):
 
     def _write(self, info: TensorInfo, block: Block, data: np.ndarray) -> None:
         dt = to_numpy(info.dtype)
-        raw = np.ascontiguousarray(data, dtype=dt).tobytes()
+        raw = np.ascontiguousarray(data, dtype=dt).view()  # (no copy of a contiguous block)
+        raw.flags.writeable = False  # (google_crc32c takes read-only buffers only)
         at = block.first * dt.itemsize
         # Blocks arrive in storage order: the crc32c of a tensor written from its start
-        # to its end is known without reading it back.
+        # to its end is known without reading it back (once: every copy holds these bytes).
         done, crc = self.crcs.get(info.path, (0, 0))
         if done == at:
+            value = (done + raw.nbytes, google_crc32c.extend(crc, raw))
             for key in (info.path, *info.copies):
-                self.crcs[key] = (done + len(raw), google_crc32c.extend(crc, raw))
+                self.crcs[key] = value
         for key in (info.path, *info.copies):
             e = self.store.entry(key)
             self._copies[e.proto.shard_id].write(raw, e.proto.offset + at)
