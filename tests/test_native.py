@@ -158,6 +158,43 @@ def test_the_fused_scale_and_clip_kernel_writes_numpys_bytes_and_the_pair_summar
         assert f[1] == pytest.approx(r[1], rel=1e-9, abs=1e-12 * top * top * n)
 
 
+@settings(max_examples=80, deadline=None)
+@given(
+    n=st.integers(1, 70000),
+    seed=st.integers(0, 2**32 - 1),
+    kind=st.sampled_from(KINDS),
+    q=st.floats(0.0, 1.0),
+    first=st.integers(0, 10**9),
+    tie_share=st.floats(0.0, 1.0),
+)
+def test_the_fused_prune_kernel_writes_prune_blocks_bytes(
+    n: int, seed: int, kind: str, q: float, first: int, tie_share: float
+) -> None:
+    """map_pair_f32 kind 2: prune.prune_block's bytes (the threshold's bit pattern, ties
+    zeroed up to a flat index, zeros and their signs kept), and pair_f32's figures."""
+    from weightcli.transforms import prune as prunemod
+
+    x = _blocks(seed, n, kind)
+    x[:: max(1, n // 7)] *= np.float32(-0.0)  # signed zeros among them
+    bits_all = x.view(np.uint32) & np.uint32(0x7FFFFFFF)
+    bits = int(np.sort(bits_all)[min(n - 1, int(q * n))])  # a value of the block: ties
+    ties = np.flatnonzero(bits_all == bits)
+    limit = first + int(ties[int(tie_share * (ties.size - 1))]) if ties.size else -1
+    want, zeroed = prunemod.prune_block(x, np.dtype(np.float32), bits, first, limit)
+    fused = native.map_pair_f32(x, 2, float(bits), 0.0, first, limit)
+    if not np.isfinite(x).all():
+        assert fused is None
+        return
+    assert fused is not None
+    out, summary = fused
+    assert out.tobytes() == np.ascontiguousarray(want).tobytes()
+    assert summary[2] == zeroed
+    ref = native.pair_f32(x, np.ascontiguousarray(want))
+    assert summary[2:] == ref[2:]
+    for f, r in zip(summary[:2], ref[:2], strict=True):  # sums: in another order, to rounding
+        assert f[2:] == r[2:] and f[:2] == pytest.approx(r[:2], rel=1e-9, abs=1e-30)
+
+
 def test_a_zero_clip_bound_takes_the_numpy_path() -> None:
     """np.clip's sign of a zero result depends on its code path, so a zero bound is
     left to it; any other bound goes through the kernel."""

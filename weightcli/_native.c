@@ -314,8 +314,10 @@ static PyObject *pair_f32(PyObject *self, PyObject *args) {
 PyDoc_STRVAR(map_pair_doc,
              "map_pair_f32(x, out, kind, a, b) -> (x_moments, y_moments, changed,\n"
              "    max_abs_change) or None\n\n"
-             "out = x * a (kind 0: scale.py's float32 product) or min(max(x, a), b) (kind 1:\n"
-             "np.clip's float32 result, for bounds other than zero), and then pair_f32(x,\n"
+             "out = x * a (kind 0: scale.py's float32 product), min(max(x, a), b) (kind 1:\n"
+             "np.clip's float32 result, for bounds other than zero) or prune.prune_block's\n"
+             "result (kind 2: a is the threshold's bit pattern, x[0] is element ``first``\n"
+             "of the tensor and ties up to ``limit`` are zeroed), and then pair_f32(x,\n"
              "out)'s figures, a slice at a time while it is in cache: one pass over the\n"
              "block instead of the transform's and the summary's. None (out written) where\n"
              "pair_f32 gives None.");
@@ -323,16 +325,27 @@ PyDoc_STRVAR(map_pair_doc,
 /* Elements mapped, then summed, at a time: x's and out's slices stay in L1/L2. */
 #define SLICE (16 * CHUNK)
 
+/* kind 2 (prune.prune_block): |x|'s bit pattern below ``thr`` zeroed, and equal to it
+ * up to flat index ``limit`` (``at``: the flat index of x[0]); zero values kept as they
+ * are. A zeroed value becomes +0.0, as numpy's product of its bits with 0 makes it. */
 VECTOR_CLONES
 static void map_run(const float *restrict x, float *restrict y, Py_ssize_t n, int kind, float a,
-                    float b) {
+                    float b, uint32_t thr, Py_ssize_t at, Py_ssize_t limit) {
     if (kind == 0) {
         for (Py_ssize_t i = 0; i < n; i++)
             y[i] = x[i] * a;
-    } else {
+    } else if (kind == 1) {
         for (Py_ssize_t i = 0; i < n; i++) {
             float v = x[i] < a ? a : x[i];
             y[i] = v > b ? b : v;
+        }
+    } else {
+        const uint32_t *restrict u = (const uint32_t *)x;
+        uint32_t *restrict w = (uint32_t *)y;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            uint32_t m = u[i] & 0x7FFFFFFFu;
+            int zero = (m < thr || (m == thr && at + i <= limit)) && m != 0;
+            w[i] = zero ? 0u : u[i];
         }
     }
 }
@@ -341,10 +354,13 @@ static PyObject *map_pair_f32(PyObject *self, PyObject *args) {
     PyObject *xo, *yo;
     int kind;
     double a_d, b_d;
-    if (!PyArg_ParseTuple(args, "OOidd", &xo, &yo, &kind, &a_d, &b_d))
+    Py_ssize_t first = 0, limit = -1;
+    if (!PyArg_ParseTuple(args, "OOidd|nn", &xo, &yo, &kind, &a_d, &b_d, &first, &limit))
         return NULL;
-    if (kind != 0 && kind != 1) {
-        PyErr_SetString(PyExc_ValueError, "map_pair_f32: kind is 0 (scale) or 1 (clip)");
+    if (kind < 0 || kind > 2 || (kind == 2 && !(a_d >= 0 && a_d <= 2147483647.0))) {
+        PyErr_SetString(PyExc_ValueError,
+                        "map_pair_f32: kind is 0 (scale), 1 (clip) or 2 (prune, a: the "
+                        "threshold's 31-bit pattern)");
         return NULL;
     }
     Py_buffer xb, yb;
@@ -367,7 +383,8 @@ static PyObject *map_pair_f32(PyObject *self, PyObject *args) {
     if (n > 0) {
         const float *x = (const float *)xb.buf;
         float *y = (float *)yb.buf;
-        const float a = (float)a_d, b = (float)b_d;
+        const float a = kind == 2 ? 0.0f : (float)a_d, b = (float)b_d;
+        const uint32_t thr = kind == 2 ? (uint32_t)a_d : 0u;
         Py_BEGIN_ALLOW_THREADS;
         moments_init(&mx);
         moments_init(&my);
@@ -375,7 +392,7 @@ static PyObject *map_pair_f32(PyObject *self, PyObject *args) {
         c.worst = 0.0f;
         for (Py_ssize_t s = 0; s < n; s += SLICE) {
             Py_ssize_t len = n - s < SLICE ? n - s : SLICE;
-            map_run(x + s, y + s, len, kind, a, b);
+            map_run(x + s, y + s, len, kind, a, b, thr, first + s, limit);
             sums_add(x + s, len, &mx);
             sums_add(y + s, len, &my);
             changes_add(x + s, y + s, len, &c);

@@ -63,15 +63,18 @@ def pair_f32(x: np.ndarray, y: np.ndarray) -> Any:
     return kernels.pair_f32(x, y)
 
 
-def map_pair_f32(x: np.ndarray, kind: int, a: float, b: float) -> tuple[np.ndarray, Any] | None:
-    """``x * a`` (kind 0) or ``np.clip(x, a, b)`` (kind 1; float32 bounds, neither zero) of a
-    float32 block with ``pair_f32``'s figures of it, in one pass; None when the kernel
-    does not apply."""
+def map_pair_f32(
+    x: np.ndarray, kind: int, a: float, b: float = 0.0, first: int = 0, limit: int = -1
+) -> tuple[np.ndarray, Any] | None:
+    """``x * a`` (kind 0), ``np.clip(x, a, b)`` (kind 1; float32 bounds, neither zero) or
+    ``prune.prune_block(x, float32, a, first, limit)`` (kind 2: ``a`` the threshold's bit
+    pattern) of a float32 block with ``pair_f32``'s figures of it, in one pass; None when
+    the kernel does not apply."""
     if not _f32(x):
         return None
     assert kernels is not None
     out = np.empty_like(x)
-    r = kernels.map_pair_f32(x, out, kind, float(a), float(b))
+    r = kernels.map_pair_f32(x, out, kind, float(a), float(b), first, limit)
     return None if r is None else (out, r)
 
 

@@ -776,6 +776,15 @@ class _PruneOp(TensorOp):
         self.limit = self.ties.limit
         return False
 
+    def apply_summarized(self, where: Block, block: np.ndarray) -> tuple[np.ndarray, Any] | None:
+        if block.dtype != np.float32 or self.dtype != np.float32:
+            return None
+        fused = native.map_pair_f32(block, 2, float(self.bits), 0.0, where.first, self.limit)
+        if fused is not None:  # every change is a zeroed value; x's zeros were zeros before
+            self.zeroed += fused[1][2]
+            self.zeros_before += fused[1][0][4]
+        return fused
+
     def apply(self, where: Block, block: np.ndarray, count: bool = True) -> np.ndarray:
         out, zeroed = prunemod.prune_block(block, self.dtype, self.bits, where.first, self.limit)
         if count:
