@@ -82,6 +82,13 @@ def run_case(case: Case) -> None:
     )
 
 
+def best_ratio(case: Case, a: str, b: str) -> float:
+    """The ratio of the two contenders' best (shortest) times. This machine's noise only
+    ever adds time, and some rounds slowed one contender alone (a copy 3x its usual
+    time), so a ratio target counts as met only when this ratio meets it too."""
+    return min(m.wall for m in case.results[a]) / min(m.wall for m in case.results[b])
+
+
 def case_inputs(case: Case) -> list[Path]:
     """The benchmark files a case reads (the paths in weightcli's command line)."""
     found = []
@@ -561,6 +568,7 @@ def write_results(done: list[Case]) -> None:
             if not have(n):
                 continue
             x = ratio(by[n], "weightcli", copy)
+            best = best_ratio(by[n], "weightcli", copy)
             floor = ratio(by[n], "weightcli --digest sha256", f"{copy} + sha256")
             extra = ""
             if "dd bs=1M" in by[n].contenders:
@@ -573,8 +581,9 @@ def write_results(done: list[Case]) -> None:
             target(
                 n,
                 f"{op.split(' ')[0]} of {label} at most {limit}x {copy}",
-                x <= limit,
-                f"{x:.2f}x {copy} (with --digest sha256: {floor:.2f}x {copy} + sha256{extra})",
+                x <= limit and best <= limit,
+                f"{x:.2f}x {copy}, best times {best:.2f}x (with --digest sha256: "
+                f"{floor:.2f}x {copy} + sha256{extra})",
             )
     if have("diff two 1 GB .h5"):
         x = ratio(by["diff two 1 GB .h5"], "weightcli", "cat A B")
@@ -691,11 +700,16 @@ def write_results(done: list[Case]) -> None:
         )
     if have("prune 50%, 1 GB .h5"):
         c = by["prune 50%, 1 GB .h5"]
-        x = ratio(c, "weightcli", "cp")
+        x, best = ratio(c, "weightcli", "cp"), best_ratio(c, "weightcli", "cp")
         note = ""
         if FLOOR2 in c.contenders:
             note = f"; {FLOOR2} (no hash) itself {ratio(c, FLOOR2, 'cp'):.2f}x cp"
-        target("", "prune of the 1 GB .h5 within 2x cp", x <= 2.0, f"{x:.2f}x cp{note}")
+        target(
+            "",
+            "prune of the 1 GB .h5 within 2x cp",
+            x <= 2.0 and best <= 2.0,
+            f"{x:.2f}x cp, best times {best:.2f}x{note}",
+        )
     lines += sizes()
     nostats = [c for c in done if "--no-stats" in c.name]
     if nostats:
