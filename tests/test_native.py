@@ -378,6 +378,53 @@ def test_radix_histograms_count_what_numpy_counts(n: int, seed: int, kind: str) 
     chosen = bits[(bits >> 16) == prefix] & np.uint32(0xFFFF)
     assert np.array_equal(low, np.bincount(chosen, minlength=65536))
     assert low.sum() == high[prefix] > 0
+    window, both = np.zeros((3, 65536), np.int64), np.zeros(65536, np.int64)
+    lo = max(0, prefix - 1)
+    assert native.abs_hist_f32(x, both, None, window, lo) is False
+    assert np.array_equal(both, high)  # the window changes nothing of the high counts
+    for d in range(3):
+        chosen = bits[(bits >> 16) == lo + d] & np.uint32(0xFFFF)
+        assert np.array_equal(window[d], np.bincount(chosen, minlength=65536))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 60000),
+    block=st.integers(1, 20000),
+    seed=st.integers(0, 2**32 - 1),
+    kind=st.sampled_from([*KINDS, "ascending", "descending"]),
+    q=st.floats(0.0, 1.0),
+)
+def test_the_first_blocks_guess_gives_the_same_kth_value(
+    n: int, block: int, seed: int, kind: str, q: float
+) -> None:
+    """AbsKth told the tensor's size guesses the threshold's bin from the first block and
+    counts that bin's neighbourhood in the first pass: the same k-th value, below and
+    ties as two passes, whether the guess holds (one pass) or not (two)."""
+    from weightcli.transforms.prune import AbsKth
+
+    x = _blocks(seed, n, "normal" if kind in ("ascending", "descending") else kind)
+    if kind != "normal" and kind in ("ascending", "descending"):  # the first block misleads
+        x = np.sort(np.abs(x))[:: 1 if kind == "ascending" else -1].copy()
+    k = max(1, min(n, int(q * n)))
+    results = []
+    for size in (None, n):
+        kth, passes = AbsKth(k, np.dtype(np.float32), size), 0
+        while True:
+            passes += 1
+            for i in range(0, n, block):
+                kth.observe(x[i : i + block])
+            if not kth.end_pass():
+                break
+        results.append((kth.bits, kth.below, kth.equal, passes))
+    plain, guessed = results
+    assert guessed[:3] == plain[:3] and plain[3] == 2
+    want = np.sort(x.view(np.uint32) & np.uint32(0x7FFFFFFF))[k - 1]
+    assert plain[0] == int(want)
+    if kind == "normal" and n >= 4 * block and block >= 5000 and 0.2 < q < 0.8:
+        assert guessed[3] == 1  # premise: a representative first block saves the pass
+    if kind == "ascending" and n >= 4 * block and q > 0.5:
+        assert guessed[3] == 2  # and a misleading one costs nothing but the pass
 
 
 def test_the_radix_histogram_sees_nan_but_not_inf() -> None:

@@ -569,20 +569,34 @@ static PyObject *fake_quant_f32(PyObject *self, PyObject *args) {
 }
 
 PyDoc_STRVAR(hist_doc,
-             "abs_hist_f32(x, hist, prefix) -> nan_seen\n\n"
+             "abs_hist_f32(x, hist, prefix, window=None, lo=0) -> nan_seen\n\n"
              "Radix histogram of float32 |x| bit patterns into hist (65536 int64 counts,\n"
              "added to). prefix < 0: the high 16 bits of each |x| (the sign masked off);\n"
              "else the low 16 bits of the values whose high 16 bits of |x| equal prefix.\n"
              "Returns True when x holds a NaN (the first kind only; the counts are then\n"
-             "partial and the caller refuses the tensor).");
+             "partial and the caller refuses the tensor). window (first kind only): 3 x\n"
+             "65536 int64 counts, added to, of the low 16 bits of the values whose high\n"
+             "16 bits are lo, lo + 1, lo + 2.");
+
+/* Bins whose low halves the first pass can count besides (prune.AbsKth's guess). */
+#define WINDOW 3
 
 /* Straight into the caller's counts: a block's 256 Ki values spread over many bins,
  * and four interleaved sub-histograms cost more to clear and add up per block than the
  * increments they would spare (measured). */
 static int abs_hist(const uint32_t *restrict bits, Py_ssize_t n, int64_t *restrict hist,
-                    long prefix) {
+                    long prefix, int64_t *restrict window, long lo) {
     uint32_t nan = 0;
-    if (prefix < 0) {
+    if (prefix < 0 && window != NULL) { /* and the low halves of bins lo .. lo + WINDOW - 1 */
+        for (Py_ssize_t i = 0; i < n; i++) {
+            uint32_t a = bits[i] & 0x7FFFFFFFu;
+            nan |= a > 0x7F800000u;
+            uint32_t h = a >> 16, d = h - (uint32_t)lo;
+            hist[h]++;
+            if (d < WINDOW)
+                window[(Py_ssize_t)d * 65536 + (a & 0xFFFFu)]++;
+        }
+    } else if (prefix < 0) {
         for (Py_ssize_t i = 0; i < n; i++) {
             uint32_t a = bits[i] & 0x7FFFFFFFu;
             nan |= a > 0x7F800000u;
@@ -600,34 +614,61 @@ static int abs_hist(const uint32_t *restrict bits, Py_ssize_t n, int64_t *restri
 }
 
 static PyObject *abs_hist_f32(PyObject *self, PyObject *args) {
-    PyObject *xo, *ho;
-    long prefix;
-    if (!PyArg_ParseTuple(args, "OOl", &xo, &ho, &prefix))
+    PyObject *xo, *ho, *wo = Py_None;
+    long prefix, lo = 0;
+    if (!PyArg_ParseTuple(args, "OOl|Ol", &xo, &ho, &prefix, &wo, &lo))
         return NULL;
-    if (prefix > 0x7FFF) {
+    if (prefix > 0x7FFF || lo < 0 || lo > 0x7FFF) {
         PyErr_SetString(PyExc_ValueError, "abs_hist_f32: prefix out of range");
         return NULL;
     }
+    Py_buffer wb;
+    int64_t *window = NULL;
+    if (wo != Py_None) {
+        if (prefix >= 0) {
+            PyErr_SetString(PyExc_ValueError, "abs_hist_f32: a window goes with the first pass");
+            return NULL;
+        }
+        if (get_buffer(wo, &wb, "q", 1) < 0 && get_buffer(wo, &wb, "l", 1) < 0)
+            return NULL;
+        PyErr_Clear();
+        if (wb.len != WINDOW * 65536 * (Py_ssize_t)sizeof(int64_t) ||
+            wb.itemsize != sizeof(int64_t)) {
+            PyBuffer_Release(&wb);
+            PyErr_SetString(PyExc_ValueError, "abs_hist_f32: window must be 3 x 65536 int64");
+            return NULL;
+        }
+        window = (int64_t *)wb.buf;
+    }
     Py_buffer xb, hb;
-    if (get_buffer(xo, &xb, "f", 0) < 0)
+    if (get_buffer(xo, &xb, "f", 0) < 0) {
+        if (window != NULL)
+            PyBuffer_Release(&wb);
         return NULL;
+    }
     if (get_buffer(ho, &hb, "q", 1) < 0 && get_buffer(ho, &hb, "l", 1) < 0) {
         PyBuffer_Release(&xb);
+        if (window != NULL)
+            PyBuffer_Release(&wb);
         return NULL;
     }
     PyErr_Clear();
     if (hb.len != 65536 * (Py_ssize_t)sizeof(int64_t) || hb.itemsize != sizeof(int64_t)) {
         PyBuffer_Release(&xb);
         PyBuffer_Release(&hb);
+        if (window != NULL)
+            PyBuffer_Release(&wb);
         PyErr_SetString(PyExc_ValueError, "abs_hist_f32: hist must be 65536 int64 counts");
         return NULL;
     }
     int nan;
     Py_BEGIN_ALLOW_THREADS;
-    nan = abs_hist((const uint32_t *)xb.buf, xb.len / 4, (int64_t *)hb.buf, prefix);
+    nan = abs_hist((const uint32_t *)xb.buf, xb.len / 4, (int64_t *)hb.buf, prefix, window, lo);
     Py_END_ALLOW_THREADS;
     PyBuffer_Release(&xb);
     PyBuffer_Release(&hb);
+    if (window != NULL)
+        PyBuffer_Release(&wb);
     return PyBool_FromLong(nan);
 }
 

@@ -94,17 +94,34 @@ def fake_quant_f32(
     return None if r is None else (out, r)
 
 
-def abs_hist_f32(x: np.ndarray, hist: np.ndarray, prefix: int | None) -> bool | None:
+def abs_hist_f32(
+    x: np.ndarray,
+    hist: np.ndarray,
+    prefix: int | None,
+    window: np.ndarray | None = None,
+    lo: int = 0,
+) -> bool | None:
     """Add the radix histogram of a float32 block's |x| bit patterns to ``hist`` (65536
     int64 counts): the high 16 bits (``prefix`` None), or the low 16 bits of the values
-    whose high 16 bits are ``prefix``. Returns whether the block holds a NaN (first kind
-    only), or None when the kernel does not apply."""
+    whose high 16 bits are ``prefix``. With the high bits, ``window`` (3 x 65536 int64)
+    also gets the low 16 bits of the values whose high 16 bits are ``lo``, ``lo + 1`` and
+    ``lo + 2``. Returns whether the block holds a NaN (first kind only), or None when
+    the kernel does not apply."""
     if not _f32(x) or hist.dtype != np.int64 or hist.shape != (65536,):
         return None
     if not hist.flags.c_contiguous or not 0 <= (prefix or 0) <= 0x7FFF:
         return None
+    if window is not None and (
+        prefix is not None
+        or window.dtype != np.int64
+        or window.shape != (3, 65536)
+        or not window.flags.c_contiguous
+        or not 0 <= lo <= 0x7FFF
+    ):
+        return None
     assert kernels is not None
-    return bool(kernels.abs_hist_f32(x.reshape(-1), hist, -1 if prefix is None else prefix))
+    flat = x.reshape(-1)
+    return bool(kernels.abs_hist_f32(flat, hist, -1 if prefix is None else prefix, window, lo))
 
 
 def lincomb_f32(

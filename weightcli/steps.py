@@ -745,7 +745,7 @@ class _PruneOp(TensorOp):
         super().__init__(info)
         self.target = target
         self.dtype = wide if wide is not None else to_numpy(info.dtype)
-        self.kth = prunemod.AbsKth(k, self.dtype) if given is None else None
+        self.kth = prunemod.AbsKth(k, self.dtype, info.size) if given is None else None
         self.ties: prunemod.Ties | None = None
         self.bits, self.limit, self.threshold = given if given is not None else (0, -1, 0.0)
         if given is None:

@@ -60,8 +60,15 @@ class AbsKth:
     pass is needed. Then ``bits`` is the threshold's bit pattern (``value`` its float)
     and ``below`` how many values are strictly smaller."""
 
-    def __init__(self, k: int, dtype: np.dtype) -> None:
+    def __init__(self, k: int, dtype: np.dtype, size: int | None = None) -> None:
         self.k = k
+        # float32 values, ``size`` of them in all: the first block's own k-th value
+        # guesses the bin the threshold falls in, and the first pass also counts the low
+        # halves of that bin and its two neighbours (``native.abs_hist_f32``'s window):
+        # when the guess holds, the second pass is not needed.
+        self.size = size
+        self.guess: int | None = None
+        self.window: np.ndarray | None = None
         self.dtype = np.dtype(dtype)
         self.width = 8 * self.dtype.itemsize
         self.shift = self.width - 16  # the bits this pass counts: [shift, shift + 16)
@@ -81,6 +88,7 @@ class AbsKth:
         if self.dtype == np.float32 and x.dtype == np.float32 and LITTLE and x.size:
             self._observe_float32(x)
             return
+        self.window = None  # (counted without the window: no shortcut)
         a = abs_bits(block, self.dtype)
         if self.shift == self.width - 16 and np.isnan(np.asarray(block, dtype=self.dtype)).any():
             raise UsageError(NAN_REFUSED)
@@ -95,11 +103,17 @@ class AbsKth:
         16-bit halves of each value read in place (little-endian: the high half second),
         the sign bit masked off the high one. The same counts as the general path."""
         first = self.shift == 16
-        nan = native.abs_hist_f32(x, self.hist, None if first else self.prefix)
+        if first and self.size and self.guess is None and native.kernels is not None:
+            self._guess(x)
+        if first and self.window is not None and self.guess is not None:
+            nan = native.abs_hist_f32(x, self.hist, None, self.window, self.guess)
+        else:
+            nan = native.abs_hist_f32(x, self.hist, None if first else self.prefix)
         if nan is not None:  # the native kernel counted the block
             if nan:
                 raise UsageError(NAN_REFUSED)
             return
+        self.window = None  # (a block counted below, without the window: no shortcut)
         halves = np.ascontiguousarray(x).reshape(-1).view(np.uint16)
         high, low = halves[1::2], halves[0::2]
         top = np.bitwise_and(high, np.uint16(0x7FFF))
@@ -109,6 +123,18 @@ class AbsKth:
             self.hist += np.bincount(top, minlength=BINS)
         else:  # the second: the low halves of the values in the chosen bin
             self.hist += np.bincount(low[top == self.prefix], minlength=BINS)
+
+    def _guess(self, x: np.ndarray) -> None:
+        """The bin of the first block's own value of rank k (scaled to its size), and the
+        window of bins the first pass counts the low halves of: it and its neighbours."""
+        assert self.size
+        h = np.zeros(BINS, np.int64)
+        if native.abs_hist_f32(x, h, None) is None:
+            return
+        rank = max(1, min(x.size, -(-self.k * x.size // self.size)))
+        bin_ = int(np.searchsorted(np.cumsum(h), rank, side="left"))
+        self.guess = min(max(0, bin_ - 1), 0x7FFF - 2)
+        self.window = np.zeros((3, BINS), np.int64)
 
     def end_pass(self) -> bool:
         cum = np.cumsum(self.hist)
@@ -122,6 +148,10 @@ class AbsKth:
             self.done = True
             return False
         self.shift -= 16
+        window, self.window = self.window, None
+        if window is not None and self.guess is not None and 0 <= i - self.guess < 3:
+            self.hist[:] = window[i - self.guess]  # the second pass's counts, already made
+            return self.end_pass()
         return True
 
     @property
