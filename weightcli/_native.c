@@ -52,11 +52,13 @@ static int get_buffer(PyObject *obj, Py_buffer *view, const char *fmt, int writa
     return 0;
 }
 
-/* Two float32 buffers of one size (x, y), or an error with neither held. */
-static int get_two_f32(PyObject *xo, PyObject *yo, Py_buffer *xb, Py_buffer *yb) {
+/* Two float32 buffers of one size (x, and y writable or not), or an error with neither
+ * held. */
+static int get_two_f32(PyObject *xo, PyObject *yo, Py_buffer *xb, Py_buffer *yb,
+                       int y_writable) {
     if (get_buffer(xo, xb, "f", 0) < 0)
         return -1;
-    if (get_buffer(yo, yb, "f", 0) < 0) {
+    if (get_buffer(yo, yb, "f", y_writable) < 0) {
         PyBuffer_Release(xb);
         return -1;
     }
@@ -272,43 +274,12 @@ static void changes_add(const float *restrict x, const float *restrict y, Py_ssi
         c->worst = w[j] > c->worst ? w[j] : c->worst;
 }
 
-static int changes_f32(const float *restrict x, const float *restrict y, Py_ssize_t n, changes *c) {
-    c->changed = 0;
-    c->worst = 0.0f;
-    changes_add(x, y, n, c);
-    return isfinite(c->worst);
-}
-
 /* pair_f32's result tuple. */
 static PyObject *pair_value(Py_ssize_t n, const moments *mx, const moments *my, const changes *c) {
     return Py_BuildValue("((ddddn)(ddddn)nd)", mx->sum / (double)n, mx->m2, (double)mx->lo,
                          (double)mx->hi, mx->zeros, my->sum / (double)n, my->m2,
                          (double)my->lo, (double)my->hi, my->zeros, c->changed,
                          (double)c->worst);
-}
-
-static PyObject *pair_f32(PyObject *self, PyObject *args) {
-    PyObject *xo, *yo;
-    if (!PyArg_ParseTuple(args, "OO", &xo, &yo))
-        return NULL;
-    Py_buffer xb, yb;
-    if (get_two_f32(xo, yo, &xb, &yb) < 0)
-        return NULL;
-    Py_ssize_t n = xb.len / (Py_ssize_t)sizeof(float);
-    moments mx, my;
-    changes c;
-    int ok = 0;
-    if (n > 0) {
-        const float *x = (const float *)xb.buf, *y = (const float *)yb.buf;
-        Py_BEGIN_ALLOW_THREADS;
-        ok = moments_f32(x, n, &mx) && moments_f32(y, n, &my) && changes_f32(x, y, n, &c);
-        Py_END_ALLOW_THREADS;
-    }
-    PyBuffer_Release(&xb);
-    PyBuffer_Release(&yb);
-    if (!ok)
-        Py_RETURN_NONE;
-    return pair_value(n, &mx, &my, &c);
 }
 
 PyDoc_STRVAR(map_pair_doc,
@@ -350,32 +321,13 @@ static void map_run(const float *restrict x, float *restrict y, Py_ssize_t n, in
     }
 }
 
-static PyObject *map_pair_f32(PyObject *self, PyObject *args) {
-    PyObject *xo, *yo;
-    int kind;
-    double a_d, b_d;
-    Py_ssize_t first = 0, limit = -1;
-    if (!PyArg_ParseTuple(args, "OOidd|nn", &xo, &yo, &kind, &a_d, &b_d, &first, &limit))
-        return NULL;
-    if (kind < 0 || kind > 2 || (kind == 2 && !(a_d >= 0 && a_d <= 2147483647.0))) {
-        PyErr_SetString(PyExc_ValueError,
-                        "map_pair_f32: kind is 0 (scale), 1 (clip) or 2 (prune, a: the "
-                        "threshold's 31-bit pattern)");
-        return NULL;
-    }
+/* pair_f32 (kind -1: y given) and map_pair_f32 (y = kind's map of x): y's slices made
+ * and summed while they are in cache. */
+static PyObject *pair_slices(PyObject *xo, PyObject *yo, int kind, double a_d, double b_d,
+                             Py_ssize_t first, Py_ssize_t limit) {
     Py_buffer xb, yb;
-    if (get_buffer(xo, &xb, "f", 0) < 0)
+    if (get_two_f32(xo, yo, &xb, &yb, kind >= 0) < 0)
         return NULL;
-    if (get_buffer(yo, &yb, "f", 1) < 0) {
-        PyBuffer_Release(&xb);
-        return NULL;
-    }
-    if (yb.len != xb.len) {
-        PyBuffer_Release(&xb);
-        PyBuffer_Release(&yb);
-        PyErr_SetString(PyExc_ValueError, "the two blocks differ in size");
-        return NULL;
-    }
     Py_ssize_t n = xb.len / (Py_ssize_t)sizeof(float);
     moments mx, my;
     changes c;
@@ -392,7 +344,8 @@ static PyObject *map_pair_f32(PyObject *self, PyObject *args) {
         c.worst = 0.0f;
         for (Py_ssize_t s = 0; s < n; s += SLICE) {
             Py_ssize_t len = n - s < SLICE ? n - s : SLICE;
-            map_run(x + s, y + s, len, kind, a, b, thr, first + s, limit);
+            if (kind >= 0)
+                map_run(x + s, y + s, len, kind, a, b, thr, first + s, limit);
             sums_add(x + s, len, &mx);
             sums_add(y + s, len, &my);
             changes_add(x + s, y + s, len, &c);
@@ -405,6 +358,29 @@ static PyObject *map_pair_f32(PyObject *self, PyObject *args) {
     if (!ok)
         Py_RETURN_NONE;
     return pair_value(n, &mx, &my, &c);
+}
+
+static PyObject *pair_f32(PyObject *self, PyObject *args) {
+    PyObject *xo, *yo;
+    if (!PyArg_ParseTuple(args, "OO", &xo, &yo))
+        return NULL;
+    return pair_slices(xo, yo, -1, 0.0, 0.0, 0, -1);
+}
+
+static PyObject *map_pair_f32(PyObject *self, PyObject *args) {
+    PyObject *xo, *yo;
+    int kind;
+    double a_d, b_d;
+    Py_ssize_t first = 0, limit = -1;
+    if (!PyArg_ParseTuple(args, "OOidd|nn", &xo, &yo, &kind, &a_d, &b_d, &first, &limit))
+        return NULL;
+    if (kind < 0 || kind > 2 || (kind == 2 && !(a_d >= 0 && a_d <= 2147483647.0))) {
+        PyErr_SetString(PyExc_ValueError,
+                        "map_pair_f32: kind is 0 (scale), 1 (clip) or 2 (prune, a: the "
+                        "threshold's 31-bit pattern)");
+        return NULL;
+    }
+    return pair_slices(xo, yo, kind, a_d, b_d, first, limit);
 }
 
 PyDoc_STRVAR(fq_doc,
@@ -838,7 +814,7 @@ static PyObject *diff_f32(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOdd", &xo, &yo, &atol, &rtol))
         return NULL;
     Py_buffer xb, yb;
-    if (get_two_f32(xo, yo, &xb, &yb) < 0)
+    if (get_two_f32(xo, yo, &xb, &yb, 0) < 0)
         return NULL;
     Py_ssize_t n = xb.len / (Py_ssize_t)sizeof(float);
     diffsums r = {0, 0, 0, 0.0f, 0.0, 0.0, 0.0, 0.0, 0.0};
