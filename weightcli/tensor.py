@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-
-import numpy as np
 
 from weightcli.dtypes import is_float, itemsize
 
@@ -37,7 +36,7 @@ class TensorInfo:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+        return math.prod(map(int, self.shape))  # (Python ints: exact at any size; 1 for ())
 
     @property
     def nbytes(self) -> int:
