@@ -425,6 +425,28 @@ def test_the_first_blocks_guess_gives_the_same_kth_value(
         assert guessed[3] == 2  # a misleading first block costs nothing but the pass
 
 
+def test_no_guess_after_a_first_block_the_kernel_did_not_count() -> None:
+    """A first block the kernel cannot take (strided) is counted by numpy: no block
+    after it may start a window, which would miss that block's counts."""
+    from weightcli.transforms.prune import AbsKth
+
+    x = np.random.default_rng(3).standard_normal(40000).astype(np.float32)
+    head = np.repeat(x[:5000], 2)[::2]  # the same values, a strided view
+    assert not head.flags.c_contiguous
+    k = 20000
+    kth = AbsKth(k, np.dtype(np.float32), x.size)
+    passes = 0
+    while True:
+        passes += 1
+        kth.observe(head)
+        for i in range(5000, x.size, 5000):
+            kth.observe(x[i : i + 5000])
+        if not kth.end_pass():
+            break
+    assert passes == 2 and kth.guess is None
+    assert kth.bits == int(np.sort(x.view(np.uint32) & np.uint32(0x7FFFFFFF))[k - 1])
+
+
 @pytest.mark.parametrize("q", [0.1, 0.5, 0.9])
 def test_a_first_block_like_the_rest_saves_the_second_radix_pass(q: float) -> None:
     """The premise of the guess: blocks of the pipeline's size (2^18 values) drawn like

@@ -69,6 +69,7 @@ class AbsKth:
         self.size = size
         self.guess: int | None = None
         self.window: np.ndarray | None = None
+        self._seen = False  # a block observed already (only the first one guesses)
         self.dtype = np.dtype(dtype)
         self.width = 8 * self.dtype.itemsize
         self.shift = self.width - 16  # the bits this pass counts: [shift, shift + 16)
@@ -88,6 +89,7 @@ class AbsKth:
         if self.dtype == np.float32 and x.dtype == np.float32 and LITTLE and x.size:
             self._observe_float32(x)
             return
+        self._seen = True
         self.window = None  # (counted without the window: no shortcut)
         a = abs_bits(block, self.dtype)
         if self.shift == self.width - 16 and np.isnan(np.asarray(block, dtype=self.dtype)).any():
@@ -103,8 +105,9 @@ class AbsKth:
         16-bit halves of each value read in place (little-endian: the high half second),
         the sign bit masked off the high one. The same counts as the general path."""
         first = self.shift == 16
-        if first and self.size and self.guess is None and native.kernels is not None:
+        if first and self.size and not self._seen and native.kernels is not None:
             self._guess(x)
+        self._seen = True
         if first and self.window is not None and self.guess is not None:
             nan = native.abs_hist_f32(x, self.hist, None, self.window, self.guess)
         else:
