@@ -244,19 +244,18 @@ def kernel_spectrum(w: np.ndarray, finite: bool = False) -> SpectralFigures | No
     tall = rows >= cols
     side = cols if tall else rows
     if side > EXACT_SIDE:
+        # The sum of squares in float64, a chunk of rows at a time in one reused buffer;
+        # the rounds of power iteration on the kernel as it is (float32 products, no
+        # converted copy per round).
         step = max(1, GRAM_CHUNK // cols)
         buf = np.empty((min(step, rows), cols), dtype=np.float64)
-
-        def row_blocks() -> Iterator[np.ndarray]:
-            """Whole rows in float64, a chunk at a time, in one reused buffer (bounded
-            memory, no fresh pages; each is used before the next is made)."""
-            for i in range(0, rows, step):
-                part = buf[: min(step, rows - i)]
-                np.copyto(part, w[i : i + step])
-                yield part
-
-        fro = sum(float(np.vdot(part, part)) for part in row_blocks())
-        return power_spectral_norm(rows, cols, row_blocks, fro)
+        fro = 0.0
+        for i in range(0, rows, step):
+            part = buf[: min(step, rows - i)]
+            np.copyto(part, w[i : i + step])
+            fro += float(np.vdot(part, part))
+        a = w if w.dtype in (np.float32, np.float64) else w.astype(np.float32)
+        return power_spectral_norm(rows, cols, lambda: (a,), fro)
     gram = np.zeros((side, side), dtype=np.float64)
     step = max(1, GRAM_CHUNK // side)
     for i in range(0, rows if tall else cols, step):
@@ -358,7 +357,8 @@ def power_spectral_norm(
 ) -> SpectralFigures | None:
     """The largest singular value by power iteration on W^T W, one pass over the blocks
     (``passes()`` gives them anew) per iteration, from a seeded Gaussian start: each
-    iterate's Rayleigh quotient is a lower bound that rises to the true value."""
+    iterate's Rayleigh quotient is a lower bound (up to float32 rounding) that rises to
+    the true value."""
     v = np.random.default_rng(seed).standard_normal(cols)
     v /= np.linalg.norm(v)
     sigma = 0.0
@@ -369,8 +369,13 @@ def power_spectral_norm(
             r = rows_of.feed(block)
             if r is None:
                 continue
-            r64 = r.astype(np.float64, copy=False)
-            z += r64.T @ (r64 @ v)
+            # Float32 rows stay float32 (no converted copy); float64 where that overflows.
+            with np.errstate(over="ignore", invalid="ignore"):
+                part = r.T @ (r @ v.astype(r.dtype, copy=False))
+            if r.dtype != np.float64 and not np.isfinite(part).all():
+                r64 = r.astype(np.float64)
+                part = r64.T @ (r64 @ v)
+            z += part
         if not np.isfinite(z).all():
             return None
         norm = float(np.linalg.norm(z))

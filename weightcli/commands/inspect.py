@@ -129,12 +129,13 @@ def run(request: InspectRequest, path: str | Path) -> InspectResult:
         solver = Solver() if request.spectral else None
         try:
             _read(store, chosen, request, view, deq, reports, solver)
+            loads = _loads_in(store)  # while the solver's helpers finish
         finally:
             if solver is not None:
                 solver.close()
         fetched = remote.fetched() - fetched_before if remote.is_url(store.path) else None
         return InspectResult(
-            store.path, store.meta, reports, request.fail_on_nonfinite, fetched, _loads_in(store)
+            store.path, store.meta, reports, request.fail_on_nonfinite, fetched, loads
         )
 
 
