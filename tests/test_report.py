@@ -22,7 +22,10 @@ from weightcli.commands import report as report_cmd
 from weightcli.commands.diff import DiffRequest
 from weightcli.distribution import (
     BINS,
+    EXACT_SIDE,
+    EXACT_SIDE_MAX,
     SPARK_CELLS,
+    WHOLE_ELEMS,
     Flag,
     GramSpectrum,
     Histogram,
@@ -32,6 +35,7 @@ from weightcli.distribution import (
     sparkline,
     spectral_from_singular,
 )
+from weightcli.errors import ParameterError
 from weightcli.page import render
 
 SAMPLE_MODELS = [it.path for it in discover([str(SAMPLES)], True)]
@@ -128,6 +132,60 @@ def test_a_big_kernel_in_a_file_takes_the_power_path(tmp_path: Path) -> None:
     assert rep.spectral is not None and rep.spectral.method == "power iteration"
     true = np.linalg.svd(w.astype(np.float64), compute_uv=False)[0]
     assert 0.9 * true < rep.spectral.spectral_norm <= true * (1 + 1e-6)
+
+
+def test_exact_side_sets_which_kernels_get_every_singular_value(tmp_path: Path) -> None:
+    """A 300-wide kernel is past the default cap (power iteration, no effective rank);
+    ``--exact-side 512`` gives its exact figures (numpy's SVD), in memory and streamed
+    (a kernel over the in-memory size), and the page and JSON say which cap applied."""
+    src = tmp_path / "w.h5"
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((700, 300)).astype(np.float32)
+    with h5py.File(src, "w") as f:
+        f["dense/kernel:0"] = w
+    s = np.linalg.svd(w.astype(np.float64), compute_uv=False)
+    p = s / s.sum()
+    assert EXACT_SIDE < 300
+    default = report_cmd.run(report_cmd.ReportRequest(), src)
+    fig = default.figures.tensors[0].spectral
+    assert fig is not None and fig.method == "power iteration" and fig.effective_rank is None
+    streamed = []
+
+    class Gram(GramSpectrum):
+        def __init__(self, rows: int, cols: int) -> None:
+            streamed.append((rows, cols))
+            super().__init__(rows, cols)
+
+    for whole in (WHOLE_ELEMS, 1000):  # in memory, then streamed in blocks
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(inspect_cmd, "WHOLE_ELEMS", whole)
+            mp.setattr(inspect_cmd, "GramSpectrum", Gram)
+            request = report_cmd.ReportRequest(block_elems=997, exact_side=512)
+            result = report_cmd.run(request, src)
+        assert streamed == ([] if whole == WHOLE_ELEMS else [(700, 300)])
+        fig = result.figures.tensors[0].spectral
+        assert fig is not None and fig.method == "exact", whole
+        np.testing.assert_allclose(fig.spectral_norm, s[0], rtol=1e-9)
+        np.testing.assert_allclose(fig.effective_rank, np.exp(-(p * np.log(p)).sum()), rtol=1e-6)
+    assert result.to_json()["exact_side"] == 512
+    assert "smaller side is at most 512 " in render(result)
+    assert f"smaller side is at most {EXACT_SIDE} " in render(default)
+    page = tmp_path / "page.html"
+    res = run("report", src, "-o", page, "--exact-side", "512", "--json")
+    assert res.code == 0 and res.json()["exact_side"] == 512
+    tensor = res.json()["inspect"]["tensors"][0]
+    assert tensor["spectral"]["method"] == "exact"
+    assert api.report(src, exact_side=0).figures.tensors[0].spectral.method == "power iteration"
+
+
+@pytest.mark.parametrize("value", ["-1", str(EXACT_SIDE_MAX + 1), "1.5"])
+def test_exact_side_out_of_range_is_refused(tmp_path: Path, value: str) -> None:
+    page = tmp_path / "page.html"
+    res = run("report", SAMPLES / "cnn.keras", "-o", page, "--exact-side", value)
+    assert res.code == 2 and not page.exists()
+    assert "--exact-side" in res.err and "Traceback" not in res.err
+    with pytest.raises(ParameterError):
+        report_cmd.ReportRequest(exact_side=EXACT_SIDE_MAX + 1)
 
 
 def test_power_iteration_where_float32_products_overflow() -> None:

@@ -39,6 +39,7 @@ from weightcli.commands import report as report_cmd
 from weightcli.commands import transform as transform_cmd
 from weightcli.commands import transplant as transplant_cmd
 from weightcli.commands import verify as verify_cmd
+from weightcli.distribution import EXACT_SIDE
 from weightcli.errors import ParameterError
 from weightcli.params import OUTPUT_FIELDS, OutputKeywords, OutputSpec, take
 from weightcli.results import (
@@ -181,14 +182,17 @@ def report(
     layer_types: Sequence[str] = (),
     kinds: Sequence[str] = (),
     include_optimizer: bool = False,
+    exact_side: int = EXACT_SIDE,
 ) -> ReportResult:
-    """Everything ``weightcli report`` draws: histograms, spectral figures, flags and,
-    with ``against``, the change from that reference. ``report_page`` makes the HTML."""
+    """Everything ``weightcli report`` draws: histograms, spectral figures (exact for
+    kernels whose smaller side is at most ``exact_side``), flags and, with ``against``,
+    the change from that reference. ``report_page`` makes the HTML."""
     chosen = selection(select, exclude, layer_types, kinds, include_optimizer, floats_only=False)
     request = report_cmd.ReportRequest(
         chosen,
         against=against,
         pairing=diff_cmd.DiffRequest(chosen, maps=tuple(maps), match_by=match_by, nan_equal=True),
+        exact_side=exact_side,
     )
     return report_cmd.run(request, path)
 

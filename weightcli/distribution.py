@@ -8,13 +8,14 @@ order) and holds memory bounded by its own size, never by the tensor's."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from weightcli import native
+from weightcli.errors import ParameterError
 
 # Bins of every histogram: the report draws them; the terminal's sparkline sums them in
 # runs of BINS // SPARK_CELLS, so its cells have every fourth edge of the report's.
@@ -23,7 +24,8 @@ SPARK_CELLS = 16
 SPARK_LEVELS = "▁▂▃▄▅▆▇█"
 
 # Spectral figures are exact (every singular value: the eigenvalues of a float64 Gram
-# matrix, eigvalsh) when the kernel's smaller side has at most EXACT_SIDE entries: a
+# matrix, eigvalsh) when the kernel's smaller side has at most ``exact_side`` entries
+# (EXACT_SIDE unless the caller asks for another, at most EXACT_SIDE_MAX): a
 # kernel of at most WHOLE_ELEMS elements is in memory already (inspect reads it whole in
 # its first pass) and its Gram is taken on its smaller side (W W^T or W^T W: the same
 # non-zero eigenvalues); a bigger one with at most EXACT_SIDE columns and a Gram cost
@@ -31,9 +33,13 @@ SPARK_LEVELS = "▁▂▃▄▅▆▇█"
 # Otherwise the largest singular value is estimated by POWER_ITERATIONS rounds of power
 # iteration from a seeded random start (a lower bound; in memory, or one pass over the
 # file a round), the stable rank from it, and the effective rank is not computed.
-# Measured on ResNet50 (eigvalsh is cubic in the side): sides of 1000 and 1024 cost
-# more than every other kernel together.
-EXACT_SIDE = 512
+# Measured on ResNet50 (the Gram is rows x side^2, eigvalsh side^3): its 13 kernels of
+# side 512 cost 0.33 s of CPU exactly (a 4608x512 one: 21 ms of Gram, 11 ms of
+# eigvalsh) against 7 ms for the rest; the page with them took 2.05x inspect's time,
+# with side 256 1.65x. A side of EXACT_SIDE_MAX holds a 8 MiB Gram and its copy per
+# helper thread.
+EXACT_SIDE = 256
+EXACT_SIDE_MAX = 1024
 WHOLE_ELEMS = 1 << 22
 GRAM_FLOPS = 1 << 32
 POWER_ITERATIONS = 8
@@ -171,6 +177,18 @@ def sparkline(counts: Sequence[int] | np.ndarray, cells: int = SPARK_CELLS) -> s
     return "".join(out)
 
 
+def check_exact_side(exact_side: int) -> None:
+    """Refuse a cap on exact spectra outside 0 (power iteration for every kernel) to
+    EXACT_SIDE_MAX."""
+    if isinstance(exact_side, bool) or not isinstance(exact_side, int):
+        raise ParameterError(f"{{exact_side}} must be a whole number, not {exact_side!r}")
+    if not 0 <= exact_side <= EXACT_SIDE_MAX:
+        raise ParameterError(
+            f"{{exact_side}} must be from 0 to {EXACT_SIDE_MAX} (a kernel's smaller side; "
+            f"the exact spectrum costs side^3), not {exact_side}"
+        )
+
+
 def matrix_shape(shape: Sequence[int]) -> tuple[int, int] | None:
     """The 2-D matrix a kernel stands for: every axis but the last as rows (a conv
     kernel ``(kh, kw, in, out)`` is ``(kh*kw*in, out)``), None below two dimensions or
@@ -235,15 +253,17 @@ class _Rows:
         return flat[:whole].reshape(-1, self.cols)
 
 
-def kernel_spectrum(w: np.ndarray, finite: bool = False) -> SpectralFigures | None:
+def kernel_spectrum(
+    w: np.ndarray, finite: bool = False, exact_side: int = EXACT_SIDE
+) -> SpectralFigures | None:
     """A 2-D kernel's spectral figures from memory (None when it holds NaN/Inf;
-    ``finite``: the caller knows it holds none)."""
+    ``finite``: the caller knows it holds none), exact up to ``exact_side``."""
     rows, cols = w.shape
     if not finite and not np.isfinite(w).all():
         return None
     tall = rows >= cols
     side = cols if tall else rows
-    if side > EXACT_SIDE:
+    if side > exact_side:
         # The sum of squares in float64, a chunk of rows at a time in one reused buffer;
         # the rounds of power iteration on the kernel as it is (float32 products, no
         # converted copy per round).
@@ -290,13 +310,15 @@ class Solver:
         w: np.ndarray,
         done: Callable[[SpectralFigures | None], None],
         finite: bool = False,
+        exact_side: int = EXACT_SIDE,
     ) -> None:
-        """``kernel_spectrum(w, finite)`` on a helper, its result to ``done``."""
+        """``kernel_spectrum(w, finite, exact_side)`` on a helper, its result to
+        ``done``."""
         self._slots.acquire()
 
         def job() -> None:
             try:
-                done(kernel_spectrum(w, finite))
+                done(kernel_spectrum(w, finite, exact_side))
             finally:
                 self._slots.release()
 
@@ -314,9 +336,9 @@ class Solver:
             self._limits.restore_original_limits()
 
 
-def streamed_exact(rows: int, cols: int) -> bool:
+def streamed_exact(rows: int, cols: int, exact_side: int = EXACT_SIDE) -> bool:
     """Whether a kernel too big to hold gets its exact figures from one streamed pass."""
-    return cols <= EXACT_SIDE and rows * cols * cols <= GRAM_FLOPS
+    return cols <= exact_side and rows * cols * cols <= GRAM_FLOPS
 
 
 class GramSpectrum:

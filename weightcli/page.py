@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from weightcli.distribution import (
-    EXACT_SIDE,
+    EXACT_SIDE_MAX,
     EXPLODING,
     GRAM_FLOPS,
     OUTLIER_Z,
@@ -337,17 +337,19 @@ def _tensors(result: ReportResult) -> str:
     )
 
 
-def _spectral_note() -> str:
+def _spectral_note(exact_side: int) -> str:
     return (
         '<p class="mute">Spectral figures treat a kernel as a matrix: every axis but the last '
         "as rows (a conv kernel (kh, kw, in, out) is (kh&middot;kw&middot;in, out)). They are "
         "exact (every singular value, from a float64 Gram matrix: W<sup>T</sup>W or "
-        f"WW<sup>T</sup>, the smaller) when the matrix's smaller side is at most {EXACT_SIDE} "
+        f"WW<sup>T</sup>, the smaller) when the matrix's smaller side is at most {exact_side} "
         f"(and, for kernels of over {WHOLE_ELEMS:,} elements, summed over row blocks in at "
         f"most {GRAM_FLOPS:,} multiply-adds); otherwise the spectral norm comes from "
         f"{POWER_ITERATIONS} rounds of power iteration from a seeded random start (a lower "
         "bound, marked "
-        "&asymp;), the stable rank from it, and the effective rank is not computed. Stable "
+        "&asymp;), the stable rank from it, and the effective rank is not computed "
+        "(<code>--exact-side N</code> sets the cap, up to "
+        f"{EXACT_SIDE_MAX}). Stable "
         "rank: &Vert;W&Vert;<sub>F</sub><sup>2</sup> / &Vert;W&Vert;<sub>2</sub><sup>2</sup>. "
         "Effective rank: exp of the entropy of the normalised singular values (Roy and "
         f"Vetterli, 2007). Flags: a weight matrix with max |x| or spectral norm above "
@@ -493,7 +495,7 @@ def render(result: ReportResult) -> str:
         + "</section>",
         '<section id="tensor-list"><h2>Tensors</h2>'
         + _tensors(result)
-        + _spectral_note()
+        + _spectral_note(result.exact_side)
         + "</section>",
         f"<script>{SCRIPT}</script></body></html>\n",
     )

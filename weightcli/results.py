@@ -14,7 +14,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
-from weightcli.distribution import Flag, Histogram, SpectralFigures
+from weightcli.distribution import EXACT_SIDE, Flag, Histogram, SpectralFigures
 from weightcli.errors import ExitCode
 from weightcli.figures import Figures
 from weightcli.stats import TensorStats
@@ -204,13 +204,15 @@ class Overlay:
 @dataclass
 class ReportResult:
     """``report``: inspect's figures with histograms and spectral figures, the flags,
-    the file's size, and with ``--against`` diff's comparison and the overlays. JSON:
-    ``{"path", "size", "flags", "inspect", "against", "diff", "overlays"}``; exit 0
-    (a picture checks nothing: ``inspect --fail-on-nonfinite`` and ``diff`` do)."""
+    the file's size, the cap on exact spectra they were found under (``exact_side``),
+    and with ``--against`` diff's comparison and the overlays. JSON: ``{"path", "size",
+    "flags", "exact_side", "inspect", "against", "diff", "overlays"}``; exit 0 (a
+    picture checks nothing: ``inspect --fail-on-nonfinite`` and ``diff`` do)."""
 
     figures: InspectResult
     size: int | None
     flags: list[Flag]
+    exact_side: int = EXACT_SIDE
     against: Path | None = None
     against_meta: StoreMeta | None = None
     diff: DiffResult | None = None
@@ -231,6 +233,7 @@ class ReportResult:
                 "path": str(self.path),
                 "size": self.size,
                 "flags": [f.to_json() for f in self.flags],
+                "exact_side": self.exact_side,
                 "inspect": self.figures.to_json(),
                 "against": str(self.against) if self.against is not None else None,
                 "diff": self.diff.to_json() if self.diff is not None else None,

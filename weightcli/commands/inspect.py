@@ -10,10 +10,12 @@ import numpy as np
 
 from weightcli import migrate
 from weightcli.distribution import (
+    EXACT_SIDE,
     WHOLE_ELEMS,
     GramSpectrum,
     Histogram,
     Solver,
+    check_exact_side,
     kernel_spectrum,
     matrix_shape,
     power_spectral_norm,
@@ -69,6 +71,9 @@ class InspectRequest:
     # kernel's singular values (``distribution.SpectralFigures``) in the same pass.
     histograms: bool = False
     spectral: bool = False
+    # Spectral figures are exact (every singular value, the effective rank) for kernels
+    # whose smaller side is at most this; power iteration above it.
+    exact_side: int = EXACT_SIDE
 
     def __post_init__(self) -> None:
         if self.fail_on_nonfinite and not self.with_stats:
@@ -77,6 +82,7 @@ class InspectRequest:
             raise ParameterError("{block_elems} must be at least 1")
         if (self.histograms or self.spectral) and not self.with_stats:
             raise ParameterError("histograms need the statistics: drop {no_stats}")
+        check_exact_side(self.exact_side)
 
 
 # Distinct values are counted up to this many (a quantized or clustered tensor's codes);
@@ -219,11 +225,17 @@ def _second_pass(
         if shape is not None:  # (finite: the statistics counted no NaN/Inf)
             w = whole.reshape(shape)
             if solver is None:
-                rep.spectral = kernel_spectrum(w, finite=True)
+                rep.spectral = kernel_spectrum(w, True, request.exact_side)
             else:
-                solver.submit(w, lambda figures: setattr(rep, "spectral", figures), finite=True)
+                solver.submit(
+                    w, lambda figures: setattr(rep, "spectral", figures), True, request.exact_side
+                )
         return
-    gram = GramSpectrum(*shape) if shape is not None and streamed_exact(*shape) else None
+    gram = (
+        GramSpectrum(*shape)
+        if shape is not None and streamed_exact(*shape, request.exact_side)
+        else None
+    )
     for _, values in store.blocks(t, request.block_elems):
         hist.update(values)
         if gram is not None:

@@ -14,7 +14,14 @@ from typing import Any
 from weightcli.commands import diff as diff_cmd
 from weightcli.commands import inspect
 from weightcli.digest import total_size
-from weightcli.distribution import EXPLODING, Flag, Histogram, peer_outliers
+from weightcli.distribution import (
+    EXACT_SIDE,
+    EXPLODING,
+    Flag,
+    Histogram,
+    check_exact_side,
+    peer_outliers,
+)
 from weightcli.errors import ParameterError
 from weightcli.results import DiffStatus, Overlay, ReportResult, TensorReport
 from weightcli.select import Selection
@@ -52,8 +59,12 @@ class ReportRequest:
     against: str | Path | None = None
     pairing: diff_cmd.DiffRequest = field(default_factory=_pairing)
     block_elems: int = BLOCK_ELEMS
+    # Exact spectra (every singular value, the effective rank) for kernels whose smaller
+    # side is at most this; power iteration above it.
+    exact_side: int = EXACT_SIDE
 
     def __post_init__(self) -> None:
+        check_exact_side(self.exact_side)
         pairing = self.pairing
         if self.against is None and (pairing.maps or pairing.match_by != "name"):
             raise ParameterError("{map} and {match_by} pair tensors with {against}: give it")
@@ -70,10 +81,11 @@ def run(request: ReportRequest, path: str | Path) -> ReportResult:
             histograms=True,
             spectral=True,
             block_elems=request.block_elems,
+            exact_side=request.exact_side,
         ),
         path,
     )
-    result = ReportResult(figures, _size(figures.path), flags(figures.tensors))
+    result = ReportResult(figures, _size(figures.path), flags(figures.tensors), request.exact_side)
     if request.against is not None:
         _compare(result, request)
     return result
