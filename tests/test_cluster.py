@@ -7,8 +7,10 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
 from helpers import SAMPLES, run
 
+from weightcli import cluster
 from weightcli.batch import Item, Runner
 
 
@@ -95,7 +97,10 @@ def test_a_local_cluster_when_no_scheduler_is_given(tmp_path: Path) -> None:
     assert res.code == 2 and len(res.lines()) == 7, res.err
 
 
-def test_executor_options_that_cannot_apply(tmp_path: Path, dask_scheduler: str) -> None:
+def test_executor_options_that_cannot_apply(
+    tmp_path: Path, dask_scheduler: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cluster, "CONNECT_TIMEOUT", 1)  # nothing listens on port 9
     m = SAMPLES / "mlp_keras3.h5"
     res = run("inspect", m, "--scheduler", dask_scheduler)
     assert res.code == 2 and "--scheduler needs --executor dask" in res.err

@@ -131,19 +131,31 @@ def loads(path: Path, line: str) -> bool:
         return False
 
 
-def loads_elsewhere(path: Path, line: str, timeout: float = 10) -> bool:
-    """``loads`` in a fresh interpreter, given up after ``timeout`` (tf_keras's graph
-    reconstruction never ends on a node it cannot resolve)."""
+def loads_elsewhere(path: Path, line: str, timeout: float = 3) -> bool:
+    """``loads`` in a fresh interpreter, given up ``timeout`` seconds after the import
+    (tf_keras's graph reconstruction never ends on a node it cannot resolve; the import
+    alone takes seconds on a busy machine, so its time does not count)."""
     code = (
         "import os, sys; os.environ['TF_CPP_MIN_LOG_LEVEL'] = '3'\n"
         + ("import tf_keras as k\n" if line == "tf-keras" else "import keras as k\n")
+        + "print('imported', flush=True)\n"
         + f"k.models.load_model({str(path)!r}, compile=False)\n"
     )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     try:
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return False
-    return done.returncode == 0
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "imported":
+            return False  # the import itself failed
+        try:
+            return proc.wait(timeout=timeout) == 0
+        except subprocess.TimeoutExpired:
+            return False
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
 
 
 def datasets(path: Path) -> dict[str, bytes]:

@@ -794,7 +794,8 @@ def test_no_collection_runs_while_a_range_is_fetched(
 
 def test_an_endpoint_that_never_answers_is_given_up(s3, monkeypatch: pytest.MonkeyPatch) -> None:
     """A server that accepts connections and never answers: each request gives up (the
-    defaults are bounded; here shortened to 0.5 s), the run ends with one line, exit 2."""
+    defaults are bounded; here shortened to 0.5 s and one attempt), the run ends with
+    one line, exit 2."""
     import socket
     import threading
 
@@ -816,10 +817,13 @@ def test_an_endpoint_that_never_answers_is_given_up(s3, monkeypatch: pytest.Monk
     thread.start()
     try:
         monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{listener.getsockname()[1]}")
-        monkeypatch.setenv(remote.OPTIONS_ENV, '{"config_kwargs": {"read_timeout": 0.5}}')
+        monkeypatch.setenv(
+            remote.OPTIONS_ENV,
+            '{"config_kwargs": {"read_timeout": 0.5, "retries": {"max_attempts": 1}}}',
+        )
         remote.forget()
         options = remote.filesystem("s3").config_kwargs  # the defaults kept what was not given
-        assert options["read_timeout"] == 0.5
+        assert options["read_timeout"] == 0.5 and options["retries"] == {"max_attempts": 1}
         assert options["connect_timeout"] == remote.S3_CONNECT_TIMEOUT
         started = time.monotonic()
         _one_line_exit_2(run("inspect", _url(s3, "m/mlp_keras3.h5")))
