@@ -300,6 +300,42 @@ def test_spectra_on_helper_threads_leave_blas_as_it_was() -> None:
     assert [(i["internal_api"], i["num_threads"]) for i in threadpool_info()] == before
 
 
+@pytest.mark.parametrize("side", [EXACT_SIDE, 512])
+def test_the_solver_holds_no_more_kernels_than_its_helpers_and_pending(
+    side: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Memory stays bounded: once ``submit`` returns, at most workers + pending kernels
+    are unsolved (one helper under the default cap, two above it), and that many were
+    (the helpers really ran while the caller went on)."""
+    import threading
+    import time
+
+    from weightcli import distribution
+
+    lock = threading.Lock()
+    solved = 0
+
+    def slow(w: np.ndarray, finite: bool, exact_side: int) -> None:
+        nonlocal solved
+        time.sleep(0.01)
+        with lock:
+            solved += 1
+
+    monkeypatch.setattr(distribution, "kernel_spectrum", slow)
+    workers = distribution.helpers(side)
+    assert workers == (1 if side == EXACT_SIDE else 2)
+    solver = distribution.Solver(workers)
+    most = 0
+    try:
+        for n in range(1, 13):
+            solver.submit(np.zeros((2, 2)), lambda figures: None, True, side)
+            with lock:
+                most = max(most, n - solved)
+    finally:
+        solver.close()
+    assert solved == 12 and most == workers
+
+
 def test_sparkline_sums_the_report_bins() -> None:
     counts = np.zeros(BINS, dtype=np.int64)
     counts[0:4] = 1  # cell 0: 4

@@ -16,6 +16,7 @@ from weightcli.distribution import (
     Histogram,
     Solver,
     check_exact_side,
+    helpers,
     kernel_spectrum,
     matrix_shape,
     power_spectral_norm,
@@ -132,7 +133,7 @@ def run(request: InspectRequest, path: str | Path) -> InspectResult:
         view = DequantizedStore(store) if has_quantized(store) else None
         deq = {t.name: t for t in view.tensors()} if view is not None else {}
         reports: list[TensorReport] = []
-        solver = Solver() if request.spectral else None
+        solver = Solver(helpers(request.exact_side)) if request.spectral else None
         try:
             _read(store, chosen, request, view, deq, reports, solver)
             loads = _loads_in(store)  # while the solver's helpers finish
