@@ -69,7 +69,7 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -991,21 +991,29 @@ GRAPH_RULES = {
 }
 
 
-def _objects(node: Any, depth: int = 0) -> list[tuple[str, dict[str, Any], str]]:
-    """Every Keras object in a config: (class name, its config dict, its layer name)."""
-    found: list[tuple[str, dict[str, Any], str]] = []
+def _dicts(node: Any, depth: int = 0) -> Iterator[dict[str, Any]]:
+    """Every dict of a JSON tree, at most 200 deep, each before what it holds: its
+    values are read once the caller has seen it, so what the caller changed there is
+    what is walked."""
     if depth > 200:
-        return found
+        return
     if isinstance(node, dict):
-        cls, cfg = node.get("class_name"), node.get("config")
-        if isinstance(cls, str) and isinstance(cfg, dict):
-            name = cfg.get("name") if isinstance(cfg.get("name"), str) else node.get("name")
-            found.append((cls, cfg, name if isinstance(name, str) else cls))
+        yield node
         for value in node.values():
-            found += _objects(value, depth + 1)
+            yield from _dicts(value, depth + 1)
     elif isinstance(node, list):
         for value in node:
-            found += _objects(value, depth + 1)
+            yield from _dicts(value, depth + 1)
+
+
+def _objects(node: Any) -> list[tuple[str, dict[str, Any], str]]:
+    """Every Keras object in a config: (class name, its config dict, its layer name)."""
+    found: list[tuple[str, dict[str, Any], str]] = []
+    for d in _dicts(node):
+        cls, cfg = d.get("class_name"), d.get("config")
+        if isinstance(cls, str) and isinstance(cfg, dict):
+            name = cfg.get("name") if isinstance(cfg.get("name"), str) else d.get("name")
+            found.append((cls, cfg, name if isinstance(name, str) else cls))
     return found
 
 
@@ -1104,26 +1112,19 @@ def _sequential_input(node: dict[str, Any]) -> list[Change]:
     ]
 
 
-def _sequential_lists(node: Any, depth: int = 0) -> list[Change]:
+def _sequential_lists(node: Any) -> list[Change]:
     """Keras 2.0 to 2.2.0 saved a Sequential's config as its list of layers; Keras 3's
     loader reads ``config["config"]`` as a dict (``saving_utils.model_from_config``:
     "pop expected at most 1 argument"). Each becomes ``{"name", "layers"}``."""
     out: list[Change] = []
-    if depth > 200:
-        return out
-    if isinstance(node, dict):
-        if node.get("class_name") == "Sequential" and isinstance(node.get("config"), list):
-            layers = node["config"]
-            node["config"] = {"name": "sequential", "layers": layers}
+    for d in _dicts(node):
+        if d.get("class_name") == "Sequential" and isinstance(d.get("config"), list):
+            layers = d["config"]
+            d["config"] = {"name": "sequential", "layers": layers}
             out.append(
                 Change("(model)", "config", "a list of layers", "{name, layers}", "sequential-list")
             )
-        out += _sequential_input(node)
-        for value in node.values():
-            out += _sequential_lists(value, depth + 1)
-    elif isinstance(node, list):
-        for value in node:
-            out += _sequential_lists(value, depth + 1)
+        out += _sequential_input(d)
     return out
 
 
