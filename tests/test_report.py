@@ -186,6 +186,8 @@ def test_exact_side_out_of_range_is_refused(tmp_path: Path, value: str) -> None:
     assert "--exact-side" in res.err and "Traceback" not in res.err
     with pytest.raises(ParameterError):
         report_cmd.ReportRequest(exact_side=EXACT_SIDE_MAX + 1)
+    with pytest.raises(ParameterError, match="needs spectral"):  # else quietly unused
+        inspect_cmd.InspectRequest(exact_side=512)
 
 
 def test_power_iteration_where_float32_products_overflow() -> None:

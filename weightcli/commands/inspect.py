@@ -84,6 +84,8 @@ class InspectRequest:
         if (self.histograms or self.spectral) and not self.with_stats:
             raise ParameterError("histograms need the statistics: drop {no_stats}")
         check_exact_side(self.exact_side)
+        if self.exact_side != EXACT_SIDE and not self.spectral:
+            raise ParameterError("{exact_side} says how spectra are found: it needs {spectral}")
 
 
 # Distinct values are counted up to this many (a quantized or clustered tensor's codes);
