@@ -27,6 +27,9 @@ READABLE = {
     "null_dataspace.h5",
     "tail_flipped.h5",
 }
+# Listings of these read no data: a flipped byte in the weights member's data is found
+# by every command that reads or copies it (test_hostile_zip), not by a listing.
+LISTED = {("weights_bit_flipped.keras", "inspect --no-stats")}
 PEAK_MIB = 200  # the largest resident size any command may reach on this corpus
 
 
@@ -58,7 +61,7 @@ def test_every_command_on_every_hostile_input(corpus) -> None:
     problems = []
     for r in runs:
         lines = [line for line in r["stderr"].splitlines() if line.strip()]
-        readable = r["case"] in READABLE
+        readable = r["case"] in READABLE or (r["case"], r["command"]) in LISTED
         ok = (
             "Traceback" not in r["stderr"]
             and "internal error" not in r["stderr"]

@@ -17,11 +17,14 @@ import os
 import shutil
 import struct
 import tempfile
+import threading
 import zipfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from weightcli.errors import CorruptError, InputError, UnsupportedError
 from weightcli.stores import capped, h5util, temps
@@ -252,6 +255,10 @@ class ArchiveStore(H5Store):
             raise
         self._extracted: Path | None = None
         self._window: Window | None = None
+        # A stored local member's CRC-32, checked once before its data is first read
+        # or copied (``_check_weights_crc``); None: checked, or checked otherwise.
+        self._crc_unchecked: int | None = None
+        self._crc_lock = threading.Lock()
         member = self._zip.getinfo(WEIGHTS)
         try:
             if member.compress_type == zipfile.ZIP_STORED:
@@ -264,8 +271,8 @@ class ArchiveStore(H5Store):
                 self._window = src
                 if member.flag_bits & 0x1:
                     raise RuntimeError("it is encrypted")
-                if self._reader is None:  # in object storage: checked when downloaded
-                    src.check_crc(member.CRC, f"{path}: {WEIGHTS}")
+                if self._reader is None:  # in object storage: by verify (check_container)
+                    self._crc_unchecked = member.CRC
             else:
                 src = str(self._extract(member))
             super().__init__(path, src=src, config=config, label=f"{path}:{WEIGHTS}")
@@ -344,12 +351,31 @@ class ArchiveStore(H5Store):
         return self._extracted
 
     def check_container(self) -> None:
-        """In object storage, the weights member's CRC (checked on opening a local file)."""
+        """The weights member's CRC (in object storage too, where reading data skips
+        it: it would fetch the member whole)."""
         if self._reader is not None and self._window is not None:
+            self._crc_unchecked = self._zip.getinfo(WEIGHTS).CRC
+        self._check_weights_crc()
+
+    def _check_weights_crc(self) -> None:
+        """A stored member's CRC-32, once, before its data is first read or copied: a
+        listing reads only HDF5's metadata, so opening does not read the member whole
+        (0.2 s a GB); a damaged member is refused before any figure or output."""
+        with self._crc_lock:
+            if self._crc_unchecked is None or self._window is None:
+                return
+            label = f"{self.path}: {WEIGHTS}"
             try:
-                self._window.check_crc(self._zip.getinfo(WEIGHTS).CRC, f"{self.path}: {WEIGHTS}")
-            except zipfile.BadZipFile as exc:  # as when a local archive is opened
+                self._window.check_crc(self._crc_unchecked, label)
+            except zipfile.BadZipFile as exc:
                 raise CorruptError(f"{self.path}: damaged archive member {WEIGHTS}: {exc}") from exc
+            except OSError as exc:
+                raise CorruptError(f"{label}: cannot read it: {exc.strerror or exc}") from exc
+            self._crc_unchecked = None
+
+    def read(self, info: TensorInfo, block: Block | None = None) -> np.ndarray:
+        self._check_weights_crc()
+        return super().read(info, block)
 
     @property
     def zip(self) -> zipfile.ZipFile:
@@ -372,6 +398,7 @@ class ArchiveStore(H5Store):
         return io.BufferedReader(Inflated(window, info, label), 1 << 20)
 
     def copy_source_to(self, dest: Path) -> None:
+        self._check_weights_crc()
         with self.open_member(self._zip.getinfo(WEIGHTS)) as inp, open(dest, "wb") as out:
             shutil.copyfileobj(inp, out, 1 << 20)
 
@@ -386,6 +413,7 @@ class ArchiveStore(H5Store):
         return None
 
     def _patch(self, out: Path, retype: dict[str, str], compress: bool = False) -> Patcher:
+        self._check_weights_crc()  # the patch copies the member's bytes it does not change
         return ArchivePatcher(self, out, retype, compress)
 
     def close(self) -> None:
